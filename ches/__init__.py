@@ -1,0 +1,18 @@
+"""ches: CHES scores for preference data, on the exact tokens DPO trains on.
+
+CHES (Razin et al., "Unintentional Unalignment: Likelihood Displacement in Direct Preference
+Optimization", ICLR 2025) measures how similar the hidden embeddings of a pair's preferred and
+dispreferred responses are; high-CHES pairs make DPO lower the likelihood of the preferred response.
+
+>>> import ches
+>>> scored = ches.score("examples/data/hh-sample.jsonl", "examples/tiny-hh-model", progress=False)
+>>> len(scored), "ln_ches" in scored.column_names
+(64, True)
+"""
+
+from .api import score
+from .errors import ChesError
+from .formats import extract_prompt
+
+__version__ = "0.1.0"
+__all__ = ["score", "ChesError", "extract_prompt", "__version__"]

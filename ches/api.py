@@ -1,0 +1,213 @@
+"""``ches.score``: rows -> pairs -> TRL token sequences -> decoder pass -> hidden-state sums -> scores."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import datasets
+import torch
+
+from . import scores
+from .engine import hidden_sums
+from .errors import ChesError
+from .formats import to_pairs
+from .inputs import Data, load_data
+from .models import LoadedModel, load_model, max_positions
+from .tokens import ScoredSequence, TokenizedPair, to_sequences, tokenize_pairs
+
+logger = logging.getLogger("ches")
+
+SCORE_COLUMNS = ("ches", "ln_ches", "edit_distance", "last_hidden_ip", "prompt_tokens", "chosen_tokens",
+                 "rejected_tokens", "ches_skip")
+DEFAULT_BATCH_TOKENS = {"cuda": 65536, "cpu": 8192}
+
+
+@dataclass(frozen=True)
+class ScoredRows:
+    """Everything computed for a table of rows; NaN / zero rows where ``skip`` has a reason.
+
+    Attributes:
+        chosen_sum, rejected_sum: ``[N, H]`` float32 hidden-state sums ``S+`` and ``S-``.
+        columns: the score columns added to the dataset, by name.
+        prompt_cut: rows whose prompt ids were not a prefix of the full ids (prompt cut, as in TRL).
+    """
+
+    chosen_sum: torch.Tensor
+    rejected_sum: torch.Tensor
+    columns: dict[str, list]
+    prompt_cut: int
+
+
+def score(
+    data: Data,
+    model,
+    tokenizer=None,
+    *,
+    split: str | None = None,
+    max_length: int | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    batch_tokens: int | None = None,
+    progress: bool = True,
+    trust_remote_code: bool = False,
+) -> datasets.Dataset | datasets.DatasetDict:
+    """CHES scores for every preference pair, on exactly the token sequences TRL's DPOTrainer trains on.
+
+    Args:
+        data: a ``Dataset``, ``DatasetDict``, list of dicts, pandas DataFrame, local file
+            (``.jsonl``/``.json``/``.parquet``/``.csv``, optionally gzipped), ``save_to_disk`` folder,
+            or Hub dataset id; standard, conversational or implicit-prompt preference format.
+        model: local folder, Hub id, or loaded ``PreTrainedModel`` (causal LM).
+        tokenizer: defaults to the model's tokenizer.
+        split: which split of a ``DatasetDict`` / Hub dataset to score (default: all of them).
+        max_length: keep the first ``max_length`` tokens of each prompt+completion (TRL ``keep_start``).
+        dtype: ``"bfloat16"``, ``"float16"``, ``"float32"``; default bfloat16 on CUDA, float32 on CPU
+            (a loaded model keeps its dtype unless one is given).
+        device: default CUDA when available (a loaded model stays on its device unless one is given).
+        batch_tokens: token slots per forward batch (rows x padded length); default 65,536 on CUDA,
+            8,192 on CPU. Peak activation memory grows linearly with it.
+        progress: show a tqdm progress bar over pairs.
+        trust_remote_code: allow custom model code from the Hub (off by default).
+
+    Returns:
+        The rows in their original order with every original column, plus ``ches``, ``ln_ches``,
+        ``edit_distance``, ``last_hidden_ip`` (float64), ``prompt_tokens``, ``chosen_tokens``,
+        ``rejected_tokens`` (tokens scored) and ``ches_skip`` (None, or why the row has NaN scores).
+        A ``DatasetDict`` comes back for a ``DatasetDict`` scored without ``split``.
+
+    Raises:
+        ChesError: (a ``ValueError``) bad rows, columns, options, model or tokenizer, before any forward pass.
+
+    >>> scored = score([{"prompt": "\\n\\nHuman: Hi\\n\\nAssistant:", "chosen": " Hello!", "rejected": " Go away."}],
+    ...                "examples/tiny-hh-model", progress=False)
+    >>> scored.column_names[3:6], scored[0]["chosen_tokens"], scored[0]["ches_skip"]
+    (['ches', 'ln_ches', 'edit_distance'], 3, None)
+    """
+    dataset = load_data(data, split)
+    parts = dataset if isinstance(dataset, datasets.DatasetDict) else {None: dataset}
+    pairs = {name: _validated_pairs(part, name) for name, part in parts.items()}
+    loaded = load_model(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    budget = batch_tokens or DEFAULT_BATCH_TOKENS["cuda" if loaded.device.type == "cuda" else "cpu"]
+    scored = {
+        name: _with_columns(part, score_pairs(pairs[name], loaded, max_length=max_length, batch_tokens=budget,
+                                              progress=progress).columns)
+        for name, part in parts.items()
+    }
+    return datasets.DatasetDict(scored) if isinstance(dataset, datasets.DatasetDict) else scored[None]
+
+
+def _validated_pairs(dataset: datasets.Dataset, split_name: str | None):
+    if len(dataset) == 0:
+        raise ChesError(f"the data{f' (split {split_name!r})' if split_name else ''} has no rows.")
+    columns = {name: dataset[name] for name in ("prompt", "chosen", "rejected") if name in dataset.column_names}
+    try:
+        return to_pairs(columns)
+    except ChesError as error:
+        if split_name is None:
+            raise
+        raise ChesError(f"split {split_name!r}: {error}") from None
+
+
+def score_pairs(pairs, loaded: LoadedModel, *, max_length: int | None, batch_tokens: int, progress: bool) -> ScoredRows:
+    """Score normalized pairs with a loaded model; the pipeline without the dataset plumbing."""
+    tokenized = tokenize_pairs(pairs, loaded.tokenizer)
+    planned = [_plan(pair, max_length, max_positions(loaded.model)) for pair in tokenized]
+    sequences = [sequence for plan in planned if not isinstance(plan, str) for sequence in plan]
+    owners = [row for row, plan in enumerate(planned) if not isinstance(plan, str)]
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    bar = _progress_bar(len(owners), progress)
+    finished: Counter = Counter()
+
+    def on_done(indices: list[int]) -> None:
+        for index in indices:
+            finished[index // 2] += 1
+        if bar is not None:
+            bar.update(sum(1 for index in indices if finished[index // 2] == 2))
+
+    sums = hidden_sums(
+        loaded.body, sequences, hidden_size=loaded.hidden_size, batch_tokens=batch_tokens, device=loaded.device,
+        pad_id=pad_id, pad_multiple=64 if loaded.device.type == "cuda" else 1, on_done=on_done,
+    )
+    if bar is not None:
+        bar.close()
+    result = _assemble(planned, tokenized, owners, sums)
+    _log_summary(result, loaded.name)
+    return result
+
+
+def _plan(tokenized: TokenizedPair, max_length: int | None, context: int | None):
+    sequences = to_sequences(tokenized, max_length)
+    if isinstance(sequences, str) or context is None:
+        return sequences
+    longest = max(len(sequence.input_ids) for sequence in sequences)
+    if longest > context:
+        return f"sequence of {longest} tokens exceeds the model's context ({context}); pass max_length"
+    return sequences
+
+
+def _assemble(planned, tokenized: list[TokenizedPair], owners: list[int], sums) -> ScoredRows:
+    rows, width = len(planned), sums.sums.shape[1]
+    chosen_sum = torch.full((rows, width), float("nan"))
+    rejected_sum = torch.full((rows, width), float("nan"))
+    chosen_last, rejected_last = chosen_sum.clone(), rejected_sum.clone()
+    owner_index = torch.tensor(owners, dtype=torch.long)
+    chosen_sum[owner_index], rejected_sum[owner_index] = sums.sums[0::2], sums.sums[1::2]
+    chosen_last[owner_index], rejected_last[owner_index] = sums.last[0::2], sums.last[1::2]
+    lengths = [_lengths(plan, pair) for plan, pair in zip(planned, tokenized)]
+    prompt_n, chosen_n, rejected_n = (torch.tensor(column) for column in zip(*lengths))
+    columns = {
+        "ches": scores.ches(chosen_sum, rejected_sum).tolist(),
+        "ln_ches": scores.ln_ches(chosen_sum, rejected_sum, chosen_n, rejected_n).tolist(),
+        "edit_distance": [
+            float("nan") if isinstance(plan, str) else scores.edit_distance(plan[0].completion_ids, plan[1].completion_ids)
+            for plan in planned
+        ],
+        "last_hidden_ip": scores.last_hidden_ip(chosen_last, rejected_last).tolist(),
+        "prompt_tokens": prompt_n.tolist(),
+        "chosen_tokens": chosen_n.tolist(),
+        "rejected_tokens": rejected_n.tolist(),
+        "ches_skip": [plan if isinstance(plan, str) else None for plan in planned],
+    }
+    return ScoredRows(chosen_sum, rejected_sum, columns, prompt_cut=sum(pair.prompt_cut > 0 for pair in tokenized))
+
+
+def _lengths(plan, tokenized: TokenizedPair) -> tuple[int, int, int]:
+    if isinstance(plan, str):
+        return len(tokenized.prompt_ids), 0, 0
+    chosen, rejected = plan
+    return chosen.start + 1, chosen.end - chosen.start, rejected.end - rejected.start
+
+
+def _with_columns(dataset: datasets.Dataset, columns: dict[str, list]) -> datasets.Dataset:
+    clashes = [name for name in columns if name in dataset.column_names]
+    if clashes:
+        logger.warning("replacing existing column(s) %s with new scores", clashes)
+        dataset = dataset.remove_columns(clashes)
+    features = {name: datasets.Value("float64") for name in ("ches", "ln_ches", "edit_distance", "last_hidden_ip")}
+    features |= {name: datasets.Value("int64") for name in ("prompt_tokens", "chosen_tokens", "rejected_tokens")}
+    features["ches_skip"] = datasets.Value("string")
+    for name in SCORE_COLUMNS:
+        dataset = dataset.add_column(name, columns[name], feature=features[name])
+    return dataset
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="pair", desc="ches")
+
+
+def _log_summary(result: ScoredRows, model_name: str) -> None:
+    skips = Counter(reason.split(" (")[0] for reason in result.columns["ches_skip"] if reason)
+    total = len(result.columns["ches_skip"])
+    detail = "; ".join(f"{reason}: {count}" for reason, count in skips.most_common())
+    logger.info(
+        "ches: scored %d of %d rows with %s; skipped %d%s; %d rows had a prompt not a token prefix of its "
+        "completions (prompt cut to the common prefix, as TRL does)",
+        total - sum(skips.values()), total, model_name, sum(skips.values()), f" ({detail})" if detail else "",
+        result.prompt_cut,
+    )

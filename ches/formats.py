@@ -1,0 +1,140 @@
+"""Normalized pairs: validate preference rows and bring every format to ``(prompt, chosen, rejected)``.
+
+Three formats are accepted, as in TRL's DPO pipeline (behaviour matched: TRL 1.16):
+
+- **standard**: ``prompt``, ``chosen``, ``rejected`` are strings.
+- **conversational**: each is a list of ``{"role": str, "content": str}`` messages.
+- **implicit prompt**: only ``chosen`` and ``rejected`` (strings or message lists); the prompt is their
+  longest common prefix, found by :func:`extract_prompt`.
+
+The format is decided from the first row (as TRL does); every other row must have the same shape, or
+a :class:`~ches.errors.ChesError` names the offending rows before any model work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+from .errors import ChesError, describe_rows
+
+Messages = list[dict[str, str]]
+Text = Union[str, Messages]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One preference pair, prompt made explicit.
+
+    ``conversational`` pairs hold message lists; standard pairs hold strings.
+    """
+
+    prompt: Text
+    chosen: Text
+    rejected: Text
+
+    @property
+    def conversational(self) -> bool:
+        return isinstance(self.chosen, list)
+
+
+def extract_prompt(chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
+    """Split two full transcripts into ``(prompt, chosen, rejected)`` at their longest common prefix.
+
+    Strings are compared character by character, message lists message by message. As in TRL's
+    ``extract_prompt``: when the character before the divergence is a space, the space goes to the
+    completions; when one transcript is a prefix of the other (no divergence), the last shared
+    element is left to the completions. Where the two differ from the very first element the
+    prompt is empty (TRL would wrap around to the last character; such a row is skipped later).
+
+    >>> extract_prompt("Q: sky? A: blue", "Q: sky? A: green")
+    ('Q: sky? A:', ' blue', ' green')
+    >>> extract_prompt([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}],
+    ...                [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away"}])[0]
+    [{'role': 'user', 'content': 'Hi'}]
+    """
+    shared = min(len(chosen), len(rejected))
+    cut = shared - 1
+    for index in range(shared):
+        if chosen[index] != rejected[index]:
+            cut = index - 1 if index > 0 and chosen[index - 1] == " " else index
+            break
+    cut = max(cut, 0)
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def to_pairs(columns: dict[str, list[Any]]) -> list[Pair]:
+    """Validate the ``prompt``/``chosen``/``rejected`` columns of a table and return one :class:`Pair` per row.
+
+    Args:
+        columns: column name -> list of row values; ``prompt`` may be absent (implicit prompt).
+
+    Raises:
+        ChesError: a column is missing, or rows hold ``None``, non-strings, or malformed messages;
+            the message names the column and the first offending rows.
+
+    >>> to_pairs({"prompt": ["2+2="], "chosen": ["4"], "rejected": ["5"]})
+    [Pair(prompt='2+2=', chosen='4', rejected='5')]
+    >>> to_pairs({"chosen": ["Q: A: yes"], "rejected": ["Q: A: no"]})
+    [Pair(prompt='Q: A:', chosen=' yes', rejected=' no')]
+    """
+    missing = [name for name in ("chosen", "rejected") if name not in columns]
+    if missing:
+        raise ChesError(
+            f"missing column(s) {missing}; found {sorted(columns)}. A preference data set needs 'chosen' and "
+            "'rejected' (and optionally 'prompt'); rename your columns, e.g. dataset.rename_column('response_a', 'chosen')."
+        )
+    names = [name for name in ("prompt", "chosen", "rejected") if name in columns]
+    conversational = _first_is_messages(columns)
+    for name in names:
+        _check_column(name, columns[name], conversational)
+    if "prompt" in columns:
+        return [Pair(*row) for row in zip(columns["prompt"], columns["chosen"], columns["rejected"])]
+    return [Pair(*extract_prompt(chosen, rejected)) for chosen, rejected in zip(columns["chosen"], columns["rejected"])]
+
+
+def _first_is_messages(columns: dict[str, list[Any]]) -> bool:
+    first = columns["chosen"][0] if columns["chosen"] else None
+    return isinstance(first, list)
+
+
+def _check_column(name: str, values: Sequence[Any], conversational: bool) -> None:
+    expected = "a list of {'role', 'content'} messages" if conversational else "a string"
+    problems: dict[str, list[int]] = {}
+    for row, value in enumerate(values):
+        problem = _message_list_problem(value) if conversational else _string_problem(value)
+        if problem:
+            problems.setdefault(problem, []).append(row)
+    if problems:
+        found = "; ".join(f"{describe_rows(rows)}: {problem}" for problem, rows in problems.items())
+        fmt = "conversational" if conversational else "standard"
+        raise ChesError(
+            f"column {name!r} must hold {expected} in every row ({fmt} format, decided from row 0 of 'chosen'); "
+            f"{found}. Fix or drop these rows, e.g. dataset.filter(lambda row: row[{name!r}] is not None)."
+        )
+
+
+def _string_problem(value: Any) -> str | None:
+    if isinstance(value, str):
+        return None
+    return f"found {_kind(value)}"
+
+
+def _message_list_problem(value: Any) -> str | None:
+    if not isinstance(value, list):
+        return f"found {_kind(value)}"
+    for position, message in enumerate(value):
+        if not isinstance(message, dict):
+            return f"message {position} is {_kind(message)}, not a dict"
+        for key in ("role", "content"):
+            if not isinstance(message.get(key), str):
+                return f"message {position} has {key!r} = {_kind(message.get(key))}, expected a string"
+    return None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "None"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"

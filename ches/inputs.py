@@ -1,0 +1,163 @@
+"""Input rows: turn whatever the user passes as ``data`` into a :class:`datasets.Dataset`.
+
+Accepted: a ``Dataset``; a ``DatasetDict`` (one split chosen with ``split``, or all of them); a list
+of dicts; a pandas DataFrame; a local ``.jsonl``/``.json``/``.parquet``/``.csv`` file (optionally
+``.gz``); a folder written by ``save_to_disk``; or a Hugging Face Hub dataset id.
+
+JSON Lines are read here line by line, so a broken line is reported by its number instead of as a
+parser error from deep inside Arrow.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import datasets
+
+from .errors import ChesError
+
+Data = Union[datasets.Dataset, datasets.DatasetDict, Sequence[Mapping[str, Any]], "pandas.DataFrame", str, os.PathLike]  # noqa: F821
+
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def load_data(data: Data, split: str | None = None) -> datasets.Dataset | datasets.DatasetDict:
+    """Return ``data`` as a ``Dataset`` (or a ``DatasetDict`` when it has splits and none was chosen).
+
+    Args:
+        data: any of the accepted inputs (see the module docstring).
+        split: the split to take from a ``DatasetDict``, a Hub dataset or a ``save_to_disk`` folder.
+
+    Raises:
+        ChesError: the path does not exist, the format is unknown, a line is not valid JSON, or the
+            split is not in the data.
+
+    >>> load_data([{"prompt": "Hi", "chosen": " yes", "rejected": " no"}]).column_names
+    ['prompt', 'chosen', 'rejected']
+    """
+    if isinstance(data, datasets.DatasetDict):
+        return _pick_split(data, split, "the DatasetDict")
+    if isinstance(data, datasets.Dataset):
+        if split is not None and data.split is not None and str(data.split) != split:
+            raise ChesError(f"split={split!r} was given, but the Dataset passed is split {str(data.split)!r}; drop split=.")
+        return data
+    if _is_dataframe(data):
+        return datasets.Dataset.from_pandas(data, preserve_index=False)
+    if isinstance(data, (str, os.PathLike)):
+        return _load_path(str(data), split)
+    if isinstance(data, Sequence) and all(isinstance(row, Mapping) for row in data):
+        if not data:
+            raise ChesError("data is an empty list; pass at least one row with 'chosen' and 'rejected'.")
+        return datasets.Dataset.from_list([dict(row) for row in data])
+    raise ChesError(
+        f"data of type {type(data).__name__} is not supported; pass a datasets.Dataset or DatasetDict, a list "
+        f"of dicts, a pandas DataFrame, a path to a {'/'.join(SUFFIXES)} file or save_to_disk folder, or a Hub id."
+    )
+
+
+def _pick_split(dataset_dict: datasets.DatasetDict, split: str | None, what: str):
+    if split is None:
+        return dataset_dict
+    if split not in dataset_dict:
+        raise ChesError(f"split {split!r} is not in {what}; it has {sorted(dataset_dict)}.")
+    return dataset_dict[split]
+
+
+def _is_dataframe(data: Any) -> bool:
+    return type(data).__name__ == "DataFrame" and hasattr(data, "to_dict")
+
+
+def _load_path(path: str, split: str | None):
+    local = Path(path)
+    if local.is_dir():
+        try:
+            loaded = datasets.load_from_disk(path)
+        except FileNotFoundError as error:
+            raise ChesError(f"{path} is a folder but not one written by save_to_disk ({error}).") from None
+        return load_data(loaded, split)
+    if local.is_file():
+        return _load_file(local)
+    if local.suffix in SUFFIXES + (".gz",) or path.startswith((".", "/", "~")):
+        raise ChesError(f"data file {path} does not exist.")
+    return _load_hub(path, split)
+
+
+def _load_file(path: Path) -> datasets.Dataset:
+    suffixes = path.suffixes[-2:] if path.suffix == ".gz" else path.suffixes[-1:]
+    kind = suffixes[0] if suffixes else ""
+    if kind == ".jsonl":
+        return _from_rows(path, _read_json_lines(path))
+    if kind == ".json":
+        return _from_rows(path, _read_json(path))
+    if kind == ".parquet":
+        return datasets.Dataset.from_parquet(str(path))
+    if kind == ".csv":
+        import pandas
+
+        frame = pandas.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+        return datasets.Dataset.from_pandas(frame, preserve_index=False)
+    raise ChesError(f"cannot tell the format of {path}: expected a name ending in {', '.join(SUFFIXES)} (optionally + .gz).")
+
+
+def _open_text(path: Path):
+    opener = gzip.open if path.suffix == ".gz" else open
+    return opener(path, "rt", encoding="utf-8")
+
+
+def _read_json_lines(path: Path) -> list[dict]:
+    rows = []
+    with _open_text(path) as handle:
+        line_number = 0
+        try:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ChesError(f"{path}, line {line_number}: expected a JSON object, found {type(row).__name__}.")
+                rows.append(row)
+        except json.JSONDecodeError as error:
+            raise ChesError(f"{path}, line {line_number}: not valid JSON ({error.msg} at column {error.colno}).") from None
+        except UnicodeDecodeError:
+            raise ChesError(f"{path}, line {line_number + 1}: not valid UTF-8 text.") from None
+        except (EOFError, OSError) as error:
+            raise ChesError(f"{path}: the file is truncated or not readable after line {line_number} ({error}).") from None
+    return rows
+
+
+def _read_json(path: Path) -> list[dict]:
+    try:
+        with _open_text(path) as handle:
+            content = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ChesError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}).") from None
+    except UnicodeDecodeError:
+        raise ChesError(f"{path}: not valid UTF-8 text.") from None
+    if isinstance(content, dict) and isinstance(content.get("data"), list):
+        content = content["data"]
+    if not isinstance(content, list) or not all(isinstance(row, dict) for row in content):
+        raise ChesError(f"{path}: expected a JSON list of row objects (or {{'data': [...]}}).")
+    return content
+
+
+def _from_rows(path: Path, rows: list[dict]) -> datasets.Dataset:
+    if not rows:
+        raise ChesError(f"{path} holds no rows.")
+    try:
+        return datasets.Dataset.from_list(rows)
+    except Exception as error:  # pyarrow raises several types for inconsistent rows
+        raise ChesError(f"{path}: rows do not share one schema ({error}).") from None
+
+
+def _load_hub(name: str, split: str | None):
+    try:
+        return datasets.load_dataset(name, split=split)
+    except Exception as error:
+        raise ChesError(
+            f"{name!r} is neither an existing local path nor a loadable Hub dataset ({type(error).__name__}: {error})."
+        ) from None

@@ -1,0 +1,140 @@
+"""Model and tokenizer loading, device and dtype choice, and finding the decoder body.
+
+``ches`` needs the hidden state fed to the unembedding (after the final norm). For Hugging Face
+causal LMs that is ``model.base_model(...).last_hidden_state``, the same tensor as
+``hidden_states[-1]`` of the full model, so the LM head is never run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ChesError
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
+          "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What the engine needs from a model: its body, where it runs, and in which precision."""
+
+    model: torch.nn.Module
+    body: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+    hidden_size: int
+    name: str
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device``; ``None`` means CUDA when available, else CPU.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ChesError(f"device={device!r} is not a torch device; use e.g. 'cpu', 'cuda' or 'cuda:1'.") from None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``dtype`` as a ``torch.dtype``; ``None`` means bfloat16 on CUDA and float32 elsewhere.
+
+    >>> resolve_dtype(None, torch.device("cpu")), resolve_dtype("bf16", torch.device("cpu"))
+    (torch.float32, torch.bfloat16)
+    """
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ChesError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def decoder_body(model: torch.nn.Module) -> torch.nn.Module:
+    """The part of a causal LM that produces the last (final-normed) hidden states: ``model.base_model``."""
+    body = getattr(model, "base_model", None)
+    if body is None:
+        raise ChesError(f"{type(model).__name__} is not a Hugging Face PreTrainedModel (it has no base_model).")
+    return body
+
+
+def load_model(
+    model,
+    tokenizer=None,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load (or adopt) a causal LM and its tokenizer for scoring.
+
+    A model given as a string is a local folder or Hub id, loaded with ``dtype`` on ``device``. An
+    already loaded model stays where it is unless ``device``/``dtype`` are given (then it is moved in
+    place). ``tokenizer`` defaults to the model's own.
+
+    Raises:
+        ChesError: the model or tokenizer cannot be found or loaded.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(model, (str, os.PathLike)):
+        resolved_device = resolve_device(device)
+        resolved_dtype = resolve_dtype(dtype, resolved_device)
+        name = str(model)
+        try:
+            loaded = AutoModelForCausalLM.from_pretrained(name, dtype=resolved_dtype, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise ChesError(f"could not load model {name!r}: {error}") from None
+        loaded.to(resolved_device)
+    elif isinstance(model, torch.nn.Module):
+        loaded = model
+        name = getattr(model, "name_or_path", "") or type(model).__name__
+        first = next(model.parameters())
+        resolved_device = resolve_device(device) if device is not None else first.device
+        resolved_dtype = resolve_dtype(dtype, resolved_device) if dtype is not None else first.dtype
+        if device is not None or dtype is not None:
+            loaded.to(device=resolved_device, dtype=resolved_dtype)
+    else:
+        raise ChesError(f"model must be a path, a Hub id or a loaded PreTrainedModel; got {type(model).__name__}.")
+    loaded.eval()
+    body = decoder_body(loaded)
+    config = loaded.config.get_text_config() if hasattr(loaded.config, "get_text_config") else loaded.config
+    return LoadedModel(
+        model=loaded,
+        body=body,
+        tokenizer=load_tokenizer(tokenizer, name, trust_remote_code),
+        device=resolved_device,
+        dtype=resolved_dtype,
+        hidden_size=config.hidden_size,
+        name=name,
+    )
+
+
+def load_tokenizer(tokenizer, model_name: str, trust_remote_code: bool = False):
+    """``tokenizer`` itself, or loaded from a path/id (default: the model's own)."""
+    if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    source = str(tokenizer) if tokenizer is not None else model_name
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as error:
+        raise ChesError(f"could not load a tokenizer from {source!r} ({error}); pass tokenizer= explicitly.") from None
+
+
+def max_positions(model: torch.nn.Module) -> int | None:
+    """The model's context length from its config (``max_position_embeddings``), if it states one."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    value = getattr(config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None

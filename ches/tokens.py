@@ -1,0 +1,167 @@
+"""Token sequences: exactly the ids TRL's ``DPOTrainer`` trains on (behaviour matched: TRL 1.16).
+
+For each :class:`~ches.formats.Pair`:
+
+- standard rows: the tokenizer's EOS *string* is appended to each completion unless it already ends
+  with it; ``prompt`` and ``prompt + completion`` are each tokenized whole, with the tokenizer's
+  default special tokens;
+- conversational rows: prompt ids = ``apply_chat_template(prompt, add_generation_prompt=True)``,
+  full ids = ``apply_chat_template(prompt + completion)``; no extra EOS;
+- the prompt is cut to the longest common token prefix of its ids with *both* full sequences (when
+  tokens merge across the boundary the prompt ids are not a prefix); each completion is the rest of
+  its full sequence. ``prompt_cut`` counts the prompt tokens so dropped;
+- ``max_length`` keeps the first ``max_length`` tokens of each prompt+completion sequence (TRL's
+  ``keep_start``). TRL drops rows whose prompt alone fills ``max_length``; here they are kept with a
+  skip reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import ChesError
+from .formats import Pair
+
+CHUNK_ROWS = 512  # rows tokenized per call of the (Rust, multi-threaded) fast tokenizer
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    """The TRL token ids of one pair, before truncation."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    prompt_cut: int = 0  # prompt tokens left out because the prompt ids were not a prefix of the full ids
+
+
+@dataclass(frozen=True)
+class ScoredSequence:
+    """One prompt+completion sequence and the positions whose hidden states are summed.
+
+    The hidden state at position ``t`` predicts token ``t + 1``, so a completion occupying token
+    positions ``[P, P + R)`` is summed over positions ``[P - 1, P + R - 1)``: ``[start, end)``.
+    """
+
+    input_ids: list[int]
+    start: int
+    end: int
+
+    @property
+    def completion_ids(self) -> list[int]:
+        return self.input_ids[self.start + 1 : self.end + 1]
+
+
+def common_prefix_length(ids: Sequence[int], other_ids: Sequence[int]) -> int:
+    """Number of leading tokens two id lists share.
+
+    >>> common_prefix_length([1, 2, 3], [1, 2, 4, 5])
+    2
+    """
+    length = 0
+    for token, other in zip(ids, other_ids):
+        if token != other:
+            break
+        length += 1
+    return length
+
+
+def split_completions(prompt_ids: list[int], chosen_full: list[int], rejected_full: list[int]) -> TokenizedPair:
+    """Cut two tokenized ``prompt + completion`` sequences into TRL's prompt/chosen/rejected ids.
+
+    >>> split_completions([5, 6, 7], [5, 6, 7, 8, 2], [5, 6, 9, 2])
+    TokenizedPair(prompt_ids=[5, 6], chosen_ids=[7, 8, 2], rejected_ids=[9, 2], prompt_cut=1)
+    """
+    prompt_length = min(common_prefix_length(prompt_ids, chosen_full), common_prefix_length(prompt_ids, rejected_full))
+    return TokenizedPair(
+        prompt_ids=list(prompt_ids[:prompt_length]),
+        chosen_ids=list(chosen_full[prompt_length:]),
+        rejected_ids=list(rejected_full[prompt_length:]),
+        prompt_cut=len(prompt_ids) - prompt_length,
+    )
+
+
+def tokenize_pairs(pairs: Sequence[Pair], tokenizer) -> list[TokenizedPair]:
+    """Tokenize pairs the way TRL's DPO data preparation does (see the module docstring).
+
+    Args:
+        pairs: normalized pairs, all standard or all conversational.
+        tokenizer: a Hugging Face tokenizer (fast tokenizers batch the work in Rust threads).
+
+    Raises:
+        ChesError: standard rows with a tokenizer that has no EOS token; conversational rows with a
+            tokenizer that has no chat template.
+    """
+    if not pairs:
+        return []
+    if pairs[0].conversational:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ChesError(
+                "the data is conversational but the tokenizer has no chat template; set tokenizer.chat_template "
+                "(e.g. from the instruct model you will train) or pass standard string rows."
+            )
+        return _chunked(pairs, tokenizer, _tokenize_conversational)
+    if not tokenizer.eos_token:
+        raise ChesError(
+            "the tokenizer has no EOS token, which TRL appends to every standard completion; set "
+            "tokenizer.eos_token (e.g. tokenizer.eos_token = '</s>') before scoring."
+        )
+    return _chunked(pairs, tokenizer, _tokenize_standard)
+
+
+def _chunked(pairs: Sequence[Pair], tokenizer, tokenize_chunk) -> list[TokenizedPair]:
+    out: list[TokenizedPair] = []
+    for begin in range(0, len(pairs), CHUNK_ROWS):
+        out += tokenize_chunk(pairs[begin : begin + CHUNK_ROWS], tokenizer)
+    return out
+
+
+def _with_eos(text: str, eos: str) -> str:
+    return text if text.endswith(eos) else text + eos
+
+
+def _tokenize_standard(pairs: Sequence[Pair], tokenizer) -> list[TokenizedPair]:
+    eos = tokenizer.eos_token
+    prompts = [pair.prompt for pair in pairs]
+    prompt_ids = tokenizer(prompts)["input_ids"]
+    chosen_full = tokenizer([pair.prompt + _with_eos(pair.chosen, eos) for pair in pairs])["input_ids"]
+    rejected_full = tokenizer([pair.prompt + _with_eos(pair.rejected, eos) for pair in pairs])["input_ids"]
+    return [split_completions(*ids) for ids in zip(prompt_ids, chosen_full, rejected_full)]
+
+
+def _chat_ids(tokenizer, conversations: list, **options) -> list[list[int]]:
+    encoded = tokenizer.apply_chat_template(conversations, tokenize=True, return_dict=True, **options)
+    return [list(ids) for ids in encoded["input_ids"]]
+
+
+def _tokenize_conversational(pairs: Sequence[Pair], tokenizer) -> list[TokenizedPair]:
+    prompt_ids = _chat_ids(tokenizer, [pair.prompt for pair in pairs], add_generation_prompt=True)
+    chosen_full = _chat_ids(tokenizer, [pair.prompt + pair.chosen for pair in pairs])
+    rejected_full = _chat_ids(tokenizer, [pair.prompt + pair.rejected for pair in pairs])
+    return [split_completions(*ids) for ids in zip(prompt_ids, chosen_full, rejected_full)]
+
+
+def to_sequences(
+    tokenized: TokenizedPair, max_length: int | None = None
+) -> tuple[ScoredSequence, ScoredSequence] | str:
+    """The two sequences DPO trains on, truncated like TRL's collator; or the reason none can be scored.
+
+    >>> chosen, rejected = to_sequences(TokenizedPair([1, 5], [7, 8, 2], [9, 2]), max_length=4)
+    >>> chosen
+    ScoredSequence(input_ids=[1, 5, 7, 8], start=1, end=3)
+    >>> to_sequences(TokenizedPair([1, 5, 6], [7, 2], [9, 2]), max_length=3)
+    'prompt fills max_length (3 prompt tokens, max_length=3)'
+    """
+    prompt_length = len(tokenized.prompt_ids)
+    if prompt_length == 0:
+        return "empty prompt: no position predicts the first completion token (tokenizer adds no BOS)"
+    if max_length is not None and prompt_length >= max_length:
+        return f"prompt fills max_length ({prompt_length} prompt tokens, max_length={max_length})"
+    sequences = []
+    for side, completion in (("chosen", tokenized.chosen_ids), ("rejected", tokenized.rejected_ids)):
+        if not completion:
+            return f"{side} completion has no tokens"
+        input_ids = (tokenized.prompt_ids + completion)[:max_length]
+        sequences.append(ScoredSequence(input_ids=input_ids, start=prompt_length - 1, end=len(input_ids) - 1))
+    return sequences[0], sequences[1]

@@ -1,0 +1,68 @@
+"""Our token sequences equal the ones TRL's own DPOTrainer builds, for all three formats and max_length."""
+
+import copy
+
+import datasets
+import pytest
+from ches.formats import to_pairs
+from ches.tokens import to_sequences, tokenize_pairs
+from conftest import conversational_rows, hh_rows, standard_rows
+
+trl = pytest.importorskip("trl")  # trl is in the test extras, so CI always has it
+
+FORMATS = {
+    "implicit": lambda rows: rows,
+    "standard": standard_rows,
+    "conversational": conversational_rows,
+}
+
+
+def trl_sequences(rows, tokenizer, model, max_length, tmp_path):
+    """(input_ids, completion_mask) per sequence, chosen then rejected, as TRL's trainer + collator give them."""
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(output_dir=str(tmp_path), max_length=max_length, report_to="none", dataset_num_proc=None,
+                     bf16=False, use_cpu=True)
+    trainer = DPOTrainer(model=copy.deepcopy(model), ref_model=copy.deepcopy(model), args=args,
+                          train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer)
+    prepared = trainer.train_dataset
+    out = {}
+    for index in range(len(prepared)):
+        example = {key: prepared[index][key] for key in ("prompt_ids", "chosen_ids", "rejected_ids")}
+        batch = trainer.data_collator([example])
+        for side in (0, 1):
+            mask = batch["attention_mask"][side].bool()
+            out[(index, side)] = (batch["input_ids"][side][mask].tolist(), batch["completion_mask"][side][mask].tolist())
+    return prepared, out
+
+
+@pytest.mark.parametrize("max_length", [None, 160])
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_sequences_equal_trl(fmt, max_length, tokenizer, tiny_model, tmp_path):
+    rows = FORMATS[fmt](hh_rows(40))
+    prepared, expected = trl_sequences(rows, tokenizer, tiny_model("llama"), max_length, tmp_path)
+    tokenized = tokenize_pairs(to_pairs({k: [row[k] for row in rows] for k in rows[0]}), tokenizer)
+    planned = [to_sequences(pair, max_length) for pair in tokenized]
+    kept = [plan for plan in planned if not isinstance(plan, str)]
+    # TRL drops rows whose prompt fills max_length; we keep them with a reason, so compare the rest in order
+    assert len(kept) == len(prepared)
+    if max_length is not None:
+        assert any(isinstance(plan, str) for plan in planned), "the test data should exercise the max_length skip"
+    for index, sequences in enumerate(kept):
+        for side, sequence in enumerate(sequences):
+            input_ids, completion_mask = expected[(index, side)]
+            assert sequence.input_ids == input_ids
+            # TRL's loss uses the tokens where completion_mask is 1; the hidden states predicting them are ours
+            positions = [t - 1 for t, flag in enumerate(completion_mask) if flag]
+            assert list(range(sequence.start, sequence.end)) == positions
+
+
+def test_prompt_cut_matches_trl_when_tokens_merge(tokenizer, tiny_model, tmp_path):
+    # a prompt that ends mid-word makes its ids no prefix of prompt+completion ids: TRL cuts the prompt
+    rows = [{"prompt": "\n\nHuman: Is it safe?\n\nAssistant: Abso", "chosen": "lutely not.", "rejected": "lutely."}]
+    prepared, expected = trl_sequences(rows, tokenizer, tiny_model("llama"), None, tmp_path)
+    tokenized = tokenize_pairs(to_pairs({k: [row[k] for row in rows] for k in rows[0]}), tokenizer)
+    assert tokenized[0].prompt_cut > 0
+    assert tokenized[0].prompt_ids == prepared[0]["prompt_ids"]
+    chosen, rejected = to_sequences(tokenized[0])
+    assert chosen.input_ids == expected[(0, 0)][0] and rejected.input_ids == expected[(0, 1)][0]
