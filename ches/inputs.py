@@ -104,35 +104,41 @@ def _load_file(path: Path) -> datasets.Dataset:
     raise ChesError(f"cannot tell the format of {path}: expected a name ending in {', '.join(SUFFIXES)} (optionally + .gz).")
 
 
-def _open_text(path: Path):
+def _open(path: Path, mode: str = "rt"):
     opener = gzip.open if path.suffix == ".gz" else open
-    return opener(path, "rt", encoding="utf-8")
+    return opener(path, mode, encoding="utf-8") if "t" in mode else opener(path, mode)
 
 
 def _read_json_lines(path: Path) -> list[dict]:
+    """Rows of a JSON Lines file; blank lines are allowed, anything else broken is named by line number."""
     rows = []
-    with _open_text(path) as handle:
-        line_number = 0
-        try:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ChesError(f"{path}, line {line_number}: expected a JSON object, found {type(row).__name__}.")
-                rows.append(row)
-        except json.JSONDecodeError as error:
-            raise ChesError(f"{path}, line {line_number}: not valid JSON ({error.msg} at column {error.colno}).") from None
-        except UnicodeDecodeError:
-            raise ChesError(f"{path}, line {line_number + 1}: not valid UTF-8 text.") from None
-        except (EOFError, OSError) as error:
-            raise ChesError(f"{path}: the file is truncated or not readable after line {line_number} ({error}).") from None
+    line_number = 0
+    try:
+        with _open(path, "rb") as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                line = raw.decode("utf-8")
+                if line.strip():
+                    rows.append(_json_object(line, path, line_number))
+    except UnicodeDecodeError:
+        raise ChesError(f"{path}, line {line_number}: not valid UTF-8 text; re-encode the file as UTF-8.") from None
+    except (EOFError, OSError) as error:
+        raise ChesError(f"{path}: truncated or unreadable after line {line_number} ({error}).") from None
     return rows
+
+
+def _json_object(line: str, path: Path, line_number: int) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ChesError(f"{path}, line {line_number}: not valid JSON ({error.msg} at column {error.colno}).") from None
+    if not isinstance(row, dict):
+        raise ChesError(f"{path}, line {line_number}: expected a JSON object, found {type(row).__name__}.")
+    return row
 
 
 def _read_json(path: Path) -> list[dict]:
     try:
-        with _open_text(path) as handle:
+        with _open(path) as handle:
             content = json.load(handle)
     except json.JSONDecodeError as error:
         raise ChesError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}).") from None

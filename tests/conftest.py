@@ -51,6 +51,15 @@ def conversational_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
+def levenshtein(a, b) -> int:
+    """Textbook O(len(a) * len(b)) edit distance, the independent reference for ches.scores.edit_distance."""
+    table = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            table[i][j] = min(table[i - 1][j] + 1, table[i][j - 1] + 1, table[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+    return table[-1][-1]
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from transformers import AutoTokenizer

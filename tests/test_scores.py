@@ -6,6 +6,7 @@ import random
 import torch
 
 from ches import scores
+from conftest import levenshtein
 
 
 def test_ches_by_hand():
@@ -30,14 +31,6 @@ def test_scores_are_float64_for_half_inputs():
 
 def test_last_hidden_ip_by_hand():
     assert scores.last_hidden_ip(torch.tensor([[1.0, -2.0, 3.0]]), torch.tensor([[4.0, 5.0, 6.0]])).tolist() == [12.0]
-
-
-def levenshtein(a, b):
-    table = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
-    for i in range(1, len(a) + 1):
-        for j in range(1, len(b) + 1):
-            table[i][j] = min(table[i - 1][j] + 1, table[i][j - 1] + 1, table[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
-    return table[-1][-1]
 
 
 def test_edit_distance_matches_brute_force():

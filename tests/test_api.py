@@ -1,0 +1,106 @@
+"""ches.score end to end: columns, order, skips, DatasetDicts, and errors raised before model work."""
+
+import copy
+import logging
+import math
+
+import datasets
+import pytest
+
+import ches
+from ches import ChesError
+from ches.tokens import TokenizedPair, to_sequences
+from conftest import MODEL_DIR, conversational_rows, hh_rows, standard_rows
+
+SCORE_COLUMNS = ["ches", "ln_ches", "edit_distance", "last_hidden_ip", "prompt_tokens", "chosen_tokens",
+                 "rejected_tokens", "ches_skip"]
+
+
+def test_keeps_every_column_and_row_order(tokenizer, tiny_model):
+    rows = [dict(row, id=f"row-{i}", source="hh") for i, row in enumerate(hh_rows(12))]
+    scored = ches.score(rows, tiny_model("llama"), tokenizer, progress=False)
+    assert scored.column_names == ["chosen", "rejected", "id", "source"] + SCORE_COLUMNS
+    assert scored["id"] == [row["id"] for row in rows]
+    assert scored["chosen"] == [row["chosen"] for row in rows]
+    assert scored.features["ches"].dtype == "float64" and scored.features["chosen_tokens"].dtype == "int64"
+
+
+def test_prompt_filling_max_length_is_kept_with_a_reason(tokenizer, tiny_model):
+    rows = standard_rows(hh_rows(10))
+    scored = ches.score(rows, tiny_model("llama"), tokenizer, max_length=64, progress=False)
+    assert len(scored) == len(rows)
+    skipped = [i for i, reason in enumerate(scored["ches_skip"]) if reason]
+    kept = [i for i, reason in enumerate(scored["ches_skip"]) if not reason]
+    assert skipped and kept
+    for i in skipped:
+        assert scored["ches_skip"][i].startswith("prompt fills max_length")
+        assert math.isnan(scored["ches"][i]) and scored["chosen_tokens"][i] == 0
+        assert scored["prompt_tokens"][i] >= 64
+    for i in kept:
+        assert scored["prompt_tokens"][i] + max(scored["chosen_tokens"][i], scored["rejected_tokens"][i]) <= 64
+        assert math.isfinite(scored["ln_ches"][i])
+
+
+def test_skip_reasons_are_logged(tokenizer, tiny_model, caplog):
+    with caplog.at_level(logging.INFO, logger="ches"):
+        ches.score(standard_rows(hh_rows(10)), tiny_model("llama"), tokenizer, max_length=64, progress=False)
+    assert "skipped" in caplog.text and "prompt fills max_length" in caplog.text
+
+
+def test_dataset_dict_scores_every_split(tokenizer, tiny_model):
+    data = datasets.DatasetDict({"train": datasets.Dataset.from_list(hh_rows(4)),
+                                 "test": datasets.Dataset.from_list(hh_rows(3, start=10))})
+    scored = ches.score(data, tiny_model("llama"), tokenizer, progress=False)
+    assert isinstance(scored, datasets.DatasetDict) and {k: len(v) for k, v in scored.items()} == {"train": 4, "test": 3}
+    only = ches.score(data, tiny_model("llama"), tokenizer, split="test", progress=False)
+    assert isinstance(only, datasets.Dataset) and only["ches"] == scored["test"]["ches"]
+
+
+def test_bad_rows_fail_before_the_model_is_loaded():
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": None, "rejected": "b"}]
+    with pytest.raises(ChesError, match=r"column 'chosen' must hold a string in every row.*row 1: found None"):
+        ches.score(rows, "/no/such/model", progress=False)
+
+
+def test_missing_model_is_explained():
+    with pytest.raises(ChesError, match=r"could not load model '/no/such/model'"):
+        ches.score(hh_rows(2), "/no/such/model", progress=False)
+
+
+def test_conversational_data_needs_a_chat_template(tokenizer, tiny_model):
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    with pytest.raises(ChesError, match=r"conversational but the tokenizer has no chat template"):
+        ches.score(conversational_rows(hh_rows(2)), tiny_model("llama"), plain, progress=False)
+
+
+def test_standard_data_needs_an_eos_token(tokenizer, tiny_model):
+    no_eos = copy.deepcopy(tokenizer)
+    no_eos.eos_token = None
+    with pytest.raises(ChesError, match=r"tokenizer has no EOS token"):
+        ches.score(hh_rows(2), tiny_model("llama"), no_eos, progress=False)
+
+
+def test_empty_prompt_and_empty_completion_are_skip_reasons():
+    assert to_sequences(TokenizedPair([], [5, 2], [6, 2])).startswith("empty prompt")
+    assert to_sequences(TokenizedPair([1], [], [6, 2])) == "chosen completion has no tokens"
+
+
+def test_sequence_longer_than_the_model_context_is_skipped(tokenizer, tiny_model):
+    row = hh_rows(1)[0]
+    long_row = {"chosen": row["chosen"] + " more" * 1200, "rejected": row["rejected"]}
+    scored = ches.score([long_row, row], tiny_model("gpt2"), tokenizer, progress=False)  # gpt2: 1024 positions
+    assert "exceeds the model's context (1024)" in scored["ches_skip"][0]
+    assert scored["ches_skip"][1] is None and math.isfinite(scored["ches"][1])
+
+
+def test_existing_score_columns_are_replaced(tokenizer, tiny_model):
+    rows = [dict(row, ches=0.0) for row in hh_rows(3)]
+    scored = ches.score(rows, tiny_model("llama"), tokenizer, progress=False)
+    assert scored.column_names.count("ches") == 1 and scored["ches"] != [0.0, 0.0, 0.0]
+
+
+def test_bundled_model_scores_real_data_by_path():
+    scored = ches.score(str(MODEL_DIR.parent / "data" / "hh-sample.jsonl"), str(MODEL_DIR), progress=True)
+    assert len(scored) == 64 and all(reason is None for reason in scored["ches_skip"])
+    assert all(math.isfinite(value) for value in scored["ln_ches"])

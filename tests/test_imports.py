@@ -1,0 +1,16 @@
+"""Every module imports on its own, and the public surface is what the docs say."""
+
+import importlib
+import pkgutil
+
+import ches
+
+
+def test_every_module_imports():
+    for module in pkgutil.iter_modules(ches.__path__):
+        importlib.import_module(f"ches.{module.name}")
+
+
+def test_public_surface():
+    assert set(ches.__all__) == {"score", "ChesError", "extract_prompt", "__version__"}
+    assert issubclass(ches.ChesError, ValueError)
