@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import datasets
 import torch
 
 from . import scores
+from .embeddings import save_embeddings as write_embeddings
 from .engine import hidden_sums
 from .errors import ChesError
 from .formats import to_pairs
-from .inputs import Data, load_data
+from .inputs import Data, column, load_data
 from .models import LoadedModel, load_model, max_positions
-from .tokens import ScoredSequence, TokenizedPair, to_sequences, tokenize_pairs
+from .tokens import TokenizedPair, to_sequences, tokenize_pairs
 
 logger = logging.getLogger("ches")
 
@@ -26,18 +31,44 @@ DEFAULT_BATCH_TOKENS = {"cuda": 65536, "cpu": 8192}
 
 @dataclass(frozen=True)
 class ScoredRows:
-    """Everything computed for a table of rows; NaN / zero rows where ``skip`` has a reason.
+    """Everything computed for a table of rows; NaN / zero rows where ``ches_skip`` has a reason.
 
     Attributes:
         chosen_sum, rejected_sum: ``[N, H]`` float32 hidden-state sums ``S+`` and ``S-``.
-        columns: the score columns added to the dataset, by name.
+        chosen_last, rejected_last: ``[N, H]`` float32 hidden states at the last summed positions.
+        columns: the score columns added to the dataset, by name (``SCORE_COLUMNS``).
         prompt_cut: rows whose prompt ids were not a prefix of the full ids (prompt cut, as in TRL).
     """
 
     chosen_sum: torch.Tensor
     rejected_sum: torch.Tensor
+    chosen_last: torch.Tensor
+    rejected_last: torch.Tensor
     columns: dict[str, list]
     prompt_cut: int
+
+
+@dataclass
+class RunInfo:
+    """What a scoring run used and produced: enough to reproduce it (written next to CLI outputs)."""
+
+    model: str
+    model_revision: str | None
+    tokenizer: str
+    dtype: str
+    device: str
+    max_length: int | None
+    batch_tokens: int
+    split: str | None
+    dataset_fingerprints: dict[str, str]
+    rows: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    prompt_cut: dict[str, int] = field(default_factory=dict)
+    started: str = ""
+    finished: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def score(
@@ -52,6 +83,7 @@ def score(
     batch_tokens: int | None = None,
     progress: bool = True,
     trust_remote_code: bool = False,
+    save_embeddings: str | os.PathLike | None = None,
 ) -> datasets.Dataset | datasets.DatasetDict:
     """CHES scores for every preference pair, on exactly the token sequences TRL's DPOTrainer trains on.
 
@@ -68,8 +100,10 @@ def score(
         device: default CUDA when available (a loaded model stays on its device unless one is given).
         batch_tokens: token slots per forward batch (rows x padded length); default 65,536 on CUDA,
             8,192 on CPU. Peak activation memory grows linearly with it.
-        progress: show a tqdm progress bar over pairs.
+        progress: show a tqdm progress bar over pairs and print the summary line.
         trust_remote_code: allow custom model code from the Hub (off by default).
+        save_embeddings: also write ``S+``, ``S-`` and the last hidden states per row to this
+            safetensors file (one file per split, ``name.SPLIT.safetensors``, for a DatasetDict).
 
     Returns:
         The rows in their original order with every original column, plus ``ches``, ``ln_ches``,
@@ -85,23 +119,78 @@ def score(
     >>> scored.column_names[3:6], scored[0]["chosen_tokens"], scored[0]["ches_skip"]
     (['ches', 'ln_ches', 'edit_distance'], 3, None)
     """
+    return score_run(data, model, tokenizer, split=split, max_length=max_length, dtype=dtype, device=device,
+                     batch_tokens=batch_tokens, progress=progress, trust_remote_code=trust_remote_code,
+                     save_embeddings=save_embeddings)[0]
+
+
+def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype=None, device=None,
+              batch_tokens=None, progress=True, trust_remote_code=False, save_embeddings=None):
+    """:func:`score`, also returning the :class:`RunInfo` of the run."""
+    started = _now()
+    if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
+        raise ChesError(f"max_length={max_length!r} must be an integer >= 2 (or None for no truncation).")
+    if batch_tokens is not None and (not isinstance(batch_tokens, int) or batch_tokens < 1):
+        raise ChesError(f"batch_tokens={batch_tokens!r} must be a positive integer.")
     dataset = load_data(data, split)
     parts = dataset if isinstance(dataset, datasets.DatasetDict) else {None: dataset}
     pairs = {name: _validated_pairs(part, name) for name, part in parts.items()}
     loaded = load_model(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     budget = batch_tokens or DEFAULT_BATCH_TOKENS["cuda" if loaded.device.type == "cuda" else "cpu"]
-    scored = {
-        name: _with_columns(part, score_pairs(pairs[name], loaded, max_length=max_length, batch_tokens=budget,
-                                              progress=progress).columns)
-        for name, part in parts.items()
+    info = RunInfo(
+        model=loaded.name, model_revision=getattr(loaded.model.config, "_commit_hash", None),
+        tokenizer=getattr(loaded.tokenizer, "name_or_path", "") or type(loaded.tokenizer).__name__,
+        dtype=str(loaded.dtype).removeprefix("torch."), device=str(loaded.device), max_length=max_length,
+        batch_tokens=budget, split=split,
+        dataset_fingerprints={str(name): getattr(part, "_fingerprint", "") for name, part in parts.items()},
+        started=started,
+    )
+    results = {}
+    for name, part in parts.items():
+        rows = score_pairs(pairs[name], loaded, max_length=max_length, batch_tokens=budget, progress=progress)
+        results[name] = _with_columns(part, rows.columns)
+        key = str(name)
+        info.rows[key] = len(part)
+        info.skipped[key] = sum(reason is not None for reason in rows.columns["ches_skip"])
+        info.prompt_cut[key] = rows.prompt_cut
+        if save_embeddings is not None:
+            target = Path(save_embeddings)
+            if name is not None:
+                target = target.with_name(f"{target.stem}.{name}{target.suffix or '.safetensors'}")
+            write_embeddings(target, embedding_tensors(rows), {"model": info.model, "split": key, **_versions()})
+    info.finished = _now()
+    output = datasets.DatasetDict(results) if isinstance(dataset, datasets.DatasetDict) else results[None]
+    return output, info
+
+
+def embedding_tensors(rows: ScoredRows) -> dict[str, torch.Tensor]:
+    """The per-row tensors of the scored (not skipped) rows, keyed as in :mod:`ches.embeddings`."""
+    kept = torch.tensor([i for i, reason in enumerate(rows.columns["ches_skip"]) if reason is None], dtype=torch.long)
+    return {
+        "row_index": kept,
+        "chosen_sum": rows.chosen_sum[kept], "rejected_sum": rows.rejected_sum[kept],
+        "chosen_last": rows.chosen_last[kept], "rejected_last": rows.rejected_last[kept],
+        "chosen_tokens": torch.tensor(rows.columns["chosen_tokens"], dtype=torch.long)[kept],
+        "rejected_tokens": torch.tensor(rows.columns["rejected_tokens"], dtype=torch.long)[kept],
     }
-    return datasets.DatasetDict(scored) if isinstance(dataset, datasets.DatasetDict) else scored[None]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    from . import __version__
+
+    return {"ches": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def _validated_pairs(dataset: datasets.Dataset, split_name: str | None):
     if len(dataset) == 0:
         raise ChesError(f"the data{f' (split {split_name!r})' if split_name else ''} has no rows.")
-    columns = {name: dataset[name] for name in ("prompt", "chosen", "rejected") if name in dataset.column_names}
+    columns = {name: column(dataset, name) for name in ("prompt", "chosen", "rejected") if name in dataset.column_names}
     try:
         return to_pairs(columns)
     except ChesError as error:
@@ -124,16 +213,18 @@ def score_pairs(pairs, loaded: LoadedModel, *, max_length: int | None, batch_tok
         for index in indices:
             finished[index // 2] += 1
         if bar is not None:
-            bar.update(sum(1 for index in indices if finished[index // 2] == 2))
+            bar.update(len({index // 2 for index in indices if finished[index // 2] == 2}))
 
     sums = hidden_sums(
         loaded.body, sequences, hidden_size=loaded.hidden_size, batch_tokens=batch_tokens, device=loaded.device,
         pad_id=pad_id, pad_multiple=64 if loaded.device.type == "cuda" else 1, on_done=on_done,
     )
+    result = _assemble(planned, tokenized, owners, sums)
+    summary = _summary(result, loaded.name)
+    logger.info(summary)
     if bar is not None:
         bar.close()
-    result = _assemble(planned, tokenized, owners, sums)
-    _log_summary(result, loaded.name)
+        bar.write(summary, file=sys.stderr)
     return result
 
 
@@ -150,8 +241,7 @@ def _plan(tokenized: TokenizedPair, max_length: int | None, context: int | None)
 def _assemble(planned, tokenized: list[TokenizedPair], owners: list[int], sums) -> ScoredRows:
     rows, width = len(planned), sums.sums.shape[1]
     chosen_sum = torch.full((rows, width), float("nan"))
-    rejected_sum = torch.full((rows, width), float("nan"))
-    chosen_last, rejected_last = chosen_sum.clone(), rejected_sum.clone()
+    rejected_sum, chosen_last, rejected_last = chosen_sum.clone(), chosen_sum.clone(), chosen_sum.clone()
     owner_index = torch.tensor(owners, dtype=torch.long)
     chosen_sum[owner_index], rejected_sum[owner_index] = sums.sums[0::2], sums.sums[1::2]
     chosen_last[owner_index], rejected_last[owner_index] = sums.last[0::2], sums.last[1::2]
@@ -170,7 +260,8 @@ def _assemble(planned, tokenized: list[TokenizedPair], owners: list[int], sums) 
         "rejected_tokens": rejected_n.tolist(),
         "ches_skip": [plan if isinstance(plan, str) else None for plan in planned],
     }
-    return ScoredRows(chosen_sum, rejected_sum, columns, prompt_cut=sum(pair.prompt_cut > 0 for pair in tokenized))
+    return ScoredRows(chosen_sum, rejected_sum, chosen_last, rejected_last, columns,
+                      prompt_cut=sum(pair.prompt_cut > 0 for pair in tokenized))
 
 
 def _lengths(plan, tokenized: TokenizedPair) -> tuple[int, int, int]:
@@ -201,13 +292,13 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="pair", desc="ches")
 
 
-def _log_summary(result: ScoredRows, model_name: str) -> None:
-    skips = Counter(reason.split(" (")[0] for reason in result.columns["ches_skip"] if reason)
-    total = len(result.columns["ches_skip"])
-    detail = "; ".join(f"{reason}: {count}" for reason, count in skips.most_common())
-    logger.info(
-        "ches: scored %d of %d rows with %s; skipped %d%s; %d rows had a prompt not a token prefix of its "
-        "completions (prompt cut to the common prefix, as TRL does)",
-        total - sum(skips.values()), total, model_name, sum(skips.values()), f" ({detail})" if detail else "",
-        result.prompt_cut,
+def _summary(result: ScoredRows, model_name: str) -> str:
+    """One line: rows scored and skipped (by reason), and prompts cut at a token boundary."""
+    reasons = Counter(reason.split(" (")[0] for reason in result.columns["ches_skip"] if reason)
+    total, skipped = len(result.columns["ches_skip"]), sum(reasons.values())
+    detail = "".join(f"; {count} {reason}" for reason, count in reasons.most_common())
+    return (
+        f"ches: scored {total - skipped} of {total} rows with {model_name}; skipped {skipped}{detail}; "
+        f"{result.prompt_cut} prompts were not a token prefix of their completions and were cut to the "
+        "common prefix, as TRL does"
     )

@@ -1,0 +1,133 @@
+"""``ches.filter`` and ``ches.rank``: pick rows of a scored dataset by a measure (scoring it first if needed)."""
+
+from __future__ import annotations
+
+import logging
+
+import datasets
+import numpy as np
+
+from . import select
+from .api import SCORE_COLUMNS, score
+from .errors import ChesError
+from .inputs import Data, column, load_data
+
+logger = logging.getLogger("ches")
+
+RANK_COLUMNS = ("ches_rank", "ches_percentile")
+
+
+def filter(  # noqa: A001 - the public name is part of the contract
+    data: Data,
+    quantile: float = 0.95,
+    *,
+    measure: str = "ln_ches",
+    model=None,
+    tokenizer=None,
+    keep_scores: bool = True,
+    max_score: float | None = None,
+    keep: int | None = None,
+    around: float | None = None,
+    window: int = 512,
+    **score_kwargs,
+) -> datasets.Dataset:
+    """Keep the pairs least likely to cause likelihood displacement; original order and columns.
+
+    Rules (``max_score``, ``keep`` and ``around`` replace the default ``quantile`` rule; give at most one):
+
+    - ``quantile``: keep exactly ``round(quantile * n)`` rows with the lowest ``measure`` (n = scored
+      rows); ``0.95`` drops the most displacement-prone 5 %, ``0.05`` is the paper's Section 6 setting.
+    - ``max_score``: keep rows whose ``measure`` (sign-adjusted, see below) is at most this.
+    - ``keep``: keep this many rows with the lowest ``measure``.
+    - ``around`` + ``window``: the paper's Section 5 selection, ``window`` rows of the sorted scores
+      centred on the ``around`` quantile (0 = least similar, 1 = most similar).
+
+    Ties are broken by original position. Rows that could not be scored (``ches_skip``) are dropped
+    and counted in the log.
+
+    Args:
+        data: scored rows (from :func:`ches.score`, or a file it wrote), or raw rows plus ``model``.
+        quantile: fraction of scored rows to keep, in (0, 1].
+        measure: ``"ln_ches"`` (default, what the paper filters with), ``"ches"``, ``"last_hidden_ip"``,
+            or ``"edit_distance"`` (ranked by ``-edit_distance`` so that higher = more similar for all).
+        model, tokenizer, **score_kwargs: used to score ``data`` first when it has no scores.
+        keep_scores: ``False`` drops the score columns, leaving exactly the input schema (ready for TRL).
+
+    Raises:
+        ChesError: (a ``ValueError``) bad ``quantile``/``measure``/rule, no scores and no model, or no rows.
+
+    >>> rows = [{"prompt": "p", "chosen": c, "rejected": "r", "ln_ches": s, "ches_skip": None}
+    ...         for c, s in [("a", 3.0), ("b", 1.0), ("c", 2.0), ("d", 0.0)]]
+    >>> filter(rows, 0.5, keep_scores=False).to_dict()["chosen"]
+    ['b', 'd']
+    """
+    rules = [name for name, value in (("max_score", max_score), ("keep", keep), ("around", around)) if value is not None]
+    if len(rules) > 1:
+        raise ChesError(f"give at most one of max_score=, keep=, around= (got {', '.join(rules)}).")
+    scored = _scored(data, measure, model, tokenizer, score_kwargs)
+    rows, values = _scored_rows(scored, measure)
+    if max_score is not None:
+        picked = select.keep_at_most(values, select.MEASURES[measure] * max_score)
+    elif keep is not None:
+        picked = select.keep_count(values, keep)
+    elif around is not None:
+        picked = select.keep_window(values, around, window)
+    else:
+        picked = select.keep_quantile(values, quantile)
+    logger.info("ches.filter: kept %d of %d scored rows by %s (%d rows could not be scored and were dropped)",
+                len(picked), len(rows), measure, len(scored) - len(rows))
+    result = scored.select(rows[picked])
+    return result if keep_scores else result.remove_columns(_added_columns(result))
+
+
+def rank(data: Data, measure: str = "ches", *, model=None, tokenizer=None, **score_kwargs) -> datasets.Dataset:
+    """Rows sorted from most to least displacement-prone, with ``ches_rank`` and ``ches_percentile``.
+
+    ``ches_rank`` is 0 for the most similar pair; ``ches_percentile`` is 100 for it and 0 for the least
+    similar. Unscored rows (``ches_skip``) come last, with no rank and a NaN percentile.
+
+    >>> rows = [{"chosen": c, "rejected": "r", "ches": s, "ches_skip": None} for c, s in [("a", 1.0), ("b", 5.0)]]
+    >>> ranked = rank(rows)
+    >>> ranked.to_dict()["chosen"], ranked.to_dict()["ches_rank"], ranked.to_dict()["ches_percentile"]
+    (['b', 'a'], [0, 1], [100.0, 0.0])
+    """
+    scored = _scored(data, measure, model, tokenizer, score_kwargs)
+    rows, values = _scored_rows(scored, measure)
+    order = rows[select.most_similar_first(values)]
+    unscored = np.setdiff1d(np.arange(len(scored)), rows)
+    ranked = scored.select(np.concatenate([order, unscored]))
+    ranked = ranked.remove_columns([name for name in RANK_COLUMNS if name in ranked.column_names])
+    n = len(order)
+    ranks = list(range(n)) + [None] * len(unscored)
+    percentiles = [100.0 * (n - 1 - r) / (n - 1) if n > 1 else 100.0 for r in range(n)] + [float("nan")] * len(unscored)
+    ranked = ranked.add_column("ches_rank", ranks, feature=datasets.Value("int64"))
+    return ranked.add_column("ches_percentile", percentiles, feature=datasets.Value("float64"))
+
+
+def _scored(data, measure: str, model, tokenizer, score_kwargs) -> datasets.Dataset:
+    if measure not in select.MEASURES:
+        raise ChesError(f"unknown measure {measure!r}; use one of {sorted(select.MEASURES)}.")
+    dataset = load_data(data, score_kwargs.get("split"))
+    if isinstance(dataset, datasets.DatasetDict):
+        raise ChesError(f"data has splits {sorted(dataset)}; pass split= to choose one.")
+    if len(dataset) == 0:
+        raise ChesError("the data has no rows.")
+    if measure in dataset.column_names:
+        return dataset
+    if model is None:
+        raise ChesError(f"the data has no {measure!r} column; pass model= to score it first (or score it with ches.score).")
+    return score(dataset, model, tokenizer, **{k: v for k, v in score_kwargs.items() if k != "split"})
+
+
+def _scored_rows(dataset: datasets.Dataset, measure: str) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the scored rows and their sign-adjusted ``measure`` values."""
+    values = np.asarray(column(dataset, measure), dtype=np.float64)
+    skips = column(dataset, "ches_skip") if "ches_skip" in dataset.column_names else [None] * len(dataset)
+    rows = np.flatnonzero([skip is None and np.isfinite(value) for skip, value in zip(skips, values)])
+    if len(rows) == 0:
+        raise ChesError(f"no row has a finite {measure!r} score to select by.")
+    return rows, select.similarity(values[rows], measure)
+
+
+def _added_columns(dataset: datasets.Dataset) -> list[str]:
+    return [name for name in SCORE_COLUMNS + RANK_COLUMNS if name in dataset.column_names]

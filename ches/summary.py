@@ -1,0 +1,84 @@
+"""Summary statistics of a scored dataset: counts, quantiles, and how the measures relate to length."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from .errors import ChesError
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+MEASURE_COLUMNS = ("ches", "ln_ches", "last_hidden_ip", "edit_distance")
+
+
+def spearman(first: np.ndarray, second: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties).
+
+    >>> spearman(np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 15.0]))
+    0.5
+    """
+    return pearson(_ranks(first), _ranks(second))
+
+
+def pearson(first: np.ndarray, second: np.ndarray) -> float:
+    """Pearson correlation; NaN when either side is constant.
+
+    >>> pearson(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 6.0]))
+    1.0
+    """
+    if len(first) < 2 or np.std(first) == 0 or np.std(second) == 0:
+        return float("nan")
+    return round(float(np.corrcoef(first, second)[0, 1]), 12)
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    for value in np.unique(values):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def summarize(columns: dict[str, list]) -> dict:
+    """Counts, per-measure statistics and correlations of a scored table.
+
+    Args:
+        columns: the score columns of a scored dataset (``ches``, ``ln_ches``, ..., ``ches_skip``,
+            ``chosen_tokens``, ``rejected_tokens``), e.g. ``dataset.to_dict()``.
+
+    Returns:
+        ``{"rows", "scored", "skipped", "skip_reasons", "measures": {name: {min, q05, ..., max, mean}},
+        "correlations": {...}}``; correlations are Spearman (rank) unless named ``pearson_...``.
+    """
+    if "ches" not in columns or "ches_skip" not in columns:
+        raise ChesError("summary needs scored rows (columns 'ches' and 'ches_skip'); run ches.score first.")
+    skips = columns["ches_skip"]
+    scored = np.array([reason is None for reason in skips])
+    result = {
+        "rows": len(skips),
+        "scored": int(scored.sum()),
+        "skipped": int((~scored).sum()),
+        "skip_reasons": dict(Counter(reason.split(" (")[0] for reason in skips if reason)),
+        "measures": {},
+        "correlations": {},
+    }
+    if not scored.any():
+        return result
+    values = {name: np.asarray(columns[name], dtype=np.float64)[scored] for name in MEASURE_COLUMNS if name in columns}
+    for name, column in values.items():
+        stats = {"min": float(column.min())}
+        stats |= {f"q{round(q * 100):02d}": float(np.quantile(column, q)) for q in QUANTILES}
+        stats |= {"max": float(column.max()), "mean": float(column.mean())}
+        result["measures"][name] = stats
+    length_difference = (np.asarray(columns["chosen_tokens"], dtype=np.float64)
+                         - np.asarray(columns["rejected_tokens"], dtype=np.float64))[scored]
+    correlations = result["correlations"]
+    correlations["ches~ln_ches"] = spearman(values["ches"], values["ln_ches"])
+    correlations["pearson_ches~ln_ches"] = pearson(values["ches"], values["ln_ches"])
+    for name in ("ches", "ln_ches"):
+        correlations[f"{name}~length_difference"] = spearman(values[name], length_difference)
+        correlations[f"pearson_{name}~length_difference"] = pearson(values[name], length_difference)
+    return result
