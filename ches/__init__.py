@@ -10,9 +10,12 @@ dispreferred responses are; high-CHES pairs make DPO lower the likelihood of the
 (64, True)
 """
 
-from .api import score
-from .errors import ChesError
-from .formats import extract_prompt
-
 __version__ = "0.1.0"
-__all__ = ["score", "ChesError", "extract_prompt", "__version__"]
+
+from .api import score  # noqa: E402
+from .embeddings import load_embeddings  # noqa: E402
+from .errors import ChesError  # noqa: E402
+from .filtering import filter, rank, summary  # noqa: E402,A004
+from .formats import extract_prompt  # noqa: E402
+
+__all__ = ["score", "filter", "rank", "summary", "load_embeddings", "extract_prompt", "ChesError", "__version__"]

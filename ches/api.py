@@ -142,14 +142,14 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
         tokenizer=getattr(loaded.tokenizer, "name_or_path", "") or type(loaded.tokenizer).__name__,
         dtype=str(loaded.dtype).removeprefix("torch."), device=str(loaded.device), max_length=max_length,
         batch_tokens=budget, split=split,
-        dataset_fingerprints={str(name): getattr(part, "_fingerprint", "") for name, part in parts.items()},
+        dataset_fingerprints={_key(name): getattr(part, "_fingerprint", "") for name, part in parts.items()},
         started=started,
     )
     results = {}
     for name, part in parts.items():
         rows = score_pairs(pairs[name], loaded, max_length=max_length, batch_tokens=budget, progress=progress)
         results[name] = _with_columns(part, rows.columns)
-        key = str(name)
+        key = _key(name)
         info.rows[key] = len(part)
         info.skipped[key] = sum(reason is not None for reason in rows.columns["ches_skip"])
         info.prompt_cut[key] = rows.prompt_cut
@@ -161,6 +161,11 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
     info.finished = _now()
     output = datasets.DatasetDict(results) if isinstance(dataset, datasets.DatasetDict) else results[None]
     return output, info
+
+
+def _key(split_name: str | None) -> str:
+    """How a split is named in :class:`RunInfo`: its name, or ``"data"`` for a dataset without splits."""
+    return "data" if split_name is None else split_name
 
 
 def embedding_tensors(rows: ScoredRows) -> dict[str, torch.Tensor]:
@@ -221,10 +226,11 @@ def score_pairs(pairs, loaded: LoadedModel, *, max_length: int | None, batch_tok
     )
     result = _assemble(planned, tokenized, owners, sums)
     summary = _summary(result, loaded.name)
-    logger.info(summary)
     if bar is not None:
         bar.close()
-        bar.write(summary, file=sys.stderr)
+        if not logger.isEnabledFor(logging.INFO):  # nobody would see the log record: show it with the bar
+            bar.write(summary, file=sys.stderr)
+    logger.info(summary)
     return result
 
 

@@ -27,6 +27,8 @@ def save_embeddings(path: str | os.PathLike, tensors: dict[str, torch.Tensor], m
     """Write ``tensors`` (the keys in ``TENSORS``) and ``metadata`` atomically to a safetensors file."""
     from safetensors.torch import save_file
 
+    from .export import publish
+
     missing = [name for name in TENSORS if name not in tensors]
     if missing:
         raise ValueError(f"save_embeddings needs tensors {missing}")
@@ -37,7 +39,7 @@ def save_embeddings(path: str | os.PathLike, tensors: dict[str, torch.Tensor], m
     try:
         save_file({name: tensors[name].contiguous() for name in TENSORS}, temporary,
                   metadata={key: str(value) for key, value in metadata.items()})
-        os.replace(temporary, path)
+        publish(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)

@@ -1,4 +1,6 @@
-"""``ches.filter`` and ``ches.rank``: pick rows of a scored dataset by a measure (scoring it first if needed)."""
+"""``ches.filter``, ``ches.rank`` and ``ches.summary``: scored datasets in, chosen rows or statistics out.
+
+Each scores the data first when it has no scores yet and a model is given."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from . import select
 from .api import SCORE_COLUMNS, score
 from .errors import ChesError
 from .inputs import Data, column, load_data
+from .summary import summarize
 
 logger = logging.getLogger("ches")
 
@@ -37,7 +40,8 @@ def filter(  # noqa: A001 - the public name is part of the contract
 
     - ``quantile``: keep exactly ``round(quantile * n)`` rows with the lowest ``measure`` (n = scored
       rows); ``0.95`` drops the most displacement-prone 5 %, ``0.05`` is the paper's Section 6 setting.
-    - ``max_score``: keep rows whose ``measure`` (sign-adjusted, see below) is at most this.
+    - ``max_score``: keep rows whose ``measure`` is at most this (for ``edit_distance``: whose
+      ``-edit_distance`` is at most this, i.e. ``max_score=-0.5`` keeps pairs at distance >= 0.5).
     - ``keep``: keep this many rows with the lowest ``measure``.
     - ``around`` + ``window``: the paper's Section 5 selection, ``window`` rows of the sorted scores
       centred on the ``around`` quantile (0 = least similar, 1 = most similar).
@@ -67,7 +71,7 @@ def filter(  # noqa: A001 - the public name is part of the contract
     scored = _scored(data, measure, model, tokenizer, score_kwargs)
     rows, values = _scored_rows(scored, measure)
     if max_score is not None:
-        picked = select.keep_at_most(values, select.MEASURES[measure] * max_score)
+        picked = select.keep_at_most(values, max_score)
     elif keep is not None:
         picked = select.keep_count(values, keep)
     elif around is not None:
@@ -115,7 +119,7 @@ def _scored(data, measure: str, model, tokenizer, score_kwargs) -> datasets.Data
     if measure in dataset.column_names:
         return dataset
     if model is None:
-        raise ChesError(f"the data has no {measure!r} column; pass model= to score it first (or score it with ches.score).")
+        raise ChesError(f"the data has no {measure!r} column; pass model= (--model on the command line) to score it first.")
     return score(dataset, model, tokenizer, **{k: v for k, v in score_kwargs.items() if k != "split"})
 
 
@@ -131,3 +135,17 @@ def _scored_rows(dataset: datasets.Dataset, measure: str) -> tuple[np.ndarray, n
 
 def _added_columns(dataset: datasets.Dataset) -> list[str]:
     return [name for name in SCORE_COLUMNS + RANK_COLUMNS if name in dataset.column_names]
+
+
+def summary(data: Data, *, model=None, tokenizer=None, **score_kwargs) -> dict:
+    """Count, skipped rows by reason, min/quantiles/max/mean of every measure, and correlations between
+    ``ches`` and ``ln_ches`` and of each with the length difference ``|y+| - |y-|`` (Spearman and Pearson).
+
+    >>> rows = [{"chosen": "a", "rejected": "b", "ches": float(i), "ln_ches": i / 2, "chosen_tokens": i,
+    ...          "rejected_tokens": 1, "ches_skip": None} for i in range(1, 5)]
+    >>> stats = summary(rows)
+    >>> stats["scored"], stats["measures"]["ches"]["max"], stats["correlations"]["ches~ln_ches"]
+    (4, 4.0, 1.0)
+    """
+    scored = _scored(data, "ches", model, tokenizer, score_kwargs)
+    return summarize({name: column(scored, name) for name in scored.column_names if name in SCORE_COLUMNS})

@@ -141,6 +141,8 @@ def _read_json(path: Path) -> list[dict]:
         with _open(path) as handle:
             content = json.load(handle)
     except json.JSONDecodeError as error:
+        if error.msg == "Extra data":  # JSON Lines under a .json name, as Dataset.to_json writes by default
+            return _read_json_lines(path)
         raise ChesError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}).") from None
     except UnicodeDecodeError:
         raise ChesError(f"{path}: not valid UTF-8 text.") from None

@@ -91,6 +91,8 @@ def load_model(
         resolved_device = resolve_device(device)
         resolved_dtype = resolve_dtype(dtype, resolved_device)
         name = str(model)
+        if name.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name)):
+            raise ChesError(f"model folder {name} does not exist; pass a local model folder or a Hub id.")
         try:
             loaded = AutoModelForCausalLM.from_pretrained(name, dtype=resolved_dtype, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:

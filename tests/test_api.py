@@ -63,8 +63,10 @@ def test_bad_rows_fail_before_the_model_is_loaded():
 
 
 def test_missing_model_is_explained():
-    with pytest.raises(ChesError, match=r"could not load model '/no/such/model'"):
+    with pytest.raises(ChesError, match=r"model folder /no/such/model does not exist"):
         ches.score(hh_rows(2), "/no/such/model", progress=False)
+    with pytest.raises(ChesError, match=r"could not load model 'someone/no-such-model'"):  # offline Hub id
+        ches.score(hh_rows(2), "someone/no-such-model", progress=False)
 
 
 def test_conversational_data_needs_a_chat_template(tokenizer, tiny_model):

@@ -1,0 +1,8 @@
+"""``python -m ches`` runs the ``ches`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

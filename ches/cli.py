@@ -1,0 +1,185 @@
+"""The ``ches`` command: a thin layer that turns flags into the Python API's keyword arguments.
+
+    ches score  DATA --model M [--split S] [--output FILE] [--max-length N] [--dtype D] [--device D] [--batch-tokens N]
+    ches filter DATA_OR_SCORES [--model M] [--quantile Q | --max-score T | --keep N | --around Q] [--measure M]
+                [--output FILE] [--no-scores]
+    ches report SCORES --output report.html
+
+Every file written gets a ``<file>.meta.json`` sidecar. Errors print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import ChesError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise ChesError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ches", description="CHES scores for preference data, on the tokens DPO trains on.")
+    parser.add_argument("--version", action="version", version=f"ches {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    score = commands.add_parser("score", help="score every pair of DATA")
+    score.add_argument("data", metavar="DATA", help="file (.jsonl/.json/.parquet/.csv[.gz]), save_to_disk folder, or Hub id")
+    _model_options(score, required=True)
+    score.add_argument("--output", "-o", type=Path, help="where to write the scored rows (.parquet/.jsonl/.json/.csv or a folder)")
+    score.add_argument("--save-embeddings", type=Path, help="also write S+ and S- per row to this .safetensors file")
+
+    filter_ = commands.add_parser("filter", help="keep the pairs least likely to cause likelihood displacement")
+    filter_.add_argument("data", metavar="DATA_OR_SCORES", help="raw data (needs --model) or a file written by 'ches score'")
+    _model_options(filter_, required=False)
+    rule = filter_.add_mutually_exclusive_group()
+    rule.add_argument("--quantile", type=float, help="fraction of scored rows to keep, lowest scores first (default 0.95)")
+    rule.add_argument("--max-score", type=float, help="keep rows whose score is at most this")
+    rule.add_argument("--keep", type=int, help="keep this many rows with the lowest scores")
+    rule.add_argument("--around", type=float, help="keep --window rows centred on this quantile of the sorted scores")
+    filter_.add_argument("--window", type=int, default=512, help="rows kept with --around (default 512)")
+    filter_.add_argument("--measure", default="ln_ches", choices=["ln_ches", "ches", "last_hidden_ip", "edit_distance"])
+    filter_.add_argument("--output", "-o", type=Path, help="where to write the kept rows")
+    filter_.add_argument("--no-scores", action="store_true", help="drop the score columns (exactly the input schema)")
+
+    report = commands.add_parser("report", help="write a self-contained HTML report of a scores file")
+    report.add_argument("data", metavar="SCORES", help="a file written by 'ches score'")
+    report.add_argument("--output", "-o", type=Path, required=True, help="the .html file to write")
+    report.add_argument("--measure", default="ln_ches", choices=["ln_ches", "ches", "last_hidden_ip", "edit_distance"])
+    report.add_argument("--top", type=int, default=20, help="pairs shown at each end (default 20)")
+    report.add_argument("--split", help="split of a folder with several splits")
+    return parser
+
+
+def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--model", "-m", required=required, help="local folder or Hub id of a causal LM")
+    parser.add_argument("--tokenizer", help="tokenizer folder or Hub id (default: the model's)")
+    parser.add_argument("--split", help="split of a DatasetDict / Hub dataset")
+    parser.add_argument("--max-length", type=int, help="keep the first N tokens of each sequence (TRL keep_start)")
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
+    parser.add_argument("--batch-tokens", type=int, help="token slots per forward batch")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the Hub")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _score_kwargs(args) -> dict:
+    return dict(tokenizer=args.tokenizer, split=args.split, max_length=args.max_length, dtype=args.dtype,
+                device=args.device, batch_tokens=args.batch_tokens, progress=not args.no_progress,
+                trust_remote_code=args.trust_remote_code)
+
+
+def _input_metadata(data: str, split: str | None) -> dict:
+    path = Path(data)
+    meta = {"data": data, "split": split}
+    if path.is_file():
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        meta["data_sha256"] = digest.hexdigest()
+        sidecar = path.with_name(path.name + ".meta.json")
+        if sidecar.is_file():  # the run that produced a scores file travels with what is made from it
+            meta["data_metadata"] = json.loads(sidecar.read_text(encoding="utf-8"))
+    return meta
+
+
+def run_score(args) -> dict:
+    from .api import score_run
+    from .export import write_dataset
+    from .summary import summarize
+
+    _check_single_file_output(args)
+    scored, info = score_run(args.data, args.model, save_embeddings=args.save_embeddings, **_score_kwargs(args))
+    meta = {"run": info.as_dict(), "embeddings": str(args.save_embeddings) if args.save_embeddings else None}
+    if args.output:
+        meta["rows_written"] = scored.num_rows
+        return {"output": args.output, "dataset": scored, "meta": meta, "write": write_dataset}
+    parts = scored.values() if hasattr(scored, "values") else [scored]
+    for part in parts:
+        print(json.dumps(summarize(part.to_dict()), indent=2))
+    return {"meta": meta}
+
+
+def _check_single_file_output(args) -> None:
+    """Refuse a split-less DatasetDict with a single-file --output before any model work."""
+    from .export import FILE_WRITERS
+    from .inputs import load_data
+
+    if args.output is None or args.output.suffix not in FILE_WRITERS or args.split is not None:
+        return
+    if Path(args.data).is_dir() and hasattr(load_data(args.data), "keys"):
+        raise ChesError(f"{args.data} has splits; pass --split, or an --output folder to write them all.")
+
+
+def run_filter(args) -> dict:
+    from .export import write_dataset
+    from .filtering import filter as filter_rows
+
+    kwargs = _score_kwargs(args) if args.model else {"split": args.split}
+    rule = {"quantile": args.quantile if args.quantile is not None else 0.95, "max_score": args.max_score,
+            "keep": args.keep, "around": args.around, "window": args.window}
+    kept = filter_rows(args.data, measure=args.measure, model=args.model, keep_scores=not args.no_scores,
+                       **rule, **kwargs)
+    meta = {"measure": args.measure, "rule": rule, "rows_written": len(kept)}
+    if args.output:
+        return {"output": args.output, "dataset": kept, "meta": meta, "write": write_dataset}
+    print(f"kept {len(kept)} rows (pass --output to write them)")
+    return {"meta": meta}
+
+
+def run_report(args) -> dict:
+    from .inputs import load_data
+    from .report import write_report
+
+    data = load_data(args.data, args.split)
+    if hasattr(data, "keys"):
+        raise ChesError(f"{args.data} has splits {sorted(data)}; pass --split.")
+    path = write_report(data, args.output, measure=args.measure, top=args.top)
+    return {"meta": {"measure": args.measure, "top": args.top, "report": str(path)}, "written": path}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``ches`` and ``python -m ches``; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("ches").setLevel(logging.INFO)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    try:
+        args = build_parser().parse_args(argv)
+        outcome = {"score": run_score, "filter": run_filter, "report": run_report}[args.command](args)
+        meta = {"ches_version": __version__, "command": ["ches", *argv], "started": started,
+                **_input_metadata(args.data, args.split), **outcome["meta"]}
+        meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if "write" in outcome:
+            written = outcome["write"](outcome["dataset"], outcome["output"], meta)
+            print(f"wrote {written} (+ {written.name}.meta.json)", file=sys.stderr)
+        elif "written" in outcome:
+            from .export import sidecar_path, write_json
+
+            write_json(sidecar_path(outcome["written"]), meta)
+            print(f"wrote {outcome['written']} (+ {outcome['written'].name}.meta.json)", file=sys.stderr)
+    except ChesError as error:
+        print(f"ches: error: {error}", file=sys.stderr)
+        return 2
+    except (OSError, ImportError) as error:
+        print(f"ches: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ches: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main_exit() -> None:
+    """Console-script wrapper: exit with :func:`main`'s status."""
+    sys.exit(main())

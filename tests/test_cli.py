@@ -1,0 +1,126 @@
+"""CLI round trips equal the Python API; every file gets a sidecar; errors are one line with status 2."""
+
+import json
+import math
+import subprocess
+import sys
+
+import datasets
+import pytest
+
+import ches
+from ches.cli import main
+from ches.inputs import load_data
+from conftest import MODEL_DIR, ROOT
+
+SAMPLE = str(ROOT / "examples" / "data" / "hh-sample.jsonl")
+MODEL = str(MODEL_DIR)
+
+
+def same_scores(first, second):
+    assert first.column_names == second.column_names
+    for name in first.column_names:
+        left, right = list(first[name]), list(second[name])
+        if name in ("ches", "ln_ches", "last_hidden_ip", "edit_distance"):
+            assert all((math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-9, abs=1e-9)
+                       for a, b in zip(left, right)), name
+        else:
+            assert left == right, name
+
+
+@pytest.fixture(scope="module")
+def python_scores():
+    return ches.score(SAMPLE, MODEL, progress=False)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".json", ".csv", ""])
+def test_score_round_trip_equals_python(suffix, python_scores, tmp_path):
+    output = tmp_path / f"scores{suffix or '_folder'}"
+    assert main(["score", SAMPLE, "--model", MODEL, "--output", str(output), "--no-progress"]) == 0
+    written = load_data(str(output))
+    if suffix == ".csv":  # CSV has no types: compare through the same casts
+        assert list(written["chosen"]) == list(python_scores["chosen"])
+        assert [float(v) for v in written["ln_ches"]] == pytest.approx(list(python_scores["ln_ches"]), rel=1e-12)
+    else:
+        same_scores(written, python_scores)
+    meta = json.loads((tmp_path / f"{output.name}.meta.json").read_text())
+    assert meta["command"][:2] == ["ches", "score"] and meta["rows_written"] == 64
+    assert meta["run"]["model"] == MODEL and meta["run"]["dtype"] == "float32" and meta["data_sha256"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_filter_from_scores_file_and_from_raw_data_equal_python(python_scores, tmp_path):
+    scores = tmp_path / "scores.parquet"
+    assert main(["score", SAMPLE, "-m", MODEL, "-o", str(scores), "--no-progress"]) == 0
+    from_scores, from_raw = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert main(["filter", str(scores), "--quantile", "0.25", "-o", str(from_scores), "--no-scores"]) == 0
+    assert main(["filter", SAMPLE, "--model", MODEL, "--quantile", "0.25", "-o", str(from_raw), "--no-scores",
+                 "--no-progress"]) == 0
+    expected = ches.filter(python_scores, 0.25, keep_scores=False)
+    assert load_data(from_scores).to_list() == expected.to_list() == load_data(from_raw).to_list()
+    assert len(expected) == 16 and expected.column_names == ["chosen", "rejected"]
+    meta = json.loads((tmp_path / "a.jsonl.meta.json").read_text())
+    assert meta["rule"]["quantile"] == 0.25 and meta["measure"] == "ln_ches"
+    assert meta["data_metadata"]["run"]["model"] == MODEL  # provenance of the scores file travels along
+
+
+def test_filter_rules_on_the_command_line(python_scores, tmp_path):
+    scores = tmp_path / "scores.parquet"
+    python_scores.to_parquet(str(scores))
+    for flags, expected in [(["--keep", "5"], ches.filter(python_scores, keep=5)),
+                            (["--max-score", "0", "--measure", "ches"], ches.filter(python_scores, max_score=0, measure="ches")),
+                            (["--around", "0.5", "--window", "8"], ches.filter(python_scores, around=0.5, window=8))]:
+        output = tmp_path / "kept.parquet"
+        assert main(["filter", str(scores), *flags, "-o", str(output)]) == 0
+        assert list(load_data(str(output))["chosen"]) == list(expected["chosen"])
+
+
+def test_save_embeddings_recomputes_the_scores(python_scores, tmp_path):
+    embeddings = tmp_path / "emb.safetensors"
+    assert main(["score", SAMPLE, "-m", MODEL, "--save-embeddings", str(embeddings), "--no-progress"]) == 0
+    tensors, metadata = ches.load_embeddings(embeddings)
+    assert metadata["model"] == MODEL and tensors["row_index"].tolist() == list(range(64))
+    from ches import scores
+
+    recomputed = scores.ln_ches(tensors["chosen_sum"], tensors["rejected_sum"], tensors["chosen_tokens"],
+                                tensors["rejected_tokens"])
+    assert recomputed.tolist() == pytest.approx(list(python_scores["ln_ches"]), rel=1e-9)
+    assert scores.ches(tensors["chosen_sum"], tensors["rejected_sum"]).tolist() == pytest.approx(
+        list(python_scores["ches"]), rel=1e-9)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["score", "missing.jsonl", "--model", MODEL], "ches: error: data file missing.jsonl does not exist."),
+    (["score", SAMPLE, "--model", "/no/model"], "ches: error: model folder /no/model does not exist"),
+    (["filter", SAMPLE], "ches: error: the data has no 'ln_ches' column"),
+    (["filter", SAMPLE, "--quantile", "0"], "ches: error: the data has no 'ln_ches' column"),
+    (["score", SAMPLE], "ches: error: the following arguments are required: --model/-m"),
+    (["filter", SAMPLE, "--keep", "2", "--quantile", "0.5"], "ches: error: argument --quantile: not allowed with"),
+])
+def test_errors_are_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
+
+
+def test_missing_column_error_names_the_column(tmp_path, capsys):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "answer": "a"}) + "\n")
+    assert main(["score", str(path), "--model", MODEL]) == 2
+    assert "missing column(s) ['chosen', 'rejected']" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ches", "--version"], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == f"ches {ches.__version__}"
+
+
+def test_dataset_dict_output_needs_a_folder_or_split(tmp_path):
+    folder = tmp_path / "dd"
+    datasets.DatasetDict({"a": load_data(SAMPLE).select(range(3)), "b": load_data(SAMPLE).select(range(3, 5))}
+                         ).save_to_disk(str(folder))
+    assert main(["score", str(folder), "-m", MODEL, "-o", str(tmp_path / "x.jsonl"), "--no-progress"]) == 2
+    assert main(["score", str(folder), "-m", MODEL, "-o", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert {k: len(v) for k, v in load_data(str(tmp_path / "out")).items()} == {"a": 3, "b": 2}
+    assert main(["score", str(folder), "-m", MODEL, "--split", "b", "-o", str(tmp_path / "b.jsonl"), "--no-progress"]) == 0
+    assert len(load_data(tmp_path / "b.jsonl")) == 2

@@ -1,0 +1,63 @@
+"""The HTML report renders: self-contained, three pictures, the summary, both ends of the ranking, escaped text."""
+
+import base64
+import html.parser
+import math
+
+import datasets
+
+import ches
+from ches.report import write_report
+from conftest import hh_rows
+
+
+class Collector(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.headings, self.cells, self.links, self._tag = [], [], [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self._tag = tag
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag in ("link", "script") or (tag == "img" and not attrs["src"].startswith("data:")):
+            self.links.append(attrs)
+
+    def handle_data(self, data):
+        if self._tag in ("h1", "h2"):
+            self.headings.append(data)
+        if self._tag in ("td", "pre"):
+            self.cells.append(data)
+
+
+def test_report_renders(tokenizer, tiny_model, tmp_path):
+    rows = hh_rows(40)
+    cut = rows[2]["rejected"].rfind("Assistant:") + len("Assistant:")
+    rows[2] = dict(rows[2], rejected=rows[2]["rejected"][:cut] + " <script>alert(1)</script> & more" + rows[2]["rejected"][cut:])
+    scored = ches.score(rows, tiny_model("llama"), tokenizer, max_length=160, progress=False)
+    skipped = sum(reason is not None for reason in scored["ches_skip"])
+    assert 0 < skipped < 30 and scored["ches_skip"][2] is None
+    path = write_report(scored, tmp_path / "r.html", top=40 - skipped)  # every scored row is shown
+    page = path.read_text(encoding="utf-8")
+    parsed = Collector()
+    parsed.feed(page)
+    assert len(parsed.images) == 3 and parsed.links == []  # everything inline, nothing fetched
+    for source in parsed.images:
+        assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"{40 - skipped} highest ln_ches (most displacement-prone)" in parsed.headings
+    assert f"{40 - skipped} lowest ln_ches (least displacement-prone)" in parsed.headings
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
+    assert f"{40 - skipped} of 40 rows scored, {skipped} skipped" in page
+    # the first row shown in the 'highest' table is the row with the highest ln_ches
+    values = [(v, i) for i, v in enumerate(scored["ln_ches"]) if not math.isnan(v)]
+    best = max(values)[1]
+    assert page.index(f"<td class='num'>{best}</td>") < page.index("lowest ln_ches")
+
+
+def test_conversational_rows_are_shown_as_messages(tokenizer, tiny_model, tmp_path):
+    from conftest import conversational_rows
+
+    scored = ches.score(conversational_rows(hh_rows(6)), tiny_model("llama"), tokenizer, progress=False)
+    page = write_report(scored, tmp_path / "c.html", top=2).read_text(encoding="utf-8")
+    assert "[user] " in page and "[assistant] " in page
