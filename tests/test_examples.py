@@ -1,0 +1,30 @@
+"""The examples run as documented (quick settings), so they cannot drift from the library."""
+
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def run(*args):
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_quickstart():
+    out = run("examples/quickstart.py", "--rows", "30")
+    assert "Most displacement-prone pairs" in out and "Least displacement-prone pairs" in out
+
+
+def test_score_and_filter():
+    assert "kept 61 of 64 rows (quantile 0.95) and 3 (quantile 0.05)" in run("examples/score_and_filter.py")
+
+
+def test_dpo_after_filtering(tmp_path):
+    out = run("-c", f"import sys; sys.path.insert(0, 'examples'); import dpo_after_filtering as e; "
+                    f"e.main(steps=1, output_dir={str(tmp_path)!r})")
+    assert "training on 61 pairs, columns ['chosen', 'rejected']" in out and "final loss" in out
