@@ -15,7 +15,7 @@ import torch
 
 from . import scores
 from .embeddings import save_embeddings as write_embeddings
-from .engine import hidden_sums
+from .engine import hidden_sums, packing_is_exact, shared_prompt_is_exact, shared_prompt_sums
 from .errors import ChesError
 from .formats import to_pairs
 from .inputs import Data, column, load_data
@@ -26,7 +26,8 @@ logger = logging.getLogger("ches")
 
 SCORE_COLUMNS = ("ches", "ln_ches", "edit_distance", "last_hidden_ip", "prompt_tokens", "chosen_tokens",
                  "rejected_tokens", "ches_skip")
-DEFAULT_BATCH_TOKENS = {"cuda": 65536, "cpu": 8192}
+CPU_BATCH_TOKENS = 1024  # measured: small batches run fastest on CPUs (docs/performance.md)
+DEFAULT_LAYOUT = {True: "padded", False: "shared_prompt"}  # by "is CUDA"; measured in docs/performance.md
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class RunInfo:
     device: str
     max_length: int | None
     batch_tokens: int
+    layout: str
     split: str | None
     dataset_fingerprints: dict[str, str]
     rows: dict[str, int] = field(default_factory=dict)
@@ -84,6 +86,7 @@ def score(
     progress: bool = True,
     trust_remote_code: bool = False,
     save_embeddings: str | os.PathLike | None = None,
+    layout: str | None = None,
 ) -> datasets.Dataset | datasets.DatasetDict:
     """CHES scores for every preference pair, on exactly the token sequences TRL's DPOTrainer trains on.
 
@@ -98,12 +101,19 @@ def score(
         dtype: ``"bfloat16"``, ``"float16"``, ``"float32"``; default bfloat16 on CUDA, float32 on CPU
             (a loaded model keeps its dtype unless one is given).
         device: default CUDA when available (a loaded model stays on its device unless one is given).
-        batch_tokens: token slots per forward batch (rows x padded length); default 65,536 on CUDA,
-            8,192 on CPU. Peak activation memory grows linearly with it.
+        batch_tokens: token slots per forward batch (rows x padded length); default: chosen from free
+            memory on CUDA (see :func:`default_batch_tokens`), 1,024 on CPU. Peak activation memory
+            grows linearly with it.
         progress: show a tqdm progress bar over pairs and print the summary line.
         trust_remote_code: allow custom model code from the Hub (off by default).
         save_embeddings: also write ``S+``, ``S-`` and the last hidden states per row to this
             safetensors file (one file per split, ``name.SPLIT.safetensors``, for a DatasetDict).
+        layout: how sequences meet the model: ``"padded"`` (length-sorted, right-padded batches),
+            ``"packed"`` (several sequences per row, restarting position ids) or ``"shared_prompt"``
+            (pair by pair, the prompt run once through a KV cache). ``None``: the measured default
+            for the device (``shared_prompt`` on CPU, ``padded`` on CUDA; see docs/performance.md).
+            ``packed`` and ``shared_prompt`` are used only after a probe on the model itself shows
+            they give the same hidden states as ``padded``; otherwise ``padded`` is used (logged).
 
     Returns:
         The rows in their original order with every original column, plus ``ches``, ``ln_ches``,
@@ -121,11 +131,11 @@ def score(
     """
     return score_run(data, model, tokenizer, split=split, max_length=max_length, dtype=dtype, device=device,
                      batch_tokens=batch_tokens, progress=progress, trust_remote_code=trust_remote_code,
-                     save_embeddings=save_embeddings)[0]
+                     save_embeddings=save_embeddings, layout=layout)[0]
 
 
 def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype=None, device=None,
-              batch_tokens=None, progress=True, trust_remote_code=False, save_embeddings=None):
+              batch_tokens=None, progress=True, trust_remote_code=False, save_embeddings=None, layout=None):
     """:func:`score`, also returning the :class:`RunInfo` of the run."""
     started = _now()
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
@@ -136,18 +146,20 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
     parts = dataset if isinstance(dataset, datasets.DatasetDict) else {None: dataset}
     pairs = {name: _validated_pairs(part, name) for name, part in parts.items()}
     loaded = load_model(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    budget = batch_tokens or DEFAULT_BATCH_TOKENS["cuda" if loaded.device.type == "cuda" else "cpu"]
+    budget = batch_tokens or default_batch_tokens(loaded)
+    layout = _resolve_layout(layout, loaded)
     info = RunInfo(
         model=loaded.name, model_revision=getattr(loaded.model.config, "_commit_hash", None),
         tokenizer=getattr(loaded.tokenizer, "name_or_path", "") or type(loaded.tokenizer).__name__,
         dtype=str(loaded.dtype).removeprefix("torch."), device=str(loaded.device), max_length=max_length,
-        batch_tokens=budget, split=split,
+        batch_tokens=budget, layout=layout, split=split,
         dataset_fingerprints={_key(name): getattr(part, "_fingerprint", "") for name, part in parts.items()},
         started=started,
     )
     results = {}
     for name, part in parts.items():
-        rows = score_pairs(pairs[name], loaded, max_length=max_length, batch_tokens=budget, progress=progress)
+        rows = score_pairs(pairs[name], loaded, max_length=max_length, batch_tokens=budget, progress=progress,
+                           layout=layout)
         results[name] = _with_columns(part, rows.columns)
         key = _key(name)
         info.rows[key] = len(part)
@@ -161,6 +173,35 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
     info.finished = _now()
     output = datasets.DatasetDict(results) if isinstance(dataset, datasets.DatasetDict) else results[None]
     return output, info
+
+
+def default_batch_tokens(loaded: LoadedModel) -> int:
+    """Token slots per batch: 1,024 on CPU; on CUDA, what half of the free memory holds by the estimate
+    ``bytes per token = dtype size x (6 x hidden + 3 x intermediate) + 8 x hidden`` (the widest live
+    activations of one decoder layer, plus the float32 copies of the summed positions), between 4,096
+    and 131,072, rounded down to a multiple of 64. An out-of-memory error halves it and retries.
+    """
+    if loaded.device.type != "cuda":
+        return CPU_BATCH_TOKENS
+    config = loaded.model.config.get_text_config() if hasattr(loaded.model.config, "get_text_config") else loaded.model.config
+    intermediate = getattr(config, "intermediate_size", None) or 4 * loaded.hidden_size
+    per_token = torch.finfo(loaded.dtype).bits // 8 * (6 * loaded.hidden_size + 3 * intermediate) + 8 * loaded.hidden_size
+    free, _ = torch.cuda.mem_get_info(loaded.device)
+    return int(min(max(free // 2 // per_token, 4096), 131072)) // 64 * 64
+
+
+def _resolve_layout(layout: str | None, loaded: LoadedModel) -> str:
+    """The layout to use: the one asked for (or the device's default) if the model handles it exactly."""
+    wanted = DEFAULT_LAYOUT[loaded.device.type == "cuda"] if layout is None else layout
+    probes = {"padded": None, "packed": packing_is_exact, "shared_prompt": shared_prompt_is_exact}
+    if wanted not in probes:
+        raise ChesError(f"layout={layout!r} is not one of {sorted(probes)} (or None for the device's default).")
+    probe = probes[wanted]
+    if probe is None or probe(loaded.body, loaded.device, loaded.vocab_size):
+        return wanted
+    logger.warning("%s does not give the same hidden states with layout %r; scoring with 'padded' instead",
+                   loaded.name, wanted)
+    return "padded"
 
 
 def _key(split_name: str | None) -> str:
@@ -204,7 +245,8 @@ def _validated_pairs(dataset: datasets.Dataset, split_name: str | None):
         raise ChesError(f"split {split_name!r}: {error}") from None
 
 
-def score_pairs(pairs, loaded: LoadedModel, *, max_length: int | None, batch_tokens: int, progress: bool) -> ScoredRows:
+def score_pairs(pairs, loaded: LoadedModel, *, max_length: int | None, batch_tokens: int, progress: bool,
+                layout: str = "padded") -> ScoredRows:
     """Score normalized pairs with a loaded model; the pipeline without the dataset plumbing."""
     tokenized = tokenize_pairs(pairs, loaded.tokenizer)
     planned = [_plan(pair, max_length, max_positions(loaded.model)) for pair in tokenized]
@@ -220,10 +262,15 @@ def score_pairs(pairs, loaded: LoadedModel, *, max_length: int | None, batch_tok
         if bar is not None:
             bar.update(len({index // 2 for index in indices if finished[index // 2] == 2}))
 
-    sums = hidden_sums(
-        loaded.body, sequences, hidden_size=loaded.hidden_size, batch_tokens=batch_tokens, device=loaded.device,
-        pad_id=pad_id, pad_multiple=64 if loaded.device.type == "cuda" else 1, on_done=on_done,
-    )
+    if layout == "shared_prompt":
+        sums = shared_prompt_sums(loaded.body, sequences, hidden_size=loaded.hidden_size, device=loaded.device,
+                                  on_done=on_done)
+    else:
+        sums = hidden_sums(
+            loaded.body, sequences, hidden_size=loaded.hidden_size, batch_tokens=batch_tokens, device=loaded.device,
+            pad_id=pad_id, pad_multiple=64 if loaded.device.type == "cuda" else 1, packing=layout == "packed",
+            on_done=on_done,
+        )
     result = _assemble(planned, tokenized, owners, sums)
     summary = _summary(result, loaded.name)
     if bar is not None:

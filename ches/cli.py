@@ -68,13 +68,15 @@ def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
     parser.add_argument("--batch-tokens", type=int, help="token slots per forward batch")
+    parser.add_argument("--layout", choices=["padded", "packed", "shared_prompt"],
+                        help="how sequences are batched (default: shared_prompt on CPU, padded on CUDA)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the Hub")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _score_kwargs(args) -> dict:
     return dict(tokenizer=args.tokenizer, split=args.split, max_length=args.max_length, dtype=args.dtype,
-                device=args.device, batch_tokens=args.batch_tokens, progress=not args.no_progress,
+                device=args.device, batch_tokens=args.batch_tokens, layout=args.layout, progress=not args.no_progress,
                 trust_remote_code=args.trust_remote_code)
 
 

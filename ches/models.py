@@ -28,6 +28,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     hidden_size: int
+    vocab_size: int
     name: str
 
 
@@ -118,6 +119,7 @@ def load_model(
         device=resolved_device,
         dtype=resolved_dtype,
         hidden_size=config.hidden_size,
+        vocab_size=config.vocab_size,
         name=name,
     )
 

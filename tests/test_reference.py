@@ -72,9 +72,11 @@ def test_scores_equal_reference_per_architecture(architecture, tokenizer, tiny_m
     rows = standard_rows(hh_rows(ROWS))
     model = tiny_model(architecture)
     prepared = trl_ids(rows, tokenizer, model, tmp_path)
-    # a small batch budget forces several right-padded batches of mixed lengths
-    scored = ches.score(rows, model, tokenizer, batch_tokens=1500, progress=False)
-    assert_scores_match(scored, reference_scores(model, prepared), prepared)
+    reference = reference_scores(model, prepared)
+    for layout in ("padded", "packed", "shared_prompt"):
+        # a small batch budget forces several batches of mixed lengths
+        scored = ches.score(rows, model, tokenizer, batch_tokens=1500, layout=layout, progress=False)
+        assert_scores_match(scored, reference, prepared)
 
 
 @pytest.mark.parametrize("make_rows", [lambda rows: rows, conversational_rows], ids=["implicit", "conversational"])

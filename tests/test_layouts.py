@@ -1,0 +1,73 @@
+"""Every layout gives the padded layout's scores: packed rows (several sequences per row, restarting
+position ids) and shared prompts (the rejected completion run on the chosen pass's cut-back KV cache).
+A model that would let packed sequences see each other is detected and scored with padding."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import ches
+from ches.engine import packing_is_exact
+from conftest import ARCHITECTURES, hh_rows
+
+MEASURES = ("ches", "ln_ches", "last_hidden_ip", "edit_distance")
+
+
+def assert_same(first, second, rtol=1e-5):
+    assert list(first["ches_skip"]) == list(second["ches_skip"])
+    for measure in MEASURES:
+        left, right = np.array(first[measure]), np.array(second[measure])
+        scale = np.nanmax(np.abs(left))
+        np.testing.assert_allclose(left, right, rtol=0, atol=rtol * scale, err_msg=measure)  # NaNs must match too
+
+
+@pytest.mark.parametrize("layout", ["packed", "shared_prompt"])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_layout_equals_padded(architecture, layout, tokenizer, tiny_model, caplog):
+    rows = hh_rows(16, start=200)
+    model = tiny_model(architecture)
+    with caplog.at_level(logging.WARNING, logger="ches"):
+        for max_length in (None, 300):
+            padded = ches.score(rows, model, tokenizer, layout="padded", max_length=max_length, progress=False)
+            other = ches.score(rows, model, tokenizer, layout=layout, batch_tokens=2048, max_length=max_length,
+                               progress=False)
+            assert_same(padded, other)
+    assert "scoring with 'padded' instead" not in caplog.text  # the layout really ran
+
+
+def test_unknown_layout(tokenizer, tiny_model):
+    with pytest.raises(ches.ChesError, match=r"layout='ragged' is not one of \['packed', 'padded', 'shared_prompt'\]"):
+        ches.score(hh_rows(2), tiny_model("llama"), tokenizer, layout="ragged", progress=False)
+
+
+class AllOnesMask(torch.nn.Module):
+    """A body that passes an all-ones attention mask: transformers then ignores restarting positions."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, input_ids, **kwargs):
+        return self.body(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+
+
+def test_probe_detects_attention_leaking_across_packed_sequences(tokenizer, tiny_model):
+    body = tiny_model("llama").base_model
+    assert packing_is_exact(body, torch.device("cpu"), len(tokenizer))
+    assert not packing_is_exact(AllOnesMask(body), torch.device("cpu"), len(tokenizer))
+
+
+def test_leaking_model_falls_back_to_padding(tokenizer, tiny_model, caplog, monkeypatch):
+    import ches.models
+
+    model = tiny_model("llama")
+    original = ches.models.decoder_body
+    monkeypatch.setattr(ches.models, "decoder_body", lambda m: AllOnesMask(original(m)))
+    rows = hh_rows(8)
+    with caplog.at_level(logging.WARNING, logger="ches"):
+        fallback = ches.score(rows, model, tokenizer, layout="packed", progress=False)
+    assert "does not give the same hidden states with layout 'packed'; scoring with 'padded' instead" in caplog.text
+    monkeypatch.setattr(ches.models, "decoder_body", original)
+    assert_same(ches.score(rows, model, tokenizer, layout="padded", progress=False), fallback)
