@@ -17,5 +17,7 @@ from .embeddings import load_embeddings  # noqa: E402
 from .errors import ChesError  # noqa: E402
 from .filtering import filter, rank, summary  # noqa: E402,A004
 from .formats import extract_prompt  # noqa: E402
+from .validate import validate  # noqa: E402
 
-__all__ = ["score", "filter", "rank", "summary", "load_embeddings", "extract_prompt", "ChesError", "__version__"]
+__all__ = ["score", "filter", "rank", "summary", "validate", "load_embeddings", "extract_prompt", "ChesError",
+           "__version__"]

@@ -4,6 +4,7 @@
     ches filter DATA_OR_SCORES [--model M] [--quantile Q | --max-score T | --keep N | --around Q] [--measure M]
                 [--output FILE] [--no-scores]
     ches report SCORES --output report.html
+    ches validate DATA --model M [--n 64] [--steps 5] [--lr 1e-6] [--beta 0.1] [--output results.json]
 
 Every file written gets a ``<file>.meta.json`` sidecar. Errors print one line and exit with status 2.
 """
@@ -50,6 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     filter_.add_argument("--measure", default="ln_ches", choices=["ln_ches", "ches", "last_hidden_ip", "edit_distance"])
     filter_.add_argument("--output", "-o", type=Path, help="where to write the kept rows")
     filter_.add_argument("--no-scores", action="store_true", help="drop the score columns (exactly the input schema)")
+
+    validate = commands.add_parser("validate", help="check that CHES predicts likelihood displacement for a model")
+    validate.add_argument("data", metavar="DATA", help="preference data (as for 'ches score')")
+    validate.add_argument("--model", "-m", required=True, help="local folder or Hub id of a causal LM")
+    validate.add_argument("--tokenizer", help="tokenizer folder or Hub id (default: the model's)")
+    validate.add_argument("--split", help="split of a DatasetDict / Hub dataset")
+    validate.add_argument("--n", type=int, default=64, help="pairs probed, spread over the CHES range (default 64)")
+    validate.add_argument("--steps", type=int, default=5, help="DPO steps per probe (default 5)")
+    validate.add_argument("--lr", type=float, default=1e-6, help="RMSprop learning rate (default 1e-6)")
+    validate.add_argument("--beta", type=float, default=0.1, help="DPO beta (default 0.1)")
+    validate.add_argument("--max-length", type=int, default=512, help="truncate sequences (default 512)")
+    validate.add_argument("--pool", type=int, help="rows scored to choose from (default: all, or 20 x n)")
+    validate.add_argument("--device", help="e.g. cuda, cpu")
+    validate.add_argument("--dtype", default="float32", choices=["bfloat16", "float16", "float32"])
+    validate.add_argument("--seed", type=int, default=0)
+    validate.add_argument("--output", "-o", type=Path, help="write the full results as JSON")
+    validate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     report = commands.add_parser("report", help="write a self-contained HTML report of a scores file")
     report.add_argument("data", metavar="SCORES", help="a file written by 'ches score'")
@@ -150,6 +168,20 @@ def run_report(args) -> dict:
     return {"meta": {"measure": args.measure, "top": args.top, "report": str(path)}, "written": path}
 
 
+def run_validate(args) -> dict:
+    from .export import write_json
+    from .validate import format_table, validate
+
+    result = validate(args.data, args.model, args.tokenizer, n=args.n, steps=args.steps, learning_rate=args.lr,
+                      beta=args.beta, max_length=args.max_length, pool=args.pool, split=args.split,
+                      device=args.device, dtype=args.dtype, seed=args.seed, progress=not args.no_progress)
+    print(format_table(result))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        return {"meta": {"settings": result["settings"]}, "written": write_json(args.output, result)}
+    return {"meta": {}}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ches`` and ``python -m ches``; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
@@ -158,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
         args = build_parser().parse_args(argv)
-        outcome = {"score": run_score, "filter": run_filter, "report": run_report}[args.command](args)
+        commands = {"score": run_score, "filter": run_filter, "report": run_report, "validate": run_validate}
+        outcome = commands[args.command](args)
         meta = {"ches_version": __version__, "command": ["ches", *argv], "started": started,
                 **_input_metadata(args.data, args.split), **outcome["meta"]}
         meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -182,7 +182,7 @@ def _shared_prompt_pass(body, chosen: ScoredSequence, rejected: ScoredSequence, 
     prompt_length = chosen.start + 1
     output = body(input_ids=torch.tensor([chosen.input_ids], device=device), use_cache=True)
     chosen_hidden = output.last_hidden_state[0]
-    cache = output.past_key_values
+    cache = output.cache if "cache" in output else output.past_key_values  # renamed in newer transformers
     cache.crop(-(len(chosen.input_ids) - prompt_length))  # negative: remove that many tokens from the end
     rest = torch.tensor([rejected.input_ids[prompt_length:]], device=device)
     rejected_tail = body(input_ids=rest, use_cache=True, **{_cache_argument(body): cache}).last_hidden_state[0]

@@ -82,3 +82,48 @@ def summarize(columns: dict[str, list]) -> dict:
         correlations[f"{name}~length_difference"] = spearman(values[name], length_difference)
         correlations[f"pearson_{name}~length_difference"] = pearson(values[name], length_difference)
     return result
+
+
+def partial_spearman(first: np.ndarray, second: np.ndarray, controls: np.ndarray) -> float:
+    """Spearman correlation of ``first`` and ``second`` after removing what ``controls`` explain.
+
+    Ranks are taken, each side's ranks are regressed (least squares, with an intercept) on the
+    controls' ranks, and the residuals are correlated. ``controls``: ``[N]`` or ``[N, K]``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> common = rng.normal(size=200)  # a and b are related only through `common`
+    >>> a, b = common + 0.3 * rng.normal(size=200), common + 0.3 * rng.normal(size=200)
+    >>> spearman(a, b) > 0.8, abs(partial_spearman(a, b, common)) < 0.2
+    (True, True)
+    """
+    controls = np.asarray(controls, dtype=np.float64).reshape(len(first), -1)
+    design = np.column_stack([np.ones(len(first))] + [_ranks(column) for column in controls.T])
+
+    def residual(values):
+        ranks = _ranks(np.asarray(values, dtype=np.float64))
+        coefficients, *_ = np.linalg.lstsq(design, ranks, rcond=None)
+        return ranks - design @ coefficients
+
+    return pearson(residual(first), residual(second))
+
+
+def bootstrap_interval(statistic, *columns: np.ndarray, resamples: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(*columns)``, resampling rows with replacement.
+
+    >>> low, high = bootstrap_interval(pearson, np.arange(50.0), np.arange(50.0) ** 2, resamples=200)
+    >>> 0.9 < low <= high <= 1.0
+    True
+    """
+    generator = np.random.default_rng(seed)
+    n = len(columns[0])
+    values = []
+    for _ in range(resamples):
+        rows = generator.integers(0, n, n)
+        value = statistic(*(np.asarray(column)[rows] for column in columns))
+        if np.isfinite(value):
+            values.append(value)
+    if not values:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
