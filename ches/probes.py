@@ -12,8 +12,9 @@ averaged over the pairs. Only this module trains; the score math never sees it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,7 @@ class ProbeResult:
     chosen_after: torch.Tensor
     rejected_before: torch.Tensor
     rejected_after: torch.Tensor
+    inspected: Any = None  # what ``inspect`` returned for the trained model, if given
 
     @property
     def chosen_change(self) -> torch.Tensor:
@@ -90,8 +92,14 @@ class DPOProbe:
         self.model, self.steps, self.learning_rate, self.beta, self.pad_id = model, steps, learning_rate, beta, pad_id
         self.start = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
-    def run(self, pairs: Sequence[tuple[ScoredSequence, ScoredSequence]]) -> ProbeResult:
-        """DPO on ``pairs`` (full batch) from the starting weights; the model is restored afterwards."""
+    def run(self, pairs: Sequence[tuple[ScoredSequence, ScoredSequence]],
+            inspect: Callable[[torch.nn.Module], Any] | None = None,
+            on_step: Callable[[int, torch.nn.Module], None] | None = None) -> ProbeResult:
+        """DPO on ``pairs`` (full batch) from the starting weights; the model is restored afterwards.
+
+        ``on_step(step, model)`` is called after every optimizer step and ``inspect(model)`` once after
+        training (both under ``torch.no_grad``), before the weights are restored.
+        """
         model = self.model
         sequences = [sequence for pair in pairs for sequence in pair]
         model.eval()  # no dropout: the probe is deterministic
@@ -99,14 +107,18 @@ class DPOProbe:
             with torch.no_grad():
                 before = sequence_logps(model, sequences, self.pad_id)
             optimizer = torch.optim.RMSprop(model.parameters(), lr=self.learning_rate)
-            for _ in range(self.steps):
+            for step in range(self.steps):
                 logps = sequence_logps(model, sequences, self.pad_id)
                 loss = dpo_loss(logps[0::2], logps[1::2], before[0::2], before[1::2], self.beta)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if on_step is not None:
+                    with torch.no_grad():
+                        on_step(step, model)
             with torch.no_grad():
                 after = sequence_logps(model, sequences, self.pad_id)
+                inspected = inspect(model) if inspect is not None else None
         finally:
             model.load_state_dict(self.start)
-        return ProbeResult(before[0::2].cpu(), after[0::2].cpu(), before[1::2].cpu(), after[1::2].cpu())
+        return ProbeResult(before[0::2].cpu(), after[0::2].cpu(), before[1::2].cpu(), after[1::2].cpu(), inspected)
