@@ -15,7 +15,10 @@ import torch
 
 from . import scores
 from .embeddings import save_embeddings as write_embeddings
-from .engine import hidden_sums, packing_is_exact, shared_prompt_is_exact, shared_prompt_sums
+from .cache import ShardCache, model_fingerprint, run_key
+from .distributed import Ranks
+from .engine import packing_is_exact, shared_prompt_is_exact
+from .runner import compute_sums
 from .errors import ChesError
 from .formats import to_pairs
 from .inputs import Data, column, load_data
@@ -61,6 +64,7 @@ class RunInfo:
     max_length: int | None
     batch_tokens: int
     layout: str
+    processes: int
     split: str | None
     dataset_fingerprints: dict[str, str]
     rows: dict[str, int] = field(default_factory=dict)
@@ -87,6 +91,7 @@ def score(
     trust_remote_code: bool = False,
     save_embeddings: str | os.PathLike | None = None,
     layout: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> datasets.Dataset | datasets.DatasetDict:
     """CHES scores for every preference pair, on exactly the token sequences TRL's DPOTrainer trains on.
 
@@ -114,6 +119,12 @@ def score(
             for the device (``shared_prompt`` on CPU, ``padded`` on CUDA; see docs/performance.md).
             ``packed`` and ``shared_prompt`` are used only after a probe on the model itself shows
             they give the same hidden states as ``padded``; otherwise ``padded`` is used (logged).
+        cache_dir: keep finished chunks of hidden-state sums here; re-running the same call after a
+            crash skips them and ends with the same result as an uninterrupted run. The cache is keyed
+            by everything that changes the numbers, so other settings never reuse stale chunks.
+
+    Under ``torchrun`` / ``accelerate launch`` each process scores a share of the rows (balanced by
+    token count) and every process returns the full result, the same as a single process's.
 
     Returns:
         The rows in their original order with every original column, plus ``ches``, ``ln_ches``,
@@ -131,11 +142,11 @@ def score(
     """
     return score_run(data, model, tokenizer, split=split, max_length=max_length, dtype=dtype, device=device,
                      batch_tokens=batch_tokens, progress=progress, trust_remote_code=trust_remote_code,
-                     save_embeddings=save_embeddings, layout=layout)[0]
+                     save_embeddings=save_embeddings, layout=layout, cache_dir=cache_dir)[0]
 
 
 def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype=None, device=None,
-              batch_tokens=None, progress=True, trust_remote_code=False, save_embeddings=None, layout=None):
+              batch_tokens=None, progress=True, trust_remote_code=False, save_embeddings=None, layout=None, cache_dir=None):
     """:func:`score`, also returning the :class:`RunInfo` of the run."""
     started = _now()
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
@@ -145,6 +156,9 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
     dataset = load_data(data, split)
     parts = dataset if isinstance(dataset, datasets.DatasetDict) else {None: dataset}
     pairs = {name: _validated_pairs(part, name) for name, part in parts.items()}
+    ranks = Ranks.current()
+    if device is None and ranks.world > 1 and not isinstance(model, torch.nn.Module):
+        device = ranks.device()
     loaded = load_model(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     budget = batch_tokens or default_batch_tokens(loaded)
     layout = _resolve_layout(layout, loaded)
@@ -152,20 +166,20 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
         model=loaded.name, model_revision=getattr(loaded.model.config, "_commit_hash", None),
         tokenizer=getattr(loaded.tokenizer, "name_or_path", "") or type(loaded.tokenizer).__name__,
         dtype=str(loaded.dtype).removeprefix("torch."), device=str(loaded.device), max_length=max_length,
-        batch_tokens=budget, layout=layout, split=split,
+        batch_tokens=budget, layout=layout, processes=ranks.world, split=split,
         dataset_fingerprints={_key(name): getattr(part, "_fingerprint", "") for name, part in parts.items()},
         started=started,
     )
     results = {}
     for name, part in parts.items():
         rows = score_pairs(pairs[name], loaded, max_length=max_length, batch_tokens=budget, progress=progress,
-                           layout=layout)
+                           layout=layout, cache_dir=cache_dir, ranks=ranks)
         results[name] = _with_columns(part, rows.columns)
         key = _key(name)
         info.rows[key] = len(part)
         info.skipped[key] = sum(reason is not None for reason in rows.columns["ches_skip"])
         info.prompt_cut[key] = rows.prompt_cut
-        if save_embeddings is not None:
+        if save_embeddings is not None and ranks.is_main:
             target = Path(save_embeddings)
             if name is not None:
                 target = target.with_name(f"{target.stem}.{name}{target.suffix or '.safetensors'}")
@@ -246,38 +260,33 @@ def _validated_pairs(dataset: datasets.Dataset, split_name: str | None):
 
 
 def score_pairs(pairs, loaded: LoadedModel, *, max_length: int | None, batch_tokens: int, progress: bool,
-                layout: str = "padded") -> ScoredRows:
+                layout: str = "padded", cache_dir: str | os.PathLike | None = None,
+                ranks: Ranks | None = None) -> ScoredRows:
     """Score normalized pairs with a loaded model; the pipeline without the dataset plumbing."""
+    ranks = ranks or Ranks()
     tokenized = tokenize_pairs(pairs, loaded.tokenizer)
     planned = [_plan(pair, max_length, max_positions(loaded.model)) for pair in tokenized]
-    sequences = [sequence for plan in planned if not isinstance(plan, str) for sequence in plan]
     owners = [row for row, plan in enumerate(planned) if not isinstance(plan, str)]
+    work = [planned[row] for row in owners]
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    bar = _progress_bar(len(owners), progress)
-    finished: Counter = Counter()
-
-    def on_done(indices: list[int]) -> None:
-        for index in indices:
-            finished[index // 2] += 1
-        if bar is not None:
-            bar.update(len({index // 2 for index in indices if finished[index // 2] == 2}))
-
-    if layout == "shared_prompt":
-        sums = shared_prompt_sums(loaded.body, sequences, hidden_size=loaded.hidden_size, device=loaded.device,
-                                  on_done=on_done)
-    else:
-        sums = hidden_sums(
-            loaded.body, sequences, hidden_size=loaded.hidden_size, batch_tokens=batch_tokens, device=loaded.device,
-            pad_id=pad_id, pad_multiple=64 if loaded.device.type == "cuda" else 1, packing=layout == "packed",
-            on_done=on_done,
-        )
+    cache = None
+    if cache_dir is not None:
+        settings = {"ches": _versions()["ches"], "model": loaded.name,
+                    "revision": getattr(loaded.model.config, "_commit_hash", None),
+                    "weights": model_fingerprint(loaded.model), "dtype": str(loaded.dtype),
+                    "device": loaded.device.type, "layout": layout, "batch_tokens": batch_tokens}
+        cache = ShardCache(cache_dir, run_key(settings, [s for pair in work for s in pair]))
+    bar = _progress_bar(len(work), progress and ranks.is_main)
+    sums, reused = compute_sums(work, loaded, layout=layout, batch_tokens=batch_tokens, pad_id=pad_id, ranks=ranks,
+                                cache=cache, on_pairs=bar.update if bar is not None else None)
     result = _assemble(planned, tokenized, owners, sums)
-    summary = _summary(result, loaded.name)
+    summary = _summary(result, loaded.name) + (f"; {reused} finished chunks reused from {cache.folder}" if reused else "")
     if bar is not None:
         bar.close()
         if not logger.isEnabledFor(logging.INFO):  # nobody would see the log record: show it with the bar
             bar.write(summary, file=sys.stderr)
-    logger.info(summary)
+    if ranks.is_main:
+        logger.info(summary)
     return result
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .distributed import Ranks
 from .errors import ChesError
 
 
@@ -89,13 +90,14 @@ def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--layout", choices=["padded", "packed", "shared_prompt"],
                         help="how sequences are batched (default: shared_prompt on CPU, padded on CUDA)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the Hub")
+    parser.add_argument("--cache-dir", type=Path, help="keep finished work here; re-running resumes after a crash")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _score_kwargs(args) -> dict:
     return dict(tokenizer=args.tokenizer, split=args.split, max_length=args.max_length, dtype=args.dtype,
                 device=args.device, batch_tokens=args.batch_tokens, layout=args.layout, progress=not args.no_progress,
-                trust_remote_code=args.trust_remote_code)
+                trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir)
 
 
 def _input_metadata(data: str, split: str | None) -> dict:
@@ -195,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"ches_version": __version__, "command": ["ches", *argv], "started": started,
                 **_input_metadata(args.data, args.split), **outcome["meta"]}
         meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if not Ranks.current().is_main:  # under torchrun / accelerate only rank 0 writes
+            return 0
         if "write" in outcome:
             written = outcome["write"](outcome["dataset"], outcome["output"], meta)
             print(f"wrote {written} (+ {written.name}.meta.json)", file=sys.stderr)

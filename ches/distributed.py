@@ -1,0 +1,93 @@
+"""Data parallelism behind a few plain calls (rank, world size, sharing work, gathering results).
+
+Works unchanged under ``torchrun`` and ``accelerate launch`` (both set ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``): the process group is initialized from those
+variables when there is more than one process (NCCL on CUDA, gloo on CPU). With one process nothing
+special happens. The math never sees any of this.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def current(cls) -> "Ranks":
+        """The job's layout, initializing the default process group if the launcher asked for one.
+
+        >>> Ranks.current() if "WORLD_SIZE" not in os.environ else Ranks()
+        Ranks(rank=0, world=1, local_rank=0)
+        """
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1 and not (dist.is_available() and dist.is_initialized()):
+            return cls()
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        return cls(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self) -> torch.device:
+        """``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
+        return torch.device(f"cuda:{self.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+    def share(self, costs: Sequence[float]) -> list[int]:
+        """Indices of the items this rank handles, balancing the summed cost across ranks.
+
+        Largest first, each to the least loaded rank (ties: lowest rank); deterministic.
+
+        >>> Ranks(0, 2).share([5, 4, 3, 3]), Ranks(1, 2).share([5, 4, 3, 3])
+        ([0, 3], [1, 2])
+        """
+        loads = [0.0] * self.world
+        mine = []
+        for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+            owner = min(range(self.world), key=lambda r: (loads[r], r))
+            loads[owner] += costs[index]
+            if owner == self.rank:
+                mine.append(index)
+        return sorted(mine)
+
+    def gather_rows(self, indices: torch.Tensor, values: torch.Tensor, total: int) -> torch.Tensor:
+        """Every rank's ``values[i]`` placed at row ``indices[i]`` of a ``[total, ...]`` tensor, on every rank."""
+        if self.world == 1:
+            out = torch.zeros((total, *values.shape[1:]), dtype=values.dtype)
+            out[indices] = values
+            return out
+        device = self.device() if dist.get_backend() == "nccl" else torch.device("cpu")
+        count = torch.tensor([len(indices)], device=device)
+        counts = [torch.zeros_like(count) for _ in range(self.world)]
+        dist.all_gather(counts, count)
+        longest = int(max(c.item() for c in counts))
+        padded_values = torch.zeros((longest, *values.shape[1:]), dtype=values.dtype, device=device)
+        padded_values[: len(indices)] = values.to(device)
+        padded_indices = torch.full((longest,), -1, dtype=torch.long, device=device)
+        padded_indices[: len(indices)] = indices.to(device)
+        all_values = [torch.zeros_like(padded_values) for _ in range(self.world)]
+        all_indices = [torch.zeros_like(padded_indices) for _ in range(self.world)]
+        dist.all_gather(all_values, padded_values)
+        dist.all_gather(all_indices, padded_indices)
+        out = torch.zeros((total, *values.shape[1:]), dtype=values.dtype)
+        for rank_indices, rank_values in zip(all_indices, all_values):
+            keep = rank_indices >= 0
+            out[rank_indices[keep].cpu()] = rank_values[keep].cpu()
+        return out
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()

@@ -1,0 +1,101 @@
+"""Running the decoder over all pairs: chunks, spread over ranks, optionally cached on disk.
+
+The work is cut into chunks of ``CHUNK_PAIRS`` pairs (longest pairs first, a fixed order), so a chunk's
+numbers do not depend on which rank computes it, on how many ranks there are, or on whether a run was
+resumed. Each rank computes its share of the chunks (balanced by token count), loading finished ones
+from the cache when there is one, and the sums are then gathered so every rank holds all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .cache import ShardCache
+from .distributed import Ranks
+from .engine import HiddenSums, hidden_sums, shared_prompt_sums
+from .tokens import ScoredSequence
+
+CHUNK_PAIRS = 256
+
+
+def plan_chunks(pairs: Sequence[tuple[ScoredSequence, ScoredSequence]], chunk_pairs: int) -> list[list[int]]:
+    """Pair indices, longest pair first (stable), cut into chunks of ``chunk_pairs``.
+
+    >>> seq = lambda n: ScoredSequence(list(range(n)), 0, n - 1)
+    >>> plan_chunks([(seq(3), seq(2)), (seq(5), seq(2)), (seq(4), seq(4))], chunk_pairs=2)
+    [[1, 2], [0]]
+    """
+    order = sorted(range(len(pairs)), key=lambda i: -max(len(s.input_ids) for s in pairs[i]))
+    return [order[start : start + chunk_pairs] for start in range(0, len(order), chunk_pairs)]
+
+
+def run_chunk(sequences: list[ScoredSequence], loaded, *, layout: str, batch_tokens: int, pad_id: int,
+              on_done: Callable[[list[int]], None] | None) -> HiddenSums:
+    """The engine call for one chunk, in the chosen layout."""
+    if layout == "shared_prompt":
+        return shared_prompt_sums(loaded.body, sequences, hidden_size=loaded.hidden_size, device=loaded.device,
+                                  on_done=on_done)
+    return hidden_sums(loaded.body, sequences, hidden_size=loaded.hidden_size, batch_tokens=batch_tokens,
+                       device=loaded.device, pad_id=pad_id, pad_multiple=64 if loaded.device.type == "cuda" else 1,
+                       packing=layout == "packed", on_done=on_done)
+
+
+def compute_sums(
+    pairs: Sequence[tuple[ScoredSequence, ScoredSequence]],
+    loaded,
+    *,
+    layout: str,
+    batch_tokens: int,
+    pad_id: int,
+    ranks: Ranks,
+    cache: ShardCache | None = None,
+    on_pairs: Callable[[int], None] | None = None,
+) -> tuple[HiddenSums, int]:
+    """Hidden sums of every pair's two sequences (``[2 * len(pairs), H]``, chosen then rejected),
+    and how many chunks came from the cache."""
+    chunks = plan_chunks(pairs, CHUNK_PAIRS)
+    costs = [sum(len(s.input_ids) for p in chunk for s in pairs[p]) for chunk in chunks]
+    indices, sums, last, reused = [], [], [], 0
+    for chunk_id in ranks.share(costs):
+        members = chunks[chunk_id]
+        stored = cache.load(chunk_id) if cache is not None else None
+        if stored is None:
+            sequences = [sequence for p in members for sequence in pairs[p]]
+            done = _pair_counter(on_pairs)
+            computed = run_chunk(sequences, loaded, layout=layout, batch_tokens=batch_tokens, pad_id=pad_id,
+                                 on_done=done)
+            stored = {"sums": computed.sums, "last": computed.last}
+            if cache is not None:
+                cache.save(chunk_id, stored)
+        else:
+            reused += 1
+            if on_pairs is not None:
+                on_pairs(len(members))
+        indices.append(torch.tensor([2 * p + side for p in members for side in (0, 1)], dtype=torch.long))
+        sums.append(stored["sums"])
+        last.append(stored["last"])
+    width = loaded.hidden_size
+    index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
+    stacked_sums = torch.cat(sums) if sums else torch.zeros(0, width)
+    stacked_last = torch.cat(last) if last else torch.zeros(0, width)
+    total = 2 * len(pairs)
+    return HiddenSums(ranks.gather_rows(index, stacked_sums, total), ranks.gather_rows(index, stacked_last, total)), reused
+
+
+def _pair_counter(on_pairs: Callable[[int], None] | None) -> Callable[[list[int]], None] | None:
+    """Turn the engine's per-sequence callbacks into "n more pairs finished" calls."""
+    if on_pairs is None:
+        return None
+    seen: dict[int, int] = {}
+
+    def on_done(indices: list[int]) -> None:
+        finished = set()
+        for index in indices:
+            seen[index // 2] = seen.get(index // 2, 0) + 1
+            if seen[index // 2] == 2:
+                finished.add(index // 2)
+        on_pairs(len(finished))
+
+    return on_done

@@ -1,0 +1,82 @@
+"""Data parallel: two CPU processes (gloo) under torchrun give the single process's output, for the CLI
+and the Python API; rows are shared by token count."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from ches.distributed import Ranks
+from ches.inputs import load_data
+from conftest import MODEL_DIR, ROOT
+
+SAMPLE = str(ROOT / "examples" / "data" / "hh-sample.jsonl")
+DRIVER = """
+import sys
+import ches.runner
+ches.runner.CHUNK_PAIRS = 4  # 16 chunks for 64 rows, so both processes get work
+if sys.argv[1] == "api":
+    import ches
+    from ches.distributed import Ranks
+    scored = ches.score(sys.argv[2], sys.argv[3], progress=False)
+    ranks = Ranks.current()
+    scored.to_parquet(f"{sys.argv[4]}.rank{ranks.rank}.parquet")
+else:
+    from ches.cli import main
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return handle.getsockname()[1]
+
+
+def torchrun(tmp_path, *args):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    launcher = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    command = [launcher, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+               str(driver), *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def single_process(tmp_path):
+    driver = tmp_path / "single.py"
+    driver.write_text(DRIVER)
+    output = tmp_path / "single.parquet"
+    subprocess.run([sys.executable, str(driver), "score", SAMPLE, "--model", str(MODEL_DIR), "--output", str(output),
+                    "--no-progress"], check=True, capture_output=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})  # same threads: same sums
+    return load_data(str(output))
+
+
+def test_two_processes_write_what_one_process_writes(tmp_path):
+    output = tmp_path / "scores.parquet"
+    torchrun(tmp_path, "score", SAMPLE, "--model", str(MODEL_DIR), "--output", str(output), "--no-progress")
+    assert load_data(str(output)).to_list() == single_process(tmp_path).to_list()  # same chunks: same numbers
+    meta = (tmp_path / "scores.parquet.meta.json").read_text()
+    assert '"processes": 2' in meta
+
+
+def test_python_api_returns_the_full_result_on_every_rank(tmp_path):
+    torchrun(tmp_path, "api", SAMPLE, str(MODEL_DIR), str(tmp_path / "api"))
+    expected = single_process(tmp_path).to_list()
+    for rank in (0, 1):
+        assert load_data(str(tmp_path / f"api.rank{rank}.parquet")).to_list() == expected
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_share_covers_every_item_once_and_balances_tokens(world):
+    costs = [100, 7, 50, 50, 3, 90, 20, 20, 20]
+    shares = [Ranks(rank, world).share(costs) for rank in range(world)]
+    assert sorted(i for share in shares for i in share) == list(range(len(costs)))
+    loads = [sum(costs[i] for i in share) for share in shares]
+    assert max(loads) - min(loads) <= max(costs)
