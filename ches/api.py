@@ -20,7 +20,7 @@ from .distributed import Ranks
 from .engine import packing_is_exact, shared_prompt_is_exact
 from .runner import compute_sums
 from .errors import ChesError
-from .formats import to_pairs
+from .formats import pair_problem, to_pairs
 from .inputs import Data, column, load_data
 from .models import LoadedModel, load_model, max_positions
 from .tokens import TokenizedPair, to_sequences, tokenize_pairs
@@ -265,7 +265,8 @@ def score_pairs(pairs, loaded: LoadedModel, *, max_length: int | None, batch_tok
     """Score normalized pairs with a loaded model; the pipeline without the dataset plumbing."""
     ranks = ranks or Ranks()
     tokenized = tokenize_pairs(pairs, loaded.tokenizer)
-    planned = [_plan(pair, max_length, max_positions(loaded.model)) for pair in tokenized]
+    context = max_positions(loaded.model)
+    planned = [pair_problem(pair) or _plan(tokens, max_length, context) for pair, tokens in zip(pairs, tokenized)]
     owners = [row for row, plan in enumerate(planned) if not isinstance(plan, str)]
     work = [planned[row] for row in owners]
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0

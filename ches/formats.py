@@ -20,6 +20,7 @@ from typing import Any, Union
 from .errors import ChesError, describe_rows
 
 Messages = list[dict[str, str]]
+ROLES = ("system", "developer", "user", "assistant", "tool", "function", "ipython")
 Text = Union[str, Messages]
 
 
@@ -102,12 +103,15 @@ def _first_is_messages(columns: dict[str, list[Any]]) -> bool:
 def _check_column(name: str, values: Sequence[Any], conversational: bool) -> None:
     expected = "a list of {'role', 'content'} messages" if conversational else "a string"
     problems: dict[str, list[int]] = {}
+    examples: dict[str, Any] = {}
     for row, value in enumerate(values):
         problem = _message_list_problem(value) if conversational else _string_problem(value)
         if problem:
             problems.setdefault(problem, []).append(row)
+            examples.setdefault(problem, value)
     if problems:
-        found = "; ".join(f"{describe_rows(rows)}: {problem}" for problem, rows in problems.items())
+        found = "; ".join(f"{describe_rows(rows)}: {problem}{_example(examples[problem])}"
+                          for problem, rows in problems.items())
         fmt = "conversational" if conversational else "standard"
         raise ChesError(
             f"column {name!r} must hold {expected} in every row ({fmt} format, decided from row 0 of 'chosen'); "
@@ -118,7 +122,14 @@ def _check_column(name: str, values: Sequence[Any], conversational: bool) -> Non
 def _string_problem(value: Any) -> str | None:
     if isinstance(value, str):
         return None
-    return f"found {_kind(value)}"
+    return "found None" if value is None else f"found {type(value).__name__}"
+
+
+def _example(value: Any) -> str:
+    if value is None or isinstance(value, list):
+        return ""
+    text = repr(value)
+    return f" (e.g. {text[:40] + '...' if len(text) > 40 else text})"
 
 
 def _message_list_problem(value: Any) -> str | None:
@@ -130,6 +141,20 @@ def _message_list_problem(value: Any) -> str | None:
         for key in ("role", "content"):
             if not isinstance(message.get(key), str):
                 return f"message {position} has {key!r} = {_kind(message.get(key))}, expected a string"
+        if message["role"] not in ROLES:
+            return f"message {position} has the unknown role {message['role']!r} (chat templates know {', '.join(ROLES)})"
+    return None
+
+
+def pair_problem(pair: Pair) -> str | None:
+    """Why a well-formed pair still cannot be scored as DPO would train on it, or None.
+
+    >>> pair_problem(Pair([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}],
+    ...                   [{"role": "user", "content": "?"}], [{"role": "user", "content": "!"}]))
+    'conversational prompt ends with an assistant turn (the completion would follow a second assistant header)'
+    """
+    if pair.conversational and pair.prompt and pair.prompt[-1]["role"] == "assistant":
+        return "conversational prompt ends with an assistant turn (the completion would follow a second assistant header)"
     return None
 
 

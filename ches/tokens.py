@@ -113,7 +113,7 @@ def tokenize_pairs(pairs: Sequence[Pair], tokenizer) -> list[TokenizedPair]:
 def _chunked(pairs: Sequence[Pair], tokenizer, tokenize_chunk) -> list[TokenizedPair]:
     out: list[TokenizedPair] = []
     for begin in range(0, len(pairs), CHUNK_ROWS):
-        out += tokenize_chunk(pairs[begin : begin + CHUNK_ROWS], tokenizer)
+        out += tokenize_chunk(pairs[begin : begin + CHUNK_ROWS], tokenizer, begin)
     return out
 
 
@@ -121,7 +121,7 @@ def _with_eos(text: str, eos: str) -> str:
     return text if text.endswith(eos) else text + eos
 
 
-def _tokenize_standard(pairs: Sequence[Pair], tokenizer) -> list[TokenizedPair]:
+def _tokenize_standard(pairs: Sequence[Pair], tokenizer, first_row: int = 0) -> list[TokenizedPair]:
     eos = tokenizer.eos_token
     prompts = [pair.prompt for pair in pairs]
     prompt_ids = tokenizer(prompts)["input_ids"]
@@ -130,15 +130,26 @@ def _tokenize_standard(pairs: Sequence[Pair], tokenizer) -> list[TokenizedPair]:
     return [split_completions(*ids) for ids in zip(prompt_ids, chosen_full, rejected_full)]
 
 
-def _chat_ids(tokenizer, conversations: list, **options) -> list[list[int]]:
-    encoded = tokenizer.apply_chat_template(conversations, tokenize=True, return_dict=True, **options)
+def _chat_ids(tokenizer, conversations: list, first_row: int, **options) -> list[list[int]]:
+    try:
+        encoded = tokenizer.apply_chat_template(conversations, tokenize=True, return_dict=True, **options)
+    except Exception:  # find the row the template refuses, and say so
+        for position, conversation in enumerate(conversations):
+            try:
+                tokenizer.apply_chat_template([conversation], tokenize=True, return_dict=True, **options)
+            except Exception as error:
+                raise ChesError(
+                    f"row {first_row + position}: the chat template cannot render the conversation "
+                    f"({type(error).__name__}: {error}); its roles are {[message['role'] for message in conversation]}."
+                ) from None
+        raise
     return [list(ids) for ids in encoded["input_ids"]]
 
 
-def _tokenize_conversational(pairs: Sequence[Pair], tokenizer) -> list[TokenizedPair]:
-    prompt_ids = _chat_ids(tokenizer, [pair.prompt for pair in pairs], add_generation_prompt=True)
-    chosen_full = _chat_ids(tokenizer, [pair.prompt + pair.chosen for pair in pairs])
-    rejected_full = _chat_ids(tokenizer, [pair.prompt + pair.rejected for pair in pairs])
+def _tokenize_conversational(pairs: Sequence[Pair], tokenizer, first_row: int = 0) -> list[TokenizedPair]:
+    prompt_ids = _chat_ids(tokenizer, [pair.prompt for pair in pairs], first_row, add_generation_prompt=True)
+    chosen_full = _chat_ids(tokenizer, [pair.prompt + pair.chosen for pair in pairs], first_row)
+    rejected_full = _chat_ids(tokenizer, [pair.prompt + pair.rejected for pair in pairs], first_row)
     return [split_completions(*ids) for ids in zip(prompt_ids, chosen_full, rejected_full)]
 
 

@@ -59,7 +59,7 @@ def test_none_and_non_string_rows_are_named():
         to_pairs(data)
     message = str(error.value)
     assert "column 'chosen' must hold a string in every row" in message
-    assert "row 1: found None" in message and "row 3: found int 7" in message
+    assert "row 1: found None" in message and "row 3: found int (e.g. 7)" in message
 
 
 def test_many_bad_rows_are_abbreviated():
@@ -82,5 +82,5 @@ def test_malformed_messages_are_named():
 
 def test_mixed_formats_are_rejected():
     good = [{"role": "assistant", "content": "a"}]
-    with pytest.raises(ChesError, match=r"row 1: found str 'plain'"):
+    with pytest.raises(ChesError, match=r"row 1: found str 'plain'"):  # a message-list column holding a string
         to_pairs({"chosen": [good, "plain"], "rejected": [good, good]})
