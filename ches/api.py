@@ -92,6 +92,9 @@ def score(
     save_embeddings: str | os.PathLike | None = None,
     layout: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> datasets.Dataset | datasets.DatasetDict:
     """CHES scores for every preference pair, on exactly the token sequences TRL's DPOTrainer trains on.
 
@@ -119,6 +122,8 @@ def score(
             for the device (``shared_prompt`` on CPU, ``padded`` on CUDA; see docs/performance.md).
             ``packed`` and ``shared_prompt`` are used only after a probe on the model itself shows
             they give the same hidden states as ``padded``; otherwise ``padded`` is used (logged).
+        device_map, max_memory, offload_folder: passed to ``from_pretrained`` for models larger than
+            one device (e.g. ``device_map="auto", max_memory={0: "70GiB", "cpu": "200GiB"}``).
         cache_dir: keep finished chunks of hidden-state sums here; re-running the same call after a
             crash skips them and ends with the same result as an uninterrupted run. The cache is keyed
             by everything that changes the numbers, so other settings never reuse stale chunks.
@@ -142,11 +147,13 @@ def score(
     """
     return score_run(data, model, tokenizer, split=split, max_length=max_length, dtype=dtype, device=device,
                      batch_tokens=batch_tokens, progress=progress, trust_remote_code=trust_remote_code,
-                     save_embeddings=save_embeddings, layout=layout, cache_dir=cache_dir)[0]
+                     save_embeddings=save_embeddings, layout=layout, cache_dir=cache_dir, device_map=device_map,
+                     max_memory=max_memory, offload_folder=offload_folder)[0]
 
 
 def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype=None, device=None,
-              batch_tokens=None, progress=True, trust_remote_code=False, save_embeddings=None, layout=None, cache_dir=None):
+              batch_tokens=None, progress=True, trust_remote_code=False, save_embeddings=None, layout=None, cache_dir=None, device_map=None, max_memory=None,
+              offload_folder=None):
     """:func:`score`, also returning the :class:`RunInfo` of the run."""
     started = _now()
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
@@ -159,7 +166,8 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
     ranks = Ranks.current()
     if device is None and ranks.world > 1 and not isinstance(model, torch.nn.Module):
         device = ranks.device()
-    loaded = load_model(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    loaded = load_model(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                        device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
     budget = batch_tokens or default_batch_tokens(loaded)
     layout = _resolve_layout(layout, loaded)
     info = RunInfo(

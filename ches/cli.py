@@ -91,13 +91,24 @@ def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
                         help="how sequences are batched (default: shared_prompt on CPU, padded on CUDA)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the Hub")
     parser.add_argument("--cache-dir", type=Path, help="keep finished work here; re-running resumes after a crash")
+    parser.add_argument("--device-map", help="spread a large model over devices, e.g. auto")
+    parser.add_argument("--max-memory", type=json.loads, help='JSON, e.g. \'{"0": "70GiB", "cpu": "200GiB"}\'')
+    parser.add_argument("--offload-folder", type=Path, help="where weights that fit nowhere else are offloaded")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _score_kwargs(args) -> dict:
     return dict(tokenizer=args.tokenizer, split=args.split, max_length=args.max_length, dtype=args.dtype,
                 device=args.device, batch_tokens=args.batch_tokens, layout=args.layout, progress=not args.no_progress,
-                trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir)
+                trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir, device_map=args.device_map,
+                max_memory=_memory(args.max_memory), offload_folder=args.offload_folder)
+
+
+def _memory(max_memory: dict | None) -> dict | None:
+    """JSON keys are strings; GPU indices are ints for transformers."""
+    if max_memory is None:
+        return None
+    return {int(key) if str(key).isdigit() else key: value for key, value in max_memory.items()}
 
 
 def _input_metadata(data: str, split: str | None) -> dict:

@@ -76,32 +76,40 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """Load (or adopt) a causal LM and its tokenizer for scoring.
 
-    A model given as a string is a local folder or Hub id, loaded with ``dtype`` on ``device``. An
-    already loaded model stays where it is unless ``device``/``dtype`` are given (then it is moved in
-    place). ``tokenizer`` defaults to the model's own.
+    A model given as a string is a local folder or Hub id, loaded with ``dtype`` on ``device`` (or
+    spread by ``device_map``/``max_memory``, offloading to ``offload_folder``, for models larger than
+    one device). A folder holding a PEFT adapter (``adapter_config.json``) is loaded on its base model
+    and merged (needs ``peft``). An already loaded model stays where it is unless ``device``/``dtype``
+    are given (then it is moved in place). ``tokenizer`` defaults to the model's own (for an adapter:
+    the adapter folder's if it has one, else the base model's).
 
     Raises:
         ChesError: the model or tokenizer cannot be found or loaded.
     """
-    from transformers import AutoModelForCausalLM
-
     if isinstance(model, (str, os.PathLike)):
-        resolved_device = resolve_device(device)
-        resolved_dtype = resolve_dtype(dtype, resolved_device)
         name = str(model)
         if name.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name)):
             raise ChesError(f"model folder {name} does not exist; pass a local model folder or a Hub id.")
-        try:
-            loaded = AutoModelForCausalLM.from_pretrained(name, dtype=resolved_dtype, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as error:
-            raise ChesError(f"could not load model {name!r}: {error}") from None
-        loaded.to(resolved_device)
+        resolved_device = resolve_device(device)
+        resolved_dtype = resolve_dtype(dtype, resolved_device)
+        options = {"dtype": resolved_dtype, "trust_remote_code": trust_remote_code}
+        if device_map is not None:
+            options |= {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
+        loaded, tokenizer_source = _from_pretrained(name, options)
+        if device_map is None:
+            loaded.to(resolved_device)
+        else:
+            resolved_device = loaded.get_input_embeddings().weight.device
+            resolved_device = torch.device("cpu") if resolved_device.type == "meta" else resolved_device
     elif isinstance(model, torch.nn.Module):
         loaded = model
-        name = getattr(model, "name_or_path", "") or type(model).__name__
+        name = tokenizer_source = getattr(model, "name_or_path", "") or type(model).__name__
         first = next(model.parameters())
         resolved_device = resolve_device(device) if device is not None else first.device
         resolved_dtype = resolve_dtype(dtype, resolved_device) if dtype is not None else first.dtype
@@ -115,13 +123,33 @@ def load_model(
     return LoadedModel(
         model=loaded,
         body=body,
-        tokenizer=load_tokenizer(tokenizer, name, trust_remote_code),
+        tokenizer=load_tokenizer(tokenizer, tokenizer_source, trust_remote_code),
         device=resolved_device,
         dtype=resolved_dtype,
         hidden_size=config.hidden_size,
         vocab_size=config.vocab_size,
         name=name,
     )
+
+
+def _from_pretrained(name: str, options: dict):
+    """``(model, where its tokenizer is)``; PEFT adapter folders are merged into their base model."""
+    from transformers import AutoModelForCausalLM
+
+    adapter = os.path.isfile(os.path.join(os.path.expanduser(name), "adapter_config.json"))
+    try:
+        if not adapter:
+            return AutoModelForCausalLM.from_pretrained(name, **options), name
+        try:
+            from peft import AutoPeftModelForCausalLM
+        except ImportError:
+            raise ChesError(f"{name} is a PEFT adapter; install peft to score with it (pip install peft).") from None
+        merged = AutoPeftModelForCausalLM.from_pretrained(name, **options).merge_and_unload()
+        has_tokenizer = any(os.path.isfile(os.path.join(name, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+        base = merged.config.name_or_path or getattr(merged, "name_or_path", name)
+        return merged, name if has_tokenizer else base
+    except (OSError, ValueError) as error:
+        raise ChesError(f"could not load model {name!r}: {error}") from None
 
 
 def load_tokenizer(tokenizer, model_name: str, trust_remote_code: bool = False):

@@ -15,3 +15,11 @@ def test_public_surface():
     assert set(ches.__all__) == {"score", "filter", "rank", "summary", "validate", "load_embeddings", "extract_prompt", "ChesError",
                                 "__version__"}
     assert issubclass(ches.ChesError, ValueError)
+
+
+def test_nothing_reads_or_writes_pickles():
+    from pathlib import Path
+
+    source = "\n".join(path.read_text() for path in Path(ches.__file__).parent.glob("*.py"))
+    for forbidden in ("torch.load(", "pickle", "weights_only=False", "trust_remote_code=True"):
+        assert forbidden not in source, forbidden
