@@ -22,7 +22,7 @@ from .runner import compute_sums
 from .errors import ChesError
 from .formats import pair_problem, to_pairs
 from .inputs import Data, column, load_data
-from .models import LoadedModel, load_model, max_positions
+from .models import LoadedModel, load_model, max_positions, text_config
 from .tokens import TokenizedPair, to_sequences, tokenize_pairs
 
 logger = logging.getLogger("ches")
@@ -152,8 +152,8 @@ def score(
 
 
 def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype=None, device=None,
-              batch_tokens=None, progress=True, trust_remote_code=False, save_embeddings=None, layout=None, cache_dir=None, device_map=None, max_memory=None,
-              offload_folder=None):
+              batch_tokens=None, progress=True, trust_remote_code=False, save_embeddings=None, layout=None,
+              cache_dir=None, device_map=None, max_memory=None, offload_folder=None):
     """:func:`score`, also returning the :class:`RunInfo` of the run."""
     started = _now()
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
@@ -205,8 +205,7 @@ def default_batch_tokens(loaded: LoadedModel) -> int:
     """
     if loaded.device.type != "cuda":
         return CPU_BATCH_TOKENS
-    config = loaded.model.config.get_text_config() if hasattr(loaded.model.config, "get_text_config") else loaded.model.config
-    intermediate = getattr(config, "intermediate_size", None) or 4 * loaded.hidden_size
+    intermediate = getattr(text_config(loaded.model), "intermediate_size", None) or 4 * loaded.hidden_size
     per_token = torch.finfo(loaded.dtype).bits // 8 * (6 * loaded.hidden_size + 3 * intermediate) + 8 * loaded.hidden_size
     free, _ = torch.cuda.mem_get_info(loaded.device)
     return int(min(max(free // 2 // per_token, 4096), 131072)) // 64 * 64

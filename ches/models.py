@@ -61,6 +61,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+def text_config(model: torch.nn.Module):
+    """The config that describes the decoder (the text part of multimodal configs)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def decoder_body(model: torch.nn.Module) -> torch.nn.Module:
     """The part of a causal LM that produces the last (final-normed) hidden states: ``model.base_model``."""
     body = getattr(model, "base_model", None)
@@ -119,7 +125,7 @@ def load_model(
         raise ChesError(f"model must be a path, a Hub id or a loaded PreTrainedModel; got {type(model).__name__}.")
     loaded.eval()
     body = decoder_body(loaded)
-    config = loaded.config.get_text_config() if hasattr(loaded.config, "get_text_config") else loaded.config
+    config = text_config(loaded)
     return LoadedModel(
         model=loaded,
         body=body,
@@ -167,6 +173,5 @@ def load_tokenizer(tokenizer, model_name: str, trust_remote_code: bool = False):
 
 def max_positions(model: torch.nn.Module) -> int | None:
     """The model's context length from its config (``max_position_embeddings``), if it states one."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    value = getattr(config, "max_position_embeddings", None)
+    value = getattr(text_config(model), "max_position_embeddings", None)
     return value if isinstance(value, int) and value > 0 else None
