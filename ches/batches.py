@@ -43,8 +43,15 @@ class Batch:
     position_ids: torch.Tensor | None = None  # packed layout only: ``[R, T]``, restarting at 0 per sequence
 
     def to(self, device: torch.device) -> "Batch":
-        non_blocking = device.type == "cuda"
-        return Batch(*(None if tensor is None else tensor.to(device, non_blocking=non_blocking) for tensor in (
+        """The batch on ``device``; to CUDA through pinned memory without blocking the host."""
+        cuda = device.type == "cuda"
+
+        def move(tensor):
+            if tensor is None:
+                return None
+            return (tensor.pin_memory() if cuda else tensor).to(device, non_blocking=cuda)
+
+        return Batch(*(move(tensor) for tensor in (
             self.input_ids, self.sum_positions, self.sum_rows, self.last_positions, self.position_ids)))
 
 

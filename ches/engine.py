@@ -78,9 +78,8 @@ def hidden_sums(
             :func:`packing_is_exact` for the model first.
         on_done: called with the indices of the sequences of each finished batch.
     """
-    sums = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
-    last = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
-    remaining = longest_first(sequences)
+    finished: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []  # kept on the device until the end,
+    remaining = longest_first(sequences)  # so the host prepares the next batch while the device computes
     budget = batch_tokens
     row_length = padded_length(len(sequences[remaining[0]].input_ids), pad_multiple) if remaining else 0
     with torch.inference_mode():
@@ -95,6 +94,13 @@ def hidden_sums(
             try:
                 batch_sums, batch_last = run_body(body, batch.to(device))
             except torch.OutOfMemoryError:
+                del batch
+                torch.cuda.empty_cache()
+                if packing:  # rows cannot shrink below the longest sequence: continue with padded batches
+                    packing = False
+                    logger.warning("out of memory with packed rows of %d tokens; continuing with padded batches",
+                                   row_length)
+                    continue
                 if len(chosen) == 1:
                     raise ChesError(
                         f"a single sequence of {longest} tokens does not fit in device memory; pass max_length= "
@@ -103,15 +109,17 @@ def hidden_sums(
                 budget = max(budget // 2, 1)
                 logger.warning("out of memory with %d sequences (longest %d tokens); halving batch_tokens to %d",
                                len(chosen), longest, budget)
-                del batch
-                torch.cuda.empty_cache()
                 continue
-            index = torch.tensor(chosen)
-            sums[index] = batch_sums.cpu()
-            last[index] = batch_last.cpu()
+            finished.append((chosen, batch_sums, batch_last))
             remaining = remaining[len(chosen):]
             if on_done is not None:
                 on_done(chosen)
+    sums = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
+    last = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
+    for chosen, batch_sums, batch_last in finished:
+        index = torch.tensor(chosen)
+        sums[index] = batch_sums.cpu()
+        last[index] = batch_last.cpu()
     return HiddenSums(sums=sums, last=last)
 
 

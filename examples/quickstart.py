@@ -7,11 +7,13 @@ examples/train_tiny_model.py on the same hh-rlhf text; swap in your own SFT chec
 """
 
 import argparse
+import warnings
 from pathlib import Path
 
 import ches
 
 HERE = Path(__file__).resolve().parent
+warnings.filterwarnings("ignore", category=FutureWarning, module="pyarrow")  # raised inside datasets' sort
 
 
 def show(title: str, rows) -> None:
