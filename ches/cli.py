@@ -17,11 +17,25 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .distributed import Ranks
 from .errors import ChesError
+from .select import MEASURES
+
+
+@dataclass
+class Outcome:
+    """What a command produced: a dataset for rank 0 to write to ``output``, or a file it ``written``
+    itself; either way the sidecar gets ``meta``."""
+
+    meta: dict
+    dataset: Any = None
+    output: Path | None = None
+    written: Path | None = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,14 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ches", description="CHES scores for preference data, on the tokens DPO trains on.")
     parser.add_argument("--version", action="version", version=f"ches {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _score_command(commands.add_parser("score", help="score every pair of DATA"))
+    _filter_command(commands.add_parser("filter", help="keep the pairs least likely to cause likelihood displacement"))
+    _validate_command(commands.add_parser("validate", help="check that CHES predicts displacement for a model"))
+    _report_command(commands.add_parser("report", help="write a self-contained HTML report of a scores file"))
+    return parser
 
-    score = commands.add_parser("score", help="score every pair of DATA")
+
+def _score_command(score: argparse.ArgumentParser) -> None:
     score.add_argument("data", metavar="DATA", help="file (.jsonl/.json/.parquet/.csv[.gz]), save_to_disk folder, or Hub id")
     _model_options(score, required=True)
     score.add_argument("--output", "-o", type=Path, help="where to write the scored rows (.parquet/.jsonl/.json/.csv or a folder)")
     score.add_argument("--save-embeddings", type=Path, help="also write S+ and S- per row to this .safetensors file")
 
-    filter_ = commands.add_parser("filter", help="keep the pairs least likely to cause likelihood displacement")
+
+def _filter_command(filter_: argparse.ArgumentParser) -> None:
     filter_.add_argument("data", metavar="DATA_OR_SCORES", help="raw data (needs --model) or a file written by 'ches score'")
     _model_options(filter_, required=False)
     rule = filter_.add_mutually_exclusive_group()
@@ -49,11 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     rule.add_argument("--keep", type=int, help="keep this many rows with the lowest scores")
     rule.add_argument("--around", type=float, help="keep --window rows centred on this quantile of the sorted scores")
     filter_.add_argument("--window", type=int, default=512, help="rows kept with --around (default 512)")
-    filter_.add_argument("--measure", default="ln_ches", choices=["ln_ches", "ches", "last_hidden_ip", "edit_distance"])
+    filter_.add_argument("--measure", default="ln_ches", choices=list(MEASURES))
     filter_.add_argument("--output", "-o", type=Path, help="where to write the kept rows")
     filter_.add_argument("--no-scores", action="store_true", help="drop the score columns (exactly the input schema)")
 
-    validate = commands.add_parser("validate", help="check that CHES predicts likelihood displacement for a model")
+
+def _validate_command(validate: argparse.ArgumentParser) -> None:
     validate.add_argument("data", metavar="DATA", help="preference data (as for 'ches score')")
     validate.add_argument("--model", "-m", required=True, help="local folder or Hub id of a causal LM")
     validate.add_argument("--tokenizer", help="tokenizer folder or Hub id (default: the model's)")
@@ -70,13 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--output", "-o", type=Path, help="write the full results as JSON")
     validate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    report = commands.add_parser("report", help="write a self-contained HTML report of a scores file")
+
+def _report_command(report: argparse.ArgumentParser) -> None:
     report.add_argument("data", metavar="SCORES", help="a file written by 'ches score'")
     report.add_argument("--output", "-o", type=Path, required=True, help="the .html file to write")
-    report.add_argument("--measure", default="ln_ches", choices=["ln_ches", "ches", "last_hidden_ip", "edit_distance"])
+    report.add_argument("--measure", default="ln_ches", choices=list(MEASURES))
     report.add_argument("--top", type=int, default=20, help="pairs shown at each end (default 20)")
     report.add_argument("--split", help="split of a folder with several splits")
-    return parser
 
 
 def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -126,21 +148,19 @@ def _input_metadata(data: str, split: str | None) -> dict:
     return meta
 
 
-def run_score(args) -> dict:
+def run_score(args) -> Outcome:
     from .api import score_run
-    from .export import write_dataset
     from .summary import summarize
 
     _check_single_file_output(args)
     scored, info = score_run(args.data, args.model, save_embeddings=args.save_embeddings, **_score_kwargs(args))
-    meta = {"run": info.as_dict(), "embeddings": str(args.save_embeddings) if args.save_embeddings else None}
+    meta = {"run": info.as_dict(), "embeddings": str(args.save_embeddings) if args.save_embeddings else None,
+            "rows_written": scored.num_rows}
     if args.output:
-        meta["rows_written"] = scored.num_rows
-        return {"output": args.output, "dataset": scored, "meta": meta, "write": write_dataset}
-    parts = scored.values() if hasattr(scored, "values") else [scored]
-    for part in parts:
+        return Outcome(meta, dataset=scored, output=args.output)
+    for part in scored.values() if hasattr(scored, "values") else [scored]:
         print(json.dumps(summarize(part.to_dict()), indent=2))
-    return {"meta": meta}
+    return Outcome(meta)
 
 
 def _check_single_file_output(args) -> None:
@@ -154,8 +174,7 @@ def _check_single_file_output(args) -> None:
         raise ChesError(f"{args.data} has splits; pass --split, or an --output folder to write them all.")
 
 
-def run_filter(args) -> dict:
-    from .export import write_dataset
+def run_filter(args) -> Outcome:
     from .filtering import filter as filter_rows
 
     kwargs = _score_kwargs(args) if args.model else {"split": args.split}
@@ -165,12 +184,12 @@ def run_filter(args) -> dict:
                        **rule, **kwargs)
     meta = {"measure": args.measure, "rule": rule, "rows_written": len(kept)}
     if args.output:
-        return {"output": args.output, "dataset": kept, "meta": meta, "write": write_dataset}
+        return Outcome(meta, dataset=kept, output=args.output)
     print(f"kept {len(kept)} rows (pass --output to write them)")
-    return {"meta": meta}
+    return Outcome(meta)
 
 
-def run_report(args) -> dict:
+def run_report(args) -> Outcome:
     from .inputs import load_data
     from .report import write_report
 
@@ -178,10 +197,10 @@ def run_report(args) -> dict:
     if hasattr(data, "keys"):
         raise ChesError(f"{args.data} has splits {sorted(data)}; pass --split.")
     path = write_report(data, args.output, measure=args.measure, top=args.top)
-    return {"meta": {"measure": args.measure, "top": args.top, "report": str(path)}, "written": path}
+    return Outcome({"measure": args.measure, "top": args.top}, written=path)
 
 
-def run_validate(args) -> dict:
+def run_validate(args) -> Outcome:
     from .export import write_json
     from .validate import format_table, validate
 
@@ -191,8 +210,8 @@ def run_validate(args) -> dict:
     print(format_table(result))
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        return {"meta": {"settings": result["settings"]}, "written": write_json(args.output, result)}
-    return {"meta": {}}
+        return Outcome({"settings": result["settings"]}, written=write_json(args.output, result))
+    return Outcome({})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,18 +225,19 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"score": run_score, "filter": run_filter, "report": run_report, "validate": run_validate}
         outcome = commands[args.command](args)
         meta = {"ches_version": __version__, "command": ["ches", *argv], "started": started,
-                **_input_metadata(args.data, args.split), **outcome["meta"]}
-        meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                **_input_metadata(args.data, args.split), **outcome.meta,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if not Ranks.current().is_main:  # under torchrun / accelerate only rank 0 writes
             return 0
-        if "write" in outcome:
-            written = outcome["write"](outcome["dataset"], outcome["output"], meta)
-            print(f"wrote {written} (+ {written.name}.meta.json)", file=sys.stderr)
-        elif "written" in outcome:
+        if outcome.dataset is not None:
+            from .export import write_dataset
+
+            outcome.written = write_dataset(outcome.dataset, outcome.output)
+        if outcome.written is not None:
             from .export import sidecar_path, write_json
 
-            write_json(sidecar_path(outcome["written"]), meta)
-            print(f"wrote {outcome['written']} (+ {outcome['written'].name}.meta.json)", file=sys.stderr)
+            write_json(sidecar_path(outcome.written), meta)
+            print(f"wrote {outcome.written} (+ {outcome.written.name}.meta.json)", file=sys.stderr)
     except ChesError as error:
         print(f"ches: error: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Export: write a dataset by file extension, atomically, with a JSON metadata sidecar.
+"""Export: write a dataset by file extension, atomically; and the JSON metadata sidecar next to a file.
 
 ``.parquet``, ``.jsonl``, ``.json`` (JSON Lines too, as ``Dataset.to_json`` writes), ``.csv``, or a
 folder (``save_to_disk``; any path without one of those extensions). Each write goes to a temporary
@@ -31,9 +31,8 @@ def sidecar_path(output: str | os.PathLike) -> Path:
     return output.with_name(output.name + ".meta.json")
 
 
-def write_dataset(dataset: datasets.Dataset | datasets.DatasetDict, output: str | os.PathLike,
-                  metadata: dict | None = None) -> Path:
-    """Write ``dataset`` to ``output`` (format from the extension) atomically, plus its metadata sidecar.
+def write_dataset(dataset: datasets.Dataset | datasets.DatasetDict, output: str | os.PathLike) -> Path:
+    """Write ``dataset`` to ``output`` (format from the extension) atomically.
 
     Raises:
         ChesError: a ``DatasetDict`` asked to go into a single file.
@@ -56,8 +55,6 @@ def write_dataset(dataset: datasets.Dataset | datasets.DatasetDict, output: str 
             if output.exists():
                 shutil.rmtree(output) if output.is_dir() else output.unlink()
             os.replace(staged, output)
-        if metadata is not None:
-            write_json(sidecar_path(output), metadata)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return output

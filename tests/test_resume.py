@@ -90,5 +90,5 @@ def test_failed_write_leaves_no_output(tmp_path, monkeypatch):
     from ches.export import write_dataset
 
     with pytest.raises(OSError, match="disk full"):
-        write_dataset(scored, tmp_path / "out.parquet", {"x": 1})
+        write_dataset(scored, tmp_path / "out.parquet")
     assert list(tmp_path.iterdir()) == []
