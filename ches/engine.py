@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 
 from .batches import Batch, collate, longest_first, pack, padded_length, rows_that_fit
 from .errors import ChesError
@@ -43,7 +44,7 @@ def run_body(body: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.T
     """One forward pass of the decoder body; returns ``([B, H] sums, [B, H] last)`` in float32."""
     extra = {} if batch.position_ids is None else {"position_ids": batch.position_ids}
     hidden = body(input_ids=batch.input_ids, use_cache=False, **extra).last_hidden_state
-    flat = hidden.reshape(-1, hidden.shape[-1])  # on the last layer's device (differs under device_map)
+    flat = rearrange(hidden, "rows tokens hidden -> (rows tokens) hidden")  # on the last layer's device
     sums = torch.zeros(len(batch.last_positions), flat.shape[-1], dtype=torch.float32, device=flat.device)
     sums.index_add_(0, batch.sum_rows.to(flat.device), flat.index_select(0, batch.sum_positions.to(flat.device)).float())
     return sums, flat.index_select(0, batch.last_positions.to(flat.device)).float()

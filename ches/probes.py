@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from .batches import collate
 from .tokens import ScoredSequence
@@ -43,9 +44,9 @@ def sequence_logps(model: torch.nn.Module, sequences: Sequence[ScoredSequence], 
     device = next(model.parameters()).device
     input_ids = batch.input_ids.to(device)
     logits = model(input_ids=input_ids, use_cache=False).logits.float()
-    flat = logits.reshape(-1, logits.shape[-1])
+    flat = rearrange(logits, "rows tokens vocab -> (rows tokens) vocab")
     positions = batch.sum_positions.to(device)
-    targets = input_ids.reshape(-1)[positions + 1]
+    targets = rearrange(input_ids, "rows tokens -> (rows tokens)")[positions + 1]
     token_logps = torch.log_softmax(flat.index_select(0, positions), dim=-1).gather(1, targets[:, None])[:, 0]
     return torch.zeros(len(sequences), device=device).index_add(0, batch.sum_rows.to(device), token_logps)
 
