@@ -1,5 +1,5 @@
-"""Data parallel: two CPU processes (gloo) under torchrun give the single process's output, for the CLI
-and the Python API; rows are shared by token count."""
+"""Data parallel: two CPU processes (gloo) under torchrun or accelerate launch give the single process's
+output, for the CLI and the Python API; rows are shared by token count."""
 
 import os
 import shutil
@@ -36,12 +36,16 @@ def free_port() -> int:
         return handle.getsockname()[1]
 
 
-def torchrun(tmp_path, *args):
+def launch(tmp_path, *args, launcher="torchrun"):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    launcher = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    command = [launcher, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-               str(driver), *args]
+    program = shutil.which(launcher, path=os.path.dirname(sys.executable)) or shutil.which(launcher)
+    if launcher == "torchrun":
+        options = ["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    else:  # accelerate's multi-process launcher; on a machine without GPUs the processes use gloo
+        options = ["launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                   "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    command = [program, *options, str(driver), *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -58,16 +62,18 @@ def single_process(tmp_path):
     return load_data(str(output))
 
 
-def test_two_processes_write_what_one_process_writes(tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_write_what_one_process_writes(tmp_path, launcher):
     output = tmp_path / "scores.parquet"
-    torchrun(tmp_path, "score", SAMPLE, "--model", str(MODEL_DIR), "--output", str(output), "--no-progress")
+    launch(tmp_path, "score", SAMPLE, "--model", str(MODEL_DIR), "--output", str(output), "--no-progress",
+           launcher=launcher)
     assert load_data(str(output)).to_list() == single_process(tmp_path).to_list()  # same chunks: same numbers
     meta = (tmp_path / "scores.parquet.meta.json").read_text()
     assert '"processes": 2' in meta
 
 
 def test_python_api_returns_the_full_result_on_every_rank(tmp_path):
-    torchrun(tmp_path, "api", SAMPLE, str(MODEL_DIR), str(tmp_path / "api"))
+    launch(tmp_path, "api", SAMPLE, str(MODEL_DIR), str(tmp_path / "api"))
     expected = single_process(tmp_path).to_list()
     for rank in (0, 1):
         assert load_data(str(tmp_path / f"api.rank{rank}.parquet")).to_list() == expected
