@@ -92,7 +92,7 @@ def validate(
         raise ChesError(f"data has splits {sorted(dataset)}; pass split=.")
     if n < 3 or n > len(dataset):
         raise ChesError(f"n={n} must be between 3 and the number of rows ({len(dataset)}).")
-    size = min(len(dataset), pool or max(len(dataset) if len(dataset) <= 20 * n else 20 * n, n))
+    size = min(len(dataset), max(pool or 20 * n, n))
     generator = np.random.default_rng(seed)
     pool_rows = np.sort(generator.choice(len(dataset), size=size, replace=False))
     candidates = dataset.select(pool_rows)
