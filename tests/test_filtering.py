@@ -8,7 +8,6 @@ import pytest
 
 import ches
 from ches import ChesError
-from ches.api import SCORE_COLUMNS
 from conftest import hh_rows
 
 MEASURE_SIGN = {"ln_ches": 1, "ches": 1, "last_hidden_ip": 1, "edit_distance": -1}

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 import ches
-from conftest import hh_rows, standard_rows
+from conftest import hh_rows
 
 MEASURES = ("ches", "ln_ches", "last_hidden_ip", "edit_distance")
 

@@ -4,7 +4,6 @@ import base64
 import html.parser
 import math
 
-import datasets
 
 import ches
 from ches.report import write_report
