@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from .errors import ChesError
 from .formats import pair_problem, to_pairs
 from .inputs import Data, column, load_data
 from .models import LoadedModel, load_model, max_positions, text_config
+from .summary import skip_reasons
 from .tokens import TokenizedPair, to_sequences, tokenize_pairs
 
 logger = logging.getLogger("ches")
@@ -364,7 +364,7 @@ def _progress_bar(total: int, enabled: bool):
 
 def _summary(result: ScoredRows, model_name: str) -> str:
     """One line: rows scored and skipped (by reason), and prompts cut at a token boundary."""
-    reasons = Counter(reason.split(" (")[0] for reason in result.columns["ches_skip"] if reason)
+    reasons = skip_reasons(result.columns["ches_skip"])
     total, skipped = len(result.columns["ches_skip"]), sum(reasons.values())
     detail = "".join(f"; {count} {reason}" for reason, count in reasons.most_common())
     return (

@@ -149,9 +149,7 @@ def packing_is_exact(body: torch.nn.Module, device: torch.device, vocab_size: in
     with torch.inference_mode():
         packed, _ = run_body(body, pack(probe, 0, 16).to(device))
         alone = torch.cat([run_body(body, collate([sequence], 0).to(device))[0] for sequence in probe])
-    scale = alone.abs().max().clamp_min(1e-6)
-    tolerance = 1e-4 if next(body.parameters()).dtype == torch.float32 else 3e-2
-    return bool(((packed - alone).abs().max() / scale) <= tolerance)
+    return _agrees(packed, alone, body)
 
 
 def shared_prompt_sums(
@@ -218,6 +216,11 @@ def shared_prompt_is_exact(body: torch.nn.Module, device: torch.device, vocab_si
     except Exception as error:  # a body without a usable cache: fall back, say why
         logger.info("shared-prompt layout unavailable (%s: %s)", type(error).__name__, error)
         return False
-    scale = alone.abs().max().clamp_min(1e-6)
+    return _agrees(shared[: len(alone)], alone, body)
+
+
+def _agrees(candidate: torch.Tensor, reference: torch.Tensor, body: torch.nn.Module) -> bool:
+    """Whether a layout's hidden states equal the reference's, relative to their scale (looser in half precision)."""
+    scale = reference.abs().max().clamp_min(1e-6)
     tolerance = 1e-4 if next(body.parameters()).dtype == torch.float32 else 3e-2
-    return bool(((shared[: len(alone)] - alone).abs().max() / scale) <= tolerance)
+    return bool(((candidate - reference).abs().max() / scale) <= tolerance)

@@ -42,6 +42,15 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def skip_reasons(skips) -> Counter:
+    """How many rows were skipped for each reason (the reason without its parenthesized details).
+
+    >>> skip_reasons([None, "prompt fills max_length (9 prompt tokens, max_length=8)", None])
+    Counter({'prompt fills max_length': 1})
+    """
+    return Counter(reason.split(" (")[0] for reason in skips if reason)
+
+
 def summarize(columns: dict[str, list]) -> dict:
     """Counts, per-measure statistics and correlations of a scored table.
 
@@ -61,7 +70,7 @@ def summarize(columns: dict[str, list]) -> dict:
         "rows": len(skips),
         "scored": int(scored.sum()),
         "skipped": int((~scored).sum()),
-        "skip_reasons": dict(Counter(reason.split(" (")[0] for reason in skips if reason)),
+        "skip_reasons": dict(skip_reasons(skips)),
         "measures": {},
         "correlations": {},
     }
