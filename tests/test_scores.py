@@ -42,6 +42,26 @@ def test_edit_distance_matches_brute_force():
         assert scores.edit_distance(a, b) == expected, (a, b)
 
 
+def test_edit_distance_matches_brute_force_past_machine_words():
+    # lengths around 30/60/64-bit boundaries, shared stretches and edits, a large vocabulary
+    rng = random.Random(1)
+    for _ in range(60):
+        a = [rng.randrange(50) for _ in range(rng.randrange(25, 140))]
+        b = list(a)
+        for _ in range(rng.randrange(0, 40)):
+            where = rng.randrange(len(b) + 1)
+            edit = rng.choice(("insert", "delete", "replace"))
+            if edit == "insert" or not b:
+                b.insert(where, rng.randrange(50))
+            elif edit == "delete":
+                del b[min(where, len(b) - 1)]
+            else:
+                b[min(where, len(b) - 1)] = rng.randrange(50)
+        for first, second in ((a, b), (b, a)):
+            expected = levenshtein(first, second) / max(len(first), len(second), 1)
+            assert scores.edit_distance(first, second) == expected
+
+
 def test_edit_distance_bounds():
     assert scores.edit_distance([1, 2, 3], [1, 2, 3]) == 0.0
     assert scores.edit_distance([1, 2, 3], [4, 5]) == 1.0
