@@ -9,7 +9,7 @@
 (b) ches.score with its defaults (plus any --layout / --batch-tokens given).
 
 Both score the same TRL token sequences; the script checks they agree (Spearman >= 0.999) and prints
-samples/s, tokens/s, speed-up, peak memory and MFU = tokens/s x 2 x non-embedding parameters / the
+samples/s, tokens/s, speed-up, peak memory and MFU (median of --repeats timings) = tokens/s x 2 x non-embedding parameters / the
 matrix-multiply rate measured on the device in this run (bf16 on GPU, fp32 on CPU), plus the same
 against the datasheet peak where one is known. Results go to a JSON file.
 """
@@ -22,6 +22,7 @@ import json
 import platform
 import random
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -104,6 +105,18 @@ def official_loop(model, sequence_pairs, device) -> tuple[list[float], list[floa
     return ches_values, ln_values
 
 
+def timed(work, device: str, repeats: int):
+    """``work()``'s result and the wall-clock seconds of each of ``repeats`` runs."""
+    seconds = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        result = work()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return result, seconds
+
+
 def matmul_rate(device: str, dtype: torch.dtype) -> float:
     """Measured FLOP/s of a large square matrix multiply in ``dtype``."""
     size = 8192 if device.startswith("cuda") else 1024
@@ -149,6 +162,8 @@ def main() -> None:
     parser.add_argument("--layout", choices=["auto", "padded", "packed", "shared_prompt"], default="auto",
                         help="ches.score layout (auto: the device's default)")
     parser.add_argument("--batch-tokens", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="time each method this many times and report the median (default: 3 on CPU, 1 on GPU)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/throughput.json"))
     args = parser.parse_args()
 
@@ -168,11 +183,9 @@ def main() -> None:
     official_model = build_model(shape, None, torch.float32, args.device)
     n_official = min(args.official_pairs or pairs, pairs)
     official_tokens = sum(len(s.input_ids) for pair in sequence_pairs[:n_official] for s in pair)
-    synchronize(args.device)
-    start = time.perf_counter()
-    official_ches, official_ln = official_loop(official_model, sequence_pairs[:n_official], args.device)
-    synchronize(args.device)
-    official_seconds = time.perf_counter() - start
+    repeats = args.repeats or (1 if cuda else 3)
+    (official_ches, official_ln), official_times = timed(
+        lambda: official_loop(official_model, sequence_pairs[:n_official], args.device), args.device, repeats)
     official_memory = peak_memory(args.device)
     del official_model
     if cuda:
@@ -184,11 +197,9 @@ def main() -> None:
     layout = None if args.layout == "auto" else args.layout
     ches.score(rows[: min(8, pairs)], model, tokenizer, progress=False, layout=layout,
                batch_tokens=args.batch_tokens)  # warm-up
-    synchronize(args.device)
-    start = time.perf_counter()
-    scored = ches.score(rows, model, tokenizer, progress=False, layout=layout, batch_tokens=args.batch_tokens)
-    synchronize(args.device)
-    ches_seconds = time.perf_counter() - start
+    scored, ches_times = timed(
+        lambda: ches.score(rows, model, tokenizer, progress=False, layout=layout, batch_tokens=args.batch_tokens),
+        args.device, repeats)
     ches_memory = peak_memory(args.device)
 
     rate = matmul_rate(args.device, dtype)
@@ -198,9 +209,10 @@ def main() -> None:
     ours_ches, ours_ln = list(scored["ches"])[:n_official], list(scored["ln_ches"])[:n_official]
     scale = max(abs(v) for v in official_ln)
 
-    def entry(name, seconds, n_pairs, n_tokens, memory):
+    def entry(name, times, n_pairs, n_tokens, memory):
+        seconds = statistics.median(times)
         per_second = n_tokens / seconds
-        return {"method": name, "seconds": seconds, "pairs": n_pairs, "samples_per_s": n_pairs / seconds,
+        return {"method": name, "seconds": seconds, "all_seconds": times, "pairs": n_pairs, "samples_per_s": n_pairs / seconds,
                 "tokens_per_s": per_second, "peak_memory_gib": memory,
                 "mfu_measured": per_second * flops_per_token / rate,
                 "mfu_datasheet": per_second * flops_per_token / datasheet if datasheet else None}
@@ -214,12 +226,14 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"), "cpu_threads": torch.get_num_threads(),
         "agreement": {"spearman_ches": spearman(official_ches, ours_ches), "spearman_ln_ches": spearman(official_ln, ours_ln),
                       "max_relative_error_ln_ches": max(abs(a - b) for a, b in zip(official_ln, ours_ln)) / scale},
-        "results": [entry("official-style loop", official_seconds, n_official, official_tokens, official_memory),
-                    entry("ches.score", ches_seconds, pairs, tokens, ches_memory)],
+        "repeats": repeats,
+        "results": [entry("official-style loop", official_times, n_official, official_tokens, official_memory),
+                    entry("ches.score", ches_times, pairs, tokens, ches_memory)],
     }
     result["speedup"] = result["results"][1]["tokens_per_s"] / result["results"][0]["tokens_per_s"]
     print(f"{device_name} | {shape} | {args.lengths} lengths | {pairs} pairs, {tokens} tokens | torch {torch.__version__}")
     print(f"measured matmul rate ({dtype}): {rate / 1e12:.2f} TFLOP/s")
+    print(f"median of {repeats} timing(s) per method")
     print(f"{'method':22s} {'samples/s':>10s} {'tokens/s':>10s} {'speed-up':>9s} {'peak GiB':>9s} {'MFU':>7s} {'MFU(sheet)':>10s}")
     for item, speed in zip(result["results"], (1.0, result["speedup"])):
         sheet = f"{item['mfu_datasheet']:.1%}" if item["mfu_datasheet"] else "n/a"

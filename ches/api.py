@@ -20,7 +20,7 @@ from .engine import packing_is_exact, shared_prompt_is_exact
 from .runner import compute_sums
 from .errors import ChesError
 from .formats import pair_problem, to_pairs
-from .inputs import Data, column, load_data
+from .inputs import Data, load_data, pair_columns
 from .models import LoadedModel, load_model, max_positions, text_config
 from .summary import skip_reasons
 from .tokens import TokenizedPair, to_sequences, tokenize_pairs
@@ -257,9 +257,8 @@ def _versions() -> dict[str, str]:
 def _validated_pairs(dataset: datasets.Dataset, split_name: str | None):
     if len(dataset) == 0:
         raise ChesError(f"the data{f' (split {split_name!r})' if split_name else ''} has no rows.")
-    columns = {name: column(dataset, name) for name in ("prompt", "chosen", "rejected") if name in dataset.column_names}
     try:
-        return to_pairs(columns)
+        return to_pairs(pair_columns(dataset))
     except ChesError as error:
         if split_name is None:
             raise

@@ -7,19 +7,30 @@ Three formats are accepted, as in TRL's DPO pipeline (behaviour matched: TRL 1.1
 - **implicit prompt**: only ``chosen`` and ``rejected`` (strings or message lists); the prompt is their
   longest common prefix, found by :func:`extract_prompt`.
 
+Conversational rows may also carry TRL's two per-row chat-template columns: ``tools`` (a list of
+tool schemas, or that list as a JSON string) and ``chat_template_kwargs`` (a dict of extra template
+variables, e.g. ``{"enable_thinking": False}``). They reach the chat template exactly as in TRL's DPO
+tokenization; standard string rows have no template, so there they are ignored (as TRL does).
+
 The format is decided from the first row (as TRL does); every other row must have the same shape, or
 a :class:`~ches.errors.ChesError` names the offending rows before any model work.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 from .errors import ChesError, describe_rows
 
+logger = logging.getLogger("ches")
+
 Messages = list[dict[str, str]]
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+TEMPLATE_COLUMNS = ("tools", "chat_template_kwargs")  # TRL's per-row chat-template inputs
 ROLES = ("system", "developer", "user", "assistant", "tool", "function", "ipython")
 Text = Union[str, Messages]
 
@@ -28,12 +39,15 @@ Text = Union[str, Messages]
 class Pair:
     """One preference pair, prompt made explicit.
 
-    ``conversational`` pairs hold message lists; standard pairs hold strings.
+    ``conversational`` pairs hold message lists; standard pairs hold strings. ``template_options``
+    holds the keyword arguments the chat template gets for this row (``tools`` and the contents of
+    ``chat_template_kwargs``), empty when the row has none.
     """
 
     prompt: Text
     chosen: Text
     rejected: Text
+    template_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def conversational(self) -> bool:
@@ -69,7 +83,8 @@ def to_pairs(columns: dict[str, list[Any]]) -> list[Pair]:
     """Validate the ``prompt``/``chosen``/``rejected`` columns of a table and return one :class:`Pair` per row.
 
     Args:
-        columns: column name -> list of row values; ``prompt`` may be absent (implicit prompt).
+        columns: column name -> list of row values; ``prompt`` may be absent (implicit prompt);
+            ``tools`` and ``chat_template_kwargs`` are optional (see the module docstring).
 
     Raises:
         ChesError: a column is missing, or rows hold ``None``, non-strings, or malformed messages;
@@ -86,13 +101,54 @@ def to_pairs(columns: dict[str, list[Any]]) -> list[Pair]:
             f"missing column(s) {missing}; found {sorted(columns)}. A preference data set needs 'chosen' and "
             "'rejected' (and optionally 'prompt'); rename your columns, e.g. dataset.rename_column('response_a', 'chosen')."
         )
-    names = [name for name in ("prompt", "chosen", "rejected") if name in columns]
+    names = [name for name in PAIR_COLUMNS if name in columns]
     conversational = _first_is_messages(columns)
     for name in names:
         _check_column(name, columns[name], conversational)
+    options = _template_options(columns, conversational)
     if "prompt" in columns:
-        return [Pair(*row) for row in zip(columns["prompt"], columns["chosen"], columns["rejected"])]
-    return [Pair(*extract_prompt(chosen, rejected)) for chosen, rejected in zip(columns["chosen"], columns["rejected"])]
+        texts = zip(columns["prompt"], columns["chosen"], columns["rejected"])
+    else:
+        texts = (extract_prompt(chosen, rejected) for chosen, rejected in zip(columns["chosen"], columns["rejected"]))
+    return [Pair(*text, template_options=row_options) for text, row_options in zip(texts, options)]
+
+
+def _template_options(columns: dict[str, list[Any]], conversational: bool) -> list[dict[str, Any]]:
+    """Per row, the chat-template keyword arguments TRL's DPO tokenization would pass (``{}`` when none)."""
+    rows = len(columns["chosen"])
+    present = [name for name in TEMPLATE_COLUMNS if name in columns]
+    if not present:
+        return [{} for _ in range(rows)]
+    if not conversational:
+        logger.warning("column(s) %s ignored: they are chat-template inputs and these rows are standard strings "
+                       "(TRL ignores them too)", present)
+        return [{} for _ in range(rows)]
+    tools = [_tools(value, row) for row, value in enumerate(columns.get("tools", [None] * rows))]
+    extra = columns.get("chat_template_kwargs", [None] * rows)
+    bad = [row for row, value in enumerate(extra) if value is not None and not isinstance(value, dict)]
+    if bad:
+        raise ChesError(
+            f"column 'chat_template_kwargs' must hold a dict (or None) in every row; {describe_rows(bad)}: found "
+            f"{_kind(extra[bad[0]])}. It is passed to the chat template as keyword arguments, e.g. "
+            "{'enable_thinking': False}."
+        )
+    if "tools" not in columns:  # TRL passes tools=None when the column is absent: the template's default
+        return [dict(value or {}) for value in extra]
+    return [{"tools": row_tools, **(value or {})} for row_tools, value in zip(tools, extra)]
+
+
+def _tools(value: Any, row: int) -> list | None:
+    """A row's ``tools``: a list of schemas, its JSON text (decoded, as TRL does), or None."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ChesError(f"row {row}: column 'tools' holds a string that is not valid JSON ({error}); "
+                            "store the list of tool schemas, or its json.dumps text.") from None
+    if value is not None and not isinstance(value, list):
+        raise ChesError(f"row {row}: column 'tools' must hold a list of tool schemas (or its JSON text, or None); "
+                        f"found {_kind(value)}.")
+    return value
 
 
 def _first_is_messages(columns: dict[str, list[Any]]) -> bool:

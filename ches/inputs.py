@@ -20,6 +20,7 @@ from typing import Any, Union
 import datasets
 
 from .errors import ChesError
+from .formats import PAIR_COLUMNS, TEMPLATE_COLUMNS
 
 Data = Union[datasets.Dataset, datasets.DatasetDict, Sequence[Mapping[str, Any]], "pandas.DataFrame", str, os.PathLike]  # noqa: F821
 
@@ -178,3 +179,13 @@ def column(dataset: datasets.Dataset, name: str) -> list:
     [1, 2]
     """
     return list(dataset[name][:])
+
+
+def pair_columns(dataset: datasets.Dataset) -> dict[str, list]:
+    """The columns :func:`ches.formats.to_pairs` reads (prompt/chosen/rejected and TRL's template inputs).
+
+    >>> sorted(pair_columns(datasets.Dataset.from_list([{"chosen": "a", "rejected": "b", "id": 1}])))
+    ['chosen', 'rejected']
+    """
+    wanted = PAIR_COLUMNS + TEMPLATE_COLUMNS
+    return {name: column(dataset, name) for name in wanted if name in dataset.column_names}

@@ -6,7 +6,8 @@ For each :class:`~ches.formats.Pair`:
   with it; ``prompt`` and ``prompt + completion`` are each tokenized whole, with the tokenizer's
   default special tokens;
 - conversational rows: prompt ids = ``apply_chat_template(prompt, add_generation_prompt=True)``,
-  full ids = ``apply_chat_template(prompt + completion)``; no extra EOS;
+  full ids = ``apply_chat_template(prompt + completion)``; no extra EOS; the row's ``tools`` and
+  ``chat_template_kwargs`` (see :mod:`ches.formats`) are passed to every one of these calls;
 - the prompt is cut to the longest common token prefix of its ids with *both* full sequences (when
   tokens merge across the boundary the prompt ids are not a prefix); each completion is the rest of
   its full sequence. ``prompt_cut`` counts the prompt tokens so dropped;
@@ -17,6 +18,7 @@ For each :class:`~ches.formats.Pair`:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -130,16 +132,17 @@ def _tokenize_standard(pairs: Sequence[Pair], tokenizer, first_row: int = 0) -> 
     return [split_completions(*ids) for ids in zip(prompt_ids, chosen_full, rejected_full)]
 
 
-def _chat_ids(tokenizer, conversations: list, first_row: int, **options) -> list[list[int]]:
+def _chat_ids(tokenizer, conversations: list, rows: list[int], **options) -> list[list[int]]:
+    """Token ids of each conversation under the chat template; ``rows`` name them in errors."""
     try:
         encoded = tokenizer.apply_chat_template(conversations, tokenize=True, return_dict=True, **options)
     except Exception:  # find the row the template refuses, and say so
-        for position, conversation in enumerate(conversations):
+        for row, conversation in zip(rows, conversations):
             try:
                 tokenizer.apply_chat_template([conversation], tokenize=True, return_dict=True, **options)
             except Exception as error:
                 raise ChesError(
-                    f"row {first_row + position}: the chat template cannot render the conversation "
+                    f"row {row}: the chat template cannot render the conversation "
                     f"({type(error).__name__}: {error}); its roles are {[message['role'] for message in conversation]}."
                 ) from None
         raise
@@ -147,10 +150,20 @@ def _chat_ids(tokenizer, conversations: list, first_row: int, **options) -> list
 
 
 def _tokenize_conversational(pairs: Sequence[Pair], tokenizer, first_row: int = 0) -> list[TokenizedPair]:
-    prompt_ids = _chat_ids(tokenizer, [pair.prompt for pair in pairs], first_row, add_generation_prompt=True)
-    chosen_full = _chat_ids(tokenizer, [pair.prompt + pair.chosen for pair in pairs], first_row)
-    rejected_full = _chat_ids(tokenizer, [pair.prompt + pair.rejected for pair in pairs], first_row)
-    return [split_completions(*ids) for ids in zip(prompt_ids, chosen_full, rejected_full)]
+    """Rows with the same template options (usually all of them) are rendered in one batched call."""
+    groups: dict[str, list[int]] = {}
+    for position, pair in enumerate(pairs):
+        groups.setdefault(json.dumps(pair.template_options, sort_keys=True, default=repr), []).append(position)
+    out: list[TokenizedPair | None] = [None] * len(pairs)
+    for positions in groups.values():
+        group = [pairs[position] for position in positions]
+        options, rows = group[0].template_options, [first_row + position for position in positions]
+        prompt_ids = _chat_ids(tokenizer, [pair.prompt for pair in group], rows, add_generation_prompt=True, **options)
+        chosen_full = _chat_ids(tokenizer, [pair.prompt + pair.chosen for pair in group], rows, **options)
+        rejected_full = _chat_ids(tokenizer, [pair.prompt + pair.rejected for pair in group], rows, **options)
+        for position, ids in zip(positions, zip(prompt_ids, chosen_full, rejected_full)):
+            out[position] = split_completions(*ids)
+    return out
 
 
 def to_sequences(

@@ -15,7 +15,7 @@ import torch
 from .api import score_run
 from .errors import ChesError
 from .formats import to_pairs
-from .inputs import Data, column, load_data
+from .inputs import Data, column, load_data, pair_columns
 from .models import load_model
 from .probes import DPOProbe
 from .select import similarity
@@ -127,7 +127,7 @@ def validate(
 
 
 def _sequences(dataset, tokenizer, max_length):
-    pairs = to_pairs({name: column(dataset, name) for name in ("prompt", "chosen", "rejected") if name in dataset.column_names})
+    pairs = to_pairs(pair_columns(dataset))
     return [to_sequences(pair, max_length) for pair in tokenize_pairs(pairs, tokenizer)]
 
 

@@ -84,3 +84,24 @@ def test_mixed_formats_are_rejected():
     good = [{"role": "assistant", "content": "a"}]
     with pytest.raises(ChesError, match=r"row 1: found str 'plain'"):  # a message-list column holding a string
         to_pairs({"chosen": [good, "plain"], "rejected": [good, good]})
+
+
+def test_template_columns_are_checked_before_any_model_work():
+    messages = [{"role": "user", "content": "Hi"}]
+    base = {"prompt": [messages] * 3, "chosen": [[{"role": "assistant", "content": "a"}]] * 3,
+            "rejected": [[{"role": "assistant", "content": "b"}]] * 3}
+    with pytest.raises(ChesError, match=r"row 1: column 'tools' holds a string that is not valid JSON"):
+        to_pairs({**base, "tools": ["[]", "[{", None]})
+    with pytest.raises(ChesError, match=r"row 2: column 'tools' must hold a list of tool schemas .* found int 7"):
+        to_pairs({**base, "tools": [None, [], 7]})
+    with pytest.raises(ChesError, match=r"column 'chat_template_kwargs' must hold a dict .*row 0: found str 'x'"):
+        to_pairs({**base, "chat_template_kwargs": ["x", None, {}]})
+    pairs = to_pairs({**base, "tools": ['[{"name": "f"}]', None, []], "chat_template_kwargs": [{"a": 1}, None, {}]})
+    assert [pair.template_options for pair in pairs] == [{"tools": [{"name": "f"}], "a": 1}, {"tools": None},
+                                                          {"tools": []}]
+
+
+def test_template_columns_on_string_rows_are_ignored_with_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="ches"):
+        pairs = to_pairs({"prompt": ["P"], "chosen": ["a"], "rejected": ["b"], "tools": ["[]"]})
+    assert pairs == [Pair("P", "a", "b")] and "['tools'] ignored" in caplog.text

@@ -66,3 +66,33 @@ def test_prompt_cut_matches_trl_when_tokens_merge(tokenizer, tiny_model, tmp_pat
     assert tokenized[0].prompt_ids == prepared[0]["prompt_ids"]
     chosen, rejected = to_sequences(tokenized[0])
     assert chosen.input_ids == expected[(0, 0)][0] and rejected.input_ids == expected[(0, 1)][0]
+
+
+TOOL_TEMPLATE = (
+    "{{ bos_token }}{% if tools %}<|im_start|>system\nTools:{% for tool in tools %} {{ tool['function']['name'] }}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'assistant' and not enable_thinking %}<think></think>{% endif %}"
+    "{{ message['content'] + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if not enable_thinking %}<think></think>{% endif %}{% endif %}"
+)
+
+
+def test_tools_and_template_kwargs_reach_the_template_as_in_trl(tokenizer, tiny_model, tmp_path):
+    # TRL reads a JSON `tools` column and a `chat_template_kwargs` dict per row; rows differ in both
+    import json
+
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = TOOL_TEMPLATE
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
+    rows = conversational_rows(hh_rows(12))
+    for index, row in enumerate(rows):
+        row["tools"] = json.dumps([tool] if index % 3 else [])
+        row["chat_template_kwargs"] = {"enable_thinking": index % 2 == 0}
+    prepared, expected = trl_sequences(rows, tokenizer, tiny_model("llama"), None, tmp_path)
+    tokenized = tokenize_pairs(to_pairs({k: [row[k] for row in rows] for k in rows[0]}), tokenizer)
+    rendered = [tokenizer.decode(pair.prompt_ids) for pair in tokenized]
+    assert any("get_weather" in text for text in rendered) and any("<think></think>" in text for text in rendered)
+    assert any("get_weather" not in text for text in rendered) and any("<think></think>" not in text for text in rendered)
+    for index, pair in enumerate(tokenized):
+        chosen, rejected = to_sequences(pair)
+        assert chosen.input_ids == expected[(index, 0)][0] and rejected.input_ids == expected[(index, 1)][0]

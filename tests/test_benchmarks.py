@@ -1,0 +1,23 @@
+"""The throughput benchmark keeps working: a CI-sized run of it agrees with the official-style loop.
+
+Nothing here is timed; the timings it prints belong to benchmarks/results and docs/performance.md.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_throughput_benchmark_quick_mode_runs_and_agrees(tmp_path):
+    output = tmp_path / "throughput.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--device", "cpu", "--quick",
+               "--pairs", "6", "--repeats", "1", "--output", str(output)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    result = json.loads(output.read_text())
+    assert [entry["method"] for entry in result["results"]] == ["official-style loop", "ches.score"]
+    assert result["agreement"]["spearman_ln_ches"] >= 0.999 and result["agreement"]["max_relative_error_ln_ches"] < 1e-4
+    assert all(entry["tokens_per_s"] > 0 and entry["mfu_measured"] > 0 for entry in result["results"])
