@@ -21,7 +21,7 @@ from .runner import compute_sums
 from .errors import ChesError
 from .formats import pair_problem, to_pairs
 from .inputs import Data, load_data, pair_columns
-from .models import LoadedModel, load_model, max_positions, text_config
+from .models import LoadedModel, attention_kernel, load_model, max_positions, text_config
 from .summary import skip_reasons
 from .tokens import TokenizedPair, to_sequences, tokenize_pairs
 
@@ -64,6 +64,7 @@ class RunInfo:
     max_length: int | None
     batch_tokens: int
     layout: str
+    attention: str | None
     processes: int
     split: str | None
     dataset_fingerprints: dict[str, str]
@@ -95,6 +96,7 @@ def score(
     device_map: str | dict | None = None,
     max_memory: dict | None = None,
     offload_folder: str | os.PathLike | None = None,
+    attn_implementation: str | None = None,
 ) -> datasets.Dataset | datasets.DatasetDict:
     """CHES scores for every preference pair, on exactly the token sequences TRL's DPOTrainer trains on.
 
@@ -124,6 +126,9 @@ def score(
             they give the same hidden states as ``padded``; otherwise ``padded`` is used (logged).
         device_map, max_memory, offload_folder: passed to ``from_pretrained`` for models larger than
             one device (e.g. ``device_map="auto", max_memory={0: "70GiB", "cpu": "200GiB"}``).
+        attn_implementation: the attention kernel, e.g. ``"flash_attention_2"`` (needs flash-attn;
+            its varlen path makes ``layout="packed"`` padding-free) or ``"flex_attention"``; default:
+            transformers' choice (SDPA). Whatever is chosen, non-padded layouts are probed first.
         cache_dir: keep finished chunks of hidden-state sums here; re-running the same call after a
             crash skips them and ends with the same result as an uninterrupted run. The cache is keyed
             by everything that changes the numbers, so other settings never reuse stale chunks.
@@ -148,12 +153,13 @@ def score(
     return score_run(data, model, tokenizer, split=split, max_length=max_length, dtype=dtype, device=device,
                      batch_tokens=batch_tokens, progress=progress, trust_remote_code=trust_remote_code,
                      save_embeddings=save_embeddings, layout=layout, cache_dir=cache_dir, device_map=device_map,
-                     max_memory=max_memory, offload_folder=offload_folder)[0]
+                     max_memory=max_memory, offload_folder=offload_folder,
+                     attn_implementation=attn_implementation)[0]
 
 
 def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype=None, device=None,
               batch_tokens=None, progress=True, trust_remote_code=False, save_embeddings=None, layout=None,
-              cache_dir=None, device_map=None, max_memory=None, offload_folder=None):
+              cache_dir=None, device_map=None, max_memory=None, offload_folder=None, attn_implementation=None):
     """:func:`score`, also returning the :class:`RunInfo` of the run."""
     started = _now()
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
@@ -167,14 +173,15 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
     if device is None and ranks.world > 1 and not isinstance(model, torch.nn.Module):
         device = ranks.device()
     loaded = load_model(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                        device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+                        device_map=device_map, max_memory=max_memory, offload_folder=offload_folder,
+                        attn_implementation=attn_implementation)
     budget = batch_tokens or default_batch_tokens(loaded)
     layout = _resolve_layout(layout, loaded)
     info = RunInfo(
         model=loaded.name, model_revision=getattr(loaded.model.config, "_commit_hash", None),
         tokenizer=getattr(loaded.tokenizer, "name_or_path", "") or type(loaded.tokenizer).__name__,
         dtype=str(loaded.dtype).removeprefix("torch."), device=str(loaded.device), max_length=max_length,
-        batch_tokens=budget, layout=layout, processes=ranks.world, split=split,
+        batch_tokens=budget, layout=layout, attention=attention_kernel(loaded.model), processes=ranks.world, split=split,
         dataset_fingerprints={_key(name): getattr(part, "_fingerprint", "") for name, part in parts.items()},
         started=started,
     )
@@ -281,7 +288,8 @@ def score_pairs(pairs, loaded: LoadedModel, *, max_length: int | None, batch_tok
         settings = {"ches": _versions()["ches"], "model": loaded.name,
                     "revision": getattr(loaded.model.config, "_commit_hash", None),
                     "weights": model_fingerprint(loaded.model), "dtype": str(loaded.dtype),
-                    "device": loaded.device.type, "layout": layout, "batch_tokens": batch_tokens}
+                    "device": loaded.device.type, "layout": layout, "batch_tokens": batch_tokens,
+                    "attention": attention_kernel(loaded.model)}
         cache = ShardCache(cache_dir, run_key(settings, [s for pair in work for s in pair]))
     bar = _progress_bar(len(work), progress and ranks.is_main)
     sums, reused = compute_sums(work, loaded, layout=layout, batch_tokens=batch_tokens, pad_id=pad_id, ranks=ranks,

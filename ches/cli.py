@@ -111,6 +111,8 @@ def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--batch-tokens", type=int, help="token slots per forward batch")
     parser.add_argument("--layout", choices=["padded", "packed", "shared_prompt"],
                         help="how sequences are batched (default: shared_prompt on CPU, padded on CUDA)")
+    parser.add_argument("--attn-implementation",
+                        help="attention kernel, e.g. flash_attention_2 (with --layout packed), flex_attention, sdpa")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the Hub")
     parser.add_argument("--cache-dir", type=Path, help="keep finished work here; re-running resumes after a crash")
     parser.add_argument("--device-map", help="spread a large model over devices, e.g. auto")
@@ -123,7 +125,8 @@ def _score_kwargs(args) -> dict:
     return dict(tokenizer=args.tokenizer, split=args.split, max_length=args.max_length, dtype=args.dtype,
                 device=args.device, batch_tokens=args.batch_tokens, layout=args.layout, progress=not args.no_progress,
                 trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir, device_map=args.device_map,
-                max_memory=_memory(args.max_memory), offload_folder=args.offload_folder)
+                max_memory=_memory(args.max_memory), offload_folder=args.offload_folder,
+                attn_implementation=args.attn_implementation)
 
 
 def _memory(max_memory: dict | None) -> dict | None:

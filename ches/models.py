@@ -85,6 +85,7 @@ def load_model(
     device_map: str | dict | None = None,
     max_memory: dict | None = None,
     offload_folder: str | os.PathLike | None = None,
+    attn_implementation: str | None = None,
 ) -> LoadedModel:
     """Load (or adopt) a causal LM and its tokenizer for scoring.
 
@@ -93,7 +94,9 @@ def load_model(
     one device). A folder holding a PEFT adapter (``adapter_config.json``) is loaded on its base model
     and merged (needs ``peft``). An already loaded model stays where it is unless ``device``/``dtype``
     are given (then it is moved in place). ``tokenizer`` defaults to the model's own (for an adapter:
-    the adapter folder's if it has one, else the base model's).
+    the adapter folder's if it has one, else the base model's). ``attn_implementation`` picks the
+    attention kernel (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``, ``"flex_attention"``, ...), for a
+    loaded model too; ``None`` keeps transformers' choice.
 
     Raises:
         ChesError: the model or tokenizer cannot be found or loaded.
@@ -105,6 +108,8 @@ def load_model(
         resolved_device = resolve_device(device)
         resolved_dtype = resolve_dtype(dtype, resolved_device)
         options = {"dtype": resolved_dtype, "trust_remote_code": trust_remote_code}
+        if attn_implementation is not None:
+            options["attn_implementation"] = attn_implementation
         if device_map is not None:
             options |= {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
         loaded, tokenizer_source = _from_pretrained(name, options)
@@ -121,6 +126,8 @@ def load_model(
         resolved_dtype = resolve_dtype(dtype, resolved_device) if dtype is not None else first.dtype
         if device is not None or dtype is not None:
             loaded.to(device=resolved_device, dtype=resolved_dtype)
+        if attn_implementation is not None:
+            _set_attention(loaded, attn_implementation)
     else:
         raise ChesError(f"model must be a path, a Hub id or a loaded PreTrainedModel; got {type(model).__name__}.")
     loaded.eval()
@@ -136,6 +143,22 @@ def load_model(
         vocab_size=config.vocab_size,
         name=name,
     )
+
+
+def _set_attention(model: torch.nn.Module, attn_implementation: str) -> None:
+    """Switch a loaded model's attention kernel, or say why it cannot be switched."""
+    try:
+        model.set_attn_implementation(attn_implementation)
+    except (AttributeError, ImportError, ValueError) as error:
+        raise ChesError(f"cannot use attn_implementation={attn_implementation!r} with this model: {error}") from None
+    if attention_kernel(model) != attn_implementation:
+        raise ChesError(f"{type(model).__name__} kept attention {attention_kernel(model)!r}; it cannot switch to "
+                        f"{attn_implementation!r} after loading: load it by name with attn_implementation= instead.")
+
+
+def attention_kernel(model: torch.nn.Module) -> str | None:
+    """The attention implementation a loaded model runs (``"sdpa"``, ``"eager"``, ...), if it says."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None)
 
 
 def _from_pretrained(name: str, options: dict):
@@ -154,7 +177,7 @@ def _from_pretrained(name: str, options: dict):
         has_tokenizer = any(os.path.isfile(os.path.join(name, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
         base = merged.config.name_or_path or getattr(merged, "name_or_path", name)
         return merged, name if has_tokenizer else base
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, ImportError) as error:  # ImportError: an attention kernel that is not installed
         raise ChesError(f"could not load model {name!r}: {error}") from None
 
 

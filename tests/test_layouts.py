@@ -71,3 +71,27 @@ def test_leaking_model_falls_back_to_padding(tokenizer, tiny_model, caplog, monk
     assert "does not give the same hidden states with layout 'packed'; scoring with 'padded' instead" in caplog.text
     monkeypatch.setattr(ches.models, "decoder_body", original)
     assert_same(ches.score(rows, model, tokenizer, layout="padded", progress=False), fallback)
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed", "shared_prompt"])
+def test_eager_attention_kernel_gives_the_same_scores(layout, tokenizer, tiny_model, caplog):
+    import copy
+
+    rows = hh_rows(12, start=300)
+    model = tiny_model("llama")
+    reference = ches.score(rows, model, tokenizer, layout="padded", progress=False)  # SDPA
+    eager = copy.deepcopy(model)
+    with caplog.at_level(logging.WARNING, logger="ches"):
+        scored, info = ches.api.score_run(rows, eager, tokenizer, layout=layout, attn_implementation="eager",
+                                          batch_tokens=2048, progress=False)
+    assert info.attention == "eager" and eager.config._attn_implementation == "eager"
+    assert "scoring with 'padded' instead" not in caplog.text
+    assert_same(reference, scored)
+
+
+def test_unavailable_attention_kernel_is_a_clear_error(tokenizer, tiny_model):
+    import copy
+
+    with pytest.raises(ches.ChesError, match=r"attn_implementation='no_such_kernel'"):
+        ches.score(hh_rows(2), copy.deepcopy(tiny_model("llama")), tokenizer, attn_implementation="no_such_kernel",
+                   progress=False)
