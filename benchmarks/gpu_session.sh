@@ -1,18 +1,35 @@
 #!/usr/bin/env bash
-# Every GPU check of the project in one run (for a session with a GPU machine; about 10 minutes on an H100).
-#   bash benchmarks/gpu_session.sh [OUTPUT_FOLDER]
+# Every GPU check of the project, most important first (for a session with a GPU machine).
+#   bash benchmarks/gpu_session.sh [OUTPUT_FOLDER] [core|levers|all]
+# core   (about 6 minutes on an H100): bf16-vs-fp32 agreement, OLMo-1B default (padded), Llama-8B long context
+# levers (about 6 minutes): OLMo-1B packed, OLMo-1B padded with torch.compile, packed with flex attention
 # Needs torch with CUDA, transformers, and the package's other dependencies (datasets and its
 # dependencies can be installed from wheels in .whl/ first: see benchmarks/README.md).
 set -uo pipefail
 out="${1:-${OUT:-benchmarks/results}}"
+part="${2:-all}"
 mkdir -p "$out"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:.
 fi
 export PYTHONPATH="${PYTHONPATH:-.}" PYTHONUNBUFFERED=1
+run() {  # run NAME ARGS...: one benchmark, its log and JSON under $out, a failure noted and the rest still run
+  local name="$1"; shift
+  echo "=== $name: $*" | tee -a "$out/session.log"
+  "$@" 2>&1 | tee "$out/$name.log" | tail -n 12
+  echo "=== $name exit ${PIPESTATUS[0]}" | tee -a "$out/session.log"
+}
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
-python3 benchmarks/gpu_agreement.py --output "$out/gpu-agreement.json" 2>&1 | tee "$out/gpu-agreement.log"
-python3 benchmarks/throughput.py --device cuda --official-pairs 256 --output "$out/gpu-olmo1b.json" 2>&1 | tee "$out/gpu-olmo1b.log"
-python3 benchmarks/throughput.py --device cuda --layout packed --official-pairs 64 --output "$out/gpu-olmo1b-packed.json" 2>&1 | tee "$out/gpu-olmo1b-packed.log"
-python3 benchmarks/throughput.py --device cuda --shape llama-8b --lengths long --pairs 128 --official-pairs 16 \
-    --output "$out/gpu-llama8b-long.json" 2>&1 | tee "$out/gpu-llama8b-long.log"
+olmo=(python3 benchmarks/throughput.py --device cuda --official-pairs 256)
+if [ "$part" != levers ]; then
+  run gpu-agreement python3 benchmarks/gpu_agreement.py --output "$out/gpu-agreement.json"
+  run gpu-olmo1b "${olmo[@]}" --output "$out/gpu-olmo1b.json"
+  run gpu-llama8b-long python3 benchmarks/throughput.py --device cuda --shape llama-8b --lengths long --pairs 128 \
+      --official-pairs 16 --output "$out/gpu-llama8b-long.json"
+fi
+if [ "$part" != core ]; then
+  run gpu-olmo1b-packed "${olmo[@]}" --official-pairs 64 --layout packed --output "$out/gpu-olmo1b-packed.json"
+  run gpu-olmo1b-compile "${olmo[@]}" --official-pairs 64 --compile --output "$out/gpu-olmo1b-compile.json"
+  run gpu-olmo1b-packed-flex "${olmo[@]}" --official-pairs 64 --layout packed --attn-implementation flex_attention \
+      --output "$out/gpu-olmo1b-packed-flex.json"
+fi

@@ -162,6 +162,8 @@ def main() -> None:
     parser.add_argument("--layout", choices=["auto", "padded", "packed", "shared_prompt"], default="auto",
                         help="ches.score layout (auto: the device's default)")
     parser.add_argument("--batch-tokens", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="ches.score(compile=True); the warm-up compiles")
+    parser.add_argument("--attn-implementation", default=None, help="ches.score(attn_implementation=...)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="time each method this many times and report the median (default: 3 on CPU, 1 on GPU)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/throughput.json"))
@@ -195,11 +197,10 @@ def main() -> None:
     # (b) ches.score with its defaults: same weights (same seed), default dtype for the device
     model = build_model(shape, None, dtype, args.device)
     layout = None if args.layout == "auto" else args.layout
-    ches.score(rows[: min(8, pairs)], model, tokenizer, progress=False, layout=layout,
-               batch_tokens=args.batch_tokens)  # warm-up
-    scored, ches_times = timed(
-        lambda: ches.score(rows, model, tokenizer, progress=False, layout=layout, batch_tokens=args.batch_tokens),
-        args.device, repeats)
+    options = dict(progress=False, layout=layout, batch_tokens=args.batch_tokens, compile=args.compile,
+                   attn_implementation=args.attn_implementation)
+    _, warmup_times = timed(lambda: ches.score(rows[: min(8, pairs)], model, tokenizer, **options), args.device, 1)
+    scored, ches_times = timed(lambda: ches.score(rows, model, tokenizer, **options), args.device, repeats)
     ches_memory = peak_memory(args.device)
 
     rate = matmul_rate(args.device, dtype)
@@ -226,7 +227,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"), "cpu_threads": torch.get_num_threads(),
         "agreement": {"spearman_ches": spearman(official_ches, ours_ches), "spearman_ln_ches": spearman(official_ln, ours_ln),
                       "max_relative_error_ln_ches": max(abs(a - b) for a, b in zip(official_ln, ours_ln)) / scale},
-        "repeats": repeats,
+        "repeats": repeats, "compile": args.compile, "attn_implementation": args.attn_implementation,
+        "warmup_seconds": warmup_times[0],
         "results": [entry("official-style loop", official_times, n_official, official_tokens, official_memory),
                     entry("ches.score", ches_times, pairs, tokens, ches_memory)],
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -65,6 +66,7 @@ class RunInfo:
     batch_tokens: int
     layout: str
     attention: str | None
+    compiled: bool
     processes: int
     split: str | None
     dataset_fingerprints: dict[str, str]
@@ -97,6 +99,7 @@ def score(
     max_memory: dict | None = None,
     offload_folder: str | os.PathLike | None = None,
     attn_implementation: str | None = None,
+    compile: bool = False,
 ) -> datasets.Dataset | datasets.DatasetDict:
     """CHES scores for every preference pair, on exactly the token sequences TRL's DPOTrainer trains on.
 
@@ -129,6 +132,9 @@ def score(
         attn_implementation: the attention kernel, e.g. ``"flash_attention_2"`` (needs flash-attn;
             its varlen path makes ``layout="packed"`` padding-free) or ``"flex_attention"``; default:
             transformers' choice (SDPA). Whatever is chosen, non-padded layouts are probed first.
+        compile: run the decoder body through ``torch.compile(dynamic=True)``. Pays on long runs in
+            the ``padded`` and ``packed`` layouts (compiling takes tens of seconds; see
+            docs/performance.md); results equal the eager ones to float rounding.
         cache_dir: keep finished chunks of hidden-state sums here; re-running the same call after a
             crash skips them and ends with the same result as an uninterrupted run. The cache is keyed
             by everything that changes the numbers, so other settings never reuse stale chunks.
@@ -154,12 +160,13 @@ def score(
                      batch_tokens=batch_tokens, progress=progress, trust_remote_code=trust_remote_code,
                      save_embeddings=save_embeddings, layout=layout, cache_dir=cache_dir, device_map=device_map,
                      max_memory=max_memory, offload_folder=offload_folder,
-                     attn_implementation=attn_implementation)[0]
+                     attn_implementation=attn_implementation, compile=compile)[0]
 
 
 def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype=None, device=None,
               batch_tokens=None, progress=True, trust_remote_code=False, save_embeddings=None, layout=None,
-              cache_dir=None, device_map=None, max_memory=None, offload_folder=None, attn_implementation=None):
+              cache_dir=None, device_map=None, max_memory=None, offload_folder=None, attn_implementation=None,
+              compile=False):
     """:func:`score`, also returning the :class:`RunInfo` of the run."""
     started = _now()
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
@@ -177,11 +184,13 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
                         attn_implementation=attn_implementation)
     budget = batch_tokens or default_batch_tokens(loaded)
     layout = _resolve_layout(layout, loaded)
+    if compile:  # after the layout probes, so their tiny shapes are not compiled
+        loaded = dataclasses.replace(loaded, body=torch.compile(loaded.body, dynamic=True))
     info = RunInfo(
         model=loaded.name, model_revision=getattr(loaded.model.config, "_commit_hash", None),
         tokenizer=getattr(loaded.tokenizer, "name_or_path", "") or type(loaded.tokenizer).__name__,
         dtype=str(loaded.dtype).removeprefix("torch."), device=str(loaded.device), max_length=max_length,
-        batch_tokens=budget, layout=layout, attention=attention_kernel(loaded.model), processes=ranks.world, split=split,
+        batch_tokens=budget, layout=layout, attention=attention_kernel(loaded.model), compiled=compile, processes=ranks.world, split=split,
         dataset_fingerprints={_key(name): getattr(part, "_fingerprint", "") for name, part in parts.items()},
         started=started,
     )

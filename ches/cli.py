@@ -113,6 +113,7 @@ def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
                         help="how sequences are batched (default: shared_prompt on CPU, padded on CUDA)")
     parser.add_argument("--attn-implementation",
                         help="attention kernel, e.g. flash_attention_2 (with --layout packed), flex_attention, sdpa")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decoder body (pays on long runs)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the Hub")
     parser.add_argument("--cache-dir", type=Path, help="keep finished work here; re-running resumes after a crash")
     parser.add_argument("--device-map", help="spread a large model over devices, e.g. auto")
@@ -126,7 +127,7 @@ def _score_kwargs(args) -> dict:
                 device=args.device, batch_tokens=args.batch_tokens, layout=args.layout, progress=not args.no_progress,
                 trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir, device_map=args.device_map,
                 max_memory=_memory(args.max_memory), offload_folder=args.offload_folder,
-                attn_implementation=args.attn_implementation)
+                attn_implementation=args.attn_implementation, compile=args.compile)
 
 
 def _memory(max_memory: dict | None) -> dict | None:

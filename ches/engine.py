@@ -199,7 +199,8 @@ def _shared_prompt_pass(body, chosen: ScoredSequence, rejected: ScoredSequence, 
 
 def _cache_argument(body: torch.nn.Module) -> str:
     """The keyword a model body takes its KV cache by (``cache`` in newer transformers)."""
-    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+    module = getattr(body, "_orig_mod", body)  # a torch.compile'd body: ask the module it wraps
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 def shared_prompt_is_exact(body: torch.nn.Module, device: torch.device, vocab_size: int) -> bool:

@@ -95,3 +95,12 @@ def test_unavailable_attention_kernel_is_a_clear_error(tokenizer, tiny_model):
     with pytest.raises(ches.ChesError, match=r"attn_implementation='no_such_kernel'"):
         ches.score(hh_rows(2), copy.deepcopy(tiny_model("llama")), tokenizer, attn_implementation="no_such_kernel",
                    progress=False)
+
+
+def test_compiled_body_gives_the_same_scores(tokenizer, tiny_model):
+    rows = hh_rows(10, start=400)
+    model = tiny_model("llama")
+    eager = ches.score(rows, model, tokenizer, layout="padded", progress=False)
+    compiled, info = ches.api.score_run(rows, model, tokenizer, layout="padded", compile=True, progress=False)
+    assert info.compiled and info.layout == "padded"
+    assert_same(eager, compiled)
