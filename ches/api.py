@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -14,9 +15,10 @@ import datasets
 import torch
 
 from . import scores
-from .embeddings import save_embeddings as write_embeddings
+from .attention import packed_attention
 from .cache import ShardCache, model_fingerprint, run_key
 from .distributed import Ranks
+from .embeddings import save_embeddings as write_embeddings
 from .engine import packing_is_exact, shared_prompt_is_exact
 from .runner import compute_sums
 from .errors import ChesError
@@ -183,31 +185,33 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
                         device_map=device_map, max_memory=max_memory, offload_folder=offload_folder,
                         attn_implementation=attn_implementation)
     budget = batch_tokens or default_batch_tokens(loaded)
-    layout = _resolve_layout(layout, loaded)
-    if compile:  # after the layout probes, so their tiny shapes are not compiled
-        loaded = dataclasses.replace(loaded, body=torch.compile(loaded.body, dynamic=True))
-    info = RunInfo(
-        model=loaded.name, model_revision=getattr(loaded.model.config, "_commit_hash", None),
-        tokenizer=getattr(loaded.tokenizer, "name_or_path", "") or type(loaded.tokenizer).__name__,
-        dtype=str(loaded.dtype).removeprefix("torch."), device=str(loaded.device), max_length=max_length,
-        batch_tokens=budget, layout=layout, attention=attention_kernel(loaded.model), compiled=compile, processes=ranks.world, split=split,
-        dataset_fingerprints={_key(name): getattr(part, "_fingerprint", "") for name, part in parts.items()},
-        started=started,
-    )
-    results = {}
-    for name, part in parts.items():
-        rows = score_pairs(pairs[name], loaded, max_length=max_length, batch_tokens=budget, progress=progress,
-                           layout=layout, cache_dir=cache_dir, ranks=ranks)
-        results[name] = _with_columns(part, rows.columns)
-        key = _key(name)
-        info.rows[key] = len(part)
-        info.skipped[key] = sum(reason is not None for reason in rows.columns["ches_skip"])
-        info.prompt_cut[key] = rows.prompt_cut
-        if save_embeddings is not None and ranks.is_main:
-            target = Path(save_embeddings)
-            if name is not None:
-                target = target.with_name(f"{target.stem}.{name}{target.suffix or '.safetensors'}")
-            write_embeddings(target, embedding_tensors(rows), {"model": info.model, "split": key, **_versions()})
+    with contextlib.ExitStack() as scope:  # an attention kernel switched for packed rows is restored on exit
+        layout = _resolve_layout(layout, loaded, scope)
+        if compile:  # after the layout probes, so their tiny shapes are not compiled
+            loaded = dataclasses.replace(loaded, body=torch.compile(loaded.body, dynamic=True))
+        info = RunInfo(
+            model=loaded.name, model_revision=getattr(loaded.model.config, "_commit_hash", None),
+            tokenizer=getattr(loaded.tokenizer, "name_or_path", "") or type(loaded.tokenizer).__name__,
+            dtype=str(loaded.dtype).removeprefix("torch."), device=str(loaded.device), max_length=max_length,
+            batch_tokens=budget, layout=layout, attention=attention_kernel(loaded.model), compiled=compile,
+            processes=ranks.world, split=split,
+            dataset_fingerprints={_key(name): getattr(part, "_fingerprint", "") for name, part in parts.items()},
+            started=started,
+        )
+        results = {}
+        for name, part in parts.items():
+            rows = score_pairs(pairs[name], loaded, max_length=max_length, batch_tokens=budget, progress=progress,
+                               layout=layout, cache_dir=cache_dir, ranks=ranks)
+            results[name] = _with_columns(part, rows.columns)
+            key = _key(name)
+            info.rows[key] = len(part)
+            info.skipped[key] = sum(reason is not None for reason in rows.columns["ches_skip"])
+            info.prompt_cut[key] = rows.prompt_cut
+            if save_embeddings is not None and ranks.is_main:
+                target = Path(save_embeddings)
+                if name is not None:
+                    target = target.with_name(f"{target.stem}.{name}{target.suffix or '.safetensors'}")
+                write_embeddings(target, embedding_tensors(rows), {"model": info.model, "split": key, **_versions()})
     info.finished = _now()
     output = datasets.DatasetDict(results) if isinstance(dataset, datasets.DatasetDict) else results[None]
     return output, info
@@ -227,18 +231,35 @@ def default_batch_tokens(loaded: LoadedModel) -> int:
     return int(min(max(free // 2 // per_token, 4096), 131072)) // 64 * 64
 
 
-def _resolve_layout(layout: str | None, loaded: LoadedModel) -> str:
-    """The layout to use: the one asked for (or the device's default) if the model handles it exactly."""
+def _resolve_layout(layout: str | None, loaded: LoadedModel, scope: contextlib.ExitStack) -> str:
+    """The layout to use: the one asked for (or the device's default) if the model handles it exactly.
+
+    For ``packed``, a model on a masked attention kernel is first tried with the padding-free kernel
+    of :mod:`ches.attention` (kept switched on until ``scope`` closes), then with its own kernel.
+    """
     wanted = DEFAULT_LAYOUT[loaded.device.type == "cuda"] if layout is None else layout
     probes = {"padded": None, "packed": packing_is_exact, "shared_prompt": shared_prompt_is_exact}
     if wanted not in probes:
         raise ChesError(f"layout={layout!r} is not one of {sorted(probes)} (or None for the device's default).")
+    if wanted == "packed" and _switch_to_varlen(loaded, scope):
+        return wanted
     probe = probes[wanted]
     if probe is None or probe(loaded.body, loaded.device, loaded.vocab_size):
         return wanted
     logger.warning("%s does not give the same hidden states with layout %r; scoring with 'padded' instead",
                    loaded.name, wanted)
     return "padded"
+
+
+def _switch_to_varlen(loaded: LoadedModel, scope: contextlib.ExitStack) -> bool:
+    """Run the model on the padding-free packed kernel until ``scope`` closes, if the probe shows it exact."""
+    attempt = contextlib.ExitStack()
+    if attempt.enter_context(packed_attention(loaded.model)) and packing_is_exact(loaded.body, loaded.device,
+                                                                                  loaded.vocab_size):
+        scope.enter_context(attempt.pop_all())
+        return True
+    attempt.close()
+    return False
 
 
 def _key(split_name: str | None) -> str:

@@ -60,6 +60,7 @@ def hidden_sums(
     pad_id: int,
     pad_multiple: int = 1,
     packing: bool = False,
+    one_row: bool = False,
     on_done: Callable[[list[int]], None] | None = None,
 ) -> HiddenSums:
     """Run ``body`` over ``sequences`` in token-budget batches and collect :class:`HiddenSums`.
@@ -77,6 +78,10 @@ def hidden_sums(
         pad_multiple: pad lengths up to a multiple of this (helps kernel reuse on GPUs).
         packing: pack several sequences per row (see :mod:`ches.batches`); check
             :func:`packing_is_exact` for the model first.
+        one_row: with ``packing``, put each batch in a single row of ``batch_tokens`` at most (padded
+            only to ``pad_multiple``): for attention kernels that take the sequence bounds from the
+            position ids (:mod:`ches.attention`). Otherwise rows are as long as the longest sequence,
+            which bounds the block-diagonal mask a masked kernel builds.
         on_done: called with the indices of the sequences of each finished batch.
     """
     finished: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []  # kept on the device until the end,
@@ -86,7 +91,11 @@ def hidden_sums(
     with torch.inference_mode():
         while remaining:
             longest = len(sequences[remaining[0]].input_ids)
-            if packing:
+            if packing and one_row:
+                chosen = _fill(remaining, sequences, budget)
+                tokens = sum(len(sequences[index].input_ids) for index in chosen)
+                batch = pack([sequences[index] for index in chosen], pad_id, padded_length(tokens, pad_multiple))
+            elif packing:
                 chosen = _fill(remaining, sequences, max(budget, row_length))
                 batch = pack([sequences[index] for index in chosen], pad_id, row_length)
             else:
@@ -97,7 +106,7 @@ def hidden_sums(
             except torch.OutOfMemoryError:
                 del batch
                 torch.cuda.empty_cache()
-                if packing:  # rows cannot shrink below the longest sequence: continue with padded batches
+                if packing and not one_row:  # rows cannot shrink below the longest sequence: pad instead
                     packing = False
                     logger.warning("out of memory with packed rows of %d tokens; continuing with padded batches",
                                    row_length)
@@ -146,9 +155,13 @@ def packing_is_exact(body: torch.nn.Module, device: torch.device, vocab_size: in
     first = torch.randint(0, vocab_size, (7,), generator=generator).tolist()
     second = torch.randint(0, vocab_size, (9,), generator=generator).tolist()
     probe = [ScoredSequence(first, 0, 7), ScoredSequence(second, 0, 9)]
-    with torch.inference_mode():
-        packed, _ = run_body(body, pack(probe, 0, 16).to(device))
-        alone = torch.cat([run_body(body, collate([sequence], 0).to(device))[0] for sequence in probe])
+    try:
+        with torch.inference_mode():
+            packed, _ = run_body(body, pack(probe, 0, 16).to(device))
+            alone = torch.cat([run_body(body, collate([sequence], 0).to(device))[0] for sequence in probe])
+    except Exception as error:  # e.g. an attention kernel that cannot run this model: fall back, say why
+        logger.info("packed layout unavailable (%s: %s)", type(error).__name__, error)
+        return False
     return _agrees(packed, alone, body)
 
 

@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .attention import VARLEN
 from .cache import ShardCache
 from .distributed import Ranks
 from .engine import HiddenSums, hidden_sums, shared_prompt_sums
+from .models import attention_kernel
 from .tokens import ScoredSequence
 
 CHUNK_PAIRS = 256
@@ -39,7 +41,7 @@ def run_chunk(sequences: list[ScoredSequence], loaded, *, layout: str, batch_tok
                                   on_done=on_done)
     return hidden_sums(loaded.body, sequences, hidden_size=loaded.hidden_size, batch_tokens=batch_tokens,
                        device=loaded.device, pad_id=pad_id, pad_multiple=64 if loaded.device.type == "cuda" else 1,
-                       packing=layout == "packed", on_done=on_done)
+                       packing=layout == "packed", one_row=attention_kernel(loaded.model) == VARLEN, on_done=on_done)
 
 
 def compute_sums(

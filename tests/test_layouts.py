@@ -2,6 +2,7 @@
 position ids) and shared prompts (the rejected completion run on the chosen pass's cut-back KV cache).
 A model that would let packed sequences see each other is detected and scored with padding."""
 
+import contextlib
 import logging
 
 import numpy as np
@@ -15,6 +16,11 @@ from conftest import ARCHITECTURES, hh_rows
 MEASURES = ("ches", "ln_ches", "last_hidden_ip", "edit_distance")
 
 
+@contextlib.contextmanager
+def no_varlen(model):
+    yield False
+
+
 def assert_same(first, second, rtol=1e-5):
     assert list(first["ches_skip"]) == list(second["ches_skip"])
     for measure in MEASURES:
@@ -23,9 +29,14 @@ def assert_same(first, second, rtol=1e-5):
         np.testing.assert_allclose(left, right, rtol=0, atol=rtol * scale, err_msg=measure)  # NaNs must match too
 
 
-@pytest.mark.parametrize("layout", ["packed", "shared_prompt"])
+@pytest.mark.parametrize("layout", ["packed", "packed-masked", "shared_prompt"])
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_layout_equals_padded(architecture, layout, tokenizer, tiny_model, caplog):
+def test_layout_equals_padded(architecture, layout, tokenizer, tiny_model, caplog, monkeypatch):
+    # packed: the padding-free kernel of ches.attention; packed-masked: the model's own SDPA with the
+    # block-diagonal mask transformers builds from restarting position ids
+    if layout == "packed-masked":
+        monkeypatch.setattr(ches.api, "packed_attention", no_varlen)
+        layout = "packed"
     rows = hh_rows(16, start=200)
     model = tiny_model(architecture)
     with caplog.at_level(logging.WARNING, logger="ches"):
@@ -65,12 +76,43 @@ def test_leaking_model_falls_back_to_padding(tokenizer, tiny_model, caplog, monk
     model = tiny_model("llama")
     original = ches.models.decoder_body
     monkeypatch.setattr(ches.models, "decoder_body", lambda m: AllOnesMask(original(m)))
+    monkeypatch.setattr(ches.api, "packed_attention", no_varlen)  # only the model's own (masked) kernel
     rows = hh_rows(8)
     with caplog.at_level(logging.WARNING, logger="ches"):
         fallback = ches.score(rows, model, tokenizer, layout="packed", progress=False)
     assert "does not give the same hidden states with layout 'packed'; scoring with 'padded' instead" in caplog.text
     monkeypatch.setattr(ches.models, "decoder_body", original)
     assert_same(ches.score(rows, model, tokenizer, layout="padded", progress=False), fallback)
+
+
+def test_packed_rows_run_on_the_padding_free_kernel_and_restore_the_model(tokenizer, tiny_model, monkeypatch):
+    import ches.attention
+
+    calls = []
+    kernel = ches.attention.varlen_attention
+    monkeypatch.setattr(ches.attention, "varlen_attention", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    rows = hh_rows(12, start=500)
+    model = tiny_model("llama")
+    packed, info = ches.api.score_run(rows, model, tokenizer, layout="packed", batch_tokens=2048, progress=False)
+    assert info.layout == "packed" and info.attention == ches.attention.VARLEN and calls
+    assert model.config._attn_implementation == "sdpa"  # the caller's model is given back as it came
+    assert_same(ches.score(rows, model, tokenizer, layout="padded", progress=False), packed)
+
+
+def test_padding_free_kernel_refuses_what_it_cannot_compute():
+    from ches.attention import varlen_attention
+
+    query = torch.randn(1, 2, 6, 4)
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2]])
+    window = torch.nn.Module()
+    window.sliding_window = 4
+    with pytest.raises(ValueError, match="sliding-window attention"):
+        varlen_attention(window, query, query, query, None, position_ids=positions)
+    with pytest.raises(ValueError, match="a KV cache is in use"):
+        varlen_attention(torch.nn.Module(), query, torch.randn(1, 2, 9, 4), torch.randn(1, 2, 9, 4), None,
+                         position_ids=positions)
+    with pytest.raises(ValueError, match="no position ids reach the attention"):
+        varlen_attention(torch.nn.Module(), query, query, query, None)
 
 
 @pytest.mark.parametrize("layout", ["padded", "packed", "shared_prompt"])
@@ -84,7 +126,8 @@ def test_eager_attention_kernel_gives_the_same_scores(layout, tokenizer, tiny_mo
     with caplog.at_level(logging.WARNING, logger="ches"):
         scored, info = ches.api.score_run(rows, eager, tokenizer, layout=layout, attn_implementation="eager",
                                           batch_tokens=2048, progress=False)
-    assert info.attention == "eager" and eager.config._attn_implementation == "eager"
+    assert info.attention == ("ches_varlen" if layout == "packed" else "eager")
+    assert eager.config._attn_implementation == "eager"
     assert "scoring with 'padded' instead" not in caplog.text
     assert_same(reference, scored)
 
