@@ -187,7 +187,7 @@ def main() -> None:
     official_tokens = sum(len(s.input_ids) for pair in sequence_pairs[:n_official] for s in pair)
     repeats = args.repeats or (1 if cuda else 3)
     (official_ches, official_ln), official_times = timed(
-        lambda: official_loop(official_model, sequence_pairs[:n_official], args.device), args.device, repeats)
+        lambda model=official_model: official_loop(model, sequence_pairs[:n_official], args.device), args.device, repeats)
     official_memory = peak_memory(args.device)
     del official_model
     if cuda:

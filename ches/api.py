@@ -20,11 +20,11 @@ from .cache import ShardCache, model_fingerprint, run_key
 from .distributed import Ranks
 from .embeddings import save_embeddings as write_embeddings
 from .engine import packing_is_exact, shared_prompt_is_exact
-from .runner import compute_sums
 from .errors import ChesError
 from .formats import pair_problem, to_pairs
 from .inputs import Data, load_data, pair_columns
 from .models import LoadedModel, attention_kernel, load_model, max_positions, text_config
+from .runner import compute_sums
 from .summary import skip_reasons
 from .tokens import TokenizedPair, to_sequences, tokenize_pairs
 
@@ -124,7 +124,8 @@ def score(
         save_embeddings: also write ``S+``, ``S-`` and the last hidden states per row to this
             safetensors file (one file per split, ``name.SPLIT.safetensors``, for a DatasetDict).
         layout: how sequences meet the model: ``"padded"`` (length-sorted, right-padded batches),
-            ``"packed"`` (several sequences per row, restarting position ids) or ``"shared_prompt"``
+            ``"packed"`` (sequences back to back, restarting position ids; padding-free attention, see
+            :mod:`ches.attention`) or ``"shared_prompt"``
             (pair by pair, the prompt run once through a KV cache). ``None``: the measured default
             for the device (``shared_prompt`` on CPU, ``padded`` on CUDA; see docs/performance.md).
             ``packed`` and ``shared_prompt`` are used only after a probe on the model itself shows

@@ -18,6 +18,7 @@ position ids reaching attention) keeps its own kernel.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -72,11 +73,15 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         for tensor in (query, key, value)
     )
     grouped = key.shape[1] != heads
-    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):
+    if fused_kernel_applies(query):
         from torch.nn.attention.varlen import varlen_attn
 
-        output = varlen_attn(flat_query, flat_key, flat_value, bounds, bounds, longest, longest, scale=scaling,
-                             window_size=(-1, 0), enable_gqa=grouped)
+        parameters = inspect.signature(varlen_attn).parameters
+        if grouped and "enable_gqa" not in parameters:  # older torch: give every query head its key/value head
+            flat_key, flat_value = (tensor.repeat_interleave(heads // key.shape[1], dim=1)
+                                    for tensor in (flat_key, flat_value))
+        output = varlen_attn(flat_query, flat_key, flat_value, bounds, bounds, longest, longest,
+                             **_varlen_options(parameters, scaling, head_dim, grouped))
     else:
         output = torch.empty_like(flat_query)
         edges = bounds.tolist()
@@ -86,6 +91,24 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                 *heads_first, is_causal=True, scale=scaling, enable_gqa=grouped,
             )[0].transpose(0, 1)
     return output.reshape(rows, length, heads, head_dim), None
+
+
+def fused_kernel_applies(query: torch.Tensor) -> bool:
+    """Whether PyTorch's FlashAttention varlen kernel can take these queries (CUDA, half precision)."""
+    return query.is_cuda and query.dtype in (torch.bfloat16, torch.float16)
+
+
+def _varlen_options(parameters, scaling: float | None, head_dim: int, grouped: bool) -> dict:
+    """Keyword arguments for this torch's ``varlen_attn``: causal masking was ``is_causal=True`` in
+    torch 2.10 and is ``window_size=(-1, 0)`` after; ``scale`` and ``enable_gqa`` came later."""
+    options = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
+    if "scale" in parameters:
+        options["scale"] = scaling
+    elif scaling is not None and abs(scaling - head_dim**-0.5) > 1e-6 * scaling:
+        raise ValueError(f"this torch's varlen_attn has no scale argument; the model scales by {scaling}")
+    if grouped and "enable_gqa" in parameters:
+        options["enable_gqa"] = True
+    return options
 
 
 def _no_mask(*args, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor | None:

@@ -3,6 +3,7 @@ position ids) and shared prompts (the rejected completion run on the chosen pass
 A model that would let packed sequences see each other is detected and scored with padding."""
 
 import contextlib
+import functools
 import logging
 
 import numpy as np
@@ -147,3 +148,56 @@ def test_compiled_body_gives_the_same_scores(tokenizer, tiny_model):
     compiled, info = ches.api.score_run(rows, model, tokenizer, layout="padded", compile=True, progress=False)
     assert info.compiled and info.layout == "padded"
     assert_same(eager, compiled)
+
+
+def flash_varlen_stand_in(signature: str):
+    """A CPU stand-in for torch.nn.attention.varlen.varlen_attn with the argument contract of a torch
+    version (``"window"``: torch >= 2.11 with scale/enable_gqa; ``"is_causal"``: torch 2.10), checking
+    what it is given and computing causal attention per sequence with SDPA."""
+
+    def check(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k):
+        assert query.dim() == key.dim() == value.dim() == 3 and cu_seq_q.dtype == torch.int32
+        assert torch.equal(cu_seq_q, cu_seq_k) and max_q == max_k == int((cu_seq_q[1:] - cu_seq_q[:-1]).max())
+        assert int(cu_seq_q[0]) == 0 and int(cu_seq_q[-1]) == query.shape[0]
+
+    def attend(query, key, value, cu_seq_q, scale, enable_gqa):
+        output = torch.empty_like(query)
+        edges = cu_seq_q.tolist()
+        for begin, end in zip(edges[:-1], edges[1:]):
+            q, k, v = (t[begin:end].transpose(0, 1)[None] for t in (query, key, value))
+            output[begin:end] = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=scale, enable_gqa=enable_gqa)[0].transpose(0, 1)
+        return output
+
+    def newer(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+              window_size=(-1, -1), enable_gqa=False):
+        check(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k)
+        assert tuple(window_size) == (-1, 0)
+        return attend(query, key, value, cu_seq_q, scale, enable_gqa)
+
+    def older(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+        check(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k)
+        assert is_causal and key.shape[1] == query.shape[1]  # no GQA support: heads must come repeated
+        return attend(query, key, value, cu_seq_q, None, False)
+
+    return newer if signature == "window" else older
+
+
+@pytest.mark.parametrize("signature", ["window", "is_causal"])
+@pytest.mark.parametrize("architecture", ["llama", "olmo2"])  # grouped (4 query, 2 key/value heads) and not
+def test_fused_varlen_branch_passes_what_the_kernel_expects(signature, architecture, tokenizer, tiny_model,
+                                                           monkeypatch):
+    import torch.nn.attention.varlen
+
+    import ches.attention
+
+    calls = []
+    stand_in = flash_varlen_stand_in(signature)
+    monkeypatch.setattr(torch.nn.attention.varlen, "varlen_attn",
+                        functools.wraps(stand_in)(lambda *a, **k: calls.append(1) or stand_in(*a, **k)))
+    monkeypatch.setattr(ches.attention, "fused_kernel_applies", lambda query: True)
+    rows = hh_rows(10, start=600)
+    model = tiny_model(architecture)
+    packed, info = ches.api.score_run(rows, model, tokenizer, layout="packed", batch_tokens=2048, progress=False)
+    assert info.layout == "packed" and info.attention == ches.attention.VARLEN and calls  # the kernel ran the scoring
+    assert_same(ches.score(rows, model, tokenizer, layout="padded", progress=False), packed)
