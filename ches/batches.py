@@ -7,8 +7,9 @@ Two layouts:
   lets it see padding, and position ids ``0..L-1`` are the default ones. Every architecture stays on
   its fastest (``is_causal``) attention path.
 - **packed** (:func:`pack`): several sequences per row, position ids restarting at 0 for each; no
-  padding inside a row. Correct only where the model turns restarting position ids into a
-  block-diagonal causal mask (transformers does so when no attention mask and no cache are passed);
+  padding inside a row. Correct only where attention keeps the sequences apart: ches' padding-free
+  kernel (:mod:`ches.attention`) reads the bounds off the position ids, and transformers' own kernels
+  turn them into a block-diagonal causal mask (when no attention mask and no cache are passed);
   :func:`ches.engine.packing_is_exact` checks that on the model itself before it is used.
 
 Memory: a batch holds at most ``batch_tokens`` token slots (``rows x padded length``), so activation
@@ -90,19 +91,25 @@ def collate(sequences: Sequence[ScoredSequence], pad_id: int, multiple: int = 1)
     ([[1, 2, 3], [1, 4, 0]], [0, 1, 3], [1, 3])
     """
     width = padded_length(max(len(sequence.input_ids) for sequence in sequences), multiple)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    positions, rows, last = [], [], []
-    for row, sequence in enumerate(sequences):
-        input_ids[row, : len(sequence.input_ids)] = torch.tensor(sequence.input_ids, dtype=torch.long)
-        positions.append(torch.arange(sequence.start, sequence.end) + row * width)
-        rows.append(torch.full((sequence.end - sequence.start,), row, dtype=torch.long))
-        last.append(row * width + sequence.end - 1)
-    return Batch(
-        input_ids=input_ids,
-        sum_positions=torch.cat(positions),
-        sum_rows=torch.cat(rows),
-        last_positions=torch.tensor(last, dtype=torch.long),
-    )
+    input_ids = torch.tensor([sequence.input_ids + [pad_id] * (width - len(sequence.input_ids))
+                              for sequence in sequences], dtype=torch.long)
+    row_starts = torch.arange(len(sequences)) * width
+    starts = torch.tensor([sequence.start for sequence in sequences]) + row_starts
+    ends = torch.tensor([sequence.end for sequence in sequences]) + row_starts
+    return Batch(input_ids=input_ids, **summed_positions(starts, ends))
+
+
+def summed_positions(starts: torch.Tensor, ends: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A batch's ``sum_positions``/``sum_rows``/``last_positions`` from each sequence's flat ``[start, end)``.
+
+    >>> {name: value.tolist() for name, value in summed_positions(torch.tensor([0, 5]), torch.tensor([2, 6])).items()}
+    {'sum_positions': [0, 1, 5], 'sum_rows': [0, 0, 1], 'last_positions': [1, 5]}
+    """
+    counts = ends - starts
+    sum_rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    first_of_row = torch.cumsum(counts, 0) - counts  # where each sequence's positions begin in the flat list
+    sum_positions = torch.arange(int(counts.sum())) - first_of_row[sum_rows] + starts[sum_rows]
+    return {"sum_positions": sum_positions, "sum_rows": sum_rows, "last_positions": ends - 1}
 
 
 def pack(sequences: Sequence[ScoredSequence], pad_id: int, row_length: int) -> Batch:
@@ -128,26 +135,20 @@ def pack(sequences: Sequence[ScoredSequence], pad_id: int, row_length: int) -> B
             slot = len(rows) - 1
         rows[slot].append(index)
         used[slot] += length
-    input_ids = torch.full((len(rows), row_length), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((len(rows), row_length), dtype=torch.long)
-    positions: list = [None] * len(sequences)
-    last = [0] * len(sequences)
+    flat_ids: list[int] = []
+    flat_positions: list[int] = []
+    offsets = [0] * len(sequences)  # where each sequence starts in the flattened rows
     for row, members in enumerate(rows):
-        offset = 0
         for index in members:
-            sequence = sequences[index]
-            length = len(sequence.input_ids)
-            input_ids[row, offset : offset + length] = torch.tensor(sequence.input_ids, dtype=torch.long)
-            position_ids[row, offset : offset + length] = torch.arange(length)
-            base = row * row_length + offset
-            positions[index] = torch.arange(sequence.start, sequence.end) + base
-            last[index] = base + sequence.end - 1
-            offset += length
-        position_ids[row, offset:] = torch.arange(row_length - offset)
-    return Batch(
-        input_ids=input_ids,
-        sum_positions=torch.cat(positions),
-        sum_rows=torch.cat([torch.full((len(p),), i, dtype=torch.long) for i, p in enumerate(positions)]),
-        last_positions=torch.tensor(last, dtype=torch.long),
-        position_ids=position_ids,
-    )
+            offsets[index] = len(flat_ids)
+            flat_ids += sequences[index].input_ids
+            flat_positions += range(len(sequences[index].input_ids))
+        tail = (row + 1) * row_length - len(flat_ids)
+        flat_ids += [pad_id] * tail
+        flat_positions += range(tail)
+    base = torch.tensor(offsets)
+    starts = torch.tensor([sequence.start for sequence in sequences]) + base
+    ends = torch.tensor([sequence.end for sequence in sequences]) + base
+    return Batch(input_ids=torch.tensor(flat_ids, dtype=torch.long).reshape(len(rows), row_length),
+                 position_ids=torch.tensor(flat_positions, dtype=torch.long).reshape(len(rows), row_length),
+                 **summed_positions(starts, ends))

@@ -69,14 +69,35 @@ def extract_prompt(chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
     ...                [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away"}])[0]
     [{'role': 'user', 'content': 'Hi'}]
     """
-    shared = min(len(chosen), len(rejected))
-    cut = shared - 1
-    for index in range(shared):
-        if chosen[index] != rejected[index]:
-            cut = index - 1 if index > 0 and chosen[index - 1] == " " else index
-            break
+    shared = common_prefix_length(chosen, rejected)
+    if shared == min(len(chosen), len(rejected)):  # one is a prefix of the other: no divergence
+        cut = shared - 1
+    else:
+        cut = shared - 1 if shared > 0 and chosen[shared - 1] == " " else shared
     cut = max(cut, 0)
     return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def common_prefix_length(first: Sequence, second: Sequence) -> int:
+    """Number of leading elements (characters, messages, token ids) two sequences of one type share.
+
+    Found by bisection on slice equality, which Python compares in C: ``O(n log n)`` element
+    comparisons at C speed instead of a Python loop over every element.
+
+    >>> common_prefix_length([1, 2, 3], [1, 2, 4, 5]), common_prefix_length("abc", "abd"), common_prefix_length("", "a")
+    (2, 2, 0)
+    """
+    shorter = min(len(first), len(second))
+    if first[:shorter] == second[:shorter]:
+        return shorter
+    equal, different = 0, shorter  # first[:equal] == second[:equal], first[:different] != second[:different]
+    while different - equal > 1:
+        middle = (equal + different) // 2
+        if first[:middle] == second[:middle]:
+            equal = middle
+        else:
+            different = middle
+    return equal
 
 
 def to_pairs(columns: dict[str, list[Any]]) -> list[Pair]:

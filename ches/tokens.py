@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ChesError
-from .formats import Pair
+from .formats import Pair, common_prefix_length
 
 CHUNK_ROWS = 512  # rows tokenized per call of the (Rust, multi-threaded) fast tokenizer
 
@@ -53,20 +53,6 @@ class ScoredSequence:
     @property
     def completion_ids(self) -> list[int]:
         return self.input_ids[self.start + 1 : self.end + 1]
-
-
-def common_prefix_length(ids: Sequence[int], other_ids: Sequence[int]) -> int:
-    """Number of leading tokens two id lists share.
-
-    >>> common_prefix_length([1, 2, 3], [1, 2, 4, 5])
-    2
-    """
-    length = 0
-    for token, other in zip(ids, other_ids):
-        if token != other:
-            break
-        length += 1
-    return length
 
 
 def split_completions(prompt_ids: list[int], chosen_full: list[int], rejected_full: list[int]) -> TokenizedPair:
