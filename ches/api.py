@@ -27,9 +27,9 @@ from .errors import ChesError
 from .formats import pair_problem, to_pairs
 from .inputs import Data, load_data, pair_columns
 from .models import LoadedModel, attention_kernel, load_model, max_positions, text_config
-from .runner import compute_sums
+from .runner import compute_sums, tokenize_shared
 from .summary import skip_reasons
-from .tokens import TokenizedPair, to_sequences, tokenize_pairs
+from .tokens import TokenizedPair, to_sequences
 
 logger = logging.getLogger("ches")
 
@@ -311,7 +311,7 @@ def score_pairs(pairs, loaded: LoadedModel, *, max_length: int | None, batch_tok
                 ranks: Ranks | None = None) -> ScoredRows:
     """Score normalized pairs with a loaded model; the pipeline without the dataset plumbing."""
     ranks = ranks or Ranks()
-    tokenized = tokenize_pairs(pairs, loaded.tokenizer)
+    tokenized = tokenize_shared(pairs, loaded.tokenizer, ranks)
     context = max_positions(loaded.model)
     planned = [pair_problem(pair) or _plan(tokens, max_length, context) for pair, tokens in zip(pairs, tokenized)]
     owners = [row for row, plan in enumerate(planned) if not isinstance(plan, str)]

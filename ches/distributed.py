@@ -88,6 +88,25 @@ class Ranks:
             out[rank_indices[keep].cpu()] = rank_values[keep].cpu()
         return out
 
+    def gather_flat(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's 1-D ``values`` (any lengths), in rank order, on every rank (on the CPU).
+
+        >>> Ranks().gather_flat(torch.tensor([3, 1]))
+        [tensor([3, 1])]
+        """
+        if self.world == 1:
+            return [values]
+        device = self.device() if dist.get_backend() == "nccl" else torch.device("cpu")
+        count = torch.tensor([len(values)], device=device)
+        counts = [torch.zeros_like(count) for _ in range(self.world)]
+        dist.all_gather(counts, count)
+        longest = int(max(c.item() for c in counts))
+        padded = torch.zeros(longest, dtype=values.dtype, device=device)
+        padded[: len(values)] = values.to(device)
+        gathered = [torch.zeros_like(padded) for _ in range(self.world)]
+        dist.all_gather(gathered, padded)
+        return [tensor[: int(c.item())].cpu() for tensor, c in zip(gathered, counts)]
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()

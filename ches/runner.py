@@ -4,6 +4,7 @@ The work is cut into chunks of ``CHUNK_PAIRS`` pairs (longest pairs first, a fix
 numbers do not depend on which rank computes it, on how many ranks there are, or on whether a run was
 resumed. Each rank computes its share of the chunks (balanced by token count), loading finished ones
 from the cache when there is one, and the sums are then gathered so every rank holds all of them.
+Tokenization is shared the same way: each rank tokenizes one block of rows, and the blocks are exchanged.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from .attention import VARLEN
 from .cache import ShardCache
 from .distributed import Ranks
 from .engine import HiddenSums, hidden_sums, shared_prompt_sums
+from .errors import ChesError
+from .formats import Pair
 from .models import attention_kernel
-from .tokens import ScoredSequence
+from .tokens import ScoredSequence, TokenizedPair, from_flat, to_flat, tokenize_pairs
 
 CHUNK_PAIRS = 256
 
@@ -42,6 +45,24 @@ def run_chunk(sequences: list[ScoredSequence], loaded, *, layout: str, batch_tok
     return hidden_sums(loaded.body, sequences, hidden_size=loaded.hidden_size, batch_tokens=batch_tokens,
                        device=loaded.device, pad_id=pad_id, pad_multiple=64 if loaded.device.type == "cuda" else 1,
                        packing=layout == "packed", one_row=attention_kernel(loaded.model) == VARLEN, on_done=on_done)
+
+
+def tokenize_shared(pairs: Sequence[Pair], tokenizer, ranks: Ranks) -> list[TokenizedPair]:
+    """:func:`~ches.tokens.tokenize_pairs` of all pairs, each rank tokenizing one contiguous block of
+    them and the blocks then exchanged, so ``N`` processes tokenize ``N`` times faster instead of
+    each doing all the work. An error on any rank is raised on every rank (none is left waiting).
+    """
+    if ranks.world == 1:
+        return tokenize_pairs(pairs, tokenizer)
+    begin, end = (len(pairs) * ranks.rank) // ranks.world, (len(pairs) * (ranks.rank + 1)) // ranks.world
+    try:
+        block, problem = tokenize_pairs(pairs[begin:end], tokenizer, first_row=begin), ""
+    except ChesError as error:
+        block, problem = [], str(error)
+    problems = [bytes(p.tolist()).decode() for p in ranks.gather_flat(torch.tensor(list(problem.encode()), dtype=torch.long))]
+    if any(problems):
+        raise ChesError(next(p for p in problems if p))
+    return [pair for flat in ranks.gather_flat(to_flat(block)) for pair in from_flat(flat)]
 
 
 def compute_sums(

@@ -22,6 +22,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from .errors import ChesError
 from .formats import Pair, common_prefix_length
 
@@ -70,38 +72,63 @@ def split_completions(prompt_ids: list[int], chosen_full: list[int], rejected_fu
     )
 
 
-def tokenize_pairs(pairs: Sequence[Pair], tokenizer) -> list[TokenizedPair]:
+def tokenize_pairs(pairs: Sequence[Pair], tokenizer, first_row: int = 0) -> list[TokenizedPair]:
     """Tokenize pairs the way TRL's DPO data preparation does (see the module docstring).
 
     Args:
         pairs: normalized pairs, all standard or all conversational.
         tokenizer: a Hugging Face tokenizer (fast tokenizers batch the work in Rust threads).
+        first_row: the row number of ``pairs[0]`` in the data (errors name rows by it).
 
     Raises:
         ChesError: standard rows with a tokenizer that has no EOS token; conversational rows with a
             tokenizer that has no chat template.
     """
-    if not pairs:
-        return []
-    if pairs[0].conversational:
+    if pairs and pairs[0].conversational:
         if not getattr(tokenizer, "chat_template", None):
             raise ChesError(
                 "the data is conversational but the tokenizer has no chat template; set tokenizer.chat_template "
                 "(e.g. from the instruct model you will train) or pass standard string rows."
             )
-        return _chunked(pairs, tokenizer, _tokenize_conversational)
-    if not tokenizer.eos_token:
+        return _chunked(pairs, tokenizer, _tokenize_conversational, first_row)
+    if pairs and not tokenizer.eos_token:
         raise ChesError(
             "the tokenizer has no EOS token, which TRL appends to every standard completion; set "
             "tokenizer.eos_token (e.g. tokenizer.eos_token = '</s>') before scoring."
         )
-    return _chunked(pairs, tokenizer, _tokenize_standard)
+    return _chunked(pairs, tokenizer, _tokenize_standard, first_row)
 
 
-def _chunked(pairs: Sequence[Pair], tokenizer, tokenize_chunk) -> list[TokenizedPair]:
+def _chunked(pairs: Sequence[Pair], tokenizer, tokenize_chunk, first_row: int) -> list[TokenizedPair]:
     out: list[TokenizedPair] = []
     for begin in range(0, len(pairs), CHUNK_ROWS):
-        out += tokenize_chunk(pairs[begin : begin + CHUNK_ROWS], tokenizer, begin)
+        out += tokenize_chunk(pairs[begin : begin + CHUNK_ROWS], tokenizer, first_row + begin)
+    return out
+
+
+def to_flat(tokenized: Sequence[TokenizedPair]) -> torch.Tensor:
+    """Tokenized pairs as one int64 tensor (to send between processes): per pair its three lengths,
+    ``prompt_cut``, then the prompt, chosen and rejected ids. :func:`from_flat` reverses it.
+
+    >>> from_flat(to_flat([TokenizedPair([1, 5], [7, 2], [9, 9, 2], 1)]))
+    [TokenizedPair(prompt_ids=[1, 5], chosen_ids=[7, 2], rejected_ids=[9, 9, 2], prompt_cut=1)]
+    """
+    flat: list[int] = []
+    for pair in tokenized:
+        flat += (len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids), pair.prompt_cut)
+        flat += pair.prompt_ids + pair.chosen_ids + pair.rejected_ids
+    return torch.tensor(flat, dtype=torch.long)
+
+
+def from_flat(flat: torch.Tensor) -> list[TokenizedPair]:
+    """The tokenized pairs :func:`to_flat` encoded, in order."""
+    values, out, at = flat.tolist(), [], 0
+    while at < len(values):
+        prompt, chosen, rejected, cut = values[at : at + 4]
+        at += 4
+        ids = values[at : at + prompt + chosen + rejected]
+        out.append(TokenizedPair(ids[:prompt], ids[prompt : prompt + chosen], ids[prompt + chosen :], cut))
+        at += prompt + chosen + rejected
     return out
 
 

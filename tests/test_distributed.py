@@ -36,7 +36,7 @@ def free_port() -> int:
         return handle.getsockname()[1]
 
 
-def launch(tmp_path, *args, launcher="torchrun"):
+def launch(tmp_path, *args, launcher="torchrun", expect_success=True):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     program = shutil.which(launcher, path=os.path.dirname(sys.executable)) or shutil.which(launcher)
@@ -48,7 +48,8 @@ def launch(tmp_path, *args, launcher="torchrun"):
     command = [program, *options, str(driver), *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    if expect_success:
+        assert result.returncode == 0, result.stderr[-4000:]
     return result
 
 
@@ -86,3 +87,56 @@ def test_share_covers_every_item_once_and_balances_tokens(world):
     assert sorted(i for share in shares for i in share) == list(range(len(costs)))
     loads = [sum(costs[i] for i in share) for share in shares]
     assert max(loads) - min(loads) <= max(costs)
+
+
+def test_a_tokenization_error_on_one_rank_stops_every_rank(tmp_path):
+    # each rank tokenizes half the rows; row 50 (second half) makes the chat template raise
+    import json
+
+    from transformers import AutoTokenizer
+
+    from conftest import conversational_rows, hh_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    tokenizer.chat_template = ("{% for message in messages %}{% if message['content'] == 'BOOM' %}"
+                               "{{ raise_exception('this template refuses BOOM') }}{% endif %}"
+                               "{{ message['role'] + ': ' + message['content'] + '\\n' }}{% endfor %}")
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    rows = conversational_rows(hh_rows(64))
+    rows[50]["chosen"] = [{"role": "assistant", "content": "BOOM"}]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = launch(tmp_path, "score", str(data), "--model", str(MODEL_DIR), "--tokenizer", str(tmp_path / "tokenizer"),
+                    "--output", str(tmp_path / "out.parquet"), "--no-progress", expect_success=False)
+    assert result.returncode != 0 and "ches: error: row 50: the chat template cannot render" in result.stderr
+    assert not (tmp_path / "out.parquet").exists()
+
+
+class OtherRank:
+    """Rank 0 of two, with what rank 1 sends scripted: exercises the exchange without processes."""
+
+    rank, world = 0, 2
+
+    def __init__(self, *sent):
+        self.sent = list(sent)
+
+    def gather_flat(self, values):
+        return [values, self.sent.pop(0)]
+
+
+def test_shared_tokenization_equals_one_process_and_spreads_errors(tokenizer):
+    import torch
+
+    from ches import ChesError
+    from ches.formats import to_pairs
+    from ches.runner import tokenize_shared
+    from ches.tokens import to_flat, tokenize_pairs
+    from conftest import hh_rows
+
+    pairs = to_pairs({key: [row[key] for row in hh_rows(9)] for key in ("chosen", "rejected")})
+    second_half = tokenize_pairs(pairs[4:], tokenizer)  # rank 1's block of 9 rows: rows 4..8
+    no_problem = torch.zeros(0, dtype=torch.long)
+    assert tokenize_shared(pairs, tokenizer, OtherRank(no_problem, to_flat(second_half))) == tokenize_pairs(pairs, tokenizer)
+    problem = torch.tensor(list("row 7: bad".encode()), dtype=torch.long)
+    with pytest.raises(ChesError, match="^row 7: bad$"):
+        tokenize_shared(pairs, tokenizer, OtherRank(problem))
