@@ -64,28 +64,15 @@ class Ranks:
         return sorted(mine)
 
     def gather_rows(self, indices: torch.Tensor, values: torch.Tensor, total: int) -> torch.Tensor:
-        """Every rank's ``values[i]`` placed at row ``indices[i]`` of a ``[total, ...]`` tensor, on every rank."""
-        if self.world == 1:
-            out = torch.zeros((total, *values.shape[1:]), dtype=values.dtype)
-            out[indices] = values
-            return out
-        device = self.device() if dist.get_backend() == "nccl" else torch.device("cpu")
-        count = torch.tensor([len(indices)], device=device)
-        counts = [torch.zeros_like(count) for _ in range(self.world)]
-        dist.all_gather(counts, count)
-        longest = int(max(c.item() for c in counts))
-        padded_values = torch.zeros((longest, *values.shape[1:]), dtype=values.dtype, device=device)
-        padded_values[: len(indices)] = values.to(device)
-        padded_indices = torch.full((longest,), -1, dtype=torch.long, device=device)
-        padded_indices[: len(indices)] = indices.to(device)
-        all_values = [torch.zeros_like(padded_values) for _ in range(self.world)]
-        all_indices = [torch.zeros_like(padded_indices) for _ in range(self.world)]
-        dist.all_gather(all_values, padded_values)
-        dist.all_gather(all_indices, padded_indices)
-        out = torch.zeros((total, *values.shape[1:]), dtype=values.dtype)
-        for rank_indices, rank_values in zip(all_indices, all_values):
-            keep = rank_indices >= 0
-            out[rank_indices[keep].cpu()] = rank_values[keep].cpu()
+        """Every rank's ``values[i]`` placed at row ``indices[i]`` of a ``[total, ...]`` tensor, on every rank.
+
+        >>> Ranks().gather_rows(torch.tensor([2, 0]), torch.tensor([[1.0], [2.0]]), 3).tolist()
+        [[2.0], [0.0], [1.0]]
+        """
+        row_shape = values.shape[1:]
+        out = torch.zeros((total, *row_shape), dtype=values.dtype)
+        for rank_indices, rank_values in zip(self.gather_flat(indices), self.gather_flat(values.reshape(-1))):
+            out[rank_indices] = rank_values.reshape(len(rank_indices), *row_shape)
         return out
 
     def gather_flat(self, values: torch.Tensor) -> list[torch.Tensor]:
