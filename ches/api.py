@@ -27,7 +27,7 @@ from .errors import ChesError
 from .formats import pair_problem, to_pairs
 from .inputs import Data, load_data, pair_columns
 from .models import LoadedModel, attention_kernel, load_model, max_positions, text_config
-from .runner import compute_sums, tokenize_shared
+from .runner import compute_sums, edit_distances, tokenize_shared
 from .summary import skip_reasons
 from .tokens import TokenizedPair, to_sequences
 
@@ -328,7 +328,7 @@ def score_pairs(pairs, loaded: LoadedModel, *, max_length: int | None, batch_tok
     bar = _progress_bar(len(work), progress and ranks.is_main)
     sums, reused = compute_sums(work, loaded, layout=layout, batch_tokens=batch_tokens, pad_id=pad_id, ranks=ranks,
                                 cache=cache, on_pairs=bar.update if bar is not None else None)
-    result = _assemble(planned, tokenized, owners, sums)
+    result = _assemble(planned, tokenized, owners, sums, edit_distances(planned, ranks))
     summary = _summary(result, loaded.name) + (f"; {reused} finished chunks reused from {cache.folder}" if reused else "")
     if bar is not None:
         bar.close()
@@ -349,7 +349,7 @@ def _plan(tokenized: TokenizedPair, max_length: int | None, context: int | None)
     return sequences
 
 
-def _assemble(planned, tokenized: list[TokenizedPair], owners: list[int], sums) -> ScoredRows:
+def _assemble(planned, tokenized: list[TokenizedPair], owners: list[int], sums, distances: list[float]) -> ScoredRows:
     rows, width = len(planned), sums.sums.shape[1]
     chosen_sum = torch.full((rows, width), float("nan"))
     rejected_sum, chosen_last, rejected_last = chosen_sum.clone(), chosen_sum.clone(), chosen_sum.clone()
@@ -361,10 +361,7 @@ def _assemble(planned, tokenized: list[TokenizedPair], owners: list[int], sums) 
     columns = {
         "ches": scores.ches(chosen_sum, rejected_sum).tolist(),
         "ln_ches": scores.ln_ches(chosen_sum, rejected_sum, chosen_n, rejected_n).tolist(),
-        "edit_distance": [
-            float("nan") if isinstance(plan, str) else scores.edit_distance(plan[0].completion_ids, plan[1].completion_ids)
-            for plan in planned
-        ],
+        "edit_distance": distances,
         "last_hidden_ip": scores.last_hidden_ip(chosen_last, rejected_last).tolist(),
         "prompt_tokens": prompt_n.tolist(),
         "chosen_tokens": chosen_n.tolist(),

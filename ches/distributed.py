@@ -63,6 +63,14 @@ class Ranks:
                 mine.append(index)
         return sorted(mine)
 
+    def block(self, count: int) -> tuple[int, int]:
+        """``[begin, end)`` of this rank's contiguous block of ``count`` items (blocks differ by at most one).
+
+        >>> [Ranks(rank, 3).block(10) for rank in range(3)]
+        [(0, 3), (3, 6), (6, 10)]
+        """
+        return count * self.rank // self.world, count * (self.rank + 1) // self.world
+
     def gather_rows(self, indices: torch.Tensor, values: torch.Tensor, total: int) -> torch.Tensor:
         """Every rank's ``values[i]`` placed at row ``indices[i]`` of a ``[total, ...]`` tensor, on every rank.
 

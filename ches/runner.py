@@ -20,6 +20,7 @@ from .engine import HiddenSums, hidden_sums, shared_prompt_sums
 from .errors import ChesError
 from .formats import Pair
 from .models import attention_kernel
+from .scores import edit_distance
 from .tokens import ScoredSequence, TokenizedPair, from_flat, to_flat, tokenize_pairs
 
 CHUNK_PAIRS = 256
@@ -54,7 +55,7 @@ def tokenize_shared(pairs: Sequence[Pair], tokenizer, ranks: Ranks) -> list[Toke
     """
     if ranks.world == 1:
         return tokenize_pairs(pairs, tokenizer)
-    begin, end = (len(pairs) * ranks.rank) // ranks.world, (len(pairs) * (ranks.rank + 1)) // ranks.world
+    begin, end = ranks.block(len(pairs))
     try:
         block, problem = tokenize_pairs(pairs[begin:end], tokenizer, first_row=begin), ""
     except ChesError as error:
@@ -63,6 +64,15 @@ def tokenize_shared(pairs: Sequence[Pair], tokenizer, ranks: Ranks) -> list[Toke
     if any(problems):
         raise ChesError(next(p for p in problems if p))
     return [pair for flat in ranks.gather_flat(to_flat(block)) for pair in from_flat(flat)]
+
+
+def edit_distances(planned: Sequence, ranks: Ranks) -> list[float]:
+    """:func:`~ches.scores.edit_distance` of each planned pair's completions (NaN for a skipped row,
+    whose plan is its skip reason), each rank computing one block of rows."""
+    begin, end = ranks.block(len(planned))
+    mine = [float("nan") if isinstance(plan, str) else edit_distance(plan[0].completion_ids, plan[1].completion_ids)
+            for plan in planned[begin:end]]
+    return torch.cat(ranks.gather_flat(torch.tensor(mine, dtype=torch.float64))).tolist()
 
 
 def compute_sums(

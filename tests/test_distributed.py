@@ -1,6 +1,7 @@
 """Data parallel: two CPU processes (gloo) under torchrun or accelerate launch give the single process's
 output, for the CLI and the Python API; rows are shared by token count."""
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -112,13 +113,11 @@ def test_a_tokenization_error_on_one_rank_stops_every_rank(tmp_path):
     assert not (tmp_path / "out.parquet").exists()
 
 
-class OtherRank:
+@dataclasses.dataclass(frozen=True)
+class OtherRank(Ranks):
     """Rank 0 of two, with what rank 1 sends scripted: exercises the exchange without processes."""
 
-    rank, world = 0, 2
-
-    def __init__(self, *sent):
-        self.sent = list(sent)
+    sent: list = dataclasses.field(default_factory=list)
 
     def gather_flat(self, values):
         return [values, self.sent.pop(0)]
@@ -136,7 +135,27 @@ def test_shared_tokenization_equals_one_process_and_spreads_errors(tokenizer):
     pairs = to_pairs({key: [row[key] for row in hh_rows(9)] for key in ("chosen", "rejected")})
     second_half = tokenize_pairs(pairs[4:], tokenizer)  # rank 1's block of 9 rows: rows 4..8
     no_problem = torch.zeros(0, dtype=torch.long)
-    assert tokenize_shared(pairs, tokenizer, OtherRank(no_problem, to_flat(second_half))) == tokenize_pairs(pairs, tokenizer)
+    assert tokenize_shared(pairs, tokenizer, OtherRank(0, 2, sent=[no_problem, to_flat(second_half)])) == tokenize_pairs(pairs, tokenizer)
     problem = torch.tensor(list("row 7: bad".encode()), dtype=torch.long)
     with pytest.raises(ChesError, match="^row 7: bad$"):
-        tokenize_shared(pairs, tokenizer, OtherRank(problem))
+        tokenize_shared(pairs, tokenizer, OtherRank(0, 2, sent=[problem]))
+
+
+def test_shared_edit_distances_are_every_rows_in_order():
+    import math
+
+    import torch
+
+    from ches.runner import edit_distances
+    from ches.tokens import ScoredSequence
+    from conftest import levenshtein
+
+    def plan(chosen, rejected):
+        return ScoredSequence([0] + chosen, 0, len(chosen)), ScoredSequence([0] + rejected, 0, len(rejected))
+
+    planned = [plan([1, 2, 3], [1, 3]), "a skip reason", plan([4], [5, 6]), plan([7, 8], [7, 8])]
+    expected = [levenshtein(p[0].completion_ids, p[1].completion_ids) / max(len(p[0].completion_ids),
+                len(p[1].completion_ids)) if not isinstance(p, str) else math.nan for p in planned]
+    other_block = torch.tensor(expected[2:], dtype=torch.float64)  # rank 1 of 2 computes rows 2 and 3
+    got = edit_distances(planned, OtherRank(0, 2, sent=[other_block]))
+    assert len(got) == 4 and math.isnan(got[1]) and [got[i] for i in (0, 2, 3)] == [expected[i] for i in (0, 2, 3)]
