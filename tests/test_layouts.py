@@ -141,12 +141,13 @@ def test_unavailable_attention_kernel_is_a_clear_error(tokenizer, tiny_model):
                    progress=False)
 
 
-def test_compiled_body_gives_the_same_scores(tokenizer, tiny_model):
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_compiled_body_gives_the_same_scores(layout, tokenizer, tiny_model):
     rows = hh_rows(10, start=400)
     model = tiny_model("llama")
     eager = ches.score(rows, model, tokenizer, layout="padded", progress=False)
-    compiled, info = ches.api.score_run(rows, model, tokenizer, layout="padded", compile=True, progress=False)
-    assert info.compiled and info.layout == "padded"
+    compiled, info = ches.api.score_run(rows, model, tokenizer, layout=layout, compile=True, progress=False)
+    assert info.compiled and info.layout == layout
     assert_same(eager, compiled)
 
 
