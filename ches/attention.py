@@ -18,6 +18,7 @@ position ids reaching attention) keeps its own kernel.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,7 +78,7 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     if fused_kernel_applies(query):
         from torch.nn.attention.varlen import varlen_attn
 
-        parameters = inspect.signature(varlen_attn).parameters
+        parameters = _parameters(varlen_attn)
         if grouped and "enable_gqa" not in parameters:  # older torch: give every query head its key/value head
             flat_key, flat_value = (tensor.repeat_interleave(heads // key.shape[1], dim=1)
                                     for tensor in (flat_key, flat_value))
@@ -97,6 +98,12 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
 def fused_kernel_applies(query: torch.Tensor) -> bool:
     """Whether PyTorch's FlashAttention varlen kernel can take these queries (CUDA, half precision)."""
     return query.is_cuda and query.dtype in (torch.bfloat16, torch.float16)
+
+
+@functools.lru_cache(maxsize=4)
+def _parameters(function) -> frozenset[str]:
+    """Names ``function`` takes (looked up once, not on every layer of every batch)."""
+    return frozenset(inspect.signature(function).parameters)
 
 
 def _varlen_options(parameters, scaling: float | None, head_dim: int, grouped: bool) -> dict:

@@ -155,14 +155,12 @@ def packing_is_exact(body: torch.nn.Module, device: torch.device, vocab_size: in
     first = torch.randint(0, vocab_size, (7,), generator=generator).tolist()
     second = torch.randint(0, vocab_size, (9,), generator=generator).tolist()
     probe = [ScoredSequence(first, 0, 7), ScoredSequence(second, 0, 9)]
-    try:
-        with torch.inference_mode():
-            packed, _ = run_body(body, pack(probe, 0, 16).to(device))
-            alone = torch.cat([run_body(body, collate([sequence], 0).to(device))[0] for sequence in probe])
-    except Exception as error:  # e.g. an attention kernel that cannot run this model: fall back, say why
-        logger.info("packed layout unavailable (%s: %s)", type(error).__name__, error)
-        return False
-    return _agrees(packed, alone, body)
+
+    def both_ways():
+        packed, _ = run_body(body, pack(probe, 0, 16).to(device))
+        return packed, torch.cat([run_body(body, collate([sequence], 0).to(device))[0] for sequence in probe])
+
+    return _layout_agrees("packed", body, both_ways)
 
 
 def shared_prompt_sums(
@@ -222,15 +220,26 @@ def shared_prompt_is_exact(body: torch.nn.Module, device: torch.device, vocab_si
     prompt = torch.randint(0, vocab_size, (5,), generator=generator).tolist()
     chosen = ScoredSequence(prompt + torch.randint(0, vocab_size, (4,), generator=generator).tolist(), 4, 8)
     rejected = ScoredSequence(prompt + torch.randint(0, vocab_size, (6,), generator=generator).tolist(), 4, 10)
+
+    def both_ways():
+        _, shared = _shared_prompt_pass(body, chosen, rejected, device)
+        alone = body(input_ids=torch.tensor([rejected.input_ids], device=device),
+                     use_cache=False).last_hidden_state[0, rejected.start : rejected.end]
+        return shared[: len(alone)], alone
+
+    return _layout_agrees("shared-prompt", body, both_ways)
+
+
+def _layout_agrees(layout: str, body: torch.nn.Module, both_ways: Callable) -> bool:
+    """Run a probe's ``(candidate, reference)`` hidden states and compare them; a probe that raises
+    (a kernel or cache this model cannot use) counts as a mismatch, logged with the reason."""
     try:
         with torch.inference_mode():
-            _, shared = _shared_prompt_pass(body, chosen, rejected, device)
-            alone = body(input_ids=torch.tensor([rejected.input_ids], device=device),
-                         use_cache=False).last_hidden_state[0, rejected.start : rejected.end]
-    except Exception as error:  # a body without a usable cache: fall back, say why
-        logger.info("shared-prompt layout unavailable (%s: %s)", type(error).__name__, error)
+            candidate, reference = both_ways()
+    except Exception as error:
+        logger.info("%s layout unavailable (%s: %s)", layout, type(error).__name__, error)
         return False
-    return _agrees(shared[: len(alone)], alone, body)
+    return _agrees(candidate, reference, body)
 
 
 def _agrees(candidate: torch.Tensor, reference: torch.Tensor, body: torch.nn.Module) -> bool:
