@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU check of the project, most important first (for a session with a GPU machine).
-#   bash benchmarks/gpu_session.sh [OUTPUT_FOLDER] [core|levers|all]
-# core   (about 6 minutes on an H100): bf16-vs-fp32 agreement, OLMo-1B default (padded), Llama-8B long context
+#   bash benchmarks/gpu_session.sh [OUTPUT_FOLDER] [core|hh|levers|all]  (all: in that order)
+# core   (about 6 minutes on an H100): the varlen kernel's causal alignment, bf16-vs-fp32 agreement, OLMo-1B default (padded), Llama-8B long context
 # levers (about 6 minutes): OLMo-1B packed, OLMo-1B padded with torch.compile, packed with flex attention
+# hh     (about 3 minutes): OLMo-1B on hh-rlhf rows (long shared prompts) in every layout
 # Needs torch with CUDA, transformers, and the package's other dependencies (datasets and its
 # dependencies can be installed from wheels in .whl/ first: see benchmarks/README.md).
 set -uo pipefail
@@ -21,13 +22,20 @@ run() {  # run NAME ARGS...: one benchmark, its log and JSON under $out, a failu
 }
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 olmo=(python3 benchmarks/throughput.py --device cuda --official-pairs 256)
-if [ "$part" != levers ]; then
+if [ "$part" != levers ] && [ "$part" != hh ]; then
+  run varlen-alignment python3 benchmarks/varlen_alignment.py
   run gpu-agreement python3 benchmarks/gpu_agreement.py --output "$out/gpu-agreement.json"
   run gpu-olmo1b "${olmo[@]}" --output "$out/gpu-olmo1b.json"
   run gpu-llama8b-long python3 benchmarks/throughput.py --device cuda --shape llama-8b --lengths long --pairs 128 \
       --official-pairs 16 --output "$out/gpu-llama8b-long.json"
 fi
-if [ "$part" != core ]; then
+if [ "$part" = hh ] || [ "$part" = all ]; then
+  hh=(python3 benchmarks/throughput.py --device cuda --lengths hh --pairs 1024 --official-pairs 128)
+  for layout in padded packed shared_prompt; do
+    run "gpu-olmo1b-hh-$layout" "${hh[@]}" --layout "$layout" --output "$out/gpu-olmo1b-hh-$layout.json"
+  done
+fi
+if [ "$part" = levers ] || [ "$part" = all ]; then
   run gpu-olmo1b-packed "${olmo[@]}" --official-pairs 64 --layout packed --output "$out/gpu-olmo1b-packed.json"
   run gpu-olmo1b-compile "${olmo[@]}" --official-pairs 64 --compile --output "$out/gpu-olmo1b-compile.json"
   run gpu-olmo1b-packed-flex "${olmo[@]}" --official-pairs 64 --layout packed --attn-implementation flex_attention \
