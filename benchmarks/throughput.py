@@ -159,8 +159,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=None, help="default: 1024 on GPU, 96 on CPU (32 with --quick)")
     parser.add_argument("--official-pairs", type=int, default=None, help="pairs timed in the official loop (default all)")
     parser.add_argument("--quick", action="store_true", help="CPU-friendly: fewer pairs")
-    parser.add_argument("--layout", choices=["auto", "padded", "packed", "shared_prompt"], default="auto",
-                        help="ches.score layout (auto: the device's default)")
+    parser.add_argument("--layout", choices=["auto", "prefix_shared", "packed", "padded", "shared_prompt"],
+                        default="auto", help="ches.score layout (auto: chosen by estimated cost, recorded in the JSON)")
     parser.add_argument("--batch-tokens", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="ches.score(compile=True); the warm-up compiles")
     parser.add_argument("--attn-implementation", default=None, help="ches.score(attn_implementation=...)")
@@ -200,7 +200,7 @@ def main() -> None:
     options = dict(progress=False, layout=layout, batch_tokens=args.batch_tokens, compile=args.compile,
                    attn_implementation=args.attn_implementation)
     _, warmup_times = timed(lambda: ches.score(rows[: min(8, pairs)], model, tokenizer, **options), args.device, 1)
-    scored, ches_times = timed(lambda: ches.score(rows, model, tokenizer, **options), args.device, repeats)
+    (scored, info), ches_times = timed(lambda: ches.api.score_run(rows, model, tokenizer, **options), args.device, repeats)
     ches_memory = peak_memory(args.device)
 
     rate = matmul_rate(args.device, dtype)
@@ -221,6 +221,7 @@ def main() -> None:
     result = {
         "device": device_name, "device_type": args.device, "shape": shape, "lengths": args.lengths,
         "pairs": pairs, "tokens": tokens, "dtype_ches": str(dtype), "layout": args.layout,
+        "layout_used": info.layout, "layout_reason": info.layout_reason,
         "batch_tokens": args.batch_tokens, "non_embedding_parameters": flops_per_token // 2,
         "matmul_flops_measured": rate, "matmul_dtype": str(dtype), "datasheet_flops": datasheet,
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
@@ -235,6 +236,7 @@ def main() -> None:
     result["speedup"] = result["results"][1]["tokens_per_s"] / result["results"][0]["tokens_per_s"]
     print(f"{device_name} | {shape} | {args.lengths} lengths | {pairs} pairs, {tokens} tokens | torch {torch.__version__}")
     print(f"measured matmul rate ({dtype}): {rate / 1e12:.2f} TFLOP/s")
+    print(f"layout: {info.layout} ({info.layout_reason})")
     print(f"median of {repeats} timing(s) per method")
     print(f"{'method':22s} {'samples/s':>10s} {'tokens/s':>10s} {'speed-up':>9s} {'peak GiB':>9s} {'MFU':>7s} {'MFU(sheet)':>10s}")
     for item, speed in zip(result["results"], (1.0, result["speedup"])):

@@ -18,14 +18,13 @@ import numpy as np
 import torch
 
 from . import scores
-from .attention import packed_attention
 from .cache import ShardCache, model_fingerprint, run_key
 from .distributed import Ranks
 from .embeddings import save_embeddings as write_embeddings
-from .engine import packing_is_exact, shared_prompt_is_exact
 from .errors import ChesError
 from .formats import pair_problem, to_pairs
 from .inputs import Data, load_data, pair_columns
+from .layouts import check_layout, resolve_layout
 from .models import LoadedModel, attention_kernel, load_model, max_positions, text_config
 from .runner import compute_sums, edit_distances, tokenize_shared
 from .summary import skip_reasons
@@ -36,7 +35,6 @@ logger = logging.getLogger("ches")
 SCORE_COLUMNS = ("ches", "ln_ches", "edit_distance", "last_hidden_ip", "prompt_tokens", "chosen_tokens",
                  "rejected_tokens", "ches_skip")
 CPU_BATCH_TOKENS = 1024  # measured: small batches run fastest on CPUs (docs/performance.md)
-DEFAULT_LAYOUT = {True: "padded", False: "shared_prompt"}  # by "is CUDA"; measured in docs/performance.md
 
 
 @dataclass(frozen=True)
@@ -70,6 +68,7 @@ class RunInfo:
     max_length: int | None
     batch_tokens: int
     layout: str
+    layout_reason: str
     attention: str | None
     compiled: bool
     processes: int
@@ -128,11 +127,12 @@ def score(
             safetensors file (one file per split, ``name.SPLIT.safetensors``, for a DatasetDict).
         layout: how sequences meet the model: ``"padded"`` (length-sorted, right-padded batches),
             ``"packed"`` (sequences back to back, restarting position ids; padding-free attention, see
-            :mod:`ches.attention`) or ``"shared_prompt"``
-            (pair by pair, the prompt run once through a KV cache). ``None``: the measured default
-            for the device (``shared_prompt`` on CPU, ``padded`` on CUDA; see docs/performance.md).
-            ``packed`` and ``shared_prompt`` are used only after a probe on the model itself shows
-            they give the same hidden states as ``padded``; otherwise ``padded`` is used (logged).
+            :mod:`ches.attention`), ``"prefix_shared"`` (each pair as ``prompt | chosen | rejected``, the
+            prompt computed once, pairs packed back to back) or ``"shared_prompt"`` (pair by pair, the
+            prompt run once through a KV cache). ``None``: the layout estimated to be cheapest for these
+            lengths on this device (:mod:`ches.layouts`; the choice and why are in the run metadata).
+            Layouts other than ``padded`` are used only after a probe on the model itself shows they
+            give the same hidden states as ``padded``; otherwise the next one is used (logged).
         device_map, max_memory, offload_folder: passed to ``from_pretrained`` for models larger than
             one device (e.g. ``device_map="auto", max_memory={0: "70GiB", "cpu": "200GiB"}``).
         attn_implementation: the attention kernel, e.g. ``"flash_attention_2"`` (needs flash-attn;
@@ -179,6 +179,7 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
         raise ChesError(f"max_length={max_length!r} must be an integer >= 2 (or None for no truncation).")
     if batch_tokens is not None and (not isinstance(batch_tokens, int) or batch_tokens < 1):
         raise ChesError(f"batch_tokens={batch_tokens!r} must be a positive integer.")
+    check_layout(layout)
     dataset = load_data(data, split)
     parts = dataset if isinstance(dataset, datasets.DatasetDict) else {None: dataset}
     pairs = {name: _validated_pairs(part, name) for name, part in parts.items()}
@@ -189,23 +190,24 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
                         device_map=device_map, max_memory=max_memory, offload_folder=offload_folder,
                         attn_implementation=attn_implementation)
     budget = batch_tokens or default_batch_tokens(loaded)
+    plans = {name: plan_pairs(pairs[name], loaded, max_length=max_length, ranks=ranks) for name in parts}
     with contextlib.ExitStack() as scope:  # an attention kernel switched for packed rows is restored on exit
-        layout = _resolve_layout(layout, loaded, scope)
+        choice = resolve_layout(layout, loaded, [work for plan in plans.values() for work in plan.work], budget, scope)
         if compile:  # after the layout probes, so their tiny shapes are not compiled
             loaded = dataclasses.replace(loaded, body=torch.compile(loaded.body, dynamic=True))
         info = RunInfo(
             model=loaded.name, model_revision=getattr(loaded.model.config, "_commit_hash", None),
             tokenizer=getattr(loaded.tokenizer, "name_or_path", "") or type(loaded.tokenizer).__name__,
             dtype=str(loaded.dtype).removeprefix("torch."), device=str(loaded.device), max_length=max_length,
-            batch_tokens=budget, layout=layout, attention=attention_kernel(loaded.model), compiled=compile,
-            processes=ranks.world, split=split,
+            batch_tokens=budget, layout=choice.layout, layout_reason=choice.reason,
+            attention=attention_kernel(loaded.model), compiled=compile, processes=ranks.world, split=split,
             dataset_fingerprints={_key(name): getattr(part, "_fingerprint", "") for name, part in parts.items()},
             started=started,
         )
         results = {}
         for name, part in parts.items():
-            rows = score_pairs(pairs[name], loaded, max_length=max_length, batch_tokens=budget, progress=progress,
-                               layout=layout, cache_dir=cache_dir, ranks=ranks)
+            rows = score_planned(plans[name], loaded, batch_tokens=budget, progress=progress, layout=choice.layout,
+                                 cache_dir=cache_dir, ranks=ranks)
             results[name] = _with_columns(part, rows.columns)
             key = _key(name)
             info.rows[key] = len(part)
@@ -233,37 +235,6 @@ def default_batch_tokens(loaded: LoadedModel) -> int:
     per_token = torch.finfo(loaded.dtype).bits // 8 * (6 * loaded.hidden_size + 3 * intermediate) + 8 * loaded.hidden_size
     free, _ = torch.cuda.mem_get_info(loaded.device)
     return int(min(max(free // 2 // per_token, 4096), 131072)) // 64 * 64
-
-
-def _resolve_layout(layout: str | None, loaded: LoadedModel, scope: contextlib.ExitStack) -> str:
-    """The layout to use: the one asked for (or the device's default) if the model handles it exactly.
-
-    For ``packed``, a model on a masked attention kernel is first tried with the padding-free kernel
-    of :mod:`ches.attention` (kept switched on until ``scope`` closes), then with its own kernel.
-    """
-    wanted = DEFAULT_LAYOUT[loaded.device.type == "cuda"] if layout is None else layout
-    probes = {"padded": None, "packed": packing_is_exact, "shared_prompt": shared_prompt_is_exact}
-    if wanted not in probes:
-        raise ChesError(f"layout={layout!r} is not one of {sorted(probes)} (or None for the device's default).")
-    if wanted == "packed" and _switch_to_varlen(loaded, scope):
-        return wanted
-    probe = probes[wanted]
-    if probe is None or probe(loaded.body, loaded.device, loaded.vocab_size):
-        return wanted
-    logger.warning("%s does not give the same hidden states with layout %r; scoring with 'padded' instead",
-                   loaded.name, wanted)
-    return "padded"
-
-
-def _switch_to_varlen(loaded: LoadedModel, scope: contextlib.ExitStack) -> bool:
-    """Run the model on the padding-free packed kernel until ``scope`` closes, if the probe shows it exact."""
-    attempt = contextlib.ExitStack()
-    if attempt.enter_context(packed_attention(loaded.model)) and packing_is_exact(loaded.body, loaded.device,
-                                                                                  loaded.vocab_size):
-        scope.enter_context(attempt.pop_all())
-        return True
-    attempt.close()
-    return False
 
 
 def _key(split_name: str | None) -> str:
@@ -306,16 +277,38 @@ def _validated_pairs(dataset: datasets.Dataset, split_name: str | None):
         raise ChesError(f"split {split_name!r}: {error}") from None
 
 
-def score_pairs(pairs, loaded: LoadedModel, *, max_length: int | None, batch_tokens: int, progress: bool,
-                layout: str = "padded", cache_dir: str | os.PathLike | None = None,
-                ranks: Ranks | None = None) -> ScoredRows:
-    """Score normalized pairs with a loaded model; the pipeline without the dataset plumbing."""
-    ranks = ranks or Ranks()
-    tokenized = tokenize_shared(pairs, loaded.tokenizer, ranks)
+@dataclass(frozen=True)
+class PlannedPairs:
+    """Pairs tokenized and planned, before any forward pass.
+
+    Attributes:
+        plans: per row, its two :class:`~ches.tokens.ScoredSequence` (chosen, rejected), or the reason it
+            cannot be scored.
+        tokenized: per row, its TRL token ids.
+        owners: the rows that are scored; ``work[k]`` is row ``owners[k]``'s pair of sequences.
+    """
+
+    plans: list
+    tokenized: list[TokenizedPair]
+    owners: list[int]
+    work: list
+
+
+def plan_pairs(pairs, loaded: LoadedModel, *, max_length: int | None, ranks: Ranks | None = None) -> PlannedPairs:
+    """Tokenize normalized pairs (shared over ranks) and plan the sequences to run, or each row's skip reason."""
+    tokenized = tokenize_shared(pairs, loaded.tokenizer, ranks or Ranks())
     context = max_positions(loaded.model)
-    planned = [pair_problem(pair) or _plan(tokens, max_length, context) for pair, tokens in zip(pairs, tokenized)]
-    owners = [row for row, plan in enumerate(planned) if not isinstance(plan, str)]
-    work = [planned[row] for row in owners]
+    plans = [pair_problem(pair) or _plan(tokens, max_length, context) for pair, tokens in zip(pairs, tokenized)]
+    owners = [row for row, plan in enumerate(plans) if not isinstance(plan, str)]
+    return PlannedPairs(plans, tokenized, owners, [plans[row] for row in owners])
+
+
+def score_planned(planned: PlannedPairs, loaded: LoadedModel, *, batch_tokens: int, progress: bool,
+                  layout: str = "padded", cache_dir: str | os.PathLike | None = None,
+                  ranks: Ranks | None = None) -> ScoredRows:
+    """Run the model over planned pairs in ``layout`` (already resolved for the model) and score them."""
+    ranks = ranks or Ranks()
+    work = planned.work
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     cache = None
     if cache_dir is not None:
@@ -328,7 +321,7 @@ def score_pairs(pairs, loaded: LoadedModel, *, max_length: int | None, batch_tok
     bar = _progress_bar(len(work), progress and ranks.is_main)
     sums, reused = compute_sums(work, loaded, layout=layout, batch_tokens=batch_tokens, pad_id=pad_id, ranks=ranks,
                                 cache=cache, on_pairs=bar.update if bar is not None else None)
-    result = _assemble(planned, tokenized, owners, sums, edit_distances(planned, ranks))
+    result = _assemble(planned.plans, planned.tokenized, planned.owners, sums, edit_distances(planned.plans, ranks))
     summary = _summary(result, loaded.name) + (f"; {reused} finished chunks reused from {cache.folder}" if reused else "")
     if bar is not None:
         bar.close()

@@ -4,16 +4,22 @@ Packed rows (:func:`ches.batches.pack`) hold several sequences whose position id
 With SDPA or eager attention, transformers turns those restarts into a block-diagonal mask over
 the whole row: every row pays ``row_length ** 2`` attention work, and a masked kernel. The kernel
 here reads the sequence boundaries off the position ids instead and attends within each sequence,
-``sum(length ** 2)`` work and no mask:
+``sum(length ** 2)`` work and no mask.
+
+The same reading covers prefix-shared rows (:func:`ches.batches.pack_groups`: ``prompt | chosen |
+rejected``, the prompt written once). A segment begins wherever a position id does not continue the
+one before it; a segment beginning at position ``p > 0`` continues the first ``p`` tokens (the prompt)
+of the last segment that began at 0. Its queries attend to those ``p`` keys and, causally, to its own:
+query ``i`` sees keys ``0 .. p + i``, a causal mask aligned to the bottom-right corner.
 
 - on CUDA in bf16/fp16: PyTorch's FlashAttention varlen kernel (``torch.nn.attention.varlen``),
-  every sequence of the batch in one call;
-- elsewhere (CPUs, float32): causal SDPA once per sequence.
+  every segment of the batch in one call (each segment's keys gathered behind its prompt's);
+- elsewhere (CPUs, float32): SDPA once per segment.
 
 It is registered with transformers' attention registry under :data:`VARLEN` and switched on only for
-the duration of a packed run (:func:`packed_attention`); the engine's packing probe checks it on the
-model itself before any scoring, and a model it does not fit (sliding windows, soft-capping, no
-position ids reaching attention) keeps its own kernel.
+the duration of a packed run (:func:`packed_attention`); the engine's probes check it on the model
+itself before any scoring, and a model it does not fit (sliding windows, soft-capping, no position ids
+reaching attention) keeps its own kernel.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import functools
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -29,18 +36,52 @@ VARLEN = "ches_varlen"
 MASKED_KERNELS = ("sdpa", "eager")  # kernels that would build a block-diagonal mask for packed rows
 
 
-def sequence_bounds(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Cumulative start offsets of the sequences in the flattened rows, and the longest sequence.
+@dataclass(frozen=True)
+class Segments:
+    """The attention segments of flattened packed rows, read off their position ids.
 
-    A sequence starts wherever the position id is 0; the rows are read one after the other.
+    Attributes:
+        query_bounds: ``[S + 1]`` int32 cumulative starts of the segments (queries, in the flat rows).
+        key_bounds: ``[S + 1]`` int32 cumulative starts of each segment's keys in ``key_index``.
+        key_index: ``[K]`` flat position of every key, segment by segment: a continuing segment's shared
+            prefix first, then its own tokens; ``None`` when no segment continues another (keys = queries).
+        longest_query, longest_key: the longest segment and key range.
+    """
 
-    >>> sequence_bounds(torch.tensor([[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]))
-    (tensor([ 0,  3,  5,  7, 10], dtype=torch.int32), 3)
+    query_bounds: torch.Tensor
+    key_bounds: torch.Tensor
+    key_index: torch.Tensor | None
+    longest_query: int
+    longest_key: int
+
+
+def segments(position_ids: torch.Tensor) -> Segments:
+    """:class:`Segments` of packed rows: a segment starts wherever a position id does not continue the
+    previous one; one starting at ``p > 0`` also attends to the first ``p`` tokens of the last segment
+    that started at 0.
+
+    >>> found = segments(torch.tensor([[0, 1, 2, 3, 2, 3, 0, 1]]))  # prompt [0, 1], two completions; a sequence
+    >>> found.query_bounds.tolist(), found.key_bounds.tolist(), found.key_index.tolist()
+    ([0, 4, 6, 8], [0, 4, 8, 10], [0, 1, 2, 3, 0, 1, 4, 5, 6, 7])
     """
     flat = position_ids.reshape(-1)
-    starts = torch.nonzero(flat == 0).reshape(-1)
-    bounds = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
-    return bounds, int((bounds[1:] - bounds[:-1]).max())
+    breaks = torch.ones_like(flat, dtype=torch.bool)
+    breaks[1:] = flat[1:] != flat[:-1] + 1
+    starts = torch.nonzero(breaks).reshape(-1)
+    lengths = torch.diff(starts, append=starts.new_tensor([flat.numel()]))
+    prefix = flat[starts]  # tokens of the root segment a segment continues (0 for a root)
+    root_start = torch.cummax(torch.where(prefix == 0, starts, torch.zeros_like(starts)), 0).values
+    query_bounds = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
+    key_lengths = lengths + prefix
+    key_bounds = torch.nn.functional.pad(torch.cumsum(key_lengths, 0), (1, 0)).to(torch.int32)
+    longest_query, longest_key, continuing = torch.stack([lengths.max(), key_lengths.max(), prefix.max()]).tolist()
+    if continuing == 0:  # no segment continues another: the keys are the queries
+        return Segments(query_bounds, query_bounds, None, longest_query, longest_query)
+    segment = torch.repeat_interleave(torch.arange(len(starts), device=flat.device), key_lengths)
+    offset = torch.arange(int(key_bounds[-1]), device=flat.device) - key_bounds[:-1].long()[segment]
+    key_index = torch.where(offset < prefix[segment], root_start[segment] + offset,
+                            starts[segment] + offset - prefix[segment])
+    return Segments(query_bounds, key_bounds, key_index, longest_query, longest_key)
 
 
 @torch.compiler.disable  # data-dependent bounds: under torch.compile this one call runs eagerly, quietly
@@ -69,11 +110,13 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     if reasons:
         raise ValueError(f"{VARLEN} cannot run this attention: {', '.join(reasons)}")
     rows, heads, length, head_dim = query.shape
-    bounds, longest = sequence_bounds(position_ids)
+    found = segments(position_ids)
     flat_query, flat_key, flat_value = (
         tensor.transpose(1, 2).reshape(rows * length, tensor.shape[1], tensor.shape[3])
         for tensor in (query, key, value)
     )
+    if found.key_index is not None:  # each continuing segment's keys: its prompt's, then its own
+        flat_key, flat_value = flat_key[found.key_index], flat_value[found.key_index]
     grouped = key.shape[1] != heads
     if fused_kernel_applies(query):
         from torch.nn.attention.varlen import varlen_attn
@@ -82,17 +125,35 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         if grouped and "enable_gqa" not in parameters:  # older torch: give every query head its key/value head
             flat_key, flat_value = (tensor.repeat_interleave(heads // key.shape[1], dim=1)
                                     for tensor in (flat_key, flat_value))
-        output = varlen_attn(flat_query, flat_key, flat_value, bounds, bounds, longest, longest,
+        output = varlen_attn(flat_query, flat_key, flat_value, found.query_bounds, found.key_bounds,
+                             found.longest_query, found.longest_key,
                              **_varlen_options(parameters, scaling, head_dim, grouped))
     else:
         output = torch.empty_like(flat_query)
-        edges = bounds.tolist()
-        for begin, end in zip(edges[:-1], edges[1:]):
-            heads_first = [tensor[begin:end].transpose(0, 1).unsqueeze(0) for tensor in (flat_query, flat_key, flat_value)]
-            output[begin:end] = torch.nn.functional.scaled_dot_product_attention(  # 4-D: SDPA's fused CPU kernel
-                *heads_first, is_causal=True, scale=scaling, enable_gqa=grouped,
+        for (begin, end), (key_begin, key_end) in zip(_pairs(found.query_bounds), _pairs(found.key_bounds)):
+            q = flat_query[begin:end].transpose(0, 1).unsqueeze(0)  # 4-D: SDPA's fused CPU kernel
+            k, v = (tensor[key_begin:key_end].transpose(0, 1).unsqueeze(0) for tensor in (flat_key, flat_value))
+            shared = (key_end - key_begin) - (end - begin)  # keys of the prompt this segment continues
+            mask = None if shared == 0 else _lower_right_causal(end - begin, key_end - key_begin, query.device)
+            output[begin:end] = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=grouped,
             )[0].transpose(0, 1)
     return output.reshape(rows, length, heads, head_dim), None
+
+
+def _pairs(bounds: torch.Tensor) -> list[tuple[int, int]]:
+    edges = bounds.tolist()
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _lower_right_causal(queries: int, keys: int, device: torch.device) -> torch.Tensor:
+    """``[queries, keys]`` boolean mask: query ``i`` sees keys ``0 .. keys - queries + i``.
+
+    >>> _lower_right_causal(2, 4, torch.device("cpu")).int().tolist()
+    [[1, 1, 1, 0], [1, 1, 1, 1]]
+    """
+    shift = keys - queries
+    return torch.arange(keys, device=device)[None, :] <= torch.arange(queries, device=device)[:, None] + shift
 
 
 def fused_kernel_applies(query: torch.Tensor) -> bool:

@@ -56,15 +56,6 @@ class Batch:
             self.input_ids, self.sum_positions, self.sum_rows, self.last_positions, self.position_ids)))
 
 
-def longest_first(sequences: Sequence[ScoredSequence]) -> list[int]:
-    """Indices of ``sequences`` from longest to shortest (stable), so memory peaks in the first batch.
-
-    >>> longest_first([ScoredSequence([1, 2], 0, 1), ScoredSequence([1, 2, 3], 0, 2)])
-    [1, 0]
-    """
-    return sorted(range(len(sequences)), key=lambda index: -len(sequences[index].input_ids))
-
-
 def padded_length(length: int, multiple: int) -> int:
     """``length`` rounded up to a multiple of ``multiple``.
 
@@ -124,10 +115,44 @@ def pack(sequences: Sequence[ScoredSequence], pad_id: int, row_length: int) -> B
     >>> batch.sum_positions.tolist(), batch.sum_rows.tolist(), batch.last_positions.tolist()
     ([0, 1, 3], [0, 0, 1], [1, 3])
     """
-    rows: list[list[int]] = []  # sequence indices per row
+    return pack_groups([[sequence] for sequence in sequences], pad_id, row_length)
+
+
+def group_length(group: Sequence[ScoredSequence]) -> int:
+    """Tokens a group of sequences with one shared prompt takes when the prompt is written once.
+
+    >>> group_length([ScoredSequence([1, 2, 3, 4], 1, 3), ScoredSequence([1, 2, 5], 1, 2)])
+    5
+    """
+    prompt = group[0].start + 1
+    return prompt + sum(len(sequence.input_ids) - prompt for sequence in group)
+
+
+def pack_groups(groups: Sequence[Sequence[ScoredSequence]], pad_id: int, row_length: int) -> Batch:
+    """Pack groups of sequences that share a prompt into rows of ``row_length`` tokens, first fit; each
+    group is written ``prompt | rest of sequence 1 | rest of sequence 2 | ...`` (the prefix-shared layout).
+
+    The sequences of a group share their first ``start + 1`` tokens (the prompt). Position ids run
+    ``0 .. P-1`` over the prompt and restart at ``P`` for the rest of each sequence, so a sequence's
+    tokens keep the positions they have alone; :mod:`ches.attention` reads the segments back off the
+    position ids (a segment starting at ``p > 0`` attends to the first ``p`` tokens of the last segment
+    that started at 0, and to itself). The summed positions of a later sequence begin at the prompt's
+    last position, whose hidden state predicts its first completion token. A group of one sequence is
+    that sequence, as :func:`pack` writes it. Sequence ``j`` of group ``i`` is sequence
+    ``sum(len(g) for g in groups[:i]) + j`` of the batch (``sum_rows``/``last_positions``).
+
+    >>> prompt = [1, 2]
+    >>> batch = pack_groups([[ScoredSequence(prompt + [3, 4], 1, 3), ScoredSequence(prompt + [5, 6, 7], 1, 4)]],
+    ...                     pad_id=0, row_length=8)
+    >>> batch.input_ids.tolist(), batch.position_ids.tolist()
+    ([[1, 2, 3, 4, 5, 6, 7, 0]], [[0, 1, 2, 3, 2, 3, 4, 0]])
+    >>> batch.sum_positions.tolist(), batch.sum_rows.tolist(), batch.last_positions.tolist()
+    ([1, 2, 1, 4, 5], [0, 0, 1, 1, 1], [2, 5])
+    """
+    rows: list[list[int]] = []  # group indices per row
     used: list[int] = []
-    for index, sequence in enumerate(sequences):
-        length = len(sequence.input_ids)
+    for index, group in enumerate(groups):
+        length = group_length(group)
         slot = next((row for row, filled in enumerate(used) if filled + length <= row_length), None)
         if slot is None:
             rows.append([])
@@ -137,18 +162,32 @@ def pack(sequences: Sequence[ScoredSequence], pad_id: int, row_length: int) -> B
         used[slot] += length
     flat_ids: list[int] = []
     flat_positions: list[int] = []
-    offsets = [0] * len(sequences)  # where each sequence starts in the flattened rows
+    member_offsets: dict[int, list[int]] = {}  # per group: where each member's rest (after the prompt) begins
+    prompt_ends: dict[int, int] = {}  # per group: flat index of the prompt's last token
     for row, members in enumerate(rows):
         for index in members:
-            offsets[index] = len(flat_ids)
-            flat_ids += sequences[index].input_ids
-            flat_positions += range(len(sequences[index].input_ids))
+            group = groups[index]
+            prompt = group[0].start + 1
+            flat_ids += group[0].input_ids[:prompt]
+            flat_positions += range(prompt)
+            prompt_ends[index] = len(flat_ids) - 1
+            member_offsets[index] = []
+            for sequence in group:
+                member_offsets[index].append(len(flat_ids))
+                flat_ids += sequence.input_ids[prompt:]
+                flat_positions += range(prompt, len(sequence.input_ids))
         tail = (row + 1) * row_length - len(flat_ids)
         flat_ids += [pad_id] * tail
         flat_positions += range(tail)
-    base = torch.tensor(offsets)
-    starts = torch.tensor([sequence.start for sequence in sequences]) + base
-    ends = torch.tensor([sequence.end for sequence in sequences]) + base
+    sequences = [sequence for group in groups for sequence in group]
+    offsets = torch.tensor([offset for index in range(len(groups)) for offset in member_offsets[index]])
+    prompt_last = torch.tensor([prompt_ends[index] for index, group in enumerate(groups) for _ in group])
+    prompt_length = torch.tensor([sequence.start + 1 for sequence in sequences])
+    ends = torch.tensor([sequence.end for sequence in sequences]) - prompt_length + offsets
+    positions = summed_positions(offsets - 1, ends)  # as if each rest followed its prompt directly ...
+    first_of_sequence = torch.cumsum(ends - offsets + 1, 0) - (ends - offsets + 1)
+    positions["sum_positions"][first_of_sequence] = prompt_last  # ... whose last position is shared
+    positions["last_positions"] = torch.where(ends == offsets, prompt_last, ends - 1)
     return Batch(input_ids=torch.tensor(flat_ids, dtype=torch.long).reshape(len(rows), row_length),
                  position_ids=torch.tensor(flat_positions, dtype=torch.long).reshape(len(rows), row_length),
-                 **summed_positions(starts, ends))
+                 **positions)

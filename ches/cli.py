@@ -109,8 +109,9 @@ def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
     parser.add_argument("--batch-tokens", type=int, help="token slots per forward batch")
-    parser.add_argument("--layout", choices=["padded", "packed", "shared_prompt"],
-                        help="how sequences are batched (default: shared_prompt on CPU, padded on CUDA)")
+    parser.add_argument("--layout", choices=["prefix_shared", "packed", "padded", "shared_prompt"],
+                        help="how sequences are batched (default: the cheapest by an estimate from the lengths, "
+                             "probed on the model; see docs/performance.md)")
     parser.add_argument("--attn-implementation",
                         help="attention kernel, e.g. flash_attention_2 (with --layout packed), flex_attention, sdpa")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder body (pays on long runs)")

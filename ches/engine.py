@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-from .batches import Batch, collate, longest_first, pack, padded_length, rows_that_fit
+from .batches import Batch, collate, group_length, pack, pack_groups, padded_length, rows_that_fit
 from .errors import ChesError
 from .tokens import ScoredSequence
 
@@ -61,6 +61,7 @@ def hidden_sums(
     pad_multiple: int = 1,
     packing: bool = False,
     one_row: bool = False,
+    groups: Sequence[Sequence[int]] | None = None,
     on_done: Callable[[list[int]], None] | None = None,
 ) -> HiddenSums:
     """Run ``body`` over ``sequences`` in token-budget batches and collect :class:`HiddenSums`.
@@ -82,25 +83,33 @@ def hidden_sums(
             only to ``pad_multiple``): for attention kernels that take the sequence bounds from the
             position ids (:mod:`ches.attention`). Otherwise rows are as long as the longest sequence,
             which bounds the block-diagonal mask a masked kernel builds.
+        groups: sequences that share a prompt, run with the prompt written once (the prefix-shared
+            layout, :func:`ches.batches.pack_groups`; needs ``packing`` and ``one_row``, and
+            :func:`prefix_sharing_is_exact` for the model). Default: every sequence on its own.
         on_done: called with the indices of the sequences of each finished batch.
     """
+    if groups is not None and not (packing and one_row):
+        raise ValueError("groups (shared prompts) need packing=True and one_row=True")
+    units = [[index] for index in range(len(sequences))] if groups is None else [list(group) for group in groups]
+    lengths = [group_length([sequences[index] for index in unit]) for unit in units]
     finished: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []  # kept on the device until the end,
-    remaining = longest_first(sequences)  # so the host prepares the next batch while the device computes
+    remaining = sorted(range(len(units)), key=lambda unit: -lengths[unit])  # so the host prepares the next batch
     budget = batch_tokens
-    row_length = padded_length(len(sequences[remaining[0]].input_ids), pad_multiple) if remaining else 0
+    row_length = padded_length(lengths[remaining[0]], pad_multiple) if remaining else 0
     with torch.inference_mode():
         while remaining:
-            longest = len(sequences[remaining[0]].input_ids)
+            longest = lengths[remaining[0]]
             if packing and one_row:
-                chosen = _fill(remaining, sequences, budget)
-                tokens = sum(len(sequences[index].input_ids) for index in chosen)
-                batch = pack([sequences[index] for index in chosen], pad_id, padded_length(tokens, pad_multiple))
+                chosen = _fill(remaining, lengths, budget)
+                tokens = sum(lengths[unit] for unit in chosen)
+                batch = pack_groups([[sequences[index] for index in units[unit]] for unit in chosen], pad_id,
+                                    padded_length(tokens, pad_multiple))
             elif packing:
-                chosen = _fill(remaining, sequences, max(budget, row_length))
-                batch = pack([sequences[index] for index in chosen], pad_id, row_length)
+                chosen = _fill(remaining, lengths, max(budget, row_length))
+                batch = pack([sequences[unit] for unit in chosen], pad_id, row_length)
             else:
                 chosen = remaining[: rows_that_fit(longest, budget, pad_multiple)]
-                batch = collate([sequences[index] for index in chosen], pad_id, pad_multiple)
+                batch = collate([sequences[unit] for unit in chosen], pad_id, pad_multiple)
             try:
                 batch_sums, batch_last = run_body(body, batch.to(device))
             except torch.OutOfMemoryError:
@@ -113,31 +122,32 @@ def hidden_sums(
                     continue
                 if len(chosen) == 1:
                     raise ChesError(
-                        f"a single sequence of {longest} tokens does not fit in device memory; pass max_length= "
-                        "to truncate, or a smaller dtype."
+                        f"a single {'sequence' if groups is None else 'pair'} of {longest} tokens does not fit in "
+                        "device memory; pass max_length= to truncate, or a smaller dtype."
                     ) from None
                 budget = max(budget // 2, 1)
                 logger.warning("out of memory with %d sequences (longest %d tokens); halving batch_tokens to %d",
                                len(chosen), longest, budget)
                 continue
-            finished.append((chosen, batch_sums, batch_last))
+            members = [index for unit in chosen for index in units[unit]]
+            finished.append((members, batch_sums, batch_last))
             remaining = remaining[len(chosen):]
             if on_done is not None:
-                on_done(chosen)
+                on_done(members)
     sums = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
     last = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
-    for chosen, batch_sums, batch_last in finished:
-        index = torch.tensor(chosen)
+    for members, batch_sums, batch_last in finished:
+        index = torch.tensor(members)
         sums[index] = batch_sums.cpu()
         last[index] = batch_last.cpu()
     return HiddenSums(sums=sums, last=last)
 
 
-def _fill(remaining: list[int], sequences: Sequence[ScoredSequence], capacity: int) -> list[int]:
+def _fill(remaining: list[int], lengths: Sequence[int], capacity: int) -> list[int]:
     """The longest-first prefix of ``remaining`` whose lengths add up to at most ``capacity`` (at least one)."""
     total, count = 0, 0
     for index in remaining:
-        total += len(sequences[index].input_ids)
+        total += lengths[index]
         if total > capacity and count:
             break
         count += 1
@@ -161,6 +171,33 @@ def packing_is_exact(body: torch.nn.Module, device: torch.device, vocab_size: in
         return packed, torch.cat([run_body(body, collate([sequence], 0).to(device))[0] for sequence in probe])
 
     return _layout_agrees("packed", body, both_ways)
+
+
+def prefix_sharing_is_exact(body: torch.nn.Module, device: torch.device, vocab_size: int) -> bool:
+    """Whether prefix-shared rows (``prompt | chosen | rejected``, :func:`ches.batches.pack_groups`) give
+    this model the same hidden sums as each sequence run alone.
+
+    Two random pairs and a lone sequence are packed into one row; a model whose attention lets the
+    rejected tokens see the chosen ones, or ignores the continuing position ids, disagrees.
+    """
+    generator = torch.Generator().manual_seed(2)
+
+    def tokens(count):
+        return torch.randint(0, vocab_size, (count,), generator=generator).tolist()
+
+    first, second = tokens(5), tokens(3)
+    groups = [[ScoredSequence(first + tokens(4), 4, 8), ScoredSequence(first + tokens(6), 4, 10)],
+              [ScoredSequence(tokens(6), 0, 5)],
+              [ScoredSequence(second + tokens(2), 2, 4), ScoredSequence(second + tokens(5), 2, 7)]]
+    alone = [sequence for group in groups for sequence in group]
+
+    def both_ways():
+        shared = run_body(body, pack_groups(groups, 0, sum(map(group_length, groups)) + 3).to(device))
+        separate = [run_body(body, collate([sequence], 0).to(device)) for sequence in alone]
+        return torch.cat(shared), torch.cat([torch.cat([sums for sums, _ in separate]),
+                                             torch.cat([last for _, last in separate])])
+
+    return _layout_agrees("prefix-shared", body, both_ways)
 
 
 def shared_prompt_sums(

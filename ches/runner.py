@@ -39,13 +39,17 @@ def plan_chunks(pairs: Sequence[tuple[ScoredSequence, ScoredSequence]], chunk_pa
 
 def run_chunk(sequences: list[ScoredSequence], loaded, *, layout: str, batch_tokens: int, pad_id: int,
               on_done: Callable[[list[int]], None] | None) -> HiddenSums:
-    """The engine call for one chunk, in the chosen layout."""
+    """The engine call for one chunk, in the chosen layout (``sequences`` alternate chosen, rejected)."""
     if layout == "shared_prompt":
         return shared_prompt_sums(loaded.body, sequences, hidden_size=loaded.hidden_size, device=loaded.device,
                                   on_done=on_done)
+    varlen = attention_kernel(loaded.model) == VARLEN
+    if layout == "prefix_shared" and not varlen:
+        raise ValueError("the prefix_shared layout runs on ches' padding-free kernel only")
+    pairs = [(index, index + 1) for index in range(0, len(sequences), 2)] if layout == "prefix_shared" else None
     return hidden_sums(loaded.body, sequences, hidden_size=loaded.hidden_size, batch_tokens=batch_tokens,
                        device=loaded.device, pad_id=pad_id, pad_multiple=64 if loaded.device.type == "cuda" else 1,
-                       packing=layout == "packed", one_row=attention_kernel(loaded.model) == VARLEN, on_done=on_done)
+                       packing=layout in ("packed", "prefix_shared"), one_row=varlen, groups=pairs, on_done=on_done)
 
 
 def tokenize_shared(pairs: Sequence[Pair], tokenizer, ranks: Ranks) -> list[TokenizedPair]:

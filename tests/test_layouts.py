@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import ches
+import ches.layouts
 from ches.engine import packing_is_exact
 from conftest import ARCHITECTURES, hh_rows
 
@@ -30,13 +31,13 @@ def assert_same(first, second, rtol=1e-5):
         np.testing.assert_allclose(left, right, rtol=0, atol=rtol * scale, err_msg=measure)  # NaNs must match too
 
 
-@pytest.mark.parametrize("layout", ["packed", "packed-masked", "shared_prompt"])
+@pytest.mark.parametrize("layout", ["prefix_shared", "packed", "packed-masked", "shared_prompt"])
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_layout_equals_padded(architecture, layout, tokenizer, tiny_model, caplog, monkeypatch):
     # packed: the padding-free kernel of ches.attention; packed-masked: the model's own SDPA with the
     # block-diagonal mask transformers builds from restarting position ids
     if layout == "packed-masked":
-        monkeypatch.setattr(ches.api, "packed_attention", no_varlen)
+        monkeypatch.setattr(ches.layouts, "packed_attention", no_varlen)
         layout = "packed"
     rows = hh_rows(16, start=200)
     model = tiny_model(architecture)
@@ -46,11 +47,11 @@ def test_layout_equals_padded(architecture, layout, tokenizer, tiny_model, caplo
             other = ches.score(rows, model, tokenizer, layout=layout, batch_tokens=2048, max_length=max_length,
                                progress=False)
             assert_same(padded, other)
-    assert "scoring with 'padded' instead" not in caplog.text  # the layout really ran
+    assert "instead" not in caplog.text  # the layout really ran
 
 
 def test_unknown_layout(tokenizer, tiny_model):
-    with pytest.raises(ches.ChesError, match=r"layout='ragged' is not one of \['packed', 'padded', 'shared_prompt'\]"):
+    with pytest.raises(ches.ChesError, match=r"layout='ragged' is not one of \['packed', 'padded', 'prefix_shared', 'shared_prompt'\]"):
         ches.score(hh_rows(2), tiny_model("llama"), tokenizer, layout="ragged", progress=False)
 
 
@@ -77,7 +78,7 @@ def test_leaking_model_falls_back_to_padding(tokenizer, tiny_model, caplog, monk
     model = tiny_model("llama")
     original = ches.models.decoder_body
     monkeypatch.setattr(ches.models, "decoder_body", lambda m: AllOnesMask(original(m)))
-    monkeypatch.setattr(ches.api, "packed_attention", no_varlen)  # only the model's own (masked) kernel
+    monkeypatch.setattr(ches.layouts, "packed_attention", no_varlen)  # only the model's own (masked) kernel
     rows = hh_rows(8)
     with caplog.at_level(logging.WARNING, logger="ches"):
         fallback = ches.score(rows, model, tokenizer, layout="packed", progress=False)
@@ -154,39 +155,45 @@ def test_compiled_body_gives_the_same_scores(layout, tokenizer, tiny_model):
 def flash_varlen_stand_in(signature: str):
     """A CPU stand-in for torch.nn.attention.varlen.varlen_attn with the argument contract of a torch
     version (``"window"``: torch >= 2.11 with scale/enable_gqa; ``"is_causal"``: torch 2.10), checking
-    what it is given and computing causal attention per sequence with SDPA."""
+    what it is given and computing, per segment, causal attention aligned to the bottom-right corner
+    (FlashAttention's rule when a segment has more keys than queries) with SDPA and an explicit mask."""
 
     def check(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k):
-        assert query.dim() == key.dim() == value.dim() == 3 and cu_seq_q.dtype == torch.int32
-        assert torch.equal(cu_seq_q, cu_seq_k) and max_q == max_k == int((cu_seq_q[1:] - cu_seq_q[:-1]).max())
-        assert int(cu_seq_q[0]) == 0 and int(cu_seq_q[-1]) == query.shape[0]
+        assert query.dim() == key.dim() == value.dim() == 3 and cu_seq_q.dtype == cu_seq_k.dtype == torch.int32
+        assert max_q == int((cu_seq_q[1:] - cu_seq_q[:-1]).max()) and max_k == int((cu_seq_k[1:] - cu_seq_k[:-1]).max())
+        assert int(cu_seq_q[0]) == int(cu_seq_k[0]) == 0 and int(cu_seq_q[-1]) == query.shape[0]
+        assert int(cu_seq_k[-1]) == key.shape[0] == value.shape[0] and len(cu_seq_q) == len(cu_seq_k)
 
-    def attend(query, key, value, cu_seq_q, scale, enable_gqa):
+    def attend(query, key, value, cu_seq_q, cu_seq_k, scale, enable_gqa):
         output = torch.empty_like(query)
-        edges = cu_seq_q.tolist()
-        for begin, end in zip(edges[:-1], edges[1:]):
-            q, k, v = (t[begin:end].transpose(0, 1)[None] for t in (query, key, value))
+        for (begin, end), (key_begin, key_end) in zip(zip(cu_seq_q.tolist(), cu_seq_q.tolist()[1:]),
+                                                      zip(cu_seq_k.tolist(), cu_seq_k.tolist()[1:])):
+            q = query[begin:end].transpose(0, 1)[None]
+            k, v = (t[key_begin:key_end].transpose(0, 1)[None] for t in (key, value))
+            rows, columns = torch.meshgrid(torch.arange(end - begin), torch.arange(key_end - key_begin), indexing="ij")
+            allowed = columns <= rows + (key_end - key_begin) - (end - begin)
             output[begin:end] = torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, is_causal=True, scale=scale, enable_gqa=enable_gqa)[0].transpose(0, 1)
+                q, k, v, attn_mask=allowed, scale=scale, enable_gqa=enable_gqa)[0].transpose(0, 1)
         return output
 
     def newer(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
               window_size=(-1, -1), enable_gqa=False):
         check(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k)
         assert tuple(window_size) == (-1, 0)
-        return attend(query, key, value, cu_seq_q, scale, enable_gqa)
+        return attend(query, key, value, cu_seq_q, cu_seq_k, scale, enable_gqa)
 
     def older(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
         check(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k)
         assert is_causal and key.shape[1] == query.shape[1]  # no GQA support: heads must come repeated
-        return attend(query, key, value, cu_seq_q, None, False)
+        return attend(query, key, value, cu_seq_q, cu_seq_k, None, False)
 
     return newer if signature == "window" else older
 
 
+@pytest.mark.parametrize("layout", ["packed", "prefix_shared"])
 @pytest.mark.parametrize("signature", ["window", "is_causal"])
 @pytest.mark.parametrize("architecture", ["llama", "olmo2"])  # grouped (4 query, 2 key/value heads) and not
-def test_fused_varlen_branch_passes_what_the_kernel_expects(signature, architecture, tokenizer, tiny_model,
+def test_fused_varlen_branch_passes_what_the_kernel_expects(layout, signature, architecture, tokenizer, tiny_model,
                                                            monkeypatch):
     import torch.nn.attention.varlen
 
@@ -199,6 +206,6 @@ def test_fused_varlen_branch_passes_what_the_kernel_expects(signature, architect
     monkeypatch.setattr(ches.attention, "fused_kernel_applies", lambda query: True)
     rows = hh_rows(10, start=600)
     model = tiny_model(architecture)
-    packed, info = ches.api.score_run(rows, model, tokenizer, layout="packed", batch_tokens=2048, progress=False)
-    assert info.layout == "packed" and info.attention == ches.attention.VARLEN and calls  # the kernel ran the scoring
-    assert_same(ches.score(rows, model, tokenizer, layout="padded", progress=False), packed)
+    scored, info = ches.api.score_run(rows, model, tokenizer, layout=layout, batch_tokens=2048, progress=False)
+    assert info.layout == layout and info.attention == ches.attention.VARLEN and calls  # the kernel ran the scoring
+    assert_same(ches.score(rows, model, tokenizer, layout="padded", progress=False), scored)

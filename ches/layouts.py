@@ -1,0 +1,179 @@
+"""Which layout runs the pairs: the cheapest by an estimate from the tokenized lengths, if the model runs it exactly.
+
+The layouts (how sequences meet the model; every one gives the same hidden states, to float rounding):
+
+- ``padded``: one sequence per row, length-sorted, right-padded (to a multiple of 64 on CUDA);
+- ``packed``: sequences back to back, position ids restarting at 0, padding-free attention;
+- ``prefix_shared``: each pair as ``prompt | chosen | rejected`` with the prompt written once (the
+  rejected tokens attend to the prompt and to themselves), pairs packed back to back;
+- ``shared_prompt``: pair by pair through a KV cache cut back to the prompt (batch size one).
+
+The estimate counts what each layout makes the model compute, per decoder layer:
+``cost = 2 * (4 * H**2 + 3 * H * I) * token_slots + 4 * H * attended_pairs`` (the projections and MLP
+of every token slot, padding included, plus the query-key products of attention, with ``H`` the
+hidden size and ``I`` the MLP width), divided by the layout's efficiency on the device: 1, except
+``shared_prompt`` on CUDA, whose batch-one passes measured 1.1 % MFU against 42 % for packed rows
+(docs/performance.md). The cheapest layout whose probe passes on the model runs; the choice, the
+estimates and any fallback are recorded in the run's metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .attention import packed_attention
+from .batches import padded_length
+from .engine import packing_is_exact, prefix_sharing_is_exact, shared_prompt_is_exact
+from .errors import ChesError
+from .tokens import ScoredSequence
+
+logger = logging.getLogger("ches")
+
+LAYOUTS = ("prefix_shared", "packed", "padded", "shared_prompt")  # the order of preference at equal cost
+FALLBACK = {"prefix_shared": "packed", "packed": "padded", "shared_prompt": "padded"}
+BATCH_ONE_EFFICIENCY = {"cuda": 0.03, "cpu": 1.0}  # shared_prompt's batch-one passes, relative to batched ones
+
+
+@dataclass(frozen=True)
+class LayoutChoice:
+    """The layout a run uses and why (``reason`` goes into the run metadata)."""
+
+    layout: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LayoutWork:
+    """What a layout makes each decoder layer compute: token slots (padding included) and the query-key
+    products of attention."""
+
+    token_slots: float
+    attended: float
+
+
+def layout_work(pairs: Sequence[tuple[ScoredSequence, ScoredSequence]], *, device_type: str,
+                batch_tokens: int) -> dict[str, LayoutWork]:
+    """:class:`LayoutWork` of each layout for ``pairs``, from their lengths alone.
+
+    >>> pair = (ScoredSequence(list(range(8)), 5, 7), ScoredSequence(list(range(9)), 5, 8))  # prompt: 6 tokens
+    >>> work = layout_work([pair], device_type="cpu", batch_tokens=64)
+    >>> work["packed"].token_slots, work["prefix_shared"].token_slots
+    (17.0, 11.0)
+    """
+    if not pairs:
+        return {layout: LayoutWork(0.0, 0.0) for layout in LAYOUTS}
+    prompt = np.array([chosen.start + 1 for chosen, _ in pairs], dtype=np.float64)
+    lengths = np.array([[len(chosen.input_ids), len(rejected.input_ids)] for chosen, rejected in pairs], dtype=np.float64)
+    causal = lengths * (lengths + 1) / 2  # query-key products of causal attention over each whole sequence
+    tails = lengths[:, 1] - prompt  # the rejected sequence past the prompt attends to the prompt and itself
+    shared = LayoutWork(float(lengths.sum() - prompt.sum()),
+                        float(causal[:, 0].sum() + (tails * prompt + tails * (tails + 1) / 2).sum()))
+    padded = _padded_slots(lengths.reshape(-1), batch_tokens, 64 if device_type == "cuda" else 1)
+    return {"prefix_shared": shared, "packed": LayoutWork(float(lengths.sum()), float(causal.sum())),
+            "padded": padded, "shared_prompt": shared}
+
+
+def layout_costs(pairs: Sequence[tuple[ScoredSequence, ScoredSequence]], *, hidden_size: int, intermediate_size: int,
+                 device_type: str, batch_tokens: int) -> dict[str, float]:
+    """Estimated cost of each layout for ``pairs`` (see the module docstring), in FLOPs per decoder layer.
+
+    >>> pair = (ScoredSequence(list(range(8)), 5, 7), ScoredSequence(list(range(9)), 5, 8))
+    >>> costs = layout_costs([pair] * 4, hidden_size=8, intermediate_size=16, device_type="cpu", batch_tokens=64)
+    >>> costs["prefix_shared"] < costs["packed"] <= costs["padded"]
+    True
+    """
+    per_token = 2 * (4 * hidden_size**2 + 3 * hidden_size * intermediate_size)
+    per_attended = 4 * hidden_size
+    efficiency = {"shared_prompt": BATCH_ONE_EFFICIENCY.get(device_type, 1.0)}
+    return {layout: (per_token * work.token_slots + per_attended * work.attended) / efficiency.get(layout, 1.0)
+            for layout, work in layout_work(pairs, device_type=device_type, batch_tokens=batch_tokens).items()}
+
+
+def _padded_slots(lengths: np.ndarray, batch_tokens: int, multiple: int) -> LayoutWork:
+    """:class:`LayoutWork` of length-sorted, right-padded batches."""
+    ordered = np.sort(lengths)[::-1]
+    slots = attended = 0.0
+    start = 0
+    while start < len(ordered):
+        width = padded_length(int(ordered[start]), multiple)
+        rows = min(max(1, batch_tokens // width), len(ordered) - start)
+        slots += rows * width
+        attended += rows * width * (width + 1) / 2
+        start += rows
+    return LayoutWork(slots, attended)
+
+
+def by_cost(costs: dict[str, float]) -> list[str]:
+    """Layouts from cheapest to dearest (ties in the order of :data:`LAYOUTS`).
+
+    >>> by_cost({"prefix_shared": 2.0, "packed": 2.0, "padded": 3.0, "shared_prompt": 1.0})
+    ['shared_prompt', 'prefix_shared', 'packed', 'padded']
+    """
+    return sorted(LAYOUTS, key=lambda layout: (costs[layout], LAYOUTS.index(layout)))
+
+
+def describe(costs: dict[str, float], pairs: Sequence[tuple[ScoredSequence, ScoredSequence]], device_type: str) -> str:
+    """One line: each layout's estimated cost relative to the cheapest, and the prompt's share of the tokens."""
+    cheapest = min(costs.values()) or 1.0
+    prompt = sum(chosen.start + 1 for chosen, _ in pairs)
+    tokens = sum(len(chosen.input_ids) + len(rejected.input_ids) for chosen, rejected in pairs) or 1
+    relative = ", ".join(f"{layout} {costs[layout] / cheapest:.2f}" for layout in sorted(costs, key=costs.get))
+    return (f"estimated cost on {device_type} relative to the cheapest: {relative} (prompts are "
+            f"{2 * prompt / tokens:.0%} of the tokens of padded/packed rows)")
+
+
+def check_layout(layout: str | None) -> None:
+    """Raise :class:`ChesError` for a layout name that is not one of :data:`LAYOUTS` (``None`` is fine)."""
+    if layout is not None and layout not in LAYOUTS:
+        raise ChesError(f"layout={layout!r} is not one of {sorted(LAYOUTS)} (or None to choose by estimated cost).")
+
+
+def resolve_layout(requested: str | None, loaded, pairs: Sequence[tuple[ScoredSequence, ScoredSequence]],
+                   batch_tokens: int, scope: contextlib.ExitStack) -> LayoutChoice:
+    """The layout to run: ``requested``, or the cheapest by :func:`layout_costs`; in either case only
+    if a probe on the model shows it gives the same hidden states as ``padded``, else the next one
+    (logged as a warning for a requested layout). ``packed`` and ``prefix_shared`` switch the model to
+    the padding-free kernel of :mod:`ches.attention` until ``scope`` closes (``packed`` can also run
+    on the model's own masked kernel).
+    """
+    check_layout(requested)
+    from .models import text_config
+
+    config = text_config(loaded.model)
+    device_type = loaded.device.type
+    costs = layout_costs(pairs, hidden_size=loaded.hidden_size,
+                         intermediate_size=getattr(config, "intermediate_size", None) or 4 * loaded.hidden_size,
+                         device_type=device_type, batch_tokens=batch_tokens)
+    estimate = describe(costs, pairs, device_type)
+    if requested is None:
+        for layout in by_cost(costs):
+            if _runs_exactly(layout, loaded, scope):
+                return LayoutChoice(layout, f"chosen by estimated cost; {estimate}")
+            logger.info("layout %r does not give this model the same hidden states; trying the next cheapest", layout)
+    layout = requested
+    while layout != "padded" and not _runs_exactly(layout, loaded, scope):
+        logger.warning("%s does not give the same hidden states with layout %r; scoring with %r instead",
+                       loaded.name, layout, FALLBACK[layout])
+        layout = FALLBACK[layout]
+    how = "requested" if layout == requested else f"fallback for {requested!r}, which this model cannot run exactly"
+    return LayoutChoice(layout, f"{how}; {estimate}")
+
+
+def _runs_exactly(layout: str, loaded, scope: contextlib.ExitStack) -> bool:
+    """Whether the model gives ``layout`` the same hidden states as ``padded`` (switching kernels as needed)."""
+    if layout == "padded":
+        return True
+    if layout == "shared_prompt":
+        return shared_prompt_is_exact(loaded.body, loaded.device, loaded.vocab_size)
+    attempt = contextlib.ExitStack()
+    probe = prefix_sharing_is_exact if layout == "prefix_shared" else packing_is_exact
+    if attempt.enter_context(packed_attention(loaded.model)) and probe(loaded.body, loaded.device, loaded.vocab_size):
+        scope.enter_context(attempt.pop_all())
+        return True
+    attempt.close()
+    return layout == "packed" and packing_is_exact(loaded.body, loaded.device, loaded.vocab_size)  # own masked kernel

@@ -1,0 +1,146 @@
+"""The prefix-shared layout (``prompt | chosen | rejected``, the prompt computed once) and the layout chosen by
+estimated cost: same hidden sums as each sequence run alone, the tokens the estimate counts are the
+tokens that reach the model, and the choice is recorded (architectures: tests/test_layouts.py)."""
+
+import contextlib
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import ches
+import ches.engine
+import ches.layouts
+import ches.runner
+from ches.attention import packed_attention, varlen_attention
+from ches.batches import pack_groups
+from ches.engine import hidden_sums
+from ches.tokens import ScoredSequence
+from conftest import hh_rows
+
+
+def random_pairs(count: int, seed: int = 0) -> list[tuple[ScoredSequence, ScoredSequence]]:
+    """Pairs with a shared prompt and completions of 1 to 12 tokens (1: only the prompt's last position is summed)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def ids(n):
+        return torch.randint(5, 4000, (n,), generator=generator).tolist()
+
+    pairs = []
+    for index in range(count):
+        prompt = ids(1 + 3 * index % 17)
+        chosen, rejected = prompt + ids(1 + index % 12), prompt + ids(1 + 5 * index % 12)
+        pairs.append((ScoredSequence(chosen, len(prompt) - 1, len(chosen) - 1),
+                      ScoredSequence(rejected, len(prompt) - 1, len(rejected) - 1)))
+    return pairs
+
+
+def test_prefix_shared_sums_equal_each_sequence_alone(tiny_model):
+    model = tiny_model("llama")
+    pairs = random_pairs(20)
+    sequences = [sequence for pair in pairs for sequence in pair]
+    with torch.inference_mode():  # reference: one sequence at a time, no batching code involved
+        alone = [model.base_model(input_ids=torch.tensor([s.input_ids])).last_hidden_state[0] for s in sequences]
+    expected_sums = torch.stack([hidden[s.start : s.end].sum(0) for hidden, s in zip(alone, sequences)])
+    expected_last = torch.stack([hidden[s.end - 1] for hidden, s in zip(alone, sequences)])
+    with packed_attention(model) as switched:
+        assert switched
+        got = hidden_sums(model.base_model, sequences, hidden_size=32, batch_tokens=60, device=torch.device("cpu"),
+                          pad_id=0, packing=True, one_row=True,
+                          groups=[(index, index + 1) for index in range(0, len(sequences), 2)])
+    torch.testing.assert_close(got.sums, expected_sums, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got.last, expected_last, rtol=1e-5, atol=1e-4)
+
+
+def reference_attention(query, key, value, allowed):
+    """Softmax attention in float64 under a boolean mask, written out (no SDPA)."""
+    scores = (query.double() @ key.double().transpose(-1, -2)) / query.shape[-1] ** 0.5
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, -1) @ value.double()
+
+
+def test_rejected_tokens_attend_to_the_prompt_and_themselves_only():
+    pairs = random_pairs(3, seed=4)
+    batch = pack_groups([list(pair) for pair in pairs], pad_id=0, row_length=80)
+    length = batch.input_ids.shape[1]
+    generator = torch.Generator().manual_seed(1)
+    query, key, value = (torch.randn(1, 2, length, 8, generator=generator) for _ in range(3))
+    output, _ = varlen_attention(torch.nn.Module(), query, key, value, None, position_ids=batch.position_ids)
+    # which flat positions each token may see, from the pairs alone: its prompt, and its own sequence so far
+    positions, owner = batch.position_ids[0].tolist(), []
+    for pair_index, (chosen, rejected) in enumerate(pairs):
+        prompt = chosen.start + 1
+        owner += [(pair_index, "prompt")] * prompt + [(pair_index, "chosen")] * (len(chosen.input_ids) - prompt)
+        owner += [(pair_index, "rejected")] * (len(rejected.input_ids) - prompt)
+    owner += [(None, "padding")] * (length - len(owner))
+    allowed = torch.zeros(length, length, dtype=torch.bool)
+    for q in range(length):
+        for k in range(q + 1):
+            same_pair = owner[q][0] == owner[k][0]
+            visible = owner[k][1] in ("prompt", owner[q][1]) if owner[q][1] != "padding" else owner[k][1] == "padding"
+            allowed[q, k] = same_pair and visible and positions[k] <= positions[q]
+    expected = reference_attention(query, key, value, allowed)
+    torch.testing.assert_close(output.transpose(1, 2).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed", "prefix_shared"])
+def test_the_estimate_counts_the_token_slots_that_reach_the_model(layout, tokenizer, tiny_model, monkeypatch):
+    slots, scoring = [], []  # token slots of each forward pass while scoring (not while probing the layout)
+    run_body, run_chunk = ches.engine.run_body, ches.runner.run_chunk
+    monkeypatch.setattr(ches.engine, "run_body", lambda body, batch: (slots.append(batch.input_ids.numel())
+                                                                      if scoring else None) or run_body(body, batch))
+    monkeypatch.setattr(ches.runner, "run_chunk", lambda *a, **k: scoring.append(1) or run_chunk(*a, **k))
+    rows = hh_rows(40, start=100)
+    model = tiny_model("llama")
+    loaded = ches.models.load_model(model, tokenizer)
+    planned = ches.api.plan_pairs(ches.formats.to_pairs(ches.inputs.pair_columns(ches.inputs.load_data(rows))),
+                                  loaded, max_length=None)
+    estimate = ches.layouts.layout_work(planned.work, device_type="cpu", batch_tokens=512)
+    scored, info = ches.api.score_run(rows, model, tokenizer, layout=layout, batch_tokens=512, progress=False)
+    assert info.layout == layout
+    assert sum(slots) == estimate[layout].token_slots
+    if layout == "prefix_shared":  # each prompt once: the packed rows' tokens less one prompt per pair
+        assert sum(slots) == estimate["packed"].token_slots - sum(scored["prompt_tokens"])
+
+
+def test_default_layout_is_the_cheapest_and_says_why(tokenizer, tiny_model):
+    rows = hh_rows(24, start=700)
+    model = tiny_model("llama")
+    scored, info = ches.api.score_run(rows, model, tokenizer, progress=False)
+    assert info.layout == "prefix_shared"
+    assert info.layout_reason.startswith("chosen by estimated cost") and "prefix_shared 1.00" in info.layout_reason
+    padded = ches.score(rows, model, tokenizer, layout="padded", progress=False)
+    for measure in ("ches", "ln_ches", "last_hidden_ip"):
+        np.testing.assert_allclose(scored[measure], padded[measure], rtol=1e-5, atol=1e-6 * np.abs(padded[measure]).max())
+
+
+@contextlib.contextmanager
+def no_switch(model):
+    yield False
+
+
+def test_default_layout_falls_back_to_the_next_cheapest_when_the_model_cannot_share(tokenizer, tiny_model,
+                                                                                    monkeypatch, caplog):
+    monkeypatch.setattr(ches.layouts, "packed_attention", no_switch)  # only the model's own masked kernel
+    rows = hh_rows(12, start=900)
+    with caplog.at_level(logging.INFO, logger="ches"):
+        _, info = ches.api.score_run(rows, tiny_model("llama"), tokenizer, progress=False)
+    assert info.layout == "shared_prompt"  # on CPU the same work as prefix sharing, batch size one costing nothing
+    assert "layout 'prefix_shared' does not give this model the same hidden states" in caplog.text
+
+
+def test_a_requested_prefix_shared_layout_falls_back_with_a_warning(tokenizer, tiny_model, monkeypatch, caplog):
+    monkeypatch.setattr(ches.layouts, "packed_attention", no_switch)
+    with caplog.at_level(logging.WARNING, logger="ches"):
+        _, info = ches.api.score_run(hh_rows(6), tiny_model("llama"), tokenizer, layout="prefix_shared", progress=False)
+    assert info.layout == "packed" and info.layout_reason.startswith("fallback for 'prefix_shared'")
+    assert "layout 'prefix_shared'; scoring with 'packed' instead" in caplog.text
+
+
+def test_costs_rank_shared_prompt_last_on_cuda_and_with_prefix_sharing_on_cpu():
+    pairs = random_pairs(30)
+    cpu = ches.layouts.layout_costs(pairs, hidden_size=64, intermediate_size=256, device_type="cpu", batch_tokens=256)
+    cuda = ches.layouts.layout_costs(pairs, hidden_size=64, intermediate_size=256, device_type="cuda", batch_tokens=256)
+    assert ches.layouts.by_cost(cpu)[:2] == ["prefix_shared", "shared_prompt"]  # equal work, preference order
+    assert ches.layouts.by_cost(cuda) == ["prefix_shared", "packed", "padded", "shared_prompt"]
