@@ -22,6 +22,7 @@ from einops import rearrange
 
 from .batches import Batch, collate, group_length, pack, pack_groups, padded_length, rows_that_fit
 from .errors import ChesError
+from .models import has_sliding_window
 from .tokens import ScoredSequence
 
 logger = logging.getLogger("ches")
@@ -252,7 +253,15 @@ def _cache_argument(body: torch.nn.Module) -> str:
 
 
 def shared_prompt_is_exact(body: torch.nn.Module, device: torch.device, vocab_size: int) -> bool:
-    """Whether running the rejected completion on the chosen pass's cut-back cache matches a full pass."""
+    """Whether running the rejected completion on the chosen pass's cut-back cache matches a full pass.
+
+    Sliding-window models are refused outright: their cache forgets what lies beyond the window, so it
+    cannot be cut back to the prompt once a sequence is longer than the window (which the short probe
+    sequences would not show).
+    """
+    if has_sliding_window(body):
+        logger.info("shared-prompt layout unavailable (sliding-window attention: the KV cache cannot be cut back)")
+        return False
     generator = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, vocab_size, (5,), generator=generator).tolist()
     chosen = ScoredSequence(prompt + torch.randint(0, vocab_size, (4,), generator=generator).tolist(), 4, 8)

@@ -9,12 +9,14 @@ The layouts (how sequences meet the model; every one gives the same hidden state
 - ``shared_prompt``: pair by pair through a KV cache cut back to the prompt (batch size one).
 
 The estimate counts what each layout makes the model compute, per decoder layer:
-``cost = 2 * (4 * H**2 + 3 * H * I) * token_slots + 4 * H * attended_pairs`` (the projections and MLP
-of every token slot, padding included, plus the query-key products of attention, with ``H`` the
-hidden size and ``I`` the MLP width), divided by the layout's efficiency on the device: 1, except
-``shared_prompt`` on CUDA, whose batch-one passes measured 1.1 % MFU against 42 % for packed rows
-(docs/performance.md). The cheapest layout whose probe passes on the model runs; the choice, the
-estimates and any fallback are recorded in the run's metadata.
+``cost = 2 * (4 * H**2 + 3 * H * I) * (token_slots + passes * PASS_OVERHEAD) + 4 * H * attended_pairs``:
+the projections and MLP of every token slot, padding included, plus the query-key products of
+attention (``H`` the hidden size, ``I`` the MLP width), plus a fixed cost per forward pass, in tokens'
+worth of work, for what does not grow with the batch (kernel launches, Python, weights read from
+memory). :data:`PASS_OVERHEAD` was fitted to the batch-one ``shared_prompt`` layout against
+``prefix_shared`` on the same hh-rlhf rows: 72 tokens on a 2-core CPU (7,942 vs 13,306 tokens/s),
+6,000 on an H200 (3,826 vs 198,748 tokens/s; docs/performance.md). The cheapest layout whose probe
+passes on the model runs; the choice, the estimates and any fallback are recorded in the run's metadata.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ logger = logging.getLogger("ches")
 
 LAYOUTS = ("prefix_shared", "packed", "padded", "shared_prompt")  # the order of preference at equal cost
 FALLBACK = {"prefix_shared": "packed", "packed": "padded", "shared_prompt": "padded"}
-BATCH_ONE_EFFICIENCY = {"cuda": 0.03, "cpu": 1.0}  # shared_prompt's batch-one passes, relative to batched ones
+PASS_OVERHEAD = {"cuda": 6000, "cpu": 72}  # tokens' worth of work per forward pass (fitted: module docstring)
 
 
 @dataclass(frozen=True)
@@ -49,11 +51,12 @@ class LayoutChoice:
 
 @dataclass(frozen=True)
 class LayoutWork:
-    """What a layout makes each decoder layer compute: token slots (padding included) and the query-key
-    products of attention."""
+    """What a layout makes each decoder layer compute: token slots (padding included), the query-key
+    products of attention, and the number of forward passes."""
 
     token_slots: float
     attended: float
+    passes: float
 
 
 def layout_work(pairs: Sequence[tuple[ScoredSequence, ScoredSequence]], *, device_type: str,
@@ -66,16 +69,18 @@ def layout_work(pairs: Sequence[tuple[ScoredSequence, ScoredSequence]], *, devic
     (17.0, 11.0)
     """
     if not pairs:
-        return {layout: LayoutWork(0.0, 0.0) for layout in LAYOUTS}
+        return {layout: LayoutWork(0.0, 0.0, 0.0) for layout in LAYOUTS}
     prompt = np.array([chosen.start + 1 for chosen, _ in pairs], dtype=np.float64)
     lengths = np.array([[len(chosen.input_ids), len(rejected.input_ids)] for chosen, rejected in pairs], dtype=np.float64)
     causal = lengths * (lengths + 1) / 2  # query-key products of causal attention over each whole sequence
     tails = lengths[:, 1] - prompt  # the rejected sequence past the prompt attends to the prompt and itself
-    shared = LayoutWork(float(lengths.sum() - prompt.sum()),
-                        float(causal[:, 0].sum() + (tails * prompt + tails * (tails + 1) / 2).sum()))
+    shared_tokens = float(lengths.sum() - prompt.sum())
+    shared_attended = float(causal[:, 0].sum() + (tails * prompt + tails * (tails + 1) / 2).sum())
     padded = _padded_slots(lengths.reshape(-1), batch_tokens, 64 if device_type == "cuda" else 1)
-    return {"prefix_shared": shared, "packed": LayoutWork(float(lengths.sum()), float(causal.sum())),
-            "padded": padded, "shared_prompt": shared}
+    return {"prefix_shared": LayoutWork(shared_tokens, shared_attended, np.ceil(shared_tokens / batch_tokens)),
+            "packed": LayoutWork(float(lengths.sum()), float(causal.sum()), np.ceil(lengths.sum() / batch_tokens)),
+            "padded": padded,
+            "shared_prompt": LayoutWork(shared_tokens, shared_attended, 2.0 * len(pairs))}  # two passes a pair
 
 
 def layout_costs(pairs: Sequence[tuple[ScoredSequence, ScoredSequence]], *, hidden_size: int, intermediate_size: int,
@@ -84,20 +89,20 @@ def layout_costs(pairs: Sequence[tuple[ScoredSequence, ScoredSequence]], *, hidd
 
     >>> pair = (ScoredSequence(list(range(8)), 5, 7), ScoredSequence(list(range(9)), 5, 8))
     >>> costs = layout_costs([pair] * 4, hidden_size=8, intermediate_size=16, device_type="cpu", batch_tokens=64)
-    >>> costs["prefix_shared"] < costs["packed"] <= costs["padded"]
+    >>> bool(costs["prefix_shared"] < costs["packed"] <= costs["padded"])
     True
     """
     per_token = 2 * (4 * hidden_size**2 + 3 * hidden_size * intermediate_size)
     per_attended = 4 * hidden_size
-    efficiency = {"shared_prompt": BATCH_ONE_EFFICIENCY.get(device_type, 1.0)}
-    return {layout: (per_token * work.token_slots + per_attended * work.attended) / efficiency.get(layout, 1.0)
+    overhead = PASS_OVERHEAD.get(device_type, PASS_OVERHEAD["cuda"])
+    return {layout: per_token * (work.token_slots + work.passes * overhead) + per_attended * work.attended
             for layout, work in layout_work(pairs, device_type=device_type, batch_tokens=batch_tokens).items()}
 
 
 def _padded_slots(lengths: np.ndarray, batch_tokens: int, multiple: int) -> LayoutWork:
     """:class:`LayoutWork` of length-sorted, right-padded batches."""
     ordered = np.sort(lengths)[::-1]
-    slots = attended = 0.0
+    slots = attended = passes = 0.0
     start = 0
     while start < len(ordered):
         width = padded_length(int(ordered[start]), multiple)
@@ -105,7 +110,8 @@ def _padded_slots(lengths: np.ndarray, batch_tokens: int, multiple: int) -> Layo
         slots += rows * width
         attended += rows * width * (width + 1) / 2
         start += rows
-    return LayoutWork(slots, attended)
+        passes += 1
+    return LayoutWork(slots, attended, passes)
 
 
 def by_cost(costs: dict[str, float]) -> list[str]:

@@ -67,6 +67,18 @@ def text_config(model: torch.nn.Module):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+def has_sliding_window(model: torch.nn.Module) -> bool:
+    """Whether any attention layer of ``model`` (or of a model body) sees only a sliding window of keys."""
+    config = getattr(getattr(model, "_orig_mod", model), "config", None)
+    if config is None:
+        return False
+    config = getattr(config, "text_config", None) or config
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return any("sliding" in str(kind) for kind in layer_types)
+    return bool(getattr(config, "sliding_window", None)) and getattr(config, "use_sliding_window", True) is not False
+
+
 def decoder_body(model: torch.nn.Module) -> torch.nn.Module:
     """The part of a causal LM that produces the last (final-normed) hidden states: ``model.base_model``."""
     body = getattr(model, "base_model", None)

@@ -126,7 +126,8 @@ def test_default_layout_falls_back_to_the_next_cheapest_when_the_model_cannot_sh
     rows = hh_rows(12, start=900)
     with caplog.at_level(logging.INFO, logger="ches"):
         _, info = ches.api.score_run(rows, tiny_model("llama"), tokenizer, progress=False)
-    assert info.layout == "shared_prompt"  # on CPU the same work as prefix sharing, batch size one costing nothing
+    ranked = [part.rsplit(" ", 1)[0] for part in info.layout_reason.split("cheapest: ")[1].split(" (")[0].split(", ")]
+    assert ranked[0] == "prefix_shared" and info.layout == ranked[1]  # the next cheapest by the recorded estimate
     assert "layout 'prefix_shared' does not give this model the same hidden states" in caplog.text
 
 
@@ -138,9 +139,35 @@ def test_a_requested_prefix_shared_layout_falls_back_with_a_warning(tokenizer, t
     assert "layout 'prefix_shared'; scoring with 'packed' instead" in caplog.text
 
 
-def test_costs_rank_shared_prompt_last_on_cuda_and_with_prefix_sharing_on_cpu():
+def test_costs_put_prefix_sharing_first_and_batch_one_passes_last_on_cuda():
     pairs = random_pairs(30)
     cpu = ches.layouts.layout_costs(pairs, hidden_size=64, intermediate_size=256, device_type="cpu", batch_tokens=256)
     cuda = ches.layouts.layout_costs(pairs, hidden_size=64, intermediate_size=256, device_type="cuda", batch_tokens=256)
-    assert ches.layouts.by_cost(cpu)[:2] == ["prefix_shared", "shared_prompt"]  # equal work, preference order
+    assert ches.layouts.by_cost(cpu)[0] == "prefix_shared"
     assert ches.layouts.by_cost(cuda) == ["prefix_shared", "packed", "padded", "shared_prompt"]
+    work = ches.layouts.layout_work(pairs, device_type="cpu", batch_tokens=256)
+    assert work["shared_prompt"].passes == 2 * len(pairs)
+    assert work["packed"].token_slots - work["prefix_shared"].token_slots == sum(c.start + 1 for c, _ in pairs)
+
+
+def test_a_sliding_window_model_is_not_run_prefix_shared_and_keeps_its_scores(tokenizer):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("mistral", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  sliding_window=24, max_position_embeddings=4096,
+                                  pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    rows = hh_rows(8, start=40)
+    scored, info = ches.api.score_run(rows, model, tokenizer, progress=False)
+    assert info.layout != "prefix_shared"  # ches' kernel refuses sliding windows; the probe sees it
+    with torch.inference_mode():  # reference: one sequence at a time through the model's own attention
+        planned = ches.api.plan_pairs(ches.formats.to_pairs(ches.inputs.pair_columns(ches.inputs.load_data(rows))),
+                                      ches.models.load_model(model, tokenizer), max_length=None)
+        expected = []
+        for chosen, rejected in planned.work:
+            sums = [model.base_model(input_ids=torch.tensor([s.input_ids])).last_hidden_state[0, s.start : s.end].sum(0)
+                    for s in (chosen, rejected)]
+            expected.append(float(sums[0] @ sums[1] - sums[0] @ sums[0]))
+    np.testing.assert_allclose(scored["ches"], expected, rtol=1e-4)
