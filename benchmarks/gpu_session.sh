@@ -2,7 +2,7 @@
 # Every GPU check of the project, most important first (for a session with a GPU machine).
 #   bash benchmarks/gpu_session.sh [OUTPUT_FOLDER] [core|hh|levers|prefix|all]  (all: core, hh, levers, prefix)
 # core   (about 3 minutes on an H200): the varlen kernel's causal alignment, bf16-vs-fp32 agreement, OLMo-1B default, Llama-8B long context
-# levers (about 4 minutes, compiling included): OLMo-1B packed, OLMo-1B padded with torch.compile, packed with flex attention
+# levers (more than 2 minutes; --compile did not finish in the time left of a 400 s call on an H200): OLMo-1B packed, OLMo-1B padded with torch.compile, packed with flex attention
 # hh     (about 3 minutes): OLMo-1B on hh-rlhf rows (long shared prompts) in every layout
 # prefix (about a minute): the default (chosen by cost: prefix_shared) on hh-rlhf rows (core runs it on the other shapes)
 # Needs torch with CUDA, transformers, and the package's other dependencies (datasets and its

@@ -21,7 +21,9 @@ from . import scores
 from .cache import ShardCache, model_fingerprint, run_key
 from .distributed import Ranks
 from .embeddings import save_embeddings as write_embeddings
+from .columns import SCORE_COLUMNS, SCORE_TYPES
 from .errors import ChesError
+from .export import check_output
 from .formats import pair_problem, to_pairs
 from .inputs import Data, load_data, pair_columns
 from .layouts import check_layout, resolve_layout
@@ -32,8 +34,6 @@ from .tokens import TokenizedPair, to_sequences
 
 logger = logging.getLogger("ches")
 
-SCORE_COLUMNS = ("ches", "ln_ches", "edit_distance", "last_hidden_ip", "prompt_tokens", "chosen_tokens",
-                 "rejected_tokens", "ches_skip")
 CPU_BATCH_TOKENS = 1024  # measured: small batches run fastest on CPUs (docs/performance.md)
 
 
@@ -104,6 +104,7 @@ def score(
     offload_folder: str | os.PathLike | None = None,
     attn_implementation: str | None = None,
     compile: bool = False,
+    overwrite: bool = False,
 ) -> datasets.Dataset | datasets.DatasetDict:
     """CHES scores for every preference pair, on exactly the token sequences TRL's DPOTrainer trains on.
 
@@ -124,7 +125,9 @@ def score(
         progress: show a tqdm progress bar over pairs and print the summary line.
         trust_remote_code: allow custom model code from the Hub (off by default).
         save_embeddings: also write ``S+``, ``S-`` and the last hidden states per row to this
-            safetensors file (one file per split, ``name.SPLIT.safetensors``, for a DatasetDict).
+            safetensors file (one file per split, ``name.SPLIT.safetensors``, for a DatasetDict). Checked
+            before the model is loaded; an existing file is replaced only with ``overwrite=True``.
+        overwrite: allow ``save_embeddings`` to replace existing files.
         layout: how sequences meet the model: ``"padded"`` (length-sorted, right-padded batches),
             ``"packed"`` (sequences back to back, restarting position ids; padding-free attention, see
             :mod:`ches.attention`), ``"prefix_shared"`` (each pair as ``prompt | chosen | rejected``, the
@@ -166,13 +169,13 @@ def score(
                      batch_tokens=batch_tokens, progress=progress, trust_remote_code=trust_remote_code,
                      save_embeddings=save_embeddings, layout=layout, cache_dir=cache_dir, device_map=device_map,
                      max_memory=max_memory, offload_folder=offload_folder,
-                     attn_implementation=attn_implementation, compile=compile)[0]
+                     attn_implementation=attn_implementation, compile=compile, overwrite=overwrite)[0]
 
 
 def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype=None, device=None,
               batch_tokens=None, progress=True, trust_remote_code=False, save_embeddings=None, layout=None,
               cache_dir=None, device_map=None, max_memory=None, offload_folder=None, attn_implementation=None,
-              compile=False):
+              compile=False, overwrite=False):
     """:func:`score`, also returning the :class:`RunInfo` of the run."""
     started = _now()
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
@@ -183,6 +186,9 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
     dataset = load_data(data, split)
     parts = dataset if isinstance(dataset, datasets.DatasetDict) else {None: dataset}
     pairs = {name: _validated_pairs(part, name) for name, part in parts.items()}
+    embedding_files = {name: _embedding_file(save_embeddings, name) for name in parts} if save_embeddings else {}
+    for target in embedding_files.values():  # before the model is loaded: nothing existing is replaced unasked
+        check_output(target, overwrite=overwrite, suffixes=(".safetensors",))
     ranks = Ranks.current()
     if device is None and ranks.world > 1 and not isinstance(model, torch.nn.Module):
         device = ranks.device()
@@ -214,10 +220,8 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
             info.skipped[key] = sum(reason is not None for reason in rows.columns["ches_skip"])
             info.prompt_cut[key] = rows.prompt_cut
             if save_embeddings is not None and ranks.is_main:
-                target = Path(save_embeddings)
-                if name is not None:
-                    target = target.with_name(f"{target.stem}.{name}{target.suffix or '.safetensors'}")
-                write_embeddings(target, embedding_tensors(rows), {"model": info.model, "split": key, **_versions()})
+                write_embeddings(embedding_files[name], embedding_tensors(rows),
+                                 {"model": info.model, "split": key, **_versions()})
     info.finished = _now()
     output = datasets.DatasetDict(results) if isinstance(dataset, datasets.DatasetDict) else results[None]
     return output, info
@@ -235,6 +239,14 @@ def default_batch_tokens(loaded: LoadedModel) -> int:
     per_token = torch.finfo(loaded.dtype).bits // 8 * (6 * loaded.hidden_size + 3 * intermediate) + 8 * loaded.hidden_size
     free, _ = torch.cuda.mem_get_info(loaded.device)
     return int(min(max(free // 2 // per_token, 4096), 131072)) // 64 * 64
+
+
+def _embedding_file(save_embeddings: str | os.PathLike, split_name: str | None) -> Path:
+    """The embeddings file of a split: ``name.safetensors``, or ``name.SPLIT.safetensors`` for a DatasetDict."""
+    target = Path(save_embeddings)
+    if split_name is None:
+        return target
+    return target.with_name(f"{target.stem}.{split_name}{target.suffix or '.safetensors'}")
 
 
 def _key(split_name: str | None) -> str:
@@ -315,8 +327,7 @@ def score_planned(planned: PlannedPairs, loaded: LoadedModel, *, batch_tokens: i
         settings = {"ches": _versions()["ches"], "model": loaded.name,
                     "revision": getattr(loaded.model.config, "_commit_hash", None),
                     "weights": model_fingerprint(loaded.model), "dtype": str(loaded.dtype),
-                    "device": loaded.device.type, "layout": layout, "batch_tokens": batch_tokens,
-                    "attention": attention_kernel(loaded.model)}
+                    "device": loaded.device.type, "layout": layout, "attention": attention_kernel(loaded.model)}
         cache = ShardCache(cache_dir, run_key(settings, [s for pair in work for s in pair]))
     bar = _progress_bar(len(work), progress and ranks.is_main)
     sums, reused = compute_sums(work, loaded, layout=layout, batch_tokens=batch_tokens, pad_id=pad_id, ranks=ranks,
@@ -377,9 +388,7 @@ def _with_columns(dataset: datasets.Dataset, columns: dict[str, list]) -> datase
     if clashes:
         logger.warning("replacing existing column(s) %s with new scores", clashes)
         dataset = dataset.remove_columns(clashes)
-    features = {name: datasets.Value("float64") for name in ("ches", "ln_ches", "edit_distance", "last_hidden_ip")}
-    features |= {name: datasets.Value("int64") for name in ("prompt_tokens", "chosen_tokens", "rejected_tokens")}
-    features["ches_skip"] = datasets.Value("string")
+    features = {name: datasets.Value(kind) for name, kind in SCORE_TYPES.items()}
     for name in SCORE_COLUMNS:
         dataset = dataset.add_column(name, columns[name], feature=features[name],
                                      new_fingerprint=_fingerprint(dataset, name, columns[name]))

@@ -59,6 +59,7 @@ def _score_command(score: argparse.ArgumentParser) -> None:
     _model_options(score, required=True)
     score.add_argument("--output", "-o", type=Path, help="where to write the scored rows (.parquet/.jsonl/.json/.csv or a folder)")
     score.add_argument("--save-embeddings", type=Path, help="also write S+ and S- per row to this .safetensors file")
+    _overwrite_option(score)
 
 
 def _filter_command(filter_: argparse.ArgumentParser) -> None:
@@ -69,10 +70,11 @@ def _filter_command(filter_: argparse.ArgumentParser) -> None:
     rule.add_argument("--max-score", type=float, help="keep rows whose score is at most this")
     rule.add_argument("--keep", type=int, help="keep this many rows with the lowest scores")
     rule.add_argument("--around", type=float, help="keep --window rows centred on this quantile of the sorted scores")
-    filter_.add_argument("--window", type=int, default=512, help="rows kept with --around (default 512)")
+    filter_.add_argument("--window", type=int, help="rows kept with --around (default 512)")
     filter_.add_argument("--measure", default="ln_ches", choices=list(MEASURES))
     filter_.add_argument("--output", "-o", type=Path, help="where to write the kept rows")
     filter_.add_argument("--no-scores", action="store_true", help="drop the score columns (exactly the input schema)")
+    _overwrite_option(filter_)
 
 
 def _validate_command(validate: argparse.ArgumentParser) -> None:
@@ -91,6 +93,7 @@ def _validate_command(validate: argparse.ArgumentParser) -> None:
     validate.add_argument("--seed", type=int, default=0)
     validate.add_argument("--output", "-o", type=Path, help="write the full results as JSON")
     validate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _overwrite_option(validate)
 
 
 def _report_command(report: argparse.ArgumentParser) -> None:
@@ -99,6 +102,13 @@ def _report_command(report: argparse.ArgumentParser) -> None:
     report.add_argument("--measure", default="ln_ches", choices=list(MEASURES))
     report.add_argument("--top", type=int, default=20, help="pairs shown at each end (default 20)")
     report.add_argument("--split", help="split of a folder with several splits")
+    _overwrite_option(report)
+
+
+def _overwrite_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing output files (and a dataset folder written by ches); without it an "
+                             "existing output is an error")
 
 
 def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -131,6 +141,18 @@ def _score_kwargs(args) -> dict:
                 attn_implementation=args.attn_implementation, compile=args.compile)
 
 
+def _check_outputs(args, *, dataset: bool = True, suffixes: tuple[str, ...] | None = None) -> None:
+    """Check ``--output`` (and its sidecar) before any model work: nothing existing is replaced unless
+    ``--overwrite`` was given, and never the input or a folder holding it."""
+    from .export import check_output, dataset_format, sidecar_path
+
+    if args.output is None:
+        return
+    folder = dataset and dataset_format(args.output)[0] is None
+    check_output(args.output, overwrite=args.overwrite, folder=folder, suffixes=suffixes, inputs=(args.data,))
+    check_output(sidecar_path(args.output), overwrite=args.overwrite, suffixes=(".meta.json",), inputs=(args.data,))
+
+
 def _memory(max_memory: dict | None) -> dict | None:
     """JSON keys are strings; GPU indices are ints for transformers."""
     if max_memory is None:
@@ -149,31 +171,38 @@ def _input_metadata(data: str, split: str | None) -> dict:
         meta["data_sha256"] = digest.hexdigest()
         sidecar = path.with_name(path.name + ".meta.json")
         if sidecar.is_file():  # the run that produced a scores file travels with what is made from it
-            meta["data_metadata"] = json.loads(sidecar.read_text(encoding="utf-8"))
+            try:
+                meta["data_metadata"] = json.loads(sidecar.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                logging.getLogger("ches").warning("ignoring the unreadable metadata file %s (%s)", sidecar, error)
+                meta["data_metadata"] = None
     return meta
 
 
 def run_score(args) -> Outcome:
     from .api import score_run
+    from .export import to_json
     from .summary import summarize
 
     _check_single_file_output(args)
-    scored, info = score_run(args.data, args.model, save_embeddings=args.save_embeddings, **_score_kwargs(args))
+    _check_outputs(args)
+    scored, info = score_run(args.data, args.model, save_embeddings=args.save_embeddings, overwrite=args.overwrite,
+                             **_score_kwargs(args))
     meta = {"run": info.as_dict(), "embeddings": str(args.save_embeddings) if args.save_embeddings else None,
             "rows_written": scored.num_rows}
     if args.output:
         return Outcome(meta, dataset=scored, output=args.output)
     for part in scored.values() if hasattr(scored, "values") else [scored]:
-        print(json.dumps(summarize(part.to_dict()), indent=2))
+        print(to_json(summarize(part.to_dict())))
     return Outcome(meta)
 
 
 def _check_single_file_output(args) -> None:
     """Refuse a split-less DatasetDict with a single-file --output before any model work."""
-    from .export import FILE_WRITERS
+    from .export import dataset_format
     from .inputs import load_data
 
-    if args.output is None or args.output.suffix not in FILE_WRITERS or args.split is not None:
+    if args.output is None or dataset_format(args.output)[0] is None or args.split is not None:
         return
     if Path(args.data).is_dir() and hasattr(load_data(args.data), "keys"):
         raise ChesError(f"{args.data} has splits; pass --split, or an --output folder to write them all.")
@@ -182,9 +211,10 @@ def _check_single_file_output(args) -> None:
 def run_filter(args) -> Outcome:
     from .filtering import filter as filter_rows
 
+    _check_outputs(args)
     kwargs = _score_kwargs(args) if args.model else {"split": args.split}
-    rule = {"quantile": args.quantile if args.quantile is not None else 0.95, "max_score": args.max_score,
-            "keep": args.keep, "around": args.around, "window": args.window}
+    rule = {"quantile": args.quantile, "max_score": args.max_score, "keep": args.keep, "around": args.around,
+            "window": args.window}
     kept = filter_rows(args.data, measure=args.measure, model=args.model, keep_scores=not args.no_scores,
                        **rule, **kwargs)
     meta = {"measure": args.measure, "rule": rule, "rows_written": len(kept)}
@@ -198,10 +228,11 @@ def run_report(args) -> Outcome:
     from .inputs import load_data
     from .report import write_report
 
+    _check_outputs(args, dataset=False, suffixes=(".html", ".htm"))
     data = load_data(args.data, args.split)
     if hasattr(data, "keys"):
         raise ChesError(f"{args.data} has splits {sorted(data)}; pass --split.")
-    path = write_report(data, args.output, measure=args.measure, top=args.top)
+    path = write_report(data, args.output, measure=args.measure, top=args.top, overwrite=args.overwrite)
     return Outcome({"measure": args.measure, "top": args.top}, written=path)
 
 
@@ -209,12 +240,12 @@ def run_validate(args) -> Outcome:
     from .export import write_json
     from .validate import format_table, validate
 
+    _check_outputs(args, dataset=False, suffixes=(".json",))
     result = validate(args.data, args.model, args.tokenizer, n=args.n, steps=args.steps, learning_rate=args.lr,
                       beta=args.beta, max_length=args.max_length, pool=args.pool, split=args.split,
                       device=args.device, dtype=args.dtype, seed=args.seed, progress=not args.no_progress)
     print(format_table(result))
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
         return Outcome({"settings": result["settings"]}, written=write_json(args.output, result))
     return Outcome({})
 
@@ -237,22 +268,37 @@ def main(argv: list[str] | None = None) -> int:
         if outcome.dataset is not None:
             from .export import write_dataset
 
-            outcome.written = write_dataset(outcome.dataset, outcome.output)
+            outcome.written = write_dataset(outcome.dataset, outcome.output, overwrite=args.overwrite)
         if outcome.written is not None:
             from .export import sidecar_path, write_json
 
             write_json(sidecar_path(outcome.written), meta)
             print(f"wrote {outcome.written} (+ {outcome.written.name}.meta.json)", file=sys.stderr)
     except ChesError as error:
-        print(f"ches: error: {error}", file=sys.stderr)
-        return 2
-    except (OSError, ImportError) as error:
-        print(f"ches: error: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"ches: error: {_one_line(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ches: interrupted", file=sys.stderr)
+        print("ches: interrupted; outputs are written atomically, so nothing half-written was left", file=sys.stderr)
         return 130
+    except Exception as error:  # whatever layer it came from (OS, pyarrow, torch, ...): one line, no traceback
+        where = _origin(error)
+        print(f"ches: error: {type(error).__name__}{where}: {_one_line(str(error))}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _one_line(message: str) -> str:
+    """An error message on one line (libraries' messages often span several)."""
+    return " ".join(message.split()) or "(no message)"
+
+
+def _origin(error: BaseException) -> str:
+    """`` (in module)`` for an error raised outside ches, naming the library it came from."""
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    module = traceback.tb_frame.f_globals.get("__name__", "") if traceback is not None else ""
+    return "" if not module or module.startswith("ches") else f" (in {module.split('.')[0]})"
 
 
 def main_exit() -> None:

@@ -14,7 +14,6 @@ recomputed from it without another model pass, e.g. ``ches.scores.ln_ches(...)``
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,22 +26,15 @@ def save_embeddings(path: str | os.PathLike, tensors: dict[str, torch.Tensor], m
     """Write ``tensors`` (the keys in ``TENSORS``) and ``metadata`` atomically to a safetensors file."""
     from safetensors.torch import save_file
 
-    from .export import publish
+    from .export import staged
 
     missing = [name for name in TENSORS if name not in tensors]
     if missing:
         raise ValueError(f"save_embeddings needs tensors {missing}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file({name: tensors[name].contiguous() for name in TENSORS}, temporary,
+    with staged(path) as temporary:
+        save_file({name: tensors[name].contiguous() for name in TENSORS}, str(temporary),
                   metadata={key: str(value) for key, value in metadata.items()})
-        publish(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return path
 
 

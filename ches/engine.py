@@ -105,8 +105,8 @@ def hidden_sums(
                 tokens = sum(lengths[unit] for unit in chosen)
                 batch = pack_groups([[sequences[index] for index in units[unit]] for unit in chosen], pad_id,
                                     padded_length(tokens, pad_multiple))
-            elif packing:
-                chosen = _fill(remaining, lengths, max(budget, row_length))
+            elif packing:  # rows as long as the longest sequence, as many as the budget holds
+                chosen = _fill_rows(remaining, lengths, row_length, max(1, budget // row_length))
                 batch = pack([sequences[unit] for unit in chosen], pad_id, row_length)
             else:
                 chosen = remaining[: rows_that_fit(longest, budget, pad_multiple)]
@@ -153,6 +153,27 @@ def _fill(remaining: list[int], lengths: Sequence[int], capacity: int) -> list[i
             break
         count += 1
     return remaining[:count]
+
+
+def _fill_rows(remaining: list[int], lengths: Sequence[int], row_length: int, rows: int) -> list[int]:
+    """The longest-first prefix of ``remaining`` that first-fit packing puts into ``rows`` rows of
+    ``row_length`` tokens (as :func:`ches.batches.pack` will), at least one.
+
+    >>> _fill_rows([0, 1, 2, 3], [6, 5, 4, 3], row_length=10, rows=1)
+    [0]
+    >>> _fill_rows([0, 1, 2, 3], [6, 5, 4, 3], row_length=10, rows=2)
+    [0, 1, 2, 3]
+    """
+    used: list[int] = []
+    for count, unit in enumerate(remaining):
+        slot = next((row for row, filled in enumerate(used) if filled + lengths[unit] <= row_length), None)
+        if slot is None and len(used) == rows:
+            return remaining[: max(count, 1)]
+        if slot is None:
+            used.append(lengths[unit])
+        else:
+            used[slot] += lengths[unit]
+    return list(remaining)
 
 
 def packing_is_exact(body: torch.nn.Module, device: torch.device, vocab_size: int) -> bool:

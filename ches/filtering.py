@@ -10,19 +10,19 @@ import datasets
 import numpy as np
 
 from . import select
-from .api import SCORE_COLUMNS, score
+from .api import score
+from .columns import RANK_COLUMNS, SCORE_COLUMNS
 from .errors import ChesError
 from .inputs import Data, column, load_data
 from .summary import summarize
 
 logger = logging.getLogger("ches")
 
-RANK_COLUMNS = ("ches_rank", "ches_percentile")
 
 
 def filter(  # noqa: A001 - the public name is part of the contract
     data: Data,
-    quantile: float = 0.95,
+    quantile: float | None = None,
     *,
     measure: str = "ln_ches",
     model=None,
@@ -31,7 +31,7 @@ def filter(  # noqa: A001 - the public name is part of the contract
     max_score: float | None = None,
     keep: int | None = None,
     around: float | None = None,
-    window: int = 512,
+    window: int | None = None,
     **score_kwargs,
 ) -> datasets.Dataset:
     """Keep the pairs least likely to cause likelihood displacement; original order and columns.
@@ -43,15 +43,17 @@ def filter(  # noqa: A001 - the public name is part of the contract
     - ``max_score``: keep rows whose ``measure`` is at most this (for ``edit_distance``: whose
       ``-edit_distance`` is at most this, i.e. ``max_score=-0.5`` keeps pairs at distance >= 0.5).
     - ``keep``: keep this many rows with the lowest ``measure``.
-    - ``around`` + ``window``: the paper's Section 5 selection, ``window`` rows of the sorted scores
-      centred on the ``around`` quantile (0 = least similar, 1 = most similar).
+    - ``around`` + ``window``: the paper's Section 5 selection, ``window`` (default 512) rows of the
+      sorted scores centred on the ``around`` quantile (0 = least similar, 1 = most similar).
 
-    Ties are broken by original position. Rows that could not be scored (``ches_skip``) are dropped
-    and counted in the log.
+    Ties are broken by original position. Rows that could not be scored (``ches_skip``, or a NaN
+    score) are dropped and counted in the log. Options that would do nothing (a second rule,
+    ``window`` without ``around``, scoring options without ``model``, a misspelled option) are refused.
+    With ``model``, ``data`` is scored with it even if it has scores (they are replaced).
 
     Args:
         data: scored rows (from :func:`ches.score`, or a file it wrote), or raw rows plus ``model``.
-        quantile: fraction of scored rows to keep, in (0, 1].
+        quantile: fraction of scored rows to keep, in (0, 1] (default 0.95 when no other rule is given).
         measure: ``"ln_ches"`` (default, what the paper filters with), ``"ches"``, ``"last_hidden_ip"``,
             or ``"edit_distance"`` (ranked by ``-edit_distance`` so that higher = more similar for all).
         model, tokenizer, **score_kwargs: used to score ``data`` first when it has no scores.
@@ -65,9 +67,12 @@ def filter(  # noqa: A001 - the public name is part of the contract
     >>> filter(rows, 0.5, keep_scores=False).to_dict()["chosen"]
     ['b', 'd']
     """
-    rules = [name for name, value in (("max_score", max_score), ("keep", keep), ("around", around)) if value is not None]
+    rules = [name for name, value in (("quantile", quantile), ("max_score", max_score), ("keep", keep), ("around", around))
+             if value is not None]
     if len(rules) > 1:
-        raise ChesError(f"give at most one of max_score=, keep=, around= (got {', '.join(rules)}).")
+        raise ChesError(f"give at most one of quantile=, max_score=, keep=, around= (got {', '.join(rules)}).")
+    if window is not None and around is None:
+        raise ChesError("window= sets the size of the around= selection; pass around= too, or drop window=.")
     scored = _scored(data, measure, model, tokenizer, score_kwargs)
     rows, values = _scored_rows(scored, measure)
     if max_score is not None:
@@ -75,9 +80,9 @@ def filter(  # noqa: A001 - the public name is part of the contract
     elif keep is not None:
         picked = select.keep_count(values, keep)
     elif around is not None:
-        picked = select.keep_window(values, around, window)
+        picked = select.keep_window(values, around, 512 if window is None else window)
     else:
-        picked = select.keep_quantile(values, quantile)
+        picked = select.keep_quantile(values, 0.95 if quantile is None else quantile)
     logger.info("ches.filter: kept %d of %d scored rows by %s (%d rows could not be scored and were dropped)",
                 len(picked), len(rows), measure, len(scored) - len(rows))
     result = scored.select(rows[picked])
@@ -109,18 +114,36 @@ def rank(data: Data, measure: str = "ches", *, model=None, tokenizer=None, **sco
 
 
 def _scored(data, measure: str, model, tokenizer, score_kwargs) -> datasets.Dataset:
+    """``data`` with scores: as given when it has them and no model is passed, else scored with ``model``
+    (replacing any scores it had: the caller asked for that model)."""
     if measure not in select.MEASURES:
         raise ChesError(f"unknown measure {measure!r}; use one of {sorted(select.MEASURES)}.")
+    _check_score_options(score_kwargs, model)
     dataset = load_data(data, score_kwargs.get("split"))
     if isinstance(dataset, datasets.DatasetDict):
         raise ChesError(f"data has splits {sorted(dataset)}; pass split= to choose one.")
     if len(dataset) == 0:
         raise ChesError("the data has no rows.")
-    if measure in dataset.column_names:
+    if model is None and measure in dataset.column_names:
         return dataset
     if model is None:
         raise ChesError(f"the data has no {measure!r} column; pass model= (--model on the command line) to score it first.")
     return score(dataset, model, tokenizer, **{k: v for k, v in score_kwargs.items() if k != "split"})
+
+
+def _check_score_options(score_kwargs: dict, model) -> None:
+    """Refuse options that ``ches.score`` does not take, and scoring options given without a model
+    (they would do nothing): a misspelled option must not be ignored silently."""
+    import inspect
+
+    known = set(inspect.signature(score).parameters) - {"data", "model", "tokenizer"}
+    unknown = sorted(set(score_kwargs) - known)
+    if unknown:
+        raise ChesError(f"unknown option(s) {', '.join(map(repr, unknown))}; the scoring options are "
+                        f"{', '.join(sorted(known))}.")
+    idle = sorted(name for name, value in score_kwargs.items() if name != "split" and value not in (None, False))
+    if model is None and idle:
+        raise ChesError(f"option(s) {', '.join(map(repr, idle))} only apply when scoring; pass model= too, or drop them.")
 
 
 def _scored_rows(dataset: datasets.Dataset, measure: str) -> tuple[np.ndarray, np.ndarray]:

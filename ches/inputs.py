@@ -19,6 +19,7 @@ from typing import Any, Union
 
 import datasets
 
+from .columns import RANK_COLUMNS, RANK_TYPES, SCORE_COLUMNS, SCORE_TYPES, typed_cell
 from .errors import ChesError
 from .formats import PAIR_COLUMNS, TEMPLATE_COLUMNS
 
@@ -96,13 +97,39 @@ def _load_file(path: Path) -> datasets.Dataset:
     if kind == ".json":
         return _from_rows(path, _read_json(path))
     if kind == ".parquet":
-        return datasets.Dataset.from_parquet(str(path))
+        try:
+            return datasets.Dataset.from_parquet(str(path))
+        except Exception as error:  # pyarrow's errors for a damaged or foreign file
+            raise ChesError(f"{path}: not a readable Parquet file ({type(error).__name__}: {_one_line(error)}).") from None
     if kind == ".csv":
         import pandas
 
-        frame = pandas.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
-        return datasets.Dataset.from_pandas(frame, preserve_index=False)
+        try:
+            frame = pandas.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+        except (pandas.errors.ParserError, pandas.errors.EmptyDataError, UnicodeDecodeError) as error:
+            raise ChesError(f"{path}: not a readable CSV file ({_one_line(error)}).") from None
+        dataset = datasets.Dataset.from_pandas(frame, preserve_index=False)
+        return _typed_score_columns(dataset)
     raise ChesError(f"cannot tell the format of {path}: expected a name ending in {', '.join(SUFFIXES)} (optionally + .gz).")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]
+
+
+def _typed_score_columns(dataset: datasets.Dataset) -> datasets.Dataset:
+    """Score columns of a CSV file (read as text) back as numbers, empty cells as NaN / None, so a
+    scored CSV goes through ``ches filter`` and ``ches report`` like a Parquet file."""
+    order = dataset.column_names
+    present = [name for name in SCORE_COLUMNS + RANK_COLUMNS if name in order]
+    for name in present:
+        try:
+            values = [typed_cell(name, text) for text in dataset[name]]
+        except ValueError as error:
+            raise ChesError(f"column {name!r} of the CSV file holds a value that is not a number ({error}).") from None
+        dataset = dataset.remove_columns(name).add_column(name, values, feature=datasets.Value(
+            {**SCORE_TYPES, **RANK_TYPES}[name]))
+    return dataset.select_columns(order) if present else dataset
 
 
 def _open(path: Path, mode: str = "rt"):

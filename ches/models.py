@@ -41,9 +41,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError):
         raise ChesError(f"device={device!r} is not a torch device; use e.g. 'cpu', 'cuda' or 'cuda:1'.") from None
+    if resolved.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if available == 0:
+            raise ChesError(f"device={device!r}, but this machine has no usable CUDA device (torch "
+                            f"{torch.__version__}); use device='cpu' or install a CUDA build of torch.")
+        if resolved.index is not None and resolved.index >= available:
+            raise ChesError(f"device={device!r}, but this machine has {available} CUDA device(s) (0..{available - 1}).")
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

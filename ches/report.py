@@ -25,22 +25,31 @@ SHOWN_CHARS = 600
 
 
 def write_report(dataset: datasets.Dataset, output: str | os.PathLike, *, measure: str = "ln_ches", top: int = 20,
-                 title: str = "CHES report") -> Path:
+                 title: str = "CHES report", overwrite: bool = False) -> Path:
     """Write the HTML report of a scored ``dataset`` to ``output`` and return its path.
 
     The page holds histograms of ``ches`` and ``ln_ches``, a ``ches`` vs length-difference scatter,
     the summary table, and the ``top`` highest- and lowest-scoring pairs by ``measure`` with their
-    prompt and both completions (escaped, truncated to 600 characters for display).
+    prompt and both completions (escaped, truncated to 600 characters for display). An existing
+    ``output`` is replaced only with ``overwrite=True``.
     """
-    from .export import write_text
+    from .export import check_output, write_text
+
+    check_output(output, overwrite=overwrite, suffixes=(".html", ".htm"))
 
     columns = {name: column(dataset, name) for name in dataset.column_names
                if name in ("ches", "ln_ches", "last_hidden_ip", "edit_distance", "chosen_tokens", "rejected_tokens", "ches_skip")}
+    missing = [name for name in ("ches", "ches_skip", "chosen_tokens", "rejected_tokens", measure) if name not in columns]
+    if missing:
+        raise ChesError(f"the data has no {', '.join(map(repr, missing))} column(s); report needs a file written by "
+                        f"'ches score' (its columns are: {', '.join(dataset.column_names)}).")
     summary = summarize(columns)
-    scored = np.flatnonzero([reason is None for reason in columns["ches_skip"]])
+    values = np.asarray(columns[measure], dtype=np.float64)
+    scored = np.flatnonzero([reason is None for reason in columns["ches_skip"]] & np.isfinite(values)
+                            & np.isfinite(np.asarray(columns["ches"], dtype=np.float64)))
     if len(scored) == 0:
         raise ChesError("no row of the data was scored; nothing to report.")
-    order = scored[most_similar_first(similarity(np.asarray(columns[measure])[scored], measure))]
+    order = scored[most_similar_first(similarity(values[scored], measure))]
     shown = min(top, len(order))
     body = [
         f"<h1>{html.escape(title)}</h1>",
@@ -83,7 +92,7 @@ def _figures(columns: dict, scored: np.ndarray) -> str:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ChesError("the report's pictures need matplotlib: pip install 'ches[report]'.") from None
+        raise ChesError("the report's pictures need matplotlib (a dependency of ches): pip install matplotlib.") from None
     values = {name: np.asarray(columns[name], dtype=np.float64)[scored] for name in ("ches", "ln_ches")}
     length_difference = (np.asarray(columns["chosen_tokens"]) - np.asarray(columns["rejected_tokens"]))[scored]
     images = []

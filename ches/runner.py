@@ -97,7 +97,7 @@ def compute_sums(
     indices, sums, last, reused = [], [], [], 0
     for chunk_id in ranks.share(costs):
         members = chunks[chunk_id]
-        stored = cache.load(chunk_id) if cache is not None else None
+        stored = cache.load(chunk_id, rows=2 * len(members)) if cache is not None else None
         if stored is None:
             sequences = [sequence for p in members for sequence in pairs[p]]
             done = _pair_counter(on_pairs)

@@ -71,7 +71,7 @@ def test_filter_rules_on_the_command_line(python_scores, tmp_path):
                             (["--max-score", "0", "--measure", "ches"], ches.filter(python_scores, max_score=0, measure="ches")),
                             (["--around", "0.5", "--window", "8"], ches.filter(python_scores, around=0.5, window=8))]:
         output = tmp_path / "kept.parquet"
-        assert main(["filter", str(scores), *flags, "-o", str(output)]) == 0
+        assert main(["filter", str(scores), *flags, "-o", str(output), "--overwrite"]) == 0  # the same file each time
         assert list(load_data(str(output))["chosen"]) == list(expected["chosen"])
 
 

@@ -105,7 +105,7 @@ def test_summary_counts_and_correlations():
     (dict(quantile=0.0), r"quantile=0.0 must be in \(0, 1\]"),
     (dict(quantile=1.5), r"quantile=1.5 must be in \(0, 1\]"),
     (dict(measure="cosine"), r"unknown measure 'cosine'; use one of \['ches', 'edit_distance', 'last_hidden_ip', 'ln_ches'\]"),
-    (dict(keep=3, max_score=1.0), r"give at most one of max_score=, keep=, around="),
+    (dict(keep=3, max_score=1.0), r"give at most one of quantile=, max_score=, keep=, around= \(got max_score, keep\)"),
     (dict(keep=999), r"keep=999 is outside \[0, 55\]"),
 ])
 def test_bad_options(bad, message):
