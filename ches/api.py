@@ -183,6 +183,8 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
     if batch_tokens is not None and (not isinstance(batch_tokens, int) or batch_tokens < 1):
         raise ChesError(f"batch_tokens={batch_tokens!r} must be a positive integer.")
     check_layout(layout)
+    if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise ChesError(f"cache_dir {cache_dir} is not a folder (a file is in the way).")
     dataset = load_data(data, split)
     parts = dataset if isinstance(dataset, datasets.DatasetDict) else {None: dataset}
     pairs = {name: _validated_pairs(part, name) for name, part in parts.items()}
@@ -281,6 +283,13 @@ def _versions() -> dict[str, str]:
 def _validated_pairs(dataset: datasets.Dataset, split_name: str | None):
     if len(dataset) == 0:
         raise ChesError(f"the data{f' (split {split_name!r})' if split_name else ''} has no rows.")
+    missing = [name for name in ("chosen", "rejected") if name not in dataset.column_names]
+    if missing:
+        raise ChesError(
+            f"missing column(s) {missing}; the data has {dataset.column_names}. A preference data set needs 'chosen' "
+            "and 'rejected' (and optionally 'prompt'); rename your columns, e.g. "
+            "dataset.rename_column('response_a', 'chosen')."
+        )
     try:
         return to_pairs(pair_columns(dataset))
     except ChesError as error:

@@ -83,6 +83,8 @@ def _load_path(path: str, split: str | None):
             raise ChesError(f"{path} is a folder but not one written by save_to_disk ({error}).") from None
         return load_data(loaded, split)
     if local.is_file():
+        if split is not None:
+            raise ChesError(f"split={split!r} was given, but {path} is a single file with no splits; drop --split/split=.")
         return _load_file(local)
     if local.suffix in SUFFIXES + (".gz",) or path.startswith((".", "/", "~")):
         raise ChesError(f"data file {path} does not exist.")

@@ -197,8 +197,12 @@ def _from_pretrained(name: str, options: dict):
         has_tokenizer = any(os.path.isfile(os.path.join(name, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
         base = merged.config.name_or_path or getattr(merged, "name_or_path", name)
         return merged, name if has_tokenizer else base
-    except (OSError, ValueError, ImportError) as error:  # ImportError: an attention kernel that is not installed
-        raise ChesError(f"could not load model {name!r}: {error}") from None
+    except ChesError:
+        raise
+    except Exception as error:  # OS, JSON, safetensors, an attention kernel that is not installed, ...
+        message = " ".join(str(error).split())[:400]
+        raise ChesError(f"could not load model {name!r} ({type(error).__name__}: {message}); check that it is a "
+                        "causal LM folder or Hub id with readable config and weights.") from None
 
 
 def load_tokenizer(tokenizer, model_name: str, trust_remote_code: bool = False):

@@ -87,6 +87,12 @@ def validate(
         probability), ``measure`` values are sign-adjusted so that higher = more similar.
     """
     started = time.time()
+    checks = {"steps": (steps, steps >= 1, "a positive integer"), "learning_rate": (learning_rate, learning_rate > 0, "> 0"),
+              "beta": (beta, beta > 0, "> 0"), "resamples": (resamples, resamples >= 1, "a positive integer"),
+              "pool": (pool, pool is None or pool >= 1, "a positive integer (or None)")}
+    for name, (value, valid, what) in checks.items():
+        if not valid:
+            raise ChesError(f"{name}={value!r} must be {what}.")
     dataset = load_data(data, split)
     if hasattr(dataset, "keys"):
         raise ChesError(f"data has splits {sorted(dataset)}; pass split=.")
