@@ -183,6 +183,9 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
     if batch_tokens is not None and (not isinstance(batch_tokens, int) or batch_tokens < 1):
         raise ChesError(f"batch_tokens={batch_tokens!r} must be a positive integer.")
     check_layout(layout)
+    idle = [name for name, value in (("max_memory", max_memory), ("offload_folder", offload_folder)) if value is not None]
+    if idle and device_map is None:
+        raise ChesError(f"{' and '.join(idle)} only apply with device_map= (--device-map); pass it too, or drop them.")
     if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
         raise ChesError(f"cache_dir {cache_dir} is not a folder (a file is in the way).")
     dataset = load_data(data, split)

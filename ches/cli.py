@@ -192,8 +192,11 @@ def run_score(args) -> Outcome:
             "rows_written": scored.num_rows}
     if args.output:
         return Outcome(meta, dataset=scored, output=args.output)
-    for part in scored.values() if hasattr(scored, "values") else [scored]:
-        print(to_json(summarize(part.to_dict())))
+    from .columns import SCORE_COLUMNS
+    from .inputs import column
+
+    for part in scored.values() if hasattr(scored, "values") else [scored]:  # the score columns only: fast
+        print(to_json(summarize({name: column(part, name) for name in SCORE_COLUMNS})))
     return Outcome(meta)
 
 

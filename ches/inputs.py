@@ -49,13 +49,17 @@ def load_data(data: Data, split: str | None = None) -> datasets.Dataset | datase
             raise ChesError(f"split={split!r} was given, but the Dataset passed is split {str(data.split)!r}; drop split=.")
         return data
     if _is_dataframe(data):
-        return datasets.Dataset.from_pandas(data, preserve_index=False)
+        try:
+            return datasets.Dataset.from_pandas(data, preserve_index=False)
+        except Exception as error:  # pyarrow: a column whose cells are of several types
+            raise ChesError(f"the DataFrame's columns do not each hold one type ({type(error).__name__}: "
+                            f"{_one_line(error)}).") from None
     if isinstance(data, (str, os.PathLike)):
         return _load_path(str(data), split)
     if isinstance(data, Sequence) and all(isinstance(row, Mapping) for row in data):
         if not data:
             raise ChesError("data is an empty list; pass at least one row with 'chosen' and 'rejected'.")
-        return datasets.Dataset.from_list([dict(row) for row in data])
+        return _from_rows("data", list(data))
     raise ChesError(
         f"data of type {type(data).__name__} is not supported; pass a datasets.Dataset or DatasetDict, a list "
         f"of dicts, a pandas DataFrame, a path to a {'/'.join(SUFFIXES)} file or save_to_disk folder, or a Hub id."
@@ -183,13 +187,14 @@ def _read_json(path: Path) -> list[dict]:
     return content
 
 
-def _from_rows(path: Path, rows: list[dict]) -> datasets.Dataset:
+def _from_rows(path: Path | str, rows: list) -> datasets.Dataset:
     if not rows:
         raise ChesError(f"{path} holds no rows.")
     try:
-        return datasets.Dataset.from_list(rows)
+        return datasets.Dataset.from_list([dict(row) for row in rows])
     except Exception as error:  # pyarrow raises several types for inconsistent rows
-        raise ChesError(f"{path}: rows do not share one schema ({error}).") from None
+        raise ChesError(f"{path}: rows do not share one schema, e.g. a column holding text in one row and a list "
+                        f"or number in another ({type(error).__name__}: {_one_line(error)}).") from None
 
 
 def _load_hub(name: str, split: str | None):

@@ -36,6 +36,8 @@ def write_report(dataset: datasets.Dataset, output: str | os.PathLike, *, measur
     from .export import check_output, write_text
 
     check_output(output, overwrite=overwrite, suffixes=(".html", ".htm"))
+    if not isinstance(top, int) or top < 1:
+        raise ChesError(f"top={top!r} must be a positive integer: the pairs shown at each end.")
 
     columns = {name: column(dataset, name) for name in dataset.column_names
                if name in ("ches", "ln_ches", "last_hidden_ip", "edit_distance", "chosen_tokens", "rejected_tokens", "ches_skip")}

@@ -151,6 +151,7 @@ OPTION_CASES = {
     "raw data without model": (["filter", "pairs.jsonl"], r"has no 'ln_ches' column; pass model="),
     "report unknown measure": (["report", "scores.parquet", "-o", "r.html", "--measure", "x"], r"--measure.*'x'"),
     "report without output": (["report", "scores.parquet"], r"--output"),
+    "report top zero": (["report", "scores.parquet", "-o", "r.html", "--top", "0"], r"top=0 must be a positive integer"),
     "validate n zero": (["validate", "pairs.jsonl", "-m", "model", "--n", "0"], r"n=0"),
     "validate negative steps": (["validate", "pairs.jsonl", "-m", "model", "--n", "4", "--steps", "-1"],
                                 r"steps=-1 must be a positive integer"),
@@ -280,6 +281,12 @@ API_CASES = {
     "empty list": (lambda m: ches.score([], m, progress=False), r"data is an empty list"),
     "list of numbers": (lambda m: ches.score([1, 2], m, progress=False), r"data of type list is not supported"),
     "rows mixed with strings": (lambda m: ches.score([ROWS[0], "x"], m, progress=False), r"not supported"),
+    "rows of mixed column types": (lambda m: ches.score([ROWS[0], {**ROWS[1], "chosen": ["a"]}], m, progress=False),
+                                   r"data: rows do not share one schema"),
+    "dataframe of mixed types": (lambda m: ches.score(__import__("pandas").DataFrame(
+        {"chosen": ["a", 1], "rejected": ["b", "c"]}), m, progress=False), r"the DataFrame's columns do not each hold one type"),
+    "max memory without device map": (lambda m: ches.score(ROWS, m, max_memory={"cpu": "1GiB"}, progress=False),
+                                      r"max_memory only apply with device_map="),
     "unknown layout": (lambda m: ches.score(ROWS, m, layout="ragged", progress=False), r"layout='ragged' is not one of"),
     "unknown dtype": (lambda m: ches.score(ROWS, m, dtype="int8", progress=False), r"dtype='int8' is not supported"),
     "cuda without cuda": (lambda m: ches.score(ROWS, m, device="cuda", progress=False), r"no usable CUDA device"),
@@ -422,3 +429,38 @@ def test_spearman_matches_pandas_with_ties():
     a, b = rng.integers(0, 20, 500).astype(float), rng.normal(size=500).round(1)
     reference = pandas.Series(a).rank(method="average").corr(pandas.Series(b).rank(method="average"))  # Pearson of ranks
     assert spearman(a, b) == pytest.approx(reference, abs=1e-12)
+
+
+# ---------------------------------------------------------------- signals
+def test_ctrl_c_is_one_line_and_leaves_no_output(workdir, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ches.api, "score_run", interrupted)
+    before = digest(workdir)
+    code = main(["score", "pairs.jsonl", "-m", "model", "-o", "scores-new.parquet"])
+    err = capsys.readouterr().err
+    assert code == 130 and err.count("\n") == 1 and err.startswith("ches: interrupted") and "Traceback" not in err
+    assert digest(workdir) == before
+
+
+def test_an_error_deep_in_a_library_is_one_line_naming_it(workdir, capsys, monkeypatch):
+    import pyarrow
+
+    def broken(*args, **kwargs):
+        raise pyarrow.lib.ArrowInvalid("Column 3: In chunk 0: Invalid: offsets\nnot monotonic")
+
+    monkeypatch.setattr(datasets.Dataset, "to_parquet", broken)
+    before = digest(workdir)
+    code, err = run_cli(["filter", "scores.parquet", "--keep", "2", "-o", "kept.parquet"], capsys)
+    assert_one_line_error(code, err, r"ArrowInvalid \(in \w+\): Column 3: In chunk 0: Invalid: offsets not monotonic")
+    assert digest(workdir) == before
+
+
+def test_cache_works_with_an_offloaded_model(workdir):
+    offload = {"device_map": "auto", "max_memory": {"cpu": "150KB"}, "offload_folder": str(workdir / "offload")}
+    reference = ches.score(ROWS, str(workdir / "model"), progress=False)
+    scored = ches.score(ROWS, str(workdir / "model"), cache_dir="cache", progress=False, **offload)
+    again = ches.score(ROWS, str(workdir / "model"), cache_dir="cache", progress=False, **offload)
+    assert list(scored["ches"]) == pytest.approx(list(reference["ches"]), rel=1e-5)
+    assert list(again["ches"]) == list(scored["ches"])

@@ -49,3 +49,10 @@ def test_a_single_sequence_that_does_not_fit_is_an_error(tiny_model):
     small = SmallMemory(tiny_model("llama").base_model, capacity=10)
     with pytest.raises(ChesError, match=r"a single sequence of \d+ tokens does not fit in device memory; pass max_length="):
         hidden_sums(small, sequences(2), hidden_size=32, batch_tokens=1000, device=torch.device("cpu"), pad_id=0)
+
+
+def test_masked_packed_batches_stay_within_the_token_budget(tiny_model):
+    body = SmallMemory(tiny_model("llama").base_model, capacity=10**9)  # records every batch's token slots
+    seqs = sequences(20)  # 20 to 153 tokens: rows as long as the longest sequence of the batch
+    hidden_sums(body, seqs, hidden_size=32, batch_tokens=400, device=torch.device("cpu"), pad_id=0, packing=True)
+    assert body.calls and max(body.calls) <= 400
