@@ -85,6 +85,9 @@ def _load_path(path: str, split: str | None):
             loaded = datasets.load_from_disk(path)
         except FileNotFoundError as error:
             raise ChesError(f"{path} is a folder but not one written by save_to_disk ({error}).") from None
+        except Exception as error:  # a damaged save_to_disk folder: JSON, Arrow or OS errors
+            raise ChesError(f"{path}: a save_to_disk folder that cannot be read ({type(error).__name__}: "
+                            f"{_one_line(error)}).") from None
         return load_data(loaded, split)
     if local.is_file():
         if split is not None:
@@ -103,10 +106,15 @@ def _load_file(path: Path) -> datasets.Dataset:
     if kind == ".json":
         return _from_rows(path, _read_json(path))
     if kind == ".parquet":
+        import pyarrow.parquet
+
         try:
-            return datasets.Dataset.from_parquet(str(path))
+            rows = pyarrow.parquet.ParquetFile(path).metadata.num_rows
+            if rows:
+                return datasets.Dataset.from_parquet(str(path))
         except Exception as error:  # pyarrow's errors for a damaged or foreign file
             raise ChesError(f"{path}: not a readable Parquet file ({type(error).__name__}: {_one_line(error)}).") from None
+        raise ChesError(f"{path} holds no rows.")
     if kind == ".csv":
         import pandas
 

@@ -93,6 +93,10 @@ FILE_CASES = {
                           r"cannot tell the format of pairs.txt"),
     "folder that is not a dataset": (("plain-folder/readme.md", "hi"), ["score", "plain-folder", "-m", "model"],
                                      r"plain-folder is a folder but not one written by save_to_disk"),
+    "parquet without rows": (("none.parquet", "EMPTY-PARQUET"), ["score", "none.parquet", "-m", "model"],
+                             r"none.parquet holds no rows"),
+    "damaged dataset folder": (("broken-ds/state.json", "{not json"), ["score", "broken-ds", "-m", "model"],
+                               r"broken-ds"),
     "mixed row types": (("mixed.jsonl", '{"chosen": "a", "rejected": "b"}\n{"chosen": ["a"], "rejected": "b"}\n'),
                         ["score", "mixed.jsonl", "-m", "model"], r"mixed.jsonl: rows do not share one schema"),
     "scores file for report is raw data": (None, ["report", "pairs.jsonl", "-o", "r.html"],
@@ -221,7 +225,12 @@ def test_files(case, workdir, capsys):
     if setup:
         path = workdir / setup[0]
         path.parent.mkdir(parents=True, exist_ok=True)
-        write(path, setup[1])
+        if setup[1] == "EMPTY-PARQUET":
+            datasets.Dataset.from_dict({"chosen": [], "rejected": []}).to_parquet(str(path))
+        else:
+            write(path, setup[1])
+        if path.parent.name == "broken-ds":
+            (path.parent / "dataset_info.json").write_text("{}")
     before = digest(workdir)
     assert_one_line_error(*run_cli(argv, capsys), message)
     assert digest(workdir) == before
