@@ -93,7 +93,8 @@ def rank(data: Data, measure: str = "ches", *, model=None, tokenizer=None, **sco
     """Rows sorted from most to least displacement-prone, with ``ches_rank`` and ``ches_percentile``.
 
     ``ches_rank`` is 0 for the most similar pair; ``ches_percentile`` is 100 for it and 0 for the least
-    similar. Unscored rows (``ches_skip``) come last, with no rank and a NaN percentile.
+    similar. Unscored rows (``ches_skip``, or a NaN score) come last, with no rank and a NaN percentile;
+    their number is logged.
 
     >>> rows = [{"chosen": c, "rejected": "r", "ches": s, "ches_skip": None} for c, s in [("a", 1.0), ("b", 5.0)]]
     >>> ranked = rank(rows)
@@ -104,6 +105,8 @@ def rank(data: Data, measure: str = "ches", *, model=None, tokenizer=None, **sco
     rows, values = _scored_rows(scored, measure)
     order = rows[select.most_similar_first(values)]
     unscored = np.setdiff1d(np.arange(len(scored)), rows)
+    logger.info("ches.rank: ranked %d rows by %s; %d rows could not be scored (ches_skip or a NaN score) and come last",
+                len(rows), measure, len(unscored))
     ranked = scored.select(np.concatenate([order, unscored]))
     ranked = ranked.remove_columns([name for name in RANK_COLUMNS if name in ranked.column_names])
     n = len(order)
