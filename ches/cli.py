@@ -215,6 +215,11 @@ def run_filter(args) -> Outcome:
     from .filtering import filter as filter_rows
 
     _check_outputs(args)
+    if not args.model:  # scoring flags without a model would do nothing
+        idle = [f"--{name.replace('_', '-')}" for name, value in _score_kwargs(args).items()
+                if name not in ("split", "progress") and value not in (None, False)]
+        if idle:
+            raise ChesError(f"{', '.join(idle)} only apply when scoring; pass --model too, or drop them.")
     kwargs = _score_kwargs(args) if args.model else {"split": args.split}
     rule = {"quantile": args.quantile, "max_score": args.max_score, "keep": args.keep, "around": args.around,
             "window": args.window}

@@ -153,6 +153,8 @@ OPTION_CASES = {
     "around outside [0, 1]": (["filter", "scores.parquet", "--around", "2"], r"window centre 2.0 must be a quantile"),
     "unknown measure": (["filter", "scores.parquet", "--measure", "cosine"], r"--measure.*'cosine'"),
     "raw data without model": (["filter", "pairs.jsonl"], r"has no 'ln_ches' column; pass model="),
+    "scoring flags without model": (["filter", "scores.parquet", "--max-length", "64", "--layout", "padded"],
+                                    r"--max-length, --layout only apply when scoring; pass --model too"),
     "report unknown measure": (["report", "scores.parquet", "-o", "r.html", "--measure", "x"], r"--measure.*'x'"),
     "report without output": (["report", "scores.parquet"], r"--output"),
     "report top zero": (["report", "scores.parquet", "-o", "r.html", "--top", "0"], r"top=0 must be a positive integer"),
