@@ -25,7 +25,7 @@ from .columns import SCORE_COLUMNS, SCORE_TYPES
 from .errors import ChesError
 from .export import check_output
 from .formats import pair_problem, to_pairs
-from .inputs import Data, load_data, pair_columns
+from .inputs import Data, check_columns, load_data, pair_columns
 from .layouts import check_layout, resolve_layout
 from .models import LoadedModel, attention_kernel, load_model, max_positions, text_config
 from .runner import compute_sums, edit_distances, tokenize_shared
@@ -72,8 +72,10 @@ class RunInfo:
     attention: str | None
     compiled: bool
     processes: int
+    threads: int
     split: str | None
     dataset_fingerprints: dict[str, str]
+    columns: dict[str, str] | None = None
     rows: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     prompt_cut: dict[str, int] = field(default_factory=dict)
@@ -105,6 +107,8 @@ def score(
     attn_implementation: str | None = None,
     compile: bool = False,
     overwrite: bool = False,
+    columns: dict[str, str] | None = None,
+    num_threads: int | None = None,
 ) -> datasets.Dataset | datasets.DatasetDict:
     """CHES scores for every preference pair, on exactly the token sequences TRL's DPOTrainer trains on.
 
@@ -128,6 +132,12 @@ def score(
             safetensors file (one file per split, ``name.SPLIT.safetensors``, for a DatasetDict). Checked
             before the model is loaded; an existing file is replaced only with ``overwrite=True``.
         overwrite: allow ``save_embeddings`` to replace existing files.
+        columns: your column names for ches' ``prompt``/``chosen``/``rejected`` (and ``tools``,
+            ``chat_template_kwargs``), e.g. ``{"prompt": "question", "chosen": "answer_a", "rejected":
+            "answer_b"}``; the output keeps your columns as they are.
+        num_threads: CPU threads for the call (``torch.set_num_threads``, restored afterwards); default:
+            torch's (one per core). On a machine other work keeps busy, fewer threads than cores can be
+            much faster: oversubscribed cores make every thread wait (docs/performance.md).
         layout: how sequences meet the model: ``"padded"`` (length-sorted, right-padded batches),
             ``"packed"`` (sequences back to back, restarting position ids; padding-free attention, see
             :mod:`ches.attention`), ``"prefix_shared"`` (each pair as ``prompt | chosen | rejected``, the
@@ -169,14 +179,34 @@ def score(
                      batch_tokens=batch_tokens, progress=progress, trust_remote_code=trust_remote_code,
                      save_embeddings=save_embeddings, layout=layout, cache_dir=cache_dir, device_map=device_map,
                      max_memory=max_memory, offload_folder=offload_folder,
-                     attn_implementation=attn_implementation, compile=compile, overwrite=overwrite)[0]
+                     attn_implementation=attn_implementation, compile=compile, overwrite=overwrite,
+                     columns=columns, num_threads=num_threads)[0]
 
 
 def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype=None, device=None,
               batch_tokens=None, progress=True, trust_remote_code=False, save_embeddings=None, layout=None,
               cache_dir=None, device_map=None, max_memory=None, offload_folder=None, attn_implementation=None,
-              compile=False, overwrite=False):
+              compile=False, overwrite=False, columns=None, num_threads=None):
     """:func:`score`, also returning the :class:`RunInfo` of the run."""
+    if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+        raise ChesError(f"num_threads={num_threads!r} must be a positive integer (or None for torch's default).")
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _score_run(data, model, tokenizer, split=split, max_length=max_length, dtype=dtype, device=device,
+                          batch_tokens=batch_tokens, progress=progress, trust_remote_code=trust_remote_code,
+                          save_embeddings=save_embeddings, layout=layout, cache_dir=cache_dir, device_map=device_map,
+                          max_memory=max_memory, offload_folder=offload_folder,
+                          attn_implementation=attn_implementation, compile=compile, overwrite=overwrite,
+                          columns=columns)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _score_run(data, model, tokenizer, *, split, max_length, dtype, device, batch_tokens, progress, trust_remote_code,
+               save_embeddings, layout, cache_dir, device_map, max_memory, offload_folder, attn_implementation,
+               compile, overwrite, columns):
     started = _now()
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
         raise ChesError(f"max_length={max_length!r} must be an integer >= 2 (or None for no truncation).")
@@ -190,7 +220,7 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
         raise ChesError(f"cache_dir {cache_dir} is not a folder (a file is in the way).")
     dataset = load_data(data, split)
     parts = dataset if isinstance(dataset, datasets.DatasetDict) else {None: dataset}
-    pairs = {name: _validated_pairs(part, name) for name, part in parts.items()}
+    pairs = {name: _validated_pairs(part, name, columns) for name, part in parts.items()}
     embedding_files = {name: _embedding_file(save_embeddings, name) for name in parts} if save_embeddings else {}
     for target in embedding_files.values():  # before the model is loaded: nothing existing is replaced unasked
         check_output(target, overwrite=overwrite, suffixes=(".safetensors",))
@@ -211,7 +241,8 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
             tokenizer=getattr(loaded.tokenizer, "name_or_path", "") or type(loaded.tokenizer).__name__,
             dtype=str(loaded.dtype).removeprefix("torch."), device=str(loaded.device), max_length=max_length,
             batch_tokens=budget, layout=choice.layout, layout_reason=choice.reason,
-            attention=attention_kernel(loaded.model), compiled=compile, processes=ranks.world, split=split,
+            attention=attention_kernel(loaded.model), compiled=compile, processes=ranks.world,
+            threads=torch.get_num_threads(), split=split, columns=columns,
             dataset_fingerprints={_key(name): getattr(part, "_fingerprint", "") for name, part in parts.items()},
             started=started,
         )
@@ -283,18 +314,19 @@ def _versions() -> dict[str, str]:
     return {"ches": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def _validated_pairs(dataset: datasets.Dataset, split_name: str | None):
+def _validated_pairs(dataset: datasets.Dataset, split_name: str | None, columns: dict[str, str] | None = None):
     if len(dataset) == 0:
         raise ChesError(f"the data{f' (split {split_name!r})' if split_name else ''} has no rows.")
-    missing = [name for name in ("chosen", "rejected") if name not in dataset.column_names]
+    mapping = check_columns(dataset, columns)
+    missing = [name for name in ("chosen", "rejected") if mapping.get(name, name) not in dataset.column_names]
     if missing:
         raise ChesError(
             f"missing column(s) {missing}; the data has {dataset.column_names}. A preference data set needs 'chosen' "
-            "and 'rejected' (and optionally 'prompt'); rename your columns, e.g. "
-            "dataset.rename_column('response_a', 'chosen')."
+            "and 'rejected' (and optionally 'prompt'): map yours with columns={'chosen': 'answer_a', ...} "
+            "(--columns chosen=answer_a,... on the command line)."
         )
     try:
-        return to_pairs(pair_columns(dataset))
+        return to_pairs(pair_columns(dataset, mapping))
     except ChesError as error:
         if split_name is None:
             raise

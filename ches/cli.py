@@ -115,6 +115,8 @@ def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--model", "-m", required=required, help="local folder or Hub id of a causal LM")
     parser.add_argument("--tokenizer", help="tokenizer folder or Hub id (default: the model's)")
     parser.add_argument("--split", help="split of a DatasetDict / Hub dataset")
+    parser.add_argument("--columns", metavar="NAME=COLUMN,...",
+                        help="your column names, e.g. prompt=question,chosen=answer_a,rejected=answer_b")
     parser.add_argument("--max-length", type=int, help="keep the first N tokens of each sequence (TRL keep_start)")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
@@ -125,6 +127,7 @@ def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--attn-implementation",
                         help="attention kernel, e.g. flash_attention_2 (with --layout packed), flex_attention, sdpa")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder body (pays on long runs)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: one per core; fewer on a busy machine)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the Hub")
     parser.add_argument("--cache-dir", type=Path, help="keep finished work here; re-running resumes after a crash")
     parser.add_argument("--device-map", help="spread a large model over devices, e.g. auto")
@@ -138,7 +141,14 @@ def _score_kwargs(args) -> dict:
                 device=args.device, batch_tokens=args.batch_tokens, layout=args.layout, progress=not args.no_progress,
                 trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir, device_map=args.device_map,
                 max_memory=_memory(args.max_memory), offload_folder=args.offload_folder,
-                attn_implementation=args.attn_implementation, compile=args.compile)
+                attn_implementation=args.attn_implementation, compile=args.compile,
+                columns=_columns(args.columns), num_threads=args.threads)
+
+
+def _columns(text: str | None) -> dict | None:
+    from .inputs import parse_columns
+
+    return None if text is None else parse_columns(text)
 
 
 def _check_outputs(args, *, dataset: bool = True, suffixes: tuple[str, ...] | None = None) -> None:

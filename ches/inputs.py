@@ -223,11 +223,50 @@ def column(dataset: datasets.Dataset, name: str) -> list:
     return list(dataset[name][:])
 
 
-def pair_columns(dataset: datasets.Dataset) -> dict[str, list]:
-    """The columns :func:`ches.formats.to_pairs` reads (prompt/chosen/rejected and TRL's template inputs).
+def pair_columns(dataset: datasets.Dataset, columns: Mapping[str, str] | None = None) -> dict[str, list]:
+    """The columns :func:`ches.formats.to_pairs` reads (prompt/chosen/rejected and TRL's template inputs),
+    under ches' names; ``columns`` maps a ches name to the data's own column (``{"chosen": "answer_a"}``).
 
     >>> sorted(pair_columns(datasets.Dataset.from_list([{"chosen": "a", "rejected": "b", "id": 1}])))
     ['chosen', 'rejected']
+    >>> pair_columns(datasets.Dataset.from_list([{"q": "Hi?", "good": " Yes", "bad": " No"}]),
+    ...              {"prompt": "q", "chosen": "good", "rejected": "bad"})
+    {'prompt': ['Hi?'], 'chosen': [' Yes'], 'rejected': [' No']}
     """
-    wanted = PAIR_COLUMNS + TEMPLATE_COLUMNS
-    return {name: column(dataset, name) for name in wanted if name in dataset.column_names}
+    mapping = check_columns(dataset, columns)
+    return {name: column(dataset, mapping.get(name, name)) for name in PAIR_COLUMNS + TEMPLATE_COLUMNS
+            if mapping.get(name, name) in dataset.column_names}
+
+
+def check_columns(dataset: datasets.Dataset, columns: Mapping[str, str] | None) -> dict[str, str]:
+    """``columns`` checked against ches' names and the data's columns (``{}`` for None)."""
+    if columns is None:
+        return {}
+    if not isinstance(columns, Mapping):
+        raise ChesError(f"columns= must map ches' names to your columns, e.g. {{'chosen': 'answer_a'}}; got "
+                        f"{type(columns).__name__}.")
+    roles = PAIR_COLUMNS + TEMPLATE_COLUMNS
+    unknown = sorted(set(columns) - set(roles))
+    if unknown:
+        raise ChesError(f"columns= names {unknown}, but ches reads only {list(roles)}; map those to your columns.")
+    absent = {role: name for role, name in columns.items() if name not in dataset.column_names}
+    if absent:
+        raise ChesError(f"columns= maps to {sorted(absent.values())}, which the data does not have; its columns are "
+                        f"{dataset.column_names}.")
+    return dict(columns)
+
+
+def parse_columns(text: str) -> dict[str, str]:
+    """``"prompt=question,chosen=good"`` as a mapping (the command line's ``--columns``).
+
+    >>> parse_columns("prompt=question, chosen=answer_matching_behavior")
+    {'prompt': 'question', 'chosen': 'answer_matching_behavior'}
+    """
+    mapping = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        role, separator, name = item.partition("=")
+        if not separator or not role.strip() or not name.strip():
+            raise ChesError(f"--columns {text!r}: expected NAME=COLUMN pairs separated by commas, e.g. "
+                            "prompt=question,chosen=answer_a,rejected=answer_b.")
+        mapping[role.strip()] = name.strip()
+    return mapping

@@ -475,3 +475,47 @@ def test_cache_works_with_an_offloaded_model(workdir):
     again = ches.score(ROWS, str(workdir / "model"), cache_dir="cache", progress=False, **offload)
     assert list(scored["ches"]) == pytest.approx(list(reference["ches"]), rel=1e-5)
     assert list(again["ches"]) == list(scored["ches"])
+
+
+# ---------------------------------------------------------------- their own column names, threads
+PERSONA = ROOT / "examples" / "data" / "persona-ends-justify-means.jsonl"
+PERSONA_COLUMNS = {"prompt": "question", "chosen": "answer_matching_behavior", "rejected": "answer_not_matching_behavior"}
+
+
+def test_columns_map_the_users_names_and_keep_them(workdir):
+    rows = [json.loads(line) for line in PERSONA.read_text().splitlines()[:5]]
+    scored = ches.score(rows, str(workdir / "model"), columns=PERSONA_COLUMNS, progress=False)
+    renamed = ches.score([{role: row[name] for role, name in PERSONA_COLUMNS.items()} for row in rows],
+                         str(workdir / "model"), progress=False)  # the same pairs under ches' names
+    assert scored.column_names[:5] == list(rows[0]) and "chosen" not in scored.column_names
+    assert list(scored["ches"]) == pytest.approx(list(renamed["ches"]), rel=1e-9)
+
+
+def test_the_persona_file_scores_with_one_command(workdir, capsys):
+    columns = ",".join(f"{role}={name}" for role, name in PERSONA_COLUMNS.items())
+    assert main(["score", str(PERSONA), "-m", "model", "--columns", columns, "-o", "persona.parquet", "--no-progress"]) == 0
+    scored = ches.inputs.load_data("persona.parquet")
+    assert len(scored) == 1000 and all(reason is None for reason in scored["ches_skip"])
+    assert json.loads((workdir / "persona.parquet.meta.json").read_text())["run"]["columns"] == PERSONA_COLUMNS
+
+
+@pytest.mark.parametrize("columns, message", [
+    ("prompt=question,chosen", r"expected NAME=COLUMN pairs"),
+    ("prompt=question,answer=answer_matching_behavior", r"columns= names \['answer'\], but ches reads only"),
+    ("prompt=question,chosen=good,rejected=bad", r"columns= maps to \['bad', 'good'\], which the data does not have; "
+                                                 r"its columns are \['question'"),
+])
+def test_bad_column_mappings(columns, message, workdir, capsys):
+    before = digest(workdir)
+    assert_one_line_error(*run_cli(["score", str(PERSONA), "-m", "model", "--columns", columns], capsys), message)
+    assert digest(workdir) == before
+
+
+def test_threads_are_set_for_the_call_and_recorded(workdir):
+    import torch
+
+    default = torch.get_num_threads()
+    _, info = ches.api.score_run(ROWS, str(workdir / "model"), num_threads=1, progress=False)
+    assert info.threads == 1 and torch.get_num_threads() == default
+    with pytest.raises(ChesError, match=r"num_threads=0 must be a positive integer"):
+        ches.score(ROWS, str(workdir / "model"), num_threads=0, progress=False)
