@@ -27,6 +27,7 @@ from .export import check_output
 from .formats import pair_problem, to_pairs
 from .inputs import Data, check_columns, load_data, pair_columns
 from .layouts import check_layout, resolve_layout
+from .quiet import library_bars_off
 from .models import LoadedModel, attention_kernel, load_model, max_positions, text_config
 from .runner import compute_sums, edit_distances, tokenize_shared
 from .summary import skip_reasons
@@ -194,12 +195,13 @@ def score_run(data, model, tokenizer=None, *, split=None, max_length=None, dtype
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        return _score_run(data, model, tokenizer, split=split, max_length=max_length, dtype=dtype, device=device,
-                          batch_tokens=batch_tokens, progress=progress, trust_remote_code=trust_remote_code,
-                          save_embeddings=save_embeddings, layout=layout, cache_dir=cache_dir, device_map=device_map,
-                          max_memory=max_memory, offload_folder=offload_folder,
-                          attn_implementation=attn_implementation, compile=compile, overwrite=overwrite,
-                          columns=columns)
+        with library_bars_off():  # one bar, ches' own, or none
+            return _score_run(data, model, tokenizer, split=split, max_length=max_length, dtype=dtype, device=device,
+                              batch_tokens=batch_tokens, progress=progress, trust_remote_code=trust_remote_code,
+                              save_embeddings=save_embeddings, layout=layout, cache_dir=cache_dir,
+                              device_map=device_map, max_memory=max_memory, offload_folder=offload_folder,
+                              attn_implementation=attn_implementation, compile=compile, overwrite=overwrite,
+                              columns=columns)
     finally:
         torch.set_num_threads(previous)
 

@@ -277,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         commands = {"score": run_score, "filter": run_filter, "report": run_report, "validate": run_validate}
-        outcome = commands[args.command](args)
+        from .quiet import library_bars_off
+
+        with library_bars_off():  # ches' own bar only (none with --no-progress)
+            outcome = commands[args.command](args)
         meta = {"ches_version": __version__, "command": ["ches", *argv], "started": started,
                 **_input_metadata(args.data, args.split), **outcome.meta,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -286,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         if outcome.dataset is not None:
             from .export import write_dataset
 
-            outcome.written = write_dataset(outcome.dataset, outcome.output, overwrite=args.overwrite)
+            with library_bars_off():
+                outcome.written = write_dataset(outcome.dataset, outcome.output, overwrite=args.overwrite)
         if outcome.written is not None:
             from .export import sidecar_path, write_json
 

@@ -519,3 +519,14 @@ def test_threads_are_set_for_the_call_and_recorded(workdir):
     assert info.threads == 1 and torch.get_num_threads() == default
     with pytest.raises(ChesError, match=r"num_threads=0 must be a positive integer"):
         ches.score(ROWS, str(workdir / "model"), num_threads=0, progress=False)
+
+
+def test_no_progress_silences_every_bar_and_progress_shows_only_ches_bar(workdir, capsys):
+    import datasets.utils.logging as datasets_logging
+
+    assert main(["score", "pairs.jsonl", "-m", "model", "-o", "quiet.parquet", "--no-progress"]) == 0
+    assert "%|" not in capsys.readouterr().err  # no bar at all: weight loading, conversion, ches
+    assert main(["score", "pairs.jsonl", "-m", "model", "-o", "loud.parquet"]) == 0
+    bars = {line.split(":")[0].strip() for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "%|" in line}
+    assert bars == {"ches"}
+    assert datasets_logging.is_progress_bar_enabled()  # the libraries' own setting is given back
