@@ -39,7 +39,7 @@ from ches.inputs import column, load_data  # noqa: E402
 from ches.probes import DPOProbe, sequence_logps  # noqa: E402
 from ches.select import keep_window, similarity  # noqa: E402
 from ches.tokens import ScoredSequence  # noqa: E402
-from ches.validate import MEASURES, _run_probes, _sequences, correlation_table  # noqa: E402
+from ches.validation import MEASURES, _run_probes, _sequences, correlation_table  # noqa: E402
 
 MODEL = ROOT / "examples" / "tiny-hh-model"
 HH = ROOT / "examples" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import ches  # noqa: E402
 from ches.inputs import column, load_data  # noqa: E402
-from ches.summary import spearman  # noqa: E402
+from ches.stats import spearman  # noqa: E402
 
 
 def main() -> None:

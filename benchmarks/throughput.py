@@ -146,7 +146,7 @@ def peak_memory(device: str) -> float:
 
 
 def spearman(a, b) -> float:
-    from ches.summary import spearman as rank_correlation
+    from ches.stats import spearman as rank_correlation
 
     return rank_correlation(np.asarray(a), np.asarray(b))
 

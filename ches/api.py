@@ -30,7 +30,7 @@ from .layouts import check_layout, resolve_layout
 from .quiet import library_bars_off
 from .models import LoadedModel, attention_kernel, load_model, max_positions, text_config
 from .runner import compute_sums, edit_distances, tokenize_shared
-from .summary import skip_reasons
+from .stats import skip_reasons
 from .tokens import TokenizedPair, to_sequences
 
 logger = logging.getLogger("ches")

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .distributed import Ranks
 from .errors import ChesError
 from .select import MEASURES
 
@@ -192,7 +191,7 @@ def _input_metadata(data: str, split: str | None) -> dict:
 def run_score(args) -> Outcome:
     from .api import score_run
     from .export import to_json
-    from .summary import summarize
+    from .stats import summarize
 
     _check_single_file_output(args)
     _check_outputs(args)
@@ -256,7 +255,7 @@ def run_report(args) -> Outcome:
 
 def run_validate(args) -> Outcome:
     from .export import write_json
-    from .validate import format_table, validate
+    from .validation import format_table, validate
 
     _check_outputs(args, dataset=False, suffixes=(".json",))
     result = validate(args.data, args.model, args.tokenizer, n=args.n, steps=args.steps, learning_rate=args.lr,
@@ -284,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"ches_version": __version__, "command": ["ches", *argv], "started": started,
                 **_input_metadata(args.data, args.split), **outcome.meta,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        from .distributed import Ranks
+
         if not Ranks.current().is_main:  # under torchrun / accelerate only rank 0 writes
             return 0
         if outcome.dataset is not None:

@@ -14,7 +14,7 @@ from .api import score
 from .columns import RANK_COLUMNS, SCORE_COLUMNS
 from .errors import ChesError
 from .inputs import Data, column, load_data
-from .summary import summarize
+from .stats import summarize
 
 logger = logging.getLogger("ches")
 

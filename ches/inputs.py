@@ -206,12 +206,19 @@ def _from_rows(path: Path | str, rows: list) -> datasets.Dataset:
 
 
 def _load_hub(name: str, split: str | None):
-    try:
-        return datasets.load_dataset(name, split=split)
-    except Exception as error:
-        raise ChesError(
-            f"{name!r} is neither an existing local path nor a loadable Hub dataset ({type(error).__name__}: {error})."
-        ) from None
+    from .hub import offline_unless_reachable
+
+    with offline_unless_reachable(name) as reason:
+        try:
+            return datasets.load_dataset(name, split=split)
+        except Exception as error:
+            if reason:
+                raise ChesError(f"{name!r} is not an existing local path, and as a Hub dataset id it cannot be "
+                                f"loaded: {reason}, and it is not in the local datasets cache.") from None
+            raise ChesError(
+                f"{name!r} is neither an existing local path nor a loadable Hub dataset ({type(error).__name__}: "
+                f"{_one_line(error)})."
+            ) from None
 
 
 def column(dataset: datasets.Dataset, name: str) -> list:

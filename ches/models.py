@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ChesError
+from .hub import offline_unless_reachable
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
           "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -186,23 +187,27 @@ def _from_pretrained(name: str, options: dict):
     from transformers import AutoModelForCausalLM
 
     adapter = os.path.isfile(os.path.join(os.path.expanduser(name), "adapter_config.json"))
-    try:
-        if not adapter:
-            return AutoModelForCausalLM.from_pretrained(name, **options), name
+    with offline_unless_reachable(name) as reason:
         try:
-            from peft import AutoPeftModelForCausalLM
-        except ImportError:
-            raise ChesError(f"{name} is a PEFT adapter; install peft to score with it (pip install peft).") from None
-        merged = AutoPeftModelForCausalLM.from_pretrained(name, **options).merge_and_unload()
-        has_tokenizer = any(os.path.isfile(os.path.join(name, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
-        base = merged.config.name_or_path or getattr(merged, "name_or_path", name)
-        return merged, name if has_tokenizer else base
-    except ChesError:
-        raise
-    except Exception as error:  # OS, JSON, safetensors, an attention kernel that is not installed, ...
-        message = " ".join(str(error).split())[:400]
-        raise ChesError(f"could not load model {name!r} ({type(error).__name__}: {message}); check that it is a "
-                        "causal LM folder or Hub id with readable config and weights.") from None
+            if not adapter:
+                return AutoModelForCausalLM.from_pretrained(name, **options), name
+            try:
+                from peft import AutoPeftModelForCausalLM
+            except ImportError:
+                raise ChesError(f"{name} is a PEFT adapter; install peft to score with it (pip install peft).") from None
+            merged = AutoPeftModelForCausalLM.from_pretrained(name, **options).merge_and_unload()
+            has_tokenizer = any(os.path.isfile(os.path.join(name, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+            base = merged.config.name_or_path or getattr(merged, "name_or_path", name)
+            return merged, name if has_tokenizer else base
+        except ChesError:
+            raise
+        except Exception as error:  # OS, JSON, safetensors, an attention kernel that is not installed, ...
+            if reason:
+                raise ChesError(f"could not load model {name!r}: it is not a local folder, {reason}, and it is not "
+                                "in the local Hugging Face cache.") from None
+            message = " ".join(str(error).split())[:400]
+            raise ChesError(f"could not load model {name!r} ({type(error).__name__}: {message}); check that it is "
+                            "a causal LM folder or Hub id with readable config and weights.") from None
 
 
 def load_tokenizer(tokenizer, model_name: str, trust_remote_code: bool = False):
@@ -212,10 +217,12 @@ def load_tokenizer(tokenizer, model_name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     source = str(tokenizer) if tokenizer is not None else model_name
-    try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError) as error:
-        raise ChesError(f"could not load a tokenizer from {source!r} ({error}); pass tokenizer= explicitly.") from None
+    with offline_unless_reachable(source) as reason:
+        try:
+            return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, TypeError) as error:
+            detail = f"it is not a local folder, {reason}, and it is not in the local cache" if reason else str(error)
+            raise ChesError(f"could not load a tokenizer from {source!r} ({detail}); pass tokenizer= explicitly.") from None
 
 
 def max_positions(model: torch.nn.Module) -> int | None:

@@ -19,7 +19,7 @@ from .errors import ChesError
 from .formats import extract_prompt
 from .inputs import column
 from .select import most_similar_first, similarity
-from .summary import summarize
+from .stats import summarize
 
 SHOWN_CHARS = 600
 

@@ -434,7 +434,7 @@ def test_cache_ignores_the_batch_budget_and_recomputes_a_corrupt_shard(workdir, 
 def test_spearman_matches_pandas_with_ties():
     import pandas
 
-    from ches.summary import spearman
+    from ches.stats import spearman
 
     rng = np.random.default_rng(1)
     a, b = rng.integers(0, 20, 500).astype(float), rng.normal(size=500).round(1)
@@ -530,3 +530,19 @@ def test_no_progress_silences_every_bar_and_progress_shows_only_ches_bar(workdir
     bars = {line.split(":")[0].strip() for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "%|" in line}
     assert bars == {"ches"}
     assert datasets_logging.is_progress_bar_enabled()  # the libraries' own setting is given back
+
+
+# ---------------------------------------------------------------- the Hub, unreachable
+@pytest.mark.parametrize("offline", [True, False])
+def test_a_hub_id_without_a_connection_fails_at_once_in_one_line(offline, workdir, capsys, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: refused at once
+    why = r"offline mode is on \(HF_HUB_OFFLINE=1\)" if offline else r"http://127.0.0.1:9 cannot be reached"
+    before = digest(workdir)
+    assert_one_line_error(*run_cli(["score", "pairs.jsonl", "-m", "some-org/some-model"], capsys),
+                          rf"could not load model 'some-org/some-model': it is not a local folder, {why}")
+    assert_one_line_error(*run_cli(["score", "some-org/some-data", "-m", "model"], capsys),
+                          rf"'some-org/some-data' is not an existing local path, and as a Hub dataset id .*{why}")
+    assert digest(workdir) == before and constants.HF_HUB_OFFLINE == offline  # the switch is given back

@@ -23,3 +23,19 @@ def test_nothing_reads_or_writes_pickles():
     source = "\n".join(path.read_text() for path in Path(ches.__file__).parent.glob("*.py"))
     for forbidden in ("torch.load(", "import pickle", "pickle.load", "weights_only=False", "trust_remote_code=True"):
         assert forbidden not in source, forbidden
+
+
+def test_the_command_line_starts_without_the_heavy_libraries():
+    """`ches --help` / `--version` stay fast: building the parser imports no torch, transformers or datasets."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ches, ches.cli; ches.cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_public_names_load_on_first_use():
+    assert callable(ches.summary) and callable(ches.validate) and ches.score.__module__ == "ches.api"
+    assert ches.api.score_run and ches.stats.spearman  # submodules too

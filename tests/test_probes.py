@@ -12,7 +12,7 @@ from ches.cli import main
 from ches.formats import to_pairs
 from ches.probes import DPOProbe, dpo_loss, sequence_logps
 from ches.tokens import to_sequences, tokenize_pairs
-from ches.validate import correlation_table
+from ches.validation import correlation_table
 from conftest import MODEL_DIR, ROOT, hh_rows
 
 

@@ -19,7 +19,7 @@ from .inputs import Data, column, load_data, pair_columns
 from .models import load_model
 from .probes import DPOProbe
 from .select import similarity
-from .summary import bootstrap_interval, partial_spearman, pearson, spearman
+from .stats import bootstrap_interval, partial_spearman, pearson, spearman
 from .tokens import to_sequences, tokenize_pairs
 
 MEASURES = ("ches", "ln_ches", "last_hidden_ip", "edit_distance")
