@@ -1,6 +1,10 @@
-"""Quickstart: score the bundled hh-rlhf pairs with the bundled small model, offline, and show the extremes.
+"""Quickstart: score the bundled hh-rlhf pairs with the bundled small model, offline, show the extremes,
+and write the scores and a report.
 
-    python examples/quickstart.py [--rows N] [--output scores.jsonl]
+    python examples/quickstart.py [--rows N] [--output-dir ches-quickstart]
+
+Writes (replacing its own earlier run's files) ``OUTPUT_DIR/scores.parquet`` and
+``OUTPUT_DIR/report.html``, and prints their paths. About 35 s for all 2,312 pairs on a 2-core CPU.
 
 The bundled model (examples/tiny-hh-model) is a 1.4M-parameter Llama-architecture model trained by
 examples/train_tiny_model.py on the same hh-rlhf text; swap in your own SFT checkpoint for real use.
@@ -27,7 +31,8 @@ def show(title: str, rows) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Score the bundled hh-rlhf data with the bundled model.")
     parser.add_argument("--rows", type=int, default=None, help="score only the first N rows")
-    parser.add_argument("--output", type=Path, default=None, help="also write the scored rows (.jsonl/.parquet/.csv)")
+    parser.add_argument("--output-dir", type=Path, default=Path("ches-quickstart"),
+                        help="where scores.parquet and report.html go (default: ./ches-quickstart)")
     args = parser.parse_args()
 
     data = str(HERE / "data" / "hh-rlhf-harmless-base-test.jsonl.gz")
@@ -39,10 +44,28 @@ def main() -> None:
     kept = scored.filter(lambda row: row["ches_skip"] is None).sort("ln_ches", reverse=True)
     show("Most displacement-prone pairs (highest length-normalized CHES):", kept.select(range(3)))
     show("Least displacement-prone pairs (lowest length-normalized CHES):", kept.select(range(len(kept) - 3, len(kept))))
-    if args.output:
-        writer = {".parquet": scored.to_parquet, ".csv": scored.to_csv}.get(args.output.suffix, scored.to_json)
-        writer(str(args.output))
-        print(f"\nwrote {len(scored)} scored rows to {args.output}")
+    print(EXPLANATION)
+    scores, report = args.output_dir / "scores.parquet", args.output_dir / "report.html"
+    ches.export.write_dataset(scored, scores, overwrite=True)  # this script's own files, from its last run
+    ches.report.write_report(scored, report, overwrite=True)
+    print(f"\nwrote {len(scored)} scored rows to {scores}\nwrote the report to {report} (open it in a browser)")
+    print(NEXT_STEPS.format(scores=scores))
+
+
+EXPLANATION = """
+Why ches and ln_ches can have opposite signs: ches = <S+, S-> - |S+|^2 sums hidden states over every
+token, so it grows with the completions' lengths and a long preferred answer makes it very negative;
+ln_ches divides each sum by its length first (the paper filters with it). Rank by ln_ches unless your
+completions have similar lengths. Higher = more similar embeddings = more likely that DPO lowers the
+likelihood of the preferred answer. On this tiny model CHES did not predict displacement
+(docs/validation.md): check yours with `ches validate` before trusting a filter."""
+
+NEXT_STEPS = """
+Next:
+  ches report {scores} --output my-report.html          # look before you cut
+  ches filter {scores} --quantile 0.95 --no-scores --output clean.jsonl   # drop the top 5 % by ln_ches
+  ches validate examples/data/hh-sample.jsonl --model examples/tiny-hh-model --n 16   # does CHES predict displacement here?
+  with your data: ches score my_pairs.jsonl --model path/to/sft-checkpoint --output scores.parquet"""
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ def run(*args):
     return result.stdout
 
 
-def test_quickstart():
-    out = run("examples/quickstart.py", "--rows", "30")
+def test_quickstart(tmp_path):
+    out = run("examples/quickstart.py", "--rows", "30", "--output-dir", str(tmp_path / "quick"))
     assert "Most displacement-prone pairs" in out and "Least displacement-prone pairs" in out
+    assert f"wrote 30 scored rows to {tmp_path / 'quick' / 'scores.parquet'}" in out and "opposite signs" in out
+    assert (tmp_path / "quick" / "report.html").read_text().count("<img") >= 2  # the report, with its figures
 
 
 def test_score_and_filter():
