@@ -63,8 +63,11 @@ def write_report(dataset: datasets.Dataset, output: str | os.PathLike, *, measur
         "<h2>Summary</h2>",
         _summary_table(summary),
         f"<h2>{shown} highest {html.escape(measure)} (most displacement-prone)</h2>",
+        PAIRS_NOTE,
+        length_note(dataset, order[:shown], scored),
         _pairs_table(dataset, order[:shown], measure),
         f"<h2>{shown} lowest {html.escape(measure)} (least displacement-prone)</h2>",
+        length_note(dataset, order[::-1][:shown], scored),
         _pairs_table(dataset, order[::-1][:shown], measure),
         f"<footer>ches {__version__}</footer>",
     ]
@@ -73,13 +76,19 @@ def write_report(dataset: datasets.Dataset, output: str | os.PathLike, *, measur
     return write_text(output, page)
 
 
+PAIRS_NOTE = ("<p class='note'>Rows are numbered from 0, as in the data file. <span class='cut'>⟨cut⟩</span> marks a "
+              "completion that begins inside a word: the two completions share their first letters, so the prompt "
+              "(their common beginning, as TRL finds it) ends mid-word and each completion shows from there.</p>")
+
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0;width:100%}td,th{border:1px solid #ccc;padding:4px 8px;
 vertical-align:top;text-align:left}th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:12px;max-height:16em;overflow:auto}
 .figs{display:flex;flex-wrap:wrap;gap:8px}.figs img{width:32%;min-width:300px;border:1px solid #eee}
-footer{color:#888;margin-top:2em;font-size:12px}
+footer{color:#888;margin-top:2em;font-size:12px}.note{color:#666;font-size:13px}
+.label{color:#666;display:inline-block;min-width:7.5em}.scores div{white-space:nowrap;font-variant-numeric:tabular-nums}
+.cut{color:#a83b3b;font-weight:bold;margin-right:2px}
 """
 
 
@@ -97,18 +106,59 @@ def _figures(columns: dict, scored: np.ndarray) -> str:
         raise ChesError("the report's pictures need matplotlib (a dependency of ches): pip install matplotlib.") from None
     values = {name: np.asarray(columns[name], dtype=np.float64)[scored] for name in ("ches", "ln_ches")}
     length_difference = (np.asarray(columns["chosen_tokens"]) - np.asarray(columns["rejected_tokens"]))[scored]
-    images = []
+    images, titles = [], []
     for name in ("ches", "ln_ches"):
+        low, high = robust_range(values[name])
+        inside = values[name][(values[name] >= low) & (values[name] <= high)]
         figure, axis = plt.subplots(figsize=(5, 3.4), dpi=110)
-        axis.hist(values[name], bins=min(60, max(10, len(scored) // 10)), color="#3b6ea8")
-        axis.set(title=f"{name} (n = {len(scored)})", xlabel=name, ylabel="pairs")
+        axis.hist(inside, bins=min(60, max(10, len(inside) // 10)), range=(low, high), color="#3b6ea8")
+        titles.append(f"{name}: {len(inside)} of {len(scored)} pairs{_outside(len(scored) - len(inside))}")
+        axis.set(title=titles[-1], xlabel=name, ylabel="pairs")
+        _plain_ticks(axis)
         images.append(_png(figure, plt))
+    low, high = robust_range(values["ches"])
+    inside = (values["ches"] >= low) & (values["ches"] <= high)
     figure, axis = plt.subplots(figsize=(5, 3.4), dpi=110)
-    axis.scatter(length_difference, values["ches"], s=6, alpha=0.5, color="#a83b3b")
-    axis.set(title="ches vs length difference", xlabel="|y+| - |y-| (tokens)", ylabel="ches")
+    axis.scatter(length_difference[inside], values["ches"][inside], s=6, alpha=0.5, color="#a83b3b")
+    titles.append(f"ches vs length difference{_outside(int((~inside).sum()))}")
+    axis.set(title=titles[-1], xlabel="|y+| - |y-| (tokens)", ylabel="ches")
+    _plain_ticks(axis)
     images.append(_png(figure, plt))
-    return "<div class='figs'>" + "".join(f"<img alt='{alt}' src='data:image/png;base64,{data}'>" for alt, data in
-                                          zip(("ches histogram", "ln_ches histogram", "ches vs length difference"), images)) + "</div>"
+    return "<div class='figs'>" + "".join(f"<img alt='{html.escape(alt)}' title='{html.escape(alt)}' "
+                                          f"src='data:image/png;base64,{data}'>" for alt, data in zip(titles, images)) + \
+        "</div><p class='note'>Each picture leaves out the far outliers (scores more than 1.5 times the " \
+        "5th-95th percentile span beyond those percentiles) and counts them in its title, so a few extreme pairs " \
+        "do not squeeze the rest into one bar.</p>"
+
+
+def robust_range(values: np.ndarray) -> tuple[float, float]:
+    """The range of ``values`` without its far outliers: at most 1.5 times the 5th-95th percentile span
+    beyond those percentiles (normal data loses nothing; one huge value among ordinary ones is left out),
+    widened a little when every value is the same.
+
+    >>> robust_range(np.array([0.0, 1.0, 2.0, 3.0, 4.0] * 20 + [1e9]))  # 1e9 is left out
+    (0.0, 10.0)
+    >>> robust_range(np.array([5.0, 5.0]))
+    (5.0, 7.5)
+    """
+    low, high = (float(value) for value in np.percentile(values, [5, 95]))
+    spread = high - low
+    low, high = max(float(values.min()), low - 1.5 * spread), min(float(values.max()), high + 1.5 * spread)
+    if high <= low:
+        high = low + max(abs(low), 1.0) * 0.5
+    return low, high
+
+
+def _outside(count: int) -> str:
+    return f" ({count} not shown)" if count else ""
+
+
+def _plain_ticks(axis) -> None:
+    """Tick labels as plain numbers, without a detached ``1e7`` offset."""
+    from matplotlib.ticker import EngFormatter
+
+    for which in (axis.xaxis, axis.yaxis):
+        which.set_major_formatter(EngFormatter(sep=""))
 
 
 def _png(figure, plt) -> str:
@@ -125,21 +175,51 @@ def _summary_table(summary: dict) -> str:
     head = "<tr><th>measure</th>" + "".join(f"<th>{name}</th>" for name in stats) + "</tr>"
     rows = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td class='num'>{values[s]:.4g}</td>" for s in stats)
                    + "</tr>" for name, values in measures.items())
-    correlations = "".join(f"<tr><td>{html.escape(name)}</td><td class='num'>{value:.3f}</td></tr>"
+    correlations = "".join(f"<tr><td>{html.escape(name)}</td><td class='num'>{_correlation(value)}</td></tr>"
                            for name, value in summary["correlations"].items())
     return (f"<table>{head}{rows}</table><table><tr><th>correlation (Spearman unless marked pearson)</th>"
             f"<th>value</th></tr>{correlations}</table>")
 
 
+def _correlation(value: float) -> str:
+    if np.isfinite(value):
+        return f"{value:.3f}"
+    return "<span class='note'>none: one side is constant (every pair has the same value), so it has no correlation</span>"
+
+
 def _pairs_table(dataset: datasets.Dataset, rows: np.ndarray, measure: str) -> str:
-    out = ["<table><tr><th>row</th><th>scores</th><th>prompt (end)</th><th>chosen</th><th>rejected</th></tr>"]
+    out = ["<table><tr><th>row (0-based)</th><th>scores</th><th>prompt (end)</th><th>chosen</th><th>rejected</th></tr>"]
     for row in rows.tolist():
         example = dataset[row]
         prompt, chosen, rejected = _parts(example)
-        scores = "<br>".join(f"{name} {example[name]:.4g}" for name in ("ln_ches", "ches", "edit_distance") if name in example)
-        out.append(f"<tr><td class='num'>{row}</td><td>{scores}</td><td>{_pre(prompt, from_end=True)}</td>"
-                   f"<td>{_pre(chosen)}</td><td>{_pre(rejected)}</td></tr>")
+        scores = "".join(f"<div><span class='label'>{name}</span> {example[name]:.4g}</div>"
+                         for name in ("ln_ches", "ches", "edit_distance", "chosen_tokens", "rejected_tokens")
+                         if name in example and example[name] is not None)
+        split = mid_word(prompt, chosen) or mid_word(prompt, rejected)
+        out.append(f"<tr><td class='num'>{row}</td><td class='scores'>{scores}</td><td>{_pre(prompt, from_end=True)}</td>"
+                   f"<td>{_pre(chosen, cut=split)}</td><td>{_pre(rejected, cut=split)}</td></tr>")
     return "".join(out) + "</table>"
+
+
+def mid_word(prompt: str, completion: str) -> bool:
+    """Whether the prompt ends inside a word that the completion finishes (a prompt cut at a token boundary).
+
+    >>> mid_word("Human: tell me ab", "out it"), mid_word("Assistant:", " Sure")
+    (True, False)
+    """
+    return bool(prompt) and bool(completion) and prompt[-1].isalnum() and completion[0].isalnum()
+
+
+def length_note(dataset: datasets.Dataset, rows: np.ndarray, scored: np.ndarray) -> str:
+    """A warning when the pairs shown are mostly much shorter than the scored pairs overall (a length effect)."""
+    lengths = np.asarray(column(dataset, "chosen_tokens"), dtype=np.float64) + \
+        np.asarray(column(dataset, "rejected_tokens"), dtype=np.float64)
+    shown, overall = float(np.median(lengths[rows])), float(np.median(lengths[scored]))
+    if len(rows) >= 5 and shown < 0.5 * overall:
+        return (f"<p class='note'>Length effect: these pairs are mostly short (median {shown:.0f} completion tokens "
+                f"per pair, against {overall:.0f} over all scored pairs). Short completions give few hidden states to "
+                "average, so their scores sit at the extremes; read them with that in mind.</p>")
+    return ""
 
 
 def _parts(example: dict) -> tuple[str, str, str]:
@@ -156,7 +236,10 @@ def _as_text(value) -> str:
     return str(value)
 
 
-def _pre(text: str, from_end: bool = False) -> str:
+def _pre(text: str, from_end: bool = False, cut: bool = False) -> str:
+    if not text:
+        return "<span class='note'>(empty)</span>"
     if len(text) > SHOWN_CHARS:
         text = "…" + text[-SHOWN_CHARS:] if from_end else text[:SHOWN_CHARS] + "…"
-    return f"<pre>{html.escape(text)}</pre>"
+    marker = "<span class='cut' title='the prompt ends inside this word'>⟨cut⟩</span>" if cut else ""
+    return f"<pre>{marker}{html.escape(text)}</pre>"

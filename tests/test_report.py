@@ -60,3 +60,22 @@ def test_conversational_rows_are_shown_as_messages(tokenizer, tiny_model, tmp_pa
     scored = ches.score(conversational_rows(hh_rows(6)), tiny_model("llama"), tokenizer, progress=False)
     page = write_report(scored, tmp_path / "c.html", top=2).read_text(encoding="utf-8")
     assert "[user] " in page and "[assistant] " in page
+
+
+def test_report_reads_at_a_glance(tmp_path):
+    import datasets
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 60
+    rows = [{"prompt": "Human: tell me ab", "chosen": "out it" if i == 0 else f" answer {i}", "rejected": "" if i == 1 else " no",
+             "ches": float(rng.normal()) * (1e9 if i == 2 else 1e3), "ln_ches": float(rng.normal()),
+             "edit_distance": 0.5, "last_hidden_ip": 1.0, "prompt_tokens": 3, "chosen_tokens": 5,
+             "rejected_tokens": 2, "ches_skip": None} for i in range(n)]
+    path = write_report(datasets.Dataset.from_list(rows), tmp_path / "r.html", top=n)
+    page = path.read_text()
+    assert "row (0-based)" in page and "Rows are numbered from 0" in page
+    assert page.count("⟨cut⟩</span>") >= 2 and "(empty)" in page  # row 0 begins mid-word; row 1's rejected is empty
+    assert "(1 not shown)" in page  # the 1e9 outlier is counted, not drawn
+    assert "one side is constant" in page  # the length difference is constant: its correlation is explained
+    assert "<span class='label'>ln_ches</span>" in page
