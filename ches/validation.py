@@ -118,7 +118,7 @@ def validate(
     measures = {name: similarity(column(picked_scores, name), name) for name in MEASURES}
     chosen_tokens = np.asarray(column(picked_scores, "chosen_tokens"), dtype=np.float64)
     rejected_tokens = np.asarray(column(picked_scores, "rejected_tokens"), dtype=np.float64)
-    return {
+    result = {
         "settings": {"model": loaded.name, "n": n, "steps": steps, "learning_rate": learning_rate, "beta": beta,
                      "max_length": max_length, "pool": size, "seed": seed, "dtype": str(loaded.dtype),
                      "device": str(loaded.device), "optimizer": "RMSprop", "seconds": time.time() - started},
@@ -130,6 +130,8 @@ def validate(
         "summary": {"mean_chosen_change": float(changes[:, 0].mean()), "mean_rejected_change": float(changes[:, 1].mean()),
                     "fraction_displaced": float((displacement > 0).mean())},
     }
+    result["verdict"] = verdict(result)
+    return result
 
 
 def _sequences(dataset, tokenizer, max_length):
@@ -151,16 +153,65 @@ def _run_probes(probe: DPOProbe, sequences, progress: bool) -> np.ndarray:
     return np.asarray(changes)
 
 
-def format_table(result: dict) -> str:
-    """The correlation table as aligned text (what ``ches validate`` prints)."""
-    lines = [f"{'measure':15s} {'Spearman (95% CI)':>26s} {'per-token (95% CI)':>26s} {'given lengths':>14s}"]
+DISPLAYED = {"edit_distance": "edit similarity (-edit_distance)"}  # the sign-adjusted measures, as shown
+
+
+def format_table(result: dict, measure: str = "ln_ches") -> str:
+    """The correlation table as aligned text, with what it means and a one-line verdict on ``measure``
+    (the filter's default): what ``ches validate`` prints.
+
+    >>> table = {"ln_ches": {"spearman_total": 0.4, "spearman_total_ci95": (0.2, 0.6), "spearman_per_token": 0.3,
+    ...          "spearman_per_token_ci95": (0.1, 0.5), "spearman_total_given_lengths": 0.35}}
+    >>> text = format_table({"correlations": table, "summary": {"mean_chosen_change": -0.01,
+    ...                      "mean_rejected_change": -0.2, "fraction_displaced": 0.6}})
+    >>> text.splitlines()[-1]
+    'verdict: ln_ches predicts displacement on this model: Spearman +0.400, 95% CI [+0.20, +0.60] (above 0).'
+    """
+    lines = ["Spearman correlation of each measure (sign-adjusted: higher = more similar pair) with the displacement",
+             "it caused (drop of log pi(y+|x) after the probe's DPO steps; positive = the preferred response lost",
+             "probability). Positive = the measure predicts displacement, which is what CHES claims; per-token divides",
+             "the displacement by |y+|; 'given lengths' controls for both completion lengths.", "",
+             f"{'measure':32s} {'Spearman (95% CI)':>24s} {'per-token (95% CI)':>24s} {'given lengths':>14s}"]
+    constant = []
     for name, entry in result["correlations"].items():
-        total = f"{entry['spearman_total']:+.3f} [{entry['spearman_total_ci95'][0]:+.2f}, {entry['spearman_total_ci95'][1]:+.2f}]"
-        token = (f"{entry['spearman_per_token']:+.3f} [{entry['spearman_per_token_ci95'][0]:+.2f}, "
-                 f"{entry['spearman_per_token_ci95'][1]:+.2f}]")
-        lines.append(f"{name:15s} {total:>26s} {token:>26s} {entry['spearman_total_given_lengths']:+14.3f}")
+        shown = DISPLAYED.get(name, name)
+        if not np.isfinite(entry["spearman_total"]):
+            constant.append(shown)
+        lines.append(f"{shown:32s} {_interval(entry, 'spearman_total'):>24s} {_interval(entry, 'spearman_per_token'):>24s} "
+                     f"{_number(entry['spearman_total_given_lengths'], '+14.3f'):>14s}")
+    if constant:
+        lines.append(f"n/a: {', '.join(constant)} had the same value on every probed pair, so it cannot be correlated.")
     summary = result["summary"]
     lines.append(f"mean change of log pi(y+|x): {summary['mean_chosen_change']:+.4f} nats; of log pi(y-|x): "
                  f"{summary['mean_rejected_change']:+.4f}; pairs displaced (y+ lost probability): "
                  f"{summary['fraction_displaced']:.0%}")
+    lines.append(verdict(result, measure))
     return "\n".join(lines)
+
+
+def verdict(result: dict, measure: str = "ln_ches") -> str:
+    """One line: whether ``measure`` predicts displacement on this model, with its interval."""
+    entry = result["correlations"].get(measure)
+    if entry is None or not np.isfinite(entry["spearman_total"]):
+        return f"verdict: no verdict on {measure}: it was not measured, or constant over the probed pairs."
+    value, (low, high) = entry["spearman_total"], entry["spearman_total_ci95"]
+    stated = f"Spearman {value:+.3f}, 95% CI [{low:+.2f}, {high:+.2f}]"
+    if low > 0:
+        return f"verdict: {measure} predicts displacement on this model: {stated} (above 0)."
+    if high < 0:
+        return (f"verdict: {measure} ranks displacement the wrong way on this model: {stated} (below 0); do not "
+                "filter by it here.")
+    none_displaced = " No probed pair was displaced." if result["summary"]["fraction_displaced"] == 0 else ""
+    return (f"verdict: no evidence that {measure} predicts displacement on this model: {stated} includes 0."
+            f"{none_displaced} Filtering by it is a guess here; try more pairs (--n) or steps.")
+
+
+def _interval(entry: dict, key: str) -> str:
+    value, (low, high) = entry[key], entry[f"{key}_ci95"]
+    if not np.isfinite(value):
+        return "n/a"
+    return f"{value:+.3f} [{low:+.2f}, {high:+.2f}]"
+
+
+def _number(value: float, form: str) -> str:
+    return format(value, form) if np.isfinite(value) else "n/a"
