@@ -204,10 +204,13 @@ def _pairs_table(dataset: datasets.Dataset, rows: np.ndarray, measure: str) -> s
 def mid_word(prompt: str, completion: str) -> bool:
     """Whether the prompt ends inside a word that the completion finishes (a prompt cut at a token boundary).
 
-    >>> mid_word("Human: tell me ab", "out it"), mid_word("Assistant:", " Sure")
-    (True, False)
+    >>> mid_word("Human: tell me ab", "out it"), mid_word("Assistant: I", "'m sorry"), mid_word("Assistant:", " Sure")
+    (True, True, False)
     """
-    return bool(prompt) and bool(completion) and prompt[-1].isalnum() and completion[0].isalnum()
+    if not prompt or not completion:
+        return False
+    last, first = prompt[-1], completion[0]
+    return (last.isalnum() and not first.isspace()) or (not last.isspace() and first.isalnum())
 
 
 def length_note(dataset: datasets.Dataset, rows: np.ndarray, scored: np.ndarray) -> str:
