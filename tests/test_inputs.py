@@ -93,7 +93,7 @@ def test_missing_file_and_unknown_format(tmp_path):
 
 def test_hub_id_that_cannot_load_is_explained():
     # tests run offline (HF_HUB_OFFLINE=1), so any Hub id fails fast with our message
-    with pytest.raises(ChesError, match=r"'someone/no-such-dataset' is neither an existing local path nor a loadable Hub"):
+    with pytest.raises(ChesError, match=r"'someone/no-such-dataset' is not an existing local path, and as a Hub dataset id it cannot be loaded"):
         load_data("someone/no-such-dataset")
 
 
