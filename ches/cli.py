@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ChesError
+from .errors import ChesError, one_line
 from .select import MEASURES
 
 
@@ -298,21 +298,16 @@ def main(argv: list[str] | None = None) -> int:
             write_json(sidecar_path(outcome.written), meta)
             print(f"wrote {outcome.written} (+ {outcome.written.name}.meta.json)", file=sys.stderr)
     except ChesError as error:
-        print(f"ches: error: {_one_line(str(error))}", file=sys.stderr)
+        print(f"ches: error: {one_line(error, limit=2000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ches: interrupted; outputs are written atomically, so nothing half-written was left", file=sys.stderr)
         return 130
     except Exception as error:  # whatever layer it came from (OS, pyarrow, torch, ...): one line, no traceback
         where = _origin(error)
-        print(f"ches: error: {type(error).__name__}{where}: {_one_line(str(error))}", file=sys.stderr)
+        print(f"ches: error: {type(error).__name__}{where}: {one_line(error, limit=2000)}", file=sys.stderr)
         return 2
     return 0
-
-
-def _one_line(message: str) -> str:
-    """An error message on one line (libraries' messages often span several)."""
-    return " ".join(message.split()) or "(no message)"
 
 
 def _origin(error: BaseException) -> str:

@@ -23,3 +23,14 @@ def describe_rows(rows: list[int], limit: int = 5) -> str:
     shown = ", ".join(str(row) for row in rows[:limit])
     more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
     return f"rows {shown}{more}"
+
+
+def one_line(message: object, limit: int = 400) -> str:
+    r"""``message`` (an error or text) on one line, at most ``limit`` characters: libraries' messages often
+    span several lines, and ches prints every error as one.
+
+    >>> one_line(ValueError("offsets\n   not monotonic"))
+    'offsets not monotonic'
+    """
+    text = " ".join(str(message).split()) or "(no message)"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -20,7 +20,7 @@ from typing import Any, Union
 import datasets
 
 from .columns import RANK_COLUMNS, RANK_TYPES, SCORE_COLUMNS, SCORE_TYPES, typed_cell
-from .errors import ChesError
+from .errors import ChesError, one_line
 from .formats import PAIR_COLUMNS, TEMPLATE_COLUMNS
 
 Data = Union[datasets.Dataset, datasets.DatasetDict, Sequence[Mapping[str, Any]], "pandas.DataFrame", str, os.PathLike]  # noqa: F821
@@ -53,7 +53,7 @@ def load_data(data: Data, split: str | None = None) -> datasets.Dataset | datase
             return datasets.Dataset.from_pandas(data, preserve_index=False)
         except Exception as error:  # pyarrow: a column whose cells are of several types
             raise ChesError(f"the DataFrame's columns do not each hold one type ({type(error).__name__}: "
-                            f"{_one_line(error)}).") from None
+                            f"{one_line(error)}).") from None
     if isinstance(data, (str, os.PathLike)):
         return _load_path(str(data), split)
     if isinstance(data, Sequence) and all(isinstance(row, Mapping) for row in data):
@@ -87,7 +87,7 @@ def _load_path(path: str, split: str | None):
             raise ChesError(f"{path} is a folder but not one written by save_to_disk ({error}).") from None
         except Exception as error:  # a damaged save_to_disk folder: JSON, Arrow or OS errors
             raise ChesError(f"{path}: a save_to_disk folder that cannot be read ({type(error).__name__}: "
-                            f"{_one_line(error)}).") from None
+                            f"{one_line(error)}).") from None
         return load_data(loaded, split)
     if local.is_file():
         if split is not None:
@@ -113,7 +113,7 @@ def _load_file(path: Path) -> datasets.Dataset:
             if rows:
                 return datasets.Dataset.from_parquet(str(path))
         except Exception as error:  # pyarrow's errors for a damaged or foreign file
-            raise ChesError(f"{path}: not a readable Parquet file ({type(error).__name__}: {_one_line(error)}).") from None
+            raise ChesError(f"{path}: not a readable Parquet file ({type(error).__name__}: {one_line(error)}).") from None
         raise ChesError(f"{path} holds no rows.")
     if kind == ".csv":
         import pandas
@@ -121,14 +121,10 @@ def _load_file(path: Path) -> datasets.Dataset:
         try:
             frame = pandas.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
         except (pandas.errors.ParserError, pandas.errors.EmptyDataError, UnicodeDecodeError) as error:
-            raise ChesError(f"{path}: not a readable CSV file ({_one_line(error)}).") from None
+            raise ChesError(f"{path}: not a readable CSV file ({one_line(error)}).") from None
         dataset = datasets.Dataset.from_pandas(frame, preserve_index=False)
         return _typed_score_columns(dataset)
     raise ChesError(f"cannot tell the format of {path}: expected a name ending in {', '.join(SUFFIXES)} (optionally + .gz).")
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:300]
 
 
 def _typed_score_columns(dataset: datasets.Dataset) -> datasets.Dataset:
@@ -202,7 +198,7 @@ def _from_rows(path: Path | str, rows: list) -> datasets.Dataset:
         return datasets.Dataset.from_list([dict(row) for row in rows])
     except Exception as error:  # pyarrow raises several types for inconsistent rows
         raise ChesError(f"{path}: rows do not share one schema, e.g. a column holding text in one row and a list "
-                        f"or number in another ({type(error).__name__}: {_one_line(error)}).") from None
+                        f"or number in another ({type(error).__name__}: {one_line(error)}).") from None
 
 
 def _load_hub(name: str, split: str | None):
@@ -217,7 +213,7 @@ def _load_hub(name: str, split: str | None):
                                 f"loaded: {reason}, and it is not in the local datasets cache.") from None
             raise ChesError(
                 f"{name!r} is neither an existing local path nor a loadable Hub dataset ({type(error).__name__}: "
-                f"{_one_line(error)})."
+                f"{one_line(error)})."
             ) from None
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ChesError
+from .errors import ChesError, one_line
 from .hub import offline_unless_reachable
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
@@ -205,8 +205,7 @@ def _from_pretrained(name: str, options: dict):
             if reason:
                 raise ChesError(f"could not load model {name!r}: it is not a local folder, {reason}, and it is not "
                                 "in the local Hugging Face cache.") from None
-            message = " ".join(str(error).split())[:400]
-            raise ChesError(f"could not load model {name!r} ({type(error).__name__}: {message}); check that it is "
+            raise ChesError(f"could not load model {name!r} ({type(error).__name__}: {one_line(error)}); check that it is "
                             "a causal LM folder or Hub id with readable config and weights.") from None
 
 
