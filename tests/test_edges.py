@@ -9,7 +9,6 @@ import gzip
 import hashlib
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -199,7 +198,7 @@ OUTPUT_CASES = {
 }
 
 
-def prepare(workdir: Path, name: str) -> None:
+def prepare(workdir: Path) -> None:
     """Extra files some cases need."""
     (workdir / "notes.parquet").write_text("an old output the user wants to keep")
     (workdir / "notes.safetensors").write_text("old embeddings")
@@ -252,7 +251,7 @@ def test_rows(case, workdir, capsys):
 @pytest.mark.parametrize("case", sorted(MODEL_CASES))
 def test_models(case, workdir, capsys):
     setup, argv, message = MODEL_CASES[case]
-    prepare(workdir, case)
+    prepare(workdir)
     if setup == "corrupt-weights":
         (workdir / "model" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     if setup == "corrupt-config":
@@ -273,7 +272,7 @@ def test_options(case, workdir, capsys):
 @pytest.mark.parametrize("case", sorted(OUTPUT_CASES))
 def test_outputs_are_checked_before_work_and_never_replaced_unasked(case, workdir, capsys, monkeypatch):
     argv, message = OUTPUT_CASES[case]
-    prepare(workdir, case)
+    prepare(workdir)
     if message is None:
         message = r"exists; pass --overwrite"
     import ches.models
@@ -321,7 +320,7 @@ API_CASES = {
 
 @pytest.mark.parametrize("case", sorted(API_CASES))
 def test_python_api(case, workdir):
-    prepare(workdir, case)
+    prepare(workdir)
     call, message = API_CASES[case]
     before = digest(workdir)
     with pytest.raises(ChesError, match=message):
