@@ -162,12 +162,30 @@ def test_a_sliding_window_model_is_not_run_prefix_shared_and_keeps_its_scores(to
     rows = hh_rows(8, start=40)
     scored, info = ches.api.score_run(rows, model, tokenizer, progress=False)
     assert info.layout != "prefix_shared"  # ches' kernel refuses sliding windows; the probe sees it
-    with torch.inference_mode():  # reference: one sequence at a time through the model's own attention
-        planned = ches.api.plan_pairs(ches.formats.to_pairs(ches.inputs.pair_columns(ches.inputs.load_data(rows))),
-                                      ches.models.load_model(model, tokenizer), max_length=None)
-        expected = []
+    np.testing.assert_allclose(scored["ches"], one_at_a_time_ches(model, tokenizer, rows), rtol=1e-4)
+
+
+def test_an_alibi_model_is_not_run_prefix_shared_and_keeps_its_scores(tokenizer):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("bloom", vocab_size=len(tokenizer), hidden_size=32, n_layer=2, n_head=4,
+                                  pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    rows = hh_rows(6, start=60)
+    scored, info = ches.api.score_run(rows, model, tokenizer, progress=False)
+    assert info.layout not in ("prefix_shared", "packed")  # ALiBi takes no position ids: segments cannot be read
+    np.testing.assert_allclose(scored["ches"], one_at_a_time_ches(model, tokenizer, rows), rtol=1e-4)
+
+
+def one_at_a_time_ches(model, tokenizer, rows) -> list[float]:
+    """Reference ches: each TRL sequence alone through the model's own attention, summed in float32."""
+    planned = ches.api.plan_pairs(ches.formats.to_pairs(ches.inputs.pair_columns(ches.inputs.load_data(rows))),
+                                  ches.models.load_model(model, tokenizer), max_length=None)
+    expected = []
+    with torch.inference_mode():
         for chosen, rejected in planned.work:
             sums = [model.base_model(input_ids=torch.tensor([s.input_ids])).last_hidden_state[0, s.start : s.end].sum(0)
                     for s in (chosen, rejected)]
             expected.append(float(sums[0] @ sums[1] - sums[0] @ sums[0]))
-    np.testing.assert_allclose(scored["ches"], expected, rtol=1e-4)
+    return expected
