@@ -40,7 +40,7 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_sums(packing, tiny_mo
         got = hidden_sums(small, seqs, hidden_size=32, batch_tokens=100_000, device=torch.device("cpu"), pad_id=0,
                           packing=packing)
     assert "out of memory" in caplog.text
-    assert max(n for n in small.calls if n <= 300) <= 300
+    assert any(n > 300 for n in small.calls) and small.calls[-1] <= 300  # failed big batches, then smaller ones ran
     torch.testing.assert_close(got.sums, expected.sums, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(got.last, expected.last, rtol=1e-5, atol=1e-4)
 
