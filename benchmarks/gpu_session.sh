@@ -4,6 +4,7 @@
 # core   (about 3 minutes on an H200): the varlen kernel's causal alignment, bf16-vs-fp32 agreement, OLMo-1B default, Llama-8B long context
 # levers (more than 2 minutes; --compile did not finish in the time left of a 400 s call on an H200): OLMo-1B packed, OLMo-1B padded with torch.compile, packed with flex attention
 # hh     (about 3 minutes): OLMo-1B on hh-rlhf rows (long shared prompts) in every layout
+# engine (about 5 minutes): the default on hh-rlhf and real-like lengths with the engine's share of the time, then --compile on hh-rlhf rows
 # prefix (about a minute): the default (chosen by cost: prefix_shared) on hh-rlhf rows (core runs it on the other shapes)
 # Needs torch with CUDA, transformers, and the package's other dependencies (datasets and its
 # dependencies can be installed from wheels in .whl/ first: see benchmarks/README.md).
@@ -41,6 +42,12 @@ if [ "$part" = levers ] || [ "$part" = all ]; then
   run gpu-olmo1b-compile "${olmo[@]}" --official-pairs 64 --compile --output "$out/gpu-olmo1b-compile.json"
   run gpu-olmo1b-packed-flex "${olmo[@]}" --official-pairs 64 --layout packed --attn-implementation flex_attention \
       --output "$out/gpu-olmo1b-packed-flex.json"
+fi
+if [ "$part" = engine ]; then
+  hh=(python3 benchmarks/throughput.py --device cuda --lengths hh --pairs 1024 --official-pairs 64 --repeats 2)
+  run gpu-olmo1b-hh-engine "${hh[@]}" --output "$out/gpu-olmo1b-hh-engine.json"
+  run gpu-olmo1b-real-engine "${olmo[@]}" --official-pairs 64 --repeats 2 --output "$out/gpu-olmo1b-real-engine.json"
+  run gpu-olmo1b-hh-compile timeout 240 "${hh[@]}" --compile --output "$out/gpu-olmo1b-hh-compile.json"
 fi
 if [ "$part" = prefix ] || [ "$part" = all ]; then
   run gpu-olmo1b-hh-auto python3 benchmarks/throughput.py --device cuda --lengths hh --pairs 1024 --official-pairs 128 \
