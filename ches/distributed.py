@@ -101,7 +101,3 @@ class Ranks:
         gathered = [torch.zeros_like(padded) for _ in range(self.world)]
         dist.all_gather(gathered, padded)
         return [tensor[: int(c.item())].cpu() for tensor, c in zip(gathered, counts)]
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
