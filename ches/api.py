@@ -19,14 +19,14 @@ import torch
 from .cache import open_cache
 from .columns import add_score_columns
 from .distributed import Process
-from .embeddings import embedding_file, embedding_tensors, save_embeddings
+from .embeddings import EmbeddingWriter, embedding_file
 from .export import check_output
-from .inputs import Data, load_data, preference_pairs
+from .inputs import Data, load_data
 from .layouts import resolve_layout
 from .models import attention_kernel, default_batch_tokens, load_model
 from .options import MODEL_KWARGS, RunInfo, ScoreOptions
 from .quiet import library_bars_off
-from .runner import plan_pairs, score_planned
+from .runner import read_rows, sample_work, score_rows
 
 
 def score(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = None,
@@ -83,7 +83,7 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
     started = _now()
     dataset = load_data(data, options.split)
     parts = dataset if isinstance(dataset, datasets.DatasetDict) else {None: dataset}
-    pairs = {name: preference_pairs(part, name, options.columns) for name, part in parts.items()}
+    sources = {name: read_rows(part, name, options.columns) for name, part in parts.items()}  # every row checked
     embedding_files = {name: embedding_file(options.save_embeddings, name) for name in parts} if options.save_embeddings else {}
     for target in embedding_files.values():  # before the model is loaded: nothing existing is replaced unasked
         check_output(target, overwrite=options.overwrite, suffixes=(".safetensors",))
@@ -93,9 +93,9 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
         device = process.device()
     loaded = load_model(model, tokenizer, dtype=options.dtype, device=device, model_kwargs=options.model_kwargs)
     budget = options.batch_tokens or default_batch_tokens(loaded)
-    plans = {name: plan_pairs(pairs[name], loaded, max_length=options.max_length, process=process) for name in parts}
+    sample = sample_work(list(sources.values()), loaded, max_length=options.max_length)
     with contextlib.ExitStack() as scope:  # an attention kernel switched for packed rows is restored on exit
-        layout = resolve_layout(options.layout, loaded, [pair for plan in plans.values() for pair in plan.work], budget, scope)
+        layout = resolve_layout(options.layout, loaded, sample, budget, scope)
         if options.compile:  # after the layout probes, so their tiny shapes are not compiled
             loaded = dataclasses.replace(loaded, body=torch.compile(loaded.body, dynamic=True))
         info = RunInfo(
@@ -107,19 +107,18 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
             dataset_fingerprints={_key(name): getattr(part, "_fingerprint", "") for name, part in parts.items()},
             started=started,
         )
+        cache = open_cache(options.cache_dir, loaded, layout.layout) if options.cache_dir else None
         results = {}
         for name, part in parts.items():
-            cache = open_cache(options.cache_dir, loaded, layout.layout, plans[name].work) if options.cache_dir else None
-            rows = score_planned(plans[name], loaded, layout=layout, batch_tokens=budget, progress=options.progress,
-                                 cache=cache, keep_sums=bool(options.save_embeddings), process=process)
+            writer = EmbeddingWriter(embedding_files[name], loaded.hidden_size,
+                                     {"model": info.model, "split": _key(name), **_versions()}) if embedding_files else None
+            rows = score_rows(sources[name], loaded, layout=layout, batch_tokens=budget, max_length=options.max_length,
+                              progress=options.progress, cache=cache, embeddings=writer, process=process)
             results[name] = add_score_columns(part, rows.columns)
             key = _key(name)
             info.rows[key] = len(part)
             info.skipped[key] = sum(reason is not None for reason in rows.columns["ches_skip"])
             info.prompt_cut[key] = rows.prompt_cut
-            if options.save_embeddings is not None and process.is_main:
-                save_embeddings(embedding_files[name], embedding_tensors(rows), {"model": info.model, "split": key,
-                                                                                  **_versions()})
     info.finished = _now()
     output = datasets.DatasetDict(results) if isinstance(dataset, datasets.DatasetDict) else results[None]
     return output, info

@@ -1,14 +1,15 @@
 """Resumable runs: finished chunks of per-pair scores on disk, keyed by everything that changes them.
 
-A cache folder holds one subfolder per *run key* — a hash of the ches version, the exact token
-sequences (so the data, its format, the tokenizer, its chat template and ``max_length``), the model's
-identity (name, revision, and a hash of every byte of its weights), dtype, device type, layout and
-attention kernel — with one safetensors shard per finished chunk: its pairs' ``ches``, ``ln_ches`` and
-``last_hidden_ip`` (a few bytes per pair), plus the hidden sums only when embeddings were asked for. A different setting gives a different
-key, so stale shards are never reused; settings that do not change the numbers (the batch budget, which
-on a GPU follows the free memory) are left out, so a resumed run finds its chunks. Shards are written
-atomically (temporary file, then rename); a shard that cannot be read, or does not hold the chunk's
-rows (or lacks the sums a run now needs), is recomputed with a warning.
+A cache folder holds one subfolder per *settings key* — a hash of the ches version, the model's identity
+(name, revision, and a hash of every byte of its weights), dtype, device type, layout and attention
+kernel — and in it one safetensors shard per finished chunk, named by a hash of the chunk's exact token
+sequences (so of the data, its format, the tokenizer, its chat template and ``max_length``). A shard
+holds its pairs' ``ches``, ``ln_ches`` and ``last_hidden_ip`` (a few bytes per pair), plus the hidden
+sums only when embeddings were asked for: a million-pair cache is tens of megabytes. A different setting
+or different tokens give a different name, so stale shards are never reused; settings that do not change
+the numbers (the batch budget, which on a GPU follows the free memory) are left out, so a resumed run
+finds its chunks. Shards are written atomically (temporary file, then rename); a shard that cannot be
+read, does not hold the chunk's rows, or lacks the sums a run now needs, is recomputed with a warning.
 """
 
 from __future__ import annotations
@@ -71,31 +72,37 @@ def _checkpoint_fingerprint(model: torch.nn.Module, digest) -> str:
     return digest.hexdigest()
 
 
-def open_cache(cache_dir: str | os.PathLike, loaded, layout: str, pairs) -> ShardCache:
-    """The cache of a run: its folder under ``cache_dir`` is keyed by :func:`run_key` of the settings that
-    change the numbers (ches version, model identity and weights, dtype, device type, layout, attention
-    kernel) and of every token sequence in ``pairs``."""
+def open_cache(cache_dir: str | os.PathLike, loaded, layout: str) -> ShardCache:
+    """The cache of a run: a folder under ``cache_dir`` keyed by the settings that change the numbers
+    (ches version, model identity and weights, dtype, device type, layout, attention kernel). Inside,
+    each chunk's shard is named by :func:`chunk_key` of its rows' token sequences."""
     from . import __version__
     from .models import attention_kernel
 
     settings = {"ches": __version__, "model": loaded.name, "revision": getattr(loaded.model.config, "_commit_hash", None),
                 "weights": model_fingerprint(loaded.model), "dtype": str(loaded.dtype), "device": loaded.device.type,
                 "layout": layout, "attention": attention_kernel(loaded.model)}
-    return ShardCache(cache_dir, run_key(settings, [sequence for pair in pairs for sequence in pair]))
+    return ShardCache(cache_dir, hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:24])
 
 
-def run_key(settings: dict, sequences) -> str:
-    """Hash of the run settings and every token sequence with its summed positions.
+def chunk_key(plans) -> str:
+    """Hash of a chunk's rows in order: each row's two token sequences with their summed positions, or
+    its skip reason. Equal keys mean equal work, so a shard is reused exactly when it holds this chunk.
 
-    >>> from ches.tokens import TokenSequence
-    >>> run_key({"a": 1}, [TokenSequence([1, 2], 0, 1)]) == run_key({"a": 1}, [TokenSequence([1, 2], 0, 1)])
+    >>> from ches.tokens import SequencePair, Skip, TokenSequence
+    >>> pair = SequencePair(TokenSequence([1, 2], 0, 1), TokenSequence([1, 3], 0, 1))
+    >>> chunk_key([pair, Skip("empty prompt")]) == chunk_key([pair, Skip("empty prompt")]) != chunk_key([pair])
     True
     """
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    for sequence in sequences:
-        digest.update(f"{sequence.start},{sequence.end}:".encode())
-        digest.update(torch.tensor(sequence.input_ids, dtype=torch.int64).numpy().tobytes())
-    return digest.hexdigest()[:24]
+    digest = hashlib.sha256()
+    for plan in plans:
+        if hasattr(plan, "reason"):
+            digest.update(f"skip:{plan.reason}\0".encode())
+            continue
+        for sequence in plan:
+            digest.update(f"{sequence.start},{sequence.end}:".encode())
+            digest.update(torch.tensor(sequence.input_ids, dtype=torch.int64).numpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 class ShardCache:
@@ -108,10 +115,10 @@ class ShardCache:
         except (FileExistsError, NotADirectoryError):
             raise ChesError(f"cache_dir {folder} is not a folder (a file is in the way).") from None
 
-    def _path(self, chunk: int) -> Path:
-        return self.folder / f"chunk-{chunk:06d}.safetensors"
+    def _path(self, chunk: str) -> Path:
+        return self.folder / f"chunk-{chunk}.safetensors"
 
-    def load(self, chunk: int, rows: int, names: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+    def load(self, chunk: str, rows: int, names: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
         """The chunk's tensors ``names`` if a whole shard of ``rows`` rows holding them was finished, else
         None (recompute). A shard that cannot be read, or holds other shapes or fewer tensors, is
         reported and recomputed."""
@@ -130,7 +137,7 @@ class ShardCache:
             return None
         return {name: tensors[name] for name in names}
 
-    def save(self, chunk: int, tensors: dict[str, torch.Tensor]) -> None:
+    def save(self, chunk: str, tensors: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
 
         with staged(self._path(chunk)) as temporary:

@@ -71,6 +71,29 @@ class Process:
         """
         return count * self.rank // self.world, count * (self.rank + 1) // self.world
 
+    def fail_together(self, error: Exception | None) -> None:
+        """Call at the same point on every process: raises ``error`` where it happened and, on the other
+        processes, a :class:`~ches.errors.ChesError` saying what failed where (the same message, for a
+        ChesError); returns when no process failed. So no process is left waiting for one that stopped.
+
+        >>> Process().fail_together(None)
+        """
+        import json
+
+        from .errors import ChesError, one_line
+
+        text = "" if error is None else json.dumps({"ches": isinstance(error, ChesError), "type": type(error).__name__,
+                                                    "message": one_line(error, limit=2000)})
+        reports = self.gather_flat(torch.tensor(list(text.encode()), dtype=torch.long)) if self.world > 1 else []
+        if error is not None:
+            raise error
+        for rank, report in enumerate(reports):
+            if len(report):
+                failure = json.loads(bytes(report.tolist()).decode())
+                if failure["ches"]:
+                    raise ChesError(failure["message"])
+                raise ChesError(f"process {rank} failed: {failure['type']}: {failure['message']}")
+
     def gather_rows(self, indices: torch.Tensor, values: torch.Tensor, total: int) -> torch.Tensor:
         """Every rank's ``values[i]`` placed at row ``indices[i]`` of a ``[total, ...]`` tensor, on every rank.
 

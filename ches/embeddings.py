@@ -67,9 +67,84 @@ def embedding_file(save_embeddings: str | os.PathLike, split_name: str | None) -
     return target.with_name(f"{target.stem}.{split_name}{target.suffix or '.safetensors'}")
 
 
-def embedding_tensors(rows) -> dict[str, torch.Tensor]:
-    """The :data:`TENSORS` of the run rows of a :class:`ches.runner.ScoredRows` computed with its sums."""
-    owners = torch.tensor(rows.owners, dtype=torch.long)
-    return {"row_index": owners, **rows.sums.tensors(),
-            "chosen_tokens": torch.tensor(rows.columns["chosen_tokens"], dtype=torch.long)[owners],
-            "rejected_tokens": torch.tensor(rows.columns["rejected_tokens"], dtype=torch.long)[owners]}
+class EmbeddingWriter:
+    """Writes the embeddings of a run chunk by chunk, never holding them all.
+
+    Each finished chunk's rows go to a part file in a staging folder beside ``target`` (``.NAME.parts``;
+    processes of a multi-process run write their own chunks there, so it must be on a shared filesystem,
+    as a cache folder must). :meth:`finish` then assembles ``target`` in row order from the parts, one
+    chunk at a time, into a memory-mapped file that is renamed into place (a reader never sees a
+    half-written file), and removes the staging folder.
+    """
+
+    def __init__(self, target: str | os.PathLike, hidden_size: int, metadata: dict[str, str]):
+        self.target, self.hidden_size, self.metadata = Path(target), hidden_size, metadata
+        self.parts = self.target.with_name(f".{self.target.name}.parts")
+        self.parts.mkdir(parents=True, exist_ok=True)
+
+    def add(self, chunk_id: int, rows: torch.Tensor, sums: dict[str, torch.Tensor], chosen_tokens: torch.Tensor,
+            rejected_tokens: torch.Tensor) -> None:
+        """Store chunk ``chunk_id``: ``rows`` ``[n]`` row indices, ``sums`` the four ``[n, H]`` tensors."""
+        from safetensors.torch import save_file
+
+        from .export import staged
+
+        tensors = {"row_index": rows.long(), **sums, "chosen_tokens": chosen_tokens.long(),
+                   "rejected_tokens": rejected_tokens.long()}
+        with staged(self.parts / f"part-{chunk_id:08d}.safetensors") as temporary:
+            save_file({name: tensors[name].contiguous() for name in TENSORS}, str(temporary))
+
+    def finish(self, chunk_ids: list[int]) -> Path:
+        """Assemble ``target`` from the parts of ``chunk_ids`` (all chunks of the run), rows in order."""
+        import json
+
+        import numpy as np
+        from safetensors import safe_open
+
+        from .export import staged
+
+        parts = [self.parts / f"part-{chunk_id:08d}.safetensors" for chunk_id in chunk_ids]
+        indices = []
+        for part in parts:
+            with safe_open(str(part), framework="pt") as handle:
+                indices.append(handle.get_tensor("row_index"))
+        order = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
+        rows, width = len(order), self.hidden_size
+        position = torch.empty(int(order.max()) + 1 if rows else 0, dtype=torch.long)
+        position[order.sort().values] = torch.arange(rows)  # row index -> its place in the file
+        shapes = {name: [rows, width] if name.endswith(("_sum", "_last")) else [rows] for name in TENSORS}
+        header, offset = {"__metadata__": {key: str(value) for key, value in self.metadata.items()}}, 0
+        for name in TENSORS:
+            size = 4 * rows * width if name.endswith(("_sum", "_last")) else 8 * rows
+            header[name] = {"dtype": "F32" if name.endswith(("_sum", "_last")) else "I64", "shape": shapes[name],
+                            "data_offsets": [offset, offset + size]}
+            offset += size
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)  # data starts 8-byte aligned
+        with staged(self.target) as temporary:
+            with open(temporary, "wb") as handle:
+                handle.write(len(encoded).to_bytes(8, "little") + encoded)
+                handle.truncate(8 + len(encoded) + offset)
+            start = 8 + len(encoded)
+            for name in TENSORS:
+                begin = start + header[name]["data_offsets"][0]
+                if rows == 0:
+                    continue
+                kind = np.float32 if name.endswith(("_sum", "_last")) else np.int64
+                view = np.memmap(temporary, dtype=kind, mode="r+", offset=begin, shape=tuple(shapes[name]))
+                for part in parts:
+                    with safe_open(str(part), framework="pt") as handle:
+                        where = position[handle.get_tensor("row_index")].numpy()
+                        view[where] = handle.get_tensor(name).numpy()
+                view.flush()
+                del view
+        self.discard()
+        return self.target
+
+    def discard(self) -> None:
+        """Remove the staging folder and its parts."""
+        import shutil
+
+        shutil.rmtree(self.parts, ignore_errors=True)
+
+

@@ -89,6 +89,19 @@ def split_prompt(chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
+def text_length(pair: Pair) -> int:
+    """Characters of text in a pair (prompt and both completions; message contents for conversations):
+    a length known before tokenizing, by which rows are grouped into chunks of similar length.
+
+    >>> text_length(Pair("2+2=", "4", "5")), text_length(Pair([{"role": "user", "content": "Hi"}], [], []))
+    (6, 2)
+    """
+    def size(text) -> int:
+        return len(text) if isinstance(text, str) else sum(len(message.get("content") or "") for message in text)
+
+    return size(pair.prompt) + size(pair.chosen) + size(pair.rejected)
+
+
 def common_prefix_length(first: Sequence, second: Sequence) -> int:
     """Number of leading elements (characters, messages, token ids) two sequences of one type share.
 
@@ -111,12 +124,13 @@ def common_prefix_length(first: Sequence, second: Sequence) -> int:
     return equal
 
 
-def to_pairs(columns: dict[str, list[Any]]) -> list[Pair]:
+def to_pairs(columns: dict[str, list[Any]], first_row: int = 0) -> list[Pair]:
     """Validate the ``prompt``/``chosen``/``rejected`` columns of a table and return one :class:`Pair` per row.
 
     Args:
         columns: column name -> list of row values; ``prompt`` may be absent (implicit prompt);
             ``tools`` and ``chat_template_kwargs`` are optional (see the module docstring).
+        first_row: the row number of the columns' first value in the data (errors name rows by it).
 
     Raises:
         ChesError: a column is missing, or rows hold ``None``, non-strings, or malformed messages;
@@ -136,8 +150,8 @@ def to_pairs(columns: dict[str, list[Any]]) -> list[Pair]:
     names = [name for name in PAIR_COLUMNS if name in columns]
     conversational = _first_is_messages(columns)
     for name in names:
-        _check_column(name, columns[name], conversational)
-    options = _template_options(columns, conversational)
+        _check_column(name, columns[name], conversational, first_row)
+    options = _template_options(columns, conversational, first_row)
     if "prompt" in columns:
         texts = zip(columns["prompt"], columns["chosen"], columns["rejected"])
     else:
@@ -145,23 +159,24 @@ def to_pairs(columns: dict[str, list[Any]]) -> list[Pair]:
     return [Pair(*text, template_options=row_options) for text, row_options in zip(texts, options)]
 
 
-def _template_options(columns: dict[str, list[Any]], conversational: bool) -> list[dict[str, Any]]:
+def _template_options(columns: dict[str, list[Any]], conversational: bool, first_row: int) -> list[dict[str, Any]]:
     """Per row, the chat-template keyword arguments TRL's DPO tokenization would pass (``{}`` when none)."""
     rows = len(columns["chosen"])
     present = [name for name in TEMPLATE_COLUMNS if name in columns]
     if not present:
         return [{} for _ in range(rows)]
     if not conversational:
-        logger.warning("column(s) %s ignored: they are chat-template inputs and these rows are standard strings "
-                       "(TRL ignores them too)", present)
+        if first_row == 0:  # once, not once per block of rows
+                logger.warning("column(s) %s ignored: they are chat-template inputs and these rows are standard strings "
+                           "(TRL ignores them too)", present)
         return [{} for _ in range(rows)]
-    tools = [_tools(value, row) for row, value in enumerate(columns.get("tools", [None] * rows))]
+    tools = [_tools(value, row) for row, value in enumerate(columns.get("tools", [None] * rows), first_row)]
     extra = columns.get("chat_template_kwargs", [None] * rows)
-    bad = [row for row, value in enumerate(extra) if value is not None and not isinstance(value, dict)]
+    bad = [row for row, value in enumerate(extra, first_row) if value is not None and not isinstance(value, dict)]
     if bad:
         raise ChesError(
             f"column 'chat_template_kwargs' must hold a dict (or None) in every row; {describe_rows(bad)}: found "
-            f"{_kind(extra[bad[0]])}. It is passed to the chat template as keyword arguments, e.g. "
+            f"{_kind(extra[bad[0] - first_row])}. It is passed to the chat template as keyword arguments, e.g. "
             "{'enable_thinking': False}."
         )
     if "tools" not in columns:  # TRL passes tools=None when the column is absent: the template's default
@@ -188,11 +203,11 @@ def _first_is_messages(columns: dict[str, list[Any]]) -> bool:
     return isinstance(first, list)
 
 
-def _check_column(name: str, values: Sequence[Any], conversational: bool) -> None:
+def _check_column(name: str, values: Sequence[Any], conversational: bool, first_row: int = 0) -> None:
     expected = "a list of {'role', 'content'} messages" if conversational else "a string"
     problems: dict[str, list[int]] = {}
     examples: dict[str, Any] = {}
-    for row, value in enumerate(values):
+    for row, value in enumerate(values, first_row):
         problem = _message_list_problem(value) if conversational else _string_problem(value)
         if problem:
             problems.setdefault(problem, []).append(row)

@@ -1,58 +1,177 @@
-"""The per-pair pipeline: pairs -> plans -> chunks of decoder passes -> per-pair scores.
+"""The per-pair pipeline, streamed: rows -> chunks -> token sequences -> decoder passes -> per-pair numbers.
 
-:func:`plan_pairs` tokenizes the pairs and plans each row: a :class:`~ches.tokens.SequencePair` to
-run, or a :class:`~ches.tokens.Skip` saying why not. :func:`score_planned` runs the plans in chunks of
-``CHUNK_PAIRS`` pairs (longest pairs first, a fixed order), so a chunk's numbers depend neither on
-which process computes it, nor on how many there are, nor on whether the run was resumed. Each chunk
-is reduced to its score columns as soon as its hidden sums exist: a row costs a few numbers, not
-``4 x H`` floats, unless the caller keeps the sums (for embeddings). Each process computes its share
-of the chunks (balanced by token count), loading finished ones from the cache when there is one; the
-scores are then exchanged, so every process returns all of them. Tokenization and edit distances are
-shared the same way: each process does one block of rows.
+Before the model loads, :func:`read_rows` checks every row (in blocks of ``BLOCK_ROWS``) and keeps only
+each row's text length. The rows are then cut into chunks of ``CHUNK_PAIRS`` pairs, block by block,
+longest text first (:func:`plan_chunks`): a fixed plan that depends on the data alone, so a chunk's
+numbers depend neither on which process computes it, nor on how many there are, nor on whether the run
+was resumed. Each process takes a share of the chunks (balanced by length) and streams them: a
+background thread reads and tokenizes the chunks ahead of the device (a few at a time), while the
+main thread runs the model on the current one and reduces it at once to its numbers. Per row, only
+numbers are kept (a few bytes each; token ids live only while their chunk is in flight, hidden sums
+only when embeddings are written, and those go to disk chunk by chunk). At the end the processes
+exchange their rows' numbers, so every process returns all of them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import queue
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+import datasets
+import numpy as np
 import torch
 
 from . import scores
-from .cache import ShardCache
+from .cache import ShardCache, chunk_key
 from .distributed import Process
+from .embeddings import EmbeddingWriter
 from .engine import hidden_sums, shared_prompt_sums
-from .errors import ChesError
-from .formats import Pair, pair_problem
+from .formats import Pair, pair_problem, text_length
+from .inputs import preference_pairs
 from .layouts import LayoutChoice
 from .models import LoadedModel, max_positions
 from .stats import skip_reasons
-from .tokens import SequencePair, Skip, TokenizedPair, TokenSequence, from_flat, to_flat, to_sequences, tokenize_pairs
+from .tokens import SequencePair, Skip, TokenizedPair, TokenSequence, to_sequences, tokenize_pairs
 
 logger = logging.getLogger("ches")
 
-CHUNK_PAIRS = 256
+BLOCK_ROWS = 16384  # rows read (and checked) at a time
+CHUNK_PAIRS = 256  # pairs per chunk: the unit of work, of caching and of resuming
+AHEAD = 4  # chunks tokenized ahead of the device
 #: per-pair numbers computed from the hidden sums (the rest of the score columns come from the plans)
 SUM_SCORES = ("ches", "ln_ches", "last_hidden_ip")
+#: the numeric score columns of a row, as exchanged between processes
+NUMBERS = {"ches": torch.float64, "ln_ches": torch.float64, "last_hidden_ip": torch.float64,
+           "edit_distance": torch.float64, "prompt_tokens": torch.int64, "chosen_tokens": torch.int64,
+           "rejected_tokens": torch.int64, "prompt_cut": torch.int64}
 
 
 @dataclass(frozen=True)
-class PlannedPairs:
-    """Pairs tokenized and planned, before any forward pass.
+class RowSource:
+    """The rows of one table, checked, read back a block at a time while scoring.
 
     Attributes:
-        plans: per row, the two sequences to run, or why the row is skipped.
-        tokenized: per row, its TRL token ids.
-        owners: the rows that are run; ``work[k]`` is row ``owners[k]``'s pair.
-        work: the sequence pairs to run.
+        dataset: the table (memory-mapped Arrow when it came from files).
+        columns: the user's column names for ches' roles.
+        lengths: ``[N]`` characters of text per row (prompt and both completions): the length sort key.
+        split: the split's name, for messages.
     """
 
+    dataset: datasets.Dataset
+    columns: Mapping[str, str] | None
+    lengths: np.ndarray
+    split: str | None
+
+    def pairs(self, begin: int, end: int) -> list[Pair]:
+        """The normalized pairs of rows ``[begin, end)``."""
+        return preference_pairs(self.dataset.select(range(begin, end)), self.split, self.columns, first_row=begin)
+
+
+def read_rows(dataset: datasets.Dataset, split: str | None = None, columns: Mapping[str, str] | None = None) -> RowSource:
+    """Check every row of ``dataset`` (raising :class:`~ches.errors.ChesError` for the first bad ones) and
+    note their text lengths, a block at a time: memory does not grow with the table."""
+    if len(dataset) == 0:
+        preference_pairs(dataset, split, columns)  # raises: no rows
+    lengths = np.zeros(len(dataset), dtype=np.int64)
+    for begin in range(0, len(dataset), BLOCK_ROWS):
+        end = min(begin + BLOCK_ROWS, len(dataset))
+        lengths[begin:end] = [text_length(pair) for pair in
+                              preference_pairs(dataset.select(range(begin, end)), split, columns, first_row=begin)]
+    return RowSource(dataset, columns, lengths, split)
+
+
+def plan_chunks(lengths: np.ndarray, chunk_pairs: int | None = None, block_rows: int | None = None) -> list[np.ndarray]:
+    """Row indices cut into chunks of ``chunk_pairs``: block by block (``block_rows`` rows), each block's
+    rows longest first (stable), so a chunk holds rows of similar length and the plan streams. The
+    defaults are :data:`CHUNK_PAIRS` and :data:`BLOCK_ROWS`.
+
+    >>> [chunk.tolist() for chunk in plan_chunks(np.array([3, 5, 4, 1, 2]), chunk_pairs=2, block_rows=4)]
+    [[1, 2], [0, 3], [4]]
+    """
+    chunk_pairs, block_rows, chunks = chunk_pairs or CHUNK_PAIRS, block_rows or BLOCK_ROWS, []
+    for begin in range(0, len(lengths), block_rows):
+        order = begin + np.argsort(-lengths[begin : begin + block_rows], kind="stable")
+        chunks += [order[start : start + chunk_pairs] for start in range(0, len(order), chunk_pairs)]
+    return chunks
+
+
+@dataclass(frozen=True)
+class PlannedChunk:
+    """One chunk's rows, tokenized and planned (the work of one step of the stream).
+
+    Attributes:
+        chunk_id: the chunk's number in the run's plan.
+        rows: ``[n]`` the rows, in chunk order.
+        plans: per row, the two sequences to run, or why the row is skipped.
+        numbers: per row, the score columns known before the model runs (edit distance, token counts,
+            whether the prompt was cut), as :data:`NUMBERS` names them.
+    """
+
+    chunk_id: int
+    rows: np.ndarray
     plans: list[SequencePair | Skip]
-    tokenized: list[TokenizedPair]
-    owners: list[int]
-    work: list[SequencePair]
+    numbers: dict[str, list]
+
+    @property
+    def work(self) -> list[SequencePair]:
+        return [plan for plan in self.plans if isinstance(plan, SequencePair)]
+
+
+def plan_chunk(chunk_id: int, rows: np.ndarray, pairs: Sequence[Pair], tokenizer, *, max_length: int | None,
+               context: int | None) -> PlannedChunk:
+    """Tokenize a chunk's pairs (``pairs[i]`` is row ``rows[i]``) and plan each row."""
+    tokenized = tokenize_pairs(pairs, tokenizer, rows=rows)
+    plans = [_plan(pair, tokens, max_length, context) for pair, tokens in zip(pairs, tokenized)]
+    numbers: dict[str, list] = {"edit_distance": [], "prompt_tokens": [], "chosen_tokens": [], "rejected_tokens": [],
+                                "prompt_cut": [tokens.prompt_cut > 0 for tokens in tokenized]}
+    for plan, tokens in zip(plans, tokenized):
+        if isinstance(plan, SequencePair):
+            numbers["edit_distance"].append(scores.edit_distance(plan.chosen.completion_ids, plan.rejected.completion_ids))
+            counts = (plan.prompt_tokens, *plan.completion_tokens)
+        else:
+            numbers["edit_distance"].append(float("nan"))
+            counts = (len(tokens.prompt_ids), 0, 0)
+        for name, count in zip(("prompt_tokens", "chosen_tokens", "rejected_tokens"), counts):
+            numbers[name].append(count)
+    return PlannedChunk(chunk_id, rows, plans, numbers)
+
+
+def plan_pairs(pairs: Sequence[Pair], loaded: LoadedModel, *, max_length: int | None) -> list[SequencePair | Skip]:
+    """Each pair's two token sequences as ``ches.score`` runs them, or why it is skipped."""
+    return plan_chunk(-1, np.arange(len(pairs)), pairs, loaded.tokenizer, max_length=max_length,
+                      context=max_positions(loaded.model)).plans
+
+
+def _plan(pair: Pair, tokenized: TokenizedPair, max_length: int | None, context: int | None) -> SequencePair | Skip:
+    problem = pair_problem(pair)
+    if problem is not None:
+        return Skip(problem)
+    plan = to_sequences(tokenized, max_length)
+    if isinstance(plan, Skip) or context is None:
+        return plan
+    longest = max(len(sequence.input_ids) for sequence in plan)
+    if longest > context:
+        return Skip(f"sequence of {longest} tokens exceeds the model's context ({context}); pass max_length")
+    return plan
+
+
+def sample_work(sources: Sequence[RowSource], loaded: LoadedModel, *, max_length: int | None,
+                rows: int = 2048) -> list[SequencePair]:
+    """The planned pairs of up to ``rows`` rows spread evenly over ``sources``: what the layout estimate
+    (:func:`ches.layouts.resolve_layout`) sees of the data's lengths."""
+    total = sum(len(source.lengths) for source in sources)
+    work = []
+    for source in sources:
+        count = len(source.lengths)
+        picked = np.unique(np.linspace(0, count - 1, max(1, round(rows * count / max(total, 1)))).round().astype(int))
+        pairs = [source.pairs(int(row), int(row) + 1)[0] for row in picked]
+        work += [plan for plan in plan_pairs(pairs, loaded, max_length=max_length) if isinstance(plan, SequencePair)]
+    return work
 
 
 @dataclass(frozen=True)
@@ -71,54 +190,31 @@ class SideSums:
 
 @dataclass(frozen=True)
 class ScoredRows:
-    """What :func:`score_planned` computed for a table of rows.
-
-    Attributes:
-        columns: the score columns for the dataset, by name (:data:`ches.columns.SCORE_COLUMNS`),
-            NaN / zero where ``ches_skip`` has a reason.
-        owners: the rows that were run.
-        sums: the hidden sums of ``owners``' pairs, in that order; only when asked for (embeddings).
-        prompt_cut: rows whose prompt ids were not a prefix of the full ids (cut as in TRL).
-    """
+    """What :func:`score_rows` computed for a table: the score columns by name
+    (:data:`ches.columns.SCORE_COLUMNS`), NaN / zero where ``ches_skip`` has a reason, and how many
+    prompts were cut at a token boundary."""
 
     columns: dict[str, list]
-    owners: list[int]
-    sums: SideSums | None
     prompt_cut: int
 
 
-def plan_pairs(pairs: Sequence[Pair], loaded: LoadedModel, *, max_length: int | None,
-               process: Process | None = None) -> PlannedPairs:
-    """Tokenize normalized pairs (shared over processes) and plan each row's sequences or skip reason."""
-    tokenized = tokenize_shared(pairs, loaded.tokenizer, process or Process())
-    context = max_positions(loaded.model)
-    plans = [_plan(pair, tokens, max_length, context) for pair, tokens in zip(pairs, tokenized)]
-    owners = [row for row, plan in enumerate(plans) if isinstance(plan, SequencePair)]
-    return PlannedPairs(plans, tokenized, owners, [plans[row] for row in owners])
-
-
-def _plan(pair: Pair, tokenized: TokenizedPair, max_length: int | None, context: int | None) -> SequencePair | Skip:
-    problem = pair_problem(pair)
-    if problem is not None:
-        return Skip(problem)
-    plan = to_sequences(tokenized, max_length)
-    if isinstance(plan, Skip) or context is None:
-        return plan
-    longest = max(len(sequence.input_ids) for sequence in plan)
-    if longest > context:
-        return Skip(f"sequence of {longest} tokens exceeds the model's context ({context}); pass max_length")
-    return plan
-
-
-def score_planned(planned: PlannedPairs, loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
-                  progress: bool = False, cache: ShardCache | None = None, keep_sums: bool = False,
-                  process: Process | None = None) -> ScoredRows:
-    """Run the model over planned pairs in ``layout`` (resolved for this model) and score every row."""
+def score_rows(source: RowSource, loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
+               max_length: int | None, progress: bool = False, cache: ShardCache | None = None,
+               embeddings: EmbeddingWriter | None = None, process: Process | None = None) -> ScoredRows:
+    """Score every row of ``source`` in ``layout`` (resolved for this model), streaming chunk by chunk."""
     process = process or Process()
-    bar = _progress_bar(len(planned.work), progress and process.is_main)
-    computed, reused = compute_scores(planned.work, loaded, layout=layout, batch_tokens=batch_tokens, process=process,
-                                      cache=cache, keep_sums=keep_sums, on_pairs=bar.update if bar is not None else None)
-    result = _assemble(planned, computed, edit_distances(planned.plans, process))
+    chunks = plan_chunks(source.lengths)
+    mine = process.share([float(source.lengths[chunk].sum()) for chunk in chunks])
+    bar = _progress_bar(sum(len(chunks[i]) for i in mine), progress and process.is_main)
+    try:
+        result, reused = _score_chunks(source, chunks, mine, loaded, layout=layout, batch_tokens=batch_tokens,
+                                       max_length=max_length, bar=bar, cache=cache, embeddings=embeddings, process=process)
+        if embeddings is not None and process.is_main:
+            embeddings.finish(list(range(len(chunks))))
+    except BaseException:
+        if embeddings is not None:  # no half-built embeddings are left behind
+            embeddings.discard()
+        raise
     summary = _summary(result, loaded.name) + (f"; {reused} finished chunks reused from {cache.folder}" if reused else "")
     if bar is not None:
         bar.close()
@@ -129,15 +225,138 @@ def score_planned(planned: PlannedPairs, loaded: LoadedModel, *, layout: LayoutC
     return result
 
 
-def plan_chunks(pairs: Sequence[SequencePair], chunk_pairs: int) -> list[list[int]]:
-    """Pair indices, longest pair first (stable), cut into chunks of ``chunk_pairs``.
+def _score_chunks(source: RowSource, chunks: list[np.ndarray], mine: list[int], loaded: LoadedModel, *,
+                  layout: LayoutChoice, batch_tokens: int, max_length: int | None, bar, cache: ShardCache | None,
+                  embeddings: EmbeddingWriter | None, process: Process) -> tuple[ScoredRows, int]:
+    """Run this process's chunks (from the cache where it holds them), then gather every process's rows."""
+    collected, reused = _Collected(), 0
+    try:
+        for planned in _stream(source, chunks, mine, loaded, max_length):
+            stored, cached = _chunk_scores(planned, loaded, layout=layout, batch_tokens=batch_tokens, cache=cache,
+                                           keep_sums=embeddings is not None, bar=bar)
+            reused += cached
+            run = collected.add(planned, stored)
+            if embeddings is not None:
+                embeddings.add(planned.chunk_id, torch.as_tensor(planned.rows)[run],
+                               {name: stored[name] for name in SideSums.__dataclass_fields__},
+                               torch.tensor(planned.numbers["chosen_tokens"])[run],
+                               torch.tensor(planned.numbers["rejected_tokens"])[run])
+        failure = None
+    except Exception as error:  # every process learns of it below, instead of waiting at the exchange
+        failure = error
+    process.fail_together(failure)
+    return collected.gather(process, len(source.lengths)), reused
 
-    >>> seq = lambda n: TokenSequence(list(range(n)), 0, n - 1)
-    >>> plan_chunks([SequencePair(seq(3), seq(2)), SequencePair(seq(5), seq(2)), SequencePair(seq(4), seq(4))], 2)
-    [[1, 2], [0]]
-    """
-    order = sorted(range(len(pairs)), key=lambda i: -max(len(s.input_ids) for s in pairs[i]))
-    return [order[start : start + chunk_pairs] for start in range(0, len(order), chunk_pairs)]
+
+def _chunk_scores(planned: PlannedChunk, loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
+                  cache: ShardCache | None, keep_sums: bool, bar) -> tuple[dict[str, torch.Tensor], bool]:
+    """A chunk's :data:`SUM_SCORES` (and sums when ``keep_sums``) for its run rows, and whether they came
+    from the cache."""
+    names = SUM_SCORES + (tuple(SideSums.__dataclass_fields__) if keep_sums else ())
+    key = chunk_key(planned.plans) if cache is not None else None
+    stored = cache.load(key, rows=len(planned.work), names=names) if cache is not None else None
+    if stored is None:
+        computed = compute_chunk(planned.work, loaded, layout=layout, batch_tokens=batch_tokens, keep_sums=keep_sums,
+                                 on_pairs=bar.update if bar is not None else None)
+        if cache is not None:
+            cache.save(key, computed)
+    if bar is not None:
+        bar.update(len(planned.rows) - (len(planned.work) if stored is None else 0))  # cached and skipped rows
+    return (computed if stored is None else stored), stored is not None
+
+
+class _Collected:
+    """This process's rows' numbers and skip reasons, chunk by chunk, until they are exchanged."""
+
+    def __init__(self) -> None:
+        self.indices: list[torch.Tensor] = []
+        self.parts: dict[str, list[torch.Tensor]] = {name: [] for name in NUMBERS}
+        self.reasons: dict[int, str] = {}
+
+    def add(self, planned: PlannedChunk, stored: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Keep a chunk's numbers; returns the mask of its rows that ran."""
+        run = torch.tensor([isinstance(plan, SequencePair) for plan in planned.plans], dtype=torch.bool)
+        for name in SUM_SCORES:
+            values = torch.full((len(planned.rows),), float("nan"), dtype=torch.float64)
+            values[run] = stored[name]
+            self.parts[name].append(values)
+        for name, values in planned.numbers.items():
+            self.parts[name].append(torch.tensor(values, dtype=NUMBERS[name]))
+        self.reasons |= {int(row): plan.reason for row, plan in zip(planned.rows, planned.plans) if isinstance(plan, Skip)}
+        self.indices.append(torch.as_tensor(planned.rows, dtype=torch.long))
+        return run
+
+    def gather(self, process: Process, total: int) -> ScoredRows:
+        """Every process's rows' numbers and skip reasons, placed by row, on every process."""
+        index = torch.cat(self.indices) if self.indices else torch.zeros(0, dtype=torch.long)
+        columns: dict[str, list] = {}
+        for name, dtype in NUMBERS.items():
+            values = torch.cat(self.parts[name]) if self.parts[name] else torch.zeros(0, dtype=dtype)
+            columns[name] = process.gather_rows(index, values, total).tolist()
+        every: dict[int, str] = {}
+        for block in process.gather_flat(torch.tensor(list(json.dumps(self.reasons).encode()), dtype=torch.long)):
+            every |= {int(row): reason for row, reason in json.loads(bytes(block.tolist()).decode()).items()}
+        columns["ches_skip"] = [every.get(row) for row in range(total)]
+        return ScoredRows(columns, prompt_cut=int(sum(columns.pop("prompt_cut"))))
+
+
+def _stream(source: RowSource, chunks: list[np.ndarray], mine: list[int], loaded: LoadedModel,
+            max_length: int | None) -> Iterator[PlannedChunk]:
+    """This process's chunks, planned by a background thread up to :data:`AHEAD` chunks ahead of the
+    caller. An error in the thread is raised here; leaving the loop early stops the thread."""
+    context, ready, stop = max_positions(loaded.model), queue.Queue(maxsize=AHEAD), threading.Event()
+
+    def produce() -> None:
+        block, block_pairs = -1, []
+        try:
+            for chunk_id in mine:
+                rows = chunks[chunk_id]
+                first = int(rows.min()) // BLOCK_ROWS * BLOCK_ROWS
+                if first != block:  # a chunk lies inside one block: read each block once
+                    block, block_pairs = first, source.pairs(first, min(first + BLOCK_ROWS, len(source.lengths)))
+                pairs = [block_pairs[int(row) - first] for row in rows]
+                item = plan_chunk(chunk_id, rows, pairs, loaded.tokenizer, max_length=max_length, context=context)
+                while not _put(ready, item, stop):
+                    if stop.is_set():
+                        return
+        except BaseException as error:  # handed to the consumer, which raises it
+            _put(ready, error, stop)
+            return
+        _put(ready, None, stop)
+
+    thread = threading.Thread(target=produce, name="ches-tokenize", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _put(ready: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` unless ``stop`` is set; False if it did not fit within a second (try again)."""
+    while not stop.is_set():
+        try:
+            ready.put(item, timeout=1.0)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def compute_chunk(pairs: Sequence[SequencePair], loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
+                  keep_sums: bool = False, on_pairs: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+    """The :data:`SUM_SCORES` of each pair (``[N]`` float64), plus its :class:`SideSums` fields when
+    ``keep_sums``; ``on_pairs`` is told how many more pairs finished after each batch."""
+    if not pairs:
+        empty = {name: torch.zeros(0, dtype=torch.float64) for name in SUM_SCORES}
+        return empty | ({name: torch.zeros(0, loaded.hidden_size) for name in SideSums.__dataclass_fields__}
+                        if keep_sums else {})
+    sums = run_chunk(pairs, loaded, layout=layout, batch_tokens=batch_tokens, on_done=_pair_counter(on_pairs))
+    return pair_scores(pairs, sums) | (sums.tensors() if keep_sums else {})
 
 
 def run_chunk(pairs: Sequence[SequencePair], loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
@@ -169,90 +388,6 @@ def pair_scores(pairs: Sequence[SequencePair], sums: SideSums) -> dict[str, torc
     return {"ches": scores.ches(sums.chosen_sum, sums.rejected_sum),
             "ln_ches": scores.ln_ches(sums.chosen_sum, sums.rejected_sum, chosen_n, rejected_n),
             "last_hidden_ip": scores.last_hidden_ip(sums.chosen_last, sums.rejected_last)}
-
-
-def compute_scores(
-    pairs: Sequence[SequencePair],
-    loaded: LoadedModel,
-    *,
-    layout: LayoutChoice,
-    batch_tokens: int,
-    process: Process,
-    cache: ShardCache | None = None,
-    keep_sums: bool = False,
-    on_pairs: Callable[[int], None] | None = None,
-) -> tuple[dict[str, torch.Tensor], int]:
-    """The :data:`SUM_SCORES` of every pair (``[N]`` float64, on every process), plus the hidden sums
-    (``[N, H]`` per :class:`SideSums` field) when ``keep_sums``; and how many chunks came from the cache."""
-    chunks = plan_chunks(pairs, CHUNK_PAIRS)
-    costs = [sum(len(s.input_ids) for p in chunk for s in pairs[p]) for chunk in chunks]
-    names = SUM_SCORES + (tuple(SideSums.__dataclass_fields__) if keep_sums else ())
-    indices, parts, reused = [], {name: [] for name in names}, 0
-    for chunk_id in process.share(costs):
-        members = chunks[chunk_id]
-        stored = cache.load(chunk_id, rows=len(members), names=names) if cache is not None else None
-        if stored is None:
-            chunk = [pairs[p] for p in members]
-            sums = run_chunk(chunk, loaded, layout=layout, batch_tokens=batch_tokens, on_done=_pair_counter(on_pairs))
-            stored = pair_scores(chunk, sums) | (sums.tensors() if keep_sums else {})
-            if cache is not None:
-                cache.save(chunk_id, stored)
-        else:
-            reused += 1
-            if on_pairs is not None:
-                on_pairs(len(members))
-        indices.append(torch.tensor(members, dtype=torch.long))
-        for name in names:
-            parts[name].append(stored[name])
-    index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
-    empty = {name: torch.zeros(0, dtype=torch.float64) for name in SUM_SCORES}
-    empty |= {name: torch.zeros(0, loaded.hidden_size) for name in names if name not in SUM_SCORES}
-    gathered = {name: process.gather_rows(index, torch.cat(parts[name]) if parts[name] else empty[name], len(pairs))
-                for name in names}
-    return gathered, reused
-
-
-def tokenize_shared(pairs: Sequence[Pair], tokenizer, process: Process) -> list[TokenizedPair]:
-    """:func:`~ches.tokens.tokenize_pairs` of all pairs, each process tokenizing one contiguous block of
-    them and the blocks then exchanged, so ``N`` processes tokenize ``N`` times faster instead of
-    each doing all the work. An error in any process is raised in every process (none is left waiting).
-    """
-    if process.world == 1:
-        return tokenize_pairs(pairs, tokenizer)
-    begin, end = process.block(len(pairs))
-    try:
-        block, problem = tokenize_pairs(pairs[begin:end], tokenizer, first_row=begin), ""
-    except ChesError as error:
-        block, problem = [], str(error)
-    problems = [bytes(p.tolist()).decode() for p in process.gather_flat(torch.tensor(list(problem.encode()), dtype=torch.long))]
-    if any(problems):
-        raise ChesError(next(p for p in problems if p))
-    return [pair for flat in process.gather_flat(to_flat(block)) for pair in from_flat(flat)]
-
-
-def edit_distances(plans: Sequence[SequencePair | Skip], process: Process) -> list[float]:
-    """:func:`~ches.scores.edit_distance` of each planned pair's completions (NaN for a skipped row),
-    each process computing one block of rows."""
-    begin, end = process.block(len(plans))
-    mine = [scores.edit_distance(plan.chosen.completion_ids, plan.rejected.completion_ids)
-            if isinstance(plan, SequencePair) else float("nan") for plan in plans[begin:end]]
-    return torch.cat(process.gather_flat(torch.tensor(mine, dtype=torch.float64))).tolist()
-
-
-def _assemble(planned: PlannedPairs, computed: dict[str, torch.Tensor], distances: list[float]) -> ScoredRows:
-    rows, owners = len(planned.plans), torch.tensor(planned.owners, dtype=torch.long)
-    columns: dict[str, list] = {}
-    for name in SUM_SCORES:
-        full = torch.full((rows,), float("nan"), dtype=torch.float64)
-        full[owners] = computed[name]
-        columns[name] = full.tolist()
-    columns["edit_distance"] = distances
-    lengths = [(plan.prompt_tokens, *plan.completion_tokens) if isinstance(plan, SequencePair)
-               else (len(tokens.prompt_ids), 0, 0) for plan, tokens in zip(planned.plans, planned.tokenized)]
-    columns["prompt_tokens"], columns["chosen_tokens"], columns["rejected_tokens"] = (list(c) for c in zip(*lengths))
-    columns["ches_skip"] = [plan.reason if isinstance(plan, Skip) else None for plan in planned.plans]
-    sums = SideSums(**{name: computed[name] for name in SideSums.__dataclass_fields__}) if "chosen_sum" in computed else None
-    return ScoredRows(columns, planned.owners, sums, prompt_cut=sum(pair.prompt_cut > 0 for pair in planned.tokenized))
 
 
 def _pair_counter(on_pairs: Callable[[int], None] | None) -> Callable[[list[int]], None] | None:

@@ -73,13 +73,15 @@ def split_completions(prompt_ids: list[int], chosen_full: list[int], rejected_fu
     )
 
 
-def tokenize_pairs(pairs: Sequence[Pair], tokenizer, first_row: int = 0) -> list[TokenizedPair]:
+def tokenize_pairs(pairs: Sequence[Pair], tokenizer, first_row: int = 0,
+                   rows: Sequence[int] | None = None) -> list[TokenizedPair]:
     """Tokenize pairs the way TRL's DPO data preparation does (see the module docstring).
 
     Args:
         pairs: normalized pairs, all standard or all conversational.
         tokenizer: a Hugging Face tokenizer (fast tokenizers batch the work in Rust threads).
         first_row: the row number of ``pairs[0]`` in the data (errors name rows by it).
+        rows: the row number of each pair, when they are not consecutive (replaces ``first_row``).
 
     Raises:
         ChesError: standard rows with a tokenizer that has no EOS token; conversational rows with a
@@ -91,19 +93,19 @@ def tokenize_pairs(pairs: Sequence[Pair], tokenizer, first_row: int = 0) -> list
                 "the data is conversational but the tokenizer has no chat template; set tokenizer.chat_template "
                 "(e.g. from the instruct model you will train) or pass standard string rows."
             )
-        return _chunked(pairs, tokenizer, _tokenize_conversational, first_row)
+        return _chunked(pairs, tokenizer, _tokenize_conversational, _row_numbers(rows, first_row, len(pairs)))
     if pairs and not tokenizer.eos_token:
         raise ChesError(
             "the tokenizer has no EOS token, which TRL appends to every standard completion; set "
             "tokenizer.eos_token (e.g. tokenizer.eos_token = '</s>') before scoring."
         )
-    return _chunked(pairs, tokenizer, _tokenize_standard, first_row)
+    return _chunked(pairs, tokenizer, _tokenize_standard, _row_numbers(rows, first_row, len(pairs)))
 
 
-def _chunked(pairs: Sequence[Pair], tokenizer, tokenize_chunk, first_row: int) -> list[TokenizedPair]:
+def _chunked(pairs: Sequence[Pair], tokenizer, tokenize_chunk, rows: Sequence[int]) -> list[TokenizedPair]:
     out: list[TokenizedPair] = []
     for begin in range(0, len(pairs), CHUNK_ROWS):
-        out += tokenize_chunk(pairs[begin : begin + CHUNK_ROWS], tokenizer, first_row + begin)
+        out += tokenize_chunk(pairs[begin : begin + CHUNK_ROWS], tokenizer, rows[begin : begin + CHUNK_ROWS])
     return out
 
 
@@ -137,7 +139,7 @@ def _with_eos(text: str, eos: str) -> str:
     return text if text.endswith(eos) else text + eos
 
 
-def _tokenize_standard(pairs: Sequence[Pair], tokenizer, first_row: int = 0) -> list[TokenizedPair]:
+def _tokenize_standard(pairs: Sequence[Pair], tokenizer, rows: Sequence[int]) -> list[TokenizedPair]:
     eos = tokenizer.eos_token
     prompts = [pair.prompt for pair in pairs]
     prompt_ids = tokenizer(prompts)["input_ids"]
@@ -163,7 +165,7 @@ def _chat_ids(tokenizer, conversations: list, rows: list[int], **options) -> lis
     return [list(ids) for ids in encoded["input_ids"]]
 
 
-def _tokenize_conversational(pairs: Sequence[Pair], tokenizer, first_row: int = 0) -> list[TokenizedPair]:
+def _tokenize_conversational(pairs: Sequence[Pair], tokenizer, rows: Sequence[int]) -> list[TokenizedPair]:
     """Rows with the same template options (usually all of them) are rendered in one batched call."""
     groups: dict[str, list[int]] = {}
     for position, pair in enumerate(pairs):
@@ -171,10 +173,10 @@ def _tokenize_conversational(pairs: Sequence[Pair], tokenizer, first_row: int = 
     out: list[TokenizedPair | None] = [None] * len(pairs)
     for positions in groups.values():
         group = [pairs[position] for position in positions]
-        options, rows = group[0].template_options, [first_row + position for position in positions]
-        prompt_ids = _chat_ids(tokenizer, [pair.prompt for pair in group], rows, add_generation_prompt=True, **options)
-        chosen_full = _chat_ids(tokenizer, [pair.prompt + pair.chosen for pair in group], rows, **options)
-        rejected_full = _chat_ids(tokenizer, [pair.prompt + pair.rejected for pair in group], rows, **options)
+        options, names = group[0].template_options, [rows[position] for position in positions]
+        prompt_ids = _chat_ids(tokenizer, [pair.prompt for pair in group], names, add_generation_prompt=True, **options)
+        chosen_full = _chat_ids(tokenizer, [pair.prompt + pair.chosen for pair in group], names, **options)
+        rejected_full = _chat_ids(tokenizer, [pair.prompt + pair.rejected for pair in group], names, **options)
         for position, ids in zip(positions, zip(prompt_ids, chosen_full, rejected_full)):
             out[position] = split_completions(*ids)
     return out
@@ -224,3 +226,7 @@ def to_sequences(tokenized: TokenizedPair, max_length: int | None = None) -> Seq
         input_ids = (tokenized.prompt_ids + completion)[:max_length]
         sequences.append(TokenSequence(input_ids=input_ids, start=prompt_length - 1, end=len(input_ids) - 1))
     return SequencePair(*sequences)
+
+
+def _row_numbers(rows: Sequence[int] | None, first_row: int, count: int) -> Sequence[int]:
+    return list(range(first_row, first_row + count)) if rows is None else [int(row) for row in rows]

@@ -123,39 +123,23 @@ class OtherRank(Process):
         return [values, self.sent.pop(0)]
 
 
-def test_shared_tokenization_equals_one_process_and_spreads_errors(tokenizer):
+def test_a_failure_in_one_process_is_raised_in_every_process():
+    import json
+
     import torch
 
     from ches import ChesError
-    from ches.formats import to_pairs
-    from ches.runner import tokenize_shared
-    from ches.tokens import to_flat, tokenize_pairs
-    from conftest import hh_rows
 
-    pairs = to_pairs({key: [row[key] for row in hh_rows(9)] for key in ("chosen", "rejected")})
-    second_half = tokenize_pairs(pairs[4:], tokenizer)  # rank 1's block of 9 rows: rows 4..8
-    no_problem = torch.zeros(0, dtype=torch.long)
-    assert tokenize_shared(pairs, tokenizer, OtherRank(0, 2, sent=[no_problem, to_flat(second_half)])) == tokenize_pairs(pairs, tokenizer)
-    problem = torch.tensor(list("row 7: bad".encode()), dtype=torch.long)
-    with pytest.raises(ChesError, match="^row 7: bad$"):
-        tokenize_shared(pairs, tokenizer, OtherRank(0, 2, sent=[problem]))
+    def report(error):
+        return torch.tensor(list(json.dumps(error).encode()), dtype=torch.long)
 
-
-def test_shared_edit_distances_are_every_rows_in_order():
-    import math
-
-    import torch
-
-    from ches.runner import edit_distances
-    from ches.tokens import SequencePair, Skip, TokenSequence
-    from conftest import levenshtein
-
-    def plan(chosen, rejected):
-        return SequencePair(TokenSequence([0] + chosen, 0, len(chosen)), TokenSequence([0] + rejected, 0, len(rejected)))
-
-    planned = [plan([1, 2, 3], [1, 3]), Skip("a skip reason"), plan([4], [5, 6]), plan([7, 8], [7, 8])]
-    expected = [levenshtein(p[0].completion_ids, p[1].completion_ids) / max(len(p[0].completion_ids),
-                len(p[1].completion_ids)) if not isinstance(p, Skip) else math.nan for p in planned]
-    other_block = torch.tensor(expected[2:], dtype=torch.float64)  # rank 1 of 2 computes rows 2 and 3
-    got = edit_distances(planned, OtherRank(0, 2, sent=[other_block]))
-    assert len(got) == 4 and math.isnan(got[1]) and [got[i] for i in (0, 2, 3)] == [expected[i] for i in (0, 2, 3)]
+    nothing = torch.zeros(0, dtype=torch.long)
+    OtherRank(0, 2, sent=[nothing]).fail_together(None)  # nobody failed: returns
+    ches_error = {"ches": True, "type": "ChesError", "message": "row 50: the chat template cannot render it"}
+    with pytest.raises(ChesError, match="^row 50: the chat template cannot render it$"):
+        OtherRank(0, 2, sent=[report(ches_error)]).fail_together(None)
+    crash = {"ches": False, "type": "OutOfMemoryError", "message": "CUDA out of memory"}
+    with pytest.raises(ChesError, match="^process 1 failed: OutOfMemoryError: CUDA out of memory$"):
+        OtherRank(0, 2, sent=[report(crash)]).fail_together(None)
+    with pytest.raises(KeyError):  # where it happened, the error itself
+        OtherRank(0, 2, sent=[report(crash)]).fail_together(KeyError("mine"))

@@ -95,8 +95,8 @@ def test_the_estimate_counts_the_token_slots_that_reach_the_model(layout, tokeni
     model = tiny_model("llama")
     loaded = ches.models.load_model(model, tokenizer)
     planned = ches.runner.plan_pairs(ches.formats.to_pairs(ches.inputs.pair_columns(ches.inputs.load_data(rows))),
-                                  loaded, max_length=None)
-    estimate = ches.layouts.layout_work(planned.work, device_type="cpu", batch_tokens=512)
+                                     loaded, max_length=None)
+    estimate = ches.layouts.layout_work(planned, device_type="cpu", batch_tokens=512)
     scored, info = ches.api.score_run(rows, model, tokenizer, layout=layout, batch_tokens=512, progress=False)
     assert info.layout == layout
     assert sum(slots) == estimate[layout].token_slots
@@ -181,10 +181,10 @@ def test_an_alibi_model_is_not_run_prefix_shared_and_keeps_its_scores(tokenizer)
 def one_at_a_time_ches(model, tokenizer, rows) -> list[float]:
     """Reference ches: each TRL sequence alone through the model's own attention, summed in float32."""
     planned = ches.runner.plan_pairs(ches.formats.to_pairs(ches.inputs.pair_columns(ches.inputs.load_data(rows))),
-                                  ches.models.load_model(model, tokenizer), max_length=None)
+                                     ches.models.load_model(model, tokenizer), max_length=None)
     expected = []
     with torch.inference_mode():
-        for chosen, rejected in planned.work:
+        for chosen, rejected in planned:
             sums = [model.base_model(input_ids=torch.tensor([s.input_ids])).last_hidden_state[0, s.start : s.end].sum(0)
                     for s in (chosen, rejected)]
             expected.append(float(sums[0] @ sums[1] - sums[0] @ sums[0]))
