@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, pairs_cli
 from .errors import ChesError, one_line
 from .select import MEASURES
 
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _filter_command(commands.add_parser("filter", help="keep the pairs least likely to cause likelihood displacement"))
     _validate_command(commands.add_parser("validate", help="check that CHES predicts displacement for a model"))
     _report_command(commands.add_parser("report", help="write a self-contained HTML report of a scores file"))
+    pairs_cli.add_command(commands.add_parser("pairs", help="build DPO pairs from rated responses, chosen by CHES"))
     return parser
 
 
@@ -275,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
         args = build_parser().parse_args(argv)
-        commands = {"score": run_score, "filter": run_filter, "report": run_report, "validate": run_validate}
+        commands = {"score": run_score, "filter": run_filter, "report": run_report, "validate": run_validate,
+                    "pairs": pairs_cli.run_command}
         from .quiet import library_bars_off
 
         with library_bars_off():  # ches' own bar only (none with --no-progress)
