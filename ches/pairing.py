@@ -23,7 +23,8 @@ and ``X = S C^T``.
 **Selection rules** (higher measure = more displacement-prone; see :mod:`ches.select`). A pair
 ``(i, j)`` is *allowed* when ``rating_i > rating_j``, ``rating_i - rating_j >= min_margin``, the two
 responses differ, and the pair can be scored (finite measure). The *chosen* response of the
-single-chosen rules is the top-rated one; among several, the first listed.
+single-chosen rules is the top-rated one; among several, the first listed that has an allowed
+rejected response (so a duplicate of the top answer, rated lower, does not leave the prompt unpaired).
 
 - ``min_ches``: chosen = top-rated; rejected = the allowed one with the lowest measure;
 - ``all_min_ches``: the allowed pair with the lowest measure over every chosen/rejected combination;
@@ -121,13 +122,20 @@ def allowed_pairs(ratings: np.ndarray, measure: np.ndarray, *, min_margin: float
     return allowed & ~same if same is not None else allowed
 
 
-def top_rated(ratings: np.ndarray) -> int:
-    """Index of the chosen response of the single-chosen rules: the highest rating, the first listed on a tie.
+def top_rated(ratings: np.ndarray, allowed: np.ndarray) -> int | None:
+    """Index of the chosen response of the single-chosen rules: the highest rating, on a tie the first
+    listed that has an allowed rejected response; None when no top-rated response has one.
 
-    >>> top_rated(np.array([1.0, 3.0, 3.0]))
+    >>> allowed = allowed_pairs(np.array([1.0, 3.0, 3.0]), np.zeros((3, 3)))
+    >>> top_rated(np.array([1.0, 3.0, 3.0]), allowed)
     1
+    >>> allowed[1, 0] = False  # e.g. response 1 repeats response 0
+    >>> top_rated(np.array([1.0, 3.0, 3.0]), allowed)
+    2
     """
-    return int(np.argmax(np.asarray(ratings, dtype=np.float64)))
+    ratings = np.asarray(ratings, dtype=np.float64)
+    tops = np.flatnonzero(ratings == ratings.max())
+    return next((int(index) for index in tops if allowed[index].any()), None)
 
 
 def select(rule: str, measure: np.ndarray, ratings: np.ndarray, allowed: np.ndarray, *, per_prompt: int = 1,
@@ -151,11 +159,13 @@ def select(rule: str, measure: np.ndarray, ratings: np.ndarray, allowed: np.ndar
     [(0, 2), (1, 2)]
     """
     measure = np.asarray(measure, dtype=np.float64)
-    chosen = top_rated(ratings)
     if rule == "all_min_ches":
         candidates = [(i, j) for i, j in zip(*np.nonzero(allowed))]  # row-major: lower chosen, then lower rejected
         order = sorted(range(len(candidates)), key=lambda c: (measure[candidates[c]], candidates[c][1], candidates[c][0]))
         return [(int(candidates[c][0]), int(candidates[c][1])) for c in order[:per_prompt]]
+    chosen = top_rated(ratings, allowed)
+    if chosen is None:
+        return []
     rejected = np.flatnonzero(allowed[chosen])
     if rule == "min_ches":
         rejected = rejected[np.argsort(measure[chosen, rejected], kind="stable")]
@@ -169,7 +179,7 @@ def select(rule: str, measure: np.ndarray, ratings: np.ndarray, allowed: np.ndar
 
 
 def no_pair_reason(ratings: np.ndarray, measure: np.ndarray, same: np.ndarray, *, min_margin: float) -> str:
-    """Why a prompt with at least two responses has no allowed pair (for the skipped list).
+    """Why a rule found no pair for a prompt with at least two responses (for the skipped list).
 
     >>> no_pair_reason(np.array([1.0, 1.0]), np.zeros((2, 2)), np.zeros((2, 2), bool), min_margin=0.0)
     'all ratings equal (1)'
@@ -183,4 +193,6 @@ def no_pair_reason(ratings: np.ndarray, measure: np.ndarray, same: np.ndarray, *
         return f"no two ratings differ by at least min_margin={min_margin:g} (largest gap {margin.max():g})"
     if not (lower & (margin >= min_margin) & ~same).any():
         return "the only pairs with different ratings are identical responses"
-    return "no pair with different ratings could be scored (see the prompt/length limits)"
+    if not allowed_pairs(ratings, measure, min_margin=min_margin, same=same).any():
+        return "no pair with different ratings could be scored (the prompt fills max_length)"
+    return "no top-rated response has an allowed rejected one (rule all_min_ches searches every pair)"
