@@ -38,8 +38,9 @@ import ches  # noqa: E402
 from ches.inputs import column, load_data  # noqa: E402
 from ches.probes import DPOProbe, sequence_logps  # noqa: E402
 from ches.select import keep_window, similarity  # noqa: E402
-from ches.tokens import ScoredSequence  # noqa: E402
-from ches.validation import MEASURES, _run_probes, _sequences, correlation_table  # noqa: E402
+from ches.tokens import TokenSequence  # noqa: E402
+from ches.columns import MEASURES  # noqa: E402
+from ches.validation import correlation_table, probe_sequences, run_probes  # noqa: E402
 
 MODEL = ROOT / "examples" / "tiny-hh-model"
 HH = ROOT / "examples" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
@@ -53,14 +54,14 @@ def single_pair_probes(model, tokenizer, data, scored, usable, settings) -> list
     for seed in settings["seeds"]:
         rng = np.random.default_rng(seed)
         picked = np.sort(rng.choice(usable, size=settings["n"], replace=False))
-        sequences = _sequences(data.select(picked), tokenizer, MAX_LENGTH)
+        sequences = probe_sequences(data.select(picked), tokenizer, MAX_LENGTH)
         chosen_tokens = np.asarray(column(scored.select(picked), "chosen_tokens"), dtype=float)
         rejected_tokens = np.asarray(column(scored.select(picked), "rejected_tokens"), dtype=float)
         measures = {name: similarity(column(scored.select(picked), name), name) for name in MEASURES}
         for learning_rate in settings["learning_rates"]:
             started = time.time()
             probe = DPOProbe(model, steps=settings["steps"], learning_rate=learning_rate, beta=BETA)
-            changes = _run_probes(probe, sequences, progress=False)
+            changes = run_probes(probe, sequences, progress=False)
             table = correlation_table(measures, -changes[:, 0], chosen_tokens, rejected_tokens, seed=seed)
             runs.append({"seed": seed, "learning_rate": learning_rate, "n": settings["n"], "steps": settings["steps"],
                          "mean_chosen_change": float(changes[:, 0].mean()),
@@ -81,7 +82,7 @@ def windows(model, tokenizer, data, scored, usable, settings) -> dict:
         out[measure] = []
         for center in (0.0, 0.25, 0.5, 0.75, 1.0):
             rows = usable[keep_window(values, center, settings["window"])]
-            sequences = _sequences(data.select(rows), tokenizer, MAX_LENGTH)
+            sequences = probe_sequences(data.select(rows), tokenizer, MAX_LENGTH)
             probe = DPOProbe(model, steps=settings["window_steps"], learning_rate=settings["window_lr"], beta=BETA)
             result = probe.run(sequences)
             out[measure].append({"percentile": center * 100, "mean_chosen_change": float(result.chosen_change.mean()),
@@ -103,7 +104,7 @@ def filtering(model, tokenizer, data, scored, usable, settings) -> list[dict]:
         random_subset = np.sort(rng.choice(train, size=len(filtered), replace=False))
         entry = {"seed": seed, "train_rows": len(train), "kept_rows": len(filtered), "quantile": settings["quantile"]}
         for name, rows in (("all", train), ("ches_filtered", filtered), ("random_subset", random_subset)):
-            sequences = _sequences(data.select(rows), tokenizer, MAX_LENGTH)
+            sequences = probe_sequences(data.select(rows), tokenizer, MAX_LENGTH)
             flat = [s for pair in sequences for s in pair]
             with torch.no_grad():
                 start = sequence_logps(model, flat)[0::2]
@@ -131,7 +132,7 @@ def persona(model, tokenizer, settings) -> list[dict]:
         for preferred, dispreferred in answers:
             ids = [tokenizer(word, add_special_tokens=False)["input_ids"] for word in (preferred, dispreferred)]
             assert all(len(i) == 1 for i in ids), "single-token answers expected"
-            pair = tuple(ScoredSequence(prompt_ids + i, len(prompt_ids) - 1, len(prompt_ids)) for i in ids)
+            pair = tuple(TokenSequence(prompt_ids + i, len(prompt_ids) - 1, len(prompt_ids)) for i in ids)
 
             def next_token(trained, prompt_ids=prompt_ids):
                 logits = trained(input_ids=torch.tensor([prompt_ids])).logits[0, -1]

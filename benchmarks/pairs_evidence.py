@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import ches  # noqa: E402
 from ches.probes import DPOProbe  # noqa: E402
 from ches.stats import bootstrap_interval  # noqa: E402
-from ches.validation import _sequences  # noqa: E402
+from ches.validation import probe_sequences  # noqa: E402
 
 MODEL = ROOT / "examples" / "tiny-hh-model"
 PERSONA = ROOT / "examples" / "data" / "persona-ends-justify-means.jsonl"
@@ -89,9 +89,9 @@ def main() -> None:
         probe = DPOProbe(model, steps=args.steps, learning_rate=args.lr, beta=BETA)
         entry = {"seed": seed}
         for name, options in RULES.items():
-            built = ches.pairs(rows, model, tokenizer, seed=seed, max_length=MAX_LENGTH, **options)
+            built = ches.pairs(rows, model, tokenizer, seed=seed, max_length=MAX_LENGTH, progress=False, **options)
             assert not built.skipped and built.dataset["source_row"] == list(range(args.n))
-            sequences = _sequences(built.dataset, tokenizer, MAX_LENGTH)
+            sequences = probe_sequences(built.dataset, tokenizer, MAX_LENGTH)
             changes = [probe.run([pair]).chosen_change.item() for pair in sequences]
             single[name] += changes
             same_meaning[name] += [index < 4 for index in built.dataset["rejected_index"]]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tokens import ScoredSequence
+from .tokens import TokenSequence
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,10 @@ def rows_that_fit(longest: int, batch_tokens: int, multiple: int = 1) -> int:
     return max(1, batch_tokens // padded_length(longest, multiple))
 
 
-def collate(sequences: Sequence[ScoredSequence], pad_id: int, multiple: int = 1) -> Batch:
+def collate(sequences: Sequence[TokenSequence], pad_id: int, multiple: int = 1) -> Batch:
     """Right-pad ``sequences`` into one :class:`Batch`.
 
-    >>> batch = collate([ScoredSequence([1, 2, 3], 0, 2), ScoredSequence([1, 4], 0, 1)], pad_id=0)
+    >>> batch = collate([TokenSequence([1, 2, 3], 0, 2), TokenSequence([1, 4], 0, 1)], pad_id=0)
     >>> batch.input_ids.tolist(), batch.sum_positions.tolist(), batch.last_positions.tolist()
     ([[1, 2, 3], [1, 4, 0]], [0, 1, 3], [1, 3])
     """
@@ -103,13 +103,13 @@ def summed_positions(starts: torch.Tensor, ends: torch.Tensor) -> dict[str, torc
     return {"sum_positions": sum_positions, "sum_rows": sum_rows, "last_positions": ends - 1}
 
 
-def pack(sequences: Sequence[ScoredSequence], pad_id: int, row_length: int) -> Batch:
+def pack(sequences: Sequence[TokenSequence], pad_id: int, row_length: int) -> Batch:
     """Pack ``sequences`` (each at most ``row_length`` long) into rows of ``row_length`` tokens, first fit.
 
     Sequence ``i`` of the batch keeps index ``i`` in ``sum_rows``/``last_positions``. The unused tail
     of a row is padding with its own restarting positions, after every real token of the row.
 
-    >>> batch = pack([ScoredSequence([1, 2, 3], 0, 2), ScoredSequence([1, 4], 0, 1)], pad_id=0, row_length=6)
+    >>> batch = pack([TokenSequence([1, 2, 3], 0, 2), TokenSequence([1, 4], 0, 1)], pad_id=0, row_length=6)
     >>> batch.input_ids.tolist(), batch.position_ids.tolist()
     ([[1, 2, 3, 1, 4, 0]], [[0, 1, 2, 0, 1, 0]])
     >>> batch.sum_positions.tolist(), batch.sum_rows.tolist(), batch.last_positions.tolist()
@@ -118,17 +118,17 @@ def pack(sequences: Sequence[ScoredSequence], pad_id: int, row_length: int) -> B
     return pack_groups([[sequence] for sequence in sequences], pad_id, row_length)
 
 
-def group_length(group: Sequence[ScoredSequence]) -> int:
+def group_length(group: Sequence[TokenSequence]) -> int:
     """Tokens a group of sequences with one shared prompt takes when the prompt is written once.
 
-    >>> group_length([ScoredSequence([1, 2, 3, 4], 1, 3), ScoredSequence([1, 2, 5], 1, 2)])
+    >>> group_length([TokenSequence([1, 2, 3, 4], 1, 3), TokenSequence([1, 2, 5], 1, 2)])
     5
     """
     prompt = group[0].start + 1
     return prompt + sum(len(sequence.input_ids) - prompt for sequence in group)
 
 
-def pack_groups(groups: Sequence[Sequence[ScoredSequence]], pad_id: int, row_length: int) -> Batch:
+def pack_groups(groups: Sequence[Sequence[TokenSequence]], pad_id: int, row_length: int) -> Batch:
     """Pack groups of sequences that share a prompt into rows of ``row_length`` tokens, first fit; each
     group is written ``prompt | rest of sequence 1 | rest of sequence 2 | ...`` (the prefix-shared layout).
 
@@ -142,7 +142,7 @@ def pack_groups(groups: Sequence[Sequence[ScoredSequence]], pad_id: int, row_len
     ``sum(len(g) for g in groups[:i]) + j`` of the batch (``sum_rows``/``last_positions``).
 
     >>> prompt = [1, 2]
-    >>> batch = pack_groups([[ScoredSequence(prompt + [3, 4], 1, 3), ScoredSequence(prompt + [5, 6, 7], 1, 4)]],
+    >>> batch = pack_groups([[TokenSequence(prompt + [3, 4], 1, 3), TokenSequence(prompt + [5, 6, 7], 1, 4)]],
     ...                     pad_id=0, row_length=8)
     >>> batch.input_ids.tolist(), batch.position_ids.tolist()
     ([[1, 2, 3, 4, 5, 6, 7, 0]], [[0, 1, 2, 3, 2, 3, 4, 0]])

@@ -1,13 +1,14 @@
-"""Resumable runs: finished chunks of hidden-state sums on disk, keyed by everything that changes them.
+"""Resumable runs: finished chunks of per-pair scores on disk, keyed by everything that changes them.
 
 A cache folder holds one subfolder per *run key* — a hash of the ches version, the exact token
 sequences (so the data, its format, the tokenizer, its chat template and ``max_length``), the model's
 identity (name, revision, and a hash of every byte of its weights), dtype, device type, layout and
-attention kernel — with one safetensors shard per finished chunk. A different setting gives a different
+attention kernel — with one safetensors shard per finished chunk: its pairs' ``ches``, ``ln_ches`` and
+``last_hidden_ip`` (a few bytes per pair), plus the hidden sums only when embeddings were asked for. A different setting gives a different
 key, so stale shards are never reused; settings that do not change the numbers (the batch budget, which
 on a GPU follows the free memory) are left out, so a resumed run finds its chunks. Shards are written
 atomically (temporary file, then rename); a shard that cannot be read, or does not hold the chunk's
-rows, is recomputed with a warning.
+rows (or lacks the sums a run now needs), is recomputed with a warning.
 """
 
 from __future__ import annotations
@@ -70,11 +71,24 @@ def _checkpoint_fingerprint(model: torch.nn.Module, digest) -> str:
     return digest.hexdigest()
 
 
+def open_cache(cache_dir: str | os.PathLike, loaded, layout: str, pairs) -> ShardCache:
+    """The cache of a run: its folder under ``cache_dir`` is keyed by :func:`run_key` of the settings that
+    change the numbers (ches version, model identity and weights, dtype, device type, layout, attention
+    kernel) and of every token sequence in ``pairs``."""
+    from . import __version__
+    from .models import attention_kernel
+
+    settings = {"ches": __version__, "model": loaded.name, "revision": getattr(loaded.model.config, "_commit_hash", None),
+                "weights": model_fingerprint(loaded.model), "dtype": str(loaded.dtype), "device": loaded.device.type,
+                "layout": layout, "attention": attention_kernel(loaded.model)}
+    return ShardCache(cache_dir, run_key(settings, [sequence for pair in pairs for sequence in pair]))
+
+
 def run_key(settings: dict, sequences) -> str:
     """Hash of the run settings and every token sequence with its summed positions.
 
-    >>> from ches.tokens import ScoredSequence
-    >>> run_key({"a": 1}, [ScoredSequence([1, 2], 0, 1)]) == run_key({"a": 1}, [ScoredSequence([1, 2], 0, 1)])
+    >>> from ches.tokens import TokenSequence
+    >>> run_key({"a": 1}, [TokenSequence([1, 2], 0, 1)]) == run_key({"a": 1}, [TokenSequence([1, 2], 0, 1)])
     True
     """
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
@@ -85,7 +99,7 @@ def run_key(settings: dict, sequences) -> str:
 
 
 class ShardCache:
-    """Chunks of ``{"sums", "last"}`` tensors under ``folder / key``."""
+    """Chunks of named per-pair tensors (``[rows]`` or ``[rows, H]``) under ``folder / key``."""
 
     def __init__(self, folder: str | os.PathLike, key: str):
         self.folder = Path(folder) / key
@@ -97,11 +111,10 @@ class ShardCache:
     def _path(self, chunk: int) -> Path:
         return self.folder / f"chunk-{chunk:06d}.safetensors"
 
-    def load(self, chunk: int, rows: int) -> dict[str, torch.Tensor] | None:
-        """The chunk's tensors if a whole shard of ``rows`` rows was finished, else None (recompute).
-
-        A shard that cannot be read or holds the wrong shapes is reported and recomputed.
-        """
+    def load(self, chunk: int, rows: int, names: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+        """The chunk's tensors ``names`` if a whole shard of ``rows`` rows holding them was finished, else
+        None (recompute). A shard that cannot be read, or holds other shapes or fewer tensors, is
+        reported and recomputed."""
         from safetensors.torch import load_file
 
         path = self._path(chunk)
@@ -109,13 +122,13 @@ class ShardCache:
             return None
         try:
             tensors = load_file(str(path))
-            if {name: tuple(tensor.shape[:1]) for name, tensor in tensors.items()} != {"sums": (rows,), "last": (rows,)}:
-                raise ValueError(f"expected sums and last of {rows} rows")
+            if any(name not in tensors or len(tensors[name]) != rows for name in names):
+                raise ValueError(f"expected {', '.join(names)} of {rows} rows")
         except Exception as error:  # safetensors, OS or shape: whatever it is, the shard is not usable
             logger.warning("cache shard %s is unreadable or incomplete (%s: %s); recomputing it", path,
                            type(error).__name__, error)
             return None
-        return tensors
+        return {name: tensors[name] for name in names}
 
     def save(self, chunk: int, tensors: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file

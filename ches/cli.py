@@ -23,7 +23,6 @@ from typing import Any
 
 from . import __version__, pairs_cli
 from .errors import ChesError, one_line
-from .select import MEASURES
 
 
 @dataclass
@@ -71,7 +70,7 @@ def _filter_command(filter_: argparse.ArgumentParser) -> None:
     rule.add_argument("--keep", type=int, help="keep this many rows with the lowest scores")
     rule.add_argument("--around", type=float, help="keep --window rows centred on this quantile of the sorted scores")
     filter_.add_argument("--window", type=int, help="rows kept with --around (default 512)")
-    filter_.add_argument("--measure", default="ln_ches", choices=list(MEASURES))
+    _measure_option(filter_)
     filter_.add_argument("--output", "-o", type=Path, help="where to write the kept rows")
     filter_.add_argument("--no-scores", action="store_true", help="drop the score columns (exactly the input schema)")
     _overwrite_option(filter_)
@@ -79,27 +78,22 @@ def _filter_command(filter_: argparse.ArgumentParser) -> None:
 
 def _validate_command(validate: argparse.ArgumentParser) -> None:
     validate.add_argument("data", metavar="DATA", help="preference data (as for 'ches score')")
-    validate.add_argument("--model", "-m", required=True, help="local folder or Hub id of a causal LM")
-    validate.add_argument("--tokenizer", help="tokenizer folder or Hub id (default: the model's)")
-    validate.add_argument("--split", help="split of a DatasetDict / Hub dataset")
+    _model_flags(validate, required=True)
+    _option_flags(validate, ("split", "device", "dtype", "max_length", "progress"), defaults={"dtype": "float32", "max_length": 512})
     validate.add_argument("--n", type=int, default=64, help="pairs probed, spread over the CHES range (default 64)")
     validate.add_argument("--steps", type=int, default=5, help="DPO steps per probe (default 5)")
     validate.add_argument("--lr", type=float, default=1e-6, help="RMSprop learning rate (default 1e-6)")
     validate.add_argument("--beta", type=float, default=0.1, help="DPO beta (default 0.1)")
-    validate.add_argument("--max-length", type=int, default=512, help="truncate sequences (default 512)")
     validate.add_argument("--pool", type=int, help="rows scored to choose from (default: all, or 20 x n)")
-    validate.add_argument("--device", help="e.g. cuda, cpu")
-    validate.add_argument("--dtype", default="float32", choices=["bfloat16", "float16", "float32"])
     validate.add_argument("--seed", type=int, default=0)
     validate.add_argument("--output", "-o", type=Path, help="write the full results as JSON")
-    validate.add_argument("--no-progress", action="store_true", help="no progress bar")
     _overwrite_option(validate)
 
 
 def _report_command(report: argparse.ArgumentParser) -> None:
     report.add_argument("data", metavar="SCORES", help="a file written by 'ches score'")
     report.add_argument("--output", "-o", type=Path, required=True, help="the .html file to write")
-    report.add_argument("--measure", default="ln_ches", choices=list(MEASURES))
+    _measure_option(report)
     report.add_argument("--top", type=int, default=20, help="pairs shown at each end (default 20)")
     report.add_argument("--split", help="split of a folder with several splits")
     _overwrite_option(report)
@@ -111,38 +105,79 @@ def _overwrite_option(parser: argparse.ArgumentParser) -> None:
                              "existing output is an error")
 
 
-def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
+def _measure_option(parser: argparse.ArgumentParser) -> None:
+    from .columns import DEFAULT_MEASURE, MEASURES
+
+    parser.add_argument("--measure", default=DEFAULT_MEASURE, choices=list(MEASURES),
+                        help=f"the score to select by (default {DEFAULT_MEASURE})")
+
+
+def _model_flags(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--model", "-m", required=required, help="local folder or Hub id of a causal LM")
     parser.add_argument("--tokenizer", help="tokenizer folder or Hub id (default: the model's)")
-    parser.add_argument("--split", help="split of a DatasetDict / Hub dataset")
-    parser.add_argument("--columns", metavar="NAME=COLUMN,...",
-                        help="your column names, e.g. prompt=question,chosen=answer_a,rejected=answer_b")
-    parser.add_argument("--max-length", type=int, help="keep the first N tokens of each sequence (TRL keep_start)")
-    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
-    parser.add_argument("--batch-tokens", type=int, help="token slots per forward batch")
-    parser.add_argument("--layout", choices=["prefix_shared", "packed", "padded", "shared_prompt"],
-                        help="how sequences are batched (default: the cheapest by an estimate from the lengths, "
-                             "probed on the model; see docs/performance.md)")
-    parser.add_argument("--attn-implementation",
-                        help="attention kernel, e.g. flash_attention_2 (with --layout packed), flex_attention, sdpa")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the decoder body (pays on long runs)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: one per core; fewer on a busy machine)")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the Hub")
-    parser.add_argument("--cache-dir", type=Path, help="keep finished work here; re-running resumes after a crash")
-    parser.add_argument("--device-map", help="spread a large model over devices, e.g. auto")
-    parser.add_argument("--max-memory", type=json.loads, help='JSON, e.g. \'{"0": "70GiB", "cpu": "200GiB"}\'')
-    parser.add_argument("--offload-folder", type=Path, help="where weights that fit nowhere else are offloaded")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    """``--model``, ``--tokenizer`` and a flag per :class:`~ches.options.ScoreOptions` field and
+    ``from_pretrained`` keyword (:data:`~ches.options.MODEL_KWARGS`)."""
+    _model_flags(parser, required)
+    _option_flags(parser)
+    _from_pretrained_flags(parser)
+
+
+def _from_pretrained_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag per ``from_pretrained`` keyword of :data:`~ches.options.MODEL_KWARGS`."""
+    from .options import MODEL_KWARGS
+
+    for name, (text, kind) in MODEL_KWARGS.items():
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", help=text)
+        else:
+            parser.add_argument(flag, type=json.loads if kind == "memory" else kind, help=text)
+
+
+def _option_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None,
+                  defaults: dict[str, Any] | None = None, choices: dict[str, tuple] | None = None,
+                  options: type | None = None) -> None:
+    """A flag for each field in ``names`` (default: every field with a flag) of ``options`` (default
+    :class:`~ches.options.ScoreOptions`), its help, type and choices read from the field's metadata;
+    ``defaults`` and ``choices`` override the fields'."""
+    from dataclasses import MISSING, fields
+
+    from .options import ScoreOptions
+
+    defaults, choices = defaults or {}, choices or {}
+    for item in fields(options or ScoreOptions):
+        meta = item.metadata
+        if meta["flag"] is None or (names is not None and item.name not in names):
+            continue
+        flag = meta["flag"] or "--" + item.name.replace("_", "-")
+        default = defaults.get(item.name, None if item.default is MISSING else item.default)
+        shown = f" (default {default})" if default is not None and not isinstance(default, bool) else ""
+        if meta["type"] is bool:
+            action = "store_false" if flag.startswith("--no-") else "store_true"
+            parser.add_argument(flag, dest=item.name, action=action, help=meta["help"])
+            continue
+        kind = str if meta["type"] == "columns" else meta["type"]  # parsed after argparse, for ches' own message
+        parser.add_argument(flag, dest=item.name, type=kind, choices=choices.get(item.name, meta["choices"]),
+                            default=default, metavar=meta.get("metavar") or flag.removeprefix("--").upper(),
+                            help=meta["help"] + shown)
 
 
 def _score_kwargs(args) -> dict:
-    return dict(tokenizer=args.tokenizer, split=args.split, max_length=args.max_length, dtype=args.dtype,
-                device=args.device, batch_tokens=args.batch_tokens, layout=args.layout, progress=not args.no_progress,
-                trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir, device_map=args.device_map,
-                max_memory=_memory(args.max_memory), offload_folder=args.offload_folder,
-                attn_implementation=args.attn_implementation, compile=args.compile,
-                columns=_columns(args.columns), num_threads=args.threads)
+    """The options of ``ches.score`` given on the command line, by name."""
+    from dataclasses import fields
+
+    from .options import MODEL_KWARGS, ScoreOptions
+
+    names = [item.name for item in fields(ScoreOptions) if item.metadata["flag"] is not None] + list(MODEL_KWARGS)
+    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    if given.get("max_memory") is not None:
+        given["max_memory"] = _memory(given["max_memory"])
+    if given.get("columns") is not None:
+        given["columns"] = _columns(given["columns"])
+    return given
 
 
 def _columns(text: str | None) -> dict | None:
@@ -196,8 +231,8 @@ def run_score(args) -> Outcome:
 
     _check_single_file_output(args)
     _check_outputs(args)
-    scored, info = score_run(args.data, args.model, save_embeddings=args.save_embeddings, overwrite=args.overwrite,
-                             **_score_kwargs(args))
+    scored, info = score_run(args.data, args.model, args.tokenizer, save_embeddings=args.save_embeddings,
+                             overwrite=args.overwrite, **_score_kwargs(args))
     meta = {"run": info.as_dict(), "embeddings": str(args.save_embeddings) if args.save_embeddings else None,
             "rows_written": scored.num_rows}
     if args.output:
@@ -226,15 +261,15 @@ def run_filter(args) -> Outcome:
 
     _check_outputs(args)
     if not args.model:  # scoring flags without a model would do nothing
-        idle = [f"--{name.replace('_', '-')}" for name, value in _score_kwargs(args).items()
+        idle = [f"--{name.replace('_', '-')}" for name, value in {"tokenizer": args.tokenizer, **_score_kwargs(args)}.items()
                 if name not in ("split", "progress") and value not in (None, False)]
         if idle:
             raise ChesError(f"{', '.join(idle)} only apply when scoring; pass --model too, or drop them.")
     kwargs = _score_kwargs(args) if args.model else {"split": args.split}
     rule = {"quantile": args.quantile, "max_score": args.max_score, "keep": args.keep, "around": args.around,
             "window": args.window}
-    kept = filter_rows(args.data, measure=args.measure, model=args.model, keep_scores=not args.no_scores,
-                       **rule, **kwargs)
+    kept = filter_rows(args.data, measure=args.measure, model=args.model, tokenizer=args.tokenizer,
+                       keep_scores=not args.no_scores, **rule, **kwargs)
     meta = {"measure": args.measure, "rule": rule, "rows_written": len(kept)}
     if args.output:
         return Outcome(meta, dataset=kept, output=args.output)
@@ -261,7 +296,7 @@ def run_validate(args) -> Outcome:
     _check_outputs(args, dataset=False, suffixes=(".json",))
     result = validate(args.data, args.model, args.tokenizer, n=args.n, steps=args.steps, learning_rate=args.lr,
                       beta=args.beta, max_length=args.max_length, pool=args.pool, split=args.split,
-                      device=args.device, dtype=args.dtype, seed=args.seed, progress=not args.no_progress)
+                      device=args.device, dtype=args.dtype, seed=args.seed, progress=args.progress)
     print(format_table(result))
     if args.output:
         return Outcome({"settings": result["settings"]}, written=write_json(args.output, result))
@@ -285,9 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"ches_version": __version__, "command": ["ches", *argv], "started": started,
                 **_input_metadata(args.data, args.split), **outcome.meta,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        from .distributed import Ranks
+        from .distributed import Process
 
-        if not Ranks.current().is_main:  # under torchrun / accelerate only rank 0 writes
+        if not Process.current().is_main:  # under torchrun / accelerate only rank 0 writes
             return 0
         if outcome.dataset is not None:
             from .export import write_dataset

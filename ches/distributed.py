@@ -17,19 +17,19 @@ import torch.distributed as dist
 
 
 @dataclass(frozen=True)
-class Ranks:
-    """This process's place in the job."""
+class Process:
+    """This process's place in the job: its rank among `world` processes, sharing work and gathering results."""
 
     rank: int = 0
     world: int = 1
     local_rank: int = 0
 
     @classmethod
-    def current(cls) -> "Ranks":
+    def current(cls) -> "Process":
         """The job's layout, initializing the default process group if the launcher asked for one.
 
-        >>> Ranks.current() if "WORLD_SIZE" not in os.environ else Ranks()
-        Ranks(rank=0, world=1, local_rank=0)
+        >>> Process.current() if "WORLD_SIZE" not in os.environ else Process()
+        Process(rank=0, world=1, local_rank=0)
         """
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1 and not (dist.is_available() and dist.is_initialized()):
@@ -51,7 +51,7 @@ class Ranks:
 
         Largest first, each to the least loaded rank (ties: lowest rank); deterministic.
 
-        >>> Ranks(0, 2).share([5, 4, 3, 3]), Ranks(1, 2).share([5, 4, 3, 3])
+        >>> Process(0, 2).share([5, 4, 3, 3]), Process(1, 2).share([5, 4, 3, 3])
         ([0, 3], [1, 2])
         """
         loads = [0.0] * self.world
@@ -66,7 +66,7 @@ class Ranks:
     def block(self, count: int) -> tuple[int, int]:
         """``[begin, end)`` of this rank's contiguous block of ``count`` items (blocks differ by at most one).
 
-        >>> [Ranks(rank, 3).block(10) for rank in range(3)]
+        >>> [Process(rank, 3).block(10) for rank in range(3)]
         [(0, 3), (3, 6), (6, 10)]
         """
         return count * self.rank // self.world, count * (self.rank + 1) // self.world
@@ -74,7 +74,7 @@ class Ranks:
     def gather_rows(self, indices: torch.Tensor, values: torch.Tensor, total: int) -> torch.Tensor:
         """Every rank's ``values[i]`` placed at row ``indices[i]`` of a ``[total, ...]`` tensor, on every rank.
 
-        >>> Ranks().gather_rows(torch.tensor([2, 0]), torch.tensor([[1.0], [2.0]]), 3).tolist()
+        >>> Process().gather_rows(torch.tensor([2, 0]), torch.tensor([[1.0], [2.0]]), 3).tolist()
         [[2.0], [0.0], [1.0]]
         """
         row_shape = values.shape[1:]
@@ -86,7 +86,7 @@ class Ranks:
     def gather_flat(self, values: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's 1-D ``values`` (any lengths), in rank order, on every rank (on the CPU).
 
-        >>> Ranks().gather_flat(torch.tensor([3, 1]))
+        >>> Process().gather_flat(torch.tensor([3, 1]))
         [tensor([3, 1])]
         """
         if self.world == 1:
@@ -101,7 +101,3 @@ class Ranks:
         gathered = [torch.zeros_like(padded) for _ in range(self.world)]
         dist.all_gather(gathered, padded)
         return [tensor[: int(c.item())].cpu() for tensor, c in zip(gathered, counts)]
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()

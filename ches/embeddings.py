@@ -52,3 +52,24 @@ def load_embeddings(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
     with safe_open(str(path), framework="pt") as handle:
         return {name: handle.get_tensor(name) for name in handle.keys()}, dict(handle.metadata() or {})
+
+
+def embedding_file(save_embeddings: str | os.PathLike, split_name: str | None) -> Path:
+    """The embeddings file of a split: ``name.safetensors``, or ``name.SPLIT.safetensors`` for a split of a
+    ``DatasetDict``.
+
+    >>> embedding_file("e.safetensors", None), embedding_file("e.safetensors", "test")
+    (PosixPath('e.safetensors'), PosixPath('e.test.safetensors'))
+    """
+    target = Path(save_embeddings)
+    if split_name is None:
+        return target
+    return target.with_name(f"{target.stem}.{split_name}{target.suffix or '.safetensors'}")
+
+
+def embedding_tensors(rows) -> dict[str, torch.Tensor]:
+    """The :data:`TENSORS` of the run rows of a :class:`ches.runner.ScoredRows` computed with its sums."""
+    owners = torch.tensor(rows.owners, dtype=torch.long)
+    return {"row_index": owners, **rows.sums.tensors(),
+            "chosen_tokens": torch.tensor(rows.columns["chosen_tokens"], dtype=torch.long)[owners],
+            "rejected_tokens": torch.tensor(rows.columns["rejected_tokens"], dtype=torch.long)[owners]}

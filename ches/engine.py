@@ -23,7 +23,7 @@ from einops import rearrange
 from .batches import Batch, collate, group_length, pack, pack_groups, padded_length, rows_that_fit
 from .errors import ChesError
 from .models import has_sliding_window
-from .tokens import ScoredSequence
+from .tokens import TokenSequence
 
 logger = logging.getLogger("ches")
 
@@ -53,7 +53,7 @@ def run_body(body: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.T
 
 def hidden_sums(
     body: torch.nn.Module,
-    sequences: Sequence[ScoredSequence],
+    sequences: Sequence[TokenSequence],
     *,
     hidden_size: int,
     batch_tokens: int,
@@ -186,7 +186,7 @@ def packing_is_exact(body: torch.nn.Module, device: torch.device, vocab_size: in
     generator = torch.Generator().manual_seed(0)
     first = torch.randint(0, vocab_size, (7,), generator=generator).tolist()
     second = torch.randint(0, vocab_size, (9,), generator=generator).tolist()
-    probe = [ScoredSequence(first, 0, 7), ScoredSequence(second, 0, 9)]
+    probe = [TokenSequence(first, 0, 7), TokenSequence(second, 0, 9)]
 
     def both_ways():
         packed, _ = run_body(body, pack(probe, 0, 16).to(device))
@@ -208,9 +208,9 @@ def prefix_sharing_is_exact(body: torch.nn.Module, device: torch.device, vocab_s
         return torch.randint(0, vocab_size, (count,), generator=generator).tolist()
 
     first, second = tokens(5), tokens(3)
-    groups = [[ScoredSequence(first + tokens(4), 4, 8), ScoredSequence(first + tokens(6), 4, 10)],
-              [ScoredSequence(tokens(6), 0, 5)],
-              [ScoredSequence(second + tokens(2), 2, 4), ScoredSequence(second + tokens(5), 2, 7)]]
+    groups = [[TokenSequence(first + tokens(4), 4, 8), TokenSequence(first + tokens(6), 4, 10)],
+              [TokenSequence(tokens(6), 0, 5)],
+              [TokenSequence(second + tokens(2), 2, 4), TokenSequence(second + tokens(5), 2, 7)]]
     alone = [sequence for group in groups for sequence in group]
 
     def both_ways():
@@ -224,37 +224,36 @@ def prefix_sharing_is_exact(body: torch.nn.Module, device: torch.device, vocab_s
 
 def shared_prompt_sums(
     body: torch.nn.Module,
-    sequences: Sequence[ScoredSequence],
+    sequences: Sequence[TokenSequence],
     *,
+    groups: Sequence[tuple[int, int]],
     hidden_size: int,
     device: torch.device,
     on_done: Callable[[list[int]], None] | None = None,
 ) -> HiddenSums:
     """:class:`HiddenSums` computed pair by pair, running each prompt once.
 
-    ``sequences`` alternate chosen, rejected (``2 * k`` and ``2 * k + 1`` share a prompt). The chosen
-    sequence runs whole with a KV cache; the cache is cut back to the prompt, and only the rejected
-    completion runs on top of it. The hidden state that predicts the first rejected token is the one
-    at the prompt's last position, already computed in the chosen pass. This saves the prompt's share
-    of the work for one of the two sequences (batch size one: the fastest layout on CPUs, where small
-    batches run at the matrix-multiply rate already).
+    ``groups`` are the ``(chosen, rejected)`` index pairs of ``sequences`` that share a prompt (as for
+    :func:`hidden_sums`). The chosen sequence runs whole with a KV cache; the cache is cut back to the
+    prompt, and only the rejected completion runs on top of it. The hidden state that predicts the
+    first rejected token is the one at the prompt's last position, already computed in the chosen
+    pass. This saves the prompt's share of the work for one of the two sequences (batch size one).
     """
     sums = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
     last = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
     with torch.inference_mode():
-        for pair in range(0, len(sequences), 2):
-            chosen_hidden, rejected_hidden = _shared_prompt_pass(body, sequences[pair], sequences[pair + 1], device)
-            for index, sequence, hidden in ((pair, sequences[pair], chosen_hidden),
-                                            (pair + 1, sequences[pair + 1], rejected_hidden)):
-                summed = hidden[: sequence.end - sequence.start].float()
+        for chosen, rejected in groups:
+            hidden_states = _shared_prompt_pass(body, sequences[chosen], sequences[rejected], device)
+            for index, hidden in zip((chosen, rejected), hidden_states):
+                summed = hidden[: sequences[index].end - sequences[index].start].float()
                 sums[index] = summed.sum(0).cpu()
                 last[index] = summed[-1].cpu()
             if on_done is not None:
-                on_done([pair, pair + 1])
+                on_done([chosen, rejected])
     return HiddenSums(sums=sums, last=last)
 
 
-def _shared_prompt_pass(body, chosen: ScoredSequence, rejected: ScoredSequence, device: torch.device):
+def _shared_prompt_pass(body, chosen: TokenSequence, rejected: TokenSequence, device: torch.device):
     """Hidden states at the summed positions of both sequences, from positions ``start`` on."""
     prompt_length = chosen.start + 1
     output = body(input_ids=torch.tensor([chosen.input_ids], device=device), use_cache=True)
@@ -285,8 +284,8 @@ def shared_prompt_is_exact(body: torch.nn.Module, device: torch.device, vocab_si
         return False
     generator = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, vocab_size, (5,), generator=generator).tolist()
-    chosen = ScoredSequence(prompt + torch.randint(0, vocab_size, (4,), generator=generator).tolist(), 4, 8)
-    rejected = ScoredSequence(prompt + torch.randint(0, vocab_size, (6,), generator=generator).tolist(), 4, 10)
+    chosen = TokenSequence(prompt + torch.randint(0, vocab_size, (4,), generator=generator).tolist(), 4, 8)
+    rejected = TokenSequence(prompt + torch.randint(0, vocab_size, (6,), generator=generator).tolist(), 4, 10)
 
     def both_ways():
         _, shared = _shared_prompt_pass(body, chosen, rejected, device)

@@ -1,9 +1,11 @@
 """``ches.filter``, ``ches.rank`` and ``ches.summary``: scored datasets in, chosen rows or statistics out.
 
-Each scores the data first when it has no scores yet and a model is given."""
+Each scores the data first when it has no scores yet and a model is given (with the options of
+:func:`ches.score`), and works split by split on a ``DatasetDict`` (returning one)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import datasets
@@ -11,20 +13,19 @@ import numpy as np
 
 from . import select
 from .api import score
-from .columns import RANK_COLUMNS, SCORE_COLUMNS
+from .columns import DEFAULT_MEASURE, MEASURES, RANK_COLUMNS, SCORE_COLUMNS
 from .errors import ChesError
 from .inputs import Data, column, load_data
+from .options import ScoreOptions
 from .stats import summarize
 
 logger = logging.getLogger("ches")
-
-
 
 def filter(  # noqa: A001 - the public name is part of the contract
     data: Data,
     quantile: float | None = None,
     *,
-    measure: str = "ln_ches",
+    measure: str = DEFAULT_MEASURE,
     model=None,
     tokenizer=None,
     keep_scores: bool = True,
@@ -33,7 +34,7 @@ def filter(  # noqa: A001 - the public name is part of the contract
     around: float | None = None,
     window: int | None = None,
     **score_kwargs,
-) -> datasets.Dataset:
+) -> datasets.Dataset | datasets.DatasetDict:
     """Keep the pairs least likely to cause likelihood displacement; original order and columns.
 
     Rules (``max_score``, ``keep`` and ``around`` replace the default ``quantile`` rule; give at most one):
@@ -52,11 +53,13 @@ def filter(  # noqa: A001 - the public name is part of the contract
     With ``model``, ``data`` is scored with it even if it has scores (they are replaced).
 
     Args:
-        data: scored rows (from :func:`ches.score`, or a file it wrote), or raw rows plus ``model``.
+        data: scored rows (from :func:`ches.score`, or a file it wrote), or raw rows plus ``model``; a
+            ``DatasetDict`` is filtered split by split (each split by its own quantile).
         quantile: fraction of scored rows to keep, in (0, 1] (default 0.95 when no other rule is given).
         measure: ``"ln_ches"`` (default, what the paper filters with), ``"ches"``, ``"last_hidden_ip"``,
             or ``"edit_distance"`` (ranked by ``-edit_distance`` so that higher = more similar for all).
-        model, tokenizer, **score_kwargs: used to score ``data`` first when it has no scores.
+        model, tokenizer, **score_kwargs: used to score ``data`` first when it has no scores
+            (``score_kwargs``: the options of :func:`ches.score`).
         keep_scores: ``False`` drops the score columns, leaving exactly the input schema (ready for TRL).
 
     Raises:
@@ -73,7 +76,12 @@ def filter(  # noqa: A001 - the public name is part of the contract
         raise ChesError(f"give at most one of quantile=, max_score=, keep=, around= (got {', '.join(rules)}).")
     if window is not None and around is None:
         raise ChesError("window= sets the size of the around= selection; pass around= too, or drop window=.")
-    scored = _scored(data, measure, model, tokenizer, score_kwargs)
+    return _per_split(_scored(data, measure, model, tokenizer, score_kwargs),
+                      lambda scored: _filter_split(scored, measure, quantile, max_score, keep, around, window, keep_scores))
+
+
+def _filter_split(scored: datasets.Dataset, measure: str, quantile, max_score, keep, around, window,
+                  keep_scores: bool) -> datasets.Dataset:
     rows, values = _scored_rows(scored, measure)
     if max_score is not None:
         picked = select.keep_at_most(values, max_score)
@@ -89,19 +97,23 @@ def filter(  # noqa: A001 - the public name is part of the contract
     return result if keep_scores else result.remove_columns(_added_columns(result))
 
 
-def rank(data: Data, measure: str = "ches", *, model=None, tokenizer=None, **score_kwargs) -> datasets.Dataset:
+def rank(data: Data, measure: str = DEFAULT_MEASURE, *, model=None, tokenizer=None,
+         **score_kwargs) -> datasets.Dataset | datasets.DatasetDict:
     """Rows sorted from most to least displacement-prone, with ``ches_rank`` and ``ches_percentile``.
 
     ``ches_rank`` is 0 for the most similar pair; ``ches_percentile`` is 100 for it and 0 for the least
     similar. Unscored rows (``ches_skip``, or a NaN score) come last, with no rank and a NaN percentile;
-    their number is logged.
+    their number is logged. A ``DatasetDict`` is ranked split by split.
 
-    >>> rows = [{"chosen": c, "rejected": "r", "ches": s, "ches_skip": None} for c, s in [("a", 1.0), ("b", 5.0)]]
+    >>> rows = [{"chosen": c, "rejected": "r", "ln_ches": s, "ches_skip": None} for c, s in [("a", 1.0), ("b", 5.0)]]
     >>> ranked = rank(rows)
     >>> ranked.to_dict()["chosen"], ranked.to_dict()["ches_rank"], ranked.to_dict()["ches_percentile"]
     (['b', 'a'], [0, 1], [100.0, 0.0])
     """
-    scored = _scored(data, measure, model, tokenizer, score_kwargs)
+    return _per_split(_scored(data, measure, model, tokenizer, score_kwargs), lambda scored: _rank_split(scored, measure))
+
+
+def _rank_split(scored: datasets.Dataset, measure: str) -> datasets.Dataset:
     rows, values = _scored_rows(scored, measure)
     order = rows[select.most_similar_first(values)]
     unscored = np.setdiff1d(np.arange(len(scored)), rows)
@@ -116,37 +128,35 @@ def rank(data: Data, measure: str = "ches", *, model=None, tokenizer=None, **sco
     return ranked.add_column("ches_percentile", percentiles, feature=datasets.Value("float64"))
 
 
-def _scored(data, measure: str, model, tokenizer, score_kwargs) -> datasets.Dataset:
+def _scored(data, measure: str, model, tokenizer, score_kwargs) -> datasets.Dataset | datasets.DatasetDict:
     """``data`` with scores: as given when it has them and no model is passed, else scored with ``model``
     (replacing any scores it had: the caller asked for that model)."""
-    if measure not in select.MEASURES:
-        raise ChesError(f"unknown measure {measure!r}; use one of {sorted(select.MEASURES)}.")
-    _check_score_options(score_kwargs, model)
-    dataset = load_data(data, score_kwargs.get("split"))
-    if isinstance(dataset, datasets.DatasetDict):
-        raise ChesError(f"data has splits {sorted(dataset)}; pass split= to choose one.")
-    if len(dataset) == 0:
-        raise ChesError("the data has no rows.")
-    if model is None and measure in dataset.column_names:
-        return dataset
-    if model is None:
-        raise ChesError(f"the data has no {measure!r} column; pass model= (--model on the command line) to score it first.")
-    return score(dataset, model, tokenizer, **{k: v for k, v in score_kwargs.items() if k != "split"})
-
-
-def _check_score_options(score_kwargs: dict, model) -> None:
-    """Refuse options that ``ches.score`` does not take, and scoring options given without a model
-    (they would do nothing): a misspelled option must not be ignored silently."""
-    import inspect
-
-    known = set(inspect.signature(score).parameters) - {"data", "model", "tokenizer"}
-    unknown = sorted(set(score_kwargs) - known)
-    if unknown:
-        raise ChesError(f"unknown option(s) {', '.join(map(repr, unknown))}; the scoring options are "
-                        f"{', '.join(sorted(known))}.")
-    idle = sorted(name for name, value in score_kwargs.items() if name != "split" and value not in (None, False))
+    if measure not in MEASURES:
+        raise ChesError(f"unknown measure {measure!r}; use one of {sorted(MEASURES)}.")
+    options = ScoreOptions.from_kwargs(**score_kwargs)  # a misspelled option is an error, never ignored
+    idle = sorted(name for name, value in score_kwargs.items() if name != "split" and value not in (None, False, {}))
     if model is None and idle:
         raise ChesError(f"option(s) {', '.join(map(repr, idle))} only apply when scoring; pass model= too, or drop them.")
+    dataset = load_data(data, options.split)
+    for name, part in (dataset.items() if isinstance(dataset, datasets.DatasetDict) else [(None, dataset)]):
+        where = f" (split {name!r})" if name is not None else ""
+        if len(part) == 0:
+            raise ChesError(f"the data{where} has no rows.")
+        if model is None and measure not in part.column_names:
+            raise ChesError(f"the data{where} has no {measure!r} column; pass model= (--model on the command line) to "
+                            "score it first.")
+    if model is None:
+        return dataset
+    return score(dataset, model, tokenizer, options=dataclasses.replace(options, split=None))
+
+
+def _per_split(scored: datasets.Dataset | datasets.DatasetDict, function):
+    """``function`` of a dataset, or of each split of a ``DatasetDict`` (by split name: a ``DatasetDict``
+    when ``function`` returns datasets)."""
+    if not isinstance(scored, datasets.DatasetDict):
+        return function(scored)
+    results = {name: function(part) for name, part in scored.items()}
+    return datasets.DatasetDict(results) if all(isinstance(v, datasets.Dataset) for v in results.values()) else results
 
 
 def _scored_rows(dataset: datasets.Dataset, measure: str) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +174,7 @@ def _added_columns(dataset: datasets.Dataset) -> list[str]:
 
 
 def summary(data: Data, *, model=None, tokenizer=None, **score_kwargs) -> dict:
-    """Count, skipped rows by reason, min/quantiles/max/mean of every measure, and correlations between
+    """(Per split of a ``DatasetDict``: a dict of these.) Count, skipped rows by reason, min/quantiles/max/mean of every measure, and correlations between
     ``ches`` and ``ln_ches`` and of each with the length difference ``|y+| - |y-|`` (Spearman and Pearson).
 
     >>> rows = [{"chosen": "a", "rejected": "b", "ches": float(i), "ln_ches": i / 2, "chosen_tokens": i,
@@ -173,5 +183,6 @@ def summary(data: Data, *, model=None, tokenizer=None, **score_kwargs) -> dict:
     >>> stats["scored"], stats["measures"]["ches"]["max"], stats["correlations"]["ches~ln_ches"]
     (4, 4.0, 1.0)
     """
-    scored = _scored(data, "ches", model, tokenizer, score_kwargs)
-    return summarize({name: column(scored, name) for name in scored.column_names if name in SCORE_COLUMNS})
+    scored = _scored(data, DEFAULT_MEASURE, model, tokenizer, score_kwargs)
+    return _per_split(scored, lambda part: summarize({name: column(part, name) for name in part.column_names
+                                                      if name in SCORE_COLUMNS}))

@@ -5,7 +5,7 @@ Three formats are accepted, as in TRL's DPO pipeline (behaviour matched: TRL 1.1
 - **standard**: ``prompt``, ``chosen``, ``rejected`` are strings.
 - **conversational**: each is a list of ``{"role": str, "content": str}`` messages.
 - **implicit prompt**: only ``chosen`` and ``rejected`` (strings or message lists); the prompt is their
-  longest common prefix, found by :func:`extract_prompt`.
+  longest common prefix, found by :func:`split_prompt`.
 
 Conversational rows may also carry TRL's two per-row chat-template columns: ``tools`` (a list of
 tool schemas, or that list as a JSON string) and ``chat_template_kwargs`` (a dict of extra template
@@ -54,7 +54,18 @@ class Pair:
         return isinstance(self.chosen, list)
 
 
-def extract_prompt(chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
+def extract_prompt(example: dict[str, Text]) -> dict[str, Text]:
+    """TRL's ``extract_prompt`` contract: a row with implicit-prompt ``chosen``/``rejected`` in, the row's
+    ``{"prompt", "chosen", "rejected"}`` out, split as :func:`split_prompt` does (for ``Dataset.map``).
+
+    >>> extract_prompt({"chosen": "Q: sky? A: blue", "rejected": "Q: sky? A: green"})
+    {'prompt': 'Q: sky? A:', 'chosen': ' blue', 'rejected': ' green'}
+    """
+    prompt, chosen, rejected = split_prompt(example["chosen"], example["rejected"])
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def split_prompt(chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
     """Split two full transcripts into ``(prompt, chosen, rejected)`` at their longest common prefix.
 
     Strings are compared character by character, message lists message by message. As in TRL's
@@ -63,9 +74,9 @@ def extract_prompt(chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
     element is left to the completions. Where the two differ from the very first element the
     prompt is empty (TRL would wrap around to the last character; such a row is skipped later).
 
-    >>> extract_prompt("Q: sky? A: blue", "Q: sky? A: green")
+    >>> split_prompt("Q: sky? A: blue", "Q: sky? A: green")
     ('Q: sky? A:', ' blue', ' green')
-    >>> extract_prompt([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}],
+    >>> split_prompt([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}],
     ...                [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away"}])[0]
     [{'role': 'user', 'content': 'Hi'}]
     """
@@ -130,7 +141,7 @@ def to_pairs(columns: dict[str, list[Any]]) -> list[Pair]:
     if "prompt" in columns:
         texts = zip(columns["prompt"], columns["chosen"], columns["rejected"])
     else:
-        texts = (extract_prompt(chosen, rejected) for chosen, rejected in zip(columns["chosen"], columns["rejected"]))
+        texts = (split_prompt(chosen, rejected) for chosen, rejected in zip(columns["chosen"], columns["rejected"]))
     return [Pair(*text, template_options=row_options) for text, row_options in zip(texts, options)]
 
 

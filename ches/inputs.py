@@ -21,7 +21,7 @@ import datasets
 
 from .columns import RANK_COLUMNS, RANK_TYPES, SCORE_COLUMNS, SCORE_TYPES, typed_cell
 from .errors import ChesError, one_line
-from .formats import PAIR_COLUMNS, TEMPLATE_COLUMNS
+from .formats import PAIR_COLUMNS, TEMPLATE_COLUMNS, Pair, to_pairs
 
 Data = Union[datasets.Dataset, datasets.DatasetDict, Sequence[Mapping[str, Any]], "pandas.DataFrame", str, os.PathLike]  # noqa: F821
 
@@ -273,3 +273,25 @@ def parse_columns(text: str) -> dict[str, str]:
                             "prompt=question,chosen=answer_a,rejected=answer_b.")
         mapping[role.strip()] = name.strip()
     return mapping
+
+
+def preference_pairs(dataset: datasets.Dataset, split_name: str | None = None,
+                     columns: Mapping[str, str] | None = None) -> list[Pair]:
+    """The rows of ``dataset`` as normalized pairs, or a :class:`ChesError` naming what is wrong (no
+    rows, missing columns, bad cells), prefixed with the split's name when there is one."""
+    if len(dataset) == 0:
+        raise ChesError(f"the data{f' (split {split_name!r})' if split_name else ''} has no rows.")
+    mapping = check_columns(dataset, columns)
+    missing = [name for name in ("chosen", "rejected") if mapping.get(name, name) not in dataset.column_names]
+    if missing:
+        raise ChesError(
+            f"missing column(s) {missing}; the data has {dataset.column_names}. A preference data set needs 'chosen' "
+            "and 'rejected' (and optionally 'prompt'): map yours with columns={'chosen': 'answer_a', ...} "
+            "(--columns chosen=answer_a,... on the command line)."
+        )
+    try:
+        return to_pairs(pair_columns(dataset, mapping))
+    except ChesError as error:
+        if split_name is None:
+            raise
+        raise ChesError(f"split {split_name!r}: {error}") from None

@@ -31,12 +31,11 @@ import numpy as np
 from .attention import packed_attention
 from .batches import padded_length
 from .engine import packing_is_exact, prefix_sharing_is_exact, shared_prompt_is_exact
-from .errors import ChesError
-from .tokens import ScoredSequence
+from .options import LAYOUTS
+from .tokens import TokenSequence
 
 logger = logging.getLogger("ches")
 
-LAYOUTS = ("prefix_shared", "packed", "padded", "shared_prompt")  # the order of preference at equal cost
 FALLBACK = {"prefix_shared": "packed", "packed": "padded", "shared_prompt": "padded"}
 PASS_OVERHEAD = {"cuda": 6000, "cpu": 72}  # tokens' worth of work per forward pass (fitted: module docstring)
 
@@ -47,6 +46,7 @@ class LayoutChoice:
 
     layout: str
     reason: str
+    padding_free: bool = False  # rows run on ches' padding-free kernel (:mod:`ches.attention`), switched on for the run
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,11 @@ class LayoutWork:
     passes: float
 
 
-def layout_work(pairs: Sequence[tuple[ScoredSequence, ScoredSequence]], *, device_type: str,
+def layout_work(pairs: Sequence[tuple[TokenSequence, TokenSequence]], *, device_type: str,
                 batch_tokens: int) -> dict[str, LayoutWork]:
     """:class:`LayoutWork` of each layout for ``pairs``, from their lengths alone.
 
-    >>> pair = (ScoredSequence(list(range(8)), 5, 7), ScoredSequence(list(range(9)), 5, 8))  # prompt: 6 tokens
+    >>> pair = (TokenSequence(list(range(8)), 5, 7), TokenSequence(list(range(9)), 5, 8))  # prompt: 6 tokens
     >>> work = layout_work([pair], device_type="cpu", batch_tokens=64)
     >>> work["packed"].token_slots, work["prefix_shared"].token_slots
     (17.0, 11.0)
@@ -83,11 +83,11 @@ def layout_work(pairs: Sequence[tuple[ScoredSequence, ScoredSequence]], *, devic
             "shared_prompt": LayoutWork(shared_tokens, shared_attended, 2.0 * len(pairs))}  # two passes a pair
 
 
-def layout_costs(pairs: Sequence[tuple[ScoredSequence, ScoredSequence]], *, hidden_size: int, intermediate_size: int,
+def layout_costs(pairs: Sequence[tuple[TokenSequence, TokenSequence]], *, hidden_size: int, intermediate_size: int,
                  device_type: str, batch_tokens: int) -> dict[str, float]:
     """Estimated cost of each layout for ``pairs`` (see the module docstring), in FLOPs per decoder layer.
 
-    >>> pair = (ScoredSequence(list(range(8)), 5, 7), ScoredSequence(list(range(9)), 5, 8))
+    >>> pair = (TokenSequence(list(range(8)), 5, 7), TokenSequence(list(range(9)), 5, 8))
     >>> costs = layout_costs([pair] * 4, hidden_size=8, intermediate_size=16, device_type="cpu", batch_tokens=64)
     >>> bool(costs["prefix_shared"] < costs["packed"] <= costs["padded"])
     True
@@ -123,7 +123,7 @@ def by_cost(costs: dict[str, float]) -> list[str]:
     return sorted(LAYOUTS, key=lambda layout: (costs[layout], LAYOUTS.index(layout)))
 
 
-def describe(costs: dict[str, float], pairs: Sequence[tuple[ScoredSequence, ScoredSequence]], device_type: str) -> str:
+def describe(costs: dict[str, float], pairs: Sequence[tuple[TokenSequence, TokenSequence]], device_type: str) -> str:
     """One line: each layout's estimated cost relative to the cheapest, and the prompt's share of the tokens."""
     cheapest = min(costs.values()) or 1.0
     prompt = sum(chosen.start + 1 for chosen, _ in pairs)
@@ -133,13 +133,7 @@ def describe(costs: dict[str, float], pairs: Sequence[tuple[ScoredSequence, Scor
             f"{2 * prompt / tokens:.0%} of the tokens of padded/packed rows)")
 
 
-def check_layout(layout: str | None) -> None:
-    """Raise :class:`ChesError` for a layout name that is not one of :data:`LAYOUTS` (``None`` is fine)."""
-    if layout is not None and layout not in LAYOUTS:
-        raise ChesError(f"layout={layout!r} is not one of {sorted(LAYOUTS)} (or None to choose by estimated cost).")
-
-
-def resolve_layout(requested: str | None, loaded, pairs: Sequence[tuple[ScoredSequence, ScoredSequence]],
+def resolve_layout(requested: str | None, loaded, pairs: Sequence[tuple[TokenSequence, TokenSequence]],
                    batch_tokens: int, scope: contextlib.ExitStack) -> LayoutChoice:
     """The layout to run: ``requested``, or the cheapest by :func:`layout_costs`; in either case only
     if a probe on the model shows it gives the same hidden states as ``padded``, else the next one
@@ -147,7 +141,6 @@ def resolve_layout(requested: str | None, loaded, pairs: Sequence[tuple[ScoredSe
     the padding-free kernel of :mod:`ches.attention` until ``scope`` closes (``packed`` can also run
     on the model's own masked kernel).
     """
-    check_layout(requested)
     from .models import text_config
 
     config = text_config(loaded.model)
@@ -158,28 +151,31 @@ def resolve_layout(requested: str | None, loaded, pairs: Sequence[tuple[ScoredSe
     estimate = describe(costs, pairs, device_type)
     if requested is None:
         for layout in by_cost(costs):
-            if _runs_exactly(layout, loaded, scope):
-                return LayoutChoice(layout, f"chosen by estimated cost; {estimate}")
+            padding_free = _runs_exactly(layout, loaded, scope)
+            if padding_free is not None:
+                return LayoutChoice(layout, f"chosen by estimated cost; {estimate}", padding_free)
             logger.info("layout %r does not give this model the same hidden states; trying the next cheapest", layout)
     layout = requested
-    while layout != "padded" and not _runs_exactly(layout, loaded, scope):
+    while (padding_free := _runs_exactly(layout, loaded, scope)) is None:
         logger.warning("%s does not give the same hidden states with layout %r; scoring with %r instead",
                        loaded.name, layout, FALLBACK[layout])
         layout = FALLBACK[layout]
     how = "requested" if layout == requested else f"fallback for {requested!r}, which this model cannot run exactly"
-    return LayoutChoice(layout, f"{how}; {estimate}")
+    return LayoutChoice(layout, f"{how}; {estimate}", padding_free)
 
 
-def _runs_exactly(layout: str, loaded, scope: contextlib.ExitStack) -> bool:
-    """Whether the model gives ``layout`` the same hidden states as ``padded`` (switching kernels as needed)."""
+def _runs_exactly(layout: str, loaded, scope: contextlib.ExitStack) -> bool | None:
+    """Whether the model gives ``layout`` the same hidden states as ``padded``: ``None`` if not, else
+    whether it runs on ches' padding-free kernel (switched on until ``scope`` closes)."""
     if layout == "padded":
-        return True
+        return False
     if layout == "shared_prompt":
-        return shared_prompt_is_exact(loaded.body, loaded.device, loaded.vocab_size)
+        return False if shared_prompt_is_exact(loaded.body, loaded.device, loaded.vocab_size) else None
     attempt = contextlib.ExitStack()
     probe = prefix_sharing_is_exact if layout == "prefix_shared" else packing_is_exact
     if attempt.enter_context(packed_attention(loaded.model)) and probe(loaded.body, loaded.device, loaded.vocab_size):
         scope.enter_context(attempt.pop_all())
         return True
     attempt.close()
-    return layout == "packed" and packing_is_exact(loaded.body, loaded.device, loaded.vocab_size)  # own masked kernel
+    own_kernel = layout == "packed" and packing_is_exact(loaded.body, loaded.device, loaded.vocab_size)
+    return False if own_kernel else None

@@ -15,6 +15,7 @@ import torch
 from .errors import ChesError, one_line
 from .hub import offline_unless_reachable
 
+CPU_BATCH_TOKENS = 1024  # measured: small batches run fastest on CPUs (docs/performance.md)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
           "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -102,44 +103,45 @@ def load_model(
     *,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
-    trust_remote_code: bool = False,
-    device_map: str | dict | None = None,
-    max_memory: dict | None = None,
-    offload_folder: str | os.PathLike | None = None,
-    attn_implementation: str | None = None,
+    model_kwargs: dict | None = None,
 ) -> LoadedModel:
     """Load (or adopt) a causal LM and its tokenizer for scoring.
 
-    A model given as a string is a local folder or Hub id, loaded with ``dtype`` on ``device`` (or
-    spread by ``device_map``/``max_memory``, offloading to ``offload_folder``, for models larger than
-    one device). A folder holding a PEFT adapter (``adapter_config.json``) is loaded on its base model
-    and merged (needs ``peft``). An already loaded model stays where it is unless ``device``/``dtype``
-    are given (then it is moved in place). ``tokenizer`` defaults to the model's own (for an adapter:
-    the adapter folder's if it has one, else the base model's). ``attn_implementation`` picks the
-    attention kernel (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``, ``"flex_attention"``, ...), for a
-    loaded model too; ``None`` keeps transformers' choice.
+    A model given as a string is a local folder or Hub id, loaded with ``dtype`` on ``device`` and
+    ``model_kwargs`` passed to ``from_pretrained`` (``device_map``/``max_memory``/``offload_folder`` spread
+    a model larger than one device; ``revision``, ``trust_remote_code``, ``attn_implementation``, ...).
+    A folder holding a PEFT adapter (``adapter_config.json``) is loaded on its base model and merged
+    (needs ``peft``). An already loaded model stays where it is unless ``device``/``dtype`` are given
+    (then it is moved in place); of ``model_kwargs`` only ``attn_implementation`` applies to it.
+    ``tokenizer`` defaults to the model's own (for an adapter: the adapter folder's if it has one, else
+    the base model's). ``attn_implementation`` picks the attention kernel (``"sdpa"``, ``"eager"``,
+    ``"flash_attention_2"``, ``"flex_attention"``, ...); absent, transformers chooses.
 
     Raises:
         ChesError: the model or tokenizer cannot be found or loaded.
     """
+    model_kwargs = dict(model_kwargs or {})
+    trust_remote_code = bool(model_kwargs.get("trust_remote_code", False))
+    attn_implementation = model_kwargs.get("attn_implementation")
     if isinstance(model, (str, os.PathLike)):
         name = str(model)
         if name.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name)):
             raise ChesError(f"model folder {name} does not exist; pass a local model folder or a Hub id.")
         resolved_device = resolve_device(device)
         resolved_dtype = resolve_dtype(dtype, resolved_device)
-        options = {"dtype": resolved_dtype, "trust_remote_code": trust_remote_code}
-        if attn_implementation is not None:
-            options["attn_implementation"] = attn_implementation
-        if device_map is not None:
-            options |= {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
+        options = {"dtype": resolved_dtype, **{key: value for key, value in model_kwargs.items() if value is not None}}
         loaded, tokenizer_source = _from_pretrained(name, options)
-        if device_map is None:
+        if model_kwargs.get("device_map") is None:
             loaded.to(resolved_device)
         else:
             resolved_device = loaded.get_input_embeddings().weight.device
             resolved_device = torch.device("cpu") if resolved_device.type == "meta" else resolved_device
     elif isinstance(model, torch.nn.Module):
+        idle = sorted(key for key, value in model_kwargs.items()
+                      if key not in ("attn_implementation", "trust_remote_code") and value is not None)
+        if idle:
+            raise ChesError(f"{', '.join(idle)} only apply when the model is loaded by name; got a loaded "
+                            f"{type(model).__name__}: pass its folder or Hub id instead, or drop them.")
         loaded = model
         name = tokenizer_source = getattr(model, "name_or_path", "") or type(model).__name__
         first = next(model.parameters())
@@ -166,6 +168,20 @@ def load_model(
     )
 
 
+def default_batch_tokens(loaded: LoadedModel) -> int:
+    """Token slots per batch: 1,024 on CPU; on CUDA, what half of the free memory holds by the estimate
+    ``bytes per token = dtype size x (6 x hidden + 3 x intermediate) + 8 x hidden`` (the widest live
+    activations of one decoder layer, plus the float32 copies of the summed positions), between 4,096
+    and 131,072, rounded down to a multiple of 64. An out-of-memory error halves it and retries.
+    """
+    if loaded.device.type != "cuda":
+        return CPU_BATCH_TOKENS
+    intermediate = getattr(text_config(loaded.model), "intermediate_size", None) or 4 * loaded.hidden_size
+    per_token = torch.finfo(loaded.dtype).bits // 8 * (6 * loaded.hidden_size + 3 * intermediate) + 8 * loaded.hidden_size
+    free, _ = torch.cuda.mem_get_info(loaded.device)
+    return int(min(max(free // 2 // per_token, 4096), 131072)) // 64 * 64
+
+
 def _set_attention(model: torch.nn.Module, attn_implementation: str) -> None:
     """Switch a loaded model's attention kernel, or say why it cannot be switched."""
     try:
@@ -175,6 +191,14 @@ def _set_attention(model: torch.nn.Module, attn_implementation: str) -> None:
     if attention_kernel(model) != attn_implementation:
         raise ChesError(f"{type(model).__name__} kept attention {attention_kernel(model)!r}; it cannot switch to "
                         f"{attn_implementation!r} after loading: load it by name with attn_implementation= instead.")
+
+
+def describe_model(loaded: LoadedModel) -> dict[str, str | None]:
+    """What a run's metadata records of the model it ran (the model fields of :class:`~ches.options.RunInfo`)."""
+    return {"model": loaded.name, "model_revision": getattr(loaded.model.config, "_commit_hash", None),
+            "tokenizer": getattr(loaded.tokenizer, "name_or_path", "") or type(loaded.tokenizer).__name__,
+            "dtype": str(loaded.dtype).removeprefix("torch."), "device": str(loaded.device),
+            "attention": attention_kernel(loaded.model)}
 
 
 def attention_kernel(model: torch.nn.Module) -> str | None:

@@ -3,14 +3,18 @@
 Data path: candidate rows -> :mod:`ches.candidates` (``prompt, [responses], [ratings]``) -> TRL token
 sequences (:mod:`ches.tokens`, each response tokenized as ``ches.score`` tokenizes a pair containing it)
 -> one decoder pass with all responses of a prompt in one group, the prompt written once
-(:func:`ches.engine.hidden_sums`, prefix-shared layout where the model's probe allows it) -> every pair's
-scores in closed form (:func:`ches.pairing.pair_matrices`) -> a rule (:func:`ches.pairing.select`) ->
-a TRL-ready dataset. Each response runs once: the cost grows with the number of responses, not pairs.
+(:func:`ches.runner.run_sequences`, prefix-shared layout where the model's probe allows it) -> every
+pair's scores in closed form (:func:`ches.pairing.pair_matrices`) -> a rule (:func:`ches.pairing.select`)
+-> a TRL-ready dataset. Each response runs once: the cost grows with the number of responses, not pairs.
+
+The scoring options are :class:`~ches.options.ScoreOptions` (the subset
+:data:`~ches.options.PAIR_SCORE_OPTIONS`); the pairing rule is :class:`~ches.options.PairOptions`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -22,50 +26,23 @@ import datasets
 import numpy as np
 import torch
 
+from .api import _signature, torch_threads
+from .batches import group_length
 from .candidates import CANDIDATE_COLUMNS, Candidates, from_generic, from_ultrafeedback, schema, to_candidates
+from .columns import DEFAULT_MEASURE
 from .errors import ChesError
 from .formats import Pair, pair_problem
 from .inputs import Data, load_data
-from .pairing import RULES, allowed_pairs, no_pair_reason, pair_matrices, select
+from .layouts import LayoutChoice, resolve_layout
+from .models import default_batch_tokens, describe_model, load_model, max_positions
+from .options import PAIR_SCORE_OPTIONS, PairOptions, ScoreOptions, pair_score_options
+from .pairing import allowed_pairs, no_pair_reason, pair_matrices, select
+from .quiet import library_bars_off
+from .runner import progress_bar, run_sequences
 from .scores import edit_distance
-from .tokens import ScoredSequence, TokenizedPair, tokenize_pairs
+from .tokens import Skip, TokenizedPair, TokenSequence, tokenize_pairs
 
 logger = logging.getLogger("ches")
-
-PAIR_LAYOUTS = ("prefix_shared", "packed", "padded")
-PAIR_MEASURES = ("ln_ches", "ches")
-
-
-@dataclass(frozen=True)
-class PairOptions:
-    """How pairs are chosen (see :mod:`ches.pairing` for the rules); checked on construction.
-
-    >>> PairOptions(rule="max_margin").per_prompt
-    1
-    >>> PairOptions(rule="best")
-    Traceback (most recent call last):
-    ...
-    ches.errors.ChesError: rule='best' is not one of ['min_ches', 'all_min_ches', 'max_margin', 'random'].
-    """
-
-    rule: str = "min_ches"
-    measure: str = "ln_ches"
-    min_margin: float = 0.0
-    per_prompt: int = 1
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.rule not in RULES:
-            raise ChesError(f"rule={self.rule!r} is not one of {list(RULES)}.")
-        if self.measure not in PAIR_MEASURES:
-            raise ChesError(f"measure={self.measure!r} is not one of {list(PAIR_MEASURES)}.")
-        if isinstance(self.min_margin, bool) or not isinstance(self.min_margin, (int, float)) \
-                or not np.isfinite(self.min_margin) or self.min_margin < 0:
-            raise ChesError(f"min_margin={self.min_margin!r} must be a finite number >= 0.")
-        if isinstance(self.per_prompt, bool) or not isinstance(self.per_prompt, int) or self.per_prompt < 1:
-            raise ChesError(f"per_prompt={self.per_prompt!r} must be a positive integer.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ChesError(f"seed={self.seed!r} must be an integer >= 0.")
 
 
 @dataclass(frozen=True)
@@ -107,9 +84,9 @@ class PromptPlan:
 
     row: int
     responses: list[int]
-    sequences: list[ScoredSequence]
+    sequences: list[TokenSequence]
     prefix: list[int]
-    corrections: list[ScoredSequence]
+    corrections: list[TokenSequence]
     correction_of: list[int]
 
 
@@ -119,19 +96,14 @@ def pairs(
     tokenizer=None,
     *,
     rule: str = "min_ches",
-    measure: str = "ln_ches",
+    measure: str = DEFAULT_MEASURE,
     min_margin: float = 0.0,
     per_prompt: int = 1,
     seed: int = 0,
     columns: Mapping[str, str] | None = None,
     rating_field: str = "overall_score",
-    split: str | None = None,
-    max_length: int | None = None,
-    dtype: str | torch.dtype | None = None,
-    device: str | torch.device | None = None,
-    batch_tokens: int | None = None,
-    layout: str | None = None,
-    trust_remote_code: bool = False,
+    options: ScoreOptions | None = None,
+    **kwargs: Any,
 ) -> PairsResult:
     """Build DPO pairs from several rated responses per prompt, choosing the pair by CHES.
 
@@ -155,9 +127,12 @@ def pairs(
         seed: seeds the ``random`` rule (per row: ``(seed, source row)``).
         columns: your column names for ``prompt``, ``responses``, ``ratings``.
         rating_field: the UltraFeedback completion field used as the rating.
-        split, max_length, dtype, device, batch_tokens, trust_remote_code: as for ``ches.score``.
-        layout: ``"prefix_shared"`` (default: each prompt written once, all its responses after it),
-            ``"packed"`` or ``"padded"``; a layout the model's probe refuses falls back (logged).
+        options, **kwargs: a :class:`~ches.options.ScoreOptions` and/or its fields as keywords, as for
+            ``ches.score``: ``split``, ``max_length``, ``dtype``, ``device``, ``batch_tokens``,
+            ``num_threads``, ``progress``, ``model_kwargs`` (and ``from_pretrained`` keywords such as
+            ``trust_remote_code=``), and ``layout``: ``"prefix_shared"`` (default: each prompt written
+            once, all its responses after it), ``"packed"`` or ``"padded"``; a layout the model's probe
+            refuses falls back (logged). The other options of ``ches.score`` are refused.
 
     Returns:
         :class:`PairsResult`: ``.dataset`` has ``prompt``, ``chosen``, ``rejected`` (the input's format),
@@ -172,43 +147,48 @@ def pairs(
     >>> built = pairs([{"prompt": "\\n\\nHuman: Is the sky blue?\\n\\nAssistant:",
     ...                 "responses": [" Yes, it is.", " No.", " Yes."], "ratings": [2, 0, 1]},
     ...                {"prompt": "\\n\\nHuman: Hi\\n\\nAssistant:", "responses": [" Hello!"], "ratings": [1]}],
-    ...                "examples/tiny-hh-model")
+    ...                "examples/tiny-hh-model", progress=False)
     >>> built.dataset.num_rows, built.dataset[0]["chosen"], built.skipped[0].reason
     (1, ' Yes, it is.', 'fewer than two responses')
     """
+    rules = PairOptions(rule=rule, measure=measure, min_margin=min_margin, per_prompt=per_prompt, seed=seed)
+    scoring = pair_score_options(options, **kwargs)
+    with torch_threads(scoring.num_threads), library_bars_off():  # one bar, ches' own, or none
+        return _pairs(data, model, tokenizer, rules, scoring, columns, rating_field)
+
+
+def _pairs(data: Data, model, tokenizer, rules: PairOptions, scoring: ScoreOptions,
+           columns: Mapping[str, str] | None, rating_field: str) -> PairsResult:
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    options = PairOptions(rule=rule, measure=measure, min_margin=min_margin, per_prompt=per_prompt, seed=seed)
-    if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
-        raise ChesError(f"max_length={max_length!r} must be an integer >= 2 (or None for no truncation).")
-    if layout is not None and layout not in PAIR_LAYOUTS:
-        raise ChesError(f"layout={layout!r} is not one of {list(PAIR_LAYOUTS)} for ches.pairs.")
-    dataset = load_data(data, split)
+    dataset = load_data(data, scoring.split)
     if isinstance(dataset, datasets.DatasetDict):
         raise ChesError(f"the data has splits {sorted(dataset)}; pass split= (--split).")
     rows = candidate_rows(dataset, columns, rating_field)
-    from .api import default_batch_tokens
-    from .models import load_model
-
-    loaded = load_model(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    plans, skipped = plan_prompts(rows, loaded, max_length)
-    budget = batch_tokens or default_batch_tokens(loaded)
-    with contextlib.ExitStack() as scope:
-        choice = _layout(layout, loaded, budget, scope)
-        sums, tokens_run = run_plans(plans, loaded, layout=choice.layout, batch_tokens=budget)
-    built, more = select_pairs(rows, plans, sums, options, max_length)
+    loaded = load_model(model, tokenizer, dtype=scoring.dtype, device=scoring.device, model_kwargs=scoring.model_kwargs)
+    plans, skipped = plan_prompts(rows, loaded, scoring.max_length)
+    budget = scoring.batch_tokens or default_batch_tokens(loaded)
+    with contextlib.ExitStack() as scope:  # an attention kernel switched for packed rows is restored on exit
+        choice = _layout(scoring.layout, loaded, budget, scope)
+        sums, tokens_run = run_plans(plans, loaded, layout=choice, batch_tokens=budget, progress=scoring.progress)
+    built, more = select_pairs(rows, plans, sums, rules, scoring.max_length)
     skipped = sorted(skipped + more, key=lambda item: item.source_row)
-    info = {"model": loaded.name, "tokenizer": getattr(loaded.tokenizer, "name_or_path", ""),
-            "dtype": str(loaded.dtype).removeprefix("torch."), "device": str(loaded.device),
-            "max_length": max_length, "batch_tokens": budget, "layout": choice.layout, "layout_reason": choice.reason,
-            "options": asdict(options), "schema": schema(dataset.column_names, columns), "columns": dict(columns or {}),
+    reasons = Counter(item.reason for item in skipped)
+    given = scoring.as_dict()
+    info = {**describe_model(loaded), "batch_tokens": budget, "layout": choice.layout, "layout_reason": choice.reason,
+            "threads": torch.get_num_threads(),
+            "options": {**{name: given[name] for name in PAIR_SCORE_OPTIONS}, **asdict(rules)},
+            "schema": schema(dataset.column_names, columns), "columns": dict(columns or {}),
             "rating_field": rating_field, "rows": len(rows), "pairs": len(built["source_row"]),
-            "prompts_paired": len(set(built["source_row"])), "skipped": dict(Counter(s.reason for s in skipped)),
+            "prompts_paired": len(set(built["source_row"])), "skipped": dict(reasons),
             "responses_scored": sum(len(plan.responses) for plan in plans), "tokens_run": tokens_run,
             "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     logger.info("ches.pairs: %d pairs from %d of %d prompts (rule %s, %s); %d prompts skipped%s", info["pairs"],
-                info["prompts_paired"], len(rows), options.rule, options.measure, len(skipped),
-                "".join(f"; {count} {reason}" for reason, count in Counter(s.reason for s in skipped).most_common()))
+                info["prompts_paired"], len(rows), rules.rule, rules.measure, len(skipped),
+                "".join(f"; {count} {reason}" for reason, count in reasons.most_common()))
     return PairsResult(datasets.Dataset.from_dict(built), skipped, info)
+
+
+pairs.__signature__ = _signature(pairs, PAIR_SCORE_OPTIONS)
 
 
 def candidate_rows(dataset: datasets.Dataset, columns: Mapping[str, str] | None,
@@ -235,8 +215,6 @@ def candidate_rows(dataset: datasets.Dataset, columns: Mapping[str, str] | None,
 
 def plan_prompts(rows: list[Candidates], loaded, max_length: int | None) -> tuple[list[PromptPlan], list[Skipped]]:
     """Tokenize every (prompt, response) as ``ches.score`` would in a pair, and plan each prompt's sequences."""
-    from .models import max_positions
-
     context = max_positions(loaded.model)
     owners, flat = [], []
     for row, candidates in enumerate(rows):
@@ -250,8 +228,8 @@ def plan_prompts(rows: list[Candidates], loaded, max_length: int | None) -> tupl
     plans, skipped = [], []
     for row, candidates in enumerate(rows):
         plan = _plan(row, candidates, per_row.get(row, []), max_length, context)
-        if isinstance(plan, str):
-            skipped.append(Skipped(row, plan, len(candidates.responses)))
+        if isinstance(plan, Skip):
+            skipped.append(Skipped(row, plan.reason, len(candidates.responses)))
         else:
             plans.append(plan)
     return plans, skipped
@@ -277,19 +255,20 @@ def _fails(pair: Pair, tokenizer) -> bool:
 
 
 def _plan(row: int, candidates: Candidates, tokenized: list[TokenizedPair], max_length: int | None,
-          context: int | None) -> PromptPlan | str:
-    """One prompt's :class:`PromptPlan`, or why it gives no pair."""
+          context: int | None) -> PromptPlan | Skip:
+    """One prompt's :class:`PromptPlan`, or why it gives no pair. Token ids are used as sequences only
+    (length, slices, ``+``), so they may be lists or compact arrays."""
     if len(candidates.responses) < 2:
-        return "fewer than two responses"
+        return Skip("fewer than two responses")
     problem = pair_problem(Pair(candidates.prompt, candidates.responses[0], candidates.responses[0]))
     if problem:
-        return problem
+        return Skip(problem)
     full = [(tokens.prompt_ids + tokens.chosen_ids)[:max_length] for tokens in tokenized]
     prefix = [len(tokens.prompt_ids) for tokens in tokenized]
     unusable = Counter()
     keep = []
     for index, ids in enumerate(full):
-        if not tokenized[index].chosen_ids:
+        if len(tokenized[index].chosen_ids) == 0:
             unusable["no completion tokens"] += 1
         elif context is not None and len(ids) > context:
             unusable[f"longer than the model's context ({context}); pass max_length"] += 1
@@ -297,40 +276,33 @@ def _plan(row: int, candidates: Candidates, tokenized: list[TokenizedPair], max_
             keep.append(index)
     if len(keep) < 2:
         detail = "; ".join(f"{count} {reason}" for reason, count in unusable.items())
-        return f"fewer than two scorable responses ({detail})"
+        return Skip(f"fewer than two scorable responses ({detail})")
     base = min(prefix[index] for index in keep)
     if base == 0:
-        return "empty prompt: no position predicts the first completion token (tokenizer adds no BOS)"
+        return Skip("empty prompt: no position predicts the first completion token (tokenizer adds no BOS)")
     if max_length is not None and base >= max_length:
-        return f"prompt fills max_length ({base} prompt tokens, max_length={max_length})"
-    sequences = [ScoredSequence(full[index], base - 1, len(full[index]) - 1) for index in keep]
+        return Skip(f"prompt fills max_length ({base} prompt tokens, max_length={max_length})")
+    sequences = [TokenSequence(full[index], base - 1, len(full[index]) - 1) for index in keep]
     boundaries = sorted({prefix[index] for index in keep if prefix[index] > base
                          and (max_length is None or prefix[index] < max_length)})
     corrections = []
     for boundary in boundaries:
         source = next(index for index in keep if prefix[index] == boundary)
-        corrections.append(ScoredSequence(tokenized[source].prompt_ids[:boundary], base - 1, boundary - 1))
+        corrections.append(TokenSequence(tokenized[source].prompt_ids[:boundary], base - 1, boundary - 1))
     correction_of = [boundaries.index(prefix[index]) if prefix[index] in boundaries else -1 for index in keep]
     return PromptPlan(row, keep, sequences, [prefix[index] for index in keep], corrections, correction_of)
 
 
-def _layout(requested: str | None, loaded, batch_tokens: int, scope: contextlib.ExitStack):
+def _layout(requested: str | None, loaded, batch_tokens: int, scope: contextlib.ExitStack) -> LayoutChoice:
     """The layout to run (``prefix_shared`` unless asked otherwise), probed on the model (:mod:`ches.layouts`)."""
-    from .layouts import LayoutChoice, resolve_layout
-
     choice = resolve_layout(requested or "prefix_shared", loaded, [], batch_tokens, scope)
     how = choice.reason.split(";")[0]
-    return LayoutChoice(choice.layout, f"{how}; ches.pairs runs each prompt's responses as one group")
+    return dataclasses.replace(choice, reason=f"{how}; ches.pairs runs each prompt's responses as one group")
 
 
-def run_plans(plans: list[PromptPlan], loaded, *, layout: str, batch_tokens: int):
+def run_plans(plans: list[PromptPlan], loaded, *, layout: LayoutChoice, batch_tokens: int, progress: bool = False):
     """Hidden sums of every planned sequence (responses then corrections, prompt by prompt), and the
     number of token slots that reached the model."""
-    from .attention import VARLEN
-    from .batches import group_length
-    from .engine import hidden_sums
-    from .models import attention_kernel
-
     sequences, groups = [], []
     for plan in plans:
         members = plan.sequences + plan.corrections
@@ -338,14 +310,12 @@ def run_plans(plans: list[PromptPlan], loaded, *, layout: str, batch_tokens: int
         sequences += members
     if not sequences:
         return None, 0
-    shared = layout == "prefix_shared"
-    varlen = attention_kernel(loaded.model) == VARLEN
-    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    result = hidden_sums(loaded.body, sequences, hidden_size=loaded.hidden_size, batch_tokens=batch_tokens,
-                         device=loaded.device, pad_id=pad_id, pad_multiple=64 if loaded.device.type == "cuda" else 1,
-                         packing=layout in ("packed", "prefix_shared"), one_row=varlen,
-                         groups=groups if shared else None)
-    tokens = sum(group_length([sequences[i] for i in group]) for group in groups) if shared \
+    bar = progress_bar(len(sequences), progress, unit="sequence")
+    result = run_sequences(sequences, groups, loaded, layout=layout, batch_tokens=batch_tokens,
+                           on_done=None if bar is None else (lambda members: bar.update(len(members))))
+    if bar is not None:
+        bar.close()
+    tokens = sum(group_length([sequences[i] for i in group]) for group in groups) if layout.layout == "prefix_shared" \
         else sum(len(sequence.input_ids) for sequence in sequences)
     return result, tokens
 

@@ -44,8 +44,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-RULES = ("min_ches", "all_min_ches", "max_margin", "random")
-
 
 @dataclass(frozen=True)
 class PairMatrices:
@@ -143,7 +141,7 @@ def select(rule: str, measure: np.ndarray, ratings: np.ndarray, allowed: np.ndar
     """The (chosen, rejected) index pairs a rule picks for one prompt (module docstring); empty when none is allowed.
 
     Args:
-        rule: one of :data:`RULES`.
+        rule: one of :data:`ches.options.RULES`.
         measure: ``[N, N]`` the measure (``ches`` or ``ln_ches``), row = chosen.
         ratings: ``[N]``.
         allowed: ``[N, N]`` from :func:`allowed_pairs`.

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .batches import collate
-from .tokens import ScoredSequence
+from .tokens import TokenSequence
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
@@ -35,7 +35,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, referen
     return -F.logsigmoid(beta * margin).mean()
 
 
-def sequence_logps(model: torch.nn.Module, sequences: Sequence[ScoredSequence], pad_id: int = 0) -> torch.Tensor:
+def sequence_logps(model: torch.nn.Module, sequences: Sequence[TokenSequence], pad_id: int = 0) -> torch.Tensor:
     """``[N]`` sums of ``log pi(token)`` over each sequence's completion tokens (gradients flow).
 
     The logits at positions ``[start, end)`` predict tokens ``start + 1 .. end``: the completion.
@@ -82,7 +82,7 @@ class DPOProbe:
     >>> torch.manual_seed(0) and None
     >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
     ...                          num_hidden_layers=1, num_attention_heads=2))
-    >>> pair = (ScoredSequence([1, 2, 3, 4], 1, 3), ScoredSequence([1, 2, 5, 6], 1, 3))
+    >>> pair = (TokenSequence([1, 2, 3, 4], 1, 3), TokenSequence([1, 2, 5, 6], 1, 3))
     >>> result = DPOProbe(model, steps=3, learning_rate=1e-2).run([pair])
     >>> bool(result.chosen_change[0] - result.rejected_change[0] > 0)  # the margin grows
     True
@@ -93,7 +93,7 @@ class DPOProbe:
         self.model, self.steps, self.learning_rate, self.beta, self.pad_id = model, steps, learning_rate, beta, pad_id
         self.start = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
-    def run(self, pairs: Sequence[tuple[ScoredSequence, ScoredSequence]],
+    def run(self, pairs: Sequence[tuple[TokenSequence, TokenSequence]],
             inspect: Callable[[torch.nn.Module], Any] | None = None,
             on_step: Callable[[int, torch.nn.Module], None] | None = None) -> ProbeResult:
         """DPO on ``pairs`` (full batch) from the starting weights; the model is restored afterwards.

@@ -15,8 +15,9 @@ import datasets
 import numpy as np
 
 from . import __version__
+from .columns import DEFAULT_MEASURE, MEASURES
 from .errors import ChesError
-from .formats import extract_prompt
+from .formats import split_prompt
 from .inputs import column
 from .select import most_similar_first, similarity
 from .stats import summarize
@@ -24,7 +25,7 @@ from .stats import summarize
 SHOWN_CHARS = 600
 
 
-def write_report(dataset: datasets.Dataset, output: str | os.PathLike, *, measure: str = "ln_ches", top: int = 20,
+def write_report(dataset: datasets.Dataset, output: str | os.PathLike, *, measure: str = DEFAULT_MEASURE, top: int = 20,
                  title: str = "CHES report", overwrite: bool = False) -> Path:
     """Write the HTML report of a scored ``dataset`` to ``output`` and return its path.
 
@@ -40,7 +41,7 @@ def write_report(dataset: datasets.Dataset, output: str | os.PathLike, *, measur
         raise ChesError(f"top={top!r} must be a positive integer: the pairs shown at each end.")
 
     columns = {name: column(dataset, name) for name in dataset.column_names
-               if name in ("ches", "ln_ches", "last_hidden_ip", "edit_distance", "chosen_tokens", "rejected_tokens", "ches_skip")}
+               if name in (*MEASURES, "chosen_tokens", "rejected_tokens", "ches_skip")}
     missing = [name for name in ("ches", "ches_skip", "chosen_tokens", "rejected_tokens", measure) if name not in columns]
     if missing:
         raise ChesError(f"the data has no {', '.join(map(repr, missing))} column(s); report needs a file written by "
@@ -229,7 +230,7 @@ def _parts(example: dict) -> tuple[str, str, str]:
     if "prompt" in example:
         parts = (example["prompt"], example["chosen"], example["rejected"])
     else:
-        parts = extract_prompt(example["chosen"], example["rejected"])
+        parts = split_prompt(example["chosen"], example["rejected"])
     return tuple(_as_text(part) for part in parts)
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .columns import MEASURES
 from .errors import ChesError
 
 #: measure name -> sign that turns it into "higher = more similar"
-MEASURES = {"ln_ches": 1.0, "ches": 1.0, "last_hidden_ip": 1.0, "edit_distance": -1.0}
 
 
 def similarity(values, measure: str) -> np.ndarray:

@@ -6,10 +6,10 @@ from collections import Counter
 
 import numpy as np
 
+from .columns import MEASURES
 from .errors import ChesError
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-MEASURE_COLUMNS = ("ches", "ln_ches", "last_hidden_ip", "edit_distance")
 
 
 def spearman(first: np.ndarray, second: np.ndarray) -> float:
@@ -86,7 +86,7 @@ def summarize(columns: dict[str, list]) -> dict:
     if not scored.any():
         return result
     values = {name: np.asarray(_numbers(columns[name]), dtype=np.float64)[scored]
-              for name in MEASURE_COLUMNS if name in columns}
+              for name in MEASURES if name in columns}
     for name, column in values.items():
         stats = {"min": float(column.min())}
         stats |= {f"q{round(q * 100):02d}": float(np.quantile(column, q)) for q in QUANTILES}

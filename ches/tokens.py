@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -41,7 +42,7 @@ class TokenizedPair:
 
 
 @dataclass(frozen=True)
-class ScoredSequence:
+class TokenSequence:
     """One prompt+completion sequence and the positions whose hidden states are summed.
 
     The hidden state at position ``t`` predicts token ``t + 1``, so a completion occupying token
@@ -179,26 +180,47 @@ def _tokenize_conversational(pairs: Sequence[Pair], tokenizer, first_row: int = 
     return out
 
 
-def to_sequences(
-    tokenized: TokenizedPair, max_length: int | None = None
-) -> tuple[ScoredSequence, ScoredSequence] | str:
-    """The two sequences DPO trains on, truncated like TRL's collator; or the reason none can be scored.
+class SequencePair(NamedTuple):
+    """The two sequences of a pair that DPO trains on (unpacks as ``chosen, rejected``)."""
+
+    chosen: TokenSequence
+    rejected: TokenSequence
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.chosen.start + 1
+
+    @property
+    def completion_tokens(self) -> tuple[int, int]:
+        """``(|y+|, |y-|)``: the summed positions of each side."""
+        return self.chosen.end - self.chosen.start, self.rejected.end - self.rejected.start
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Why a row cannot be scored (its scores are NaN and ``ches_skip`` holds ``reason``)."""
+
+    reason: str
+
+
+def to_sequences(tokenized: TokenizedPair, max_length: int | None = None) -> SequencePair | Skip:
+    """The two sequences DPO trains on, truncated like TRL's collator; or why none can be scored.
 
     >>> chosen, rejected = to_sequences(TokenizedPair([1, 5], [7, 8, 2], [9, 2]), max_length=4)
     >>> chosen
-    ScoredSequence(input_ids=[1, 5, 7, 8], start=1, end=3)
+    TokenSequence(input_ids=[1, 5, 7, 8], start=1, end=3)
     >>> to_sequences(TokenizedPair([1, 5, 6], [7, 2], [9, 2]), max_length=3)
-    'prompt fills max_length (3 prompt tokens, max_length=3)'
+    Skip(reason='prompt fills max_length (3 prompt tokens, max_length=3)')
     """
     prompt_length = len(tokenized.prompt_ids)
     if prompt_length == 0:
-        return "empty prompt: no position predicts the first completion token (tokenizer adds no BOS)"
+        return Skip("empty prompt: no position predicts the first completion token (tokenizer adds no BOS)")
     if max_length is not None and prompt_length >= max_length:
-        return f"prompt fills max_length ({prompt_length} prompt tokens, max_length={max_length})"
+        return Skip(f"prompt fills max_length ({prompt_length} prompt tokens, max_length={max_length})")
     sequences = []
     for side, completion in (("chosen", tokenized.chosen_ids), ("rejected", tokenized.rejected_ids)):
         if not completion:
-            return f"{side} completion has no tokens"
+            return Skip(f"{side} completion has no tokens")
         input_ids = (tokenized.prompt_ids + completion)[:max_length]
-        sequences.append(ScoredSequence(input_ids=input_ids, start=prompt_length - 1, end=len(input_ids) - 1))
-    return sequences[0], sequences[1]
+        sequences.append(TokenSequence(input_ids=input_ids, start=prompt_length - 1, end=len(input_ids) - 1))
+    return SequencePair(*sequences)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .api import score_run
+from .columns import DEFAULT_MEASURE, MEASURES
 from .errors import ChesError
 from .formats import to_pairs
 from .inputs import Data, column, load_data, pair_columns
@@ -20,9 +21,8 @@ from .models import load_model
 from .probes import DPOProbe
 from .select import similarity
 from .stats import bootstrap_interval, partial_spearman, pearson, spearman
-from .tokens import to_sequences, tokenize_pairs
+from .tokens import SequencePair, Skip, to_sequences, tokenize_pairs
 
-MEASURES = ("ches", "ln_ches", "last_hidden_ip", "edit_distance")
 
 
 def correlation_table(measures: dict[str, np.ndarray], displacement: np.ndarray, chosen_tokens: np.ndarray,
@@ -109,10 +109,10 @@ def validate(
         raise ChesError(f"only {len(usable)} of the {size} pooled rows could be scored; lower n or raise max_length.")
     ches_values = np.asarray(column(scored, "ches"))[usable]
     picked = np.sort(usable[np.argsort(ches_values, kind="stable")[np.linspace(0, len(usable) - 1, n).round().astype(int)]])
-    sequences = _sequences(candidates.select(picked), loaded.tokenizer, max_length)
+    sequences = probe_sequences(candidates.select(picked), loaded.tokenizer, max_length)
     probe = DPOProbe(loaded.model, steps=steps, learning_rate=learning_rate, beta=beta,
                      pad_id=loaded.tokenizer.pad_token_id or 0)
-    changes = _run_probes(probe, sequences, progress)
+    changes = run_probes(probe, sequences, progress)
     displacement = -changes[:, 0]
     picked_scores = scored.select(picked)
     measures = {name: similarity(column(picked_scores, name), name) for name in MEASURES}
@@ -134,13 +134,18 @@ def validate(
     return result
 
 
-def _sequences(dataset, tokenizer, max_length):
-    pairs = to_pairs(pair_columns(dataset))
-    return [to_sequences(pair, max_length) for pair in tokenize_pairs(pairs, tokenizer)]
+def probe_sequences(dataset, tokenizer, max_length: int | None) -> list[SequencePair]:
+    """The token sequences of a dataset's pairs (``prompt``/``chosen``/``rejected`` columns) as ``ches.score``
+    runs them, for :func:`run_probes`; a row that cannot be scored raises :class:`ChesError`."""
+    plans = [to_sequences(pair, max_length) for pair in tokenize_pairs(to_pairs(pair_columns(dataset)), tokenizer)]
+    skipped = [(row, plan.reason) for row, plan in enumerate(plans) if isinstance(plan, Skip)]
+    if skipped:
+        raise ChesError(f"row {skipped[0][0]} cannot be probed: {skipped[0][1]}")
+    return plans
 
 
-def _run_probes(probe: DPOProbe, sequences, progress: bool) -> np.ndarray:
-    """``[N, 2]`` changes of log pi(y+|x) and log pi(y-|x), one single-pair probe each."""
+def run_probes(probe: DPOProbe, sequences: list[SequencePair], progress: bool = False) -> np.ndarray:
+    """``[N, 2]`` changes of log pi(y+|x) and log pi(y-|x), one single-pair DPO probe per pair."""
     iterator = sequences
     if progress:
         from tqdm.auto import tqdm
@@ -156,7 +161,7 @@ def _run_probes(probe: DPOProbe, sequences, progress: bool) -> np.ndarray:
 DISPLAYED = {"edit_distance": "edit similarity (-edit_distance)"}  # the sign-adjusted measures, as shown
 
 
-def format_table(result: dict, measure: str = "ln_ches") -> str:
+def format_table(result: dict, measure: str = DEFAULT_MEASURE) -> str:
     """The correlation table as aligned text, with what it means and a one-line verdict on ``measure``
     (the filter's default): what ``ches validate`` prints.
 
@@ -189,7 +194,7 @@ def format_table(result: dict, measure: str = "ln_ches") -> str:
     return "\n".join(lines)
 
 
-def verdict(result: dict, measure: str = "ln_ches") -> str:
+def verdict(result: dict, measure: str = DEFAULT_MEASURE) -> str:
     """One line: whether ``measure`` predicts displacement on this model, with its interval."""
     entry = result["correlations"].get(measure)
     if entry is None or not np.isfinite(entry["spearman_total"]):

@@ -9,7 +9,7 @@ import pytest
 
 import ches
 from ches import ChesError
-from ches.tokens import TokenizedPair, to_sequences
+from ches.tokens import Skip, TokenizedPair, to_sequences
 from conftest import MODEL_DIR, conversational_rows, hh_rows, standard_rows
 
 SCORE_COLUMNS = ["ches", "ln_ches", "edit_distance", "last_hidden_ip", "prompt_tokens", "chosen_tokens",
@@ -84,8 +84,8 @@ def test_standard_data_needs_an_eos_token(tokenizer, tiny_model):
 
 
 def test_empty_prompt_and_empty_completion_are_skip_reasons():
-    assert to_sequences(TokenizedPair([], [5, 2], [6, 2])).startswith("empty prompt")
-    assert to_sequences(TokenizedPair([1], [], [6, 2])) == "chosen completion has no tokens"
+    assert to_sequences(TokenizedPair([], [5, 2], [6, 2])).reason.startswith("empty prompt")
+    assert to_sequences(TokenizedPair([1], [], [6, 2])) == Skip("chosen completion has no tokens")
 
 
 def test_sequence_longer_than_the_model_context_is_skipped(tokenizer, tiny_model):

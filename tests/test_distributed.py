@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ches.distributed import Ranks
+from ches.distributed import Process
 from ches.inputs import load_data
 from conftest import MODEL_DIR, ROOT
 
@@ -21,9 +21,9 @@ import ches.runner
 ches.runner.CHUNK_PAIRS = 4  # 16 chunks for 64 rows, so both processes get work
 if sys.argv[1] == "api":
     import ches
-    from ches.distributed import Ranks
+    from ches.distributed import Process
     scored = ches.score(sys.argv[2], sys.argv[3], progress=False)
-    ranks = Ranks.current()
+    ranks = Process.current()
     scored.to_parquet(f"{sys.argv[4]}.rank{ranks.rank}.parquet")
 else:
     from ches.cli import main
@@ -84,7 +84,7 @@ def test_python_api_returns_the_full_result_on_every_rank(tmp_path):
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_share_covers_every_item_once_and_balances_tokens(world):
     costs = [100, 7, 50, 50, 3, 90, 20, 20, 20]
-    shares = [Ranks(rank, world).share(costs) for rank in range(world)]
+    shares = [Process(rank, world).share(costs) for rank in range(world)]
     assert sorted(i for share in shares for i in share) == list(range(len(costs)))
     loads = [sum(costs[i] for i in share) for share in shares]
     assert max(loads) - min(loads) <= max(costs)
@@ -114,7 +114,7 @@ def test_a_tokenization_error_on_one_rank_stops_every_rank(tmp_path):
 
 
 @dataclasses.dataclass(frozen=True)
-class OtherRank(Ranks):
+class OtherRank(Process):
     """Rank 0 of two, with what rank 1 sends scripted: exercises the exchange without processes."""
 
     sent: list = dataclasses.field(default_factory=list)
@@ -147,15 +147,15 @@ def test_shared_edit_distances_are_every_rows_in_order():
     import torch
 
     from ches.runner import edit_distances
-    from ches.tokens import ScoredSequence
+    from ches.tokens import SequencePair, Skip, TokenSequence
     from conftest import levenshtein
 
     def plan(chosen, rejected):
-        return ScoredSequence([0] + chosen, 0, len(chosen)), ScoredSequence([0] + rejected, 0, len(rejected))
+        return SequencePair(TokenSequence([0] + chosen, 0, len(chosen)), TokenSequence([0] + rejected, 0, len(rejected)))
 
-    planned = [plan([1, 2, 3], [1, 3]), "a skip reason", plan([4], [5, 6]), plan([7, 8], [7, 8])]
+    planned = [plan([1, 2, 3], [1, 3]), Skip("a skip reason"), plan([4], [5, 6]), plan([7, 8], [7, 8])]
     expected = [levenshtein(p[0].completion_ids, p[1].completion_ids) / max(len(p[0].completion_ids),
-                len(p[1].completion_ids)) if not isinstance(p, str) else math.nan for p in planned]
+                len(p[1].completion_ids)) if not isinstance(p, Skip) else math.nan for p in planned]
     other_block = torch.tensor(expected[2:], dtype=torch.float64)  # rank 1 of 2 computes rows 2 and 3
     got = edit_distances(planned, OtherRank(0, 2, sent=[other_block]))
     assert len(got) == 4 and math.isnan(got[1]) and [got[i] for i in (0, 2, 3)] == [expected[i] for i in (0, 2, 3)]

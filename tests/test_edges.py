@@ -303,14 +303,12 @@ API_CASES = {
     "batch tokens negative": (lambda m: ches.score(ROWS, m, batch_tokens=-1, progress=False), r"batch_tokens=-1"),
     "max length float": (lambda m: ches.score(ROWS, m, max_length=1.5, progress=False), r"max_length=1.5"),
     "two filter rules": (lambda m: ches.filter(_SCORED["rows"], 0.5, keep=3), r"give at most one of quantile="),
-    "misspelled filter option": (lambda m: ches.filter(_SCORED["rows"], windw=3), r"unknown option\(s\) 'windw'"),
+    "misspelled filter option": (lambda m: ches.filter(_SCORED["rows"], windw=3), r"unknown option 'windw'"),
     "scoring option without model": (lambda m: ches.filter(_SCORED["rows"], max_length=64),
                                      r"'max_length' only apply when scoring"),
     "window without around": (lambda m: ches.filter(_SCORED["rows"], window=4), r"window= sets the size"),
     "rank unknown measure": (lambda m: ches.rank(_SCORED["rows"], measure="cosine"), r"unknown measure 'cosine'"),
-    "summary of raw rows": (lambda m: ches.summary(ROWS), r"has no 'ches' column"),
-    "filter of a DatasetDict": (lambda m: ches.filter(datasets.DatasetDict({"a": _SCORED["rows"], "b": _SCORED["rows"]})),
-                                r"data has splits \['a', 'b'\]; pass split="),
+    "summary of raw rows": (lambda m: ches.summary(ROWS), r"has no 'ln_ches' column"),
     "report over an existing file": (lambda m: ches.report.write_report(_SCORED["rows"], "old.html"),
                                      r"old.html exists; pass --overwrite \(overwrite=True\)"),
     "embeddings over an existing file": (lambda m: ches.score(ROWS, m, save_embeddings="notes.safetensors", progress=False),
@@ -329,6 +327,20 @@ def test_python_api(case, workdir):
 
 
 # ---------------------------------------------------------------- what happens after the checks
+def test_filter_rank_and_summary_work_split_by_split_on_a_dataset_dict(workdir):
+    prepare(workdir)
+    scored = _SCORED["rows"]
+    halves = datasets.DatasetDict({"a": scored.select(range(4)), "b": scored.select(range(4, len(scored)))})
+    kept = ches.filter(halves, 0.5)
+    assert isinstance(kept, datasets.DatasetDict) and sorted(kept) == ["a", "b"]
+    for name, part in halves.items():  # each split by its own quantile, as if filtered alone
+        assert kept[name].to_list() == ches.filter(part, 0.5).to_list()
+    ranked = ches.rank(halves)
+    assert [len(ranked[name]) for name in ("a", "b")] == [4, len(scored) - 4]
+    assert ranked["a"].to_list() == ches.rank(halves["a"]).to_list()
+    assert ches.summary(halves)["b"] == ches.summary(halves["b"])
+
+
 def test_overwrite_replaces_only_what_was_asked(workdir, capsys):
     assert main(["score", "pairs.jsonl", "-m", "model", "-o", "out", "--no-progress"]) == 0
     first = digest(workdir / "out")
@@ -495,7 +507,7 @@ def test_the_persona_file_scores_with_one_command(workdir, capsys):
     assert main(["score", str(PERSONA), "-m", "model", "--columns", columns, "-o", "persona.parquet", "--no-progress"]) == 0
     scored = ches.inputs.load_data("persona.parquet")
     assert len(scored) == 1000 and all(reason is None for reason in scored["ches_skip"])
-    assert json.loads((workdir / "persona.parquet.meta.json").read_text())["run"]["columns"] == PERSONA_COLUMNS
+    assert json.loads((workdir / "persona.parquet.meta.json").read_text())["run"]["options"]["columns"] == PERSONA_COLUMNS
 
 
 @pytest.mark.parametrize("columns, message", [

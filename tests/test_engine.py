@@ -7,7 +7,7 @@ import torch
 
 from ches import ChesError
 from ches.engine import hidden_sums
-from ches.tokens import ScoredSequence
+from ches.tokens import TokenSequence
 
 
 class SmallMemory(torch.nn.Module):
@@ -26,7 +26,7 @@ class SmallMemory(torch.nn.Module):
 
 def sequences(count=12):
     generator = torch.Generator().manual_seed(0)
-    return [ScoredSequence(torch.randint(5, 4000, (20 + 7 * i,), generator=generator).tolist(), 3, 19 + 7 * i)
+    return [TokenSequence(torch.randint(5, 4000, (20 + 7 * i,), generator=generator).tolist(), 3, 19 + 7 * i)
             for i in range(count)]
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from ches import ChesError
-from ches.formats import Pair, extract_prompt, to_pairs
+from ches.formats import Pair, extract_prompt, split_prompt, to_pairs
 from conftest import as_messages, hh_rows
 
 
@@ -15,7 +15,8 @@ def test_extract_prompt_equals_trl_on_real_rows():
     trl_data_utils = pytest.importorskip("trl.data_utils")
     for row in hh_rows(300):
         expected = trl_data_utils.extract_prompt(dict(row))
-        assert extract_prompt(row["chosen"], row["rejected"]) == (expected["prompt"], expected["chosen"], expected["rejected"])
+        assert extract_prompt(dict(row)) == expected  # TRL's contract: a row in, a row out
+        assert split_prompt(row["chosen"], row["rejected"]) == (expected["prompt"], expected["chosen"], expected["rejected"])
 
 
 def test_extract_prompt_equals_trl_on_conversations_and_edge_cases():
@@ -24,17 +25,18 @@ def test_extract_prompt_equals_trl_on_conversations_and_edge_cases():
     cases += [("same text", "same text"), ("abc", "abcdef"), ("Q: x A: yes", "Q: x A: no"), ("Q: a", "Q:  b")]
     for chosen, rejected in cases:
         expected = trl_data_utils.extract_prompt({"chosen": chosen, "rejected": rejected})
-        assert extract_prompt(chosen, rejected) == (expected["prompt"], expected["chosen"], expected["rejected"])
+        assert extract_prompt({"chosen": chosen, "rejected": rejected}) == expected
+        assert split_prompt(chosen, rejected) == (expected["prompt"], expected["chosen"], expected["rejected"])
 
 
 def test_space_before_divergence_moves_to_completions():
-    assert extract_prompt("Human: hi Assistant: yes", "Human: hi Assistant: no") == (
+    assert split_prompt("Human: hi Assistant: yes", "Human: hi Assistant: no") == (
         "Human: hi Assistant:", " yes", " no")
 
 
 def test_no_common_prefix_gives_empty_prompt():
     # TRL wraps around to index -1 here; we return an empty prompt, which the scorer skips with a reason
-    assert extract_prompt("yes ", "no") == ("", "yes ", "no")
+    assert split_prompt("yes ", "no") == ("", "yes ", "no")
 
 
 def test_standard_conversational_and_implicit_rows():

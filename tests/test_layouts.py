@@ -148,7 +148,7 @@ def test_compiled_body_gives_the_same_scores(layout, tokenizer, tiny_model):
     model = tiny_model("llama")
     eager = ches.score(rows, model, tokenizer, layout="padded", progress=False)
     compiled, info = ches.api.score_run(rows, model, tokenizer, layout=layout, compile=True, progress=False)
-    assert info.compiled and info.layout == layout
+    assert info.options["compile"] and info.layout == layout
     assert_same(eager, compiled)
 
 

@@ -107,6 +107,62 @@ def test_bad_input_and_options_fail_before_the_model_loads():
             ches.pairs([{"prompt": "p", "responses": ["a", "b"], "ratings": [1, 0]}], missing_model, **options)
 
 
+def test_scoring_options_are_score_options():
+    """ches.pairs takes ches.score's options (a ScoreOptions and/or keywords), checked the same way."""
+    from ches.columns import DEFAULT_MEASURE, MEASURES
+    from ches.options import PAIR_MEASURES, PairOptions, ScoreOptions, pair_score_options
+    from ches.pairing import PairMatrices
+
+    assert set(PAIR_MEASURES) == set(MEASURES) & set(PairMatrices.__dataclass_fields__)
+    assert PairOptions().measure == DEFAULT_MEASURE in PAIR_MEASURES
+    given = pair_score_options(ScoreOptions(max_length=64), device_map="auto", dtype="float32")
+    assert (given.max_length, given.dtype, given.model_kwargs) == (64, "float32", {"device_map": "auto"})
+    row = [{"prompt": "p", "responses": ["a", "b"], "ratings": [1, 0]}]
+    for options, message in [({"max_lenght": 8}, "unknown option 'max_lenght' \\(did you mean 'max_length'\\?\\)"),
+                             ({"max_length": 1}, "max_length=1 must be an integer >= 2"),
+                             ({"cache_dir": "cache"}, "cache_dir= applies to ches.score only"),
+                             ({"options": ScoreOptions(compile=True)}, "compile= applies to ches.score only"),
+                             ({"options": ScoreOptions(columns={"chosen": "x"})}, "columns= applies to ches.score only")]:
+        with pytest.raises(ches.ChesError, match=message):
+            ches.pairs(row, "no/such-model-folder", **options)
+
+
+def test_token_ids_may_be_compact_arrays(tokenizer, monkeypatch):
+    """The pairs layer uses token ids as sequences only: array('i') ids give the same plans as lists."""
+    import dataclasses
+    from array import array
+    from types import SimpleNamespace
+
+    import ches.pair_builder as builder
+
+    loaded = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=1024)),
+                             tokenizer=tokenizer)
+    rows = to_candidates(persona_rows(1) + [MERGING] + hh_candidate_rows(2))
+    lists, skipped = builder.plan_prompts(rows, loaded, max_length=48)
+    real = builder.tokenize_pairs
+
+    def as_arrays(pairs, tokenizer, first_row=0):
+        return [dataclasses.replace(tokens, **{name: array("i", getattr(tokens, name))
+                                               for name in ("prompt_ids", "chosen_ids", "rejected_ids")})
+                for tokens in real(pairs, tokenizer, first_row)]
+
+    monkeypatch.setattr(builder, "tokenize_pairs", as_arrays)
+    arrays, skipped_too = builder.plan_prompts(rows, loaded, max_length=48)
+    assert skipped == skipped_too and len(arrays) == len(lists) > 0
+    for mine, theirs in zip(arrays, lists):
+        assert isinstance(mine.sequences[0].input_ids, array)
+        for ours, reference in zip(mine.sequences + mine.corrections, theirs.sequences + theirs.corrections):
+            assert (list(ours.input_ids), ours.start, ours.end) == (reference.input_ids, reference.start, reference.end)
+        assert (mine.responses, mine.prefix, mine.correction_of) == (theirs.responses, theirs.prefix, theirs.correction_of)
+    from ches.engine import HiddenSums
+    from ches.options import PairOptions
+
+    count = sum(len(plan.sequences) + len(plan.corrections) for plan in lists)
+    sums = HiddenSums(torch.randn(count, 8, generator=torch.Generator().manual_seed(0)), torch.randn(count, 8))
+    rules = PairOptions(rule="all_min_ches", per_prompt=100)
+    assert builder.select_pairs(rows, arrays, sums, rules, 48) == builder.select_pairs(rows, lists, sums, rules, 48)
+
+
 # --- pure math and selection ---------------------------------------------------------------------------------
 
 def test_pair_matrices_match_the_formulas_with_prompt_corrections():
@@ -230,9 +286,9 @@ def test_each_response_runs_once(tiny_model, tokenizer, monkeypatch):
     rows = persona_rows(3) + hh_candidate_rows(2)
     counted = []
     original_forward = model.model.forward
-    import ches.engine as engine  # run_plans imports hidden_sums from the engine when it runs: patch it there
+    import ches.runner as runner  # run_plans runs the engine through ches.runner.run_sequences: patch it there
 
-    real = engine.hidden_sums
+    real = runner.hidden_sums
 
     def counting(body, sequences, **kwargs):
         def forward(*args, **inner):
@@ -245,7 +301,7 @@ def test_each_response_runs_once(tiny_model, tokenizer, monkeypatch):
         finally:
             monkeypatch.setattr(model.model, "forward", original_forward)
 
-    monkeypatch.setattr(engine, "hidden_sums", counting)
+    monkeypatch.setattr(runner, "hidden_sums", counting)
     built = all_pairs(rows, model, tokenizer, layout="prefix_shared")
     expected = 0
     for row in rows:
@@ -306,13 +362,15 @@ def test_cli_round_trip(tmp_path, capsys):
     data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     output = tmp_path / "pairs.jsonl"
     argv = ["pairs", str(data), "--model", str(MODEL_DIR), "--output", str(output), "--columns",
-            "prompt=q,responses=outs,ratings=scores", "--rule", "random", "--seed", "1", "--per-prompt", "2"]
+            "prompt=q,responses=outs,ratings=scores", "--rule", "random", "--seed", "1", "--per-prompt", "2",
+            "--threads", "1", "--no-progress"]
     assert main(argv) == 0
     written = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(written) == 6 and {"prompt", "chosen", "rejected", "ln_ches", "source_row"} <= set(written[0])
     meta = json.loads((tmp_path / "pairs.jsonl.meta.json").read_text())
     assert meta["skipped_prompts"] == [{"source_row": 3, "reason": "fewer than two responses", "candidates": 1}]
-    assert meta["run"]["options"]["rule"] == "random"
+    assert meta["run"]["options"]["rule"] == "random" and meta["run"]["threads"] == 1
+    assert (meta["run"]["options"]["num_threads"], meta["run"]["options"]["progress"]) == (1, False)
     assert main(argv) == 2 and "exists; pass --overwrite" in capsys.readouterr().err
     assert main(["filter", str(output), "--keep", "2", "--no-scores", "--output", str(tmp_path / "kept.jsonl")]) == 0
     kept = [json.loads(line) for line in (tmp_path / "kept.jsonl").read_text().splitlines()]

@@ -16,11 +16,11 @@ import ches.runner
 from ches.attention import packed_attention, varlen_attention
 from ches.batches import pack_groups
 from ches.engine import hidden_sums
-from ches.tokens import ScoredSequence
+from ches.tokens import TokenSequence
 from conftest import hh_rows
 
 
-def random_pairs(count: int, seed: int = 0) -> list[tuple[ScoredSequence, ScoredSequence]]:
+def random_pairs(count: int, seed: int = 0) -> list[tuple[TokenSequence, TokenSequence]]:
     """Pairs with a shared prompt and completions of 1 to 12 tokens (1: only the prompt's last position is summed)."""
     generator = torch.Generator().manual_seed(seed)
 
@@ -31,8 +31,8 @@ def random_pairs(count: int, seed: int = 0) -> list[tuple[ScoredSequence, Scored
     for index in range(count):
         prompt = ids(1 + 3 * index % 17)
         chosen, rejected = prompt + ids(1 + index % 12), prompt + ids(1 + 5 * index % 12)
-        pairs.append((ScoredSequence(chosen, len(prompt) - 1, len(chosen) - 1),
-                      ScoredSequence(rejected, len(prompt) - 1, len(rejected) - 1)))
+        pairs.append((TokenSequence(chosen, len(prompt) - 1, len(chosen) - 1),
+                      TokenSequence(rejected, len(prompt) - 1, len(rejected) - 1)))
     return pairs
 
 
@@ -94,7 +94,7 @@ def test_the_estimate_counts_the_token_slots_that_reach_the_model(layout, tokeni
     rows = hh_rows(40, start=100)
     model = tiny_model("llama")
     loaded = ches.models.load_model(model, tokenizer)
-    planned = ches.api.plan_pairs(ches.formats.to_pairs(ches.inputs.pair_columns(ches.inputs.load_data(rows))),
+    planned = ches.runner.plan_pairs(ches.formats.to_pairs(ches.inputs.pair_columns(ches.inputs.load_data(rows))),
                                   loaded, max_length=None)
     estimate = ches.layouts.layout_work(planned.work, device_type="cpu", batch_tokens=512)
     scored, info = ches.api.score_run(rows, model, tokenizer, layout=layout, batch_tokens=512, progress=False)
@@ -180,7 +180,7 @@ def test_an_alibi_model_is_not_run_prefix_shared_and_keeps_its_scores(tokenizer)
 
 def one_at_a_time_ches(model, tokenizer, rows) -> list[float]:
     """Reference ches: each TRL sequence alone through the model's own attention, summed in float32."""
-    planned = ches.api.plan_pairs(ches.formats.to_pairs(ches.inputs.pair_columns(ches.inputs.load_data(rows))),
+    planned = ches.runner.plan_pairs(ches.formats.to_pairs(ches.inputs.pair_columns(ches.inputs.load_data(rows))),
                                   ches.models.load_model(model, tokenizer), max_length=None)
     expected = []
     with torch.inference_mode():

@@ -11,14 +11,14 @@ import ches
 from ches.cli import main
 from ches.formats import to_pairs
 from ches.probes import DPOProbe, dpo_loss, sequence_logps
-from ches.tokens import to_sequences, tokenize_pairs
+from ches.tokens import Skip, to_sequences, tokenize_pairs
 from ches.validation import correlation_table
 from conftest import MODEL_DIR, ROOT, hh_rows
 
 
 def pairs_for(rows, tokenizer, max_length=200):
     tokenized = tokenize_pairs(to_pairs({k: [row[k] for row in rows] for k in rows[0]}), tokenizer)
-    return [p for p in (to_sequences(t, max_length) for t in tokenized) if not isinstance(p, str)]
+    return [p for p in (to_sequences(t, max_length) for t in tokenized) if not isinstance(p, Skip)]
 
 
 def test_sequence_logps_match_a_per_sequence_computation(tokenizer, tiny_model):

@@ -33,13 +33,32 @@ def test_last_hidden_ip_by_hand():
     assert scores.last_hidden_ip(torch.tensor([[1.0, -2.0, 3.0]]), torch.tensor([[4.0, 5.0, 6.0]])).tolist() == [12.0]
 
 
+def normalized_levenshtein(first: list[int], second: list[int]) -> float:
+    """The reference: textbook O(n * m) Levenshtein / the longer length, 0.0 for two empty sequences."""
+    return levenshtein(first, second) / max(len(first), len(second), 1)
+
+
 def test_edit_distance_matches_brute_force():
+    # lengths 0..60 over vocabularies of 2..20 tokens, so that matches, runs and ties between edits happen
     rng = random.Random(0)
-    for _ in range(200):
-        a = [rng.randrange(4) for _ in range(rng.randrange(0, 12))]
-        b = [rng.randrange(4) for _ in range(rng.randrange(0, 12))]
-        expected = levenshtein(a, b) / max(len(a), len(b), 1)
-        assert scores.edit_distance(a, b) == expected, (a, b)
+    for _ in range(400):
+        vocab = rng.choice((2, 3, 5, 20))
+        a = [rng.randrange(vocab) for _ in range(rng.randrange(0, 61))]
+        b = [rng.randrange(vocab) for _ in range(rng.randrange(0, 61))]
+        assert scores.edit_distance(a, b) == normalized_levenshtein(a, b), (a, b)
+
+
+def test_edit_distance_matches_brute_force_on_long_sequences():
+    # ~500 tokens (past rapidfuzz's 64-token single-word case), token ids of a real vocabulary
+    rng = random.Random(2)
+    for _ in range(4):
+        a = [rng.randrange(32000) for _ in range(rng.randrange(450, 550))]
+        b = [token if rng.random() < 0.8 else rng.randrange(32000) for token in a if rng.random() < 0.9]
+        b += [rng.randrange(32000) for _ in range(rng.randrange(0, 40))]
+        for first, second in ((a, b), (b, a)):
+            assert scores.edit_distance(first, second) == normalized_levenshtein(first, second)
+    a, b = [rng.randrange(3) for _ in range(500)], [rng.randrange(3) for _ in range(480)]
+    assert scores.edit_distance(a, b) == normalized_levenshtein(a, b)
 
 
 def test_edit_distance_matches_brute_force_past_machine_words():
@@ -58,10 +77,15 @@ def test_edit_distance_matches_brute_force_past_machine_words():
             else:
                 b[min(where, len(b) - 1)] = rng.randrange(50)
         for first, second in ((a, b), (b, a)):
-            expected = levenshtein(first, second) / max(len(first), len(second), 1)
-            assert scores.edit_distance(first, second) == expected
+            assert scores.edit_distance(first, second) == normalized_levenshtein(first, second)
 
 
-def test_edit_distance_bounds():
+def test_edit_distance_edge_cases():
+    assert scores.edit_distance([], []) == 0.0 and isinstance(scores.edit_distance([], []), float)
+    assert scores.edit_distance([7, 8, 9], []) == 1.0 and scores.edit_distance([], [7]) == 1.0
     assert scores.edit_distance([1, 2, 3], [1, 2, 3]) == 0.0
-    assert scores.edit_distance([1, 2, 3], [4, 5]) == 1.0
+    assert scores.edit_distance([1, 2, 3], [4, 5]) == 1.0  # disjoint: every token of the longer one is edited
+    assert scores.edit_distance([4, 5], [1, 2, 3]) == 1.0
+    assert scores.edit_distance([1, 2, 3], [3, 2, 1]) == 2 / 3
+    assert scores.edit_distance((1, 2, 3, 4), [1, 3, 4]) == 0.25  # any sequence of ints
+    assert scores.edit_distance([0, 50_000, 2**40], [0, 50_000, 2**40 + 1]) == 1 / 3  # large ids stay distinct

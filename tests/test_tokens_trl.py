@@ -5,7 +5,7 @@ import copy
 import datasets
 import pytest
 from ches.formats import to_pairs
-from ches.tokens import to_sequences, tokenize_pairs
+from ches.tokens import Skip, to_sequences, tokenize_pairs
 from conftest import conversational_rows, hh_rows, standard_rows
 
 trl = pytest.importorskip("trl")  # trl is in the test extras, so CI always has it
@@ -43,11 +43,11 @@ def test_sequences_equal_trl(fmt, max_length, tokenizer, tiny_model, tmp_path):
     prepared, expected = trl_sequences(rows, tokenizer, tiny_model("llama"), max_length, tmp_path)
     tokenized = tokenize_pairs(to_pairs({k: [row[k] for row in rows] for k in rows[0]}), tokenizer)
     planned = [to_sequences(pair, max_length) for pair in tokenized]
-    kept = [plan for plan in planned if not isinstance(plan, str)]
+    kept = [plan for plan in planned if not isinstance(plan, Skip)]
     # TRL drops rows whose prompt fills max_length; we keep them with a reason, so compare the rest in order
     assert len(kept) == len(prepared)
     if max_length is not None:
-        assert any(isinstance(plan, str) for plan in planned), "the test data should exercise the max_length skip"
+        assert any(isinstance(plan, Skip) for plan in planned), "the test data should exercise the max_length skip"
     for index, sequences in enumerate(kept):
         for side, sequence in enumerate(sequences):
             input_ids, completion_mask = expected[(index, side)]

@@ -1,0 +1,247 @@
+"""What a scoring run is asked to do (:class:`ScoreOptions`) and what it used (:class:`RunInfo`).
+
+:class:`ScoreOptions` is the one list of ``ches.score``'s options: the keyword arguments of
+``ches.score``/``ches.filter``/``ches.rank``/``ches.summary``, the flags of ``ches score``/``ches
+filter`` (built from each field's ``metadata``), the ``options`` recorded in :class:`RunInfo` and in
+every sidecar. Options that only pass through to ``from_pretrained`` travel in ``model_kwargs``; their
+old keywords (``device_map=``, ``attn_implementation=``, ...) still work and land there.
+:func:`ches.pairs` takes a subset of them (:func:`pair_score_options`) and its own pairing rule
+(:class:`PairOptions`), whose fields give ``ches pairs`` its flags the same way.
+
+>>> options = ScoreOptions.from_kwargs(max_length=512, device_map="auto")
+>>> options.max_length, options.model_kwargs
+(512, {'device_map': 'auto'})
+>>> ScoreOptions.from_kwargs(max_lenght=512)
+Traceback (most recent call last):
+ches.errors.ChesError: unknown option 'max_lenght' (did you mean 'max_length'?); the options are ...
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .columns import DEFAULT_MEASURE, MEASURES
+from .errors import ChesError
+
+if TYPE_CHECKING:
+    import torch
+
+#: ``from_pretrained`` keywords accepted as options of their own (and as CLI flags), gathered into
+#: ``model_kwargs``: name -> (help, how the flag's text is read)
+MODEL_KWARGS = {
+    "trust_remote_code": ("allow custom model code from the Hub", bool),
+    "attn_implementation": ("attention kernel, e.g. flash_attention_2, flex_attention, sdpa", str),
+    "device_map": ("spread a large model over devices, e.g. auto", str),
+    "max_memory": ('JSON, e.g. \'{"0": "70GiB", "cpu": "200GiB"}\' (with --device-map)', "memory"),
+    "offload_folder": ("where weights that fit nowhere else are offloaded (with --device-map)", Path),
+    "revision": ("the model's Hub revision (branch, tag or commit)", str),
+}
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
+#: the layouts (:mod:`ches.layouts`), in the order of preference at equal estimated cost
+LAYOUTS = ("prefix_shared", "packed", "padded", "shared_prompt")
+
+
+def _option(default: Any = None, *, help: str, flag: str | None = "", type: Any = str, choices=None, **extra) -> Any:
+    """A :class:`ScoreOptions` field: ``flag`` is its command-line flag (``""``: from the name; ``None``:
+    Python only); ``type``/``choices`` parse it."""
+    factory = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**factory, metadata={"help": help, "flag": flag, "type": type, "choices": choices, **extra})
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Every option of a scoring run, checked on creation (bad values raise :class:`ChesError`).
+
+    Attributes:
+        split: which split of a ``DatasetDict`` / Hub dataset to score (default: all of them).
+        columns: your column names for ``prompt``/``chosen``/``rejected`` (and ``tools``,
+            ``chat_template_kwargs``), e.g. ``{"chosen": "answer_a"}``; the output keeps yours.
+        max_length: keep the first ``max_length`` tokens of each prompt+completion (TRL ``keep_start``).
+        dtype: ``"bfloat16"``, ``"float16"`` or ``"float32"``; default bfloat16 on CUDA, float32 on
+            CPU (a loaded model keeps its dtype unless one is given).
+        device: default CUDA when available (a loaded model stays where it is unless one is given).
+        batch_tokens: token slots per forward batch (rows x padded length); default: from free memory
+            on CUDA (:func:`ches.models.default_batch_tokens`), 1,024 on CPU.
+        layout: ``"prefix_shared"``, ``"packed"``, ``"padded"``, ``"shared_prompt"``, or ``None``: the
+            cheapest by an estimate from the lengths (:mod:`ches.layouts`); any layout but ``padded``
+            runs only after a probe on the model shows the same hidden states as ``padded``.
+        compile: run the decoder body through ``torch.compile(dynamic=True)`` (measured slower on an
+            H200 and level on CPU: docs/performance.md).
+        num_threads: CPU threads for the call (restored afterwards); default: torch's.
+        cache_dir: keep finished chunks here; re-running the same call after a crash resumes.
+        save_embeddings: also write ``S+``, ``S-`` and the last hidden states per row to this
+            safetensors file (``name.SPLIT.safetensors`` per split of a ``DatasetDict``).
+        overwrite: allow ``save_embeddings`` to replace an existing file.
+        progress: a progress bar over pairs and the summary line.
+        model_kwargs: passed to ``from_pretrained``: ``trust_remote_code``, ``attn_implementation``
+            (e.g. ``"flash_attention_2"``; also applied to a loaded model), ``device_map``,
+            ``max_memory``, ``offload_folder`` (for models larger than one device), ``revision``, ...
+    """
+
+    split: str | None = _option(help="split of a DatasetDict / Hub dataset")
+    columns: dict[str, str] | None = _option(help="your column names, e.g. prompt=question,chosen=answer_a,rejected=answer_b",
+                                              type="columns", metavar="NAME=COLUMN,...")
+    max_length: int | None = _option(help="keep the first N tokens of each sequence (TRL keep_start)", type=int,
+                                     numbers=True)
+    dtype: str | torch.dtype | None = _option(help="default: bfloat16 on CUDA, float32 on CPU", choices=DTYPE_NAMES,
+                                              numbers=True)
+    device: str | torch.device | None = _option(help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
+    batch_tokens: int | None = _option(help="token slots per forward batch", type=int)
+    layout: str | None = _option(help="how sequences are batched (default: the cheapest by an estimate from the "
+                                      "lengths, probed on the model; see docs/performance.md)", choices=LAYOUTS,
+                                 numbers=True)
+    compile: bool = _option(False, help="torch.compile the decoder body (2.8x slower on an H200, level on CPU: docs/performance.md)", type=bool)
+    num_threads: int | None = _option(help="CPU threads (default: one per core; fewer on a busy machine)", type=int,
+                                      flag="--threads")
+    cache_dir: str | os.PathLike | None = _option(help="keep finished work here; re-running resumes after a crash",
+                                                  type=Path)
+    save_embeddings: str | os.PathLike | None = _option(help="also write S+ and S- per row to this .safetensors file",
+                                                        type=Path, flag=None)
+    overwrite: bool = _option(False, help="replace existing outputs", type=bool, flag=None)
+    progress: bool = _option(True, help="no progress bar", type=bool, flag="--no-progress")
+    model_kwargs: dict[str, Any] = _option(dict, help="passed to from_pretrained", flag=None)
+
+    def __post_init__(self) -> None:
+        _positive("max_length", self.max_length, minimum=2, none="no truncation")
+        _positive("batch_tokens", self.batch_tokens, minimum=1, none="an automatic size")
+        _positive("num_threads", self.num_threads, minimum=1, none="torch's default")
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise ChesError(f"layout={self.layout!r} is not one of {sorted(LAYOUTS)} (or None to choose by estimated cost).")
+        if not isinstance(self.model_kwargs, dict):
+            raise ChesError(f"model_kwargs must be a dict of from_pretrained keywords; got {type(self.model_kwargs).__name__}.")
+        idle = [name for name in ("max_memory", "offload_folder") if self.model_kwargs.get(name) is not None]
+        if idle and self.model_kwargs.get("device_map") is None:
+            raise ChesError(f"{' and '.join(idle)} only apply with device_map= (--device-map); pass it too, or drop them.")
+        if self.cache_dir is not None and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
+            raise ChesError(f"cache_dir {self.cache_dir} is not a folder (a file is in the way).")
+
+    @classmethod
+    def from_kwargs(cls, options: ScoreOptions | None = None, **kwargs: Any) -> ScoreOptions:
+        """``options`` (default: all defaults) with ``kwargs`` replacing fields; the keywords in
+        :data:`MODEL_KWARGS` are merged into ``model_kwargs``. Unknown names raise :class:`ChesError`."""
+        names = {item.name for item in fields(cls)}
+        unknown = sorted(set(kwargs) - names - set(MODEL_KWARGS))
+        if unknown:
+            known = sorted(names | set(MODEL_KWARGS))
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ChesError(f"unknown option {unknown[0]!r}{hint}; the options are {', '.join(known)}.")
+        base = options or cls()
+        passed = {name: kwargs.pop(name) for name in MODEL_KWARGS if name in kwargs}
+        model_kwargs = {**base.model_kwargs, **(kwargs.pop("model_kwargs", None) or {}),
+                        **{name: value for name, value in passed.items() if value not in (None, False)}}
+        return replace(base, **kwargs, model_kwargs=model_kwargs)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as JSON-ready values (paths and dtypes as strings), for metadata."""
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+#: how :func:`ches.pairs` chooses pairs (:mod:`ches.pairing`)
+RULES = ("min_ches", "all_min_ches", "max_margin", "random")
+#: the measures :func:`ches.pairs` selects by: those :func:`ches.pairing.pair_matrices` gives every pair
+PAIR_MEASURES = tuple(name for name in MEASURES if name in ("ln_ches", "ches"))
+#: the layouts :func:`ches.pairs` runs a prompt's responses in (``shared_prompt`` runs two sequences a prompt)
+PAIR_LAYOUTS = tuple(layout for layout in LAYOUTS if layout != "shared_prompt")
+#: the :class:`ScoreOptions` :func:`ches.pairs` takes (the others apply to ``ches.score`` only)
+PAIR_SCORE_OPTIONS = ("split", "max_length", "dtype", "device", "batch_tokens", "layout", "num_threads", "progress",
+                      "model_kwargs")
+
+
+@dataclass(frozen=True)
+class PairOptions:
+    """How :func:`ches.pairs` chooses pairs (see :mod:`ches.pairing` for the rules); checked on creation.
+
+    >>> PairOptions(rule="max_margin").per_prompt
+    1
+    >>> PairOptions(rule="best")
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: rule='best' is not one of ['min_ches', 'all_min_ches', 'max_margin', 'random'].
+    """
+
+    rule: str = _option("min_ches", help="how pairs are chosen", choices=RULES)
+    measure: str = _option(DEFAULT_MEASURE, help="what min_ches and all_min_ches minimize",
+                           choices=PAIR_MEASURES)
+    min_margin: float = _option(0.0, help="smallest rating gap of a pair", type=float)
+    per_prompt: int = _option(1, help="pairs kept per prompt, at most", type=int)
+    seed: int = _option(0, help="seed of --rule random", type=int)
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ChesError(f"rule={self.rule!r} is not one of {list(RULES)}.")
+        if self.measure not in PAIR_MEASURES:
+            raise ChesError(f"measure={self.measure!r} is not one of {list(PAIR_MEASURES)}.")
+        if isinstance(self.min_margin, bool) or not isinstance(self.min_margin, (int, float)) \
+                or not math.isfinite(self.min_margin) or self.min_margin < 0:
+            raise ChesError(f"min_margin={self.min_margin!r} must be a finite number >= 0.")
+        if isinstance(self.per_prompt, bool) or not isinstance(self.per_prompt, int) or self.per_prompt < 1:
+            raise ChesError(f"per_prompt={self.per_prompt!r} must be a positive integer.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ChesError(f"seed={self.seed!r} must be an integer >= 0.")
+
+
+def pair_score_options(options: ScoreOptions | None = None, **kwargs: Any) -> ScoreOptions:
+    """:meth:`ScoreOptions.from_kwargs` for :func:`ches.pairs`: only the :data:`PAIR_SCORE_OPTIONS`, and
+    only the :data:`PAIR_LAYOUTS`.
+
+    >>> pair_score_options(max_length=512, revision="main").model_kwargs
+    {'revision': 'main'}
+    >>> pair_score_options(cache_dir="cache")
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: cache_dir= applies to ches.score only; ches.pairs takes split, max_length, dtype, device, batch_tokens, layout, num_threads, progress, model_kwargs (and the from_pretrained keywords).
+    """
+    scoring = ScoreOptions.from_kwargs(options, **kwargs)
+    defaults = ScoreOptions()
+    for item in fields(ScoreOptions):
+        if item.name not in PAIR_SCORE_OPTIONS and getattr(scoring, item.name) != getattr(defaults, item.name):
+            raise ChesError(f"{item.name}= applies to ches.score only; ches.pairs takes {', '.join(PAIR_SCORE_OPTIONS)} "
+                            "(and the from_pretrained keywords).")
+    if scoring.layout is not None and scoring.layout not in PAIR_LAYOUTS:
+        raise ChesError(f"layout={scoring.layout!r} is not one of {list(PAIR_LAYOUTS)} for ches.pairs (it runs all of a "
+                        "prompt's responses together; shared_prompt runs two).")
+    return scoring
+
+
+def _positive(name: str, value: Any, *, minimum: int, none: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ChesError(f"{name}={value!r} must be {what} (or None for {none}).")
+
+
+@dataclass
+class RunInfo:
+    """What a scoring run used and produced: enough to reproduce it (written next to CLI outputs).
+
+    ``options`` are the :class:`ScoreOptions` as given; the other fields are what they resolved to
+    (device, dtype, batch size, layout and why) and what came out (rows, skipped rows, cut prompts).
+    """
+
+    model: str
+    model_revision: str | None
+    tokenizer: str
+    dtype: str
+    device: str
+    batch_tokens: int
+    layout: str
+    layout_reason: str
+    attention: str | None
+    processes: int
+    threads: int
+    options: dict[str, Any]
+    dataset_fingerprints: dict[str, str]
+    rows: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    prompt_cut: dict[str, int] = field(default_factory=dict)
+    started: str = ""
+    finished: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
