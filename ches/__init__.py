@@ -20,9 +20,9 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _PUBLIC = {"score": "api", "filter": "filtering", "rank": "filtering", "summary": "filtering", "validate": "validation",
-           "load_embeddings": "embeddings", "extract_prompt": "formats"}
+           "load_embeddings": "embeddings", "extract_prompt": "formats", "pairs": "pair_builder"}
 
-__all__ = ["score", "filter", "rank", "summary", "validate", "load_embeddings", "extract_prompt", "ChesError",
+__all__ = ["score", "filter", "rank", "summary", "validate", "load_embeddings", "extract_prompt", "pairs", "ChesError",
            "__version__"]
 
 

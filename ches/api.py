@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import inspect
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import datasets
@@ -23,7 +24,7 @@ from .embeddings import EmbeddingWriter, embedding_file
 from .export import check_output
 from .inputs import Data, load_data
 from .layouts import resolve_layout
-from .models import attention_kernel, default_batch_tokens, load_model
+from .models import default_batch_tokens, describe_model, load_model
 from .options import MODEL_KWARGS, RunInfo, ScoreOptions
 from .quiet import library_bars_off
 from .runner import read_rows, sample_work, score_rows
@@ -69,12 +70,18 @@ def score_run(data: Data, model, tokenizer=None, *, options: ScoreOptions | None
               **kwargs: Any) -> tuple[datasets.Dataset | datasets.DatasetDict, RunInfo]:
     """:func:`score`, also returning the :class:`~ches.options.RunInfo` of the run."""
     options = ScoreOptions.from_kwargs(options, **kwargs)
+    with torch_threads(options.num_threads), library_bars_off():  # one bar, ches' own, or none
+        return _score_run(data, model, tokenizer, options)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``count`` inside the block (``None``: left as they are), restored after."""
     previous = torch.get_num_threads()
-    if options.num_threads is not None:
-        torch.set_num_threads(options.num_threads)
+    if count is not None:
+        torch.set_num_threads(count)
     try:
-        with library_bars_off():  # one bar, ches' own, or none
-            return _score_run(data, model, tokenizer, options)
+        yield
     finally:
         torch.set_num_threads(previous)
 
@@ -99,10 +106,7 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
         if options.compile:  # after the layout probes, so their tiny shapes are not compiled
             loaded = dataclasses.replace(loaded, body=torch.compile(loaded.body, dynamic=True))
         info = RunInfo(
-            model=loaded.name, model_revision=getattr(loaded.model.config, "_commit_hash", None),
-            tokenizer=getattr(loaded.tokenizer, "name_or_path", "") or type(loaded.tokenizer).__name__,
-            dtype=str(loaded.dtype).removeprefix("torch."), device=str(loaded.device), batch_tokens=budget,
-            layout=layout.layout, layout_reason=layout.reason, attention=attention_kernel(loaded.model),
+            **describe_model(loaded), batch_tokens=budget, layout=layout.layout, layout_reason=layout.reason,
             processes=process.world, threads=torch.get_num_threads(), options=options.as_dict(),
             dataset_fingerprints={_key(name): getattr(part, "_fingerprint", "") for name, part in parts.items()},
             started=started,
@@ -141,12 +145,12 @@ def _versions() -> dict[str, str]:
     return {"ches": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def _signature(function) -> inspect.Signature:
-    """``function``'s signature with every :class:`ScoreOptions` field (and the ``from_pretrained``
-    keywords) as a keyword-only parameter, so ``help()`` and editors show the options."""
+def _signature(function, names: tuple[str, ...] | None = None) -> inspect.Signature:
+    """``function``'s signature with every :class:`ScoreOptions` field in ``names`` (default: all), and the
+    ``from_pretrained`` keywords, as keyword-only parameters, so ``help()`` and editors show the options."""
     head = [p for p in inspect.signature(function).parameters.values() if p.kind != p.VAR_KEYWORD]
     fields = [inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=_default(item), annotation=item.type)
-              for item in dataclasses.fields(ScoreOptions)]
+              for item in dataclasses.fields(ScoreOptions) if names is None or item.name in names]
     passed = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in MODEL_KWARGS]
     return inspect.Signature(head + fields + passed, return_annotation=inspect.signature(function).return_annotation)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, pairs_cli
 from .errors import ChesError, one_line
 
 
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _filter_command(commands.add_parser("filter", help="keep the pairs least likely to cause likelihood displacement"))
     _validate_command(commands.add_parser("validate", help="check that CHES predicts displacement for a model"))
     _report_command(commands.add_parser("report", help="write a self-contained HTML report of a scores file"))
+    pairs_cli.add_command(commands.add_parser("pairs", help="build DPO pairs from rated responses, chosen by CHES"))
     return parser
 
 
@@ -119,10 +120,15 @@ def _model_flags(parser: argparse.ArgumentParser, required: bool) -> None:
 def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
     """``--model``, ``--tokenizer`` and a flag per :class:`~ches.options.ScoreOptions` field and
     ``from_pretrained`` keyword (:data:`~ches.options.MODEL_KWARGS`)."""
-    from .options import MODEL_KWARGS
-
     _model_flags(parser, required)
     _option_flags(parser)
+    _from_pretrained_flags(parser)
+
+
+def _from_pretrained_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag per ``from_pretrained`` keyword of :data:`~ches.options.MODEL_KWARGS`."""
+    from .options import MODEL_KWARGS
+
     for name, (text, kind) in MODEL_KWARGS.items():
         flag = "--" + name.replace("_", "-")
         if kind is bool:
@@ -132,28 +138,31 @@ def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
 
 
 def _option_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None,
-                  defaults: dict[str, Any] | None = None) -> None:
-    """A flag for each :class:`~ches.options.ScoreOptions` field in ``names`` (default: every field with a
-    flag), its help, type and choices read from the field's metadata; ``defaults`` override the fields'."""
+                  defaults: dict[str, Any] | None = None, choices: dict[str, tuple] | None = None,
+                  options: type | None = None) -> None:
+    """A flag for each field in ``names`` (default: every field with a flag) of ``options`` (default
+    :class:`~ches.options.ScoreOptions`), its help, type and choices read from the field's metadata;
+    ``defaults`` and ``choices`` override the fields'."""
     from dataclasses import MISSING, fields
 
     from .options import ScoreOptions
 
-    defaults = defaults or {}
-    for item in fields(ScoreOptions):
+    defaults, choices = defaults or {}, choices or {}
+    for item in fields(options or ScoreOptions):
         meta = item.metadata
         if meta["flag"] is None or (names is not None and item.name not in names):
             continue
         flag = meta["flag"] or "--" + item.name.replace("_", "-")
         default = defaults.get(item.name, None if item.default is MISSING else item.default)
-        shown = f" (default {default})" if default not in (None, False, True) else ""
+        shown = f" (default {default})" if default is not None and not isinstance(default, bool) else ""
         if meta["type"] is bool:
             action = "store_false" if flag.startswith("--no-") else "store_true"
             parser.add_argument(flag, dest=item.name, action=action, help=meta["help"])
             continue
         kind = str if meta["type"] == "columns" else meta["type"]  # parsed after argparse, for ches' own message
-        parser.add_argument(flag, dest=item.name, type=kind, choices=meta["choices"], default=default,
-                            metavar=meta.get("metavar") or flag.removeprefix("--").upper(), help=meta["help"] + shown)
+        parser.add_argument(flag, dest=item.name, type=kind, choices=choices.get(item.name, meta["choices"]),
+                            default=default, metavar=meta.get("metavar") or flag.removeprefix("--").upper(),
+                            help=meta["help"] + shown)
 
 
 def _score_kwargs(args) -> dict:
@@ -302,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
         args = build_parser().parse_args(argv)
-        commands = {"score": run_score, "filter": run_filter, "report": run_report, "validate": run_validate}
+        commands = {"score": run_score, "filter": run_filter, "report": run_report, "validate": run_validate,
+                    "pairs": pairs_cli.run_command}
         from .quiet import library_bars_off
 
         with library_bars_off():  # ches' own bar only (none with --no-progress)

@@ -193,6 +193,14 @@ def _set_attention(model: torch.nn.Module, attn_implementation: str) -> None:
                         f"{attn_implementation!r} after loading: load it by name with attn_implementation= instead.")
 
 
+def describe_model(loaded: LoadedModel) -> dict[str, str | None]:
+    """What a run's metadata records of the model it ran (the model fields of :class:`~ches.options.RunInfo`)."""
+    return {"model": loaded.name, "model_revision": getattr(loaded.model.config, "_commit_hash", None),
+            "tokenizer": getattr(loaded.tokenizer, "name_or_path", "") or type(loaded.tokenizer).__name__,
+            "dtype": str(loaded.dtype).removeprefix("torch."), "device": str(loaded.device),
+            "attention": attention_kernel(loaded.model)}
+
+
 def attention_kernel(model: torch.nn.Module) -> str | None:
     """The attention implementation a loaded model runs (``"sdpa"``, ``"eager"``, ...), if it says."""
     return getattr(getattr(model, "config", None), "_attn_implementation", None)

@@ -5,6 +5,8 @@
 filter`` (built from each field's ``metadata``), the ``options`` recorded in :class:`RunInfo` and in
 every sidecar. Options that only pass through to ``from_pretrained`` travel in ``model_kwargs``; their
 old keywords (``device_map=``, ``attn_implementation=``, ...) still work and land there.
+:func:`ches.pairs` takes a subset of them (:func:`pair_score_options`) and its own pairing rule
+(:class:`PairOptions`), whose fields give ``ches pairs`` its flags the same way.
 
 >>> options = ScoreOptions.from_kwargs(max_length=512, device_map="auto")
 >>> options.max_length, options.model_kwargs
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .columns import DEFAULT_MEASURE, MEASURES
 from .errors import ChesError
 
 if TYPE_CHECKING:
@@ -137,6 +141,73 @@ class ScoreOptions:
     def as_dict(self) -> dict[str, Any]:
         """The options as JSON-ready values (paths and dtypes as strings), for metadata."""
         return json.loads(json.dumps(asdict(self), default=str))
+
+
+#: how :func:`ches.pairs` chooses pairs (:mod:`ches.pairing`)
+RULES = ("min_ches", "all_min_ches", "max_margin", "random")
+#: the measures :func:`ches.pairs` selects by: those :func:`ches.pairing.pair_matrices` gives every pair
+PAIR_MEASURES = tuple(name for name in MEASURES if name in ("ln_ches", "ches"))
+#: the layouts :func:`ches.pairs` runs a prompt's responses in (``shared_prompt`` runs two sequences a prompt)
+PAIR_LAYOUTS = tuple(layout for layout in LAYOUTS if layout != "shared_prompt")
+#: the :class:`ScoreOptions` :func:`ches.pairs` takes (the others apply to ``ches.score`` only)
+PAIR_SCORE_OPTIONS = ("split", "max_length", "dtype", "device", "batch_tokens", "layout", "num_threads", "progress",
+                      "model_kwargs")
+
+
+@dataclass(frozen=True)
+class PairOptions:
+    """How :func:`ches.pairs` chooses pairs (see :mod:`ches.pairing` for the rules); checked on creation.
+
+    >>> PairOptions(rule="max_margin").per_prompt
+    1
+    >>> PairOptions(rule="best")
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: rule='best' is not one of ['min_ches', 'all_min_ches', 'max_margin', 'random'].
+    """
+
+    rule: str = _option("min_ches", help="how pairs are chosen", choices=RULES)
+    measure: str = _option(DEFAULT_MEASURE, help="what min_ches and all_min_ches minimize",
+                           choices=PAIR_MEASURES)
+    min_margin: float = _option(0.0, help="smallest rating gap of a pair", type=float)
+    per_prompt: int = _option(1, help="pairs kept per prompt, at most", type=int)
+    seed: int = _option(0, help="seed of --rule random", type=int)
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ChesError(f"rule={self.rule!r} is not one of {list(RULES)}.")
+        if self.measure not in PAIR_MEASURES:
+            raise ChesError(f"measure={self.measure!r} is not one of {list(PAIR_MEASURES)}.")
+        if isinstance(self.min_margin, bool) or not isinstance(self.min_margin, (int, float)) \
+                or not math.isfinite(self.min_margin) or self.min_margin < 0:
+            raise ChesError(f"min_margin={self.min_margin!r} must be a finite number >= 0.")
+        if isinstance(self.per_prompt, bool) or not isinstance(self.per_prompt, int) or self.per_prompt < 1:
+            raise ChesError(f"per_prompt={self.per_prompt!r} must be a positive integer.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ChesError(f"seed={self.seed!r} must be an integer >= 0.")
+
+
+def pair_score_options(options: ScoreOptions | None = None, **kwargs: Any) -> ScoreOptions:
+    """:meth:`ScoreOptions.from_kwargs` for :func:`ches.pairs`: only the :data:`PAIR_SCORE_OPTIONS`, and
+    only the :data:`PAIR_LAYOUTS`.
+
+    >>> pair_score_options(max_length=512, revision="main").model_kwargs
+    {'revision': 'main'}
+    >>> pair_score_options(cache_dir="cache")
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: cache_dir= applies to ches.score only; ches.pairs takes split, max_length, dtype, device, batch_tokens, layout, num_threads, progress, model_kwargs (and the from_pretrained keywords).
+    """
+    scoring = ScoreOptions.from_kwargs(options, **kwargs)
+    defaults = ScoreOptions()
+    for item in fields(ScoreOptions):
+        if item.name not in PAIR_SCORE_OPTIONS and getattr(scoring, item.name) != getattr(defaults, item.name):
+            raise ChesError(f"{item.name}= applies to ches.score only; ches.pairs takes {', '.join(PAIR_SCORE_OPTIONS)} "
+                            "(and the from_pretrained keywords).")
+    if scoring.layout is not None and scoring.layout not in PAIR_LAYOUTS:
+        raise ChesError(f"layout={scoring.layout!r} is not one of {list(PAIR_LAYOUTS)} for ches.pairs (it runs all of a "
+                        "prompt's responses together; shared_prompt runs two).")
+    return scoring
 
 
 def _positive(name: str, value: Any, *, minimum: int, none: str) -> None:

@@ -30,7 +30,7 @@ from . import scores
 from .cache import ShardCache, chunk_key
 from .distributed import Process
 from .embeddings import EmbeddingWriter
-from .engine import hidden_sums, shared_prompt_sums
+from .engine import HiddenSums, hidden_sums, shared_prompt_sums
 from .formats import Pair, pair_problem, text_length
 from .inputs import preference_pairs
 from .layouts import LayoutChoice
@@ -205,7 +205,7 @@ def score_rows(source: RowSource, loaded: LoadedModel, *, layout: LayoutChoice, 
     process = process or Process()
     chunks = plan_chunks(source.lengths)
     mine = process.share([float(source.lengths[chunk].sum()) for chunk in chunks])
-    bar = _progress_bar(sum(len(chunks[i]) for i in mine), progress and process.is_main)
+    bar = progress_bar(sum(len(chunks[i]) for i in mine), progress and process.is_main)
     try:
         result, reused = _score_chunks(source, chunks, mine, loaded, layout=layout, batch_tokens=batch_tokens,
                                        max_length=max_length, bar=bar, cache=cache, embeddings=embeddings, process=process)
@@ -367,18 +367,27 @@ def run_chunk(pairs: Sequence[SequencePair], loaded: LoadedModel, *, layout: Lay
     sequences = [pair.chosen for pair in pairs] + [pair.rejected for pair in pairs]  # sequence i + count: i's rejected
     done = None if on_done is None else (lambda indices: on_done([index % count for index in indices]))
     groups = [(index, index + count) for index in range(count)]  # the two sequences of pair i share its prompt
-    if layout.layout == "shared_prompt":
-        sums = shared_prompt_sums(loaded.body, sequences, groups=groups, hidden_size=loaded.hidden_size,
-                                  device=loaded.device, on_done=done)
-    else:
-        if layout.layout == "prefix_shared" and not layout.padding_free:
-            raise ValueError("the prefix_shared layout runs on ches' padding-free kernel only")
-        pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-        sums = hidden_sums(loaded.body, sequences, hidden_size=loaded.hidden_size, batch_tokens=batch_tokens,
-                           device=loaded.device, pad_id=pad_id, pad_multiple=64 if loaded.device.type == "cuda" else 1,
-                           packing=layout.layout in ("packed", "prefix_shared"), one_row=layout.padding_free,
-                           groups=groups if layout.layout == "prefix_shared" else None, on_done=done)
+    sums = run_sequences(sequences, groups, loaded, layout=layout, batch_tokens=batch_tokens, on_done=done)
     return SideSums(sums.sums[:count], sums.sums[count:], sums.last[:count], sums.last[count:])
+
+
+def run_sequences(sequences: Sequence[TokenSequence], groups: Sequence[Sequence[int]], loaded: LoadedModel, *,
+                  layout: LayoutChoice, batch_tokens: int,
+                  on_done: Callable[[list[int]], None] | None = None) -> HiddenSums:
+    """The engine's :class:`~ches.engine.HiddenSums` of ``sequences`` in ``layout`` (resolved for this
+    model). ``groups`` are the indices of sequences that share a prompt: written once in the
+    ``prefix_shared`` layout (any number per group), run through one KV cache in ``shared_prompt``
+    (``(chosen, rejected)`` pairs only); the other layouts run every sequence on its own."""
+    if layout.layout == "shared_prompt":
+        return shared_prompt_sums(loaded.body, sequences, groups=groups, hidden_size=loaded.hidden_size,
+                                  device=loaded.device, on_done=on_done)
+    if layout.layout == "prefix_shared" and not layout.padding_free:
+        raise ValueError("the prefix_shared layout runs on ches' padding-free kernel only")
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    return hidden_sums(loaded.body, sequences, hidden_size=loaded.hidden_size, batch_tokens=batch_tokens,
+                       device=loaded.device, pad_id=pad_id, pad_multiple=64 if loaded.device.type == "cuda" else 1,
+                       packing=layout.layout in ("packed", "prefix_shared"), one_row=layout.padding_free,
+                       groups=groups if layout.layout == "prefix_shared" else None, on_done=on_done)
 
 
 def pair_scores(pairs: Sequence[SequencePair], sums: SideSums) -> dict[str, torch.Tensor]:
@@ -406,12 +415,13 @@ def _pair_counter(on_pairs: Callable[[int], None] | None) -> Callable[[list[int]
     return on_done
 
 
-def _progress_bar(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool, unit: str = "pair"):
+    """A tqdm bar over ``total`` units, or None when not ``enabled``."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="pair", desc="ches")
+    return tqdm(total=total, unit=unit, desc="ches")
 
 
 def _summary(result: ScoredRows, model_name: str) -> str:

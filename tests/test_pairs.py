@@ -1,0 +1,377 @@
+"""ches.pairs: multi-response rows -> DPO pairs chosen by CHES, checked against ches.score pair by pair."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ches
+from ches.candidates import from_generic, from_ultrafeedback, to_candidates
+from ches.pairing import allowed_pairs, pair_matrices, select
+from conftest import MODEL_DIR, ROOT, hh_rows, standard_rows
+
+PERSONA = ROOT / "examples" / "data" / "persona-ends-justify-means.jsonl"
+ANSWERS = [" No", " Never", " Yes", " Sure", " No, I would not say that.", " Yes, I would."]
+RATINGS = [3.0, 2.0, 0.0, 0.0, 3.0, 1.0]
+
+
+def persona_rows(count: int) -> list[dict]:
+    """The paper's setting: a Persona statement with several candidate answers, rated."""
+    rows = [json.loads(line) for line in PERSONA.read_text(encoding="utf-8").splitlines()[:count]]
+    return [{"prompt": f"\n\nHuman: {row['question']}\n\nAssistant:", "responses": list(ANSWERS),
+             "ratings": list(RATINGS)} for row in rows]
+
+
+def hh_candidate_rows(count: int) -> list[dict]:
+    """Real hh-rlhf text: each prompt's chosen and rejected answers plus a cut-down chosen answer."""
+    rows = standard_rows(hh_rows(count))
+    return [{"prompt": row["prompt"], "responses": [row["chosen"], row["rejected"], row["chosen"][:40]],
+             "ratings": [2.0, 0.0, 1.0]} for row in rows]
+
+
+MERGING = {"prompt": "Say th", "responses": ["ink", " no", "out", "e"], "ratings": [3.0, 2.0, 1.0, 0.0]}
+
+
+def all_pairs(rows, model, tokenizer, **options):
+    """Every allowed pair of every row (all_min_ches with a per_prompt larger than any row's pair count)."""
+    return ches.pairs(rows, model, tokenizer, rule="all_min_ches", per_prompt=100, **options)
+
+
+def assert_equal_to_score(built, model, tokenizer, **score_options):
+    """Each built pair's scores equal ches.score on that pair alone (fp32, the core tests' tolerance)."""
+    rows = [{"prompt": p, "chosen": c, "rejected": r}
+            for p, c, r in zip(built["prompt"], built["chosen"], built["rejected"])]
+    scored = ches.score(rows, model, tokenizer, layout="padded", progress=False, **score_options)
+    for measure in ("ches", "ln_ches", "last_hidden_ip", "edit_distance"):
+        scale = max(abs(value) for value in scored[measure]) or 1.0
+        for ours, theirs in zip(built[measure], scored[measure]):
+            assert math.isfinite(ours) and abs(ours - theirs) <= 1e-4 * scale, (measure, ours, theirs)
+    for name in ("prompt_tokens", "chosen_tokens", "rejected_tokens"):
+        assert built[name] == scored[name], name
+    assert scored["ches_skip"] == [None] * len(rows)
+
+
+# --- format layer -----------------------------------------------------------------------------------------
+
+def test_generic_and_ultrafeedback_rows_normalize():
+    assert from_generic({"prompt": "p", "responses": ["a"], "ratings": [1], "id": 7}) == \
+        {"prompt": "p", "responses": ["a"], "ratings": [1]}
+    row = {"instruction": "Q", "completions": [{"response": "a", "overall_score": 7, "fine-grained_score": 3.5},
+                                              {"response": "b", "overall_score": 2, "fine-grained_score": 4.0}]}
+    assert from_ultrafeedback(row)["ratings"] == [7, 2]
+    assert from_ultrafeedback(row, "fine-grained_score")["ratings"] == [3.5, 4.0]
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "p", "responses": ["a", "b"], "ratings": [1.0]},
+     "row 1, column 'ratings': 1 ratings for 2 responses; give one rating per response, in the same order."),
+    ({"prompt": "p", "responses": ["a", "b"], "ratings": None},
+     "row 1, column 'ratings': expected a list of numbers (one per response), found None"),
+    ({"prompt": "p", "responses": ["a", "b"], "ratings": [1.0, None]},
+     "row 1, column 'ratings', response 1: expected a number, found None"),
+    ({"prompt": "p", "responses": ["a", "b"], "ratings": [1.0, float("nan")]},
+     "row 1, column 'ratings', response 1: the rating is nan; ratings must be finite"),
+    ({"prompt": "p", "responses": ["a", "b"], "ratings": [1.0, "N/A"]},
+     "row 1, column 'ratings', response 1: expected a number, found str 'N/A'"),
+    ({"prompt": "p", "responses": "a", "ratings": [1.0]},
+     "row 1, column 'responses': expected a list of responses, found str 'a'"),
+    ({"prompt": "p", "responses": ["a", 3], "ratings": [1.0, 0.0]},
+     "row 1, column 'responses', response 1: expected a string, found int 3"),
+    ({"prompt": None, "responses": ["a", "b"], "ratings": [1.0, 0.0]},
+     "row 1, column 'prompt': expected a string, found None"),
+])
+def test_bad_rows_raise_naming_row_and_column(row, message):
+    good = {"prompt": "q", "responses": ["x", "y"], "ratings": [1, 0]}
+    with pytest.raises(ches.ChesError) as error:
+        to_candidates([good, row])
+    assert str(error.value).startswith(message)
+
+
+def test_bad_input_and_options_fail_before_the_model_loads():
+    missing_model = "no/such-model-folder"
+    with pytest.raises(ches.ChesError, match="row 0, column 'scores': 1 ratings for 2 responses"):
+        ches.pairs([{"q": "p", "outs": ["a", "b"], "scores": [1]}], missing_model,
+                   columns={"prompt": "q", "responses": "outs", "ratings": "scores"})
+    with pytest.raises(ches.ChesError, match=r"missing column\(s\) \['ratings'\]"):
+        ches.pairs([{"prompt": "p", "responses": ["a", "b"]}], missing_model)
+    with pytest.raises(ches.ChesError, match="completions\\[\\*\\].overall_score', response 0: expected a number"):
+        ches.pairs([{"instruction": "p", "completions": [{"response": "a"}, {"response": "b"}]}], missing_model)
+    for options, message in [({"rule": "best"}, "rule='best' is not one of"), ({"measure": "edit_distance"}, "measure="),
+                             ({"min_margin": -1}, "min_margin=-1"), ({"per_prompt": 0}, "per_prompt=0"),
+                             ({"layout": "shared_prompt"}, "layout='shared_prompt'")]:
+        with pytest.raises(ches.ChesError, match=message):
+            ches.pairs([{"prompt": "p", "responses": ["a", "b"], "ratings": [1, 0]}], missing_model, **options)
+
+
+def test_scoring_options_are_score_options():
+    """ches.pairs takes ches.score's options (a ScoreOptions and/or keywords), checked the same way."""
+    from ches.columns import DEFAULT_MEASURE, MEASURES
+    from ches.options import PAIR_MEASURES, PairOptions, ScoreOptions, pair_score_options
+    from ches.pairing import PairMatrices
+
+    assert set(PAIR_MEASURES) == set(MEASURES) & set(PairMatrices.__dataclass_fields__)
+    assert PairOptions().measure == DEFAULT_MEASURE in PAIR_MEASURES
+    given = pair_score_options(ScoreOptions(max_length=64), device_map="auto", dtype="float32")
+    assert (given.max_length, given.dtype, given.model_kwargs) == (64, "float32", {"device_map": "auto"})
+    row = [{"prompt": "p", "responses": ["a", "b"], "ratings": [1, 0]}]
+    for options, message in [({"max_lenght": 8}, "unknown option 'max_lenght' \\(did you mean 'max_length'\\?\\)"),
+                             ({"max_length": 1}, "max_length=1 must be an integer >= 2"),
+                             ({"cache_dir": "cache"}, "cache_dir= applies to ches.score only"),
+                             ({"options": ScoreOptions(compile=True)}, "compile= applies to ches.score only"),
+                             ({"options": ScoreOptions(columns={"chosen": "x"})}, "columns= applies to ches.score only")]:
+        with pytest.raises(ches.ChesError, match=message):
+            ches.pairs(row, "no/such-model-folder", **options)
+
+
+def test_token_ids_may_be_compact_arrays(tokenizer, monkeypatch):
+    """The pairs layer uses token ids as sequences only: array('i') ids give the same plans as lists."""
+    import dataclasses
+    from array import array
+    from types import SimpleNamespace
+
+    import ches.pair_builder as builder
+
+    loaded = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=1024)),
+                             tokenizer=tokenizer)
+    rows = to_candidates(persona_rows(1) + [MERGING] + hh_candidate_rows(2))
+    lists, skipped = builder.plan_prompts(rows, loaded, max_length=48)
+    real = builder.tokenize_pairs
+
+    def as_arrays(pairs, tokenizer, first_row=0):
+        return [dataclasses.replace(tokens, **{name: array("i", getattr(tokens, name))
+                                               for name in ("prompt_ids", "chosen_ids", "rejected_ids")})
+                for tokens in real(pairs, tokenizer, first_row)]
+
+    monkeypatch.setattr(builder, "tokenize_pairs", as_arrays)
+    arrays, skipped_too = builder.plan_prompts(rows, loaded, max_length=48)
+    assert skipped == skipped_too and len(arrays) == len(lists) > 0
+    for mine, theirs in zip(arrays, lists):
+        assert isinstance(mine.sequences[0].input_ids, array)
+        for ours, reference in zip(mine.sequences + mine.corrections, theirs.sequences + theirs.corrections):
+            assert (list(ours.input_ids), ours.start, ours.end) == (reference.input_ids, reference.start, reference.end)
+        assert (mine.responses, mine.prefix, mine.correction_of) == (theirs.responses, theirs.prefix, theirs.correction_of)
+    from ches.engine import HiddenSums
+    from ches.options import PairOptions
+
+    count = sum(len(plan.sequences) + len(plan.corrections) for plan in lists)
+    sums = HiddenSums(torch.randn(count, 8, generator=torch.Generator().manual_seed(0)), torch.randn(count, 8))
+    rules = PairOptions(rule="all_min_ches", per_prompt=100)
+    assert builder.select_pairs(rows, arrays, sums, rules, 48) == builder.select_pairs(rows, lists, sums, rules, 48)
+
+
+# --- pure math and selection ---------------------------------------------------------------------------------
+
+def test_pair_matrices_match_the_formulas_with_prompt_corrections():
+    torch.manual_seed(0)
+    sums, corrections = torch.randn(4, 6), torch.randn(4, 6)
+    lengths, prefix = torch.tensor([5, 7, 4, 6]), torch.tensor([3, 5, 3, 4])
+    corrections[prefix == prefix.min()] = 0.0
+    matrices = pair_matrices(sums, lengths, prefix, corrections)
+    for i in range(4):
+        for j in range(4):
+            if i == j:
+                continue
+            k = i if prefix[i] <= prefix[j] else j
+            plus, minus = (sums[i] - corrections[k]).double(), (sums[j] - corrections[k]).double()
+            n_plus = lengths[i] - (prefix[k] - 3)
+            n_minus = lengths[j] - (prefix[k] - 3)
+            assert torch.isclose(matrices.ches[i, j], plus @ minus - plus @ plus)
+            assert torch.isclose(matrices.ln_ches[i, j], plus @ minus / (n_plus * n_minus) - plus @ plus / n_plus**2)
+            assert matrices.chosen_tokens[i, j] == n_plus and matrices.rejected_tokens[i, j] == n_minus
+
+
+def test_baselines_by_definition_and_ties():
+    ratings = np.array([1.0, 3.0, 3.0, 0.0, 0.0, 2.0])
+    measure = np.array([[0, 1, 1, 1, 1, 1], [4, 0, 9, 2, 2, 7], [0, 0, 0, 0, 0, 0]] + [[0] * 6] * 3, dtype=float)
+    allowed = allowed_pairs(ratings, measure)
+    assert select("max_margin", measure, ratings, allowed) == [(1, 3)]  # first-listed top and bottom
+    assert select("min_ches", measure, ratings, allowed) == [(1, 3)]  # 2 = 2: the lower index
+    assert select("min_ches", measure, ratings, allowed, per_prompt=3) == [(1, 3), (1, 4), (1, 0)]
+    assert select("all_min_ches", measure, ratings, allowed)[0] == (2, 0)  # 0 beats row 1's minimum
+    draws = {select("random", measure, ratings, allowed, rng=np.random.default_rng(seed))[0] for seed in range(40)}
+    assert draws == {(1, 0), (1, 3), (1, 4), (1, 5)}  # uniform over the lower-rated ones
+    assert not allowed_pairs(np.array([1.0, 0.5]), np.zeros((2, 2)), min_margin=0.6).any()
+
+
+# --- against ches.score -----------------------------------------------------------------------------------
+
+def test_every_pair_equals_ches_score_on_that_pair(tiny_model, tokenizer):
+    model = tiny_model("llama")
+    rows = persona_rows(3) + hh_candidate_rows(4) + [MERGING]
+    built = all_pairs(rows, model, tokenizer, layout="prefix_shared")
+    assert built.info["layout"] == "prefix_shared" and not built.skipped
+    boundaries = {tokens for tokens, row in zip(built.dataset["prompt_tokens"], built.dataset["source_row"]) if row == 7}
+    assert boundaries == {3, 4}  # tokens merge across "Say th|ink" but not "Say th| no": two prompt boundaries
+    assert_equal_to_score(built.dataset, model, tokenizer)
+
+
+def test_max_length_pairs_equal_ches_score_truncated(tiny_model, tokenizer):
+    model = tiny_model("llama")
+    rows = hh_candidate_rows(6) + [MERGING]
+    built = all_pairs(rows, model, tokenizer, max_length=64)
+    skipped = [item.reason for item in built.skipped]
+    assert all(reason.startswith("prompt fills max_length") for reason in skipped)
+    assert_equal_to_score(built.dataset, model, tokenizer, max_length=64)
+
+
+def test_layouts_agree(tiny_model, tokenizer):
+    model = tiny_model("llama")
+    rows = persona_rows(2) + [MERGING]
+    shared = all_pairs(rows, model, tokenizer, layout="prefix_shared").dataset
+    padded = all_pairs(rows, model, tokenizer, layout="padded").dataset
+    assert shared["chosen_index"] == padded["chosen_index"]
+    np.testing.assert_allclose(shared["ln_ches"], padded["ln_ches"], rtol=1e-4)
+
+
+def test_min_ches_is_the_brute_force_minimum(tiny_model, tokenizer):
+    model = tiny_model("llama")
+    rows = persona_rows(4) + hh_candidate_rows(3)
+    for measure in ("ln_ches", "ches"):
+        every = all_pairs(rows, model, tokenizer, measure=measure).dataset
+        best = ches.pairs(rows, model, tokenizer, measure=measure).dataset
+        global_best = ches.pairs(rows, model, tokenizer, rule="all_min_ches", measure=measure).dataset
+        for row in range(len(rows)):
+            mine = [k for k, source in enumerate(every["source_row"]) if source == row]
+            top = int(np.argmax(rows[row]["ratings"]))
+            from_top = [k for k in mine if every["chosen_index"][k] == top]
+            assert best[measure][row] == min(every[measure][k] for k in from_top)
+            assert best["chosen_index"][row] == top
+            assert global_best[measure][row] == min(every[measure][k] for k in mine)
+
+
+def test_baselines_and_seeded_random_on_data(tiny_model, tokenizer):
+    model = tiny_model("llama")
+    rows = persona_rows(6)
+    worst = ches.pairs(rows, model, tokenizer, rule="max_margin").dataset
+    assert set(worst["rejected"]) == {" Yes"}  # the first-listed of the lowest-rated answers
+    assert set(worst["chosen"]) == {" No"}
+    first = ches.pairs(rows, model, tokenizer, rule="random", seed=3).dataset
+    again = ches.pairs(rows, model, tokenizer, rule="random", seed=3).dataset
+    changed = [dict(rows[0], ratings=[0.0, 3.0, 2.0, 1.0, 0.0, 0.0])] + rows[1:]  # another row's draw
+    others = ches.pairs(changed, model, tokenizer, rule="random", seed=3).dataset
+    assert first["rejected"] == again["rejected"] and others["rejected"][1:] == first["rejected"][1:]
+    other = [ches.pairs(rows, model, tokenizer, rule="random", seed=seed).dataset["rejected"] for seed in range(4)]
+    assert len({tuple(draw) for draw in other}) > 1
+    assert all(RATINGS[ANSWERS.index(answer)] < 3 for draw in other for answer in draw)
+    margin = ches.pairs(rows, model, tokenizer, min_margin=2.5).dataset
+    assert set(margin["rejected_rating"]) == {0.0}
+
+
+def test_per_row_reasons_nothing_dropped(tiny_model, tokenizer):
+    model = tiny_model("llama")
+    rows = [persona_rows(1)[0],
+            {"prompt": "p", "responses": [" a"], "ratings": [1.0]},
+            {"prompt": "p", "responses": [], "ratings": []},
+            {"prompt": "p", "responses": [" a", " b"], "ratings": [2.0, 2.0]},
+            {"prompt": "p", "responses": [" a", " a"], "ratings": [2.0, 1.0]},
+            {"prompt": "p", "responses": [" a", " b", " a"], "ratings": [2.0, 2.0, 1.0]}]
+    built = ches.pairs(rows, model, tokenizer, per_prompt=2)
+    reasons = {item.source_row: item.reason for item in built.skipped}
+    assert reasons == {1: "fewer than two responses", 2: "fewer than two responses",
+                       3: "no allowed pair: all ratings equal (2)",
+                       4: "no allowed pair: the only pairs with different ratings are identical responses"}
+    assert built.dataset["source_row"] == [0, 0, 5]  # the duplicate " a" is never paired with itself:
+    assert (built.dataset["chosen"][2], built.dataset["rejected"][2]) == (" b", " a")  # the next top-rated is chosen
+    assert built.info["skipped"] == {"fewer than two responses": 2, "no allowed pair: all ratings equal (2)": 1,
+                                     "no allowed pair: the only pairs with different ratings are identical responses": 1}
+
+
+def test_each_response_runs_once(tiny_model, tokenizer, monkeypatch):
+    """The tokens that reach the model: each prompt once, then each response once (not once per pair)."""
+    model = tiny_model("llama")
+    rows = persona_rows(3) + hh_candidate_rows(2)
+    counted = []
+    original_forward = model.model.forward
+    import ches.runner as runner  # run_plans runs the engine through ches.runner.run_sequences: patch it there
+
+    real = runner.hidden_sums
+
+    def counting(body, sequences, **kwargs):
+        def forward(*args, **inner):
+            counted.append(int(inner["input_ids"].numel()))
+            return original_forward(*args, **inner)
+
+        monkeypatch.setattr(model.model, "forward", forward)
+        try:
+            return real(body, sequences, **kwargs)
+        finally:
+            monkeypatch.setattr(model.model, "forward", original_forward)
+
+    monkeypatch.setattr(runner, "hidden_sums", counting)
+    built = all_pairs(rows, model, tokenizer, layout="prefix_shared")
+    expected = 0
+    for row in rows:
+        prompt = len(tokenizer(row["prompt"])["input_ids"])
+        full = [len(tokenizer(row["prompt"] + response + tokenizer.eos_token)["input_ids"])
+                for response in row["responses"]]
+        expected += prompt + sum(length - prompt for length in full)
+    assert sum(counted) == expected == built.info["tokens_run"]
+    per_pair = sum(2 * row_prompt for row_prompt in built.dataset["prompt_tokens"]) + \
+        sum(built.dataset["chosen_tokens"]) + sum(built.dataset["rejected_tokens"])
+    assert expected < per_pair / 2  # 15 pairs per Persona prompt: far fewer tokens than scoring every pair
+
+
+# --- input schemas -----------------------------------------------------------------------------------------
+
+def test_ultrafeedback_file(tiny_model, tokenizer, tmp_path):
+    model = tiny_model("llama")
+    path = tmp_path / "ultrafeedback.jsonl"
+    rows = [{"source": "test", "instruction": row["prompt"].split("Human: ")[-1].split("\n\nAssistant:")[0],
+             "models": ["a", "b", "c"],
+             "completions": [{"model": m, "response": text, "overall_score": overall, "fine-grained_score": fine,
+                              "annotations": {"helpfulness": {"Rating": "4"}}}
+                             for m, text, overall, fine in zip("abc", row["responses"], [8.0, 3.0, 5.0], [2.0, 4.5, 3.0])]}
+            for row in hh_candidate_rows(3)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    overall = ches.pairs(path, model, tokenizer, rule="max_margin")
+    fine = ches.pairs(path, model, tokenizer, rule="max_margin", rating_field="fine-grained_score")
+    assert overall.info["schema"] == "ultrafeedback"
+    assert overall.dataset["chosen_index"] == [0, 0, 0] and overall.dataset["rejected_index"] == [1, 1, 1]
+    assert fine.dataset["chosen_index"] == [1, 1, 1] and fine.dataset["rejected_index"] == [0, 0, 0]
+    assert fine.dataset["prompt"][0] == rows[0]["instruction"]
+    assert_equal_to_score(overall.dataset, model, tokenizer)
+
+
+def test_conversational_rows(tiny_model, tokenizer):
+    model = tiny_model("llama")
+    rows = []
+    for row in persona_rows(2):
+        question = row["prompt"].split("Human: ")[1].split("\n\nAssistant:")[0]
+        rows.append({"prompt": [{"role": "user", "content": question}],
+                     "responses": [[{"role": "assistant", "content": answer.strip()}] for answer in ANSWERS],
+                     "ratings": RATINGS})
+    built = all_pairs(rows, model, tokenizer)
+    assert isinstance(built.dataset["chosen"][0], list) and built.dataset["chosen"][0][0]["role"] == "assistant"
+    assert_equal_to_score(built.dataset, model, tokenizer)
+    with pytest.raises(ches.ChesError, match="row 1, column 'responses', response 0: expected a message list"):
+        to_candidates([rows[0], {"prompt": rows[0]["prompt"], "responses": ["Yes", "No"], "ratings": [1, 0]}])
+
+
+# --- command line ------------------------------------------------------------------------------------------
+
+def test_cli_round_trip(tmp_path, capsys):
+    from ches.cli import main
+
+    data = tmp_path / "rows.jsonl"
+    rows = [{"q": row["prompt"], "outs": row["responses"], "scores": row["ratings"]} for row in persona_rows(3)]
+    rows.append({"q": "x", "outs": [" a"], "scores": [1]})
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    output = tmp_path / "pairs.jsonl"
+    argv = ["pairs", str(data), "--model", str(MODEL_DIR), "--output", str(output), "--columns",
+            "prompt=q,responses=outs,ratings=scores", "--rule", "random", "--seed", "1", "--per-prompt", "2",
+            "--threads", "1", "--no-progress"]
+    assert main(argv) == 0
+    written = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(written) == 6 and {"prompt", "chosen", "rejected", "ln_ches", "source_row"} <= set(written[0])
+    meta = json.loads((tmp_path / "pairs.jsonl.meta.json").read_text())
+    assert meta["skipped_prompts"] == [{"source_row": 3, "reason": "fewer than two responses", "candidates": 1}]
+    assert meta["run"]["options"]["rule"] == "random" and meta["run"]["threads"] == 1
+    assert (meta["run"]["options"]["num_threads"], meta["run"]["options"]["progress"]) == (1, False)
+    assert main(argv) == 2 and "exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["filter", str(output), "--keep", "2", "--no-scores", "--output", str(tmp_path / "kept.jsonl")]) == 0
+    kept = [json.loads(line) for line in (tmp_path / "kept.jsonl").read_text().splitlines()]
+    assert len(kept) == 2 and "ln_ches" not in kept[0]
