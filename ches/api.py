@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import datasets
@@ -24,8 +22,8 @@ from .embeddings import EmbeddingWriter, embedding_file
 from .export import check_output
 from .inputs import Data, load_data
 from .layouts import resolve_layout
-from .models import default_batch_tokens, describe_model, load_model
-from .options import MODEL_KWARGS, RunInfo, ScoreOptions
+from .models import default_batch_tokens, describe_model, load_model, torch_threads
+from .options import RunInfo, ScoreOptions, signature_with_options
 from .quiet import library_bars_off
 from .runner import read_rows, sample_work, score_rows
 
@@ -72,18 +70,6 @@ def score_run(data: Data, model, tokenizer=None, *, options: ScoreOptions | None
     options = ScoreOptions.from_kwargs(options, **kwargs)
     with torch_threads(options.num_threads), library_bars_off():  # one bar, ches' own, or none
         return _score_run(data, model, tokenizer, options)
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """torch's CPU threads set to ``count`` inside the block (``None``: left as they are), restored after."""
-    previous = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
@@ -145,19 +131,5 @@ def _versions() -> dict[str, str]:
     return {"ches": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def _signature(function, names: tuple[str, ...] | None = None) -> inspect.Signature:
-    """``function``'s signature with every :class:`ScoreOptions` field in ``names`` (default: all), and the
-    ``from_pretrained`` keywords, as keyword-only parameters, so ``help()`` and editors show the options."""
-    head = [p for p in inspect.signature(function).parameters.values() if p.kind != p.VAR_KEYWORD]
-    fields = [inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=_default(item), annotation=item.type)
-              for item in dataclasses.fields(ScoreOptions) if names is None or item.name in names]
-    passed = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in MODEL_KWARGS]
-    return inspect.Signature(head + fields + passed, return_annotation=inspect.signature(function).return_annotation)
-
-
-def _default(item: dataclasses.Field):
-    return item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
-
-
-score.__signature__ = _signature(score)
-score_run.__signature__ = _signature(score_run)
+score.__signature__ = signature_with_options(score)
+score_run.__signature__ = signature_with_options(score_run)

@@ -7,7 +7,9 @@ causal LMs that is ``model.base_model(...).last_hidden_state``, the same tensor 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -252,3 +254,15 @@ def max_positions(model: torch.nn.Module) -> int | None:
     """The model's context length from its config (``max_position_embeddings``), if it states one."""
     value = getattr(text_config(model), "max_position_embeddings", None)
     return value if isinstance(value, int) and value > 0 else None
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``count`` inside the block (``None``: left as they are), restored after."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

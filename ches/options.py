@@ -18,7 +18,9 @@ ches.errors.ChesError: unknown option 'max_lenght' (did you mean 'max_length'?);
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import inspect
 import json
 import math
 import os
@@ -245,3 +247,17 @@ class RunInfo:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def signature_with_options(function, names: tuple[str, ...] | None = None) -> inspect.Signature:
+    """``function``'s signature with every :class:`ScoreOptions` field in ``names`` (default: all), and the
+    ``from_pretrained`` keywords, as keyword-only parameters, so ``help()`` and editors show the options."""
+    head = [p for p in inspect.signature(function).parameters.values() if p.kind != p.VAR_KEYWORD]
+    fields = [inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=_field_default(item), annotation=item.type)
+              for item in dataclasses.fields(ScoreOptions) if names is None or item.name in names]
+    passed = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in MODEL_KWARGS]
+    return inspect.Signature(head + fields + passed, return_annotation=inspect.signature(function).return_annotation)
+
+
+def _field_default(item: dataclasses.Field):
+    return item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default

@@ -26,7 +26,6 @@ import datasets
 import numpy as np
 import torch
 
-from .api import _signature, torch_threads
 from .batches import group_length
 from .candidates import CANDIDATE_COLUMNS, Candidates, from_generic, from_ultrafeedback, schema, to_candidates
 from .columns import DEFAULT_MEASURE
@@ -34,8 +33,8 @@ from .errors import ChesError
 from .formats import Pair, pair_problem
 from .inputs import Data, load_data
 from .layouts import LayoutChoice, resolve_layout
-from .models import default_batch_tokens, describe_model, load_model, max_positions
-from .options import PAIR_SCORE_OPTIONS, PairOptions, ScoreOptions, pair_score_options
+from .models import default_batch_tokens, describe_model, load_model, max_positions, torch_threads
+from .options import PAIR_SCORE_OPTIONS, PairOptions, ScoreOptions, pair_score_options, signature_with_options
 from .pairing import allowed_pairs, no_pair_reason, pair_matrices, select
 from .quiet import library_bars_off
 from .runner import progress_bar, run_sequences
@@ -188,7 +187,7 @@ def _pairs(data: Data, model, tokenizer, rules: PairOptions, scoring: ScoreOptio
     return PairsResult(datasets.Dataset.from_dict(built), skipped, info)
 
 
-pairs.__signature__ = _signature(pairs, PAIR_SCORE_OPTIONS)
+pairs.__signature__ = signature_with_options(pairs, PAIR_SCORE_OPTIONS)
 
 
 def candidate_rows(dataset: datasets.Dataset, columns: Mapping[str, str] | None,

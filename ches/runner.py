@@ -29,6 +29,7 @@ import torch
 
 from . import scores
 from .cache import ShardCache, chunk_key
+from .columns import SCORE_TYPES
 from .distributed import Process
 from .embeddings import EmbeddingWriter
 from .engine import HiddenSums, hidden_sums, shared_prompt_sums
@@ -47,9 +48,8 @@ AHEAD = 4  # chunks tokenized ahead of the device
 #: per-pair numbers computed from the hidden sums (the rest of the score columns come from the plans)
 SUM_SCORES = ("ches", "ln_ches", "last_hidden_ip")
 #: the numeric score columns of a row, as exchanged between processes
-NUMBERS = {"ches": torch.float64, "ln_ches": torch.float64, "last_hidden_ip": torch.float64,
-           "edit_distance": torch.float64, "prompt_tokens": torch.int64, "chosen_tokens": torch.int64,
-           "rejected_tokens": torch.int64, "prompt_cut": torch.int64}
+NUMBERS = {name: torch.float64 if kind == "float64" else torch.int64
+           for name, kind in SCORE_TYPES.items() if name != "ches_skip"} | {"prompt_cut": torch.int64}
 
 
 @dataclass(frozen=True)
