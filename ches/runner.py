@@ -72,6 +72,10 @@ class RowSource:
         """The normalized pairs of rows ``[begin, end)``."""
         return preference_pairs(self.dataset.select(range(begin, end)), self.split, self.columns, first_row=begin)
 
+    def pairs_at(self, rows: np.ndarray) -> list[Pair]:
+        """The normalized pairs of the given rows (already checked by :func:`read_rows`), in one read."""
+        return preference_pairs(self.dataset.select(rows), self.split, self.columns)
+
 
 def read_rows(dataset: datasets.Dataset, split: str | None = None, columns: Mapping[str, str] | None = None) -> RowSource:
     """Check every row of ``dataset`` (raising :class:`~ches.errors.ChesError` for the first bad ones) and
@@ -162,7 +166,7 @@ def _plan(pair: Pair, tokenized: TokenizedPair, max_length: int | None, context:
 
 
 def sample_work(sources: Sequence[RowSource], loaded: LoadedModel, *, max_length: int | None,
-                rows: int = 2048) -> list[SequencePair]:
+                rows: int = 512) -> list[SequencePair]:
     """The planned pairs of up to ``rows`` rows spread evenly over ``sources``: what the layout estimate
     (:func:`ches.layouts.resolve_layout`) sees of the data's lengths."""
     total = sum(len(source.lengths) for source in sources)
@@ -170,7 +174,7 @@ def sample_work(sources: Sequence[RowSource], loaded: LoadedModel, *, max_length
     for source in sources:
         count = len(source.lengths)
         picked = np.unique(np.linspace(0, count - 1, max(1, round(rows * count / max(total, 1)))).round().astype(int))
-        pairs = [source.pairs(int(row), int(row) + 1)[0] for row in picked]
+        pairs = source.pairs_at(picked)
         work += [plan for plan in plan_pairs(pairs, loaded, max_length=max_length) if isinstance(plan, SequencePair)]
     return work
 
