@@ -23,8 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import torch
-
 from .errors import ChesError
 from .formats import Pair, common_prefix_length
 
@@ -106,32 +104,6 @@ def _chunked(pairs: Sequence[Pair], tokenizer, tokenize_chunk, rows: Sequence[in
     out: list[TokenizedPair] = []
     for begin in range(0, len(pairs), CHUNK_ROWS):
         out += tokenize_chunk(pairs[begin : begin + CHUNK_ROWS], tokenizer, rows[begin : begin + CHUNK_ROWS])
-    return out
-
-
-def to_flat(tokenized: Sequence[TokenizedPair]) -> torch.Tensor:
-    """Tokenized pairs as one int64 tensor (to send between processes): per pair its three lengths,
-    ``prompt_cut``, then the prompt, chosen and rejected ids. :func:`from_flat` reverses it.
-
-    >>> from_flat(to_flat([TokenizedPair([1, 5], [7, 2], [9, 9, 2], 1)]))
-    [TokenizedPair(prompt_ids=[1, 5], chosen_ids=[7, 2], rejected_ids=[9, 9, 2], prompt_cut=1)]
-    """
-    flat: list[int] = []
-    for pair in tokenized:
-        flat += (len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids), pair.prompt_cut)
-        flat += pair.prompt_ids + pair.chosen_ids + pair.rejected_ids
-    return torch.tensor(flat, dtype=torch.long)
-
-
-def from_flat(flat: torch.Tensor) -> list[TokenizedPair]:
-    """The tokenized pairs :func:`to_flat` encoded, in order."""
-    values, out, at = flat.tolist(), [], 0
-    while at < len(values):
-        prompt, chosen, rejected, cut = values[at : at + 4]
-        at += 4
-        ids = values[at : at + prompt + chosen + rejected]
-        out.append(TokenizedPair(ids[:prompt], ids[prompt : prompt + chosen], ids[prompt + chosen :], cut))
-        at += prompt + chosen + rejected
     return out
 
 
