@@ -16,6 +16,10 @@ query ``i`` sees keys ``0 .. p + i``, a causal mask aligned to the bottom-right 
   every segment of the batch in one call (each segment's keys gathered behind its prompt's);
 - elsewhere (CPUs, float32): SDPA once per segment.
 
+The engine reads the segments once per batch, on the host (:meth:`ches.batches.Batch.with_segments`),
+and hands them to every layer with the forward's keyword arguments (:data:`SEGMENTS_KEYWORD`): no layer
+waits on the device to learn its bounds. A kernel called without them reads them off the position ids.
+
 It is registered with transformers' attention registry under :data:`VARLEN` and switched on only for
 the duration of a packed run (:func:`packed_attention`); the engine's probes check it on the model
 itself before any scoring, and a model it does not fit (sliding windows, soft-capping, no position ids
@@ -34,6 +38,7 @@ import torch
 
 VARLEN = "ches_varlen"
 MASKED_KERNELS = ("sdpa", "eager")  # kernels that would build a block-diagonal mask for packed rows
+SEGMENTS_KEYWORD = "ches_segments"  # the forward keyword that hands a batch's :class:`Segments` to the kernel
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ class Segments:
         key_index: ``[K]`` flat position of every key, segment by segment: a continuing segment's shared
             prefix first, then its own tokens; ``None`` when no segment continues another (keys = queries).
         longest_query, longest_key: the longest segment and key range.
+        spans: per segment, on the host: ``(begin, end, prefix_begin, prefix_length)`` in the flat rows
+            (``prefix_length`` 0 for a segment that continues none).
     """
 
     query_bounds: torch.Tensor
@@ -53,6 +60,12 @@ class Segments:
     key_index: torch.Tensor | None
     longest_query: int
     longest_key: int
+    spans: tuple[tuple[int, int, int, int], ...]
+
+    @property
+    def tokens(self) -> int:
+        """Query tokens covered (every token of the flattened rows)."""
+        return self.spans[-1][1] if self.spans else 0
 
 
 def segments(position_ids: torch.Tensor) -> Segments:
@@ -60,9 +73,14 @@ def segments(position_ids: torch.Tensor) -> Segments:
     previous one; one starting at ``p > 0`` also attends to the first ``p`` tokens of the last segment
     that started at 0.
 
+    The engine computes them once per batch on the host and passes them to every layer's kernel
+    (keyword :data:`SEGMENTS_KEYWORD`); a kernel that receives none reads them off its position ids.
+
     >>> found = segments(torch.tensor([[0, 1, 2, 3, 2, 3, 0, 1]]))  # prompt [0, 1], two completions; a sequence
     >>> found.query_bounds.tolist(), found.key_bounds.tolist(), found.key_index.tolist()
     ([0, 4, 6, 8], [0, 4, 8, 10], [0, 1, 2, 3, 0, 1, 4, 5, 6, 7])
+    >>> found.spans
+    ((0, 4, 0, 0), (4, 6, 0, 2), (6, 8, 6, 0))
     """
     flat = position_ids.reshape(-1)
     breaks = torch.ones_like(flat, dtype=torch.bool)
@@ -74,14 +92,16 @@ def segments(position_ids: torch.Tensor) -> Segments:
     query_bounds = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
     key_lengths = lengths + prefix
     key_bounds = torch.nn.functional.pad(torch.cumsum(key_lengths, 0), (1, 0)).to(torch.int32)
-    longest_query, longest_key, continuing = torch.stack([lengths.max(), key_lengths.max(), prefix.max()]).tolist()
-    if continuing == 0:  # no segment continues another: the keys are the queries
-        return Segments(query_bounds, query_bounds, None, longest_query, longest_query)
+    begins, counts, roots, prefixes = torch.stack([starts, lengths, root_start, prefix]).tolist()  # one copy to the host
+    spans = tuple(zip(begins, [begin + count for begin, count in zip(begins, counts)], roots, prefixes))
+    key_counts = [count + shared for count, shared in zip(counts, prefixes)]
+    if not any(prefixes):  # no segment continues another: the keys are the queries
+        return Segments(query_bounds, query_bounds, None, max(counts), max(counts), spans)
     segment = torch.repeat_interleave(torch.arange(len(starts), device=flat.device), key_lengths)
-    offset = torch.arange(int(key_bounds[-1]), device=flat.device) - key_bounds[:-1].long()[segment]
+    offset = torch.arange(sum(key_counts), device=flat.device) - key_bounds[:-1].long()[segment]
     key_index = torch.where(offset < prefix[segment], root_start[segment] + offset,
                             starts[segment] + offset - prefix[segment])
-    return Segments(query_bounds, key_bounds, key_index, longest_query, longest_key)
+    return Segments(query_bounds, key_bounds, key_index, max(counts), max(key_counts), spans)
 
 
 @torch.compiler.disable  # data-dependent bounds: under torch.compile this one call runs eagerly, quietly
@@ -92,7 +112,8 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
 
     Args:
         query: ``[rows, heads, length, head_dim]``; key, value: ``[rows, kv_heads, length, head_dim]``.
-        kwargs: must hold ``position_ids`` ``[rows, length]``.
+        kwargs: must hold ``position_ids`` ``[rows, length]``; may hold the rows' :class:`Segments` under
+            :data:`SEGMENTS_KEYWORD` (computed once per batch), else they are read off the position ids.
 
     Returns:
         ``([rows, length, heads, head_dim], None)``.
@@ -110,17 +131,19 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     if reasons:
         raise ValueError(f"{VARLEN} cannot run this attention: {', '.join(reasons)}")
     rows, heads, length, head_dim = query.shape
-    found = segments(position_ids)
+    found = kwargs.get(SEGMENTS_KEYWORD)
+    if found is None or found.tokens != rows * length:  # none handed down (or not for these rows): read them
+        found = segments(position_ids)
     flat_query, flat_key, flat_value = (
         tensor.transpose(1, 2).reshape(rows * length, tensor.shape[1], tensor.shape[3])
         for tensor in (query, key, value)
     )
-    if found.key_index is not None:  # each continuing segment's keys: its prompt's, then its own
-        flat_key, flat_value = flat_key[found.key_index], flat_value[found.key_index]
     grouped = key.shape[1] != heads
     if fused_kernel_applies(query):
         from torch.nn.attention.varlen import varlen_attn
 
+        if found.key_index is not None:  # each continuing segment's keys: its prompt's, then its own
+            flat_key, flat_value = flat_key[found.key_index], flat_value[found.key_index]
         parameters = _parameters(varlen_attn)
         if grouped and "enable_gqa" not in parameters:  # older torch: give every query head its key/value head
             flat_key, flat_value = (tensor.repeat_interleave(heads // key.shape[1], dim=1)
@@ -130,20 +153,18 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                              **_varlen_options(parameters, scaling, head_dim, grouped))
     else:
         output = torch.empty_like(flat_query)
-        for (begin, end), (key_begin, key_end) in zip(_pairs(found.query_bounds), _pairs(found.key_bounds)):
-            q = flat_query[begin:end].transpose(0, 1).unsqueeze(0)  # 4-D: SDPA's fused CPU kernel
-            k, v = (tensor[key_begin:key_end].transpose(0, 1).unsqueeze(0) for tensor in (flat_key, flat_value))
-            shared = (key_end - key_begin) - (end - begin)  # keys of the prompt this segment continues
-            mask = None if shared == 0 else _lower_right_causal(end - begin, key_end - key_begin, query.device)
+        for begin, end, prefix_begin, prefix_length in found.spans:
+            q, k, v = (tensor[begin:end].transpose(0, 1).unsqueeze(0)  # 4-D: SDPA's fused CPU kernel
+                       for tensor in (flat_query, flat_key, flat_value))
+            mask = None
+            if prefix_length:  # keys of the prompt this segment continues, then its own
+                k, v = (torch.cat([tensor[prefix_begin : prefix_begin + prefix_length].transpose(0, 1).unsqueeze(0),
+                                   own], dim=2) for tensor, own in ((flat_key, k), (flat_value, v)))
+                mask = _lower_right_causal(end - begin, prefix_length + end - begin, query.device)
             output[begin:end] = torch.nn.functional.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=grouped,
             )[0].transpose(0, 1)
     return output.reshape(rows, length, heads, head_dim), None
-
-
-def _pairs(bounds: torch.Tensor) -> list[tuple[int, int]]:
-    edges = bounds.tolist()
-    return list(zip(edges[:-1], edges[1:]))
 
 
 def _lower_right_causal(queries: int, keys: int, device: torch.device) -> torch.Tensor:

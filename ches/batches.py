@@ -18,11 +18,13 @@ memory is bounded by ``batch_tokens`` times the model's per-token activation siz
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from .attention import Segments, segments
 from .tokens import TokenSequence
 
 
@@ -42,6 +44,16 @@ class Batch:
     sum_rows: torch.Tensor
     last_positions: torch.Tensor
     position_ids: torch.Tensor | None = None  # packed layout only: ``[R, T]``, restarting at 0 per sequence
+    segments: Segments | None = None  # padding-free rows only: the attention segments, read once per batch
+
+    def with_segments(self) -> "Batch":
+        """This batch with its attention :class:`~ches.attention.Segments`, read off the position ids
+        here (on the host) so that no layer of the forward pass has to.
+
+        >>> pack([TokenSequence([1, 2, 3], 0, 2), TokenSequence([1, 4], 0, 1)], 0, 6).with_segments().segments.spans
+        ((0, 3, 0, 0), (3, 5, 3, 0), (5, 6, 5, 0))
+        """
+        return dataclasses.replace(self, segments=segments(self.position_ids))
 
     def to(self, device: torch.device) -> "Batch":
         """The batch on ``device``; to CUDA through pinned memory without blocking the host."""
@@ -52,8 +64,12 @@ class Batch:
                 return None
             return (tensor.pin_memory() if cuda else tensor).to(device, non_blocking=cuda)
 
+        found = self.segments
+        if found is not None:
+            found = dataclasses.replace(found, query_bounds=move(found.query_bounds), key_bounds=move(found.key_bounds),
+                                        key_index=move(found.key_index))
         return Batch(*(move(tensor) for tensor in (
-            self.input_ids, self.sum_positions, self.sum_rows, self.last_positions, self.position_ids)))
+            self.input_ids, self.sum_positions, self.sum_rows, self.last_positions, self.position_ids)), found)
 
 
 def padded_length(length: int, multiple: int) -> int:

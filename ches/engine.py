@@ -12,6 +12,7 @@ completions in bf16/fp16 give finite sums.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
+from .attention import SEGMENTS_KEYWORD
 from .batches import Batch, collate, group_length, pack, pack_groups, padded_length, rows_that_fit
 from .errors import ChesError
 from .models import has_sliding_window
@@ -42,13 +44,31 @@ class HiddenSums:
 
 
 def run_body(body: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass of the decoder body; returns ``([B, H] sums, [B, H] last)`` in float32."""
+    """One forward pass of the decoder body; returns ``([B, H] sums, [B, H] last)`` in float32.
+
+    A batch's attention segments (padding-free rows) go to every layer's kernel with the forward's
+    keyword arguments, where the model passes those on; otherwise the kernel reads them itself.
+    """
     extra = {} if batch.position_ids is None else {"position_ids": batch.position_ids}
+    if batch.segments is not None and _passes_keywords(body):
+        extra[SEGMENTS_KEYWORD] = batch.segments
     hidden = body(input_ids=batch.input_ids, use_cache=False, **extra).last_hidden_state
     flat = rearrange(hidden, "rows tokens hidden -> (rows tokens) hidden")  # on the last layer's device
     sums = torch.zeros(len(batch.last_positions), flat.shape[-1], dtype=torch.float32, device=flat.device)
     sums.index_add_(0, batch.sum_rows.to(flat.device), flat.index_select(0, batch.sum_positions.to(flat.device)).float())
     return sums, flat.index_select(0, batch.last_positions.to(flat.device)).float()
+
+
+def _passes_keywords(body: torch.nn.Module) -> bool:
+    """Whether ``body``'s forward takes arbitrary keyword arguments (which transformers hands on to attention)."""
+    module = getattr(body, "_orig_mod", body)  # a torch.compile'd body: ask the module it wraps
+    return _takes_any_keyword(type(module).forward)
+
+
+@functools.lru_cache(maxsize=32)
+def _takes_any_keyword(function) -> bool:
+    return any(parameter.kind is inspect.Parameter.VAR_KEYWORD
+               for parameter in inspect.signature(function).parameters.values())
 
 
 def hidden_sums(
@@ -104,7 +124,7 @@ def hidden_sums(
                 chosen = _fill(remaining, lengths, budget)
                 tokens = sum(lengths[unit] for unit in chosen)
                 batch = pack_groups([[sequences[index] for index in units[unit]] for unit in chosen], pad_id,
-                                    padded_length(tokens, pad_multiple))
+                                    padded_length(tokens, pad_multiple)).with_segments()
             elif packing:  # rows as long as the longest sequence, as many as the budget holds
                 chosen = _fill_rows(remaining, lengths, row_length, max(1, budget // row_length))
                 batch = pack([sequences[unit] for unit in chosen], pad_id, row_length)
@@ -176,12 +196,13 @@ def _fill_rows(remaining: list[int], lengths: Sequence[int], row_length: int, ro
     return list(remaining)
 
 
-def packing_is_exact(body: torch.nn.Module, device: torch.device, vocab_size: int) -> bool:
+def packing_is_exact(body: torch.nn.Module, device: torch.device, vocab_size: int, padding_free: bool = False) -> bool:
     """Whether packed rows give this model the same hidden states as separate sequences.
 
     Runs two short random sequences packed into one row and one at a time, and compares. Models
     whose attention ignores restarting position ids would let the second sequence see the first;
-    the scorer then falls back to padding.
+    the scorer then falls back to padding. With ``padding_free`` the row carries its segments, as rows
+    do for ches' padding-free kernel.
     """
     generator = torch.Generator().manual_seed(0)
     first = torch.randint(0, vocab_size, (7,), generator=generator).tolist()
@@ -189,7 +210,8 @@ def packing_is_exact(body: torch.nn.Module, device: torch.device, vocab_size: in
     probe = [TokenSequence(first, 0, 7), TokenSequence(second, 0, 9)]
 
     def both_ways():
-        packed, _ = run_body(body, pack(probe, 0, 16).to(device))
+        row = pack(probe, 0, 16)
+        packed, _ = run_body(body, (row.with_segments() if padding_free else row).to(device))
         return packed, torch.cat([run_body(body, collate([sequence], 0).to(device))[0] for sequence in probe])
 
     return _layout_agrees("packed", body, both_ways)
@@ -214,7 +236,7 @@ def prefix_sharing_is_exact(body: torch.nn.Module, device: torch.device, vocab_s
     alone = [sequence for group in groups for sequence in group]
 
     def both_ways():
-        shared = run_body(body, pack_groups(groups, 0, sum(map(group_length, groups)) + 3).to(device))
+        shared = run_body(body, pack_groups(groups, 0, sum(map(group_length, groups)) + 3).with_segments().to(device))
         separate = [run_body(body, collate([sequence], 0).to(device)) for sequence in alone]
         return torch.cat(shared), torch.cat([torch.cat([sums for sums, _ in separate]),
                                              torch.cat([last for _, last in separate])])

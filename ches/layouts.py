@@ -22,6 +22,7 @@ passes on the model runs; the choice, the estimates and any fallback are recorde
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -172,7 +173,7 @@ def _runs_exactly(layout: str, loaded, scope: contextlib.ExitStack) -> bool | No
     if layout == "shared_prompt":
         return False if shared_prompt_is_exact(loaded.body, loaded.device, loaded.vocab_size) else None
     attempt = contextlib.ExitStack()
-    probe = prefix_sharing_is_exact if layout == "prefix_shared" else packing_is_exact
+    probe = prefix_sharing_is_exact if layout == "prefix_shared" else functools.partial(packing_is_exact, padding_free=True)
     if attempt.enter_context(packed_attention(loaded.model)) and probe(loaded.body, loaded.device, loaded.vocab_size):
         scope.enter_context(attempt.pop_all())
         return True

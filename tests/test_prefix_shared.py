@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ches
+import ches.attention
 import ches.engine
 import ches.layouts
 import ches.runner
@@ -82,6 +83,46 @@ def test_rejected_tokens_attend_to_the_prompt_and_themselves_only():
             allowed[q, k] = same_pair and visible and positions[k] <= positions[q]
     expected = reference_attention(query, key, value, allowed)
     torch.testing.assert_close(output.transpose(1, 2).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_segments_are_read_once_per_batch_not_once_per_layer(architecture, tokenizer, tiny_model, monkeypatch):
+    import ches.attention
+    import ches.batches
+
+    read_by_batch, read_by_kernel, kernel_calls, scoring = [], [], [], []  # counted while scoring, not probing
+
+    def counted(calls, function):
+        return lambda *a, **k: (calls.append(1) if scoring else None) or function(*a, **k)
+
+    run_chunk = ches.runner.run_chunk
+    monkeypatch.setattr(ches.runner, "run_chunk", lambda *a, **k: scoring.append(1) or run_chunk(*a, **k))
+    monkeypatch.setattr(ches.batches, "segments", counted(read_by_batch, ches.attention.segments))
+    monkeypatch.setattr(ches.attention, "segments", counted(read_by_kernel, ches.attention.segments))
+    monkeypatch.setattr(ches.attention, "varlen_attention", counted(kernel_calls, ches.attention.varlen_attention))
+    rows = hh_rows(16, start=300)
+    model = tiny_model(architecture)
+    scored, info = ches.api.score_run(rows, model, tokenizer, layout="prefix_shared", batch_tokens=512, progress=False)
+    assert info.layout == "prefix_shared"
+    assert read_by_batch and not read_by_kernel  # every layer of every batch was handed its batch's segments
+    assert len(kernel_calls) == model.config.num_hidden_layers * len(read_by_batch)
+    np.testing.assert_allclose(scored["ches"], one_at_a_time_ches(model, tokenizer, rows), rtol=1e-4)
+
+
+def test_the_kernel_reads_the_segments_itself_when_the_model_does_not_hand_them_on(tiny_model):
+    model = tiny_model("llama")
+    pairs = random_pairs(6, seed=3)
+    batch = pack_groups([list(pair) for pair in pairs], pad_id=0, row_length=120).with_segments()
+    with packed_attention(model), torch.inference_mode():
+        handed = model.base_model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                                  **{ches.attention.SEGMENTS_KEYWORD: batch.segments}).last_hidden_state
+        read = model.base_model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                                use_cache=False).last_hidden_state
+        stale = pack_groups([list(pair) for pair in pairs[:2]], pad_id=0, row_length=60).with_segments()
+        mismatched = model.base_model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                                      **{ches.attention.SEGMENTS_KEYWORD: stale.segments}).last_hidden_state
+    torch.testing.assert_close(handed, read, rtol=0, atol=0)
+    torch.testing.assert_close(mismatched, read, rtol=0, atol=0)  # segments of other rows are not used
 
 
 @pytest.mark.parametrize("layout", ["padded", "packed", "prefix_shared"])
