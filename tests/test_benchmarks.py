@@ -21,3 +21,16 @@ def test_throughput_benchmark_quick_mode_runs_and_agrees(tmp_path):
     assert [entry["method"] for entry in result["results"]] == ["official-style loop", "ches.score"]
     assert result["agreement"]["spearman_ln_ches"] >= 0.999 and result["agreement"]["max_relative_error_ln_ches"] < 1e-4
     assert all(entry["tokens_per_s"] > 0 and entry["mfu_measured"] > 0 for entry in result["results"])
+
+
+def test_engine_profile_accounts_for_the_engines_time(tmp_path):
+    output = tmp_path / "profile.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "engine_profile.py"), "--device", "cpu", "--quick",
+               "--pairs", "6", "--output", str(output)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    result = json.loads(output.read_text())
+    kinds = result["seconds_by_kind"]
+    assert kinds["matrix multiply"] > 0 and kinds["attention"] > 0
+    assert abs(sum(kinds.values()) - result["device_busy_seconds"]) < 1e-6
+    assert 0 < result["ideal_seconds_at_matmul_rate"] and result["engine_seconds_profiled"] > 0
