@@ -34,12 +34,12 @@ from ches.tokens import to_sequences, tokenize_pairs  # noqa: E402
 from throughput import (EngineClock, build_model, hh_rows, matmul_rate, non_embedding_parameters,  # noqa: E402
                         synchronize, synthetic_rows)
 
-KINDS = (  # first match wins; names of CUDA kernels (cuBLAS/CUTLASS/nvjet, FlashAttention) and of aten operators
-    ("matrix multiply", re.compile(r"gemm|cutlass|nvjet|sm\d+_xmma|cublas|aten::(mm|addmm|bmm|matmul|linear)$", re.I)),
+KINDS = (  # first match wins; names of CUDA kernels (cuBLAS/CUTLASS/nvjet, FlashAttention, Triton from inductor), aten operators
+    ("matrix multiply", re.compile(r"gemm|cutlass|nvjet|sm\d+_xmma|cublas|triton_tem|aten::(mm|addmm|bmm|matmul|linear)$", re.I)),
     ("attention", re.compile(r"flash|fmha|attn|attention", re.I)),
     ("copies and indexing", re.compile(r"memcpy|memset|copy|index|gather|scatter|cat|catarray|aten::(where|to|_to_copy)$",
                                        re.I)),
-    ("elementwise and norms", re.compile(r"elementwise|vectorized|reduce|norm|silu|aten::(mul|add|pow|mean|rsqrt|neg|sum)",
+    ("elementwise and norms", re.compile(r"elementwise|vectorized|reduce|norm|silu|triton_(poi|red|per)|aten::(mul|add|pow|mean|rsqrt|neg|sum)",
                                          re.I)),
 )
 
@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--layout", default=None)
     parser.add_argument("--batch-tokens", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="ches.score(compile=True); the warm-up compiles")
     parser.add_argument("--trace", type=Path, default=None, help="also write a Chrome trace here (large)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/engine-profile.json"))
     args = parser.parse_args()
@@ -90,7 +91,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(ROOT / "examples" / "tiny-hh-model")
     rows = hh_rows(pairs) if args.lengths == "hh" else synthetic_rows(pairs, args.lengths)
     model = build_model(shape, None, dtype, args.device)
-    options = dict(progress=False, layout=args.layout, batch_tokens=args.batch_tokens)
+    options = dict(progress=False, layout=args.layout, batch_tokens=args.batch_tokens, compile=args.compile)
     ches.score(rows[:8], model, tokenizer, **options)  # warm-up: kernels chosen, probes run
 
     from torch.profiler import ProfilerActivity, profile
@@ -121,7 +122,7 @@ def main() -> None:
     result = {
         "device": device_name, "torch": torch.__version__, "transformers": __import__("transformers").__version__,
         "date": time.strftime("%Y-%m-%d"), "shape": shape, "lengths": args.lengths, "pairs": pairs,
-        "layout_used": info.layout, "batch_tokens": args.batch_tokens, "matmul_flops_measured": rate,
+        "layout_used": info.layout, "batch_tokens": args.batch_tokens, "compile": args.compile, "matmul_flops_measured": rate,
         "useful_tokens": useful, "call_seconds_profiled": wall, "engine_seconds_profiled": clock.seconds,
         "device_busy_seconds": busy, "device_idle_seconds_in_engine": max(clock.seconds - busy, 0.0) if cuda else None,
         "ideal_seconds_at_matmul_rate": ideal, "useful_mfu_of_engine": ideal / clock.seconds,

@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu_session.sh [OUTPUT_FOLDER] [next|core|hh|levers|engine|prefix|all]  (all: core, hh, levers, prefix)
 # next   (run this first; about 5 minutes on an H200): what is still unmeasured. The default on all 2,312 hh-rlhf
 #        rows (the streamed pipeline after the sample-read fix, with per-layer device syncs removed: does the whole
-#        call now sit close to the engine?), then the engine's kernel time by kind on hh-rlhf and real-like rows
+#        call now sit close to the engine?), then the engine's kernel time by kind on hh-rlhf and real-like rows,
+#        and with --compile (its recompilations logged: why was it 2.8x slower?)
 # core   (about 3 minutes on an H200): the varlen kernel's causal alignment, bf16-vs-fp32 agreement, OLMo-1B default, Llama-8B long context
 # levers (more than 2 minutes; --compile did not finish in the time left of a 400 s call on an H200): OLMo-1B packed, OLMo-1B padded with torch.compile, packed with flex attention
 # hh     (about 3 minutes): OLMo-1B on hh-rlhf rows (long shared prompts) in every layout
@@ -53,6 +54,8 @@ if [ "$part" = next ]; then
       --output "$out/gpu-profile-hh.json"
   run gpu-profile-real python3 benchmarks/engine_profile.py --device cuda --lengths real --pairs 1024 \
       --output "$out/gpu-profile-real.json"
+  TORCH_LOGS=recompiles run gpu-profile-hh-compile timeout 200 python3 benchmarks/engine_profile.py --device cuda \
+      --lengths hh --pairs 1024 --compile --output "$out/gpu-profile-hh-compile.json"
 fi
 if [ "$part" = engine ]; then
   hh=(python3 benchmarks/throughput.py --device cuda --lengths hh --pairs 1024 --official-pairs 64 --repeats 2)

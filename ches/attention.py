@@ -67,6 +67,15 @@ class Segments:
         """Query tokens covered (every token of the flattened rows)."""
         return self.spans[-1][1] if self.spans else 0
 
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Segments":
+        """The same segments with their tensors on ``device`` (also what accelerate's hooks call when a
+        ``device_map`` spreads the layers over devices)."""
+        def move(tensor):
+            return None if tensor is None else tensor.to(device, non_blocking=non_blocking)
+
+        return Segments(move(self.query_bounds), move(self.key_bounds), move(self.key_index),
+                        self.longest_query, self.longest_key, self.spans)
+
 
 def segments(position_ids: torch.Tensor) -> Segments:
     """:class:`Segments` of packed rows: a segment starts wherever a position id does not continue the
@@ -134,6 +143,8 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     found = kwargs.get(SEGMENTS_KEYWORD)
     if found is None or found.tokens != rows * length:  # none handed down (or not for these rows): read them
         found = segments(position_ids)
+    elif found.query_bounds.device != query.device:  # a layer on another device than the batch
+        found = found.to(query.device)
     flat_query, flat_key, flat_value = (
         tensor.transpose(1, 2).reshape(rows * length, tensor.shape[1], tensor.shape[3])
         for tensor in (query, key, value)

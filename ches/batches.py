@@ -64,12 +64,9 @@ class Batch:
                 return None
             return (tensor.pin_memory() if cuda else tensor).to(device, non_blocking=cuda)
 
-        found = self.segments
-        if found is not None:
-            found = dataclasses.replace(found, query_bounds=move(found.query_bounds), key_bounds=move(found.key_bounds),
-                                        key_index=move(found.key_index))
         return Batch(*(move(tensor) for tensor in (
-            self.input_ids, self.sum_positions, self.sum_rows, self.last_positions, self.position_ids)), found)
+            self.input_ids, self.sum_positions, self.sum_rows, self.last_positions, self.position_ids)),
+            None if self.segments is None else self.segments.to(device, non_blocking=cuda))
 
 
 def padded_length(length: int, multiple: int) -> int:
