@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -67,14 +67,16 @@ class Segments:
         """Query tokens covered (every token of the flattened rows)."""
         return self.spans[-1][1] if self.spans else 0
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Segments":
-        """The same segments with their tensors on ``device`` (also what accelerate's hooks call when a
-        ``device_map`` spreads the layers over devices)."""
-        def move(tensor):
-            return None if tensor is None else tensor.to(device, non_blocking=non_blocking)
-
-        return Segments(move(self.query_bounds), move(self.key_bounds), move(self.key_index),
+    def apply(self, function: Callable[[torch.Tensor], torch.Tensor]) -> "Segments":
+        """The same segments with ``function`` applied to each of their tensors (e.g. a move to a device)."""
+        return Segments(function(self.query_bounds), function(self.key_bounds),
+                        None if self.key_index is None else function(self.key_index),
                         self.longest_query, self.longest_key, self.spans)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Segments":
+        """The same segments on ``device`` (what accelerate's hooks call when a ``device_map`` spreads the
+        layers over devices)."""
+        return self.apply(lambda tensor: tensor.to(device, non_blocking=non_blocking))
 
 
 def segments(position_ids: torch.Tensor) -> Segments:

@@ -66,7 +66,7 @@ class Batch:
 
         return Batch(*(move(tensor) for tensor in (
             self.input_ids, self.sum_positions, self.sum_rows, self.last_positions, self.position_ids)),
-            None if self.segments is None else self.segments.to(device, non_blocking=cuda))
+            None if self.segments is None else self.segments.apply(move))
 
 
 def padded_length(length: int, multiple: int) -> int:
