@@ -20,6 +20,9 @@ The engine reads the segments once per batch, on the host (:meth:`ches.batches.B
 and hands them to every layer with the forward's keyword arguments (:data:`SEGMENTS_KEYWORD`): no layer
 waits on the device to learn its bounds. A kernel called without them reads them off the position ids.
 
+The attention itself is a ``torch.library`` custom operator (:func:`segment_attention`): opaque to
+``torch.compile``, which then keeps a whole forward pass in one graph instead of breaking it in every layer.
+
 It is registered with transformers' attention registry under :data:`VARLEN` and switched on only for
 the duration of a packed run (:func:`packed_attention`); the engine's probes check it on the model
 itself before any scoring, and a model it does not fit (sliding windows, soft-capping, no position ids
@@ -33,6 +36,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -45,33 +49,27 @@ SEGMENTS_KEYWORD = "ches_segments"  # the forward keyword that hands a batch's :
 class Segments:
     """The attention segments of flattened packed rows, read off their position ids.
 
+    Only tensors, so that a compiled model takes them as inputs instead of specializing on their values.
+
     Attributes:
         query_bounds: ``[S + 1]`` int32 cumulative starts of the segments (queries, in the flat rows).
         key_bounds: ``[S + 1]`` int32 cumulative starts of each segment's keys in ``key_index``.
         key_index: ``[K]`` flat position of every key, segment by segment: a continuing segment's shared
             prefix first, then its own tokens; ``None`` when no segment continues another (keys = queries).
-        longest_query, longest_key: the longest segment and key range.
-        spans: per segment, on the host: ``(begin, end, prefix_begin, prefix_length)`` in the flat rows
-            (``prefix_length`` 0 for a segment that continues none).
+        spans: ``[S, 4]`` int64 on the host: each segment's ``begin, end, prefix_begin, prefix_length`` in the
+            flat rows (``prefix_length`` 0 for a segment that continues none).
     """
 
     query_bounds: torch.Tensor
     key_bounds: torch.Tensor
     key_index: torch.Tensor | None
-    longest_query: int
-    longest_key: int
-    spans: tuple[tuple[int, int, int, int], ...]
-
-    @property
-    def tokens(self) -> int:
-        """Query tokens covered (every token of the flattened rows)."""
-        return self.spans[-1][1] if self.spans else 0
+    spans: torch.Tensor
 
     def apply(self, function: Callable[[torch.Tensor], torch.Tensor]) -> "Segments":
-        """The same segments with ``function`` applied to each of their tensors (e.g. a move to a device)."""
+        """The same segments with ``function`` applied to each of their device tensors (e.g. a move to a
+        device); ``spans`` stays on the host."""
         return Segments(function(self.query_bounds), function(self.key_bounds),
-                        None if self.key_index is None else function(self.key_index),
-                        self.longest_query, self.longest_key, self.spans)
+                        None if self.key_index is None else function(self.key_index), self.spans)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Segments":
         """The same segments on ``device`` (what accelerate's hooks call when a ``device_map`` spreads the
@@ -90,8 +88,8 @@ def segments(position_ids: torch.Tensor) -> Segments:
     >>> found = segments(torch.tensor([[0, 1, 2, 3, 2, 3, 0, 1]]))  # prompt [0, 1], two completions; a sequence
     >>> found.query_bounds.tolist(), found.key_bounds.tolist(), found.key_index.tolist()
     ([0, 4, 6, 8], [0, 4, 8, 10], [0, 1, 2, 3, 0, 1, 4, 5, 6, 7])
-    >>> found.spans
-    ((0, 4, 0, 0), (4, 6, 0, 2), (6, 8, 6, 0))
+    >>> found.spans.tolist()
+    [[0, 4, 0, 0], [4, 6, 0, 2], [6, 8, 6, 0]]
     """
     flat = position_ids.reshape(-1)
     breaks = torch.ones_like(flat, dtype=torch.bool)
@@ -103,23 +101,24 @@ def segments(position_ids: torch.Tensor) -> Segments:
     query_bounds = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
     key_lengths = lengths + prefix
     key_bounds = torch.nn.functional.pad(torch.cumsum(key_lengths, 0), (1, 0)).to(torch.int32)
-    begins, counts, roots, prefixes = torch.stack([starts, lengths, root_start, prefix]).tolist()  # one copy to the host
-    spans = tuple(zip(begins, [begin + count for begin, count in zip(begins, counts)], roots, prefixes))
-    key_counts = [count + shared for count, shared in zip(counts, prefixes)]
-    if not any(prefixes):  # no segment continues another: the keys are the queries
-        return Segments(query_bounds, query_bounds, None, max(counts), max(counts), spans)
+    spans = torch.stack([starts, starts + lengths, root_start, prefix], dim=1).cpu()  # one copy to the host
+    if not bool(spans[:, 3].any()):  # no segment continues another: the keys are the queries
+        return Segments(query_bounds, query_bounds, None, spans)
     segment = torch.repeat_interleave(torch.arange(len(starts), device=flat.device), key_lengths)
-    offset = torch.arange(sum(key_counts), device=flat.device) - key_bounds[:-1].long()[segment]
+    total_keys = int((spans[:, 1] - spans[:, 0] + spans[:, 3]).sum())
+    offset = torch.arange(total_keys, device=flat.device) - key_bounds[:-1].long()[segment]
     key_index = torch.where(offset < prefix[segment], root_start[segment] + offset,
                             starts[segment] + offset - prefix[segment])
-    return Segments(query_bounds, key_bounds, key_index, max(counts), max(key_counts), spans)
+    return Segments(query_bounds, key_bounds, key_index, spans)
 
 
-@torch.compiler.disable  # data-dependent bounds: under torch.compile this one call runs eagerly, quietly
 def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                      **kwargs) -> tuple[torch.Tensor, None]:
     """Causal attention within each packed sequence (transformers' attention-function signature).
+
+    Under ``torch.compile`` the attention itself is one opaque operator (:func:`segment_attention`), so
+    a compiled model keeps the whole forward pass in one graph.
 
     Args:
         query: ``[rows, heads, length, head_dim]``; key, value: ``[rows, kv_heads, length, head_dim]``.
@@ -143,41 +142,68 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         raise ValueError(f"{VARLEN} cannot run this attention: {', '.join(reasons)}")
     rows, heads, length, head_dim = query.shape
     found = kwargs.get(SEGMENTS_KEYWORD)
-    if found is None or found.tokens != rows * length:  # none handed down (or not for these rows): read them
-        found = segments(position_ids)
-    elif found.query_bounds.device != query.device:  # a layer on another device than the batch
-        found = found.to(query.device)
+    if found is None:  # none handed down: read them here (data-dependent: a graph break under torch.compile)
+        found = _read_segments(position_ids)
     flat_query, flat_key, flat_value = (
         tensor.transpose(1, 2).reshape(rows * length, tensor.shape[1], tensor.shape[3])
         for tensor in (query, key, value)
     )
+    output = segment_attention(flat_query, flat_key, flat_value, found.query_bounds, found.key_bounds,
+                               found.key_index, found.spans,
+                               head_dim**-0.5 if scaling is None else float(scaling))
+    return output.reshape(rows, length, heads, head_dim), None
+
+
+_read_segments = torch.compiler.disable(segments)
+
+
+@torch.library.custom_op("ches::segment_attention", mutates_args=())
+def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, query_bounds: torch.Tensor,
+                      key_bounds: torch.Tensor, key_index: Optional[torch.Tensor], spans: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+    """Causal attention of flat ``[tokens, heads, head_dim]`` queries within their segments (the tensors of
+    :class:`Segments`); keys and values ``[tokens, kv_heads, head_dim]``. Returns ``[tokens, heads, head_dim]``.
+
+    - on CUDA in bf16/fp16: PyTorch's FlashAttention varlen kernel, every segment in one call;
+    - elsewhere: SDPA once per segment, with a bottom-right-aligned causal mask where it continues a prompt.
+    """
+    if int(spans[-1, 1]) != query.shape[0]:
+        raise ValueError(f"{VARLEN}: the segments cover {int(spans[-1, 1])} tokens but the rows hold {query.shape[0]}; "
+                         "pass the segments of these rows (Batch.with_segments)")
+    heads, head_dim = query.shape[1], query.shape[2]
     grouped = key.shape[1] != heads
     if fused_kernel_applies(query):
         from torch.nn.attention.varlen import varlen_attn
 
-        if found.key_index is not None:  # each continuing segment's keys: its prompt's, then its own
-            flat_key, flat_value = flat_key[found.key_index], flat_value[found.key_index]
+        query_bounds, key_bounds = query_bounds.to(query.device), key_bounds.to(query.device)  # no-ops on one device
+        if key_index is not None:  # each continuing segment's keys: its prompt's, then its own
+            key_index = key_index.to(query.device)
+            key, value = key[key_index], value[key_index]
         parameters = _parameters(varlen_attn)
         if grouped and "enable_gqa" not in parameters:  # older torch: give every query head its key/value head
-            flat_key, flat_value = (tensor.repeat_interleave(heads // key.shape[1], dim=1)
-                                    for tensor in (flat_key, flat_value))
-        output = varlen_attn(flat_query, flat_key, flat_value, found.query_bounds, found.key_bounds,
-                             found.longest_query, found.longest_key,
-                             **_varlen_options(parameters, scaling, head_dim, grouped))
-    else:
-        output = torch.empty_like(flat_query)
-        for begin, end, prefix_begin, prefix_length in found.spans:
-            q, k, v = (tensor[begin:end].transpose(0, 1).unsqueeze(0)  # 4-D: SDPA's fused CPU kernel
-                       for tensor in (flat_query, flat_key, flat_value))
-            mask = None
-            if prefix_length:  # keys of the prompt this segment continues, then its own
-                k, v = (torch.cat([tensor[prefix_begin : prefix_begin + prefix_length].transpose(0, 1).unsqueeze(0),
-                                   own], dim=2) for tensor, own in ((flat_key, k), (flat_value, v)))
-                mask = _lower_right_causal(end - begin, prefix_length + end - begin, query.device)
-            output[begin:end] = torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=grouped,
-            )[0].transpose(0, 1)
-    return output.reshape(rows, length, heads, head_dim), None
+            key, value = (tensor.repeat_interleave(heads // tensor.shape[1], dim=1) for tensor in (key, value))
+        lengths = spans[:, 1] - spans[:, 0]
+        longest_query, longest_key = int(lengths.max()), int((lengths + spans[:, 3]).max())
+        return varlen_attn(query, key, value, query_bounds, key_bounds, longest_query, longest_key,
+                           **_varlen_options(parameters, scale, head_dim, grouped))
+    output = torch.empty_like(query)
+    for begin, end, prefix_begin, prefix_length in spans.tolist():
+        q, k, v = (tensor[begin:end].transpose(0, 1).unsqueeze(0)  # 4-D: SDPA's fused CPU kernel
+                   for tensor in (query, key, value))
+        mask = None
+        if prefix_length:  # keys of the prompt this segment continues, then its own
+            k, v = (torch.cat([tensor[prefix_begin : prefix_begin + prefix_length].transpose(0, 1).unsqueeze(0),
+                               own], dim=2) for tensor, own in ((key, k), (value, v)))
+            mask = _lower_right_causal(end - begin, prefix_length + end - begin, query.device)
+        output[begin:end] = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=grouped,
+        )[0].transpose(0, 1)
+    return output
+
+
+@segment_attention.register_fake
+def _segment_attention_shape(query, key, value, query_bounds, key_bounds, key_index, spans, scale):
+    return torch.empty_like(query)
 
 
 def _lower_right_causal(queries: int, keys: int, device: torch.device) -> torch.Tensor:

@@ -50,8 +50,8 @@ class Batch:
         """This batch with its attention :class:`~ches.attention.Segments`, read off the position ids
         here (on the host) so that no layer of the forward pass has to.
 
-        >>> pack([TokenSequence([1, 2, 3], 0, 2), TokenSequence([1, 4], 0, 1)], 0, 6).with_segments().segments.spans
-        ((0, 3, 0, 0), (3, 5, 3, 0), (5, 6, 5, 0))
+        >>> pack([TokenSequence([1, 2, 3], 0, 2), TokenSequence([1, 4], 0, 1)], 0, 6).with_segments().segments.spans.tolist()
+        [[0, 3, 0, 0], [3, 5, 3, 0], [5, 6, 5, 0]]
         """
         return dataclasses.replace(self, segments=segments(self.position_ids))
 

@@ -73,8 +73,10 @@ class ScoreOptions:
         layout: ``"prefix_shared"``, ``"packed"``, ``"padded"``, ``"shared_prompt"``, or ``None``: the
             cheapest by an estimate from the lengths (:mod:`ches.layouts`); any layout but ``padded``
             runs only after a probe on the model shows the same hidden states as ``padded``.
-        compile: run the decoder body through ``torch.compile(dynamic=True)`` (measured slower on an
-            H200 and level on CPU: docs/performance.md).
+        compile: run the decoder body through ``torch.compile(dynamic=True)``: about 10 % faster on a
+            2-core CPU after a warm-up that compiles (tens of seconds); on an H200 it ran 2.8x slower
+            before the padding-free kernel became one graph-friendly operator, not re-measured since
+            (docs/performance.md).
         num_threads: CPU threads for the call (restored afterwards); default: torch's.
         cache_dir: keep finished chunks here; re-running the same call after a crash resumes.
         save_embeddings: also write ``S+``, ``S-`` and the last hidden states per row to this
@@ -98,7 +100,7 @@ class ScoreOptions:
     layout: str | None = _option(help="how sequences are batched (default: the cheapest by an estimate from the "
                                       "lengths, probed on the model; see docs/performance.md)", choices=LAYOUTS,
                                  numbers=True)
-    compile: bool = _option(False, help="torch.compile the decoder body (2.8x slower on an H200, level on CPU: docs/performance.md)", type=bool)
+    compile: bool = _option(False, help="torch.compile the decoder body (about 10 percent faster on CPU after compiling; GPU: docs/performance.md)", type=bool)
     num_threads: int | None = _option(help="CPU threads (default: one per core; fewer on a busy machine)", type=int,
                                       flag="--threads")
     cache_dir: str | os.PathLike | None = _option(help="keep finished work here; re-running resumes after a crash",
