@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 from typing import Any
 
@@ -16,13 +17,13 @@ import datasets
 import torch
 
 from .cache import open_cache
-from .columns import add_score_columns
+from .columns import SCORE_COLUMNS, add_score_columns, check_output_columns
 from .distributed import Process
 from .embeddings import EmbeddingWriter, embedding_file
-from .export import check_output
-from .inputs import Data, load_data
+from .export import check_apart_from_inputs, check_output
+from .inputs import Data, load_data, read_columns
 from .layouts import resolve_layout
-from .models import default_batch_tokens, describe_model, load_model, torch_threads
+from .models import default_batch_tokens, describe_model, load_model, model_paths, torch_threads
 from .options import RunInfo, ScoreOptions, signature_with_options
 from .quiet import library_bars_off
 from .runner import read_rows, sample_work, score_rows
@@ -76,10 +77,15 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
     started = _now()
     dataset = load_data(data, options.split)
     parts = dataset if isinstance(dataset, datasets.DatasetDict) else {None: dataset}
+    for name, part in parts.items():  # no column of the user's is overwritten by the scores
+        check_output_columns(part.column_names, SCORE_COLUMNS, read_columns(part, options.columns), _where(data, name))
     sources = {name: read_rows(part, name, options.columns) for name, part in parts.items()}  # every row checked
     embedding_files = {name: embedding_file(options.save_embeddings, name) for name in parts} if options.save_embeddings else {}
+    inputs = (data if isinstance(data, (str, os.PathLike)) else None, *model_paths(model, tokenizer))
     for target in embedding_files.values():  # before the model is loaded: nothing existing is replaced unasked
-        check_output(target, overwrite=options.overwrite, suffixes=(".safetensors",))
+        check_output(target, overwrite=options.overwrite, suffixes=(".safetensors",), inputs=inputs)
+    if options.cache_dir is not None:
+        check_apart_from_inputs(options.cache_dir, inputs)
     process = Process.current()
     device = options.device
     if device is None and process.world > 1 and not isinstance(model, torch.nn.Module):
@@ -101,7 +107,8 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
         results = {}
         for name, part in parts.items():
             writer = EmbeddingWriter(embedding_files[name], loaded.hidden_size,
-                                     {"model": info.model, "split": _key(name), **_versions()}) if embedding_files else None
+                                     {"model": info.model, "split": _key(name), **_versions()},
+                                     rows=len(part)) if embedding_files else None
             rows = score_rows(sources[name], loaded, layout=layout, batch_tokens=budget, max_length=options.max_length,
                               progress=options.progress, cache=cache, embeddings=writer, process=process)
             results[name] = add_score_columns(part, rows.columns)
@@ -112,6 +119,12 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
     info.finished = _now()
     output = datasets.DatasetDict(results) if isinstance(dataset, datasets.DatasetDict) else results[None]
     return output, info
+
+
+def _where(data: Data, split_name: str | None) -> str:
+    """How errors name a table: its file (or "the data") and split."""
+    label = str(data) if isinstance(data, (str, os.PathLike)) else "the data"
+    return label + (f" (split {split_name!r})" if split_name is not None else "")
 
 
 def _key(split_name: str | None) -> str:

@@ -28,6 +28,7 @@ from .formats import Text, _message_list_problem
 
 CANDIDATE_COLUMNS = ("prompt", "responses", "ratings")
 ULTRAFEEDBACK_COLUMNS = ("instruction", "completions")
+ULTRAFEEDBACK_RATING = "overall_score"  # the completion field rated by default
 
 
 @dataclass(frozen=True)

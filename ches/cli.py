@@ -12,6 +12,8 @@ Every file written gets a ``<file>.meta.json`` sidecar. Errors print one line an
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -187,15 +189,21 @@ def _columns(text: str | None) -> dict | None:
 
 
 def _check_outputs(args, *, dataset: bool = True, suffixes: tuple[str, ...] | None = None) -> None:
-    """Check ``--output`` (and its sidecar) before any model work: nothing existing is replaced unless
-    ``--overwrite`` was given, and never the input or a folder holding it."""
+    """Check ``--output`` and its sidecar before any model work, against the shape of the result (a single
+    file cannot hold splits): nothing existing is replaced unless ``--overwrite`` was given, and nothing
+    lands on an input or inside an input folder (the data, the model, the tokenizer), ``--overwrite`` or
+    not. (``ches.score`` checks ``--save-embeddings`` and ``--cache-dir`` the same way.)"""
     from .export import check_output, dataset_format, sidecar_path
+    from .models import model_paths
 
+    inputs = (args.data, *model_paths(getattr(args, "model", None), getattr(args, "tokenizer", None)))
     if args.output is None:
         return
     folder = dataset and dataset_format(args.output)[0] is None
-    check_output(args.output, overwrite=args.overwrite, folder=folder, suffixes=suffixes, inputs=(args.data,))
-    check_output(sidecar_path(args.output), overwrite=args.overwrite, suffixes=(".meta.json",), inputs=(args.data,))
+    if dataset and not folder:
+        _check_single_file_output(args)
+    check_output(args.output, overwrite=args.overwrite, folder=folder, suffixes=suffixes, inputs=inputs)
+    check_output(sidecar_path(args.output), overwrite=args.overwrite, suffixes=(".meta.json",), inputs=inputs)
 
 
 def _memory(max_memory: dict | None) -> dict | None:
@@ -229,12 +237,11 @@ def run_score(args) -> Outcome:
     from .export import to_json
     from .stats import summarize
 
-    _check_single_file_output(args)
     _check_outputs(args)
     scored, info = score_run(args.data, args.model, args.tokenizer, save_embeddings=args.save_embeddings,
                              overwrite=args.overwrite, **_score_kwargs(args))
     meta = {"run": info.as_dict(), "embeddings": str(args.save_embeddings) if args.save_embeddings else None,
-            "rows_written": scored.num_rows}
+            **rows_written(scored)}
     if args.output:
         return Outcome(meta, dataset=scored, output=args.output)
     from .columns import SCORE_COLUMNS
@@ -246,14 +253,30 @@ def run_score(args) -> Outcome:
 
 
 def _check_single_file_output(args) -> None:
-    """Refuse a split-less DatasetDict with a single-file --output before any model work."""
-    from .export import dataset_format
+    """Refuse a single-file ``--output`` for data with splits (a folder or Hub dataset, no ``--split``),
+    before any model work: the result would have splits too. A local file never has splits."""
     from .inputs import load_data
 
-    if args.output is None or dataset_format(args.output)[0] is None or args.split is not None:
+    if args.split is not None or Path(args.data).is_file():
         return
-    if Path(args.data).is_dir() and hasattr(load_data(args.data), "keys"):
-        raise ChesError(f"{args.data} has splits; pass --split, or an --output folder to write them all.")
+    loaded = load_data(args.data)  # a folder is memory-mapped; a Hub dataset is read from the local cache after
+    if hasattr(loaded, "keys"):
+        raise ChesError(f"{args.data} has splits {sorted(loaded)}, so the result has them too, but --output "
+                        f"{args.output} is a single file; pass --split, or an --output folder to write them all.")
+
+
+def rows_written(dataset) -> dict:
+    """What the sidecar records of the rows written: their number, and per split for a ``DatasetDict``.
+
+    >>> import datasets
+    >>> parts = datasets.DatasetDict({"a": datasets.Dataset.from_dict({"x": [1, 2]}), "b": datasets.Dataset.from_dict({"x": [3]})})
+    >>> rows_written(parts)
+    {'rows_written': 3, 'rows_written_per_split': {'a': 2, 'b': 1}}
+    """
+    if hasattr(dataset, "keys"):
+        per_split = {name: part.num_rows for name, part in dataset.items()}
+        return {"rows_written": sum(per_split.values()), "rows_written_per_split": per_split}
+    return {"rows_written": dataset.num_rows}
 
 
 def run_filter(args) -> Outcome:
@@ -270,10 +293,12 @@ def run_filter(args) -> Outcome:
             "window": args.window}
     kept = filter_rows(args.data, measure=args.measure, model=args.model, tokenizer=args.tokenizer,
                        keep_scores=not args.no_scores, **rule, **kwargs)
-    meta = {"measure": args.measure, "rule": rule, "rows_written": len(kept)}
+    meta = {"measure": args.measure, "rule": rule, **rows_written(kept)}
     if args.output:
         return Outcome(meta, dataset=kept, output=args.output)
-    print(f"kept {len(kept)} rows (pass --output to write them)")
+    per_split = meta.get("rows_written_per_split")
+    detail = f" ({', '.join(f'{name}: {count}' for name, count in per_split.items())})" if per_split else ""
+    print(f"kept {meta['rows_written']} rows{detail} (pass --output to write them)")
     return Outcome(meta)
 
 
@@ -281,10 +306,13 @@ def run_report(args) -> Outcome:
     from .inputs import load_data
     from .report import write_report
 
+    from .columns import check_score_columns
+
     _check_outputs(args, dataset=False, suffixes=(".html", ".htm"))
     data = load_data(args.data, args.split)
     if hasattr(data, "keys"):
         raise ChesError(f"{args.data} has splits {sorted(data)}; pass --split.")
+    check_score_columns(data, args.data)
     path = write_report(data, args.output, measure=args.measure, top=args.top, overwrite=args.overwrite)
     return Outcome({"measure": args.measure, "top": args.top}, written=path)
 
@@ -309,6 +337,36 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("ches").setLevel(logging.INFO)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    with _terminate_as_exception():
+        return _main(argv, started)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``finally`` runs (staging files removed) before exit."""
+
+
+@contextlib.contextmanager
+def _terminate_as_exception():
+    """Inside the block, SIGTERM raises :class:`Terminated` instead of ending the process at once (the
+    default, which leaves staging files behind); the previous handler is restored after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str], started: str) -> int:
     try:
         args = build_parser().parse_args(argv)
         commands = {"score": run_score, "filter": run_filter, "report": run_report, "validate": run_validate,
@@ -340,6 +398,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ches: interrupted; outputs are written atomically, so nothing half-written was left", file=sys.stderr)
         return 130
+    except Terminated:
+        print("ches: terminated (SIGTERM); outputs are written atomically, so nothing half-written was left",
+              file=sys.stderr)
+        return 143
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            print(f"ches: error: {type(error).__name__}{_origin(error)}: {one_line(error, limit=2000)}", file=sys.stderr)
+            return 2
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"ches: error: no space left on the device{where}: {one_line(error.strerror or error)}; nothing "
+              "half-written was left: free some space, or write the output, embeddings or cache elsewhere.",
+              file=sys.stderr)
+        return 2
     except Exception as error:  # whatever layer it came from (OS, pyarrow, torch, ...): one line, no traceback
         where = _origin(error)
         print(f"ches: error: {type(error).__name__}{where}: {one_line(error, limit=2000)}", file=sys.stderr)

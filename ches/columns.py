@@ -10,6 +10,8 @@ import hashlib
 import json
 import logging
 
+from .errors import ChesError
+
 logger = logging.getLogger("ches")
 
 #: score columns added by ``ches.score``, in order, with their ``datasets`` value types
@@ -43,14 +45,64 @@ def typed_cell(name: str, text: str):
     return text
 
 
+def check_score_columns(dataset, label: str = "the data") -> None:
+    """Refuse score columns that ches did not write as it writes them: numbers in the measures and token
+    counts, text or None in ``ches_skip`` (read elsewhere, they would give wrong selections or raw errors).
+
+    >>> import datasets
+    >>> check_score_columns(datasets.Dataset.from_list([{"ln_ches": "0.5", "ches_skip": None}]), "scores.csv")
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: scores.csv: column 'ln_ches' holds string values, not numbers; ches writes numbers there. Is it a file written by 'ches score'? Rename your own column if it only shares the name.
+    """
+    for name in (*MEASURES, "chosen_tokens", "rejected_tokens", "prompt_tokens", "ches_skip"):
+        if name not in dataset.column_names:
+            continue
+        feature = dataset.features[name]
+        kind = getattr(feature, "dtype", type(feature).__name__)
+        wanted = ("string", "large_string", "null") if name == "ches_skip" else None
+        fits = kind in wanted if wanted else (kind.startswith(("float", "int", "uint")) or kind == "null")
+        if not fits:
+            what = "text or None (the reason a row was not scored)" if name == "ches_skip" else "numbers"
+            raise ChesError(f"{label}: column {name!r} holds {kind} values, not {what.split(' (')[0]}; ches writes "
+                            f"{what} there. Is it a file written by 'ches score'? Rename your own column if it only "
+                            "shares the name.")
+
+
+def check_output_columns(column_names, added: tuple[str, ...], read: list[str], label: str = "the data") -> bool:
+    """Refuse data whose own columns the output columns ``added`` would overwrite; True when the data holds all
+    of them (the output of an earlier ches run, which a new run replaces), False when it holds none.
+
+    A column ches reads (a prompt, chosen or rejected column) never shares a name with an output column; any
+    other column that does is the user's own unless every output column is there.
+
+    >>> check_output_columns(["prompt", "chosen", "rejected"], SCORE_COLUMNS, ["prompt", "chosen", "rejected"])
+    False
+    >>> check_output_columns(["ches", "chosen", "rejected"], SCORE_COLUMNS, ["ches", "chosen", "rejected"])
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: the data: column 'ches' is read as a pair's text, but ches writes its output column 'ches' there; rename it first (dataset.rename_column('ches', ...)).
+    """
+    present = [name for name in added if name in column_names]
+    read_too = [name for name in present if name in read]
+    if read_too:
+        raise ChesError(f"{label}: column {read_too[0]!r} is read as a pair's text, but ches writes its output column "
+                        f"{read_too[0]!r} there; rename it first (dataset.rename_column({read_too[0]!r}, ...)).")
+    if present and len(present) < len(added):
+        raise ChesError(f"{label} has column(s) {present}, which ches writes its output to ({', '.join(added)}); they "
+                        "are not an earlier ches run's output (that has all of them), so they would be overwritten: "
+                        "rename them first (dataset.rename_column).")
+    return bool(present)
+
+
 def add_score_columns(dataset, columns: dict[str, list]):
     """``dataset`` (a ``datasets.Dataset``) with the :data:`SCORE_COLUMNS` ``columns`` appended, typed as
-    :data:`SCORE_TYPES`; columns of the same names already there are replaced (with a warning)."""
+    :data:`SCORE_TYPES`; an earlier run's score columns (all of them: :func:`check_output_columns`) are replaced."""
     import datasets
 
     clashes = [name for name in columns if name in dataset.column_names]
     if clashes:
-        logger.warning("replacing existing column(s) %s with new scores", clashes)
+        logger.info("replacing the score columns of an earlier run with new scores")
         dataset = dataset.remove_columns(clashes)
     for name in SCORE_COLUMNS:
         dataset = dataset.add_column(name, columns[name], feature=datasets.Value(SCORE_TYPES[name]),

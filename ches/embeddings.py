@@ -77,10 +77,32 @@ class EmbeddingWriter:
     half-written file), and removes the staging folder.
     """
 
-    def __init__(self, target: str | os.PathLike, hidden_size: int, metadata: dict[str, str]):
+    def __init__(self, target: str | os.PathLike, hidden_size: int, metadata: dict[str, str], rows: int | None = None):
         self.target, self.hidden_size, self.metadata = Path(target), hidden_size, metadata
         self.parts = self.target.with_name(f".{self.target.name}.parts")
+        if rows is not None:
+            self.check_space(rows)
         self.parts.mkdir(parents=True, exist_ok=True)
+
+    def file_bytes(self, rows: int) -> int:
+        """Bytes of the data of a file of ``rows`` rows (the header adds well under a kilobyte)."""
+        return rows * (4 * 4 * self.hidden_size + 3 * 8)
+
+    def check_space(self, rows: int) -> None:
+        """Refuse to start when the folder of ``target`` cannot hold the parts and the assembled file (twice the
+        file, until the parts are removed): a full disk found before the run, not at its end."""
+        import shutil
+
+        from .errors import ChesError
+
+        folder = self.target.absolute().parent
+        while not folder.exists():
+            folder = folder.parent
+        needed, free = 2 * self.file_bytes(rows), shutil.disk_usage(folder).free
+        if needed > free:
+            raise ChesError(f"{self.target}: the embeddings of {rows} rows need about {needed / 2**20:.1f} MiB while they "
+                            f"are written (parts, then the file), but {folder} has {free / 2**20:.1f} MiB free; free some "
+                            "space or write them elsewhere.")
 
     def add(self, chunk_id: int, rows: torch.Tensor, sums: dict[str, torch.Tensor], chosen_tokens: torch.Tensor,
             rejected_tokens: torch.Tensor) -> None:
@@ -124,7 +146,8 @@ class EmbeddingWriter:
         with staged(self.target) as temporary:
             with open(temporary, "wb") as handle:
                 handle.write(len(encoded).to_bytes(8, "little") + encoded)
-                handle.truncate(8 + len(encoded) + offset)
+                handle.flush()
+                reserve(handle, 8 + len(encoded) + offset)
             start = 8 + len(encoded)
             for name in TENSORS:
                 begin = start + header[name]["data_offsets"][0]
@@ -148,3 +171,19 @@ class EmbeddingWriter:
         shutil.rmtree(self.parts, ignore_errors=True)
 
 
+def reserve(handle, size: int) -> None:
+    """Grow an open file to ``size`` bytes with its disk blocks allocated now, so that a full disk is an
+    ``OSError`` here (ENOSPC) and not a ``SIGBUS`` later, when a memory map writes into a hole of a sparse
+    file. Where ``posix_fallocate`` is missing, the file is only extended (sparse)."""
+    allocate = getattr(os, "posix_fallocate", None)
+    if allocate is None:
+        handle.truncate(size)
+        return
+    try:
+        allocate(handle.fileno(), 0, size)
+    except OSError as error:
+        import errno
+
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
+            raise
+        handle.truncate(size)  # a file system that cannot allocate ahead

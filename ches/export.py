@@ -83,7 +83,8 @@ def check_output(output: str | os.PathLike, *, overwrite: bool = False, folder: 
         overwrite: the user asked for an existing output to be replaced.
         folder: ``output`` is a folder (``save_to_disk``); otherwise a file.
         suffixes: the extensions allowed for a file output (``None``: any).
-        inputs: paths the run reads; writing over them, or over a folder holding them, is refused.
+        inputs: paths the run reads (data, model and tokenizer folders): writing over them, over a folder
+            holding them, or inside one of them is refused (:func:`check_apart_from_inputs`).
 
     Raises:
         ChesError: naming the path and what to do.
@@ -94,10 +95,7 @@ def check_output(output: str | os.PathLike, *, overwrite: bool = False, folder: 
     resolved = output.resolve()
     if resolved == Path.cwd().resolve() or str(output) in (".", "./", ""):
         raise ChesError(f"{output!s} is the current folder; give the output a name of its own (e.g. scores.parquet).")
-    for source in inputs:
-        source_path = Path(source).resolve()
-        if resolved == source_path or resolved in source_path.parents:
-            raise ChesError(f"{output} would replace the input {source}; choose another output path.")
+    check_apart_from_inputs(output, inputs)
     if output.is_dir():
         if not folder:
             raise ChesError(f"{output} is a folder; give a file name (e.g. {output / 'scores.parquet'}).")
@@ -113,6 +111,30 @@ def check_output(output: str | os.PathLike, *, overwrite: bool = False, folder: 
             raise ChesError(f"{output} exists; pass --overwrite (overwrite=True) to replace it.")
     _check_parent(output)
     return output
+
+
+def check_apart_from_inputs(output: str | os.PathLike, inputs: tuple[str | os.PathLike | None, ...]) -> None:
+    """Refuse an output that is an input, holds one, or lies inside an input folder (a model's or tokenizer's
+    folder, a ``save_to_disk`` data folder): ches never writes onto what it reads, ``--overwrite`` or not.
+    Inputs that are not local paths (Hub ids, ``None``) are skipped.
+
+    >>> import tempfile, pathlib
+    >>> model = pathlib.Path(tempfile.mkdtemp())
+    >>> check_apart_from_inputs(model / "model.safetensors", (str(model),))
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: .../model.safetensors lies inside the input folder ...; ches never writes into a folder it reads: choose a path outside it.
+    """
+    resolved = Path(output).resolve()
+    for source in inputs:
+        if source is None or not os.path.exists(os.path.expanduser(str(source))):
+            continue
+        source_path = Path(os.path.expanduser(str(source))).resolve()
+        if resolved == source_path or resolved in source_path.parents:
+            raise ChesError(f"{output} would replace the input {source}; choose another output path.")
+        if source_path.is_dir() and source_path in resolved.parents:
+            raise ChesError(f"{output} lies inside the input folder {source}; ches never writes into a folder it "
+                            "reads: choose a path outside it.")
 
 
 def _check_parent(output: Path) -> None:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 import datasets
 import numpy as np
 
 from . import select
 from .api import score
-from .columns import DEFAULT_MEASURE, MEASURES, RANK_COLUMNS, SCORE_COLUMNS
+from .columns import DEFAULT_MEASURE, MEASURES, RANK_COLUMNS, SCORE_COLUMNS, check_output_columns, check_score_columns
 from .errors import ChesError
 from .inputs import Data, column, load_data
 from .options import ScoreOptions
@@ -72,12 +73,35 @@ def filter(  # noqa: A001 - the public name is part of the contract
     """
     rules = [name for name, value in (("quantile", quantile), ("max_score", max_score), ("keep", keep), ("around", around))
              if value is not None]
+    quantile, max_score, around = (_number(name, value) for name, value in
+                                   (("quantile", quantile), ("max_score", max_score), ("around", around)))
+    keep, window = _count("keep", keep), _count("window", window)
     if len(rules) > 1:
         raise ChesError(f"give at most one of quantile=, max_score=, keep=, around= (got {', '.join(rules)}).")
     if window is not None and around is None:
         raise ChesError("window= sets the size of the around= selection; pass around= too, or drop window=.")
     return _per_split(_scored(data, measure, model, tokenizer, score_kwargs),
                       lambda scored: _filter_split(scored, measure, quantile, max_score, keep, around, window, keep_scores))
+
+
+def _number(name: str, value):
+    """A rule's number as a Python float (numpy scalars too); ``None`` stays ``None``; booleans, text and
+    NaN are refused."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or np.isnan(value):
+        raise ChesError(f"{name}={value!r} must be a number.")
+    return float(value)
+
+
+def _count(name: str, value):
+    """A number of rows as a Python int (numpy integers too); ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ChesError(f"{name}={value!r} must be a whole number of rows.")
+    return int(value)
 
 
 def _filter_split(scored: datasets.Dataset, measure: str, quantile, max_score, keep, around, window,
@@ -114,6 +138,7 @@ def rank(data: Data, measure: str = DEFAULT_MEASURE, *, model=None, tokenizer=No
 
 
 def _rank_split(scored: datasets.Dataset, measure: str) -> datasets.Dataset:
+    check_output_columns(scored.column_names, RANK_COLUMNS, [])  # replaced only when an earlier ranking's
     rows, values = _scored_rows(scored, measure)
     order = rows[select.most_similar_first(values)]
     unscored = np.setdiff1d(np.arange(len(scored)), rows)
@@ -138,6 +163,7 @@ def _scored(data, measure: str, model, tokenizer, score_kwargs) -> datasets.Data
     if model is None and idle:
         raise ChesError(f"option(s) {', '.join(map(repr, idle))} only apply when scoring; pass model= too, or drop them.")
     dataset = load_data(data, options.split)
+    label = str(data) if isinstance(data, (str, os.PathLike)) else "the data"
     for name, part in (dataset.items() if isinstance(dataset, datasets.DatasetDict) else [(None, dataset)]):
         where = f" (split {name!r})" if name is not None else ""
         if len(part) == 0:
@@ -145,6 +171,8 @@ def _scored(data, measure: str, model, tokenizer, score_kwargs) -> datasets.Data
         if model is None and measure not in part.column_names:
             raise ChesError(f"the data{where} has no {measure!r} column; pass model= (--model on the command line) to "
                             "score it first.")
+        if model is None:
+            check_score_columns(part, f"{label}{where}")
     if model is None:
         return dataset
     return score(dataset, model, tokenizer, options=dataclasses.replace(options, split=None))

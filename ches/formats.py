@@ -72,7 +72,8 @@ def split_prompt(chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
     ``extract_prompt``: when the character before the divergence is a space, the space goes to the
     completions; when one transcript is a prefix of the other (no divergence), the last shared
     element is left to the completions. Where the two differ from the very first element the
-    prompt is empty (TRL would wrap around to the last character; such a row is skipped later).
+    prompt is empty (TRL would wrap around to the last character; such a row is skipped later, as
+    TRL cannot train on it: see :func:`pair_problem`).
 
     >>> split_prompt("Q: sky? A: blue", "Q: sky? A: green")
     ('Q: sky? A:', ' blue', ' green')
@@ -256,9 +257,18 @@ def pair_problem(pair: Pair) -> str | None:
     ...                   [{"role": "user", "content": "?"}], [{"role": "user", "content": "!"}]))
     'conversational prompt ends with an assistant turn (the completion would follow a second assistant header)'
     """
-    if pair.conversational and pair.prompt and pair.prompt[-1]["role"] == "assistant":
+    if pair.conversational and not pair.prompt:
+        return EMPTY_CONVERSATION
+    if pair.conversational and pair.prompt[-1]["role"] == "assistant":
         return "conversational prompt ends with an assistant turn (the completion would follow a second assistant header)"
     return None
+
+
+#: the skip reason of a conversational pair with no prompt messages: TRL 1.16 cannot tokenize it (transformers
+#: refuses to apply a chat template to an empty conversation), whatever the template would add (BOS, a system turn)
+EMPTY_CONVERSATION = ("conversational prompt has no messages (implicit prompt: the two conversations differ from the "
+                      "first message); a chat template cannot be applied to an empty conversation, so TRL cannot train "
+                      "on it")
 
 
 def _kind(value: Any) -> str:

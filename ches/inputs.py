@@ -197,8 +197,38 @@ def _from_rows(path: Path | str, rows: list) -> datasets.Dataset:
     try:
         return datasets.Dataset.from_list([dict(row) for row in rows])
     except Exception as error:  # pyarrow raises several types for inconsistent rows
+        invalid = invalid_text(rows)
+        if invalid is not None:
+            row, name, text = invalid
+            raise ChesError(f"{path}, row {row}, column {name!r}: the text holds {text}, which is not valid Unicode "
+                            "(a lone UTF-16 surrogate, e.g. half of an escaped emoji); fix or drop the row.") from None
         raise ChesError(f"{path}: rows do not share one schema, e.g. a column holding text in one row and a list "
                         f"or number in another ({type(error).__name__}: {one_line(error)}).") from None
+
+
+def invalid_text(rows: list) -> tuple[int, str, str] | None:
+    """The first ``(row, column, character)`` whose text cannot be written as UTF-8 (a lone surrogate such as
+    ``"\\ud800"``, which JSON allows), searched in nested lists and dicts too; None if every text can.
+
+    >>> invalid_text([{"chosen": "ok"}, {"chosen": [{"content": "bad \\ud800"}]}])
+    (1, 'chosen', "'\\\\ud800'")
+    """
+    def bad(value):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:
+                return repr(value[error.start])
+            return None
+        items = value.values() if isinstance(value, Mapping) else value if isinstance(value, (list, tuple)) else ()
+        return next((found for found in map(bad, items) if found is not None), None)
+
+    for index, row in enumerate(rows):
+        for name, value in dict(row).items():
+            found = bad(value)
+            if found is not None:
+                return index, name, found
+    return None
 
 
 def _load_hub(name: str, split: str | None):
@@ -256,7 +286,39 @@ def check_columns(dataset: datasets.Dataset, columns: Mapping[str, str] | None) 
     if absent:
         raise ChesError(f"columns= maps to {sorted(absent.values())}, which the data does not have; its columns are "
                         f"{dataset.column_names}.")
+    check_distinct_roles({role: columns.get(role, role) for role in roles
+                          if columns.get(role, role) in dataset.column_names})
     return dict(columns)
+
+
+def check_distinct_roles(where: Mapping[str, str]) -> None:
+    """Refuse one column read for two roles (``chosen`` and ``rejected`` from one column score every pair
+    as identical); ``where`` maps each role to the column it reads, mapped or by its own name.
+
+    >>> check_distinct_roles({"prompt": "q", "chosen": "answer", "rejected": "answer"})
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: column 'answer' would be read as both 'chosen' and 'rejected'; map each role to its own column (columns=, --columns).
+    """
+    readers: dict[str, list[str]] = {}
+    for role, name in where.items():
+        readers.setdefault(name, []).append(role)
+    shared = {name: roles for name, roles in readers.items() if len(roles) > 1}
+    if shared:
+        name, roles = next(iter(shared.items()))
+        raise ChesError(f"column {name!r} would be read as both {' and '.join(map(repr, roles))}; map each role to its "
+                        "own column (columns=, --columns).")
+
+
+def read_columns(dataset: datasets.Dataset, columns: Mapping[str, str] | None = None) -> list[str]:
+    """The columns of ``dataset`` that ches reads for a role (mapped by ``columns``, or by ches' own names).
+
+    >>> read_columns(datasets.Dataset.from_list([{"q": "Hi", "chosen": " a", "rejected": " b", "id": 1}]), {"prompt": "q"})
+    ['q', 'chosen', 'rejected']
+    """
+    mapping = dict(columns or {}) if isinstance(columns, Mapping) else {}
+    where = [mapping.get(role, role) for role in PAIR_COLUMNS + TEMPLATE_COLUMNS]
+    return [name for name in where if name in dataset.column_names]
 
 
 def parse_columns(text: str) -> dict[str, str]:

@@ -8,6 +8,8 @@ causal LMs that is ``model.base_model(...).last_hidden_state``, the same tensor 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -116,22 +118,34 @@ def load_model(
     (needs ``peft``). An already loaded model stays where it is unless ``device``/``dtype`` are given
     (then it is moved in place); of ``model_kwargs`` only ``attn_implementation`` applies to it.
     ``tokenizer`` defaults to the model's own (for an adapter: the adapter folder's if it has one, else
-    the base model's). ``attn_implementation`` picks the attention kernel (``"sdpa"``, ``"eager"``,
-    ``"flash_attention_2"``, ``"flex_attention"``, ...); absent, transformers chooses.
+    the base model's; for a Hub id, at the model's ``revision``). ``attn_implementation`` picks the
+    attention kernel (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``, ``"flex_attention"``, ...);
+    absent, transformers chooses.
+
+    What would give wrong numbers without an error is refused instead: a checkpoint whose decoder body
+    has missing, unexpected or mis-shaped weights (transformers would initialize them at random), custom
+    model code without ``trust_remote_code=True`` (an error, never a prompt on the terminal), ``revision`` with a
+    local folder, and a tokenizer with more tokens than the model has embeddings. ``dtype`` in the result
+    is the one the weights are in after loading.
 
     Raises:
-        ChesError: the model or tokenizer cannot be found or loaded.
+        ChesError: the model or tokenizer cannot be found or loaded, or they do not fit (see above).
     """
     model_kwargs = dict(model_kwargs or {})
-    trust_remote_code = bool(model_kwargs.get("trust_remote_code", False))
+    trust_remote_code = bool(model_kwargs.pop("trust_remote_code", False))
     attn_implementation = model_kwargs.get("attn_implementation")
+    revision = model_kwargs.get("revision")
     if isinstance(model, (str, os.PathLike)):
         name = str(model)
-        if name.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name)):
+        local = os.path.isdir(os.path.expanduser(name))
+        if name.startswith((".", "/", "~")) and not local:
             raise ChesError(f"model folder {name} does not exist; pass a local model folder or a Hub id.")
+        if revision is not None and local:
+            raise ChesError(f"revision={revision!r} selects a version of a Hub model, but {name} is a local folder, "
+                            "which has no revisions; drop revision (--revision), or pass the Hub id.")
         resolved_device = resolve_device(device)
-        resolved_dtype = resolve_dtype(dtype, resolved_device)
-        options = {"dtype": resolved_dtype, **{key: value for key, value in model_kwargs.items() if value is not None}}
+        options = {"dtype": resolve_dtype(dtype, resolved_device), "trust_remote_code": trust_remote_code,
+                   **{key: value for key, value in model_kwargs.items() if value is not None}}
         loaded, tokenizer_source = _from_pretrained(name, options)
         if model_kwargs.get("device_map") is None:
             loaded.to(resolved_device)
@@ -139,18 +153,18 @@ def load_model(
             resolved_device = loaded.get_input_embeddings().weight.device
             resolved_device = torch.device("cpu") if resolved_device.type == "meta" else resolved_device
     elif isinstance(model, torch.nn.Module):
-        idle = sorted(key for key, value in model_kwargs.items()
-                      if key not in ("attn_implementation", "trust_remote_code") and value is not None)
+        idle = sorted(key for key, value in model_kwargs.items() if key != "attn_implementation" and value is not None)
         if idle:
             raise ChesError(f"{', '.join(idle)} only apply when the model is loaded by name; got a loaded "
                             f"{type(model).__name__}: pass its folder or Hub id instead, or drop them.")
-        loaded = model
+        loaded, revision = model, None
         name = tokenizer_source = getattr(model, "name_or_path", "") or type(model).__name__
         first = next(model.parameters())
         resolved_device = resolve_device(device) if device is not None else first.device
-        resolved_dtype = resolve_dtype(dtype, resolved_device) if dtype is not None else first.dtype
-        if device is not None or dtype is not None:
-            loaded.to(device=resolved_device, dtype=resolved_dtype)
+        if dtype is not None:
+            loaded.to(device=resolved_device, dtype=resolve_dtype(dtype, resolved_device))
+        elif device is not None:
+            loaded.to(resolved_device)
         if attn_implementation is not None:
             _set_attention(loaded, attn_implementation)
     else:
@@ -158,16 +172,70 @@ def load_model(
     loaded.eval()
     body = decoder_body(loaded)
     config = text_config(loaded)
+    loaded_tokenizer = load_tokenizer(tokenizer, tokenizer_source, trust_remote_code,
+                                      revision=revision if tokenizer is None else None)
+    check_vocabulary(loaded_tokenizer, loaded)
     return LoadedModel(
         model=loaded,
         body=body,
-        tokenizer=load_tokenizer(tokenizer, tokenizer_source, trust_remote_code),
+        tokenizer=loaded_tokenizer,
         device=resolved_device,
-        dtype=resolved_dtype,
+        dtype=weights_dtype(loaded),
         hidden_size=config.hidden_size,
         vocab_size=config.vocab_size,
         name=name,
     )
+
+
+def model_paths(model, tokenizer=None) -> tuple[str, ...]:
+    """The local folders a run reads its model from: the model's (a path, or a loaded model's
+    ``name_or_path``), a PEFT adapter's base model, the tokenizer's. Nothing is ever written into them.
+
+    >>> model_paths("examples/tiny-hh-model", "some-org/some-tokenizer")
+    ('examples/tiny-hh-model',)
+    """
+    names = [getattr(item, "name_or_path", None) if not isinstance(item, (str, os.PathLike)) else item
+             for item in (model, tokenizer)]
+    folders = [str(name) for name in names if name and os.path.isdir(os.path.expanduser(str(name)))]
+    for folder in list(folders):
+        try:
+            with open(os.path.join(os.path.expanduser(folder), "adapter_config.json"), encoding="utf-8") as handle:
+                base = json.load(handle).get("base_model_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(base, str) and os.path.isdir(os.path.expanduser(base)):
+            folders.append(base)
+    return tuple(dict.fromkeys(folders))
+
+
+def weights_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype a model computes in: that of its input embeddings (else of its first floating weight).
+
+    >>> weights_dtype(torch.nn.Linear(2, 2).to(torch.bfloat16))
+    torch.bfloat16
+    """
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    if weight is not None and weight.is_floating_point():
+        return weight.dtype
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def check_vocabulary(tokenizer, model: torch.nn.Module) -> None:
+    """Refuse a tokenizer that can produce ids the model has no embedding for (otherwise an ``IndexError``
+    deep in a forward pass): its vocabulary, added tokens included, must fit the embedding table."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    shape = getattr(getattr(embeddings, "weight", None), "shape", None)
+    try:
+        size = len(tokenizer)
+    except TypeError:
+        return
+    if shape is not None and size > shape[0]:
+        rows = shape[0]
+        raise ChesError(
+            f"the tokenizer has {size} tokens (ids 0..{size - 1}) but the model has embeddings for only {rows} "
+            f"(ids 0..{rows - 1}): the tokenizer does not belong to this model, or tokens were added to it without "
+            "model.resize_token_embeddings(len(tokenizer)); pass the model's own tokenizer.")
 
 
 def default_batch_tokens(loaded: LoadedModel) -> int:
@@ -212,11 +280,16 @@ def _from_pretrained(name: str, options: dict):
     """``(model, where its tokenizer is)``; PEFT adapter folders are merged into their base model."""
     from transformers import AutoModelForCausalLM
 
-    adapter = os.path.isfile(os.path.join(os.path.expanduser(name), "adapter_config.json"))
+    folder = os.path.expanduser(name)
+    adapter = os.path.isfile(os.path.join(folder, "adapter_config.json"))
     with offline_unless_reachable(name) as reason:
         try:
             if not adapter:
-                return AutoModelForCausalLM.from_pretrained(name, **options), name
+                with _quiet_transformers():  # its load report is replaced by check_loaded_weights
+                    loaded, report = AutoModelForCausalLM.from_pretrained(name, output_loading_info=True,
+                                                                          ignore_mismatched_sizes=True, **options)
+                check_loaded_weights(loaded, report, name)
+                return loaded, name
             try:
                 from peft import AutoPeftModelForCausalLM
             except ImportError:
@@ -231,12 +304,71 @@ def _from_pretrained(name: str, options: dict):
             if reason:
                 raise ChesError(f"could not load model {name!r}: it is not a local folder, {reason}, and it is not "
                                 "in the local Hugging Face cache.") from None
+            if "trust_remote_code" in str(error):
+                raise ChesError(_custom_code_message(name)) from None
             raise ChesError(f"could not load model {name!r} ({type(error).__name__}: {one_line(error)}); check that it is "
                             "a causal LM folder or Hub id with readable config and weights.") from None
 
 
-def load_tokenizer(tokenizer, model_name: str, trust_remote_code: bool = False):
-    """``tokenizer`` itself, or loaded from a path/id (default: the model's own)."""
+def check_loaded_weights(model: torch.nn.Module, report: dict, name: str) -> None:
+    """Refuse a checkpoint that does not fill the decoder body, from transformers' loading report:
+    missing or mis-shaped weights would be initialized at random (other scores on every run), unexpected
+    ones (e.g. more layers than the config has) mean the config is not the checkpoint's. Keys outside the
+    body (an untied LM head, a value head) leave the scores unchanged, so they are only logged.
+
+    >>> import transformers
+    >>> tiny = transformers.LlamaForCausalLM(transformers.LlamaConfig(hidden_size=8, intermediate_size=8,
+    ...     num_hidden_layers=1, num_attention_heads=2, vocab_size=16))
+    >>> check_loaded_weights(tiny, {"missing_keys": {"model.layers.0.mlp.up_proj.weight"}}, "ckpt")
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: model 'ckpt': the checkpoint does not match the model's body (missing: model.layers.0.mlp.up_proj.weight); ...
+    """
+    prefix = f"{getattr(model, 'base_model_prefix', '') or 'model'}."
+    mismatched = [f"{item[0]} (checkpoint {tuple(item[1])}, model {tuple(item[2])})" if isinstance(item, tuple)
+                  else str(item) for item in report.get("mismatched_keys") or ()]
+    problems = {"missing": sorted(key for key in report.get("missing_keys") or () if key.startswith(prefix)),
+                "unexpected": sorted(key for key in report.get("unexpected_keys") or () if key.startswith(prefix)),
+                "mis-shaped": sorted(mismatched)}
+    found = [f"{kind}: {_some(keys)}" for kind, keys in problems.items() if keys]
+    if report.get("error_msgs"):
+        found.append(f"errors: {one_line('; '.join(map(str, report['error_msgs'])), 200)}")
+    if found:
+        raise ChesError(f"model {name!r}: the checkpoint does not match the model's body ({'; '.join(found)}); "
+                        "transformers would initialize missing weights at random and ignore unexpected ones, so the "
+                        "scores would be meaningless. Check that the checkpoint is complete and config.json is its own.")
+    others = sorted(key for key in set(report.get("missing_keys") or ()) | set(report.get("unexpected_keys") or ())
+                    if not key.startswith(prefix))
+    if others:
+        logging.getLogger("ches").warning("model %r: weights outside the decoder body are missing or unexpected (%s); "
+                                          "ches' scores do not use them", name, _some(others))
+
+
+def _some(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _custom_code_message(name: str) -> str:
+    return (f"{name!r} needs custom code of its own to load; ches runs such code only when asked: pass "
+            "--trust-remote-code (trust_remote_code=True) if you trust it, or use a model transformers supports.")
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' warnings off inside the block (its load report), its verbosity restored after."""
+    import transformers.utils.logging as transformers_logging
+
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(level)
+
+
+def load_tokenizer(tokenizer, model_name: str, trust_remote_code: bool = False, revision: str | None = None):
+    """``tokenizer`` itself, or loaded from a path/id (default: the model's own, at ``revision``)."""
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
         return tokenizer
     from transformers import AutoTokenizer
@@ -244,10 +376,41 @@ def load_tokenizer(tokenizer, model_name: str, trust_remote_code: bool = False):
     source = str(tokenizer) if tokenizer is not None else model_name
     with offline_unless_reachable(source) as reason:
         try:
-            return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError, TypeError) as error:
-            detail = f"it is not a local folder, {reason}, and it is not in the local cache" if reason else str(error)
+            return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                                 **({"revision": revision} if revision else {}))
+        except Exception as error:  # OS, JSON, a damaged tokenizer.json (KeyError, tokenizers' own errors), ...
+            if "trust_remote_code" in str(error):
+                raise ChesError(_custom_code_message(source)) from None
+            damaged = damaged_tokenizer_file(source)
+            if damaged:
+                detail = f"{damaged} is damaged: {type(error).__name__}: {one_line(error, 200)}"
+            elif reason:
+                detail = f"it is not a local folder, {reason}, and it is not in the local cache"
+            else:
+                detail = f"{type(error).__name__}: {one_line(error, 300)}"
             raise ChesError(f"could not load a tokenizer from {source!r} ({detail}); pass tokenizer= explicitly.") from None
+
+
+def damaged_tokenizer_file(folder: str) -> str | None:
+    """The file of a local tokenizer ``folder`` that cannot be read, when one can be named."""
+    folder = os.path.expanduser(folder)
+    if not os.path.isdir(folder):
+        return None
+    for file in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        path = os.path.join(folder, file)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+            json.loads(text)
+            if file == "tokenizer.json":
+                from tokenizers import Tokenizer
+
+                Tokenizer.from_str(text)
+        except Exception:  # JSON, UTF-8, or the tokenizers library refusing the content
+            return path
+    return None
 
 
 def max_positions(model: torch.nn.Module) -> int | None:

@@ -24,6 +24,7 @@ import inspect
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ MODEL_KWARGS = {
     "revision": ("the model's Hub revision (branch, tag or commit)", str),
 }
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 #: the layouts (:mod:`ches.layouts`), in the order of preference at equal estimated cost
 LAYOUTS = ("prefix_shared", "packed", "padded", "shared_prompt")
 
@@ -119,16 +121,43 @@ class ScoreOptions:
             raise ChesError(f"layout={self.layout!r} is not one of {sorted(LAYOUTS)} (or None to choose by estimated cost).")
         if not isinstance(self.model_kwargs, dict):
             raise ChesError(f"model_kwargs must be a dict of from_pretrained keywords; got {type(self.model_kwargs).__name__}.")
+        self._take_dtype_from_model_kwargs()
         idle = [name for name in ("max_memory", "offload_folder") if self.model_kwargs.get(name) is not None]
         if idle and self.model_kwargs.get("device_map") is None:
             raise ChesError(f"{' and '.join(idle)} only apply with device_map= (--device-map); pass it too, or drop them.")
         if self.cache_dir is not None and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
             raise ChesError(f"cache_dir {self.cache_dir} is not a folder (a file is in the way).")
 
+    def _take_dtype_from_model_kwargs(self) -> None:
+        """``dtype`` given in ``model_kwargs`` (as ``dtype`` or ``torch_dtype``) becomes the ``dtype`` option,
+        so that one dtype is loaded and recorded; two that disagree are refused."""
+        given = {name: value for name, value in (("dtype", self.dtype), *((f"model_kwargs[{key!r}]", self.model_kwargs.get(key))
+                                                                         for key in ("dtype", "torch_dtype")))
+                 if value is not None}
+        names = {where: dtype_name(value) for where, value in given.items()}
+        if len(set(names.values())) > 1:
+            stated = " and ".join(f"{where}={value!r}" for where, value in given.items())
+            raise ChesError(f"{stated} disagree; give the dtype once (dtype=, --dtype).")
+        if names:
+            unknown = [where for where, value in names.items() if value not in DTYPE_NAMES]
+            if unknown:
+                raise ChesError(f"{unknown[0]}={given[unknown[0]]!r} is not supported; use one of {list(DTYPE_NAMES)}.")
+            object.__setattr__(self, "dtype", self.dtype if self.dtype is not None else next(iter(names.values())))
+            object.__setattr__(self, "model_kwargs", {key: value for key, value in self.model_kwargs.items()
+                                                      if key not in ("dtype", "torch_dtype")})
+
     @classmethod
-    def from_kwargs(cls, options: ScoreOptions | None = None, **kwargs: Any) -> ScoreOptions:
-        """``options`` (default: all defaults) with ``kwargs`` replacing fields; the keywords in
-        :data:`MODEL_KWARGS` are merged into ``model_kwargs``. Unknown names raise :class:`ChesError`."""
+    def from_kwargs(cls, options: ScoreOptions | Mapping[str, Any] | None = None, **kwargs: Any) -> ScoreOptions:
+        """``options`` (default: all defaults; a dict is read as keywords) with ``kwargs`` replacing fields;
+        the keywords in :data:`MODEL_KWARGS` are merged into ``model_kwargs``. Unknown names raise
+        :class:`ChesError`."""
+        if isinstance(options, Mapping):
+            twice = sorted(set(options) & set(kwargs))
+            if twice:
+                raise ChesError(f"{', '.join(twice)} given both in options= and as keywords; give each once.")
+            options, kwargs = None, {**options, **kwargs}
+        elif options is not None and not isinstance(options, cls):
+            raise ChesError(f"options= must be a ches.ScoreOptions (or a dict of its fields); got {type(options).__name__}.")
         names = {item.name for item in fields(cls)}
         unknown = sorted(set(kwargs) - names - set(MODEL_KWARGS))
         if unknown:
@@ -138,7 +167,11 @@ class ScoreOptions:
             raise ChesError(f"unknown option {unknown[0]!r}{hint}; the options are {', '.join(known)}.")
         base = options or cls()
         passed = {name: kwargs.pop(name) for name in MODEL_KWARGS if name in kwargs}
-        model_kwargs = {**base.model_kwargs, **(kwargs.pop("model_kwargs", None) or {}),
+        extra = kwargs.pop("model_kwargs", None)
+        if extra is not None and not isinstance(extra, Mapping):
+            raise ChesError(f"model_kwargs must be a dict of from_pretrained keywords, e.g. {{'device_map': 'auto'}}; got "
+                            f"{type(extra).__name__} {extra!r:.60}.")
+        model_kwargs = {**base.model_kwargs, **(extra or {}),
                         **{name: value for name, value in passed.items() if value not in (None, False)}}
         return replace(base, **kwargs, model_kwargs=model_kwargs)
 
@@ -212,6 +245,16 @@ def pair_score_options(options: ScoreOptions | None = None, **kwargs: Any) -> Sc
         raise ChesError(f"layout={scoring.layout!r} is not one of {list(PAIR_LAYOUTS)} for ches.pairs (it runs all of a "
                         "prompt's responses together; shared_prompt runs two).")
     return scoring
+
+
+def dtype_name(dtype: Any) -> str:
+    """A dtype given as text or as a ``torch.dtype``, by its full name (``"bf16"`` -> ``"bfloat16"``).
+
+    >>> dtype_name("bf16"), dtype_name("float32")
+    ('bfloat16', 'float32')
+    """
+    text = str(dtype).removeprefix("torch.")
+    return DTYPE_ALIASES.get(text, text)
 
 
 def _positive(name: str, value: Any, *, minimum: int, none: str) -> None:

@@ -27,17 +27,18 @@ import numpy as np
 import torch
 
 from .batches import group_length
-from .candidates import CANDIDATE_COLUMNS, Candidates, from_generic, from_ultrafeedback, schema, to_candidates
+from .candidates import (CANDIDATE_COLUMNS, ULTRAFEEDBACK_COLUMNS, ULTRAFEEDBACK_RATING, Candidates, from_generic,
+                         from_ultrafeedback, schema, to_candidates)
 from .columns import DEFAULT_MEASURE
 from .errors import ChesError
 from .formats import Pair, pair_problem
-from .inputs import Data, load_data
+from .inputs import Data, check_distinct_roles, load_data
 from .layouts import LayoutChoice, resolve_layout
 from .models import default_batch_tokens, describe_model, load_model, max_positions, torch_threads
 from .options import PAIR_SCORE_OPTIONS, PairOptions, ScoreOptions, pair_score_options, signature_with_options
 from .pairing import allowed_pairs, no_pair_reason, pair_matrices, select
 from .quiet import library_bars_off
-from .runner import progress_bar, run_sequences
+from .runner import nonfinite_reason, progress_bar, run_sequences
 from .scores import edit_distance
 from .tokens import Skip, TokenizedPair, TokenSequence, tokenize_pairs
 
@@ -53,6 +54,15 @@ class Skipped:
     candidates: int
 
 
+@dataclass(frozen=True)
+class Unscored:
+    """A response that could not be scored (so was no candidate for any pair), and why."""
+
+    source_row: int
+    response: int
+    reason: str
+
+
 @dataclass
 class PairsResult:
     """What :func:`pairs` returns.
@@ -61,11 +71,14 @@ class PairsResult:
         dataset: one row per selected pair (TRL-ready ``prompt``/``chosen``/``rejected`` + scores).
         skipped: every prompt that gave no pair, with the reason; nothing is dropped silently.
         info: how the pairs were made (model, layout, options, counts); the CLI writes it to the sidecar.
+        unscored: every response that could not be scored, with the reason (also in each pair's
+            ``unscored_responses`` column).
     """
 
     dataset: datasets.Dataset
     skipped: list[Skipped]
     info: dict = field(default_factory=dict)
+    unscored: list[Unscored] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,7 @@ class PromptPlan:
         prefix: per scored response, ``p_i``.
         corrections: sequences whose sums are the ``C`` of :func:`ches.pairing.pair_matrices`.
         correction_of: per scored response, its index in ``corrections`` (or -1: ``C_i = 0``).
+        unscored: the row's responses that cannot run, by index, with the reason.
     """
 
     row: int
@@ -87,6 +101,7 @@ class PromptPlan:
     prefix: list[int]
     corrections: list[TokenSequence]
     correction_of: list[int]
+    unscored: dict[int, str] = field(default_factory=dict)
 
 
 def pairs(
@@ -100,7 +115,7 @@ def pairs(
     per_prompt: int = 1,
     seed: int = 0,
     columns: Mapping[str, str] | None = None,
-    rating_field: str = "overall_score",
+    rating_field: str | None = None,
     options: ScoreOptions | None = None,
     **kwargs: Any,
 ) -> PairsResult:
@@ -110,6 +125,12 @@ def pairs(
     the layout allows); every candidate pair's ``ches``/``ln_ches`` then follows in closed form, equal
     to ``ches.score`` on that pair. The rule picks the pair(s) (:mod:`ches.pairing`): ``min_ches``
     (default) pairs the top-rated response with the allowed one of lowest ``measure``.
+
+    A response that cannot be scored (no completion tokens, longer than the model's context without
+    ``max_length``, hidden states that are not finite) is never a candidate and never dropped silently:
+    it is listed in ``.unscored`` and in each of its prompt's pairs' ``unscored_responses``. When it is
+    the one the rule needs (every top-rated response; for ``max_margin`` also every lowest-rated one),
+    the prompt is skipped with that reason instead, since the pair would not be what the rule states.
 
     Args:
         data: rows with a prompt, a list of responses and one rating per response, in any form
@@ -124,8 +145,9 @@ def pairs(
         min_margin: allowed pairs differ in rating by at least this (and always strictly).
         per_prompt: keep up to this many pairs per prompt (the first ones in the rule's order).
         seed: seeds the ``random`` rule (per row: ``(seed, source row)``).
-        columns: your column names for ``prompt``, ``responses``, ``ratings``.
-        rating_field: the UltraFeedback completion field used as the rating.
+        columns: your column names for ``prompt``, ``responses``, ``ratings`` (generic rows only).
+        rating_field: the UltraFeedback completion field used as the rating (default ``overall_score``;
+            raw UltraFeedback rows only).
         options, **kwargs: a :class:`~ches.options.ScoreOptions` and/or its fields as keywords, as for
             ``ches.score``: ``split``, ``max_length``, ``dtype``, ``device``, ``batch_tokens``,
             ``num_threads``, ``progress``, ``model_kwargs`` (and ``from_pretrained`` keywords such as
@@ -137,8 +159,9 @@ def pairs(
         :class:`PairsResult`: ``.dataset`` has ``prompt``, ``chosen``, ``rejected`` (the input's format),
         ``chosen_rating``, ``rejected_rating``, the ``ches.score`` columns (``ches``, ``ln_ches``,
         ``edit_distance``, ``last_hidden_ip``, token counts, ``ches_skip``), ``candidates`` (responses
-        in the row), ``chosen_index``, ``rejected_index`` and ``source_row``; ``.skipped`` lists the
-        prompts with no pair and why; ``.info`` how it was made.
+        in the row), ``chosen_index``, ``rejected_index``, ``source_row`` and ``unscored_responses``
+        (indices of the row's responses that could not be scored); ``.skipped`` lists the prompts with no
+        pair and why, ``.unscored`` the responses that could not be scored and why; ``.info`` how it was made.
 
     Raises:
         ChesError: bad rows, columns or options, before the model is loaded.
@@ -169,7 +192,7 @@ def _pairs(data: Data, model, tokenizer, rules: PairOptions, scoring: ScoreOptio
     with contextlib.ExitStack() as scope:  # an attention kernel switched for packed rows is restored on exit
         choice = _layout(scoring.layout, loaded, budget, scope)
         sums, tokens_run = run_plans(plans, loaded, layout=choice, batch_tokens=budget, progress=scoring.progress)
-    built, more = select_pairs(rows, plans, sums, rules, scoring.max_length)
+    built, more, unscored = select_pairs(rows, plans, sums, rules, scoring.max_length, dtype=loaded.dtype)
     skipped = sorted(skipped + more, key=lambda item: item.source_row)
     reasons = Counter(item.reason for item in skipped)
     given = scoring.as_dict()
@@ -179,31 +202,45 @@ def _pairs(data: Data, model, tokenizer, rules: PairOptions, scoring: ScoreOptio
             "schema": schema(dataset.column_names, columns), "columns": dict(columns or {}),
             "rating_field": rating_field, "rows": len(rows), "pairs": len(built["source_row"]),
             "prompts_paired": len(set(built["source_row"])), "skipped": dict(reasons),
+            "responses_unscored": dict(Counter(item.reason for item in unscored)),
             "responses_scored": sum(len(plan.responses) for plan in plans), "tokens_run": tokens_run,
             "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    logger.info("ches.pairs: %d pairs from %d of %d prompts (rule %s, %s); %d prompts skipped%s", info["pairs"],
-                info["prompts_paired"], len(rows), rules.rule, rules.measure, len(skipped),
-                "".join(f"; {count} {reason}" for reason, count in reasons.most_common()))
-    return PairsResult(datasets.Dataset.from_dict(built), skipped, info)
+    logger.info("ches.pairs: %d pairs from %d of %d prompts (rule %s, %s); %d prompts skipped%s; %d responses could "
+                "not be scored%s", info["pairs"], info["prompts_paired"], len(rows), rules.rule, rules.measure,
+                len(skipped), "".join(f"; {count} {reason}" for reason, count in reasons.most_common()), len(unscored),
+                "".join(f"; {count} {reason}" for reason, count in Counter(item.reason for item in unscored).most_common()))
+    return PairsResult(output_dataset(built), skipped, info, unscored)
 
 
 pairs.__signature__ = signature_with_options(pairs, PAIR_SCORE_OPTIONS)
 
 
 def candidate_rows(dataset: datasets.Dataset, columns: Mapping[str, str] | None,
-                   rating_field: str = "overall_score") -> list[Candidates]:
+                   rating_field: str | None = None) -> list[Candidates]:
     """The rows of ``dataset`` as validated :class:`~ches.candidates.Candidates` (schema detected, see there)."""
     if len(dataset) == 0:
         raise ChesError("the data has no rows.")
+    ultrafeedback = all(name in dataset.column_names for name in ULTRAFEEDBACK_COLUMNS) \
+        and "responses" not in dataset.column_names
     if columns is not None:
         unknown = sorted(set(columns) - set(CANDIDATE_COLUMNS))
         if unknown:
             raise ChesError(f"columns= names {unknown}, but ches.pairs reads only {list(CANDIDATE_COLUMNS)}.")
+        if ultrafeedback:
+            raise ChesError(f"these are raw UltraFeedback rows ({', '.join(ULTRAFEEDBACK_COLUMNS)}), which ches.pairs "
+                            "reads by their own names; columns= is for generic rows: drop columns= (--columns), and "
+                            "pick the rating with rating_field= (--rating-field).")
     if schema(dataset.column_names, columns) == "ultrafeedback":
+        rating_field = rating_field or ULTRAFEEDBACK_RATING
         return to_candidates([from_ultrafeedback(row, rating_field) for row in dataset],
                              {"prompt": "instruction", "responses": "completions",
                               "ratings": f"completions[*].{rating_field}"})
+    if rating_field is not None:
+        raise ChesError(f"rating_field={rating_field!r} picks the rating field of raw UltraFeedback rows, but these rows "
+                        f"are generic ({', '.join(dataset.column_names[:6])}); drop it, and map your ratings column "
+                        "with columns={'ratings': ...} (--columns ratings=...).")
     where = {name: (columns or {}).get(name, name) for name in CANDIDATE_COLUMNS}
+    check_distinct_roles({name: column for name, column in where.items() if column in dataset.column_names})
     missing = [name for name in where.values() if name not in dataset.column_names]
     if missing:
         raise ChesError(f"missing column(s) {missing}; the data has {dataset.column_names}. ches.pairs needs a prompt, "
@@ -264,17 +301,16 @@ def _plan(row: int, candidates: Candidates, tokenized: list[TokenizedPair], max_
         return Skip(problem)
     full = [(tokens.prompt_ids + tokens.chosen_ids)[:max_length] for tokens in tokenized]
     prefix = [len(tokens.prompt_ids) for tokens in tokenized]
-    unusable = Counter()
-    keep = []
+    unscored, keep = {}, []
     for index, ids in enumerate(full):
         if len(tokenized[index].chosen_ids) == 0:
-            unusable["no completion tokens"] += 1
+            unscored[index] = "no completion tokens"
         elif context is not None and len(ids) > context:
-            unusable[f"longer than the model's context ({context}); pass max_length"] += 1
+            unscored[index] = f"{len(ids)} tokens, longer than the model's context ({context}); pass max_length"
         else:
             keep.append(index)
     if len(keep) < 2:
-        detail = "; ".join(f"{count} {reason}" for reason, count in unusable.items())
+        detail = "; ".join(f"response {index}: {reason}" for index, reason in unscored.items())
         return Skip(f"fewer than two scorable responses ({detail})")
     base = min(prefix[index] for index in keep)
     if base == 0:
@@ -289,7 +325,7 @@ def _plan(row: int, candidates: Candidates, tokenized: list[TokenizedPair], max_
         source = next(index for index in keep if prefix[index] == boundary)
         corrections.append(TokenSequence(tokenized[source].prompt_ids[:boundary], base - 1, boundary - 1))
     correction_of = [boundaries.index(prefix[index]) if prefix[index] in boundaries else -1 for index in keep]
-    return PromptPlan(row, keep, sequences, [prefix[index] for index in keep], corrections, correction_of)
+    return PromptPlan(row, keep, sequences, [prefix[index] for index in keep], corrections, correction_of, unscored)
 
 
 def _layout(requested: str | None, loaded, batch_tokens: int, scope: contextlib.ExitStack) -> LayoutChoice:
@@ -320,11 +356,12 @@ def run_plans(plans: list[PromptPlan], loaded, *, layout: LayoutChoice, batch_to
 
 
 def select_pairs(rows: list[Candidates], plans: list[PromptPlan], sums, options: PairOptions,
-                 max_length: int | None) -> tuple[dict[str, list], list[Skipped]]:
-    """Score every pair of each planned prompt, apply the rule, and return the output columns and the
-    prompts with no allowed pair."""
+                 max_length: int | None, dtype=None) -> tuple[dict[str, list], list[Skipped], list[Unscored]]:
+    """Score every pair of each planned prompt, apply the rule, and return the output columns, the
+    prompts with no pair and the responses that could not be scored (``dtype``: the model's, for the
+    reason given for hidden states that are not finite)."""
     out: dict[str, list] = {name: [] for name in OUTPUT_COLUMNS}
-    skipped, at = [], 0
+    skipped, unscored_all, at = [], [], 0
     for plan in plans:
         count = len(plan.sequences)
         block = slice(at, at + count)
@@ -339,7 +376,16 @@ def select_pairs(rows: list[Candidates], plans: list[PromptPlan], sums, options:
         measure = getattr(matrices, options.measure).numpy().copy()
         if max_length is not None:
             measure[matrices.prompt_tokens.numpy() >= max_length] = np.nan  # ches.score skips these pairs
+        last = sums.last[block]
+        finite = (torch.isfinite(sums.sums[block]).all(-1) & torch.isfinite(last).all(-1)).numpy()
+        measure[~finite, :] = measure[:, ~finite] = np.nan  # never a candidate: listed as unscored below
         candidates = rows[plan.row]
+        unscored = {**plan.unscored, **{plan.responses[k]: nonfinite_reason(dtype) for k in np.flatnonzero(~finite)}}
+        unscored_all += [Unscored(plan.row, index, reason) for index, reason in sorted(unscored.items())]
+        needed = rule_needs_unscored(options.rule, candidates.ratings, unscored)
+        if needed:
+            skipped.append(Skipped(plan.row, needed, len(candidates.responses)))
+            continue
         responses = [candidates.responses[index] for index in plan.responses]
         ratings = np.array([candidates.ratings[index] for index in plan.responses])
         same = np.array([[a == b for b in responses] for a in responses])
@@ -349,7 +395,6 @@ def select_pairs(rows: list[Candidates], plans: list[PromptPlan], sums, options:
         if not picked:
             skipped.append(Skipped(plan.row, "no allowed pair: " + no_pair_reason(
                 ratings, measure, same, min_margin=options.min_margin), len(candidates.responses)))
-        last = sums.last[block]
         for i, j in picked:
             boundary = int(matrices.prompt_tokens[i, j])
             row = {"prompt": candidates.prompt, "chosen": responses[i], "rejected": responses[j],
@@ -361,12 +406,47 @@ def select_pairs(rows: list[Candidates], plans: list[PromptPlan], sums, options:
                    "prompt_tokens": boundary, "chosen_tokens": int(matrices.chosen_tokens[i, j]),
                    "rejected_tokens": int(matrices.rejected_tokens[i, j]), "ches_skip": None,
                    "candidates": len(candidates.responses), "chosen_index": plan.responses[i],
-                   "rejected_index": plan.responses[j], "source_row": plan.row}
+                   "rejected_index": plan.responses[j], "source_row": plan.row,
+                   "unscored_responses": sorted(unscored)}
             for name, value in row.items():
                 out[name].append(value)
-    return out, skipped
+    return out, skipped, unscored_all
+
+
+def rule_needs_unscored(rule: str, ratings: list[float], unscored: dict[int, str]) -> str | None:
+    """Why a prompt is skipped because the response its rule must pick could not be scored, or None.
+
+    Every rule but ``all_min_ches`` takes a top-rated response as chosen (any of several tied ones);
+    ``max_margin`` also takes a lowest-rated one as rejected. Without one of them scored, the pair would
+    not be the one the rule states, so there is none.
+
+    >>> rule_needs_unscored("min_ches", [3.0, 1.0, 2.0], {0: "no completion tokens"})
+    'the top-rated response 0 (rating 3) could not be scored: no completion tokens'
+    >>> rule_needs_unscored("all_min_ches", [3.0, 1.0, 2.0], {0: "no completion tokens"}) is None
+    True
+    """
+    ratings = np.asarray(ratings, dtype=np.float64)
+    needs = [] if rule == "all_min_ches" else [("top-rated", ratings.max())]
+    if rule == "max_margin":
+        needs.append(("lowest-rated", ratings.min()))
+    for what, rating in needs:
+        holders = np.flatnonzero(ratings == rating).tolist()
+        if all(index in unscored for index in holders):
+            named = ", ".join(f"{index} ({unscored[index]})" for index in holders[1:])
+            also = f"; so could none of the tied {named}" if named else ""
+            return (f"the {what} response {holders[0]} (rating {rating:g}) could not be scored: "
+                    f"{unscored[holders[0]]}{also}")
+    return None
 
 
 OUTPUT_COLUMNS = ("prompt", "chosen", "rejected", "chosen_rating", "rejected_rating", "ches", "ln_ches",
                   "edit_distance", "last_hidden_ip", "prompt_tokens", "chosen_tokens", "rejected_tokens", "ches_skip",
-                  "candidates", "chosen_index", "rejected_index", "source_row")
+                  "candidates", "chosen_index", "rejected_index", "source_row", "unscored_responses")
+
+
+def output_dataset(columns: dict[str, list]) -> datasets.Dataset:
+    """The pairs as a dataset; ``unscored_responses`` typed as lists of ints even when every list is empty."""
+    dataset = datasets.Dataset.from_dict(columns)
+    if len(dataset):
+        dataset = dataset.cast_column("unscored_responses", datasets.List(datasets.Value("int64")))
+    return dataset

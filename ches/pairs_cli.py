@@ -1,7 +1,7 @@
 """``ches pairs``: the command-line face of :func:`ches.pairs` (registered in :mod:`ches.cli`).
 
     ches pairs INPUT --model M --output OUT [--rule R] [--measure M] [--min-margin X] [--per-prompt K] [--seed S]
-               [--columns prompt=...,responses=...,ratings=...] [--rating-field overall_score] [--overwrite]
+               [--columns prompt=...,responses=...,ratings=...] [--rating-field FIELD] [--overwrite]
 
 The pairing flags come from :class:`~ches.options.PairOptions`, the scoring flags from
 :class:`~ches.options.ScoreOptions` (the subset :data:`~ches.options.PAIR_SCORE_OPTIONS`) and the
@@ -28,8 +28,8 @@ def add_command(parser: argparse.ArgumentParser) -> None:
                         help="where to write the pairs (.parquet/.jsonl/.json/.csv or a folder)")
     _option_flags(parser, options=PairOptions)
     parser.add_argument("--columns", metavar="NAME=COLUMN,...", help="e.g. prompt=question,responses=outs,ratings=scores")
-    parser.add_argument("--rating-field", default="overall_score",
-                        help="UltraFeedback completion field (default overall_score)")
+    parser.add_argument("--rating-field", help="the completion field rated, for raw UltraFeedback rows (default "
+                                               "overall_score)")
     _option_flags(parser, PAIR_SCORE_OPTIONS, choices={"layout": PAIR_LAYOUTS})
     _from_pretrained_flags(parser)
     _overwrite_option(parser)

@@ -15,7 +15,7 @@ import datasets
 import numpy as np
 
 from . import __version__
-from .columns import DEFAULT_MEASURE, MEASURES
+from .columns import DEFAULT_MEASURE, MEASURES, check_score_columns
 from .errors import ChesError
 from .formats import split_prompt
 from .inputs import column
@@ -40,6 +40,7 @@ def write_report(dataset: datasets.Dataset, output: str | os.PathLike, *, measur
     if not isinstance(top, int) or top < 1:
         raise ChesError(f"top={top!r} must be a positive integer: the pairs shown at each end.")
 
+    check_score_columns(dataset)
     columns = {name: column(dataset, name) for name in dataset.column_names
                if name in (*MEASURES, "chosen_tokens", "rejected_tokens", "ches_skip")}
     missing = [name for name in ("ches", "ches_skip", "chosen_tokens", "rejected_tokens", measure) if name not in columns]

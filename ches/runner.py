@@ -32,6 +32,7 @@ from .cache import ShardCache, chunk_key
 from .columns import SCORE_TYPES
 from .distributed import Process
 from .embeddings import EmbeddingWriter
+from .errors import ChesError
 from .engine import HiddenSums, hidden_sums, shared_prompt_sums
 from .formats import Pair, pair_problem, text_length
 from .inputs import preference_pairs
@@ -214,6 +215,7 @@ def score_rows(source: RowSource, loaded: LoadedModel, *, layout: LayoutChoice, 
     try:
         result, reused = _score_chunks(source, chunks, mine, loaded, layout=layout, batch_tokens=batch_tokens,
                                        max_length=max_length, bar=bar, cache=cache, embeddings=embeddings, process=process)
+        _refuse_if_nothing_finite(result.columns["ches_skip"], loaded.dtype, source.split)
         if embeddings is not None and process.is_main:
             embeddings.finish(list(range(len(chunks))))
     except BaseException:
@@ -240,7 +242,7 @@ def _score_chunks(source: RowSource, chunks: list[np.ndarray], mine: list[int], 
             stored, cached = _chunk_scores(planned, loaded, layout=layout, batch_tokens=batch_tokens, cache=cache,
                                            keep_sums=embeddings is not None, bar=bar)
             reused += cached
-            run = collected.add(planned, stored)
+            run = collected.add(planned, stored, loaded.dtype)
             release_freed_memory()
             if embeddings is not None:
                 embeddings.add(planned.chunk_id, torch.as_tensor(planned.rows)[run],
@@ -279,18 +281,26 @@ class _Collected:
         self.parts: dict[str, list[torch.Tensor]] = {name: [] for name in NUMBERS}
         self.reasons: dict[int, str] = {}
 
-    def add(self, planned: PlannedChunk, stored: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Keep a chunk's numbers; returns the mask of its rows that ran."""
+    def add(self, planned: PlannedChunk, stored: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Keep a chunk's numbers; returns the mask of its rows that ran and gave finite numbers. A row whose
+        hidden states were not finite (in ``dtype``) gets a skip reason saying so, and NaN scores."""
         run = torch.tensor([isinstance(plan, SequencePair) for plan in planned.plans], dtype=torch.bool)
+        scores_by_name = {}
         for name in SUM_SCORES:
             values = torch.full((len(planned.rows),), float("nan"), dtype=torch.float64)
             values[run] = stored[name]
+            scores_by_name[name] = values
+        finite = torch.stack([torch.isfinite(values) for values in scores_by_name.values()]).all(0)
+        nonfinite = run & ~finite
+        numbers = {name: torch.tensor(values, dtype=NUMBERS[name]) for name, values in planned.numbers.items()}
+        for values in [*scores_by_name.values(), numbers["edit_distance"]]:
+            values[nonfinite] = float("nan")  # a skipped row's scores are NaN, whatever it is skipped for
+        for name, values in (scores_by_name | numbers).items():
             self.parts[name].append(values)
-        for name, values in planned.numbers.items():
-            self.parts[name].append(torch.tensor(values, dtype=NUMBERS[name]))
         self.reasons |= {int(row): plan.reason for row, plan in zip(planned.rows, planned.plans) if isinstance(plan, Skip)}
+        self.reasons |= {int(row): nonfinite_reason(dtype) for row in torch.as_tensor(planned.rows)[nonfinite].tolist()}
         self.indices.append(torch.as_tensor(planned.rows, dtype=torch.long))
-        return run
+        return run & finite
 
     def gather(self, process: Process, total: int) -> ScoredRows:
         """Every process's rows' numbers and skip reasons, placed by row, on every process."""
@@ -403,6 +413,33 @@ def pair_scores(pairs: Sequence[SequencePair], sums: SideSums) -> dict[str, torc
     return {"ches": scores.ches(sums.chosen_sum, sums.rejected_sum),
             "ln_ches": scores.ln_ches(sums.chosen_sum, sums.rejected_sum, chosen_n, rejected_n),
             "last_hidden_ip": scores.last_hidden_ip(sums.chosen_last, sums.rejected_last)}
+
+
+NONFINITE = "hidden states are not finite (NaN or inf)"
+
+
+def nonfinite_reason(dtype: torch.dtype | None) -> str:
+    """The skip reason of a pair (or response) whose hidden states are not finite, with what may fix it.
+
+    >>> nonfinite_reason(torch.float16)
+    "hidden states are not finite (NaN or inf) in float16, whose largest number is 65504: try dtype='bfloat16' or 'float32'"
+    """
+    name = str(dtype).removeprefix("torch.") if dtype is not None else "the model's dtype"
+    fix = {"float16": ", whose largest number is 65504: try dtype='bfloat16' or 'float32'",
+           "bfloat16": ": try dtype='float32'"}.get(name, ": the model's weights or computation give NaN or inf (check "
+                                                          "the checkpoint for NaN weights)")
+    return f"{NONFINITE} in {name}{fix}"
+
+
+def _refuse_if_nothing_finite(reasons: list[str | None], dtype: torch.dtype, split: str | None) -> None:
+    """Fail when every row that ran gave hidden states that are not finite: such a run has no scores at all."""
+    nonfinite = sum(reason is not None and reason.startswith(NONFINITE) for reason in reasons)
+    if nonfinite and all(reason is not None for reason in reasons):
+        where = f" of split {split!r}" if split is not None else ""
+        others = len(reasons) - nonfinite
+        before = f" ({others} more were skipped before running)" if others else ""
+        raise ChesError(f"nothing was scored: for every row{where} that ran ({nonfinite}{before}), "
+                        f"{nonfinite_reason(dtype)}.")
 
 
 def release_freed_memory() -> None:

@@ -87,18 +87,15 @@ def validate(
         probability), ``measure`` values are sign-adjusted so that higher = more similar.
     """
     started = time.time()
-    checks = {"steps": (steps, steps >= 1, "a positive integer"), "learning_rate": (learning_rate, learning_rate > 0, "> 0"),
-              "beta": (beta, beta > 0, "> 0"), "resamples": (resamples, resamples >= 1, "a positive integer"),
-              "pool": (pool, pool is None or pool >= 1, "a positive integer (or None)")}
-    for name, (value, valid, what) in checks.items():
-        if not valid:
-            raise ChesError(f"{name}={value!r} must be {what}.")
+    _check_settings(n=n, steps=steps, learning_rate=learning_rate, beta=beta, resamples=resamples, pool=pool, seed=seed)
     dataset = load_data(data, split)
     if hasattr(dataset, "keys"):
         raise ChesError(f"data has splits {sorted(dataset)}; pass split=.")
     if n < 3 or n > len(dataset):
         raise ChesError(f"n={n} must be between 3 and the number of rows ({len(dataset)}).")
-    size = min(len(dataset), max(pool or 20 * n, n))
+    if pool is not None and pool > len(dataset):
+        raise ChesError(f"pool={pool} is more than the {len(dataset)} rows of the data; drop pool= to score them all.")
+    size = min(len(dataset), pool or 20 * n)
     generator = np.random.default_rng(seed)
     pool_rows = np.sort(generator.choice(len(dataset), size=size, replace=False))
     candidates = dataset.select(pool_rows)
@@ -132,6 +129,25 @@ def validate(
     }
     result["verdict"] = verdict(result)
     return result
+
+
+def _check_settings(**settings) -> None:
+    """Every probe setting that could not act as asked is refused: whole numbers where counts are meant, finite
+    positive rates, and a pool of at least ``n`` rows."""
+    whole = {"n": 0, "steps": 1, "resamples": 1, "seed": 0, "pool": 1}  # n: its range is checked with the data
+    for name, minimum in whole.items():
+        value = settings[name]
+        if name == "pool" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise ChesError(f"{name}={value!r} must be {'a positive integer' if minimum == 1 else f'an integer >= {minimum}'}.")
+    for name in ("learning_rate", "beta"):
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value) or value <= 0:
+            raise ChesError(f"{name}={value!r} must be > 0 and finite.")
+    if settings["pool"] is not None and settings["pool"] < settings["n"]:
+        raise ChesError(f"pool={settings['pool']} must hold at least the n={settings['n']} pairs probed; raise pool or "
+                        "lower n (or drop pool= to score every row).")
 
 
 def probe_sequences(dataset, tokenizer, max_length: int | None) -> list[SequencePair]:
@@ -194,13 +210,23 @@ def format_table(result: dict, measure: str = DEFAULT_MEASURE) -> str:
     return "\n".join(lines)
 
 
+MIN_PAIRS_FOR_VERDICT = 10  # fewer probed pairs give no usable interval for a rank correlation
+
+
 def verdict(result: dict, measure: str = DEFAULT_MEASURE) -> str:
-    """One line: whether ``measure`` predicts displacement on this model, with its interval."""
+    """One line: whether ``measure`` predicts displacement on this model, with its interval; no verdict
+    from fewer than :data:`MIN_PAIRS_FOR_VERDICT` probed pairs or from an interval of zero width."""
     entry = result["correlations"].get(measure)
     if entry is None or not np.isfinite(entry["spearman_total"]):
         return f"verdict: no verdict on {measure}: it was not measured, or constant over the probed pairs."
     value, (low, high) = entry["spearman_total"], entry["spearman_total_ci95"]
     stated = f"Spearman {value:+.3f}, 95% CI [{low:+.2f}, {high:+.2f}]"
+    probed = len(result["rows"]) if "rows" in result else None
+    if (probed is not None and probed < MIN_PAIRS_FOR_VERDICT) or not (np.isfinite(low) and np.isfinite(high)) \
+            or low == high:
+        count = f"{probed} probed pairs" if probed is not None else "the probed pairs"
+        return (f"verdict: no verdict on {measure}: {count} ({stated}) are too few for a confidence interval; probe "
+                f"at least {MIN_PAIRS_FOR_VERDICT} (--n), better 64 or more.")
     if low > 0:
         return f"verdict: {measure} predicts displacement on this model: {stated} (above 0)."
     if high < 0:

@@ -96,10 +96,14 @@ def test_sequence_longer_than_the_model_context_is_skipped(tokenizer, tiny_model
     assert scored["ches_skip"][1] is None and math.isfinite(scored["ches"][1])
 
 
-def test_existing_score_columns_are_replaced(tokenizer, tiny_model):
-    rows = [dict(row, ches=0.0) for row in hh_rows(3)]
-    scored = ches.score(rows, tiny_model("llama"), tokenizer, progress=False)
-    assert scored.column_names.count("ches") == 1 and scored["ches"] != [0.0, 0.0, 0.0]
+def test_an_earlier_runs_scores_are_replaced_but_a_users_column_is_never_overwritten(tokenizer, tiny_model):
+    first = ches.score(hh_rows(3), tiny_model("llama"), tokenizer, progress=False)
+    stale = first.map(lambda row: {"ches": 0.0})  # an earlier run's output: every score column is there
+    scored = ches.score(stale, tiny_model("llama"), tokenizer, progress=False)
+    assert scored.column_names == first.column_names and scored["ches"] == first["ches"]
+    rows = [dict(row, ches=0.0) for row in hh_rows(3)]  # the user's own column that has a score's name
+    with pytest.raises(ches.ChesError, match=r"has column\(s\) \['ches'\], which ches writes its output to"):
+        ches.score(rows, tiny_model("llama"), tokenizer, progress=False)
 
 
 def test_bundled_model_scores_real_data_by_path():
