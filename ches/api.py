@@ -27,6 +27,7 @@ from .models import default_batch_tokens, describe_model, load_model, model_path
 from .options import RunInfo, ScoreOptions, signature_with_options
 from .quiet import library_bars_off
 from .runner import read_rows, sample_work, score_rows
+from .stats import skip_reasons
 
 
 def score(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = None,
@@ -114,7 +115,8 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
             results[name] = add_score_columns(part, rows.columns)
             key = _key(name)
             info.rows[key] = len(part)
-            info.skipped[key] = sum(reason is not None for reason in rows.columns["ches_skip"])
+            info.skip_reasons[key] = dict(skip_reasons(rows.columns["ches_skip"]).most_common())
+            info.skipped[key] = sum(info.skip_reasons[key].values())
             info.prompt_cut[key] = rows.prompt_cut
     info.finished = _now()
     output = datasets.DatasetDict(results) if isinstance(dataset, datasets.DatasetDict) else results[None]

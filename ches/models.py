@@ -124,9 +124,9 @@ def load_model(
 
     What would give wrong numbers without an error is refused instead: a checkpoint whose decoder body
     has missing, unexpected or mis-shaped weights (transformers would initialize them at random), custom
-    model code without ``trust_remote_code=True`` (an error, never a prompt on the terminal), ``revision`` with a
-    local folder, and a tokenizer with more tokens than the model has embeddings. ``dtype`` in the result
-    is the one the weights are in after loading.
+    model code unless ``trust_remote_code`` is set (an error, never a prompt on the terminal),
+    ``revision`` with a local folder, and a tokenizer with more tokens than the model has embeddings.
+    ``dtype`` in the result is the one the weights are in after loading.
 
     Raises:
         ChesError: the model or tokenizer cannot be found or loaded, or they do not fit (see above).
@@ -351,7 +351,8 @@ def _some(keys: list[str], limit: int = 4) -> str:
 
 def _custom_code_message(name: str) -> str:
     return (f"{name!r} needs custom code of its own to load; ches runs such code only when asked: pass "
-            "--trust-remote-code (trust_remote_code=True) if you trust it, or use a model transformers supports.")
+            "--trust-remote-code (Python: trust_remote_code set to True) if you trust it, or use a model that "
+            "transformers supports.")
 
 
 @contextlib.contextmanager
@@ -408,6 +409,8 @@ def damaged_tokenizer_file(folder: str) -> str | None:
                 from tokenizers import Tokenizer
 
                 Tokenizer.from_str(text)
+                if not {"model", "added_tokens"} <= set(json.loads(text)):  # both read by transformers
+                    return path
         except Exception:  # JSON, UTF-8, or the tokenizers library refusing the content
             return path
     return None

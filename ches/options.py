@@ -268,7 +268,8 @@ class RunInfo:
     """What a scoring run used and produced: enough to reproduce it (written next to CLI outputs).
 
     ``options`` are the :class:`ScoreOptions` as given; the other fields are what they resolved to
-    (device, dtype, batch size, layout and why) and what came out (rows, skipped rows, cut prompts).
+    (device, the dtype the weights ran in, batch size, layout and why) and what came out per split (rows,
+    skipped rows and how many for each reason, cut prompts).
     """
 
     model: str
@@ -286,6 +287,7 @@ class RunInfo:
     dataset_fingerprints: dict[str, str]
     rows: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
+    skip_reasons: dict[str, dict[str, int]] = field(default_factory=dict)
     prompt_cut: dict[str, int] = field(default_factory=dict)
     started: str = ""
     finished: str = ""

@@ -221,6 +221,8 @@ def score_rows(source: RowSource, loaded: LoadedModel, *, layout: LayoutChoice, 
     except BaseException:
         if embeddings is not None:  # no half-built embeddings are left behind
             embeddings.discard()
+        if bar is not None:  # an error is printed on a line of its own
+            bar.close()
         raise
     summary = _summary(result, loaded.name) + (f"; {reused} finished chunks reused from {cache.folder}" if reused else "")
     if bar is not None:

@@ -557,3 +557,504 @@ def test_a_hub_id_without_a_connection_fails_at_once_in_one_line(offline, workdi
     assert_one_line_error(*run_cli(["score", "some-org/some-data", "-m", "model"], capsys),
                           rf"'some-org/some-data' is not an existing local path, and as a Hub dataset id .*{why}")
     assert digest(workdir) == before and constants.HF_HUB_OFFLINE == offline  # the switch is given back
+
+
+# ================================================================ never a silent wrong number (issue 20)
+def no_model_load(monkeypatch) -> None:
+    """Make any model load fail the test: the case must be refused before it."""
+    import ches.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the problem was found")
+
+    for module in (ches.api, ches.pair_builder, ches.validation):
+        monkeypatch.setattr(module, "load_model", refuse)
+
+
+# ---------------------------------------------------------------- lost data: the user's columns
+@pytest.mark.parametrize("columns, message", [
+    ("prompt=ches,chosen=chosen,rejected=rejected", r"column 'ches' is read as a pair's text, but ches writes its output"),
+    ("chosen=chosen_tokens,rejected=rejected", r"column 'chosen_tokens' is read as a pair's text"),
+    ("prompt=ches_skip", r"column 'ches_skip' is read as a pair's text"),
+])
+def test_a_read_column_named_like_an_output_is_refused_before_the_model(columns, message, workdir, capsys, monkeypatch):
+    rows = [{**row, "ches": row["chosen"][:20], "chosen_tokens": row["chosen"], "ches_skip": "x"} for row in ROWS]
+    (workdir / "named.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    no_model_load(monkeypatch)
+    before = digest(workdir)
+    assert_one_line_error(*run_cli(["score", "named.jsonl", "-m", "model", "--columns", columns, "-o", "s.parquet"], capsys),
+                          message)
+    assert digest(workdir) == before
+
+
+@pytest.mark.parametrize("name", ["ches", "ln_ches", "edit_distance", "last_hidden_ip", "prompt_tokens", "chosen_tokens",
+                                  "rejected_tokens", "ches_skip"])
+def test_every_output_column_is_protected(name, workdir, monkeypatch):
+    no_model_load(monkeypatch)
+    rows = [dict(row, **{name: "mine"}) for row in ROWS]
+    with pytest.raises(ChesError, match=rf"has column\(s\) \['{name}'\], which ches writes its output to"):
+        ches.score(rows, "model", progress=False)
+    with pytest.raises(ChesError, match=rf"'{name}'"):  # through filter with a model too
+        ches.filter(rows, 0.5, model="model")
+
+
+def test_rank_columns_of_the_user_are_protected_and_a_ranking_is_redone(workdir):
+    scored = _SCORED["rows"]
+    mine = scored.add_column("ches_rank", ["my own"] * len(scored))
+    with pytest.raises(ChesError, match=r"has column\(s\) \['ches_rank'\]"):
+        ches.rank(mine)
+    ranked = ches.rank(scored)
+    assert ches.rank(ranked).to_list() == ranked.to_list()  # an earlier ranking is replaced by the same one
+
+
+def test_no_scores_after_filtering_keeps_the_prompt(workdir, capsys):
+    """The reported loss: after `--columns prompt=ches` and `filter --no-scores` the rows had no prompt. Now the
+    mapping is refused, and a legitimate mapping keeps every input column through --no-scores."""
+    persona = [json.loads(line) for line in PERSONA.read_text().splitlines()[:6]]
+    (workdir / "persona.jsonl").write_text("".join(json.dumps(row) + "\n" for row in persona))
+    columns = ",".join(f"{role}={name}" for role, name in PERSONA_COLUMNS.items())
+    assert main(["score", "persona.jsonl", "-m", "model", "--columns", columns, "-o", "p.parquet", "--no-progress"]) == 0
+    assert main(["filter", "p.parquet", "--keep", "3", "--no-scores", "-o", "clean.jsonl"]) == 0
+    kept = [json.loads(line) for line in (workdir / "clean.jsonl").read_text().splitlines()]
+    assert list(kept[0]) == list(persona[0]) and {row["question"] for row in kept} <= {row["question"] for row in persona}
+
+
+# ---------------------------------------------------------------- lost data: nothing lands in an input
+def test_nothing_is_written_into_the_model_or_tokenizer_folder(workdir, capsys, monkeypatch):
+    shutil.copytree(workdir / "model", workdir / "tok")
+    prepare(workdir)
+    no_model_load(monkeypatch)
+    cases = [
+        (["score", "pairs.jsonl", "-m", "model", "--save-embeddings", "model/model.safetensors", "--overwrite"],
+         r"model/model.safetensors would replace the input|lies inside the input folder model"),
+        (["score", "pairs.jsonl", "-m", "model", "--save-embeddings", "model/e.safetensors"], r"inside the input folder model"),
+        (["score", "pairs.jsonl", "-m", "model", "-o", "model/scores.parquet"], r"inside the input folder model"),
+        (["score", "pairs.jsonl", "-m", "model", "-o", "model", "--overwrite"], r"would replace the input model"),
+        (["score", "pairs.jsonl", "-m", "model", "--tokenizer", "tok", "-o", "tok/s.jsonl"], r"inside the input folder tok"),
+        (["score", "pairs.jsonl", "-m", "model", "--cache-dir", "model/cache"], r"inside the input folder model"),
+        (["score", "pairs.jsonl", "-m", "model", "--cache-dir", "model"], r"would replace the input model"),
+        (["filter", "pairs.jsonl", "-m", "model", "-o", "model/kept.parquet", "--overwrite"], r"inside the input folder model"),
+        (["validate", "pairs.jsonl", "-m", "model", "-o", "model/config.json", "--overwrite"], r"inside the input folder model"),
+        (["pairs", "pairs.jsonl", "-m", "model", "-o", "model/tokenizer.json", "--overwrite"], r"model/tokenizer.json"),
+        (["score", "pairs.jsonl", "-m", "model", "-o", "pairs.jsonl", "--overwrite"], r"would replace the input pairs.jsonl"),
+    ]
+    before = digest(workdir)
+    for argv, message in cases:
+        assert_one_line_error(*run_cli(argv, capsys), message)
+    assert digest(workdir) == before
+    loaded = ches.models.load_model(str(workdir / "model")).model  # a loaded model's folder is protected too
+    for call in (lambda: ches.score(ROWS, loaded, save_embeddings=str(workdir / "model" / "e.safetensors")),
+                 lambda: ches.score(ROWS, str(workdir / "model"), cache_dir=str(workdir / "model" / "cache"))):
+        with pytest.raises(ChesError, match=r"inside the input folder"):
+            call()
+    assert digest(workdir) == before
+
+
+def test_a_single_file_output_for_split_data_is_refused_before_the_model(workdir, capsys, monkeypatch):
+    parts = datasets.DatasetDict({"a": _SCORED["rows"].select(range(3)), "b": _SCORED["rows"].select(range(3, 6))})
+    parts.save_to_disk(str(workdir / "splits"))
+    no_model_load(monkeypatch)
+    before = digest(workdir)
+    for argv in (["filter", "splits", "-m", "model", "-o", "kept.jsonl"], ["score", "splits", "-m", "model", "-o", "s.parquet"],
+                 ["filter", "splits", "-o", "kept.parquet"]):
+        assert_one_line_error(*run_cli(argv, capsys), r"splits \['a', 'b'\], so the result has them too, but --output")
+    assert digest(workdir) == before
+
+
+def test_filter_counts_rows_per_split(workdir, capsys):
+    parts = datasets.DatasetDict({"a": _SCORED["rows"].select(range(4)), "b": _SCORED["rows"].select(range(4, 6))})
+    parts.save_to_disk(str(workdir / "splits"))
+    assert main(["filter", "splits", "--quantile", "0.5"]) == 0
+    assert "kept 3 rows (a: 2, b: 1)" in capsys.readouterr().out
+    assert main(["filter", "splits", "--quantile", "0.5", "-o", "kept"]) == 0
+    meta = json.loads((workdir / "kept.meta.json").read_text())
+    assert meta["rows_written"] == 3 and meta["rows_written_per_split"] == {"a": 2, "b": 1}
+
+
+# ---------------------------------------------------------------- silent wrong results: the checkpoint
+def edit_weights(folder: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    save_file(edit(weights), str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda w: {k: v for k, v in w.items() if ".layers.3." not in k},
+     r"missing: model\.layers\.3\.input_layernorm\.weight, .* and 5 more"),
+    (lambda w: {k: v for k, v in w.items() if k != "model.norm.weight"}, r"missing: model\.norm\.weight\)"),
+    (lambda w: {**w, "model.layers.4.mlp.up_proj.weight": w["model.layers.3.mlp.up_proj.weight"].clone()},
+     r"unexpected: model\.layers\.4\.mlp\.up_proj\.weight"),
+    (lambda w: {**w, "model.norm.weight": w["model.norm.weight"][:64]},
+     r"mis-shaped: model\.norm\.weight \(checkpoint \(64,\), model \(128,\)\)"),
+])
+def test_a_checkpoint_that_does_not_fill_the_body_is_refused(edit, message, workdir, capsys):
+    edit_weights(workdir / "model", edit)
+    before = digest(workdir)
+    assert_one_line_error(*run_cli(["score", "pairs.jsonl", "-m", "model", "-o", "s.parquet"], capsys),
+                          rf"model 'model': the checkpoint does not match the model's body \({message}")
+    assert digest(workdir) == before
+    with pytest.raises(ChesError, match=message):
+        ches.pairs([{"prompt": "Q:", "responses": [" a", " b"], "ratings": [1, 0]}], "model", progress=False)
+
+
+def test_weights_outside_the_body_are_only_logged(workdir, caplog):
+    import logging
+
+    import torch
+
+    edit_weights(workdir / "model", lambda w: {**w, "v_head.weight": torch.zeros(1, 128)})
+    with caplog.at_level(logging.WARNING, logger="ches"):
+        scored = ches.score(ROWS, "model", progress=False, layout="padded")
+    assert "outside the decoder body are missing or unexpected (v_head.weight)" in caplog.text
+    assert list(scored["ches"]) == list(_SCORED["rows"]["ches"])
+
+
+def test_custom_code_never_runs_or_prompts_without_trust_remote_code(workdir, capsys, monkeypatch):
+    folder = workdir / "custom"
+    shutil.copytree(workdir / "model", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="custom_llama", auto_map={"AutoConfig": "custom.CustomConfig",
+                                                       "AutoModelForCausalLM": "custom.CustomForCausalLM"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "custom.py").write_text(
+        f"import pathlib\npathlib.Path({str(folder / 'RAN')!r}).write_text('custom code ran')\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "class CustomConfig(LlamaConfig):\n    model_type = 'custom_llama'\n"
+        "class CustomForCausalLM(LlamaForCausalLM):\n    config_class = CustomConfig\n")
+    monkeypatch.setattr("builtins.input", lambda *args: pytest.fail("asked on the terminal"))
+    before = digest(workdir)
+    assert_one_line_error(*run_cli(["score", "pairs.jsonl", "-m", "custom"], capsys),
+                          r"'custom' needs custom code of its own to load; ches runs such code only when asked: pass "
+                          r"--trust-remote-code \(Python: trust_remote_code set to True\)")
+    assert digest(workdir) == before and not (folder / "RAN").exists()
+    assert main(["score", "pairs.jsonl", "-m", "custom", "--trust-remote-code", "--no-progress"]) == 0
+    assert (folder / "RAN").read_text() == "custom code ran"
+
+
+def test_revision_of_a_local_folder_is_refused(workdir, capsys):
+    assert_one_line_error(*run_cli(["score", "pairs.jsonl", "-m", "model", "--revision", "v2"], capsys),
+                          r"revision='v2' selects a version of a Hub model, but model is a local folder")
+
+
+def test_a_tokenizer_larger_than_the_embeddings_is_refused(workdir, capsys):
+    from transformers import AutoTokenizer
+
+    bigger = AutoTokenizer.from_pretrained(workdir / "model")
+    bigger.add_tokens([f"<extra_{i}>" for i in range(8)])
+    bigger.save_pretrained(workdir / "bigger-tokenizer")
+    message = r"the tokenizer has 4104 tokens \(ids 0..4103\) but the model has embeddings for only 4096"
+    assert_one_line_error(*run_cli(["score", "pairs.jsonl", "-m", "model", "--tokenizer", "bigger-tokenizer"], capsys), message)
+    with pytest.raises(ChesError, match=message):
+        ches.pairs([{"prompt": "Q:", "responses": [" a", " b"], "ratings": [1, 0]}], "model", bigger, progress=False)
+
+
+@pytest.mark.parametrize("damage", ["no added_tokens", "not json"])
+def test_a_damaged_tokenizer_file_is_named(damage, workdir, capsys):
+    path = workdir / "model" / "tokenizer.json"
+    if damage == "not json":
+        path.write_text("{not json")
+    else:
+        content = json.loads(path.read_text())
+        del content["added_tokens"]
+        path.write_text(json.dumps(content))
+    assert_one_line_error(*run_cli(["score", "pairs.jsonl", "-m", "model"], capsys),
+                          r"could not load a tokenizer from 'model' \(model/tokenizer.json is damaged: ")
+
+
+# ---------------------------------------------------------------- silent wrong results: the numbers
+def test_hidden_states_that_are_not_finite_are_marked_only_where_they_are(workdir, caplog):
+    import logging
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(workdir / "model")
+    counts = {}
+    for row in ROWS:
+        for token in set(tokenizer(row["chosen"])["input_ids"]):
+            counts[token] = counts.get(token, 0) + 1
+    rare = min((token for token, count in counts.items() if count == 1 and token > 10))
+    affected = [index for index, row in enumerate(ROWS) if rare in tokenizer(row["chosen"])["input_ids"]]
+    edit_weights(workdir / "model", lambda w: {**w, "model.embed_tokens.weight": torch.where(
+        torch.arange(4096)[:, None] == rare, w["model.embed_tokens.weight"] * 1e6, w["model.embed_tokens.weight"])})
+    fine = ches.score(ROWS, "model", progress=False, dtype="float32")  # 1e6 is a float32 number: all scored
+    assert all(reason is None for reason in fine["ches_skip"])
+    with caplog.at_level(logging.INFO, logger="ches"):
+        assert main(["score", "pairs.jsonl", "-m", "model", "--dtype", "float16", "-o", "half.parquet", "--no-progress"]) == 0
+    err = caplog.text
+    half = ches.inputs.load_data("half.parquet")
+    marked = [index for index, reason in enumerate(half["ches_skip"]) if reason]
+    assert marked == affected and all(math.isnan(half["ln_ches"][index]) for index in marked)
+    assert half["ches_skip"][marked[0]].startswith("hidden states are not finite (NaN or inf) in float16, whose largest "
+                                                   "number is 65504: try dtype='bfloat16' or 'float32'")
+    assert all(math.isfinite(half["ln_ches"][index]) for index in range(len(ROWS)) if index not in marked)
+    assert f"scored {len(ROWS) - len(marked)} of {len(ROWS)} rows" in err and "hidden states are not finite" in err
+    run = json.loads((workdir / "half.parquet.meta.json").read_text())["run"]
+    assert run["skipped"] == {"data": len(marked)} and run["dtype"] == "float16"
+    assert list(run["skip_reasons"]["data"].values()) == [len(marked)]
+
+
+def test_a_run_with_no_finite_hidden_state_fails_in_one_line(workdir, capsys):
+    import torch
+
+    edit_weights(workdir / "model", lambda w: {**w, "model.layers.1.mlp.down_proj.weight":
+                                               w["model.layers.1.mlp.down_proj.weight"].index_fill(0, torch.tensor([0]), float("nan"))})
+    before = digest(workdir)
+    assert_one_line_error(*run_cli(["score", "pairs.jsonl", "-m", "model", "-o", "s.parquet", "--save-embeddings",
+                                    "e.safetensors", "--no-progress"], capsys),
+                          r"nothing was scored: for every row that ran \(6\), hidden states are not finite \(NaN or inf\) "
+                          r"in float32: the model's weights or computation give NaN or inf")
+    assert digest(workdir) == before
+
+
+def test_an_empty_conversational_prompt_is_skipped_as_trl_refuses_it(workdir, tokenizer):
+    import copy
+
+    differ = {"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+              "rejected": [{"role": "user", "content": "Yo"}, {"role": "assistant", "content": "Go"}]}
+    shared = {"chosen": differ["chosen"], "rejected": [differ["chosen"][0], {"role": "assistant", "content": "Go"}]}
+    explicit = {"prompt": [], "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}
+    system = copy.deepcopy(tokenizer)  # a template that adds a system turn to every conversation
+    system.chat_template = ("{{ bos_token }}<|im_start|>system\nBe kind.<|im_end|>\n" + tokenizer.chat_template
+                            .removeprefix("{{ bos_token }}"))
+    for template in (tokenizer, system):
+        scored = ches.score([differ, shared], "model", template, progress=False)
+        assert scored["ches_skip"][0].startswith("conversational prompt has no messages") and scored["ches_skip"][1] is None
+        assert "TRL cannot train on it" in scored["ches_skip"][0] and math.isnan(scored["ches"][0])
+        assert ches.score([explicit], "model", template, progress=False)["ches_skip"][0].startswith(
+            "conversational prompt has no messages")
+    from transformers import AutoTokenizer  # the reason is TRL's: transformers refuses the empty conversation
+
+    with pytest.raises(ValueError, match="empty conversation"):
+        AutoTokenizer.from_pretrained(workdir / "model").apply_chat_template([], tokenize=True)
+
+
+# ---------------------------------------------------------------- options that cannot act, or disagree
+OPTION_CASES_20 = {
+    "chosen and rejected from one column": (lambda: ches.score(ROWS, "model", columns={"chosen": "chosen", "rejected": "chosen"}),
+                                            r"column 'chosen' would be read as both 'chosen' and 'rejected'"),
+    "chosen mapped onto rejected": (lambda: ches.score(ROWS, "model", columns={"chosen": "rejected"}),
+                                    r"column 'rejected' would be read as both 'chosen' and 'rejected'"),
+    "prompt from the chosen column": (lambda: ches.score(ROWS, "model", columns={"prompt": "chosen"}),
+                                      r"column 'chosen' would be read as both 'prompt' and 'chosen'"),
+    "dtype and torch_dtype disagree": (lambda: ches.score(ROWS, "model", dtype="float32", model_kwargs={"torch_dtype": "bfloat16"}),
+                                       r"dtype='float32' and model_kwargs\['torch_dtype'\]='bfloat16' disagree"),
+    "dtype twice in model_kwargs": (lambda: ches.score(ROWS, "model", model_kwargs={"dtype": "float16", "torch_dtype": "float32"}),
+                                    r"model_kwargs\['dtype'\]='float16' and model_kwargs\['torch_dtype'\]='float32' disagree"),
+    "dtype auto": (lambda: ches.score(ROWS, "model", model_kwargs={"dtype": "auto"}), r"model_kwargs\['dtype'\]='auto' is not supported"),
+    "options not options": (lambda: ches.score(ROWS, "model", options="fast"), r"options= must be a ches.ScoreOptions"),
+    "options dict misspelled": (lambda: ches.score(ROWS, "model", options={"max_lenght": 3}), r"unknown option 'max_lenght'"),
+    "options dict and keyword": (lambda: ches.score(ROWS, "model", options={"max_length": 3}, max_length=4),
+                                 r"max_length given both in options= and as keywords"),
+    "model_kwargs a string": (lambda: ches.score(ROWS, "model", model_kwargs="device_map=auto"),
+                              r"model_kwargs must be a dict of from_pretrained keywords.*got str 'device_map=auto'"),
+    "filter keep fraction": (lambda: ches.filter(_SCORED["rows"], keep=2.7), r"keep=2.7 must be a whole number of rows"),
+    "filter quantile True": (lambda: ches.filter(_SCORED["rows"], quantile=True), r"quantile=True must be a number"),
+    "filter quantile text": (lambda: ches.filter(_SCORED["rows"], quantile="0.5"), r"quantile='0.5' must be a number"),
+    "filter max_score nan": (lambda: ches.filter(_SCORED["rows"], max_score=float("nan")), r"max_score=nan must be a number"),
+    "filter window fraction": (lambda: ches.filter(_SCORED["rows"], around=0.5, window=2.5), r"window=2.5 must be a whole number"),
+    "rating_field on generic rows": (lambda: ches.pairs([{"prompt": "p", "responses": ["a", "b"], "ratings": [1, 0]}], "model",
+                                                        rating_field="fine-grained_score"),
+                                     r"rating_field='fine-grained_score' picks the rating field of raw UltraFeedback rows"),
+    "columns on UltraFeedback rows": (lambda: ches.pairs([{"instruction": "Q", "completions": [{"response": "a", "overall_score": 1}]}],
+                                                         "model", columns={"prompt": "instruction"}),
+                                      r"these are raw UltraFeedback rows \(instruction, completions\).*drop columns="),
+    "pairs roles from one column": (lambda: ches.pairs([{"prompt": "p", "responses": ["a", "b"], "ratings": [1, 0]}], "model",
+                                                       columns={"ratings": "responses"}),
+                                    r"column 'responses' would be read as both 'responses' and 'ratings'"),
+    "validate pool below n": (lambda: ches.validate(ROWS, "model", n=4, pool=1), r"pool=1 must hold at least the n=4 pairs"),
+    "validate lr inf": (lambda: ches.validate(ROWS, "model", n=4, learning_rate=float("inf")),
+                        r"learning_rate=inf must be > 0 and finite"),
+    "validate beta nan": (lambda: ches.validate(ROWS, "model", n=4, beta=float("nan")), r"beta=nan must be > 0 and finite"),
+    "validate seed negative": (lambda: ches.validate(ROWS, "model", n=4, seed=-1), r"seed=-1 must be an integer >= 0"),
+    "validate n fraction": (lambda: ches.validate(ROWS, "model", n=4.5), r"n=4.5 must be an integer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPTION_CASES_20))
+def test_options_that_cannot_act_or_disagree_are_refused_before_the_model(case, workdir, monkeypatch):
+    no_model_load(monkeypatch)
+    call, message = OPTION_CASES_20[case]
+    before = digest(workdir)
+    with pytest.raises(ChesError, match=message):
+        call()
+    assert digest(workdir) == before
+
+
+def test_validate_flags_that_cannot_act(workdir, capsys, monkeypatch):
+    no_model_load(monkeypatch)
+    for argv, message in [(["--pool", "1", "--n", "4"], r"pool=1 must hold at least the n=4 pairs"),
+                          (["--lr", "inf", "--n", "4"], r"learning_rate=inf must be > 0 and finite"),
+                          (["--seed", "-1", "--n", "4"], r"seed=-1 must be an integer >= 0")]:
+        assert_one_line_error(*run_cli(["validate", "pairs.jsonl", "-m", "model", *argv], capsys), message)
+
+
+def test_the_dtype_that_ran_is_the_dtype_recorded(workdir):
+    scored, info = ches.api.score_run(ROWS, "model", model_kwargs={"torch_dtype": "bfloat16"}, progress=False)
+    assert (info.dtype, info.options["dtype"], info.options["model_kwargs"]) == ("bfloat16", "bfloat16", {})
+    assert scored["ches"] != _SCORED["rows"]["ches"]  # it really ran in bfloat16
+    import torch
+
+    _, same = ches.api.score_run(ROWS, "model", dtype=torch.bfloat16, model_kwargs={"dtype": "bf16"}, progress=False)
+    assert same.dtype == "bfloat16"
+
+
+def test_a_verdict_needs_enough_pairs_for_an_interval():
+    from ches.validation import MIN_PAIRS_FOR_VERDICT, verdict
+
+    entry = {"spearman_total": -1.0, "spearman_total_ci95": (-1.0, -1.0)}
+    few = {"correlations": {"ln_ches": entry}, "summary": {"fraction_displaced": 0.0}, "rows": [{}] * 4}
+    assert verdict(few).startswith("verdict: no verdict on ln_ches: 4 probed pairs (Spearman -1.000, 95% CI [-1.00, -1.00]) "
+                                   "are too few for a confidence interval")
+    wide = dict(few, rows=[{}] * MIN_PAIRS_FOR_VERDICT, correlations={"ln_ches": {**entry, "spearman_total_ci95": (-1.0, -0.5)}})
+    assert "ranks displacement the wrong way" in verdict(wide)
+
+
+# ---------------------------------------------------------------- clear errors instead of raw exceptions
+def test_score_columns_of_the_wrong_type_name_file_and_column(workdir, capsys):
+    rows = _SCORED["rows"].to_list()
+    datasets.Dataset.from_list([dict(row, ln_ches=str(row["ln_ches"])) for row in rows]).to_parquet("text-scores.parquet")
+    datasets.Dataset.from_list([dict(row, ches_skip=0) for row in rows]).to_parquet("int-skips.parquet")
+    for argv, message in [(["filter", "text-scores.parquet", "--keep", "2"], r"text-scores.parquet: column 'ln_ches' holds string values, not numbers"),
+                          (["report", "text-scores.parquet", "-o", "r.html"], r"text-scores.parquet: column 'ln_ches' holds string"),
+                          (["filter", "int-skips.parquet", "--keep", "2"], r"int-skips.parquet: column 'ches_skip' holds int64 values, not text or None")]:
+        assert_one_line_error(*run_cli(argv, capsys), message)
+    with pytest.raises(ChesError, match=r"column 'ches_skip' holds int64 values"):
+        ches.summary("int-skips.parquet")
+
+
+def test_a_lone_surrogate_is_named_by_row_and_column(workdir, capsys):
+    (workdir / "bad.jsonl").write_text('{"chosen": "a", "rejected": "b"}\n{"chosen": "x \\ud800 y", "rejected": "b"}\n')
+    assert_one_line_error(*run_cli(["score", "bad.jsonl", "-m", "model"], capsys),
+                          r"bad.jsonl, row 1, column 'chosen': the text holds '\\ud800', which is not valid Unicode")
+    with pytest.raises(ChesError, match=r"data, row 0, column 'rejected'"):
+        ches.score([{"chosen": "a", "rejected": [{"role": "user", "content": "\ud800"}]}], "model")
+
+
+def test_numpy_numbers_are_numbers(workdir):
+    kept = ches.filter(_SCORED["rows"], quantile=np.float32(0.5))
+    assert kept.to_list() == ches.filter(_SCORED["rows"], quantile=0.5).to_list()
+    assert ches.filter(_SCORED["rows"], keep=np.int64(2)).to_list() == ches.filter(_SCORED["rows"], keep=2).to_list()
+
+
+def test_options_as_a_dict_are_read_as_keywords(workdir):
+    scored, info = ches.api.score_run(ROWS, "model", options={"max_length": 64, "layout": "padded"}, progress=False)
+    assert info.options["max_length"] == 64 and max(scored["chosen_tokens"]) <= 64
+
+
+# ---------------------------------------------------------------- ches pairs: no response dropped silently
+def short_context_model(workdir: Path) -> str:
+    """The bundled model, told its context is 48 tokens (only ches' checks read it)."""
+    folder = workdir / "short"
+    shutil.copytree(workdir / "model", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 48}))
+    return str(folder)
+
+
+LONG = " and then" * 40  # far beyond 48 tokens
+
+
+def test_an_unscorable_top_rated_response_skips_the_prompt_naming_it(workdir):
+    model = short_context_model(workdir)
+    rows = [{"prompt": "Q:", "responses": [LONG, " b", " c"], "ratings": [3, 2, 1]},
+            {"prompt": "Q:", "responses": [" a", LONG, " c"], "ratings": [3, 2, 1]},
+            {"prompt": "Q:", "responses": [" a", " b", LONG], "ratings": [3, 2, 1]},
+            {"prompt": "Q:", "responses": [LONG, " b", " c"], "ratings": [3, 3, 1]}]
+    built = ches.pairs(rows, model, progress=False)
+    assert [item.source_row for item in built.skipped] == [0]
+    assert built.skipped[0].reason.startswith("the top-rated response 0 (rating 3) could not be scored: ")
+    assert "longer than the model's context (48); pass max_length" in built.skipped[0].reason
+    assert built.dataset["source_row"] == [1, 2, 3] and built.dataset["chosen_index"] == [0, 0, 1]
+    assert built.dataset["unscored_responses"] == [[1], [2], [0]]  # said in the output of every pair it touched
+    assert [(item.source_row, item.response) for item in built.unscored] == [(0, 0), (1, 1), (2, 2), (3, 0)]
+    worst = ches.pairs(rows, model, rule="max_margin", progress=False)  # the lowest-rated one is needed too
+    assert {item.source_row: item.reason.split(" could")[0] for item in worst.skipped} == {
+        0: "the top-rated response 0 (rating 3)", 2: "the lowest-rated response 2 (rating 1)"}
+    every = ches.pairs(rows, model, rule="all_min_ches", progress=False)  # searches every pair: nothing needed
+    assert not every.skipped and every.dataset["unscored_responses"] == [[0], [1], [2], [0]]
+
+
+def test_a_response_whose_hidden_states_are_not_finite_is_listed_not_paired(workdir):
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(workdir / "model")
+    blown = tokenizer(" zebra")["input_ids"][-1]
+    edit_weights(workdir / "model", lambda w: {**w, "model.embed_tokens.weight": torch.where(
+        torch.arange(4096)[:, None] == blown, w["model.embed_tokens.weight"] * 1e6, w["model.embed_tokens.weight"])})
+    rows = [{"prompt": "Q:", "responses": [" yes", " a zebra", " no"], "ratings": [3, 2, 1]},
+            {"prompt": "Q:", "responses": [" a zebra", " yes", " no"], "ratings": [3, 2, 1]}]
+    built = ches.pairs(rows, "model", dtype="float16", progress=False)
+    assert built.dataset["source_row"] == [0] and built.dataset["rejected"] == [" no"]
+    assert built.dataset["unscored_responses"] == [[1]] and built.skipped[0].source_row == 1
+    assert "could not be scored: hidden states are not finite (NaN or inf) in float16" in built.skipped[0].reason
+    assert [(item.source_row, item.response) for item in built.unscored] == [(0, 1), (1, 0)]
+    assert not ches.pairs(rows, "model", dtype="float32", progress=False).unscored  # a float32 number: scored
+
+
+def test_pairs_cli_lists_unscored_responses(workdir, capsys):
+    model = short_context_model(workdir)
+    rows = [{"prompt": "Q:", "responses": [" a", LONG, " c"], "ratings": [3, 2, 1]}]
+    (workdir / "cands.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    assert main(["pairs", "cands.jsonl", "-m", model, "-o", "built.jsonl", "--no-progress"]) == 0
+    assert "1 responses could not be scored" in capsys.readouterr().out
+    meta = json.loads((workdir / "built.jsonl.meta.json").read_text())
+    assert meta["unscored_responses"][0]["response"] == 1 and "context (48)" in meta["unscored_responses"][0]["reason"]
+    assert json.loads((workdir / "built.jsonl").read_text())["unscored_responses"] == [1]
+
+
+# ---------------------------------------------------------------- ends: a full disk, SIGTERM
+def test_a_full_disk_while_assembling_embeddings_is_one_line_and_leaves_nothing(workdir, capsys, monkeypatch):
+    import errno
+    import os
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    before = digest(workdir)
+    assert_one_line_error(*run_cli(["score", "pairs.jsonl", "-m", "model", "--save-embeddings", "e.safetensors",
+                                    "--cache-dir", "cache", "-o", "s.parquet", "--no-progress"], capsys),
+                          r"no space left on the device: No space left on device; nothing half-written was left")
+    assert {name: value for name, value in digest(workdir).items() if not name.startswith("cache/")} == before
+    assert not [path for path in workdir.iterdir() if path.name.startswith(".")]
+
+
+def test_too_little_space_for_the_embeddings_is_found_before_the_run(workdir, capsys, monkeypatch):
+    import collections
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    before = digest(workdir)
+    assert_one_line_error(*run_cli(["score", "pairs.jsonl", "-m", "model", "--save-embeddings", "e.safetensors"], capsys),
+                          r"e.safetensors: the embeddings of 6 rows need about 0.0 MiB while they are written .* has 0.0 MiB free")
+    assert digest(workdir) == before
+
+
+def test_sigterm_ends_in_one_line_and_removes_the_staging_folder(workdir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    persona = PERSONA.read_text().splitlines()
+    (workdir / "many.jsonl").write_text("\n".join(persona * 4) + "\n")
+    columns = ",".join(f"{role}={name}" for role, name in PERSONA_COLUMNS.items())
+    before = digest(workdir)
+    process = subprocess.Popen([sys.executable, "-m", "ches", "score", "many.jsonl", "-m", "model", "--columns", columns,
+                                "--save-embeddings", "e.safetensors", "-o", "s.parquet", "--threads", "1", "--no-progress"],
+                               cwd=workdir, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    staging = workdir / ".e.safetensors.parts"
+    deadline = time.time() + 120
+    while not list(staging.glob("part-*")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read()
+    process.send_signal(signal.SIGTERM)
+    err = process.communicate(timeout=120)[1]
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("ches: ")]
+    assert process.returncode == 143 and lines == [
+        "ches: terminated (SIGTERM); outputs are written atomically, so nothing half-written was left"], err
+    assert digest(workdir) == before and not staging.exists()
