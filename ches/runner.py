@@ -15,6 +15,7 @@ exchange their rows' numbers, so every process returns all of them.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import logging
 import queue
@@ -396,6 +397,13 @@ def run_sequences(sequences: Sequence[TokenSequence], groups: Sequence[Sequence[
     model). ``groups`` are the indices of sequences that share a prompt: written once in the
     ``prefix_shared`` layout (any number per group), run through one KV cache in ``shared_prompt``
     (``(chosen, rejected)`` pairs only); the other layouts run every sequence on its own."""
+    result = _run_sequences(sequences, groups, loaded, layout=layout, batch_tokens=batch_tokens, on_done=on_done)
+    return _rerun_nonfinite_alone(sequences, result, loaded, layout=layout, batch_tokens=batch_tokens)
+
+
+def _run_sequences(sequences: Sequence[TokenSequence], groups: Sequence[Sequence[int]], loaded: LoadedModel, *,
+                   layout: LayoutChoice, batch_tokens: int,
+                   on_done: Callable[[list[int]], None] | None = None) -> HiddenSums:
     if layout.layout == "shared_prompt":
         return shared_prompt_sums(loaded.body, sequences, groups=groups, hidden_size=loaded.hidden_size,
                                   device=loaded.device, on_done=on_done)
@@ -406,6 +414,25 @@ def run_sequences(sequences: Sequence[TokenSequence], groups: Sequence[Sequence[
                        device=loaded.device, pad_id=pad_id, pad_multiple=64 if loaded.device.type == "cuda" else 1,
                        packing=layout.layout in ("packed", "prefix_shared"), one_row=layout.padding_free,
                        groups=groups if layout.layout == "prefix_shared" else None, on_done=on_done)
+
+
+def _rerun_nonfinite_alone(sequences: Sequence[TokenSequence], result: HiddenSums, loaded: LoadedModel, *,
+                           layout: LayoutChoice, batch_tokens: int) -> HiddenSums:
+    """Sums that are not finite, computed again one sequence at a time, where other sequences share their
+    pass: an infinite activation times an attention weight of zero is NaN, so a masked kernel, or a prompt
+    shared with a completion that overflows, can carry one sequence's overflow into its neighbours. Only the
+    sequences that overflow themselves stay non-finite (a finite sum is never changed: a neighbour's overflow
+    only ever adds NaN). When no sequence is finite (NaN weights) the cause is the model: nothing runs again."""
+    finite = torch.isfinite(result.sums).all(-1) & torch.isfinite(result.last).all(-1)
+    if bool(finite.all()) or not bool(finite.any()) or layout.layout == "padded":
+        return result
+    sums, last = result.sums.clone(), result.last.clone()
+    if layout.layout == "shared_prompt":  # it runs pairs only; alone, a sequence is its own padded row
+        layout = dataclasses.replace(layout, layout="padded", padding_free=False)
+    for index in torch.nonzero(~finite).reshape(-1).tolist():
+        alone = _run_sequences([sequences[index]], [[0]], loaded, layout=layout, batch_tokens=batch_tokens)
+        sums[index], last[index] = alone.sums[0], alone.last[0]
+    return HiddenSums(sums, last)
 
 
 def pair_scores(pairs: Sequence[SequencePair], sums: SideSums) -> dict[str, torch.Tensor]:

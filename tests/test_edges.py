@@ -793,6 +793,9 @@ def test_hidden_states_that_are_not_finite_are_marked_only_where_they_are(workdi
     run = json.loads((workdir / "half.parquet.meta.json").read_text())["run"]
     assert run["skipped"] == {"data": len(marked)} and run["dtype"] == "float16"
     assert list(run["skip_reasons"]["data"].values()) == [len(marked)]
+    for layout in ("prefix_shared", "packed", "padded", "shared_prompt"):  # an overflow never spreads to other rows
+        again = ches.score(ROWS, "model", dtype="float16", layout=layout, progress=False)
+        assert [index for index, reason in enumerate(again["ches_skip"]) if reason] == marked, layout
 
 
 def test_a_run_with_no_finite_hidden_state_fails_in_one_line(workdir, capsys):
