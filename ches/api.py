@@ -23,11 +23,12 @@ from .embeddings import EmbeddingWriter, embedding_file
 from .export import check_apart_from_inputs, check_output
 from .inputs import Data, load_data, read_columns
 from .layouts import resolve_layout
-from .models import default_batch_tokens, describe_model, load_model, model_paths, torch_threads
+from .models import default_batch_tokens, describe_model, load_model, model_paths
 from .options import RunInfo, ScoreOptions, signature_with_options
 from .quiet import library_bars_off
 from .runner import read_rows, sample_work, score_rows
 from .stats import skip_reasons
+from .threads import set_threads, torch_threads
 
 
 def score(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = None,
@@ -92,6 +93,7 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
     if device is None and process.world > 1 and not isinstance(model, torch.nn.Module):
         device = process.device()
     loaded = load_model(model, tokenizer, dtype=options.dtype, device=device, model_kwargs=options.model_kwargs)
+    threads = set_threads(loaded.model, explicit=options.num_threads, device=loaded.device)
     budget = options.batch_tokens or default_batch_tokens(loaded)
     sample = sample_work(list(sources.values()), loaded, max_length=options.max_length)
     with contextlib.ExitStack() as scope:  # an attention kernel switched for packed rows is restored on exit
@@ -100,7 +102,7 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
             loaded = dataclasses.replace(loaded, body=torch.compile(loaded.body, dynamic=True))
         info = RunInfo(
             **describe_model(loaded), batch_tokens=budget, layout=layout.layout, layout_reason=layout.reason,
-            processes=process.world, threads=torch.get_num_threads(), options=options.as_dict(),
+            processes=process.world, threads=threads.count, threads_reason=threads.reason, options=options.as_dict(),
             dataset_fingerprints={_key(name): getattr(part, "_fingerprint", "") for name, part in parts.items()},
             started=started,
         )

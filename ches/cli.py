@@ -81,7 +81,8 @@ def _filter_command(filter_: argparse.ArgumentParser) -> None:
 def _validate_command(validate: argparse.ArgumentParser) -> None:
     validate.add_argument("data", metavar="DATA", help="preference data (as for 'ches score')")
     _model_flags(validate, required=True)
-    _option_flags(validate, ("split", "device", "dtype", "max_length", "progress"), defaults={"dtype": "float32", "max_length": 512})
+    _option_flags(validate, ("split", "device", "dtype", "max_length", "num_threads", "progress"),
+                  defaults={"dtype": "float32", "max_length": 512})
     validate.add_argument("--n", type=int, default=64, help="pairs probed, spread over the CHES range (default 64)")
     validate.add_argument("--steps", type=int, default=5, help="DPO steps per probe (default 5)")
     validate.add_argument("--lr", type=float, default=1e-6, help="RMSprop learning rate (default 1e-6)")
@@ -324,7 +325,8 @@ def run_validate(args) -> Outcome:
     _check_outputs(args, dataset=False, suffixes=(".json",))
     result = validate(args.data, args.model, args.tokenizer, n=args.n, steps=args.steps, learning_rate=args.lr,
                       beta=args.beta, max_length=args.max_length, pool=args.pool, split=args.split,
-                      device=args.device, dtype=args.dtype, seed=args.seed, progress=args.progress)
+                      device=args.device, dtype=args.dtype, seed=args.seed, progress=args.progress,
+                      num_threads=args.num_threads)
     print(format_table(result))
     if args.output:
         return Outcome({"settings": result["settings"]}, written=write_json(args.output, result))

@@ -420,15 +420,3 @@ def max_positions(model: torch.nn.Module) -> int | None:
     """The model's context length from its config (``max_position_embeddings``), if it states one."""
     value = getattr(text_config(model), "max_position_embeddings", None)
     return value if isinstance(value, int) and value > 0 else None
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """torch's CPU threads set to ``count`` inside the block (``None``: left as they are), restored after."""
-    previous = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

@@ -79,7 +79,9 @@ class ScoreOptions:
             2-core CPU after a warm-up that compiles (tens of seconds); on an H200 it ran 2.8x slower
             before the padding-free kernel became one graph-friendly operator, not re-measured since
             (docs/performance.md).
-        num_threads: CPU threads for the call (restored afterwards); default: torch's.
+        num_threads: CPU threads for the call (restored afterwards); default: one per core that other work
+            leaves free, one for a model too small to use more (:mod:`ches.threads`; the choice and its
+            reason are recorded).
         cache_dir: keep finished chunks here; re-running the same call after a crash resumes.
         save_embeddings: also write ``S+``, ``S-`` and the last hidden states per row to this
             safetensors file (``name.SPLIT.safetensors`` per split of a ``DatasetDict``).
@@ -103,7 +105,8 @@ class ScoreOptions:
                                       "lengths, probed on the model; see docs/performance.md)", choices=LAYOUTS,
                                  numbers=True)
     compile: bool = _option(False, help="torch.compile the decoder body (about 10 percent faster on CPU after compiling; GPU: docs/performance.md)", type=bool)
-    num_threads: int | None = _option(help="CPU threads (default: one per core; fewer on a busy machine)", type=int,
+    num_threads: int | None = _option(help="CPU threads (default: one per free core, measured at the start; one for a "
+                                           "tiny model)", type=int,
                                       flag="--threads")
     cache_dir: str | os.PathLike | None = _option(help="keep finished work here; re-running resumes after a crash",
                                                   type=Path)
@@ -116,7 +119,7 @@ class ScoreOptions:
     def __post_init__(self) -> None:
         _positive("max_length", self.max_length, minimum=2, none="no truncation")
         _positive("batch_tokens", self.batch_tokens, minimum=1, none="an automatic size")
-        _positive("num_threads", self.num_threads, minimum=1, none="torch's default")
+        _positive("num_threads", self.num_threads, minimum=1, none="one per free core")
         if self.layout is not None and self.layout not in LAYOUTS:
             raise ChesError(f"layout={self.layout!r} is not one of {sorted(LAYOUTS)} (or None to choose by estimated cost).")
         if not isinstance(self.model_kwargs, dict):
@@ -285,6 +288,7 @@ class RunInfo:
     threads: int
     options: dict[str, Any]
     dataset_fingerprints: dict[str, str]
+    threads_reason: str = ""
     rows: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     skip_reasons: dict[str, dict[str, int]] = field(default_factory=dict)

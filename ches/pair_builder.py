@@ -34,12 +34,13 @@ from .errors import ChesError
 from .formats import Pair, pair_problem
 from .inputs import Data, check_distinct_roles, load_data
 from .layouts import LayoutChoice, resolve_layout
-from .models import default_batch_tokens, describe_model, load_model, max_positions, torch_threads
+from .models import default_batch_tokens, describe_model, load_model, max_positions
 from .options import PAIR_SCORE_OPTIONS, PairOptions, ScoreOptions, pair_score_options, signature_with_options
 from .pairing import allowed_pairs, no_pair_reason, pair_matrices, select
 from .quiet import library_bars_off
 from .runner import nonfinite_reason, progress_bar, run_sequences
 from .scores import edit_distance
+from .threads import set_threads, torch_threads
 from .tokens import Skip, TokenizedPair, TokenSequence, tokenize_pairs
 
 logger = logging.getLogger("ches")
@@ -187,6 +188,7 @@ def _pairs(data: Data, model, tokenizer, rules: PairOptions, scoring: ScoreOptio
         raise ChesError(f"the data has splits {sorted(dataset)}; pass split= (--split).")
     rows = candidate_rows(dataset, columns, rating_field)
     loaded = load_model(model, tokenizer, dtype=scoring.dtype, device=scoring.device, model_kwargs=scoring.model_kwargs)
+    threads = set_threads(loaded.model, explicit=scoring.num_threads, device=loaded.device)
     plans, skipped = plan_prompts(rows, loaded, scoring.max_length)
     budget = scoring.batch_tokens or default_batch_tokens(loaded)
     with contextlib.ExitStack() as scope:  # an attention kernel switched for packed rows is restored on exit
@@ -197,7 +199,7 @@ def _pairs(data: Data, model, tokenizer, rules: PairOptions, scoring: ScoreOptio
     reasons = Counter(item.reason for item in skipped)
     given = scoring.as_dict()
     info = {**describe_model(loaded), "batch_tokens": budget, "layout": choice.layout, "layout_reason": choice.reason,
-            "threads": torch.get_num_threads(),
+            "threads": threads.count, "threads_reason": threads.reason,
             "options": {**{name: given[name] for name in PAIR_SCORE_OPTIONS}, **asdict(rules)},
             "schema": schema(dataset.column_names, columns), "columns": dict(columns or {}),
             "rating_field": rating_field, "rows": len(rows), "pairs": len(built["source_row"]),

@@ -21,6 +21,7 @@ from .models import load_model
 from .probes import DPOProbe
 from .select import similarity
 from .stats import bootstrap_interval, partial_spearman, pearson, spearman
+from .threads import set_threads, torch_threads
 from .tokens import SequencePair, Skip, to_sequences, tokenize_pairs
 
 
@@ -68,6 +69,7 @@ def validate(
     seed: int = 0,
     resamples: int = 1000,
     progress: bool = True,
+    num_threads: int | None = None,
 ) -> dict:
     """Single-pair DPO probes on ``n`` pairs across the CHES range; correlations with displacement.
 
@@ -80,14 +82,25 @@ def validate(
             are noisy).
         seed: which pool rows are drawn; also seeds the bootstrap.
         resamples: bootstrap resamples for the 95 % intervals.
+        num_threads: CPU threads (default: chosen as for :func:`ches.score`, :mod:`ches.threads`).
 
     Returns:
         ``{"settings", "rows": [per-pair results], "correlations": {measure: {...}}, "summary"}``;
         ``displacement`` is the drop of ``log pi(y+|x)`` (positive: the preferred response lost
         probability), ``measure`` values are sign-adjusted so that higher = more similar.
     """
-    started = time.time()
     _check_settings(n=n, steps=steps, learning_rate=learning_rate, beta=beta, resamples=resamples, pool=pool, seed=seed)
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1):
+        raise ChesError(f"num_threads={num_threads!r} must be a positive integer (or None for one per free core).")
+    with torch_threads(num_threads):
+        return _validate(data, model, tokenizer, n=n, steps=steps, learning_rate=learning_rate, beta=beta,
+                         max_length=max_length, pool=pool, split=split, device=device, dtype=dtype, seed=seed,
+                         resamples=resamples, progress=progress, num_threads=num_threads)
+
+
+def _validate(data, model, tokenizer, *, n, steps, learning_rate, beta, max_length, pool, split, device, dtype, seed,
+              resamples, progress, num_threads) -> dict:
+    started = time.time()
     dataset = load_data(data, split)
     if hasattr(dataset, "keys"):
         raise ChesError(f"data has splits {sorted(dataset)}; pass split=.")
@@ -100,7 +113,9 @@ def validate(
     pool_rows = np.sort(generator.choice(len(dataset), size=size, replace=False))
     candidates = dataset.select(pool_rows)
     loaded = load_model(model, tokenizer, dtype=dtype, device=device)
-    scored, _ = score_run(candidates, loaded.model, loaded.tokenizer, max_length=max_length, progress=progress)
+    threads = set_threads(loaded.model, explicit=num_threads, device=loaded.device)
+    scored, _ = score_run(candidates, loaded.model, loaded.tokenizer, max_length=max_length, progress=progress,
+                          num_threads=threads.count)
     usable = np.flatnonzero([reason is None for reason in column(scored, "ches_skip")])
     if len(usable) < n:
         raise ChesError(f"only {len(usable)} of the {size} pooled rows could be scored; lower n or raise max_length.")
@@ -118,7 +133,8 @@ def validate(
     result = {
         "settings": {"model": loaded.name, "n": n, "steps": steps, "learning_rate": learning_rate, "beta": beta,
                      "max_length": max_length, "pool": size, "seed": seed, "dtype": str(loaded.dtype),
-                     "device": str(loaded.device), "optimizer": "RMSprop", "seconds": time.time() - started},
+                     "device": str(loaded.device), "optimizer": "RMSprop", "threads": threads.count,
+                     "threads_reason": threads.reason, "seconds": time.time() - started},
         "rows": [{"row": int(pool_rows[row]), "displacement": float(d), "chosen_change": float(c[0]),
                   "rejected_change": float(c[1]), **{name: float(measures[name][i]) for name in MEASURES},
                   "chosen_tokens": int(chosen_tokens[i]), "rejected_tokens": int(rejected_tokens[i])}

@@ -13,6 +13,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The tests' own tensor work (reference forwards, DPO probes) is on models a few thousand weights wide: one
+# thread runs it fastest, and it never waits for a core another process holds (docs/performance.md#cpu-threads).
+torch.set_num_threads(int(os.environ.get("CHES_TEST_THREADS", "1")))
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "examples" / "tiny-hh-model"
