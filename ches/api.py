@@ -87,7 +87,7 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
     for target in embedding_files.values():  # before the model is loaded: nothing existing is replaced unasked
         check_output(target, overwrite=options.overwrite, suffixes=(".safetensors",), inputs=inputs)
     if options.cache_dir is not None:
-        check_apart_from_inputs(options.cache_dir, inputs)
+        check_apart_from_inputs(options.cache_dir, inputs, may_hold_inputs=True)
     process = Process.current()
     device = options.device
     if device is None and process.world > 1 and not isinstance(model, torch.nn.Module):

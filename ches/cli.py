@@ -304,10 +304,9 @@ def run_filter(args) -> Outcome:
 
 
 def run_report(args) -> Outcome:
+    from .columns import check_score_columns
     from .inputs import load_data
     from .report import write_report
-
-    from .columns import check_score_columns
 
     _check_outputs(args, dataset=False, suffixes=(".html", ".htm"))
     data = load_data(args.data, args.split)

@@ -113,10 +113,12 @@ def check_output(output: str | os.PathLike, *, overwrite: bool = False, folder: 
     return output
 
 
-def check_apart_from_inputs(output: str | os.PathLike, inputs: tuple[str | os.PathLike | None, ...]) -> None:
-    """Refuse an output that is an input, holds one, or lies inside an input folder (a model's or tokenizer's
-    folder, a ``save_to_disk`` data folder): ches never writes onto what it reads, ``--overwrite`` or not.
-    Inputs that are not local paths (Hub ids, ``None``) are skipped.
+def check_apart_from_inputs(output: str | os.PathLike, inputs: tuple[str | os.PathLike | None, ...], *,
+                            may_hold_inputs: bool = False) -> None:
+    """Refuse an output that is an input, holds one (unless ``may_hold_inputs``: a cache folder only adds a
+    subfolder of its own), or lies inside an input folder (a model's or tokenizer's folder, a
+    ``save_to_disk`` data folder): ches never writes onto what it reads, ``--overwrite`` or not. Inputs that
+    are not local paths (Hub ids, ``None``) are skipped.
 
     >>> import tempfile, pathlib
     >>> model = pathlib.Path(tempfile.mkdtemp())
@@ -130,7 +132,7 @@ def check_apart_from_inputs(output: str | os.PathLike, inputs: tuple[str | os.Pa
         if source is None or not os.path.exists(os.path.expanduser(str(source))):
             continue
         source_path = Path(os.path.expanduser(str(source))).resolve()
-        if resolved == source_path or resolved in source_path.parents:
+        if resolved == source_path or (resolved in source_path.parents and not may_hold_inputs):
             raise ChesError(f"{output} would replace the input {source}; choose another output path.")
         if source_path.is_dir() and source_path in resolved.parents:
             raise ChesError(f"{output} lies inside the input folder {source}; ches never writes into a folder it "

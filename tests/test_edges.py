@@ -648,6 +648,10 @@ def test_nothing_is_written_into_the_model_or_tokenizer_folder(workdir, capsys, 
         with pytest.raises(ChesError, match=r"inside the input folder"):
             call()
     assert digest(workdir) == before
+    monkeypatch.undo()  # the model may load now
+    ches.score(ROWS, str(workdir / "model"), cache_dir=str(workdir), progress=False)  # a cache beside the model: fine
+    after = digest(workdir)
+    assert all(after[name] == value for name, value in before.items())  # only the cache's own folder was added
 
 
 def test_a_single_file_output_for_split_data_is_refused_before_the_model(workdir, capsys, monkeypatch):
