@@ -1,6 +1,6 @@
 """CPU threads on a quiet and on a busy machine: ches' default thread count against every explicit one.
 
-    python benchmarks/threads.py                  # the table of docs/performance.md#cpu-threads (about 15 minutes on 2 cores)
+    python benchmarks/threads.py                  # the table of docs/performance.md#cpu-threads (about 35 minutes on 2 cores)
     python benchmarks/threads.py --quick          # a smoke run (a minute): small counts, one repeat
     python benchmarks/threads.py --env OMP_WAIT_POLICY=PASSIVE --entries score --output /tmp/passive.json
 
