@@ -121,16 +121,16 @@ def timed(work, device: str, repeats: int):
 
 class EngineClock:
     """Seconds spent inside the engine (the decoder passes, synchronized), summed over calls: wraps the
-    runner's engine entry points so the device's share of a ``ches.score`` call can be told apart from
+    layouts' engine entry points so the device's share of a ``ches.score`` call can be told apart from
     host work (tokenization, edit distances, building the dataset)."""
 
     def __init__(self, device: str):
-        import ches.runner as runner
+        import ches.layouts as layouts
 
-        self.seconds, self.device, self.runner = 0.0, device, runner
-        self.originals = {name: getattr(runner, name) for name in ("hidden_sums", "shared_prompt_sums")}
+        self.seconds, self.device = 0.0, device
+        self.originals = {name: getattr(layouts, name) for name in ("hidden_sums", "shared_prompt_sums")}
         for name, function in self.originals.items():
-            setattr(runner, name, self.timed(function))
+            setattr(layouts, name, self.timed(function))
 
     def timed(self, function):
         def wrapper(*args, **kwargs):

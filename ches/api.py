@@ -7,10 +7,7 @@ token sequences and the per-pair pipeline (:mod:`ches.runner`) -> decoder passes
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
-import time
 from typing import Any
 
 import datasets
@@ -18,17 +15,16 @@ import torch
 
 from .cache import open_cache
 from .columns import SCORE_COLUMNS, add_score_columns, check_output_columns
-from .distributed import Process
 from .embeddings import EmbeddingWriter, embedding_file
 from .export import check_apart_from_inputs, check_output
 from .inputs import Data, load_data, read_columns
-from .layouts import resolve_layout
-from .models import default_batch_tokens, describe_model, load_model, model_paths
-from .options import RunInfo, ScoreOptions, signature_with_options
+from .models import model_paths
+from .options import ScoreOptions, signature_with_options
 from .quiet import library_bars_off
 from .runner import read_rows, sample_work, score_rows
+from .runs import RunInfo, now, prepared
 from .stats import skip_reasons
-from .threads import set_threads, torch_threads
+from .threads import torch_threads
 
 
 def score(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = None,
@@ -69,14 +65,14 @@ def score(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = N
 
 def score_run(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = None,
               **kwargs: Any) -> tuple[datasets.Dataset | datasets.DatasetDict, RunInfo]:
-    """:func:`score`, also returning the :class:`~ches.options.RunInfo` of the run."""
+    """:func:`score`, also returning the :class:`~ches.runs.RunInfo` of the run."""
     options = ScoreOptions.from_kwargs(options, **kwargs)
     with torch_threads(options.num_threads), library_bars_off():  # one bar, ches' own, or none
         return _score_run(data, model, tokenizer, options)
 
 
 def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
-    started = _now()
+    started = now()
     dataset = load_data(data, options.split)
     parts = dataset if isinstance(dataset, datasets.DatasetDict) else {None: dataset}
     for name, part in parts.items():  # no column of the user's is overwritten by the scores
@@ -88,39 +84,27 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
         check_output(target, overwrite=options.overwrite, suffixes=(".safetensors",), inputs=inputs)
     if options.cache_dir is not None:
         check_apart_from_inputs(options.cache_dir, inputs, may_hold_inputs=True)
-    process = Process.current()
-    device = options.device
-    if device is None and process.world > 1 and not isinstance(model, torch.nn.Module):
-        device = process.device()
-    loaded = load_model(model, tokenizer, dtype=options.dtype, device=device, model_kwargs=options.model_kwargs)
-    threads = set_threads(loaded.model, explicit=options.num_threads, device=loaded.device)
-    budget = options.batch_tokens or default_batch_tokens(loaded)
-    sample = sample_work(list(sources.values()), loaded, max_length=options.max_length)
-    with contextlib.ExitStack() as scope:  # an attention kernel switched for packed rows is restored on exit
-        layout = resolve_layout(options.layout, loaded, sample, budget, scope)
-        if options.compile:  # after the layout probes, so their tiny shapes are not compiled
-            loaded = dataclasses.replace(loaded, body=torch.compile(loaded.body, dynamic=True))
-        info = RunInfo(
-            **describe_model(loaded), batch_tokens=budget, layout=layout.layout, layout_reason=layout.reason,
-            processes=process.world, threads=threads.count, threads_reason=threads.reason, options=options.as_dict(),
-            dataset_fingerprints={_key(name): getattr(part, "_fingerprint", "") for name, part in parts.items()},
-            started=started,
-        )
+    with prepared(model, tokenizer, options, started=started,
+                  work=lambda loaded: sample_work(list(sources.values()), loaded, max_length=options.max_length)) as setup:
+        loaded, layout = setup.loaded, setup.layout
+        info = RunInfo(**setup.record(), options=options.as_dict(),
+                       dataset_fingerprints={_key(name): getattr(part, "_fingerprint", "") for name, part in parts.items()})
         cache = open_cache(options.cache_dir, loaded, layout.layout) if options.cache_dir else None
         results = {}
         for name, part in parts.items():
             writer = EmbeddingWriter(embedding_files[name], loaded.hidden_size,
                                      {"model": info.model, "split": _key(name), **_versions()},
                                      rows=len(part)) if embedding_files else None
-            rows = score_rows(sources[name], loaded, layout=layout, batch_tokens=budget, max_length=options.max_length,
-                              progress=options.progress, cache=cache, embeddings=writer, process=process)
+            rows = score_rows(sources[name], loaded, layout=layout, batch_tokens=setup.batch_tokens,
+                              max_length=options.max_length, progress=options.progress, cache=cache, embeddings=writer,
+                              process=setup.process)
             results[name] = add_score_columns(part, rows.columns)
             key = _key(name)
             info.rows[key] = len(part)
             info.skip_reasons[key] = dict(skip_reasons(rows.columns["ches_skip"]).most_common())
             info.skipped[key] = sum(info.skip_reasons[key].values())
             info.prompt_cut[key] = rows.prompt_cut
-    info.finished = _now()
+    info.finished = now()
     output = datasets.DatasetDict(results) if isinstance(dataset, datasets.DatasetDict) else results[None]
     return output, info
 
@@ -134,10 +118,6 @@ def _where(data: Data, split_name: str | None) -> str:
 def _key(split_name: str | None) -> str:
     """How a split is named in :class:`RunInfo`: its name, or ``"data"`` for a dataset without splits."""
     return "data" if split_name is None else split_name
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def _versions() -> dict[str, str]:

@@ -227,13 +227,13 @@ def _parameters(function) -> frozenset[str]:
     return frozenset(inspect.signature(function).parameters)
 
 
-def _varlen_options(parameters, scaling: float | None, head_dim: int, grouped: bool) -> dict:
+def _varlen_options(parameters, scaling: float, head_dim: int, grouped: bool) -> dict:
     """Keyword arguments for this torch's ``varlen_attn``: causal masking was ``is_causal=True`` in
     torch 2.10 and is ``window_size=(-1, 0)`` after; ``scale`` and ``enable_gqa`` came later."""
     options = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
     if "scale" in parameters:
         options["scale"] = scaling
-    elif scaling is not None and abs(scaling - head_dim**-0.5) > 1e-6 * scaling:
+    elif abs(scaling - head_dim**-0.5) > 1e-6 * scaling:
         raise ValueError(f"this torch's varlen_attn has no scale argument; the model scales by {scaling}")
     if grouped and "enable_gqa" in parameters:
         options["enable_gqa"] = True

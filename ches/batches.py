@@ -69,6 +69,18 @@ class Batch:
             None if self.segments is None else self.segments.apply(move))
 
 
+CUDA_PAD_MULTIPLE = 64  # rows padded to a multiple of this on CUDA: fewer distinct shapes for its kernels
+
+
+def pad_multiple(device_type: str) -> int:
+    """What row lengths are padded to a multiple of on a device of this type.
+
+    >>> pad_multiple("cuda"), pad_multiple("cpu")
+    (64, 1)
+    """
+    return CUDA_PAD_MULTIPLE if device_type == "cuda" else 1
+
+
 def padded_length(length: int, multiple: int) -> int:
     """``length`` rounded up to a multiple of ``multiple``.
 

@@ -24,6 +24,7 @@ import torch
 
 from .errors import ChesError
 from .export import staged
+from .tokens import Skip
 
 logger = logging.getLogger("ches")
 
@@ -96,7 +97,7 @@ def chunk_key(plans) -> str:
     """
     digest = hashlib.sha256()
     for plan in plans:
-        if hasattr(plan, "reason"):
+        if isinstance(plan, Skip):
             digest.update(f"skip:{plan.reason}\0".encode())
             continue
         for sequence in plan:

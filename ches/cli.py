@@ -5,6 +5,7 @@
                 [--output FILE] [--no-scores]
     ches report SCORES --output report.html
     ches validate DATA --model M [--n 64] [--steps 5] [--lr 1e-6] [--beta 0.1] [--output results.json]
+    ches pairs  DATA --model M [--rule min_ches] [--measure ln_ches] [--output FILE]
 
 Every file written gets a ``<file>.meta.json`` sidecar. Errors print one line and exit with status 2.
 """

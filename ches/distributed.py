@@ -63,14 +63,6 @@ class Process:
                 mine.append(index)
         return sorted(mine)
 
-    def block(self, count: int) -> tuple[int, int]:
-        """``[begin, end)`` of this rank's contiguous block of ``count`` items (blocks differ by at most one).
-
-        >>> [Process(rank, 3).block(10) for rank in range(3)]
-        [(0, 3), (3, 6), (6, 10)]
-        """
-        return count * self.rank // self.world, count * (self.rank + 1) // self.world
-
     def fail_together(self, error: Exception | None) -> None:
         """Call at the same point on every process: raises ``error`` where it happened and, on the other
         processes, a :class:`~ches.errors.ChesError` saying what failed where (the same message, for a

@@ -1,6 +1,7 @@
 """Per-row hidden-state sums on disk, as safetensors (tensors and string metadata only; never pickles).
 
-A file written by :func:`save_embeddings` holds, for N rows and hidden width H:
+A file written by :class:`EmbeddingWriter` (``ches.score(..., save_embeddings=...)``) holds, for N rows and
+hidden width H:
 
 - ``row_index`` ``[N]`` int64: the row's position in the scored dataset,
 - ``chosen_sum``, ``rejected_sum`` ``[N, H]`` float32: ``S+`` and ``S-``,
@@ -22,29 +23,14 @@ TENSORS = ("row_index", "chosen_sum", "rejected_sum", "chosen_last", "rejected_l
            "rejected_tokens")
 
 
-def save_embeddings(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Write ``tensors`` (the keys in ``TENSORS``) and ``metadata`` atomically to a safetensors file."""
-    from safetensors.torch import save_file
-
-    from .export import staged
-
-    missing = [name for name in TENSORS if name not in tensors]
-    if missing:
-        raise ValueError(f"save_embeddings needs tensors {missing}")
-    path = Path(path)
-    with staged(path) as temporary:
-        save_file({name: tensors[name].contiguous() for name in TENSORS}, str(temporary),
-                  metadata={key: str(value) for key, value in metadata.items()})
-    return path
-
-
 def load_embeddings(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a file written by :func:`save_embeddings`: ``(tensors, metadata)``.
+    """Read a file written by ``ches.score(..., save_embeddings=path)``: ``(tensors, metadata)``.
 
     >>> import tempfile, torch
-    >>> rows = {name: torch.zeros(2, 3) for name in TENSORS}
-    >>> path = save_embeddings(tempfile.mkdtemp() + "/e.safetensors", rows, {"model": "m"})
-    >>> tensors, metadata = load_embeddings(path)
+    >>> writer = EmbeddingWriter(tempfile.mkdtemp() + "/e.safetensors", 3, {"model": "m"})
+    >>> writer.add(0, torch.arange(2), {name: torch.zeros(2, 3) for name in ("chosen_sum", "rejected_sum",
+    ...            "chosen_last", "rejected_last")}, torch.ones(2), torch.ones(2))
+    >>> tensors, metadata = load_embeddings(writer.finish([0]))
     >>> tensors["chosen_sum"].shape, metadata["model"]
     (torch.Size([2, 3]), 'm')
     """

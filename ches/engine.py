@@ -1,6 +1,7 @@
 """The decoder pass: run only the model body and reduce its last hidden states to per-sequence sums.
 
-This is the only module that touches the model and the device. For each sequence it returns
+This module runs the model for scores (the layouts' probes, :mod:`ches.probes` and the cache's weight
+hash touch it too, for their own ends). For each sequence it returns
 
 - ``sums[i]``: the float32 sum of the hidden states at the sequence's summed positions, and
 - ``last[i]``: the hidden state at its last summed position (for ``last_hidden_ip``),
@@ -71,6 +72,71 @@ def _takes_any_keyword(function) -> bool:
                for parameter in inspect.signature(function).parameters.values())
 
 
+class Batching:
+    """How :func:`hidden_sums` cuts its units (a sequence, or the sequences of a group that share a prompt)
+    into batches: which units the next batch takes, how it is built, and what to continue with when it does
+    not fit in memory. One subclass per way: :class:`PaddedRows`, :class:`PackedRows`, :class:`OneRow`."""
+
+    groups_allowed = False  # whether a unit may hold several sequences (written with their prompt once)
+
+    def take(self, remaining: list[int], lengths: Sequence[int], budget: int, pad_multiple: int) -> list[int]:
+        """The longest-first prefix of ``remaining`` (unit indices) that the next batch holds, at least one."""
+        raise NotImplementedError
+
+    def build(self, units: Sequence[Sequence[TokenSequence]], lengths: Sequence[int], pad_id: int,
+              pad_multiple: int, longest: int) -> Batch:
+        """The batch of these units (``lengths``: theirs; ``longest``: the longest unit of the whole run)."""
+        raise NotImplementedError
+
+    def after_out_of_memory(self) -> Batching | None:
+        """The batching to go on with after an out-of-memory error, or None to go on with half the budget."""
+        return None
+
+
+@dataclass(frozen=True)
+class PaddedRows(Batching):
+    """One sequence per row, right-padded (to a multiple of ``pad_multiple``) to the batch's longest."""
+
+    def take(self, remaining, lengths, budget, pad_multiple):
+        return remaining[: rows_that_fit(lengths[remaining[0]], budget, pad_multiple)]
+
+    def build(self, units, lengths, pad_id, pad_multiple, longest):
+        return collate([unit[0] for unit in units], pad_id, pad_multiple)
+
+
+@dataclass(frozen=True)
+class PackedRows(Batching):
+    """Sequences back to back in rows as long as the longest sequence (which bounds the block-diagonal mask a
+    masked kernel builds), as many rows as the budget holds; on out of memory, padded rows (a row cannot be
+    shorter than the longest sequence)."""
+
+    def take(self, remaining, lengths, budget, pad_multiple):
+        row_length = padded_length(max(lengths), pad_multiple)
+        return _fill_rows(remaining, lengths, row_length, max(1, budget // row_length))
+
+    def build(self, units, lengths, pad_id, pad_multiple, longest):
+        return pack([unit[0] for unit in units], pad_id, padded_length(longest, pad_multiple))
+
+    def after_out_of_memory(self):
+        logger.warning("out of memory with packed rows; continuing with padded batches")
+        return PaddedRows()
+
+
+@dataclass(frozen=True)
+class OneRow(Batching):
+    """Each batch one row of at most the budget's tokens (padded to ``pad_multiple`` only), for ches'
+    padding-free kernel (:mod:`ches.attention`), which reads the sequence bounds off the position ids; the
+    sequences of a unit share their prompt, written once (:func:`ches.batches.pack_groups`)."""
+
+    groups_allowed = True
+
+    def take(self, remaining, lengths, budget, pad_multiple):
+        return _fill(remaining, lengths, budget)
+
+    def build(self, units, lengths, pad_id, pad_multiple, longest):
+        return pack_groups(units, pad_id, padded_length(sum(lengths), pad_multiple)).with_segments()
+
+
 def hidden_sums(
     body: torch.nn.Module,
     sequences: Sequence[TokenSequence],
@@ -80,15 +146,17 @@ def hidden_sums(
     device: torch.device,
     pad_id: int,
     pad_multiple: int = 1,
+    batching: Batching | None = None,
+    groups: Sequence[Sequence[int]] | None = None,
     packing: bool = False,
     one_row: bool = False,
-    groups: Sequence[Sequence[int]] | None = None,
     on_done: Callable[[list[int]], None] | None = None,
 ) -> HiddenSums:
     """Run ``body`` over ``sequences`` in token-budget batches and collect :class:`HiddenSums`.
 
-    Sequences are processed longest first. On an out-of-memory error the token budget is halved and
-    the batch retried (logged); a single sequence that does not fit raises :class:`ChesError`.
+    Units (a sequence, or a group of sequences sharing a prompt) are processed longest first. On an
+    out-of-memory error the batching gives way (:meth:`Batching.after_out_of_memory`) or the token budget
+    is halved and the batch retried (logged); a single unit that does not fit raises :class:`ChesError`.
 
     Args:
         body: the decoder without its LM head (``model.base_model``), already on ``device``.
@@ -98,57 +166,44 @@ def hidden_sums(
         device: where ``body`` lives.
         pad_id: token id used for padding (never attended to by real tokens).
         pad_multiple: pad lengths up to a multiple of this (helps kernel reuse on GPUs).
-        packing: pack several sequences per row (see :mod:`ches.batches`); check
-            :func:`packing_is_exact` for the model first.
-        one_row: with ``packing``, put each batch in a single row of ``batch_tokens`` at most (padded
-            only to ``pad_multiple``): for attention kernels that take the sequence bounds from the
-            position ids (:mod:`ches.attention`). Otherwise rows are as long as the longest sequence,
-            which bounds the block-diagonal mask a masked kernel builds.
-        groups: sequences that share a prompt, run with the prompt written once (the prefix-shared
-            layout, :func:`ches.batches.pack_groups`; needs ``packing`` and ``one_row``, and
-            :func:`prefix_sharing_is_exact` for the model). Default: every sequence on its own.
+        batching: how batches are made (:class:`PaddedRows` by default); :mod:`ches.layouts` picks it.
+        groups: sequences that share a prompt, run with the prompt written once (needs :class:`OneRow`).
+            Default: every sequence on its own.
+        packing, one_row: shorthand for ``batching``: ``packing`` alone is :class:`PackedRows`, with
+            ``one_row`` :class:`OneRow`.
         on_done: called with the indices of the sequences of each finished batch.
     """
-    if groups is not None and not (packing and one_row):
-        raise ValueError("groups (shared prompts) need packing=True and one_row=True")
+    if batching is None:
+        batching = (OneRow() if one_row else PackedRows()) if packing else PaddedRows()
+    if groups is not None and not batching.groups_allowed:
+        raise ValueError(f"groups (shared prompts) need OneRow batching, not {type(batching).__name__}")
     units = [[index] for index in range(len(sequences))] if groups is None else [list(group) for group in groups]
     lengths = [group_length([sequences[index] for index in unit]) for unit in units]
     finished: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []  # kept on the device until the end,
     remaining = sorted(range(len(units)), key=lambda unit: -lengths[unit])  # so the host prepares the next batch
     budget = batch_tokens
-    row_length = padded_length(lengths[remaining[0]], pad_multiple) if remaining else 0
     with torch.inference_mode():
         while remaining:
-            longest = lengths[remaining[0]]
-            if packing and one_row:
-                chosen = _fill(remaining, lengths, budget)
-                tokens = sum(lengths[unit] for unit in chosen)
-                batch = pack_groups([[sequences[index] for index in units[unit]] for unit in chosen], pad_id,
-                                    padded_length(tokens, pad_multiple)).with_segments()
-            elif packing:  # rows as long as the longest sequence, as many as the budget holds
-                chosen = _fill_rows(remaining, lengths, row_length, max(1, budget // row_length))
-                batch = pack([sequences[unit] for unit in chosen], pad_id, row_length)
-            else:
-                chosen = remaining[: rows_that_fit(longest, budget, pad_multiple)]
-                batch = collate([sequences[unit] for unit in chosen], pad_id, pad_multiple)
+            chosen = batching.take(remaining, lengths, budget, pad_multiple)
+            batch = batching.build([[sequences[index] for index in units[unit]] for unit in chosen],
+                                   [lengths[unit] for unit in chosen], pad_id, pad_multiple, max(lengths))
             try:
                 batch_sums, batch_last = run_body(body, batch.to(device))
             except torch.OutOfMemoryError:
                 del batch
                 torch.cuda.empty_cache()
-                if packing and not one_row:  # rows cannot shrink below the longest sequence: pad instead
-                    packing = False
-                    logger.warning("out of memory with packed rows of %d tokens; continuing with padded batches",
-                                   row_length)
+                fallback = batching.after_out_of_memory()
+                if fallback is not None:
+                    batching = fallback
                     continue
                 if len(chosen) == 1:
                     raise ChesError(
-                        f"a single {'sequence' if groups is None else 'pair'} of {longest} tokens does not fit in "
-                        "device memory; pass max_length= to truncate, or a smaller dtype."
+                        f"a single {'sequence' if groups is None else 'pair'} of {lengths[chosen[0]]} tokens does not "
+                        "fit in device memory; pass max_length= to truncate, or a smaller dtype."
                     ) from None
                 budget = max(budget // 2, 1)
                 logger.warning("out of memory with %d sequences (longest %d tokens); halving batch_tokens to %d",
-                               len(chosen), longest, budget)
+                               len(chosen), lengths[chosen[0]], budget)
                 continue
             members = [index for unit in chosen for index in units[unit]]
             finished.append((members, batch_sums, batch_last))

@@ -125,13 +125,15 @@ def common_prefix_length(first: Sequence, second: Sequence) -> int:
     return equal
 
 
-def to_pairs(columns: dict[str, list[Any]], first_row: int = 0) -> list[Pair]:
+def to_pairs(columns: dict[str, list[Any]], first_row: int = 0, *, warn: bool = True) -> list[Pair]:
     """Validate the ``prompt``/``chosen``/``rejected`` columns of a table and return one :class:`Pair` per row.
 
     Args:
         columns: column name -> list of row values; ``prompt`` may be absent (implicit prompt);
             ``tools`` and ``chat_template_kwargs`` are optional (see the module docstring).
         first_row: the row number of the columns' first value in the data (errors name rows by it).
+        warn: say (once, for the block starting at row 0) that chat-template columns of standard rows are
+            ignored; off when rows already checked are read again.
 
     Raises:
         ChesError: a column is missing, or rows hold ``None``, non-strings, or malformed messages;
@@ -152,7 +154,7 @@ def to_pairs(columns: dict[str, list[Any]], first_row: int = 0) -> list[Pair]:
     conversational = _first_is_messages(columns)
     for name in names:
         _check_column(name, columns[name], conversational, first_row)
-    options = _template_options(columns, conversational, first_row)
+    options = _template_options(columns, conversational, first_row, warn)
     if "prompt" in columns:
         texts = zip(columns["prompt"], columns["chosen"], columns["rejected"])
     else:
@@ -160,15 +162,16 @@ def to_pairs(columns: dict[str, list[Any]], first_row: int = 0) -> list[Pair]:
     return [Pair(*text, template_options=row_options) for text, row_options in zip(texts, options)]
 
 
-def _template_options(columns: dict[str, list[Any]], conversational: bool, first_row: int) -> list[dict[str, Any]]:
+def _template_options(columns: dict[str, list[Any]], conversational: bool, first_row: int,
+                      warn: bool = True) -> list[dict[str, Any]]:
     """Per row, the chat-template keyword arguments TRL's DPO tokenization would pass (``{}`` when none)."""
     rows = len(columns["chosen"])
     present = [name for name in TEMPLATE_COLUMNS if name in columns]
     if not present:
         return [{} for _ in range(rows)]
     if not conversational:
-        if first_row == 0:  # once, not once per block of rows
-                logger.warning("column(s) %s ignored: they are chat-template inputs and these rows are standard strings "
+        if warn and first_row == 0:  # once, not once per block of rows
+            logger.warning("column(s) %s ignored: they are chat-template inputs and these rows are standard strings "
                            "(TRL ignores them too)", present)
         return [{} for _ in range(rows)]
     tools = [_tools(value, row) for row, value in enumerate(columns.get("tools", [None] * rows), first_row)]

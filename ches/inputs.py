@@ -338,7 +338,7 @@ def parse_columns(text: str) -> dict[str, str]:
 
 
 def preference_pairs(dataset: datasets.Dataset, split_name: str | None = None,
-                     columns: Mapping[str, str] | None = None, first_row: int = 0) -> list[Pair]:
+                     columns: Mapping[str, str] | None = None, first_row: int = 0, *, warn: bool = True) -> list[Pair]:
     """The rows of ``dataset`` as normalized pairs, or a :class:`ChesError` naming what is wrong (no
     rows, missing columns, bad cells), prefixed with the split's name when there is one; ``first_row``
     is the row number of ``dataset``'s first row (in errors), when it is a block of a larger table."""
@@ -353,7 +353,7 @@ def preference_pairs(dataset: datasets.Dataset, split_name: str | None = None,
             "(--columns chosen=answer_a,... on the command line)."
         )
     try:
-        return to_pairs(pair_columns(dataset, mapping), first_row)
+        return to_pairs(pair_columns(dataset, mapping), first_row, warn=warn)
     except ChesError as error:
         if split_name is None:
             raise

@@ -1,12 +1,17 @@
-"""Which layout runs the pairs: the cheapest by an estimate from the tokenized lengths, if the model runs it exactly.
+"""How sequences meet the model: four layouts, one class each, and the choice of one by estimated cost.
 
-The layouts (how sequences meet the model; every one gives the same hidden states, to float rounding):
+Every layout gives the same hidden states, to float rounding; they differ in what the model computes:
 
-- ``padded``: one sequence per row, length-sorted, right-padded (to a multiple of 64 on CUDA);
-- ``packed``: sequences back to back, position ids restarting at 0, padding-free attention;
-- ``prefix_shared``: each pair as ``prompt | chosen | rejected`` with the prompt written once (the
+- :class:`Padded`: one sequence per row, length-sorted, right-padded (to a multiple of 64 on CUDA);
+- :class:`Packed`: sequences back to back, position ids restarting at 0, padding-free attention;
+- :class:`PrefixShared`: each pair as ``prompt | chosen | rejected`` with the prompt written once (the
   rejected tokens attend to the prompt and to themselves), pairs packed back to back;
-- ``shared_prompt``: pair by pair through a KV cache cut back to the prompt (batch size one).
+- :class:`SharedPrompt`: pair by pair through a KV cache cut back to the prompt (batch size one).
+
+Each class has its cost estimate (:meth:`Layout.work`), its probe on the model (:meth:`Layout.on`: the
+layout set up to run on this model, or None when the model would not give the same hidden states), its
+run (:meth:`Layout.run`) and the layout to fall back to (:attr:`Layout.fallback`). A new layout is one
+new class in :data:`LAYOUT_CLASSES`.
 
 The estimate counts what each layout makes the model compute, per decoder layer:
 ``cost = 2 * (4 * H**2 + 3 * H * I) * (token_slots + passes * PASS_OVERHEAD) + 4 * H * attended_pairs``:
@@ -22,32 +27,24 @@ passes on the model runs; the choice, the estimates and any fallback are recorde
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from .attention import packed_attention
-from .batches import padded_length
-from .engine import packing_is_exact, prefix_sharing_is_exact, shared_prompt_is_exact
+from .batches import group_length, pad_multiple, padded_length
+from .engine import (HiddenSums, OneRow, PackedRows, PaddedRows, hidden_sums, packing_is_exact, prefix_sharing_is_exact,
+                     shared_prompt_is_exact, shared_prompt_sums)
 from .options import LAYOUTS
 from .tokens import TokenSequence
 
 logger = logging.getLogger("ches")
 
-FALLBACK = {"prefix_shared": "packed", "packed": "padded", "shared_prompt": "padded"}
 PASS_OVERHEAD = {"cuda": 6000, "cpu": 72}  # tokens' worth of work per forward pass (fitted: module docstring)
-
-
-@dataclass(frozen=True)
-class LayoutChoice:
-    """The layout a run uses and why (``reason`` goes into the run metadata)."""
-
-    layout: str
-    reason: str
-    padding_free: bool = False  # rows run on ches' padding-free kernel (:mod:`ches.attention`), switched on for the run
+Pairs = Sequence[tuple[TokenSequence, TokenSequence]]
 
 
 @dataclass(frozen=True)
@@ -60,8 +57,179 @@ class LayoutWork:
     passes: float
 
 
-def layout_work(pairs: Sequence[tuple[TokenSequence, TokenSequence]], *, device_type: str,
-                batch_tokens: int) -> dict[str, LayoutWork]:
+@dataclass(frozen=True)
+class Layout:
+    """One way to run sequences through the model (see the module docstring for the four).
+
+    Attributes:
+        padding_free: the rows run on ches' padding-free kernel (:mod:`ches.attention`), switched on for
+            the run by :meth:`on`.
+    """
+
+    name: ClassVar[str]
+    fallback: ClassVar[str | None]  # the layout to try when the model cannot run this one exactly
+    padding_free: bool = False
+
+    def work(self, pairs: Pairs, *, device_type: str, batch_tokens: int) -> LayoutWork:
+        """What this layout makes each decoder layer compute for ``pairs``, from their lengths alone."""
+        raise NotImplementedError
+
+    def on(self, loaded, scope: contextlib.ExitStack) -> Layout | None:
+        """This layout set up for ``loaded`` (an attention kernel it needs is switched on until ``scope``
+        closes), if a probe on the model gives the same hidden states as :class:`Padded`; else None."""
+        raise NotImplementedError
+
+    def run(self, sequences: Sequence[TokenSequence], groups: Sequence[Sequence[int]], loaded, *, batch_tokens: int,
+            on_done: Callable[[list[int]], None] | None = None) -> HiddenSums:
+        """The hidden sums of ``sequences``; ``groups`` are the indices of sequences sharing a prompt."""
+        raise NotImplementedError
+
+    def token_slots(self, sequences: Sequence[TokenSequence], groups: Sequence[Sequence[int]]) -> int:
+        """Token slots this layout sends to the model for ``sequences`` (padding aside)."""
+        return sum(len(sequence.input_ids) for sequence in sequences)
+
+
+@dataclass(frozen=True)
+class Padded(Layout):
+    """One sequence per row, length-sorted, right-padded: runs on any model."""
+
+    name: ClassVar[str] = "padded"
+    fallback: ClassVar[str | None] = None
+
+    def work(self, pairs, *, device_type, batch_tokens):
+        ordered, multiple = np.sort(_lengths(pairs).reshape(-1))[::-1], pad_multiple(device_type)
+        slots = attended = passes = 0.0
+        start = 0
+        while start < len(ordered):
+            width = padded_length(int(ordered[start]), multiple)
+            rows = min(max(1, batch_tokens // width), len(ordered) - start)
+            slots += rows * width
+            attended += rows * width * (width + 1) / 2
+            start += rows
+            passes += 1
+        return LayoutWork(slots, attended, passes)
+
+    def on(self, loaded, scope):
+        return self
+
+    def run(self, sequences, groups, loaded, *, batch_tokens, on_done=None):
+        return _engine(sequences, None, loaded, PaddedRows(), batch_tokens, on_done)
+
+
+@dataclass(frozen=True)
+class Packed(Layout):
+    """Sequences back to back in rows, each attending to itself only: on ches' padding-free kernel where
+    the probe passes, else on the model's own (masked) kernel in rows as long as the longest sequence."""
+
+    name: ClassVar[str] = "packed"
+    fallback: ClassVar[str | None] = "padded"
+
+    def work(self, pairs, *, device_type, batch_tokens):
+        lengths = _lengths(pairs)
+        tokens = float(lengths.sum())
+        return LayoutWork(tokens, float(_causal(lengths).sum()), np.ceil(tokens / batch_tokens))
+
+    def on(self, loaded, scope):
+        if _switched(loaded, scope, packing_is_exact, padding_free=True):
+            return Packed(padding_free=True)
+        return Packed() if packing_is_exact(loaded.body, loaded.device, loaded.vocab_size) else None
+
+    def run(self, sequences, groups, loaded, *, batch_tokens, on_done=None):
+        return _engine(sequences, None, loaded, OneRow() if self.padding_free else PackedRows(), batch_tokens, on_done)
+
+
+@dataclass(frozen=True)
+class PrefixShared(Layout):
+    """Each group (a pair, or all responses of a prompt) as ``prompt | rest 1 | rest 2 | ...``, groups back
+    to back: the prompt is written once. Runs on ches' padding-free kernel only."""
+
+    name: ClassVar[str] = "prefix_shared"
+    fallback: ClassVar[str | None] = "packed"
+
+    def work(self, pairs, *, device_type, batch_tokens):
+        lengths, prompt = _lengths(pairs), _prompts(pairs)
+        tails = lengths[:, 1] - prompt  # the rejected sequence past the prompt attends to the prompt and itself
+        tokens = float(lengths.sum() - prompt.sum())
+        attended = float(_causal(lengths)[:, 0].sum() + (tails * prompt + tails * (tails + 1) / 2).sum())
+        return LayoutWork(tokens, attended, np.ceil(tokens / batch_tokens))
+
+    def on(self, loaded, scope):
+        return PrefixShared(padding_free=True) if _switched(loaded, scope, prefix_sharing_is_exact) else None
+
+    def run(self, sequences, groups, loaded, *, batch_tokens, on_done=None):
+        return _engine(sequences, groups, loaded, OneRow(), batch_tokens, on_done)
+
+    def token_slots(self, sequences, groups):
+        return sum(group_length([sequences[index] for index in group]) for group in groups)
+
+
+@dataclass(frozen=True)
+class SharedPrompt(Layout):
+    """Pair by pair: the chosen sequence with a KV cache, cut back to the prompt for the rejected one (batch
+    size one). Groups are ``(chosen, rejected)`` pairs; a sequence on its own runs as a padded row."""
+
+    name: ClassVar[str] = "shared_prompt"
+    fallback: ClassVar[str | None] = "padded"
+
+    def work(self, pairs, *, device_type, batch_tokens):
+        shared = PrefixShared().work(pairs, device_type=device_type, batch_tokens=batch_tokens)
+        return LayoutWork(shared.token_slots, shared.attended, 2.0 * len(pairs))  # two passes a pair
+
+    def on(self, loaded, scope):
+        return self if shared_prompt_is_exact(loaded.body, loaded.device, loaded.vocab_size) else None
+
+    def run(self, sequences, groups, loaded, *, batch_tokens, on_done=None):
+        if all(len(group) == 1 for group in groups):
+            return Padded().run(sequences, groups, loaded, batch_tokens=batch_tokens, on_done=on_done)
+        return shared_prompt_sums(loaded.body, sequences, groups=groups, hidden_size=loaded.hidden_size,
+                                  device=loaded.device, on_done=on_done)
+
+    def token_slots(self, sequences, groups):
+        return PrefixShared().token_slots(sequences, groups)
+
+
+#: the layouts, in the order of preference at equal estimated cost (:data:`ches.options.LAYOUTS` names them)
+LAYOUT_CLASSES: dict[str, type[Layout]] = {cls.name: cls for cls in (PrefixShared, Packed, Padded, SharedPrompt)}
+assert tuple(LAYOUT_CLASSES) == LAYOUTS
+
+
+def layout_of(name: str) -> Layout:
+    """The layout called ``name``, not yet set up for a model.
+
+    >>> layout_of("packed")
+    Packed(padding_free=False)
+    """
+    return LAYOUT_CLASSES[name]()
+
+
+@dataclass(frozen=True)
+class LayoutChoice:
+    """The layout a run uses, set up for its model, and why (``reason`` goes into the run metadata).
+
+    Attributes:
+        strategy: the :class:`Layout`, as :meth:`Layout.on` set it up.
+        how: how it was chosen (by estimated cost, requested, or as a fallback).
+        estimate: each layout's estimated cost relative to the cheapest.
+    """
+
+    strategy: Layout
+    how: str
+    estimate: str = ""
+
+    @property
+    def layout(self) -> str:
+        return self.strategy.name
+
+    @property
+    def padding_free(self) -> bool:
+        return self.strategy.padding_free
+
+    @property
+    def reason(self) -> str:
+        return f"{self.how}; {self.estimate}" if self.estimate else self.how
+
+
+def layout_work(pairs: Pairs, *, device_type: str, batch_tokens: int) -> dict[str, LayoutWork]:
     """:class:`LayoutWork` of each layout for ``pairs``, from their lengths alone.
 
     >>> pair = (TokenSequence(list(range(8)), 5, 7), TokenSequence(list(range(9)), 5, 8))  # prompt: 6 tokens
@@ -70,22 +238,13 @@ def layout_work(pairs: Sequence[tuple[TokenSequence, TokenSequence]], *, device_
     (17.0, 11.0)
     """
     if not pairs:
-        return {layout: LayoutWork(0.0, 0.0, 0.0) for layout in LAYOUTS}
-    prompt = np.array([chosen.start + 1 for chosen, _ in pairs], dtype=np.float64)
-    lengths = np.array([[len(chosen.input_ids), len(rejected.input_ids)] for chosen, rejected in pairs], dtype=np.float64)
-    causal = lengths * (lengths + 1) / 2  # query-key products of causal attention over each whole sequence
-    tails = lengths[:, 1] - prompt  # the rejected sequence past the prompt attends to the prompt and itself
-    shared_tokens = float(lengths.sum() - prompt.sum())
-    shared_attended = float(causal[:, 0].sum() + (tails * prompt + tails * (tails + 1) / 2).sum())
-    padded = _padded_slots(lengths.reshape(-1), batch_tokens, 64 if device_type == "cuda" else 1)
-    return {"prefix_shared": LayoutWork(shared_tokens, shared_attended, np.ceil(shared_tokens / batch_tokens)),
-            "packed": LayoutWork(float(lengths.sum()), float(causal.sum()), np.ceil(lengths.sum() / batch_tokens)),
-            "padded": padded,
-            "shared_prompt": LayoutWork(shared_tokens, shared_attended, 2.0 * len(pairs))}  # two passes a pair
+        return {name: LayoutWork(0.0, 0.0, 0.0) for name in LAYOUTS}
+    return {name: cls().work(pairs, device_type=device_type, batch_tokens=batch_tokens)
+            for name, cls in LAYOUT_CLASSES.items()}
 
 
-def layout_costs(pairs: Sequence[tuple[TokenSequence, TokenSequence]], *, hidden_size: int, intermediate_size: int,
-                 device_type: str, batch_tokens: int) -> dict[str, float]:
+def layout_costs(pairs: Pairs, *, hidden_size: int, intermediate_size: int, device_type: str,
+                 batch_tokens: int) -> dict[str, float]:
     """Estimated cost of each layout for ``pairs`` (see the module docstring), in FLOPs per decoder layer.
 
     >>> pair = (TokenSequence(list(range(8)), 5, 7), TokenSequence(list(range(9)), 5, 8))
@@ -100,21 +259,6 @@ def layout_costs(pairs: Sequence[tuple[TokenSequence, TokenSequence]], *, hidden
             for layout, work in layout_work(pairs, device_type=device_type, batch_tokens=batch_tokens).items()}
 
 
-def _padded_slots(lengths: np.ndarray, batch_tokens: int, multiple: int) -> LayoutWork:
-    """:class:`LayoutWork` of length-sorted, right-padded batches."""
-    ordered = np.sort(lengths)[::-1]
-    slots = attended = passes = 0.0
-    start = 0
-    while start < len(ordered):
-        width = padded_length(int(ordered[start]), multiple)
-        rows = min(max(1, batch_tokens // width), len(ordered) - start)
-        slots += rows * width
-        attended += rows * width * (width + 1) / 2
-        start += rows
-        passes += 1
-    return LayoutWork(slots, attended, passes)
-
-
 def by_cost(costs: dict[str, float]) -> list[str]:
     """Layouts from cheapest to dearest (ties in the order of :data:`LAYOUTS`).
 
@@ -124,7 +268,7 @@ def by_cost(costs: dict[str, float]) -> list[str]:
     return sorted(LAYOUTS, key=lambda layout: (costs[layout], LAYOUTS.index(layout)))
 
 
-def describe(costs: dict[str, float], pairs: Sequence[tuple[TokenSequence, TokenSequence]], device_type: str) -> str:
+def describe(costs: dict[str, float], pairs: Pairs, device_type: str) -> str:
     """One line: each layout's estimated cost relative to the cheapest, and the prompt's share of the tokens."""
     cheapest = min(costs.values()) or 1.0
     prompt = sum(chosen.start + 1 for chosen, _ in pairs)
@@ -134,13 +278,13 @@ def describe(costs: dict[str, float], pairs: Sequence[tuple[TokenSequence, Token
             f"{2 * prompt / tokens:.0%} of the tokens of padded/packed rows)")
 
 
-def resolve_layout(requested: str | None, loaded, pairs: Sequence[tuple[TokenSequence, TokenSequence]],
-                   batch_tokens: int, scope: contextlib.ExitStack) -> LayoutChoice:
-    """The layout to run: ``requested``, or the cheapest by :func:`layout_costs`; in either case only
-    if a probe on the model shows it gives the same hidden states as ``padded``, else the next one
-    (logged as a warning for a requested layout). ``packed`` and ``prefix_shared`` switch the model to
-    the padding-free kernel of :mod:`ches.attention` until ``scope`` closes (``packed`` can also run
-    on the model's own masked kernel).
+def resolve_layout(requested: str | None, loaded, pairs: Pairs, batch_tokens: int, scope: contextlib.ExitStack, *,
+                   estimate: str | None = None) -> LayoutChoice:
+    """The layout to run, set up for ``loaded``: ``requested``, or the cheapest by :func:`layout_costs` of
+    ``pairs``; in either case only if a probe on the model shows it gives the same hidden states as
+    ``padded``, else the next one (logged as a warning for a requested layout). An attention kernel the
+    layout needs stays switched on until ``scope`` closes. ``estimate`` replaces the cost line in the
+    reason (for callers whose work is not pairs).
     """
     from .models import text_config
 
@@ -149,34 +293,51 @@ def resolve_layout(requested: str | None, loaded, pairs: Sequence[tuple[TokenSeq
     costs = layout_costs(pairs, hidden_size=loaded.hidden_size,
                          intermediate_size=getattr(config, "intermediate_size", None) or 4 * loaded.hidden_size,
                          device_type=device_type, batch_tokens=batch_tokens)
-    estimate = describe(costs, pairs, device_type)
+    estimate = describe(costs, pairs, device_type) if estimate is None else estimate
     if requested is None:
-        for layout in by_cost(costs):
-            padding_free = _runs_exactly(layout, loaded, scope)
-            if padding_free is not None:
-                return LayoutChoice(layout, f"chosen by estimated cost; {estimate}", padding_free)
-            logger.info("layout %r does not give this model the same hidden states; trying the next cheapest", layout)
-    layout = requested
-    while (padding_free := _runs_exactly(layout, loaded, scope)) is None:
+        for name in by_cost(costs):
+            strategy = layout_of(name).on(loaded, scope)
+            if strategy is not None:
+                return LayoutChoice(strategy, "chosen by estimated cost", estimate)
+            logger.info("layout %r does not give this model the same hidden states; trying the next cheapest", name)
+    name = requested
+    while (strategy := layout_of(name).on(loaded, scope)) is None:
+        fallback = LAYOUT_CLASSES[name].fallback
         logger.warning("%s does not give the same hidden states with layout %r; scoring with %r instead",
-                       loaded.name, layout, FALLBACK[layout])
-        layout = FALLBACK[layout]
-    how = "requested" if layout == requested else f"fallback for {requested!r}, which this model cannot run exactly"
-    return LayoutChoice(layout, f"{how}; {estimate}", padding_free)
+                       loaded.name, name, fallback)
+        name = fallback
+    how = "requested" if name == requested else f"fallback for {requested!r}, which this model cannot run exactly"
+    return LayoutChoice(strategy, how, estimate)
 
 
-def _runs_exactly(layout: str, loaded, scope: contextlib.ExitStack) -> bool | None:
-    """Whether the model gives ``layout`` the same hidden states as ``padded``: ``None`` if not, else
-    whether it runs on ches' padding-free kernel (switched on until ``scope`` closes)."""
-    if layout == "padded":
-        return False
-    if layout == "shared_prompt":
-        return False if shared_prompt_is_exact(loaded.body, loaded.device, loaded.vocab_size) else None
+def _switched(loaded, scope: contextlib.ExitStack, probe, **options) -> bool:
+    """Switch the model to ches' padding-free kernel and probe it there; keep the switch (until ``scope``
+    closes) if the probe passes, else switch back."""
     attempt = contextlib.ExitStack()
-    probe = prefix_sharing_is_exact if layout == "prefix_shared" else functools.partial(packing_is_exact, padding_free=True)
-    if attempt.enter_context(packed_attention(loaded.model)) and probe(loaded.body, loaded.device, loaded.vocab_size):
+    if attempt.enter_context(packed_attention(loaded.model)) and probe(loaded.body, loaded.device, loaded.vocab_size,
+                                                                       **options):
         scope.enter_context(attempt.pop_all())
         return True
     attempt.close()
-    own_kernel = layout == "packed" and packing_is_exact(loaded.body, loaded.device, loaded.vocab_size)
-    return False if own_kernel else None
+    return False
+
+
+def _engine(sequences, groups, loaded, batching, batch_tokens: int, on_done) -> HiddenSums:
+    """:func:`ches.engine.hidden_sums` with the run's model, device and padding."""
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    return hidden_sums(loaded.body, sequences, hidden_size=loaded.hidden_size, batch_tokens=batch_tokens,
+                       device=loaded.device, pad_id=pad_id, pad_multiple=pad_multiple(loaded.device.type),
+                       batching=batching, groups=groups, on_done=on_done)
+
+
+def _lengths(pairs: Pairs) -> np.ndarray:
+    return np.array([[len(chosen.input_ids), len(rejected.input_ids)] for chosen, rejected in pairs], dtype=np.float64)
+
+
+def _prompts(pairs: Pairs) -> np.ndarray:
+    return np.array([chosen.start + 1 for chosen, _ in pairs], dtype=np.float64)
+
+
+def _causal(lengths: np.ndarray) -> np.ndarray:
+    """Query-key products of causal attention over each whole sequence."""
+    return lengths * (lengths + 1) / 2

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .batches import CUDA_PAD_MULTIPLE
 from .errors import ChesError, one_line
 from .hub import offline_unless_reachable
 
@@ -249,7 +250,7 @@ def default_batch_tokens(loaded: LoadedModel) -> int:
     intermediate = getattr(text_config(loaded.model), "intermediate_size", None) or 4 * loaded.hidden_size
     per_token = torch.finfo(loaded.dtype).bits // 8 * (6 * loaded.hidden_size + 3 * intermediate) + 8 * loaded.hidden_size
     free, _ = torch.cuda.mem_get_info(loaded.device)
-    return int(min(max(free // 2 // per_token, 4096), 131072)) // 64 * 64
+    return int(min(max(free // 2 // per_token, 4096), 131072)) // CUDA_PAD_MULTIPLE * CUDA_PAD_MULTIPLE
 
 
 def _set_attention(model: torch.nn.Module, attn_implementation: str) -> None:
@@ -264,7 +265,7 @@ def _set_attention(model: torch.nn.Module, attn_implementation: str) -> None:
 
 
 def describe_model(loaded: LoadedModel) -> dict[str, str | None]:
-    """What a run's metadata records of the model it ran (the model fields of :class:`~ches.options.RunInfo`)."""
+    """What a run's metadata records of the model it ran (the model fields of :class:`~ches.runs.ModelRun`)."""
     return {"model": loaded.name, "model_revision": getattr(loaded.model.config, "_commit_hash", None),
             "tokenizer": getattr(loaded.tokenizer, "name_or_path", "") or type(loaded.tokenizer).__name__,
             "dtype": str(loaded.dtype).removeprefix("torch."), "device": str(loaded.device),

@@ -1,8 +1,8 @@
-"""What a scoring run is asked to do (:class:`ScoreOptions`) and what it used (:class:`RunInfo`).
+"""What a scoring run is asked to do: :class:`ScoreOptions` (what it used is :class:`ches.runs.RunInfo`).
 
 :class:`ScoreOptions` is the one list of ``ches.score``'s options: the keyword arguments of
 ``ches.score``/``ches.filter``/``ches.rank``/``ches.summary``, the flags of ``ches score``/``ches
-filter`` (built from each field's ``metadata``), the ``options`` recorded in :class:`RunInfo` and in
+filter`` (built from each field's ``metadata``), the ``options`` recorded in :class:`~ches.runs.RunInfo` and in
 every sidecar. Options that only pass through to ``from_pretrained`` travel in ``model_kwargs``; their
 old keywords (``device_map=``, ``attn_implementation=``, ...) still work and land there.
 :func:`ches.pairs` takes a subset of them (:func:`pair_score_options`) and its own pairing rule
@@ -95,15 +95,12 @@ class ScoreOptions:
     split: str | None = _option(help="split of a DatasetDict / Hub dataset")
     columns: dict[str, str] | None = _option(help="your column names, e.g. prompt=question,chosen=answer_a,rejected=answer_b",
                                               type="columns", metavar="NAME=COLUMN,...")
-    max_length: int | None = _option(help="keep the first N tokens of each sequence (TRL keep_start)", type=int,
-                                     numbers=True)
-    dtype: str | torch.dtype | None = _option(help="default: bfloat16 on CUDA, float32 on CPU", choices=DTYPE_NAMES,
-                                              numbers=True)
+    max_length: int | None = _option(help="keep the first N tokens of each sequence (TRL keep_start)", type=int)
+    dtype: str | torch.dtype | None = _option(help="default: bfloat16 on CUDA, float32 on CPU", choices=DTYPE_NAMES)
     device: str | torch.device | None = _option(help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
     batch_tokens: int | None = _option(help="token slots per forward batch", type=int)
     layout: str | None = _option(help="how sequences are batched (default: the cheapest by an estimate from the "
-                                      "lengths, probed on the model; see docs/performance.md)", choices=LAYOUTS,
-                                 numbers=True)
+                                      "lengths, probed on the model; see docs/performance.md)", choices=LAYOUTS)
     compile: bool = _option(False, help="torch.compile the decoder body (about 10 percent faster on CPU after compiling; GPU: docs/performance.md)", type=bool)
     num_threads: int | None = _option(help="CPU threads (default: one per free core, measured at the start; one for a "
                                            "tiny model)", type=int,
@@ -264,40 +261,6 @@ def _positive(name: str, value: Any, *, minimum: int, none: str) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ChesError(f"{name}={value!r} must be {what} (or None for {none}).")
-
-
-@dataclass
-class RunInfo:
-    """What a scoring run used and produced: enough to reproduce it (written next to CLI outputs).
-
-    ``options`` are the :class:`ScoreOptions` as given; the other fields are what they resolved to
-    (device, the dtype the weights ran in, batch size, layout and why) and what came out per split (rows,
-    skipped rows and how many for each reason, cut prompts).
-    """
-
-    model: str
-    model_revision: str | None
-    tokenizer: str
-    dtype: str
-    device: str
-    batch_tokens: int
-    layout: str
-    layout_reason: str
-    attention: str | None
-    processes: int
-    threads: int
-    options: dict[str, Any]
-    dataset_fingerprints: dict[str, str]
-    threads_reason: str = ""
-    rows: dict[str, int] = field(default_factory=dict)
-    skipped: dict[str, int] = field(default_factory=dict)
-    skip_reasons: dict[str, dict[str, int]] = field(default_factory=dict)
-    prompt_cut: dict[str, int] = field(default_factory=dict)
-    started: str = ""
-    finished: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def signature_with_options(function, names: tuple[str, ...] | None = None) -> inspect.Signature:

@@ -13,10 +13,7 @@ The scoring options are :class:`~ches.options.ScoreOptions` (the subset
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
-import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -26,21 +23,21 @@ import datasets
 import numpy as np
 import torch
 
-from .batches import group_length
 from .candidates import (CANDIDATE_COLUMNS, ULTRAFEEDBACK_COLUMNS, ULTRAFEEDBACK_RATING, Candidates, from_generic,
                          from_ultrafeedback, schema, to_candidates)
 from .columns import DEFAULT_MEASURE
 from .errors import ChesError
 from .formats import Pair, pair_problem
 from .inputs import Data, check_distinct_roles, load_data
-from .layouts import LayoutChoice, resolve_layout
-from .models import default_batch_tokens, describe_model, load_model, max_positions
+from .layouts import LayoutChoice
+from .models import max_positions
 from .options import PAIR_SCORE_OPTIONS, PairOptions, ScoreOptions, pair_score_options, signature_with_options
 from .pairing import allowed_pairs, no_pair_reason, pair_matrices, select
 from .quiet import library_bars_off
 from .runner import nonfinite_reason, progress_bar, run_sequences
+from .runs import PairsInfo, now, prepared
 from .scores import edit_distance
-from .threads import set_threads, torch_threads
+from .threads import torch_threads
 from .tokens import Skip, TokenizedPair, TokenSequence, tokenize_pairs
 
 logger = logging.getLogger("ches")
@@ -71,14 +68,15 @@ class PairsResult:
     Attributes:
         dataset: one row per selected pair (TRL-ready ``prompt``/``chosen``/``rejected`` + scores).
         skipped: every prompt that gave no pair, with the reason; nothing is dropped silently.
-        info: how the pairs were made (model, layout, options, counts); the CLI writes it to the sidecar.
+        info: how the pairs were made (:class:`~ches.runs.PairsInfo`: model, layout, options, counts); the CLI
+            writes it to the sidecar.
         unscored: every response that could not be scored, with the reason (also in each pair's
             ``unscored_responses`` column).
     """
 
     dataset: datasets.Dataset
     skipped: list[Skipped]
-    info: dict = field(default_factory=dict)
+    info: PairsInfo
     unscored: list[Unscored] = field(default_factory=list)
 
 
@@ -182,33 +180,30 @@ def pairs(
 
 def _pairs(data: Data, model, tokenizer, rules: PairOptions, scoring: ScoreOptions,
            columns: Mapping[str, str] | None, rating_field: str) -> PairsResult:
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    started = now()
     dataset = load_data(data, scoring.split)
     if isinstance(dataset, datasets.DatasetDict):
         raise ChesError(f"the data has splits {sorted(dataset)}; pass split= (--split).")
     rows = candidate_rows(dataset, columns, rating_field)
-    loaded = load_model(model, tokenizer, dtype=scoring.dtype, device=scoring.device, model_kwargs=scoring.model_kwargs)
-    threads = set_threads(loaded.model, explicit=scoring.num_threads, device=loaded.device)
-    plans, skipped = plan_prompts(rows, loaded, scoring.max_length)
-    budget = scoring.batch_tokens or default_batch_tokens(loaded)
-    with contextlib.ExitStack() as scope:  # an attention kernel switched for packed rows is restored on exit
-        choice = _layout(scoring.layout, loaded, budget, scope)
-        sums, tokens_run = run_plans(plans, loaded, layout=choice, batch_tokens=budget, progress=scoring.progress)
+    with prepared(model, tokenizer, scoring, default_layout="prefix_shared", started=started,
+                  estimate="ches.pairs runs each prompt's responses as one group") as setup:
+        loaded = setup.loaded
+        plans, skipped = plan_prompts(rows, loaded, scoring.max_length)
+        sums, tokens_run = run_plans(plans, loaded, layout=setup.layout, batch_tokens=setup.batch_tokens,
+                                     progress=scoring.progress)
     built, more, unscored = select_pairs(rows, plans, sums, rules, scoring.max_length, dtype=loaded.dtype)
     skipped = sorted(skipped + more, key=lambda item: item.source_row)
     reasons = Counter(item.reason for item in skipped)
     given = scoring.as_dict()
-    info = {**describe_model(loaded), "batch_tokens": budget, "layout": choice.layout, "layout_reason": choice.reason,
-            "threads": threads.count, "threads_reason": threads.reason,
-            "options": {**{name: given[name] for name in PAIR_SCORE_OPTIONS}, **asdict(rules)},
-            "schema": schema(dataset.column_names, columns), "columns": dict(columns or {}),
-            "rating_field": rating_field, "rows": len(rows), "pairs": len(built["source_row"]),
-            "prompts_paired": len(set(built["source_row"])), "skipped": dict(reasons),
-            "responses_unscored": dict(Counter(item.reason for item in unscored)),
-            "responses_scored": sum(len(plan.responses) for plan in plans), "tokens_run": tokens_run,
-            "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    info = PairsInfo(**setup.record(), options={**{name: given[name] for name in PAIR_SCORE_OPTIONS}, **asdict(rules)},
+                     schema=schema(dataset.column_names, columns), columns=dict(columns or {}),
+                     rating_field=rating_field, rows=len(rows), pairs=len(built["source_row"]),
+                     prompts_paired=len(set(built["source_row"])), skipped=dict(reasons),
+                     responses_unscored=dict(Counter(item.reason for item in unscored)),
+                     responses_scored=sum(len(plan.responses) for plan in plans), tokens_run=tokens_run,
+                     finished=now())
     logger.info("ches.pairs: %d pairs from %d of %d prompts (rule %s, %s); %d prompts skipped%s; %d responses could "
-                "not be scored%s", info["pairs"], info["prompts_paired"], len(rows), rules.rule, rules.measure,
+                "not be scored%s", info.pairs, info.prompts_paired, len(rows), rules.rule, rules.measure,
                 len(skipped), "".join(f"; {count} {reason}" for reason, count in reasons.most_common()), len(unscored),
                 "".join(f"; {count} {reason}" for reason, count in Counter(item.reason for item in unscored).most_common()))
     return PairsResult(output_dataset(built), skipped, info, unscored)
@@ -330,13 +325,6 @@ def _plan(row: int, candidates: Candidates, tokenized: list[TokenizedPair], max_
     return PromptPlan(row, keep, sequences, [prefix[index] for index in keep], corrections, correction_of, unscored)
 
 
-def _layout(requested: str | None, loaded, batch_tokens: int, scope: contextlib.ExitStack) -> LayoutChoice:
-    """The layout to run (``prefix_shared`` unless asked otherwise), probed on the model (:mod:`ches.layouts`)."""
-    choice = resolve_layout(requested or "prefix_shared", loaded, [], batch_tokens, scope)
-    how = choice.reason.split(";")[0]
-    return dataclasses.replace(choice, reason=f"{how}; ches.pairs runs each prompt's responses as one group")
-
-
 def run_plans(plans: list[PromptPlan], loaded, *, layout: LayoutChoice, batch_tokens: int, progress: bool = False):
     """Hidden sums of every planned sequence (responses then corrections, prompt by prompt), and the
     number of token slots that reached the model."""
@@ -352,9 +340,7 @@ def run_plans(plans: list[PromptPlan], loaded, *, layout: LayoutChoice, batch_to
                            on_done=None if bar is None else (lambda members: bar.update(len(members))))
     if bar is not None:
         bar.close()
-    tokens = sum(group_length([sequences[i] for i in group]) for group in groups) if layout.layout == "prefix_shared" \
-        else sum(len(sequence.input_ids) for sequence in sequences)
-    return result, tokens
+    return result, layout.strategy.token_slots(sequences, groups)
 
 
 def select_pairs(rows: list[Candidates], plans: list[PromptPlan], sums, options: PairOptions,

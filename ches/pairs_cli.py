@@ -45,11 +45,11 @@ def run_command(args):
     rules = {item.name: getattr(args, item.name) for item in dataclasses.fields(PairOptions)}
     result = pairs(args.data, args.model, args.tokenizer, rating_field=args.rating_field, **rules,
                    **_score_kwargs(args))  # with --columns, parsed (ches.pairs' own columns=)
-    meta = {"run": result.info, "rows_written": result.dataset.num_rows,
+    meta = {"run": result.info.as_dict(), "rows_written": result.dataset.num_rows,
             "skipped_prompts": [dataclasses.asdict(item) for item in result.skipped],
             "unscored_responses": [dataclasses.asdict(item) for item in result.unscored]}
     listed = " (listed in the .meta.json sidecar)" if args.output else ""
-    print(f"{result.dataset.num_rows} pairs from {result.info['prompts_paired']} of {result.info['rows']} prompts; "
+    print(f"{result.dataset.num_rows} pairs from {result.info.prompts_paired} of {result.info.rows} prompts; "
           f"{len(result.skipped)} prompts skipped; {len(result.unscored)} responses could not be scored{listed}")
     if args.output:
         return Outcome(meta, dataset=result.dataset, output=args.output)

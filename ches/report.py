@@ -1,6 +1,6 @@
 """``ches report``: one self-contained HTML page about a scored dataset (pictures inlined as PNG).
 
-Needs matplotlib (``pip install 'ches[report]'``).
+Draws its figures with matplotlib (a dependency of ches).
 """
 
 from __future__ import annotations

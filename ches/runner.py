@@ -15,7 +15,6 @@ exchange their rows' numbers, so every process returns all of them.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import json
 import logging
 import queue
@@ -34,7 +33,7 @@ from .columns import SCORE_TYPES
 from .distributed import Process
 from .embeddings import EmbeddingWriter
 from .errors import ChesError
-from .engine import HiddenSums, hidden_sums, shared_prompt_sums
+from .engine import HiddenSums
 from .formats import Pair, pair_problem, text_length
 from .inputs import preference_pairs
 from .layouts import LayoutChoice
@@ -72,11 +71,12 @@ class RowSource:
 
     def pairs(self, begin: int, end: int) -> list[Pair]:
         """The normalized pairs of rows ``[begin, end)``."""
-        return preference_pairs(self.dataset.select(range(begin, end)), self.split, self.columns, first_row=begin)
+        return preference_pairs(self.dataset.select(range(begin, end)), self.split, self.columns, first_row=begin,
+                                warn=False)
 
     def pairs_at(self, rows: np.ndarray) -> list[Pair]:
         """The normalized pairs of the given rows (already checked by :func:`read_rows`), in one read."""
-        return preference_pairs(self.dataset.select(rows), self.split, self.columns)
+        return preference_pairs(self.dataset.select(rows), self.split, self.columns, warn=False)
 
 
 def read_rows(dataset: datasets.Dataset, split: str | None = None, columns: Mapping[str, str] | None = None) -> RowSource:
@@ -397,23 +397,8 @@ def run_sequences(sequences: Sequence[TokenSequence], groups: Sequence[Sequence[
     model). ``groups`` are the indices of sequences that share a prompt: written once in the
     ``prefix_shared`` layout (any number per group), run through one KV cache in ``shared_prompt``
     (``(chosen, rejected)`` pairs only); the other layouts run every sequence on its own."""
-    result = _run_sequences(sequences, groups, loaded, layout=layout, batch_tokens=batch_tokens, on_done=on_done)
+    result = layout.strategy.run(sequences, groups, loaded, batch_tokens=batch_tokens, on_done=on_done)
     return _rerun_nonfinite_alone(sequences, result, loaded, layout=layout, batch_tokens=batch_tokens)
-
-
-def _run_sequences(sequences: Sequence[TokenSequence], groups: Sequence[Sequence[int]], loaded: LoadedModel, *,
-                   layout: LayoutChoice, batch_tokens: int,
-                   on_done: Callable[[list[int]], None] | None = None) -> HiddenSums:
-    if layout.layout == "shared_prompt":
-        return shared_prompt_sums(loaded.body, sequences, groups=groups, hidden_size=loaded.hidden_size,
-                                  device=loaded.device, on_done=on_done)
-    if layout.layout == "prefix_shared" and not layout.padding_free:
-        raise ValueError("the prefix_shared layout runs on ches' padding-free kernel only")
-    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    return hidden_sums(loaded.body, sequences, hidden_size=loaded.hidden_size, batch_tokens=batch_tokens,
-                       device=loaded.device, pad_id=pad_id, pad_multiple=64 if loaded.device.type == "cuda" else 1,
-                       packing=layout.layout in ("packed", "prefix_shared"), one_row=layout.padding_free,
-                       groups=groups if layout.layout == "prefix_shared" else None, on_done=on_done)
 
 
 def _rerun_nonfinite_alone(sequences: Sequence[TokenSequence], result: HiddenSums, loaded: LoadedModel, *,
@@ -427,10 +412,8 @@ def _rerun_nonfinite_alone(sequences: Sequence[TokenSequence], result: HiddenSum
     if bool(finite.all()) or not bool(finite.any()) or layout.layout == "padded":
         return result
     sums, last = result.sums.clone(), result.last.clone()
-    if layout.layout == "shared_prompt":  # it runs pairs only; alone, a sequence is its own padded row
-        layout = dataclasses.replace(layout, layout="padded", padding_free=False)
     for index in torch.nonzero(~finite).reshape(-1).tolist():
-        alone = _run_sequences([sequences[index]], [[0]], loaded, layout=layout, batch_tokens=batch_tokens)
+        alone = layout.strategy.run([sequences[index]], [[0]], loaded, batch_tokens=batch_tokens)
         sums[index], last[index] = alone.sums[0], alone.last[0]
     return HiddenSums(sums, last)
 

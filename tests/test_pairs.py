@@ -286,9 +286,9 @@ def test_each_response_runs_once(tiny_model, tokenizer, monkeypatch):
     rows = persona_rows(3) + hh_candidate_rows(2)
     counted = []
     original_forward = model.model.forward
-    import ches.runner as runner  # run_plans runs the engine through ches.runner.run_sequences: patch it there
+    import ches.layouts as layouts  # the layouts run the engine through ches.layouts.hidden_sums: patch it there
 
-    real = runner.hidden_sums
+    real = layouts.hidden_sums
 
     def counting(body, sequences, **kwargs):
         def forward(*args, **inner):
@@ -301,7 +301,7 @@ def test_each_response_runs_once(tiny_model, tokenizer, monkeypatch):
         finally:
             monkeypatch.setattr(model.model, "forward", original_forward)
 
-    monkeypatch.setattr(runner, "hidden_sums", counting)
+    monkeypatch.setattr(layouts, "hidden_sums", counting)
     built = all_pairs(rows, model, tokenizer, layout="prefix_shared")
     expected = 0
     for row in rows:
