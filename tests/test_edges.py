@@ -280,7 +280,7 @@ def test_outputs_are_checked_before_work_and_never_replaced_unasked(case, workdi
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the output was checked")
 
-    monkeypatch.setattr(ches.api, "load_model", no_model)  # every output problem is found before the model loads
+    monkeypatch.setattr(ches.runs, "load_model", no_model)  # every output problem is found before the model loads
     before = digest(workdir)
     assert_one_line_error(*run_cli(argv, capsys), message)
     assert digest(workdir) == before
@@ -567,7 +567,7 @@ def no_model_load(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the problem was found")
 
-    for module in (ches.api, ches.pair_builder, ches.validation):
+    for module in (ches.runs, ches.validation):
         monkeypatch.setattr(module, "load_model", refuse)
 
 
