@@ -21,7 +21,9 @@ from .inputs import Data, load_data, read_columns
 from .models import model_paths
 from .options import ScoreOptions, signature_with_options
 from .quiet import library_bars_off
-from .runner import read_rows, sample_work, score_rows
+from .chunks import sample_work
+from .rows import read_rows
+from .runner import score_rows
 from .runs import RunInfo, now, prepared
 from .stats import skip_reasons
 from .threads import torch_threads

@@ -8,6 +8,7 @@ special happens. The math never sees any of this.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,6 +86,27 @@ class Process:
                 if failure["ches"]:
                     raise ChesError(failure["message"])
                 raise ChesError(f"process {rank} failed: {failure['type']}: {failure['message']}")
+
+    def gather_columns(self, indices: torch.Tensor, columns: dict[str, torch.Tensor], total: int) -> dict[str, list]:
+        """Every rank's rows of named columns (``columns[name][i]`` is row ``indices[i]``), as lists of ``total``
+        values in row order, on every rank.
+
+        >>> Process().gather_columns(torch.tensor([1, 0]), {"x": torch.tensor([5, 7])}, 2)
+        {'x': [7, 5]}
+        """
+        return {name: self.gather_rows(indices, values, total).tolist() for name, values in columns.items()}
+
+    def gather_labels(self, labels: dict[int, str], total: int) -> list[str | None]:
+        """Every rank's text labels of some rows (row -> text), as a list of ``total`` (None where no rank
+        labelled the row), on every rank.
+
+        >>> Process().gather_labels({2: "skipped"}, 3)
+        [None, None, 'skipped']
+        """
+        every: dict[int, str] = {}
+        for block in self.gather_flat(torch.tensor(list(json.dumps(labels).encode()), dtype=torch.long)):
+            every |= {int(row): label for row, label in json.loads(bytes(block.tolist()).decode()).items()}
+        return [every.get(row) for row in range(total)]
 
     def gather_rows(self, indices: torch.Tensor, values: torch.Tensor, total: int) -> torch.Tensor:
         """Every rank's ``values[i]`` placed at row ``indices[i]`` of a ``[total, ...]`` tensor, on every rank.

@@ -1,12 +1,11 @@
 """The per-pair pipeline, streamed: rows -> chunks -> token sequences -> decoder passes -> per-pair numbers.
 
-Before the model loads, :func:`read_rows` checks every row (in blocks of ``BLOCK_ROWS``) and keeps only
-each row's text length. The rows are then cut into chunks of ``CHUNK_PAIRS`` pairs, block by block,
-longest text first (:func:`plan_chunks`): a fixed plan that depends on the data alone, so a chunk's
-numbers depend neither on which process computes it, nor on how many there are, nor on whether the run
-was resumed. Each process takes a share of the chunks (balanced by length) and streams them: a
-background thread reads and tokenizes the chunks ahead of the device (a few at a time), while the
-main thread runs the model on the current one and reduces it at once to its numbers. Per row, only
+Before the model loads, :func:`ches.rows.read_rows` checks every row and keeps only each row's text
+length. The rows are then cut into chunks of :data:`CHUNK_PAIRS` pairs (:func:`ches.chunks.plan_chunks`).
+Each process takes a share of the chunks (balanced by length) and streams them: a background thread
+reads and tokenizes the chunks ahead of the device (:func:`ches.chunks.stream_chunks`), while the main
+thread runs the model on the current one (from the cache where it holds the chunk) and reduces it at
+once to its numbers. Per row, only
 numbers are kept (a few bytes each; token ids live only while their chunk is in flight, hidden sums
 only when embeddings are written, and those go to disk chunk by chunk). At the end the processes
 exchange their rows' numbers, so every process returns all of them.
@@ -15,170 +14,36 @@ exchange their rows' numbers, so every process returns all of them.
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
-import queue
 import sys
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import datasets
 import numpy as np
 import torch
 
 from . import scores
 from .cache import ShardCache, chunk_key
+from .chunks import PlannedChunk, plan_chunks, plan_pairs, stream_chunks  # noqa: F401 (plan_pairs: read here by tests too)
 from .columns import SCORE_TYPES
 from .distributed import Process
 from .embeddings import EmbeddingWriter
-from .errors import ChesError
 from .engine import HiddenSums
-from .formats import Pair, pair_problem, text_length
-from .inputs import preference_pairs
+from .errors import ChesError
 from .layouts import LayoutChoice
-from .models import LoadedModel, max_positions
+from .models import LoadedModel
+from .rows import RowSource
 from .stats import skip_reasons
-from .tokens import SequencePair, Skip, TokenizedPair, TokenSequence, to_sequences, tokenize_pairs
+from .tokens import SequencePair, Skip, TokenSequence
 
 logger = logging.getLogger("ches")
 
-BLOCK_ROWS = 16384  # rows read (and checked) at a time
 CHUNK_PAIRS = 256  # pairs per chunk: the unit of work, of caching and of resuming
-AHEAD = 4  # chunks tokenized ahead of the device
 #: per-pair numbers computed from the hidden sums (the rest of the score columns come from the plans)
 SUM_SCORES = ("ches", "ln_ches", "last_hidden_ip")
 #: the numeric score columns of a row, as exchanged between processes
 NUMBERS = {name: torch.float64 if kind == "float64" else torch.int64
            for name, kind in SCORE_TYPES.items() if name != "ches_skip"} | {"prompt_cut": torch.int64}
-
-
-@dataclass(frozen=True)
-class RowSource:
-    """The rows of one table, checked, read back a block at a time while scoring.
-
-    Attributes:
-        dataset: the table (memory-mapped Arrow when it came from files).
-        columns: the user's column names for ches' roles.
-        lengths: ``[N]`` characters of text per row (prompt and both completions): the length sort key.
-        split: the split's name, for messages.
-    """
-
-    dataset: datasets.Dataset
-    columns: Mapping[str, str] | None
-    lengths: np.ndarray
-    split: str | None
-
-    def pairs(self, begin: int, end: int) -> list[Pair]:
-        """The normalized pairs of rows ``[begin, end)``."""
-        return preference_pairs(self.dataset.select(range(begin, end)), self.split, self.columns, first_row=begin,
-                                warn=False)
-
-    def pairs_at(self, rows: np.ndarray) -> list[Pair]:
-        """The normalized pairs of the given rows (already checked by :func:`read_rows`), in one read."""
-        return preference_pairs(self.dataset.select(rows), self.split, self.columns, warn=False)
-
-
-def read_rows(dataset: datasets.Dataset, split: str | None = None, columns: Mapping[str, str] | None = None) -> RowSource:
-    """Check every row of ``dataset`` (raising :class:`~ches.errors.ChesError` for the first bad ones) and
-    note their text lengths, a block at a time: memory does not grow with the table."""
-    if len(dataset) == 0:
-        preference_pairs(dataset, split, columns)  # raises: no rows
-    lengths = np.zeros(len(dataset), dtype=np.int64)
-    for begin in range(0, len(dataset), BLOCK_ROWS):
-        end = min(begin + BLOCK_ROWS, len(dataset))
-        lengths[begin:end] = [text_length(pair) for pair in
-                              preference_pairs(dataset.select(range(begin, end)), split, columns, first_row=begin)]
-    return RowSource(dataset, columns, lengths, split)
-
-
-def plan_chunks(lengths: np.ndarray, chunk_pairs: int | None = None, block_rows: int | None = None) -> list[np.ndarray]:
-    """Row indices cut into chunks of ``chunk_pairs``: block by block (``block_rows`` rows), each block's
-    rows longest first (stable), so a chunk holds rows of similar length and the plan streams. The
-    defaults are :data:`CHUNK_PAIRS` and :data:`BLOCK_ROWS`.
-
-    >>> [chunk.tolist() for chunk in plan_chunks(np.array([3, 5, 4, 1, 2]), chunk_pairs=2, block_rows=4)]
-    [[1, 2], [0, 3], [4]]
-    """
-    chunk_pairs, block_rows, chunks = chunk_pairs or CHUNK_PAIRS, block_rows or BLOCK_ROWS, []
-    for begin in range(0, len(lengths), block_rows):
-        order = begin + np.argsort(-lengths[begin : begin + block_rows], kind="stable")
-        chunks += [order[start : start + chunk_pairs] for start in range(0, len(order), chunk_pairs)]
-    return chunks
-
-
-@dataclass(frozen=True)
-class PlannedChunk:
-    """One chunk's rows, tokenized and planned (the work of one step of the stream).
-
-    Attributes:
-        chunk_id: the chunk's number in the run's plan.
-        rows: ``[n]`` the rows, in chunk order.
-        plans: per row, the two sequences to run, or why the row is skipped.
-        numbers: per row, the score columns known before the model runs (edit distance, token counts,
-            whether the prompt was cut), as :data:`NUMBERS` names them.
-    """
-
-    chunk_id: int
-    rows: np.ndarray
-    plans: list[SequencePair | Skip]
-    numbers: dict[str, list]
-
-    @property
-    def work(self) -> list[SequencePair]:
-        return [plan for plan in self.plans if isinstance(plan, SequencePair)]
-
-
-def plan_chunk(chunk_id: int, rows: np.ndarray, pairs: Sequence[Pair], tokenizer, *, max_length: int | None,
-               context: int | None) -> PlannedChunk:
-    """Tokenize a chunk's pairs (``pairs[i]`` is row ``rows[i]``) and plan each row."""
-    tokenized = tokenize_pairs(pairs, tokenizer, rows=rows)
-    plans = [_plan(pair, tokens, max_length, context) for pair, tokens in zip(pairs, tokenized)]
-    numbers: dict[str, list] = {"edit_distance": [], "prompt_tokens": [], "chosen_tokens": [], "rejected_tokens": [],
-                                "prompt_cut": [tokens.prompt_cut > 0 for tokens in tokenized]}
-    for plan, tokens in zip(plans, tokenized):
-        if isinstance(plan, SequencePair):
-            numbers["edit_distance"].append(scores.edit_distance(plan.chosen.completion_ids, plan.rejected.completion_ids))
-            counts = (plan.prompt_tokens, *plan.completion_tokens)
-        else:
-            numbers["edit_distance"].append(float("nan"))
-            counts = (len(tokens.prompt_ids), 0, 0)
-        for name, count in zip(("prompt_tokens", "chosen_tokens", "rejected_tokens"), counts):
-            numbers[name].append(count)
-    return PlannedChunk(chunk_id, rows, plans, numbers)
-
-
-def plan_pairs(pairs: Sequence[Pair], loaded: LoadedModel, *, max_length: int | None) -> list[SequencePair | Skip]:
-    """Each pair's two token sequences as ``ches.score`` runs them, or why it is skipped."""
-    return plan_chunk(-1, np.arange(len(pairs)), pairs, loaded.tokenizer, max_length=max_length,
-                      context=max_positions(loaded.model)).plans
-
-
-def _plan(pair: Pair, tokenized: TokenizedPair, max_length: int | None, context: int | None) -> SequencePair | Skip:
-    problem = pair_problem(pair)
-    if problem is not None:
-        return Skip(problem)
-    plan = to_sequences(tokenized, max_length)
-    if isinstance(plan, Skip) or context is None:
-        return plan
-    longest = max(len(sequence.input_ids) for sequence in plan)
-    if longest > context:
-        return Skip(f"sequence of {longest} tokens exceeds the model's context ({context}); pass max_length")
-    return plan
-
-
-def sample_work(sources: Sequence[RowSource], loaded: LoadedModel, *, max_length: int | None,
-                rows: int = 512) -> list[SequencePair]:
-    """The planned pairs of up to ``rows`` rows spread evenly over ``sources``: what the layout estimate
-    (:func:`ches.layouts.resolve_layout`) sees of the data's lengths."""
-    total = sum(len(source.lengths) for source in sources)
-    work = []
-    for source in sources:
-        count = len(source.lengths)
-        picked = np.unique(np.linspace(0, count - 1, max(1, round(rows * count / max(total, 1)))).round().astype(int))
-        pairs = source.pairs_at(picked)
-        work += [plan for plan in plan_pairs(pairs, loaded, max_length=max_length) if isinstance(plan, SequencePair)]
-    return work
 
 
 @dataclass(frozen=True)
@@ -210,7 +75,7 @@ def score_rows(source: RowSource, loaded: LoadedModel, *, layout: LayoutChoice, 
                embeddings: EmbeddingWriter | None = None, process: Process | None = None) -> ScoredRows:
     """Score every row of ``source`` in ``layout`` (resolved for this model), streaming chunk by chunk."""
     process = process or Process()
-    chunks = plan_chunks(source.lengths)
+    chunks = plan_chunks(source.lengths, CHUNK_PAIRS)
     mine = process.share([float(source.lengths[chunk].sum()) for chunk in chunks])
     bar = progress_bar(sum(len(chunks[i]) for i in mine), progress and process.is_main)
     try:
@@ -241,7 +106,7 @@ def _score_chunks(source: RowSource, chunks: list[np.ndarray], mine: list[int], 
     """Run this process's chunks (from the cache where it holds them), then gather every process's rows."""
     collected, reused = _Collected(), 0
     try:
-        for planned in _stream(source, chunks, mine, loaded, max_length):
+        for planned in stream_chunks(source, chunks, mine, loaded, max_length):
             stored, cached = _chunk_scores(planned, loaded, layout=layout, batch_tokens=batch_tokens, cache=cache,
                                            keep_sums=embeddings is not None, bar=bar)
             reused += cached
@@ -308,62 +173,11 @@ class _Collected:
     def gather(self, process: Process, total: int) -> ScoredRows:
         """Every process's rows' numbers and skip reasons, placed by row, on every process."""
         index = torch.cat(self.indices) if self.indices else torch.zeros(0, dtype=torch.long)
-        columns: dict[str, list] = {}
-        for name, dtype in NUMBERS.items():
-            values = torch.cat(self.parts[name]) if self.parts[name] else torch.zeros(0, dtype=dtype)
-            columns[name] = process.gather_rows(index, values, total).tolist()
-        every: dict[int, str] = {}
-        for block in process.gather_flat(torch.tensor(list(json.dumps(self.reasons).encode()), dtype=torch.long)):
-            every |= {int(row): reason for row, reason in json.loads(bytes(block.tolist()).decode()).items()}
-        columns["ches_skip"] = [every.get(row) for row in range(total)]
+        values = {name: torch.cat(self.parts[name]) if self.parts[name] else torch.zeros(0, dtype=dtype)
+                  for name, dtype in NUMBERS.items()}
+        columns = process.gather_columns(index, values, total)
+        columns["ches_skip"] = process.gather_labels(self.reasons, total)
         return ScoredRows(columns, prompt_cut=int(sum(columns.pop("prompt_cut"))))
-
-
-def _stream(source: RowSource, chunks: list[np.ndarray], mine: list[int], loaded: LoadedModel,
-            max_length: int | None) -> Iterator[PlannedChunk]:
-    """This process's chunks, planned by a background thread up to :data:`AHEAD` chunks ahead of the
-    caller. An error in the thread is raised here; leaving the loop early stops the thread."""
-    context, ready, stop = max_positions(loaded.model), queue.Queue(maxsize=AHEAD), threading.Event()
-
-    def produce() -> None:
-        block, block_pairs = -1, []
-        try:
-            for chunk_id in mine:
-                rows = chunks[chunk_id]
-                first = int(rows.min()) // BLOCK_ROWS * BLOCK_ROWS
-                if first != block:  # a chunk lies inside one block: read each block once
-                    block, block_pairs = first, source.pairs(first, min(first + BLOCK_ROWS, len(source.lengths)))
-                pairs = [block_pairs[int(row) - first] for row in rows]
-                item = plan_chunk(chunk_id, rows, pairs, loaded.tokenizer, max_length=max_length, context=context)
-                while not _put(ready, item, stop):
-                    if stop.is_set():
-                        return
-        except BaseException as error:  # handed to the consumer, which raises it
-            _put(ready, error, stop)
-            return
-        _put(ready, None, stop)
-
-    thread = threading.Thread(target=produce, name="ches-tokenize", daemon=True)
-    thread.start()
-    try:
-        while (item := ready.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
-def _put(ready: queue.Queue, item, stop: threading.Event) -> bool:
-    """Put ``item`` unless ``stop`` is set; False if it did not fit within a second (try again)."""
-    while not stop.is_set():
-        try:
-            ready.put(item, timeout=1.0)
-            return True
-        except queue.Full:
-            continue
-    return False
 
 
 def compute_chunk(pairs: Sequence[SequencePair], loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
