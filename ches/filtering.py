@@ -17,7 +17,7 @@ from .api import score
 from .columns import DEFAULT_MEASURE, MEASURES, RANK_COLUMNS, SCORE_COLUMNS, check_output_columns, check_score_columns
 from .errors import ChesError
 from .inputs import Data, column, load_data
-from .options import ScoreOptions
+from .options import FilterOptions, ScoreOptions
 from .stats import summarize
 
 logger = logging.getLogger("ches")
@@ -34,6 +34,7 @@ def filter(  # noqa: A001 - the public name is part of the contract
     keep: int | None = None,
     around: float | None = None,
     window: int | None = None,
+    options: FilterOptions | None = None,
     **score_kwargs,
 ) -> datasets.Dataset | datasets.DatasetDict:
     """Keep the pairs least likely to cause likelihood displacement; original order and columns.
@@ -41,7 +42,8 @@ def filter(  # noqa: A001 - the public name is part of the contract
     Rules (``max_score``, ``keep`` and ``around`` replace the default ``quantile`` rule; give at most one):
 
     - ``quantile``: keep exactly ``round(quantile * n)`` rows with the lowest ``measure`` (n = scored
-      rows); ``0.95`` drops the most displacement-prone 5 %, ``0.05`` is the paper's Section 6 setting.
+      rows); ``0.95`` (the default) drops the most displacement-prone 5 %, ``0.05`` is the paper's
+      Section 6 setting.
     - ``max_score``: keep rows whose ``measure`` is at most this (for ``edit_distance``: whose
       ``-edit_distance`` is at most this, i.e. ``max_score=-0.5`` keeps pairs at distance >= 0.5).
     - ``keep``: keep this many rows with the lowest ``measure``.
@@ -62,6 +64,8 @@ def filter(  # noqa: A001 - the public name is part of the contract
         model, tokenizer, **score_kwargs: used to score ``data`` first when it has no scores
             (``score_kwargs``: the options of :func:`ches.score`).
         keep_scores: ``False`` drops the score columns, leaving exactly the input schema (ready for TRL).
+        options: the rule, ``measure`` and ``keep_scores`` as one :class:`~ches.options.FilterOptions`
+            (instead of the keywords above).
 
     Raises:
         ChesError: (a ``ValueError``) bad ``quantile``/``measure``/rule, no scores and no model, or no rows.
@@ -71,54 +75,28 @@ def filter(  # noqa: A001 - the public name is part of the contract
     >>> filter(rows, 0.5, keep_scores=False).to_dict()["chosen"]
     ['b', 'd']
     """
-    rules = [name for name, value in (("quantile", quantile), ("max_score", max_score), ("keep", keep), ("around", around))
-             if value is not None]
-    quantile, max_score, around = (_number(name, value) for name, value in
-                                   (("quantile", quantile), ("max_score", max_score), ("around", around)))
-    keep, window = _count("keep", keep), _count("window", window)
-    if len(rules) > 1:
-        raise ChesError(f"give at most one of quantile=, max_score=, keep=, around= (got {', '.join(rules)}).")
-    if window is not None and around is None:
-        raise ChesError("window= sets the size of the around= selection; pass around= too, or drop window=.")
-    return _per_split(_scored(data, measure, model, tokenizer, score_kwargs),
-                      lambda scored: _filter_split(scored, measure, quantile, max_score, keep, around, window, keep_scores))
+    if options is None:
+        options = FilterOptions(quantile=quantile, max_score=max_score, keep=keep, around=around, window=window,
+                                measure=measure, keep_scores=keep_scores)
+    return _per_split(_scored(data, options.measure, model, tokenizer, score_kwargs),
+                      lambda scored: _filter_split(scored, options))
 
 
-def _number(name: str, value):
-    """A rule's number as a Python float (numpy scalars too); ``None`` stays ``None``; booleans, text and
-    NaN are refused."""
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or np.isnan(value):
-        raise ChesError(f"{name}={value!r} must be a number.")
-    return float(value)
-
-
-def _count(name: str, value):
-    """A number of rows as a Python int (numpy integers too); ``None`` stays ``None``."""
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ChesError(f"{name}={value!r} must be a whole number of rows.")
-    return int(value)
-
-
-def _filter_split(scored: datasets.Dataset, measure: str, quantile, max_score, keep, around, window,
-                  keep_scores: bool) -> datasets.Dataset:
-    rows, values = _scored_rows(scored, measure)
-    if max_score is not None:
-        picked = select.keep_at_most(values, max_score)
-    elif keep is not None:
-        picked = select.keep_count(values, keep)
-    elif around is not None:
-        picked = select.keep_window(values, around, 512 if window is None else window)
+def _filter_split(scored: datasets.Dataset, options: FilterOptions) -> datasets.Dataset:
+    rows, values = _scored_rows(scored, options.measure)
+    rule = options.rule
+    if rule == "max_score":
+        picked = select.keep_at_most(values, options.max_score)
+    elif rule == "keep":
+        picked = select.keep_count(values, options.keep)
+    elif rule == "around":
+        picked = select.keep_window(values, options.around, options.window_kept)
     else:
-        picked = select.keep_quantile(values, 0.95 if quantile is None else quantile)
+        picked = select.keep_quantile(values, options.quantile_kept)
     logger.info("ches.filter: kept %d of %d scored rows by %s (%d rows could not be scored and were dropped)",
-                len(picked), len(rows), measure, len(scored) - len(rows))
+                len(picked), len(rows), options.measure, len(scored) - len(rows))
     result = scored.select(rows[picked])
-    return result if keep_scores else result.remove_columns(_added_columns(result))
+    return result if options.keep_scores else result.remove_columns(_added_columns(result))
 
 
 def rank(data: Data, measure: str = DEFAULT_MEASURE, *, model=None, tokenizer=None,

@@ -108,7 +108,7 @@ class ScoreOptions:
     cache_dir: str | os.PathLike | None = _option(help="keep finished work here; re-running resumes after a crash",
                                                   type=Path)
     save_embeddings: str | os.PathLike | None = _option(help="also write S+ and S- per row to this .safetensors file",
-                                                        type=Path, flag=None)
+                                                        type=Path, metavar="FILE.safetensors")
     overwrite: bool = _option(False, help="replace existing outputs", type=bool, flag=None)
     progress: bool = _option(True, help="no progress bar", type=bool, flag="--no-progress")
     model_kwargs: dict[str, Any] = _option(dict, help="passed to from_pretrained", flag=None)
@@ -158,13 +158,7 @@ class ScoreOptions:
             options, kwargs = None, {**options, **kwargs}
         elif options is not None and not isinstance(options, cls):
             raise ChesError(f"options= must be a ches.ScoreOptions (or a dict of its fields); got {type(options).__name__}.")
-        names = {item.name for item in fields(cls)}
-        unknown = sorted(set(kwargs) - names - set(MODEL_KWARGS))
-        if unknown:
-            known = sorted(names | set(MODEL_KWARGS))
-            close = difflib.get_close_matches(unknown[0], known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ChesError(f"unknown option {unknown[0]!r}{hint}; the options are {', '.join(known)}.")
+        refuse_unknown(kwargs, {item.name for item in fields(cls)} | set(MODEL_KWARGS))
         base = options or cls()
         passed = {name: kwargs.pop(name) for name in MODEL_KWARGS if name in kwargs}
         extra = kwargs.pop("model_kwargs", None)
@@ -178,6 +172,178 @@ class ScoreOptions:
     def as_dict(self) -> dict[str, Any]:
         """The options as JSON-ready values (paths and dtypes as strings), for metadata."""
         return json.loads(json.dumps(asdict(self), default=str))
+
+
+def refuse_unknown(given, known: set[str]) -> None:
+    """A misspelled option is an error with a suggestion, never ignored.
+
+    >>> refuse_unknown({"max_lenght": 3}, {"max_length", "dtype"})
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: unknown option 'max_lenght' (did you mean 'max_length'?); the options are dtype, max_length.
+    """
+    unknown = sorted(set(given) - known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ChesError(f"unknown option {unknown[0]!r}{hint}; the options are {', '.join(sorted(known))}.")
+
+
+#: the quantile ``ches.filter`` keeps when no rule is given, and the rows ``around=`` keeps by default
+DEFAULT_QUANTILE, DEFAULT_WINDOW = 0.95, 512
+#: the rules of ``ches.filter``: give at most one
+FILTER_RULES = ("quantile", "max_score", "keep", "around")
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    """How ``ches.filter`` chooses the rows it keeps (``ches filter``'s flags); checked on creation.
+
+    >>> FilterOptions(keep=3).rule, FilterOptions().rule, FilterOptions().quantile_kept
+    ('keep', 'quantile', 0.95)
+    >>> FilterOptions(keep=2.7)
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: keep=2.7 must be a whole number of rows.
+    """
+
+    quantile: float | None = _option(help=f"fraction of scored rows to keep, lowest scores first (default "
+                                          f"{DEFAULT_QUANTILE})", type=float, group="rule")
+    max_score: float | None = _option(help="keep rows whose score is at most this", type=float, group="rule")
+    keep: int | None = _option(help="keep this many rows with the lowest scores", type=int, group="rule")
+    around: float | None = _option(help="keep --window rows centred on this quantile of the sorted scores", type=float,
+                                   group="rule")
+    window: int | None = _option(help=f"rows kept with --around (default {DEFAULT_WINDOW})", type=int)
+    measure: str = _option(DEFAULT_MEASURE, help="the score to select by", choices=tuple(MEASURES))
+    keep_scores: bool = _option(True, help="drop the score columns (exactly the input schema)", type=bool,
+                                flag="--no-scores")
+
+    def __post_init__(self) -> None:
+        for name in ("quantile", "max_score", "around"):
+            object.__setattr__(self, name, _real(name, getattr(self, name)))
+        for name in ("keep", "window"):
+            object.__setattr__(self, name, _whole(name, getattr(self, name)))
+        given = [name for name in FILTER_RULES if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ChesError(f"give at most one of quantile=, max_score=, keep=, around= (got {', '.join(given)}).")
+        if self.window is not None and self.around is None:
+            raise ChesError("window= sets the size of the around= selection; pass around= too, or drop window=.")
+        if self.measure not in MEASURES:
+            raise ChesError(f"unknown measure {self.measure!r}; use one of {sorted(MEASURES)}.")
+
+    @property
+    def rule(self) -> str:
+        """The rule given, or ``"quantile"`` (the default rule)."""
+        return next((name for name in FILTER_RULES if getattr(self, name) is not None), "quantile")
+
+    @property
+    def quantile_kept(self) -> float:
+        return DEFAULT_QUANTILE if self.quantile is None else self.quantile
+
+    @property
+    def window_kept(self) -> int:
+        return DEFAULT_WINDOW if self.window is None else self.window
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What ``ches report`` shows (its flags); checked on creation."""
+
+    measure: str = _option(DEFAULT_MEASURE, help="the score the pairs are sorted by", choices=tuple(MEASURES))
+    top: int = _option(20, help="pairs shown at each end", type=int)
+    split: str | None = _option(help="split of a folder with several splits")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.top, bool) or not isinstance(self.top, int) or self.top < 1:
+            raise ChesError(f"top={self.top!r} must be a positive integer: the pairs shown at each end.")
+
+
+#: the :class:`ScoreOptions` ``ches.validate`` takes (with its own defaults for ``dtype`` and ``max_length``)
+VALIDATE_SCORE_OPTIONS = ("split", "device", "dtype", "max_length", "num_threads", "progress")
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    """How ``ches.validate`` probes a model (its keywords and ``ches validate``'s flags); checked on creation.
+
+    >>> ValidateOptions(n=16).pool_rows(1000)
+    320
+    >>> ValidateOptions(n=4, pool=1)
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: pool=1 must hold at least the n=4 pairs probed; raise pool or lower n (or drop pool= to score every row).
+    """
+
+    n: int = _option(64, help="pairs probed, spread over the CHES range", type=int)
+    steps: int = _option(5, help="DPO steps per probe", type=int)
+    learning_rate: float = _option(1e-6, help="RMSprop learning rate", type=float, flag="--lr")
+    beta: float = _option(0.1, help="DPO beta", type=float)
+    pool: int | None = _option(help="rows scored to choose from (default: all, or 20 x n)", type=int)
+    seed: int = _option(0, help="which pool rows are drawn; also seeds the bootstrap", type=int)
+    resamples: int = _option(1000, help="bootstrap resamples for the 95 % intervals", type=int, flag=None)
+    split: str | None = _option(help="split of a DatasetDict / Hub dataset")
+    device: str | None = _option(help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
+    dtype: str | None = _option("float32", help="precision during the probes (DPO steps in half precision are noisy)",
+                                choices=DTYPE_NAMES)
+    max_length: int | None = _option(512, help="keep the first N tokens of each sequence (TRL keep_start)", type=int)
+    num_threads: int | None = _option(help="CPU threads (default: one per free core, measured at the start; one for "
+                                           "a tiny model)", type=int, flag="--threads")
+    progress: bool = _option(True, help="no progress bar", type=bool, flag="--no-progress")
+
+    def __post_init__(self) -> None:
+        whole = {"n": 0, "steps": 1, "resamples": 1, "seed": 0, "pool": 1, "num_threads": 1}  # n: ranged with the data
+        for name, minimum in whole.items():
+            value = getattr(self, name)
+            if name in ("pool", "num_threads") and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+                raise ChesError(f"{name}={value!r} must be {what}.")
+        for name in ("learning_rate", "beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ChesError(f"{name}={value!r} must be > 0 and finite.")
+        if self.pool is not None and self.pool < self.n:
+            raise ChesError(f"pool={self.pool} must hold at least the n={self.n} pairs probed; raise pool or lower n "
+                            "(or drop pool= to score every row).")
+        _positive("max_length", self.max_length, minimum=2, none="no truncation")
+
+    def pool_rows(self, rows: int) -> int:
+        """Rows scored to choose the probed pairs from, of a table of ``rows``."""
+        return min(rows, self.pool or 20 * self.n)
+
+    @classmethod
+    def from_kwargs(cls, options: ValidateOptions | None = None, **kwargs: Any) -> ValidateOptions:
+        """``options`` (default: all defaults) with ``kwargs`` replacing fields; unknown names are refused."""
+        refuse_unknown(kwargs, {item.name for item in fields(cls)})
+        return replace(options or cls(), **kwargs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+def _real(name: str, value: Any) -> float | None:
+    """A number as a Python float (numpy scalars too); None stays None; booleans, text and NaN are refused."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or type(value).__name__ == "bool_" or not _is_real(value) or math.isnan(value):
+        raise ChesError(f"{name}={value!r} must be a number.")
+    return float(value)
+
+
+def _whole(name: str, value: Any) -> int | None:
+    """A count of rows as a Python int (numpy integers too); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or type(value).__name__ == "bool_" or not hasattr(value, "__index__"):
+        raise ChesError(f"{name}={value!r} must be a whole number of rows.")
+    return int(value)
+
+
+def _is_real(value: Any) -> bool:
+    import numbers
+
+    return isinstance(value, numbers.Real)
 
 
 #: how :func:`ches.pairs` chooses pairs (:mod:`ches.pairing`)
@@ -224,6 +390,17 @@ class PairOptions:
             raise ChesError(f"seed={self.seed!r} must be an integer >= 0.")
 
 
+@dataclass(frozen=True)
+class PairInputOptions:
+    """How :func:`ches.pairs` reads its rows: your column names (generic rows) or the rated field
+    (raw UltraFeedback rows); checked against the data by :func:`ches.pair_builder.candidate_rows`."""
+
+    columns: dict[str, str] | None = _option(help="your column names, e.g. prompt=question,responses=outs,ratings=scores",
+                                              type="columns", metavar="NAME=COLUMN,...")
+    rating_field: str | None = _option(help="the completion field rated, for raw UltraFeedback rows (default "
+                                            "overall_score)")
+
+
 def pair_score_options(options: ScoreOptions | None = None, **kwargs: Any) -> ScoreOptions:
     """:meth:`ScoreOptions.from_kwargs` for :func:`ches.pairs`: only the :data:`PAIR_SCORE_OPTIONS`, and
     only the :data:`PAIR_LAYOUTS`.
@@ -263,13 +440,15 @@ def _positive(name: str, value: Any, *, minimum: int, none: str) -> None:
         raise ChesError(f"{name}={value!r} must be {what} (or None for {none}).")
 
 
-def signature_with_options(function, names: tuple[str, ...] | None = None) -> inspect.Signature:
-    """``function``'s signature with every :class:`ScoreOptions` field in ``names`` (default: all), and the
-    ``from_pretrained`` keywords, as keyword-only parameters, so ``help()`` and editors show the options."""
+def signature_with_options(function, names: tuple[str, ...] | None = None, options: type | None = None) -> inspect.Signature:
+    """``function``'s signature with every field in ``names`` (default: all) of the dataclass ``options``
+    (default :class:`ScoreOptions`, with the ``from_pretrained`` keywords too) as keyword-only parameters,
+    so ``help()`` and editors show the options."""
     head = [p for p in inspect.signature(function).parameters.values() if p.kind != p.VAR_KEYWORD]
     fields = [inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=_field_default(item), annotation=item.type)
-              for item in dataclasses.fields(ScoreOptions) if names is None or item.name in names]
-    passed = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in MODEL_KWARGS]
+              for item in dataclasses.fields(options or ScoreOptions) if names is None or item.name in names]
+    passed = [] if options not in (None, ScoreOptions) else \
+        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in MODEL_KWARGS]
     return inspect.Signature(head + fields + passed, return_annotation=inspect.signature(function).return_annotation)
 
 

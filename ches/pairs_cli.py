@@ -3,9 +3,9 @@
     ches pairs INPUT --model M --output OUT [--rule R] [--measure M] [--min-margin X] [--per-prompt K] [--seed S]
                [--columns prompt=...,responses=...,ratings=...] [--rating-field FIELD] [--overwrite]
 
-The pairing flags come from :class:`~ches.options.PairOptions`, the scoring flags from
-:class:`~ches.options.ScoreOptions` (the subset :data:`~ches.options.PAIR_SCORE_OPTIONS`) and the
-``from_pretrained`` keywords, as for ``ches score``. Imports nothing heavy at module level, so
+The pairing flags come from :class:`~ches.options.PairOptions` and :class:`~ches.options.PairInputOptions`,
+the scoring flags from :class:`~ches.options.ScoreOptions` (the subset :data:`~ches.options.PAIR_SCORE_OPTIONS`)
+and the ``from_pretrained`` keywords, as for ``ches score`` (all through :mod:`ches.flags`). Imports nothing heavy at module level, so
 ``ches --help`` stays fast. The prompts that gave no pair are listed, with the reason, under
 ``skipped_prompts`` in the output's ``.meta.json`` sidecar.
 """
@@ -14,37 +14,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
+
+from .flags import Outcome, add_data, add_model, add_options, add_output, add_scoring, check_outputs, option_values, score_kwargs
 
 
 def add_command(parser: argparse.ArgumentParser) -> None:
     """The flags of ``ches pairs``: the keyword arguments of :func:`ches.pairs`."""
-    from .cli import _from_pretrained_flags, _model_flags, _option_flags, _overwrite_option
-    from .options import PAIR_LAYOUTS, PAIR_SCORE_OPTIONS, PairOptions
+    from .options import PAIR_LAYOUTS, PAIR_SCORE_OPTIONS, PairInputOptions, PairOptions
 
-    parser.add_argument("data", metavar="INPUT", help="rows with a prompt, responses and ratings (file, folder or Hub id)")
-    _model_flags(parser, required=True)
-    parser.add_argument("--output", "-o", type=Path,
-                        help="where to write the pairs (.parquet/.jsonl/.json/.csv or a folder)")
-    _option_flags(parser, options=PairOptions)
-    parser.add_argument("--columns", metavar="NAME=COLUMN,...", help="e.g. prompt=question,responses=outs,ratings=scores")
-    parser.add_argument("--rating-field", help="the completion field rated, for raw UltraFeedback rows (default "
-                                               "overall_score)")
-    _option_flags(parser, PAIR_SCORE_OPTIONS, choices={"layout": PAIR_LAYOUTS})
-    _from_pretrained_flags(parser)
-    _overwrite_option(parser)
+    add_data(parser, "INPUT", "rows with a prompt, responses and ratings (file, folder or Hub id)")
+    add_model(parser, required=True)
+    add_options(parser, PairOptions)
+    add_options(parser, PairInputOptions)
+    add_scoring(parser, PAIR_SCORE_OPTIONS, choices={"layout": PAIR_LAYOUTS})
+    add_output(parser, "where to write the pairs (.parquet/.jsonl/.json/.csv or a folder)")
 
 
-def run_command(args):
+def run_command(args) -> Outcome:
     """``ches pairs``: check the output, build the pairs, hand the dataset and sidecar content to the CLI."""
-    from .cli import Outcome, _check_outputs, _score_kwargs
-    from .options import PairOptions
+    from .options import PAIR_SCORE_OPTIONS, PairInputOptions, PairOptions
     from .pair_builder import pairs
 
-    _check_outputs(args)
-    rules = {item.name: getattr(args, item.name) for item in dataclasses.fields(PairOptions)}
-    result = pairs(args.data, args.model, args.tokenizer, rating_field=args.rating_field, **rules,
-                   **_score_kwargs(args))  # with --columns, parsed (ches.pairs' own columns=)
+    check_outputs(args)
+    result = pairs(args.data, args.model, args.tokenizer, **option_values(args, PairOptions),
+                   **option_values(args, PairInputOptions), **score_kwargs(args, PAIR_SCORE_OPTIONS))
     meta = {"run": result.info.as_dict(), "rows_written": result.dataset.num_rows,
             "skipped_prompts": [dataclasses.asdict(item) for item in result.skipped],
             "unscored_responses": [dataclasses.asdict(item) for item in result.unscored]}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
 from .api import score_run
 from .columns import DEFAULT_MEASURE, MEASURES
@@ -18,6 +17,7 @@ from .errors import ChesError
 from .formats import to_pairs
 from .inputs import Data, column, load_data, pair_columns
 from .models import load_model
+from .options import ValidateOptions, signature_with_options
 from .probes import DPOProbe
 from .select import similarity
 from .stats import bootstrap_interval, partial_spearman, pearson, spearman
@@ -52,118 +52,80 @@ def correlation_table(measures: dict[str, np.ndarray], displacement: np.ndarray,
     return table
 
 
-def validate(
-    data: Data,
-    model,
-    tokenizer=None,
-    *,
-    n: int = 64,
-    steps: int = 5,
-    learning_rate: float = 1e-6,
-    beta: float = 0.1,
-    max_length: int | None = 512,
-    pool: int | None = None,
-    split: str | None = None,
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = "float32",
-    seed: int = 0,
-    resamples: int = 1000,
-    progress: bool = True,
-    num_threads: int | None = None,
-) -> dict:
+def validate(data: Data, model, tokenizer=None, *, options: ValidateOptions | None = None, **kwargs) -> dict:
     """Single-pair DPO probes on ``n`` pairs across the CHES range; correlations with displacement.
 
     Args:
-        data, model, tokenizer, split, max_length, device: as for :func:`ches.score`.
-        n: pairs probed, taken at evenly spaced CHES ranks among the scored pool.
-        steps, learning_rate, beta: DPO probe settings (RMSprop, reference = the model as given).
-        pool: rows scored to choose from (default: all rows, or a random ``20 * n`` of larger data).
-        dtype: precision of the model during the probes (default float32: DPO steps in half precision
-            are noisy).
-        seed: which pool rows are drawn; also seeds the bootstrap.
-        resamples: bootstrap resamples for the 95 % intervals.
-        num_threads: CPU threads (default: chosen as for :func:`ches.score`, :mod:`ches.threads`).
+        data, model, tokenizer: as for :func:`ches.score`.
+        options, **kwargs: a :class:`~ches.options.ValidateOptions` and/or its fields as keywords, all checked
+            before any work: ``n`` pairs probed, taken at evenly spaced CHES ranks among the scored pool;
+            ``steps``, ``learning_rate``, ``beta`` (DPO probe settings: RMSprop, reference = the model as
+            given); ``pool`` rows scored to choose from (default: all rows, or a random ``20 * n`` of larger
+            data); ``seed`` (which pool rows are drawn; also seeds the bootstrap); ``resamples`` (bootstrap
+            resamples for the 95 % intervals); ``split``, ``max_length`` (default 512), ``device``, ``dtype``
+            (default float32: DPO steps in half precision are noisy), ``num_threads`` and ``progress`` as for
+            :func:`ches.score`.
 
     Returns:
-        ``{"settings", "rows": [per-pair results], "correlations": {measure: {...}}, "summary"}``;
+        ``{"settings", "rows": [per-pair results], "correlations": {measure: {...}}, "summary", "verdict"}``;
         ``displacement`` is the drop of ``log pi(y+|x)`` (positive: the preferred response lost
         probability), ``measure`` values are sign-adjusted so that higher = more similar.
     """
-    _check_settings(n=n, steps=steps, learning_rate=learning_rate, beta=beta, resamples=resamples, pool=pool, seed=seed)
-    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1):
-        raise ChesError(f"num_threads={num_threads!r} must be a positive integer (or None for one per free core).")
-    with torch_threads(num_threads):
-        return _validate(data, model, tokenizer, n=n, steps=steps, learning_rate=learning_rate, beta=beta,
-                         max_length=max_length, pool=pool, split=split, device=device, dtype=dtype, seed=seed,
-                         resamples=resamples, progress=progress, num_threads=num_threads)
+    options = ValidateOptions.from_kwargs(options, **kwargs)
+    with torch_threads(options.num_threads):
+        return _validate(data, model, tokenizer, options)
 
 
-def _validate(data, model, tokenizer, *, n, steps, learning_rate, beta, max_length, pool, split, device, dtype, seed,
-              resamples, progress, num_threads) -> dict:
+def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
     started = time.time()
-    dataset = load_data(data, split)
+    n = options.n
+    dataset = load_data(data, options.split)
     if hasattr(dataset, "keys"):
         raise ChesError(f"data has splits {sorted(dataset)}; pass split=.")
     if n < 3 or n > len(dataset):
         raise ChesError(f"n={n} must be between 3 and the number of rows ({len(dataset)}).")
-    if pool is not None and pool > len(dataset):
-        raise ChesError(f"pool={pool} is more than the {len(dataset)} rows of the data; drop pool= to score them all.")
-    size = min(len(dataset), pool or 20 * n)
-    generator = np.random.default_rng(seed)
+    if options.pool is not None and options.pool > len(dataset):
+        raise ChesError(f"pool={options.pool} is more than the {len(dataset)} rows of the data; drop pool= to score "
+                        "them all.")
+    size = options.pool_rows(len(dataset))
+    generator = np.random.default_rng(options.seed)
     pool_rows = np.sort(generator.choice(len(dataset), size=size, replace=False))
     candidates = dataset.select(pool_rows)
-    loaded = load_model(model, tokenizer, dtype=dtype, device=device)
-    threads = set_threads(loaded.model, explicit=num_threads, device=loaded.device)
-    scored, _ = score_run(candidates, loaded.model, loaded.tokenizer, max_length=max_length, progress=progress,
-                          num_threads=threads.count)
+    loaded = load_model(model, tokenizer, dtype=options.dtype, device=options.device)
+    threads = set_threads(loaded.model, explicit=options.num_threads, device=loaded.device)
+    scored, _ = score_run(candidates, loaded.model, loaded.tokenizer, max_length=options.max_length,
+                          progress=options.progress, num_threads=threads.count)
     usable = np.flatnonzero([reason is None for reason in column(scored, "ches_skip")])
     if len(usable) < n:
         raise ChesError(f"only {len(usable)} of the {size} pooled rows could be scored; lower n or raise max_length.")
     ches_values = np.asarray(column(scored, "ches"))[usable]
     picked = np.sort(usable[np.argsort(ches_values, kind="stable")[np.linspace(0, len(usable) - 1, n).round().astype(int)]])
-    sequences = probe_sequences(candidates.select(picked), loaded.tokenizer, max_length)
-    probe = DPOProbe(loaded.model, steps=steps, learning_rate=learning_rate, beta=beta,
+    sequences = probe_sequences(candidates.select(picked), loaded.tokenizer, options.max_length)
+    probe = DPOProbe(loaded.model, steps=options.steps, learning_rate=options.learning_rate, beta=options.beta,
                      pad_id=loaded.tokenizer.pad_token_id or 0)
-    changes = run_probes(probe, sequences, progress)
+    changes = run_probes(probe, sequences, options.progress)
     displacement = -changes[:, 0]
     picked_scores = scored.select(picked)
     measures = {name: similarity(column(picked_scores, name), name) for name in MEASURES}
     chosen_tokens = np.asarray(column(picked_scores, "chosen_tokens"), dtype=np.float64)
     rejected_tokens = np.asarray(column(picked_scores, "rejected_tokens"), dtype=np.float64)
     result = {
-        "settings": {"model": loaded.name, "n": n, "steps": steps, "learning_rate": learning_rate, "beta": beta,
-                     "max_length": max_length, "pool": size, "seed": seed, "dtype": str(loaded.dtype),
+        "settings": {"model": loaded.name, "n": n, "steps": options.steps, "learning_rate": options.learning_rate,
+                     "beta": options.beta, "max_length": options.max_length, "pool": size, "seed": options.seed,
+                     "dtype": str(loaded.dtype),
                      "device": str(loaded.device), "optimizer": "RMSprop", "threads": threads.count,
                      "threads_reason": threads.reason, "seconds": time.time() - started},
         "rows": [{"row": int(pool_rows[row]), "displacement": float(d), "chosen_change": float(c[0]),
                   "rejected_change": float(c[1]), **{name: float(measures[name][i]) for name in MEASURES},
                   "chosen_tokens": int(chosen_tokens[i]), "rejected_tokens": int(rejected_tokens[i])}
                  for i, (row, d, c) in enumerate(zip(picked, displacement, changes))],
-        "correlations": correlation_table(measures, displacement, chosen_tokens, rejected_tokens, resamples, seed),
+        "correlations": correlation_table(measures, displacement, chosen_tokens, rejected_tokens, options.resamples,
+                                          options.seed),
         "summary": {"mean_chosen_change": float(changes[:, 0].mean()), "mean_rejected_change": float(changes[:, 1].mean()),
                     "fraction_displaced": float((displacement > 0).mean())},
     }
     result["verdict"] = verdict(result)
     return result
-
-
-def _check_settings(**settings) -> None:
-    """Every probe setting that could not act as asked is refused: whole numbers where counts are meant, finite
-    positive rates, and a pool of at least ``n`` rows."""
-    whole = {"n": 0, "steps": 1, "resamples": 1, "seed": 0, "pool": 1}  # n: its range is checked with the data
-    for name, minimum in whole.items():
-        value = settings[name]
-        if name == "pool" and value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ChesError(f"{name}={value!r} must be {'a positive integer' if minimum == 1 else f'an integer >= {minimum}'}.")
-    for name in ("learning_rate", "beta"):
-        value = settings[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value) or value <= 0:
-            raise ChesError(f"{name}={value!r} must be > 0 and finite.")
-    if settings["pool"] is not None and settings["pool"] < settings["n"]:
-        raise ChesError(f"pool={settings['pool']} must hold at least the n={settings['n']} pairs probed; raise pool or "
-                        "lower n (or drop pool= to score every row).")
 
 
 def probe_sequences(dataset, tokenizer, max_length: int | None) -> list[SequencePair]:
@@ -262,3 +224,6 @@ def _interval(entry: dict, key: str) -> str:
 
 def _number(value: float, form: str) -> str:
     return format(value, form) if np.isfinite(value) else "n/a"
+
+
+validate.__signature__ = signature_with_options(validate, options=ValidateOptions)
