@@ -141,6 +141,10 @@ def load_model(
         local = os.path.isdir(os.path.expanduser(name))
         if name.startswith((".", "/", "~")) and not local:
             raise ChesError(f"model folder {name} does not exist; pass a local model folder or a Hub id.")
+        if local and not any(os.path.isfile(os.path.join(os.path.expanduser(name), file))
+                             for file in ("config.json", "adapter_config.json")):
+            raise ChesError(f"model folder {name} has no config.json (nor adapter_config.json): it is not a Hugging Face "
+                            "model folder; save the model there with model.save_pretrained(folder).")
         if revision is not None and local:
             raise ChesError(f"revision={revision!r} selects a version of a Hub model, but {name} is a local folder, "
                             "which has no revisions; drop revision (--revision), or pass the Hub id.")
@@ -376,6 +380,8 @@ def load_tokenizer(tokenizer, model_name: str, trust_remote_code: bool = False, 
     from transformers import AutoTokenizer
 
     source = str(tokenizer) if tokenizer is not None else model_name
+    if source.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(source)):
+        raise ChesError(f"tokenizer folder {source} does not exist; pass a local tokenizer folder or a Hub id.")
     with offline_unless_reachable(source) as reason:
         try:
             return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_quick_mode_runs_and_agrees(tmp_path):
     output = tmp_path / "throughput.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--device", "cpu", "--quick",
@@ -23,6 +26,7 @@ def test_throughput_benchmark_quick_mode_runs_and_agrees(tmp_path):
     assert all(entry["tokens_per_s"] > 0 and entry["mfu_measured"] > 0 for entry in result["results"])
 
 
+@pytest.mark.slow
 def test_engine_profile_accounts_for_the_engines_time(tmp_path):
     output = tmp_path / "profile.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "engine_profile.py"), "--device", "cpu", "--quick",

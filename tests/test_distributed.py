@@ -64,6 +64,7 @@ def single_process(tmp_path):
     return load_data(str(output))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_processes_write_what_one_process_writes(tmp_path, launcher):
     output = tmp_path / "scores.parquet"
@@ -74,6 +75,7 @@ def test_two_processes_write_what_one_process_writes(tmp_path, launcher):
     assert '"processes": 2' in meta
 
 
+@pytest.mark.slow
 def test_python_api_returns_the_full_result_on_every_rank(tmp_path):
     launch(tmp_path, "api", SAMPLE, str(MODEL_DIR), str(tmp_path / "api"))
     expected = single_process(tmp_path).to_list()
@@ -90,6 +92,7 @@ def test_share_covers_every_item_once_and_balances_tokens(world):
     assert max(loads) - min(loads) <= max(costs)
 
 
+@pytest.mark.slow
 def test_a_tokenization_error_on_one_rank_stops_every_rank(tmp_path):
     # each rank tokenizes half the rows; row 50 (second half) makes the chat template raise
     import json

@@ -142,6 +142,7 @@ def test_unavailable_attention_kernel_is_a_clear_error(tokenizer, tiny_model):
                    progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["padded", "packed", "prefix_shared"])
 def test_compiled_body_gives_the_same_scores(layout, tokenizer, tiny_model):
     rows = hh_rows(10, start=400)

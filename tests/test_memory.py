@@ -39,5 +39,6 @@ def growth(tmp_path_factory) -> dict[int, float]:
     return {hidden: (runs[6000, hidden] - runs[1500, hidden]) / 4500 for hidden in (64, 1024)}
 
 
+@pytest.mark.slow
 def test_memory_per_row_does_not_depend_on_the_hidden_size(growth):
     assert abs(growth[1024] - growth[64]) < 6_000, growth  # bytes per row

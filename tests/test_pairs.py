@@ -244,19 +244,21 @@ def test_min_ches_is_the_brute_force_minimum(tiny_model, tokenizer):
 
 
 def test_baselines_and_seeded_random_on_data(tiny_model, tokenizer):
+    """The rules are pure functions tested on their own (test_baselines_by_definition_and_ties); here, that ches.pairs wires
+    them to the data: which rule, the seed per source row, min_margin. Four runs of the model."""
     model = tiny_model("llama")
     rows = persona_rows(6)
     worst = ches.pairs(rows, model, tokenizer, rule="max_margin").dataset
     assert set(worst["rejected"]) == {" Yes"}  # the first-listed of the lowest-rated answers
     assert set(worst["chosen"]) == {" No"}
-    first = ches.pairs(rows, model, tokenizer, rule="random", seed=3).dataset
-    again = ches.pairs(rows, model, tokenizer, rule="random", seed=3).dataset
     changed = [dict(rows[0], ratings=[0.0, 3.0, 2.0, 1.0, 0.0, 0.0])] + rows[1:]  # another row's draw
-    others = ches.pairs(changed, model, tokenizer, rule="random", seed=3).dataset
-    assert first["rejected"] == again["rejected"] and others["rejected"][1:] == first["rejected"][1:]
-    other = [ches.pairs(rows, model, tokenizer, rule="random", seed=seed).dataset["rejected"] for seed in range(4)]
-    assert len({tuple(draw) for draw in other}) > 1
-    assert all(RATINGS[ANSWERS.index(answer)] < 3 for draw in other for answer in draw)
+    for data in (rows, changed):
+        drawn = ches.pairs(data, model, tokenizer, rule="random", seed=3).dataset
+        for row, (chosen, rejected) in enumerate(zip(drawn["chosen_index"], drawn["rejected_index"])):
+            ratings = np.array(data[row]["ratings"])  # the pure rule, with the generator of (seed, source row)
+            allowed = allowed_pairs(ratings, np.zeros((6, 6)), same=np.eye(6, dtype=bool))
+            expected = select("random", np.zeros((6, 6)), ratings, allowed, rng=np.random.default_rng([3, row]))
+            assert [(chosen, rejected)] == expected
     margin = ches.pairs(rows, model, tokenizer, min_margin=2.5).dataset
     assert set(margin["rejected_rating"]) == {0.0}
 

@@ -30,6 +30,7 @@ def shards(folder):
     return [p for p in folder.rglob("chunk-*.safetensors")] if folder.exists() else []
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_uninterrupted_output(tmp_path):
     cache, output = tmp_path / "cache", tmp_path / "scores.parquet"
     process = run_cli("--cache-dir", str(cache), "--output", str(output), wait=False)
