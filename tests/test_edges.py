@@ -781,7 +781,7 @@ def test_hidden_states_that_are_not_finite_are_marked_only_where_they_are(workdi
     import logging
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(workdir / "model")
     counts = {}
