@@ -14,7 +14,7 @@ import datasets
 import torch
 
 from .cache import open_cache
-from .columns import SCORE_COLUMNS, add_score_columns, check_output_columns
+from .columns import LOGPS_COLUMNS, SCORE_COLUMNS, add_score_columns, check_output_columns
 from .embeddings import EmbeddingWriter, embedding_file
 from .export import check_apart_from_inputs, check_output
 from .inputs import Data, load_data, read_columns
@@ -77,8 +77,9 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
     started = now()
     dataset = load_data(data, options.split)
     parts = dataset if isinstance(dataset, datasets.DatasetDict) else {None: dataset}
+    added = SCORE_COLUMNS + (LOGPS_COLUMNS if options.logps else ())
     for name, part in parts.items():  # no column of the user's is overwritten by the scores
-        check_output_columns(part.column_names, SCORE_COLUMNS, read_columns(part, options.columns), _where(data, name))
+        check_output_columns(part.column_names, added, read_columns(part, options.columns), _where(data, name))
     sources = {name: read_rows(part, name, options.columns) for name, part in parts.items()}  # every row checked
     embedding_files = {name: embedding_file(options.save_embeddings, name) for name in parts} if options.save_embeddings else {}
     inputs = (data if isinstance(data, (str, os.PathLike)) else None, *model_paths(model, tokenizer))
@@ -99,7 +100,7 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
                                      rows=len(part)) if embedding_files else None
             rows = score_rows(sources[name], loaded, layout=layout, batch_tokens=setup.batch_tokens,
                               max_length=options.max_length, progress=options.progress, cache=cache, embeddings=writer,
-                              process=setup.process)
+                              process=setup.process, logps=options.logps)
             results[name] = add_score_columns(part, rows.columns)
             key = _key(name)
             info.rows[key] = len(part)

@@ -37,6 +37,8 @@ class Batch:
         sum_positions: ``[K]`` flat indices into the ``B * T`` positions whose hidden states are summed.
         sum_rows: ``[K]`` which sequence of the batch (0..S-1) each of those positions belongs to.
         last_positions: ``[S]`` flat index of each sequence's last summed position.
+        sum_targets: ``[K]`` the token each summed position predicts (its sequence's completion tokens),
+            for the completions' log-probabilities (:mod:`ches.logps`).
     """
 
     input_ids: torch.Tensor
@@ -45,6 +47,7 @@ class Batch:
     last_positions: torch.Tensor
     position_ids: torch.Tensor | None = None  # packed layout only: ``[R, T]``, restarting at 0 per sequence
     segments: Segments | None = None  # padding-free rows only: the attention segments, read once per batch
+    sum_targets: torch.Tensor | None = None
 
     def with_segments(self) -> "Batch":
         """This batch with its attention :class:`~ches.attention.Segments`, read off the position ids
@@ -66,7 +69,7 @@ class Batch:
 
         return Batch(*(move(tensor) for tensor in (
             self.input_ids, self.sum_positions, self.sum_rows, self.last_positions, self.position_ids)),
-            None if self.segments is None else self.segments.apply(move))
+            None if self.segments is None else self.segments.apply(move), move(self.sum_targets))
 
 
 CUDA_PAD_MULTIPLE = 64  # rows padded to a multiple of this on CUDA: fewer distinct shapes for its kernels
@@ -112,7 +115,16 @@ def collate(sequences: Sequence[TokenSequence], pad_id: int, multiple: int = 1) 
     row_starts = torch.arange(len(sequences)) * width
     starts = torch.tensor([sequence.start for sequence in sequences]) + row_starts
     ends = torch.tensor([sequence.end for sequence in sequences]) + row_starts
-    return Batch(input_ids=input_ids, **summed_positions(starts, ends))
+    return Batch(input_ids=input_ids, **summed_positions(starts, ends), sum_targets=completion_targets(sequences))
+
+
+def completion_targets(sequences: Sequence[TokenSequence]) -> torch.Tensor:
+    """The tokens the summed positions of ``sequences`` predict, in the batch's order (``sum_targets``).
+
+    >>> completion_targets([TokenSequence([1, 2, 3], 0, 2), TokenSequence([1, 4], 0, 1)]).tolist()
+    [2, 3, 4]
+    """
+    return torch.tensor([token for sequence in sequences for token in sequence.completion_ids], dtype=torch.long)
 
 
 def summed_positions(starts: torch.Tensor, ends: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -215,4 +227,4 @@ def pack_groups(groups: Sequence[Sequence[TokenSequence]], pad_id: int, row_leng
     positions["last_positions"] = torch.where(ends == offsets, prompt_last, ends - 1)
     return Batch(input_ids=torch.tensor(flat_ids, dtype=torch.long).reshape(len(rows), row_length),
                  position_ids=torch.tensor(flat_positions, dtype=torch.long).reshape(len(rows), row_length),
-                 **positions)
+                 **positions, sum_targets=completion_targets(sequences))

@@ -20,6 +20,10 @@ SCORE_TYPES = {
     "prompt_tokens": "int64", "chosen_tokens": "int64", "rejected_tokens": "int64", "ches_skip": "string",
 }
 SCORE_COLUMNS = tuple(SCORE_TYPES)
+#: columns added by ``ches.score(..., logps=True)``: each completion's log-probability under the scored model
+#: (TRL's ``ref_chosen_logps`` / ``ref_rejected_logps``), NaN where ``ches_skip`` has a reason
+LOGPS_TYPES = {"chosen_logps": "float64", "rejected_logps": "float64"}
+LOGPS_COLUMNS = tuple(LOGPS_TYPES)
 #: columns added by ``ches.rank``
 RANK_TYPES = {"ches_rank": "int64", "ches_percentile": "float64"}
 RANK_COLUMNS = tuple(RANK_TYPES)
@@ -96,16 +100,18 @@ def check_output_columns(column_names, added: tuple[str, ...], read: list[str], 
 
 
 def add_score_columns(dataset, columns: dict[str, list]):
-    """``dataset`` (a ``datasets.Dataset``) with the :data:`SCORE_COLUMNS` ``columns`` appended, typed as
-    :data:`SCORE_TYPES`; an earlier run's score columns (all of them: :func:`check_output_columns`) are replaced."""
+    """``dataset`` (a ``datasets.Dataset``) with the :data:`SCORE_COLUMNS` ``columns`` (and the
+    :data:`LOGPS_COLUMNS` when there) appended, typed as :data:`SCORE_TYPES`; an earlier run's score columns
+    (all of them: :func:`check_output_columns`) are replaced."""
     import datasets
 
     clashes = [name for name in columns if name in dataset.column_names]
     if clashes:
         logger.info("replacing the score columns of an earlier run with new scores")
         dataset = dataset.remove_columns(clashes)
-    for name in SCORE_COLUMNS:
-        dataset = dataset.add_column(name, columns[name], feature=datasets.Value(SCORE_TYPES[name]),
+    types = {**SCORE_TYPES, **LOGPS_TYPES}
+    for name in [name for name in types if name in columns]:
+        dataset = dataset.add_column(name, columns[name], feature=datasets.Value(types[name]),
                                      new_fingerprint=_fingerprint(dataset, name, columns[name]))
     return dataset
 

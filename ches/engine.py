@@ -25,6 +25,7 @@ from einops import rearrange
 from .attention import SEGMENTS_KEYWORD
 from .batches import Batch, collate, group_length, pack, pack_groups, padded_length, rows_that_fit
 from .errors import ChesError
+from .logps import LMHead, sequence_logps
 from .models import has_sliding_window
 from .tokens import TokenSequence
 
@@ -38,14 +39,18 @@ class HiddenSums:
     Attributes:
         sums: ``[N, H]`` float32, ``S`` for each sequence.
         last: ``[N, H]`` float32, the hidden state at each sequence's last summed position.
+        logps: ``[N]`` float64, each completion's log-probability under the model (:mod:`ches.logps`),
+            when the pass was asked for them.
     """
 
     sums: torch.Tensor
     last: torch.Tensor
+    logps: torch.Tensor | None = None
 
 
-def run_body(body: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass of the decoder body; returns ``([B, H] sums, [B, H] last)`` in float32.
+def run_body(body: torch.nn.Module, batch: Batch, head: LMHead | None = None):
+    """One forward pass of the decoder body; returns ``([B, H] sums, [B, H] last)`` in float32, and with a
+    ``head`` also ``[B]`` float64 completion log-probabilities (the head applied at the summed positions only).
 
     A batch's attention segments (padding-free rows) go to every layer's kernel with the forward's
     keyword arguments, where the model passes those on; otherwise the kernel reads them itself.
@@ -56,8 +61,12 @@ def run_body(body: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.T
     hidden = body(input_ids=batch.input_ids, use_cache=False, **extra).last_hidden_state
     flat = rearrange(hidden, "rows tokens hidden -> (rows tokens) hidden")  # on the last layer's device
     sums = torch.zeros(len(batch.last_positions), flat.shape[-1], dtype=torch.float32, device=flat.device)
-    sums.index_add_(0, batch.sum_rows.to(flat.device), flat.index_select(0, batch.sum_positions.to(flat.device)).float())
-    return sums, flat.index_select(0, batch.last_positions.to(flat.device)).float()
+    summed = flat.index_select(0, batch.sum_positions.to(flat.device))
+    sums.index_add_(0, batch.sum_rows.to(flat.device), summed.float())
+    last = flat.index_select(0, batch.last_positions.to(flat.device)).float()
+    if head is None:
+        return sums, last
+    return sums, last, sequence_logps(head, summed, batch.sum_targets, batch.sum_rows, len(batch.last_positions))
 
 
 def _passes_keywords(body: torch.nn.Module) -> bool:
@@ -151,6 +160,7 @@ def hidden_sums(
     packing: bool = False,
     one_row: bool = False,
     on_done: Callable[[list[int]], None] | None = None,
+    head: LMHead | None = None,
 ) -> HiddenSums:
     """Run ``body`` over ``sequences`` in token-budget batches and collect :class:`HiddenSums`.
 
@@ -172,6 +182,7 @@ def hidden_sums(
         packing, one_row: shorthand for ``batching``: ``packing`` alone is :class:`PackedRows`, with
             ``one_row`` :class:`OneRow`.
         on_done: called with the indices of the sequences of each finished batch.
+        head: the model's output layer: also each completion's log-probability (:mod:`ches.logps`).
     """
     if batching is None:
         batching = (OneRow() if one_row else PackedRows()) if packing else PaddedRows()
@@ -179,7 +190,7 @@ def hidden_sums(
         raise ValueError(f"groups (shared prompts) need OneRow batching, not {type(batching).__name__}")
     units = [[index] for index in range(len(sequences))] if groups is None else [list(group) for group in groups]
     lengths = [group_length([sequences[index] for index in unit]) for unit in units]
-    finished: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []  # kept on the device until the end,
+    finished: list[tuple] = []  # (members, sums, last[, logps]), kept on the device until the end,
     remaining = sorted(range(len(units)), key=lambda unit: -lengths[unit])  # so the host prepares the next batch
     budget = batch_tokens
     with torch.inference_mode():
@@ -188,7 +199,7 @@ def hidden_sums(
             batch = batching.build([[sequences[index] for index in units[unit]] for unit in chosen],
                                    [lengths[unit] for unit in chosen], pad_id, pad_multiple, max(lengths))
             try:
-                batch_sums, batch_last = run_body(body, batch.to(device))
+                outputs = run_body(body, batch.to(device)) if head is None else run_body(body, batch.to(device), head)
             except torch.OutOfMemoryError:
                 del batch
                 torch.cuda.empty_cache()
@@ -206,17 +217,20 @@ def hidden_sums(
                                len(chosen), lengths[chosen[0]], budget)
                 continue
             members = [index for unit in chosen for index in units[unit]]
-            finished.append((members, batch_sums, batch_last))
+            finished.append((members, *outputs))
             remaining = remaining[len(chosen):]
             if on_done is not None:
                 on_done(members)
     sums = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
     last = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
-    for members, batch_sums, batch_last in finished:
+    logps = torch.empty(len(sequences), dtype=torch.float64) if head is not None else None
+    for members, batch_sums, batch_last, *batch_logps in finished:
         index = torch.tensor(members)
         sums[index] = batch_sums.cpu()
         last[index] = batch_last.cpu()
-    return HiddenSums(sums=sums, last=last)
+        if logps is not None:
+            logps[index] = batch_logps[0]
+    return HiddenSums(sums=sums, last=last, logps=logps)
 
 
 def _fill(remaining: list[int], lengths: Sequence[int], capacity: int) -> list[int]:
@@ -307,8 +321,9 @@ def shared_prompt_sums(
     hidden_size: int,
     device: torch.device,
     on_done: Callable[[list[int]], None] | None = None,
+    head: LMHead | None = None,
 ) -> HiddenSums:
-    """:class:`HiddenSums` computed pair by pair, running each prompt once.
+    """:class:`HiddenSums` computed pair by pair, running each prompt once (with ``head``, log-probabilities too).
 
     ``groups`` are the ``(chosen, rejected)`` index pairs of ``sequences`` that share a prompt (as for
     :func:`hidden_sums`). The chosen sequence runs whole with a KV cache; the cache is cut back to the
@@ -318,16 +333,21 @@ def shared_prompt_sums(
     """
     sums = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
     last = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
+    logps = torch.empty(len(sequences), dtype=torch.float64) if head is not None else None
     with torch.inference_mode():
         for chosen, rejected in groups:
             hidden_states = _shared_prompt_pass(body, sequences[chosen], sequences[rejected], device)
             for index, hidden in zip((chosen, rejected), hidden_states):
-                summed = hidden[: sequences[index].end - sequences[index].start].float()
+                positions = hidden[: sequences[index].end - sequences[index].start]
+                summed = positions.float()
                 sums[index] = summed.sum(0).cpu()
                 last[index] = summed[-1].cpu()
+                if logps is not None:
+                    targets = torch.tensor(sequences[index].completion_ids, device=positions.device)
+                    logps[index] = sequence_logps(head, positions, targets, torch.zeros_like(targets), 1)[0]
             if on_done is not None:
                 on_done([chosen, rejected])
-    return HiddenSums(sums=sums, last=last)
+    return HiddenSums(sums=sums, last=last, logps=logps)
 
 
 def _shared_prompt_pass(body, chosen: TokenSequence, rejected: TokenSequence, device: torch.device):

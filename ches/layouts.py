@@ -38,6 +38,7 @@ from .attention import packed_attention
 from .batches import group_length, pad_multiple, padded_length
 from .engine import (HiddenSums, OneRow, PackedRows, PaddedRows, hidden_sums, packing_is_exact, prefix_sharing_is_exact,
                      shared_prompt_is_exact, shared_prompt_sums)
+from .logps import LMHead
 from .options import LAYOUTS
 from .tokens import TokenSequence
 
@@ -80,8 +81,9 @@ class Layout:
         raise NotImplementedError
 
     def run(self, sequences: Sequence[TokenSequence], groups: Sequence[Sequence[int]], loaded, *, batch_tokens: int,
-            on_done: Callable[[list[int]], None] | None = None) -> HiddenSums:
-        """The hidden sums of ``sequences``; ``groups`` are the indices of sequences sharing a prompt."""
+            on_done: Callable[[list[int]], None] | None = None, head: LMHead | None = None) -> HiddenSums:
+        """The hidden sums of ``sequences`` (with ``head``: their completions' log-probabilities too);
+        ``groups`` are the indices of sequences sharing a prompt."""
         raise NotImplementedError
 
     def token_slots(self, sequences: Sequence[TokenSequence], groups: Sequence[Sequence[int]]) -> int:
@@ -112,8 +114,8 @@ class Padded(Layout):
     def on(self, loaded, scope):
         return self
 
-    def run(self, sequences, groups, loaded, *, batch_tokens, on_done=None):
-        return _engine(sequences, None, loaded, PaddedRows(), batch_tokens, on_done)
+    def run(self, sequences, groups, loaded, *, batch_tokens, on_done=None, head=None):
+        return _engine(sequences, None, loaded, PaddedRows(), batch_tokens, on_done, head)
 
 
 @dataclass(frozen=True)
@@ -134,8 +136,9 @@ class Packed(Layout):
             return Packed(padding_free=True)
         return Packed() if packing_is_exact(loaded.body, loaded.device, loaded.vocab_size) else None
 
-    def run(self, sequences, groups, loaded, *, batch_tokens, on_done=None):
-        return _engine(sequences, None, loaded, OneRow() if self.padding_free else PackedRows(), batch_tokens, on_done)
+    def run(self, sequences, groups, loaded, *, batch_tokens, on_done=None, head=None):
+        return _engine(sequences, None, loaded, OneRow() if self.padding_free else PackedRows(), batch_tokens, on_done,
+                       head)
 
 
 @dataclass(frozen=True)
@@ -156,8 +159,8 @@ class PrefixShared(Layout):
     def on(self, loaded, scope):
         return PrefixShared(padding_free=True) if _switched(loaded, scope, prefix_sharing_is_exact) else None
 
-    def run(self, sequences, groups, loaded, *, batch_tokens, on_done=None):
-        return _engine(sequences, groups, loaded, OneRow(), batch_tokens, on_done)
+    def run(self, sequences, groups, loaded, *, batch_tokens, on_done=None, head=None):
+        return _engine(sequences, groups, loaded, OneRow(), batch_tokens, on_done, head)
 
     def token_slots(self, sequences, groups):
         return sum(group_length([sequences[index] for index in group]) for group in groups)
@@ -178,11 +181,11 @@ class SharedPrompt(Layout):
     def on(self, loaded, scope):
         return self if shared_prompt_is_exact(loaded.body, loaded.device, loaded.vocab_size) else None
 
-    def run(self, sequences, groups, loaded, *, batch_tokens, on_done=None):
+    def run(self, sequences, groups, loaded, *, batch_tokens, on_done=None, head=None):
         if all(len(group) == 1 for group in groups):
-            return Padded().run(sequences, groups, loaded, batch_tokens=batch_tokens, on_done=on_done)
+            return Padded().run(sequences, groups, loaded, batch_tokens=batch_tokens, on_done=on_done, head=head)
         return shared_prompt_sums(loaded.body, sequences, groups=groups, hidden_size=loaded.hidden_size,
-                                  device=loaded.device, on_done=on_done)
+                                  device=loaded.device, on_done=on_done, head=head)
 
     def token_slots(self, sequences, groups):
         return PrefixShared().token_slots(sequences, groups)
@@ -322,12 +325,12 @@ def _switched(loaded, scope: contextlib.ExitStack, probe, **options) -> bool:
     return False
 
 
-def _engine(sequences, groups, loaded, batching, batch_tokens: int, on_done) -> HiddenSums:
+def _engine(sequences, groups, loaded, batching, batch_tokens: int, on_done, head) -> HiddenSums:
     """:func:`ches.engine.hidden_sums` with the run's model, device and padding."""
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     return hidden_sums(loaded.body, sequences, hidden_size=loaded.hidden_size, batch_tokens=batch_tokens,
                        device=loaded.device, pad_id=pad_id, pad_multiple=pad_multiple(loaded.device.type),
-                       batching=batching, groups=groups, on_done=on_done)
+                       batching=batching, groups=groups, on_done=on_done, head=head)
 
 
 def _lengths(pairs: Pairs) -> np.ndarray:

@@ -87,6 +87,9 @@ class ScoreOptions:
             safetensors file (``name.SPLIT.safetensors`` per split of a ``DatasetDict``).
         overwrite: allow ``save_embeddings`` to replace an existing file.
         progress: a progress bar over pairs and the summary line.
+        logps: also add ``chosen_logps`` and ``rejected_logps`` (float64): each completion's summed token
+            log-probabilities under the model, the numbers TRL's ``DPOTrainer`` precomputes as its
+            reference log-probs (:mod:`ches.logps`), from the same forward pass.
         model_kwargs: passed to ``from_pretrained``: ``trust_remote_code``, ``attn_implementation``
             (e.g. ``"flash_attention_2"``; also applied to a loaded model), ``device_map``,
             ``max_memory``, ``offload_folder`` (for models larger than one device), ``revision``, ...
@@ -111,6 +114,8 @@ class ScoreOptions:
                                                         type=Path, metavar="FILE.safetensors")
     overwrite: bool = _option(False, help="replace existing outputs", type=bool, flag=None)
     progress: bool = _option(True, help="no progress bar", type=bool, flag="--no-progress")
+    logps: bool = _option(False, help="also each completion's log-probability under the model (chosen_logps, "
+                                      "rejected_logps: TRL's reference log-probs)", type=bool)
     model_kwargs: dict[str, Any] = _option(dict, help="passed to from_pretrained", flag=None)
 
     def __post_init__(self) -> None:

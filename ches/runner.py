@@ -25,12 +25,13 @@ import torch
 from . import scores
 from .cache import ShardCache, chunk_key
 from .chunks import PlannedChunk, plan_chunks, plan_pairs, stream_chunks  # noqa: F401 (plan_pairs: read here by tests too)
-from .columns import SCORE_TYPES
+from .columns import LOGPS_COLUMNS, SCORE_TYPES
 from .distributed import Process
 from .embeddings import EmbeddingWriter
 from .engine import HiddenSums
 from .errors import ChesError
 from .layouts import LayoutChoice
+from .logps import LMHead
 from .models import LoadedModel
 from .rows import RowSource
 from .stats import skip_reasons
@@ -41,6 +42,8 @@ logger = logging.getLogger("ches")
 CHUNK_PAIRS = 256  # pairs per chunk: the unit of work, of caching and of resuming
 #: per-pair numbers computed from the hidden sums (the rest of the score columns come from the plans)
 SUM_SCORES = ("ches", "ln_ches", "last_hidden_ip")
+#: per-pair numbers the model pass gives: the sums' scores, and with ``logps`` each completion's log-probability
+MODEL_NUMBERS = {False: SUM_SCORES, True: SUM_SCORES + LOGPS_COLUMNS}
 #: the numeric score columns of a row, as exchanged between processes
 NUMBERS = {name: torch.float64 if kind == "float64" else torch.int64
            for name, kind in SCORE_TYPES.items() if name != "ches_skip"} | {"prompt_cut": torch.int64}
@@ -54,10 +57,15 @@ class SideSums:
     rejected_sum: torch.Tensor
     chosen_last: torch.Tensor
     rejected_last: torch.Tensor
+    chosen_logps: torch.Tensor | None = None  # [N] float64, with logps
+    rejected_logps: torch.Tensor | None = None
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"chosen_sum": self.chosen_sum, "rejected_sum": self.rejected_sum,
-                "chosen_last": self.chosen_last, "rejected_last": self.rejected_last}
+        """The four ``[N, H]`` tensors (:data:`SUM_TENSORS`), by name."""
+        return {name: getattr(self, name) for name in SUM_TENSORS}
+
+
+SUM_TENSORS = ("chosen_sum", "rejected_sum", "chosen_last", "rejected_last")  # what embeddings and the cache keep
 
 
 @dataclass(frozen=True)
@@ -72,15 +80,18 @@ class ScoredRows:
 
 def score_rows(source: RowSource, loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
                max_length: int | None, progress: bool = False, cache: ShardCache | None = None,
-               embeddings: EmbeddingWriter | None = None, process: Process | None = None) -> ScoredRows:
-    """Score every row of ``source`` in ``layout`` (resolved for this model), streaming chunk by chunk."""
+               embeddings: EmbeddingWriter | None = None, process: Process | None = None,
+               logps: bool = False) -> ScoredRows:
+    """Score every row of ``source`` in ``layout`` (resolved for this model), streaming chunk by chunk; with
+    ``logps``, each completion's log-probability too (:data:`~ches.columns.LOGPS_COLUMNS`)."""
     process = process or Process()
     chunks = plan_chunks(source.lengths, CHUNK_PAIRS)
     mine = process.share([float(source.lengths[chunk].sum()) for chunk in chunks])
     bar = progress_bar(sum(len(chunks[i]) for i in mine), progress and process.is_main)
     try:
         result, reused = _score_chunks(source, chunks, mine, loaded, layout=layout, batch_tokens=batch_tokens,
-                                       max_length=max_length, bar=bar, cache=cache, embeddings=embeddings, process=process)
+                                       max_length=max_length, bar=bar, cache=cache, embeddings=embeddings, process=process,
+                                       logps=logps)
         _refuse_if_nothing_finite(result.columns["ches_skip"], loaded.dtype, source.split)
         if embeddings is not None and process.is_main:
             embeddings.finish(list(range(len(chunks))))
@@ -102,19 +113,20 @@ def score_rows(source: RowSource, loaded: LoadedModel, *, layout: LayoutChoice, 
 
 def _score_chunks(source: RowSource, chunks: list[np.ndarray], mine: list[int], loaded: LoadedModel, *,
                   layout: LayoutChoice, batch_tokens: int, max_length: int | None, bar, cache: ShardCache | None,
-                  embeddings: EmbeddingWriter | None, process: Process) -> tuple[ScoredRows, int]:
+                  embeddings: EmbeddingWriter | None, process: Process, logps: bool) -> tuple[ScoredRows, int]:
     """Run this process's chunks (from the cache where it holds them), then gather every process's rows."""
-    collected, reused = _Collected(), 0
+    collected, reused = _Collected(MODEL_NUMBERS[logps]), 0
+    head = LMHead.of(loaded.model) if logps else None
     try:
         for planned in stream_chunks(source, chunks, mine, loaded, max_length):
             stored, cached = _chunk_scores(planned, loaded, layout=layout, batch_tokens=batch_tokens, cache=cache,
-                                           keep_sums=embeddings is not None, bar=bar)
+                                           keep_sums=embeddings is not None, bar=bar, head=head)
             reused += cached
             run = collected.add(planned, stored, loaded.dtype)
             release_freed_memory()
             if embeddings is not None:
                 embeddings.add(planned.chunk_id, torch.as_tensor(planned.rows)[run],
-                               {name: stored[name] for name in SideSums.__dataclass_fields__},
+                               {name: stored[name] for name in SUM_TENSORS},
                                torch.tensor(planned.numbers["chosen_tokens"])[run],
                                torch.tensor(planned.numbers["rejected_tokens"])[run])
         failure = None
@@ -125,15 +137,16 @@ def _score_chunks(source: RowSource, chunks: list[np.ndarray], mine: list[int], 
 
 
 def _chunk_scores(planned: PlannedChunk, loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
-                  cache: ShardCache | None, keep_sums: bool, bar) -> tuple[dict[str, torch.Tensor], bool]:
-    """A chunk's :data:`SUM_SCORES` (and sums when ``keep_sums``) for its run rows, and whether they came
+                  cache: ShardCache | None, keep_sums: bool, bar, head: LMHead | None = None
+                  ) -> tuple[dict[str, torch.Tensor], bool]:
+    """A chunk's :data:`MODEL_NUMBERS` (and sums when ``keep_sums``) for its run rows, and whether they came
     from the cache."""
-    names = SUM_SCORES + (tuple(SideSums.__dataclass_fields__) if keep_sums else ())
+    names = MODEL_NUMBERS[head is not None] + (SUM_TENSORS if keep_sums else ())
     key = chunk_key(planned.plans) if cache is not None else None
     stored = cache.load(key, rows=len(planned.work), names=names) if cache is not None else None
     if stored is None:
         computed = compute_chunk(planned.work, loaded, layout=layout, batch_tokens=batch_tokens, keep_sums=keep_sums,
-                                 on_pairs=bar.update if bar is not None else None)
+                                 on_pairs=bar.update if bar is not None else None, head=head)
         if cache is not None:
             cache.save(key, computed)
     if bar is not None:
@@ -144,9 +157,11 @@ def _chunk_scores(planned: PlannedChunk, loaded: LoadedModel, *, layout: LayoutC
 class _Collected:
     """This process's rows' numbers and skip reasons, chunk by chunk, until they are exchanged."""
 
-    def __init__(self) -> None:
+    def __init__(self, model_numbers: tuple[str, ...] = SUM_SCORES) -> None:
+        self.model_numbers = model_numbers  # what the model pass gives per pair (float64, NaN where skipped)
+        self.numbers = NUMBERS | {name: torch.float64 for name in model_numbers}
         self.indices: list[torch.Tensor] = []
-        self.parts: dict[str, list[torch.Tensor]] = {name: [] for name in NUMBERS}
+        self.parts: dict[str, list[torch.Tensor]] = {name: [] for name in self.numbers}
         self.reasons: dict[int, str] = {}
 
     def add(self, planned: PlannedChunk, stored: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -154,7 +169,7 @@ class _Collected:
         hidden states were not finite (in ``dtype``) gets a skip reason saying so, and NaN scores."""
         run = torch.tensor([isinstance(plan, SequencePair) for plan in planned.plans], dtype=torch.bool)
         scores_by_name = {}
-        for name in SUM_SCORES:
+        for name in self.model_numbers:
             values = torch.full((len(planned.rows),), float("nan"), dtype=torch.float64)
             values[run] = stored[name]
             scores_by_name[name] = values
@@ -174,62 +189,73 @@ class _Collected:
         """Every process's rows' numbers and skip reasons, placed by row, on every process."""
         index = torch.cat(self.indices) if self.indices else torch.zeros(0, dtype=torch.long)
         values = {name: torch.cat(self.parts[name]) if self.parts[name] else torch.zeros(0, dtype=dtype)
-                  for name, dtype in NUMBERS.items()}
+                  for name, dtype in self.numbers.items()}
         columns = process.gather_columns(index, values, total)
         columns["ches_skip"] = process.gather_labels(self.reasons, total)
         return ScoredRows(columns, prompt_cut=int(sum(columns.pop("prompt_cut"))))
 
 
 def compute_chunk(pairs: Sequence[SequencePair], loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
-                  keep_sums: bool = False, on_pairs: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
-    """The :data:`SUM_SCORES` of each pair (``[N]`` float64), plus its :class:`SideSums` fields when
-    ``keep_sums``; ``on_pairs`` is told how many more pairs finished after each batch."""
+                  keep_sums: bool = False, on_pairs: Callable[[int], None] | None = None,
+                  head: LMHead | None = None) -> dict[str, torch.Tensor]:
+    """The :data:`MODEL_NUMBERS` of each pair (``[N]`` float64; with ``head``, the log-probabilities too),
+    plus its :class:`SideSums` tensors when ``keep_sums``; ``on_pairs`` is told how many more pairs
+    finished after each batch."""
     if not pairs:
-        empty = {name: torch.zeros(0, dtype=torch.float64) for name in SUM_SCORES}
-        return empty | ({name: torch.zeros(0, loaded.hidden_size) for name in SideSums.__dataclass_fields__}
-                        if keep_sums else {})
-    sums = run_chunk(pairs, loaded, layout=layout, batch_tokens=batch_tokens, on_done=_pair_counter(on_pairs))
-    return pair_scores(pairs, sums) | (sums.tensors() if keep_sums else {})
+        empty = {name: torch.zeros(0, dtype=torch.float64) for name in MODEL_NUMBERS[head is not None]}
+        return empty | ({name: torch.zeros(0, loaded.hidden_size) for name in SUM_TENSORS} if keep_sums else {})
+    sums = run_chunk(pairs, loaded, layout=layout, batch_tokens=batch_tokens, on_done=_pair_counter(on_pairs),
+                     head=head)
+    logps = {"chosen_logps": sums.chosen_logps, "rejected_logps": sums.rejected_logps} if head is not None else {}
+    return pair_scores(pairs, sums) | logps | (sums.tensors() if keep_sums else {})
 
 
 def run_chunk(pairs: Sequence[SequencePair], loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
-              on_done: Callable[[list[int]], None] | None = None) -> SideSums:
-    """The engine's hidden sums of each pair's two sequences, in ``layout``. ``on_done`` gets the
-    indices (into ``pairs``) of pairs finished so far, once per sequence finished."""
+              on_done: Callable[[list[int]], None] | None = None, head: LMHead | None = None) -> SideSums:
+    """The engine's hidden sums of each pair's two sequences, in ``layout`` (with ``head``, the two
+    completions' log-probabilities too). ``on_done`` gets the indices (into ``pairs``) of pairs finished
+    so far, once per sequence finished."""
     count = len(pairs)
     sequences = [pair.chosen for pair in pairs] + [pair.rejected for pair in pairs]  # sequence i + count: i's rejected
     done = None if on_done is None else (lambda indices: on_done([index % count for index in indices]))
     groups = [(index, index + count) for index in range(count)]  # the two sequences of pair i share its prompt
-    sums = run_sequences(sequences, groups, loaded, layout=layout, batch_tokens=batch_tokens, on_done=done)
-    return SideSums(sums.sums[:count], sums.sums[count:], sums.last[:count], sums.last[count:])
+    sums = run_sequences(sequences, groups, loaded, layout=layout, batch_tokens=batch_tokens, on_done=done, head=head)
+    logps = (None, None) if sums.logps is None else (sums.logps[:count], sums.logps[count:])
+    return SideSums(sums.sums[:count], sums.sums[count:], sums.last[:count], sums.last[count:], *logps)
 
 
 def run_sequences(sequences: Sequence[TokenSequence], groups: Sequence[Sequence[int]], loaded: LoadedModel, *,
                   layout: LayoutChoice, batch_tokens: int,
-                  on_done: Callable[[list[int]], None] | None = None) -> HiddenSums:
+                  on_done: Callable[[list[int]], None] | None = None, head: LMHead | None = None) -> HiddenSums:
     """The engine's :class:`~ches.engine.HiddenSums` of ``sequences`` in ``layout`` (resolved for this
     model). ``groups`` are the indices of sequences that share a prompt: written once in the
     ``prefix_shared`` layout (any number per group), run through one KV cache in ``shared_prompt``
-    (``(chosen, rejected)`` pairs only); the other layouts run every sequence on its own."""
-    result = layout.strategy.run(sequences, groups, loaded, batch_tokens=batch_tokens, on_done=on_done)
-    return _rerun_nonfinite_alone(sequences, result, loaded, layout=layout, batch_tokens=batch_tokens)
+    (``(chosen, rejected)`` pairs only); the other layouts run every sequence on its own. With ``head``,
+    each completion's log-probability too."""
+    result = layout.strategy.run(sequences, groups, loaded, batch_tokens=batch_tokens, on_done=on_done, head=head)
+    return _rerun_nonfinite_alone(sequences, result, loaded, layout=layout, batch_tokens=batch_tokens, head=head)
 
 
 def _rerun_nonfinite_alone(sequences: Sequence[TokenSequence], result: HiddenSums, loaded: LoadedModel, *,
-                           layout: LayoutChoice, batch_tokens: int) -> HiddenSums:
+                           layout: LayoutChoice, batch_tokens: int, head: LMHead | None = None) -> HiddenSums:
     """Sums that are not finite, computed again one sequence at a time, where other sequences share their
     pass: an infinite activation times an attention weight of zero is NaN, so a masked kernel, or a prompt
     shared with a completion that overflows, can carry one sequence's overflow into its neighbours. Only the
     sequences that overflow themselves stay non-finite (a finite sum is never changed: a neighbour's overflow
     only ever adds NaN). When no sequence is finite (NaN weights) the cause is the model: nothing runs again."""
     finite = torch.isfinite(result.sums).all(-1) & torch.isfinite(result.last).all(-1)
+    if result.logps is not None:
+        finite &= torch.isfinite(result.logps)
     if bool(finite.all()) or not bool(finite.any()) or layout.layout == "padded":
         return result
     sums, last = result.sums.clone(), result.last.clone()
+    logps = None if result.logps is None else result.logps.clone()
     for index in torch.nonzero(~finite).reshape(-1).tolist():
-        alone = layout.strategy.run([sequences[index]], [[0]], loaded, batch_tokens=batch_tokens)
+        alone = layout.strategy.run([sequences[index]], [[0]], loaded, batch_tokens=batch_tokens, head=head)
         sums[index], last[index] = alone.sums[0], alone.last[0]
-    return HiddenSums(sums, last)
+        if logps is not None:
+            logps[index] = alone.logps[0]
+    return HiddenSums(sums, last, logps)
 
 
 def pair_scores(pairs: Sequence[SequencePair], sums: SideSums) -> dict[str, torch.Tensor]:
