@@ -13,12 +13,12 @@ from typing import Any
 import datasets
 import torch
 
-from .cache import open_cache
-from .columns import LOGPS_COLUMNS, SCORE_COLUMNS, add_score_columns, check_output_columns
+from .cache import model_fingerprint, open_cache
+from .columns import LOGPS_COLUMNS, SCORE_COLUMNS, add_score_columns, check_output_columns, with_reference
 from .embeddings import EmbeddingWriter, embedding_file
 from .export import check_apart_from_inputs, check_output
 from .inputs import Data, load_data, read_columns
-from .models import model_paths
+from .models import model_paths, tokenizer_fingerprint
 from .options import ScoreOptions, signature_with_options
 from .quiet import library_bars_off
 from .chunks import sample_work
@@ -108,6 +108,10 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
             info.skipped[key] = sum(info.skip_reasons[key].values())
             info.prompt_cut[key] = rows.prompt_cut
     info.finished = now()
+    if options.logps:  # what a trainer taking these log-probs as its reference must match (ches.trl)
+        info.model_fingerprint = model_fingerprint(loaded.model)
+        info.tokenizer_fingerprint = tokenizer_fingerprint(loaded.tokenizer)
+        results = {name: with_reference(part, info) for name, part in results.items()}
     output = datasets.DatasetDict(results) if isinstance(dataset, datasets.DatasetDict) else results[None]
     return output, info
 

@@ -124,3 +124,31 @@ def _fingerprint(dataset, name: str, values: list) -> str:
     digest = hashlib.sha256(f"{getattr(dataset, '_fingerprint', '')}\0{name}\0".encode())
     digest.update(json.dumps(values).encode() if name == "ches_skip" else np.asarray(values, dtype=np.float64).tobytes())
     return digest.hexdigest()[:16]
+
+
+#: the fields of a run's record that say which reference its log-probs are (checked by :mod:`ches.trl`)
+REFERENCE_FIELDS = ("model", "model_fingerprint", "tokenizer", "tokenizer_fingerprint", "dtype")
+
+
+def with_reference(dataset, run):
+    """``dataset`` carrying, in its ``info.description``, what its log-probs were computed with: the model's
+    and tokenizer's fingerprints, dtype and ``max_length`` (a dataset saved with ``save_to_disk`` keeps it; a
+    file keeps it in its ``.meta.json`` sidecar, which :func:`ches.inputs.load_data` reads back)."""
+    import json
+
+    import copy
+
+    record = run.as_dict() if hasattr(run, "as_dict") else dict(run)
+    dataset._info = copy.deepcopy(dataset.info)  # the caller's own dataset keeps its description
+    reference = {name: record.get(name) for name in REFERENCE_FIELDS}
+    reference["max_length"] = (record.get("options") or {}).get("max_length")
+    dataset.info.description = json.dumps({"ches_reference": reference})
+    return dataset
+
+
+def reference_of(dataset) -> dict | None:
+    """What :func:`with_reference` recorded on ``dataset``, or None."""
+    try:
+        return json.loads(dataset.info.description or "{}").get("ches_reference")
+    except (ValueError, AttributeError):
+        return None

@@ -19,7 +19,7 @@ from typing import Any, Union
 
 import datasets
 
-from .columns import RANK_COLUMNS, RANK_TYPES, SCORE_COLUMNS, SCORE_TYPES, typed_cell
+from .columns import RANK_COLUMNS, RANK_TYPES, SCORE_COLUMNS, SCORE_TYPES, typed_cell, with_reference
 from .errors import ChesError, one_line
 from .formats import PAIR_COLUMNS, TEMPLATE_COLUMNS, Pair, to_pairs
 
@@ -92,10 +92,23 @@ def _load_path(path: str, split: str | None):
     if local.is_file():
         if split is not None:
             raise ChesError(f"split={split!r} was given, but {path} is a single file with no splits; drop --split/split=.")
-        return _load_file(local)
+        return _sidecar_reference(_load_file(local), local)
     if local.suffix in SUFFIXES + (".gz",) or path.startswith((".", "/", "~")):
         raise ChesError(f"data file {path} does not exist.")
     return _load_hub(path, split)
+
+
+def _sidecar_reference(dataset: datasets.Dataset, path: Path) -> datasets.Dataset:
+    """A file ches wrote with log-probs, with what they were computed with (from its ``.meta.json`` sidecar,
+    as :func:`ches.columns.with_reference` records it on a dataset), so a trainer can check it."""
+    sidecar = path.with_name(path.name + ".meta.json")
+    try:
+        run = json.loads(sidecar.read_text(encoding="utf-8")).get("run") if sidecar.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return dataset  # an unreadable sidecar is warned about where its metadata is recorded (ches.cli)
+    if isinstance(run, dict) and run.get("model_fingerprint"):
+        return with_reference(dataset, run)
+    return dataset
 
 
 def _load_file(path: Path) -> datasets.Dataset:

@@ -213,6 +213,24 @@ def model_paths(model, tokenizer=None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(folders))
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of everything in a tokenizer that decides the token ids of a pair: its vocabulary and rules
+    (the fast tokenizer's whole definition), its chat template and special tokens.
+
+    >>> from transformers import AutoTokenizer
+    >>> len(tokenizer_fingerprint(AutoTokenizer.from_pretrained("examples/tiny-hh-model")))
+    32
+    """
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    definition = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = json.dumps({"chat_template": getattr(tokenizer, "chat_template", None),
+                        "special": {name: str(getattr(tokenizer, name, None)) for name in
+                                    ("bos_token", "eos_token", "pad_token", "unk_token")}}, sort_keys=True, default=str)
+    return hashlib.sha256((definition + "\0" + extra).encode()).hexdigest()[:32]
+
+
 def weights_dtype(model: torch.nn.Module) -> torch.dtype:
     """The dtype a model computes in: that of its input embeddings (else of its first floating weight).
 

@@ -114,6 +114,8 @@ class RunInfo(ModelRun):
     for each reason, prompts cut at a token boundary; and the data's fingerprints."""
 
     dataset_fingerprints: dict[str, str] = field(default_factory=dict)
+    model_fingerprint: str | None = None  # with logps: a hash of the weights the log-probs came from
+    tokenizer_fingerprint: str | None = None  # with logps: a hash of the tokenizer that made the token ids
     rows: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     skip_reasons: dict[str, dict[str, int]] = field(default_factory=dict)
