@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     _validate_command(commands.add_parser("validate", help="check that CHES predicts displacement for a model"))
     _report_command(commands.add_parser("report", help="write a self-contained HTML report of a scores file"))
     pairs_cli.add_command(commands.add_parser("pairs", help="build DPO pairs from rated responses, chosen by CHES"))
+    _audit_command(commands.add_parser("audit", help="after DPO: did the trained model displace the preferred responses?"))
     return parser
 
 
@@ -62,6 +63,16 @@ def _validate_command(validate: argparse.ArgumentParser) -> None:
     add_model(validate, required=True)
     add_options(validate, ValidateOptions)
     add_output(validate, "write the full results as JSON")
+
+
+def _audit_command(audit: argparse.ArgumentParser) -> None:
+    from .options import AUDIT_SCORE_OPTIONS, AuditOptions
+
+    add_data(audit, "SCORES", "what 'ches score --logps' wrote for the training pairs, before training")
+    add_model(audit, required=True)
+    add_options(audit, AuditOptions)
+    add_scoring(audit, AUDIT_SCORE_OPTIONS)
+    add_output(audit, "where to write the audited rows (.parquet/.jsonl/.json/.csv or a folder)")
 
 
 def _report_command(report: argparse.ArgumentParser) -> None:
@@ -147,6 +158,20 @@ def run_validate(args) -> Outcome:
     return Outcome({})
 
 
+def run_audit(args) -> Outcome:
+    from .auditing import audit, format_audit
+    from .options import AUDIT_SCORE_OPTIONS, AuditOptions
+
+    check_outputs(args)
+    result = audit(args.data, args.model, args.tokenizer, **option_values(args, AuditOptions),
+                   **score_kwargs(args, AUDIT_SCORE_OPTIONS))
+    print(format_audit(result.summary))
+    meta = {"run": result.info.as_dict(), "audit": result.summary, **rows_written(result.dataset)}
+    if args.output:
+        return Outcome(meta, dataset=result.dataset, output=args.output)
+    return Outcome(meta)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ches`` and ``python -m ches``; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
@@ -186,7 +211,7 @@ def _main(argv: list[str], started: str) -> int:
     try:
         args = build_parser().parse_args(argv)
         commands = {"score": run_score, "filter": run_filter, "report": run_report, "validate": run_validate,
-                    "pairs": pairs_cli.run_command}
+                    "pairs": pairs_cli.run_command, "audit": run_audit}
         from .quiet import library_bars_off
 
         with library_bars_off():  # ches' own bar only (none with --no-progress)

@@ -142,6 +142,7 @@ def with_reference(dataset, run):
     dataset._info = copy.deepcopy(dataset.info)  # the caller's own dataset keeps its description
     reference = {name: record.get(name) for name in REFERENCE_FIELDS}
     reference["max_length"] = (record.get("options") or {}).get("max_length")
+    reference["columns"] = (record.get("options") or {}).get("columns")
     dataset.info.description = json.dumps({"ches_reference": reference})
     return dataset
 

@@ -395,6 +395,27 @@ class PairOptions:
             raise ChesError(f"seed={self.seed!r} must be an integer >= 0.")
 
 
+#: the :class:`ScoreOptions` ``ches.audit`` takes for the trained model's pass (``max_length`` and ``columns`` are
+#: the scoring run's, from its record)
+AUDIT_SCORE_OPTIONS = ("dtype", "device", "batch_tokens", "layout", "compile", "num_threads", "cache_dir", "progress",
+                       "model_kwargs")
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """What ``ches.audit`` reports on (``ches audit``'s own flags; its scoring flags are
+    :data:`AUDIT_SCORE_OPTIONS`)."""
+
+    split: str | None = _option(help="split of a folder with several splits")
+    seed: int = _option(0, help="seeds the bootstrap of the intervals", type=int)
+    resamples: int = _option(1000, help="bootstrap resamples for the 95 percent intervals", type=int)
+
+    def __post_init__(self) -> None:
+        _positive("resamples", self.resamples, minimum=1, none="")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ChesError(f"seed={self.seed!r} must be an integer >= 0.")
+
+
 @dataclass(frozen=True)
 class PairInputOptions:
     """How :func:`ches.pairs` reads its rows: your column names (generic rows) or the rated field

@@ -64,6 +64,7 @@ def write_report(dataset: datasets.Dataset, output: str | os.PathLike, *, measur
         _figures(columns, scored),
         "<h2>Summary</h2>",
         _summary_table(summary),
+        _audit_section(dataset, measure),
         f"<h2>{shown} highest {html.escape(measure)} (most displacement-prone)</h2>",
         PAIRS_NOTE,
         length_note(dataset, order[:shown], scored),
@@ -169,6 +170,59 @@ def _png(figure, plt) -> str:
     figure.savefig(buffer, format="png")
     plt.close(figure)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _audit_section(dataset: datasets.Dataset, measure: str) -> str:
+    """For rows ``ches audit`` wrote: what DPO did to the preferred responses, and what the measures saw."""
+    if not {"chosen_change", "displaced"} <= set(dataset.column_names):
+        return ""
+    from .auditing import audit_summary, displaced_by_decile
+
+    summary = audit_summary(dataset, resamples=200)
+    low, high = summary["mean_chosen_change_ci95"]
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td class='num'>{_correlation(entry['spearman'])}</td>"
+        f"<td class='num'>[{entry['spearman_ci95'][0]:+.2f}, {entry['spearman_ci95'][1]:+.2f}]</td>"
+        f"<td class='num'>{_correlation(entry.get('spearman_given_lengths', float('nan')))}</td></tr>"
+        for name, entry in summary["measures"].items())
+    change = np.asarray(column(dataset, "chosen_change"), dtype=np.float64)
+    values = similarity(np.asarray(column(dataset, measure), dtype=np.float64), measure)
+    finite = np.isfinite(change) & np.isfinite(values)
+    return (f"<h2>Audit: what DPO did to the preferred responses</h2><p>{summary['rows_audited']} pairs audited: the "
+            f"preferred response lost probability (was displaced) in {summary['fraction_displaced']:.0%} of them; the "
+            f"mean change of log pi(y+|x) is {summary['mean_chosen_change']:+.3f} nats (95% CI [{low:+.3f}, {high:+.3f}])"
+            f", of log pi(y-|x) {summary['mean_rejected_change']:+.3f}.</p>"
+            f"{_audit_figures(values[finite], change[finite], displaced_by_decile, measure)}"
+            "<table><tr><th>measure (higher = more similar)</th><th>Spearman with the change of log pi(y+|x)</th>"
+            "<th>95% CI</th><th>holding |y+| and |y-| fixed</th></tr>" + rows + "</table><p class='note'>Negative = "
+            "the measure predicts displacement (the paper's claim). The length difference |y+| - |y-| is a "
+            "baseline that uses no hidden states.</p>")
+
+
+def _audit_figures(values: np.ndarray, change: np.ndarray, by_decile, measure: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = []
+    figure, axis = plt.subplots(figsize=(5, 3.4), dpi=110)
+    fractions = by_decile(values, change < 0)
+    axis.bar(range(1, len(fractions) + 1), [100 * fraction for fraction in fractions], color="#3b6ea8")
+    axis.set(title=f"displaced pairs by {measure} decile", xlabel=f"{measure} decile (1 = least similar)",
+             ylabel="displaced (%)", ylim=(0, 100))
+    images.append((f"displaced pairs by {measure} decile", _png(figure, plt)))
+    low, high = robust_range(values)
+    inside = (values >= low) & (values <= high)
+    figure, axis = plt.subplots(figsize=(5, 3.4), dpi=110)
+    axis.scatter(values[inside], change[inside], s=6, alpha=0.5, color="#a83b3b")
+    axis.axhline(0.0, color="#888", linewidth=0.8)
+    axis.set(title=f"change of log pi(y+|x) vs {measure}{_outside(int((~inside).sum()))}", xlabel=measure,
+             ylabel="change (nats)")
+    _plain_ticks(axis)
+    images.append((f"change vs {measure}", _png(figure, plt)))
+    return "<div class='figs'>" + "".join(f"<img alt='{html.escape(alt)}' title='{html.escape(alt)}' "
+                                          f"src='data:image/png;base64,{data}'>" for alt, data in images) + "</div>"
 
 
 def _summary_table(summary: dict) -> str:

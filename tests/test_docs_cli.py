@@ -22,6 +22,6 @@ def parser_flags(command: str) -> set[str]:
             if option.startswith("--") and option != "--help"}
 
 
-@pytest.mark.parametrize("command", ["score", "filter", "report", "validate", "pairs"])
+@pytest.mark.parametrize("command", ["score", "filter", "report", "validate", "pairs", "audit"])
 def test_cli_md_lists_every_flag(command):
     assert usage_flags(command) == parser_flags(command)

@@ -1,0 +1,204 @@
+"""``ches.audit``: after DPO, did the trained model lower the preferred responses' likelihood, and did CHES
+see it coming, beyond what the completions' lengths say?
+
+For each pair scored with ``logps=True`` (its ``chosen_logps``/``rejected_logps``: the reference model's
+log-probabilities), one pass of the trained model over the same token sequences gives
+``chosen_logps_after``/``rejected_logps_after``, and
+
+- ``chosen_change = log pi_after(y+ | x) - log pi_ref(y+ | x)`` (``rejected_change`` alike),
+- ``displaced = chosen_change < 0``: the preferred response lost probability (likelihood displacement).
+
+Over the data (:func:`audit_summary`): the fraction displaced and the mean ``chosen_change`` (the paper's
+Table 16 measure, with a bootstrap 95 % interval); for ``ln_ches``, ``ches`` and ``edit_distance``
+(sign-adjusted: higher = more similar pair, :func:`ches.select.similarity`) the Spearman correlation with
+``chosen_change`` (negative = the measure predicts displacement, as the paper claims), its bootstrap
+interval, the same correlation with both completion lengths held fixed, and the displaced fraction per
+decile of the measure; and a length-only baseline, the length difference ``|y+| - |y-|`` in its place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+import numpy as np
+
+from .columns import LOGPS_COLUMNS, check_output_columns, reference_of
+from .errors import ChesError
+from .inputs import Data, column, load_data
+from .select import similarity
+from .stats import bootstrap_interval, partial_spearman, spearman
+
+#: columns ``ches.audit`` adds
+AUDIT_TYPES = {"chosen_logps_after": "float64", "rejected_logps_after": "float64", "chosen_change": "float64",
+               "rejected_change": "float64", "displaced": "bool"}
+AUDIT_COLUMNS = tuple(AUDIT_TYPES)
+#: the measures whose correlation with the change is reported (and the length-only baseline)
+AUDIT_MEASURES = ("ln_ches", "ches", "edit_distance")
+LENGTH_BASELINE = "length difference"
+
+
+@dataclass
+class AuditResult:
+    """What :func:`audit` returns.
+
+    Attributes:
+        dataset: the scored rows with :data:`AUDIT_COLUMNS` added.
+        summary: :func:`audit_summary` of them.
+        info: the trained model's scoring pass (:class:`~ches.runs.RunInfo`).
+    """
+
+    dataset: datasets.Dataset
+    summary: dict
+    info: Any = field(default=None, repr=False)
+
+
+def audit(scored: Data, model, tokenizer=None, *, split: str | None = None, resamples: int = 1000, seed: int = 0,
+          **score_kwargs) -> AuditResult:
+    """Measure, on the pairs a model was trained on with DPO, how the trained model's log-probabilities of
+    both completions moved from the reference's (see the module docstring).
+
+    Args:
+        scored: rows from ``ches.score(..., logps=True)`` (or a file ``ches score --logps`` wrote), their
+            ``chosen_logps``/``rejected_logps`` computed with the model DPO started from.
+        model, tokenizer: the trained model (folder, Hub id or loaded); its tokenizer must be the one the
+            rows were scored with (checked).
+        split: the split of a ``DatasetDict`` to audit.
+        resamples, seed: the bootstrap of the intervals.
+        score_kwargs: how the trained model runs (``dtype``, ``device``, ``batch_tokens``, ``layout``,
+            ``num_threads``, ``cache_dir``, ``progress``, ``model_kwargs``...), as for :func:`ches.score`;
+            ``max_length`` and ``columns`` are the scoring run's, from its record.
+
+    Raises:
+        ChesError: rows without log-probs or without the record of their scoring run, another tokenizer,
+            audit columns of the user's own, before the trained model runs.
+    """
+    from .api import score_run
+    from .models import load_tokenizer, tokenizer_fingerprint
+    from .options import AUDIT_SCORE_OPTIONS, MODEL_KWARGS, AuditOptions
+
+    AuditOptions(split=split, seed=seed, resamples=resamples)  # checked
+    taken = [name for name in ("max_length", "columns") if score_kwargs.get(name) is not None]
+    if taken:
+        raise ChesError(f"{', '.join(taken)} come from the scoring run's record (the audit runs the same token "
+                        "sequences); drop them.")
+    other = sorted(set(score_kwargs) - set(AUDIT_SCORE_OPTIONS) - set(MODEL_KWARGS))
+    if other:
+        raise ChesError(f"{', '.join(other)} do not apply to ches.audit; it takes {', '.join(AUDIT_SCORE_OPTIONS)} (and "
+                        "the from_pretrained keywords).")
+    dataset = load_data(scored, split)
+    if isinstance(dataset, datasets.DatasetDict):
+        raise ChesError(f"the data has splits {sorted(dataset)}; pass split= (--split): an audit is of one training set.")
+    missing = [name for name in LOGPS_COLUMNS if name not in dataset.column_names]
+    reference = reference_of(dataset)
+    if missing or reference is None:
+        raise ChesError("an audit compares the trained model with the reference log-probs of the scoring run, and "
+                        f"these rows have {'no ' + ', '.join(missing) if missing else 'no record of that run'}: score "
+                        "them with ches.score(..., logps=True) (ches score --logps) and the model DPO started from, "
+                        "before training; load a file it wrote with ches.inputs.load_data (its sidecar is the record).")
+    replaces = check_output_columns(dataset.column_names, AUDIT_COLUMNS, [], "the data")
+    trained_tokenizer = load_tokenizer(tokenizer, model if isinstance(model, str) else getattr(model, "name_or_path", ""))
+    if tokenizer_fingerprint(trained_tokenizer) != reference.get("tokenizer_fingerprint"):
+        raise ChesError(f"the trained model's tokenizer is not the one the rows were scored with "
+                        f"({reference.get('tokenizer')!r}); pass that one as tokenizer= (--tokenizer), so that the audit "
+                        "runs the same token sequences.")
+    after, info = score_run(dataset, model, trained_tokenizer, logps=True, max_length=reference.get("max_length"),
+                            columns=reference.get("columns"), **score_kwargs)
+    if replaces:
+        dataset = dataset.remove_columns(list(AUDIT_COLUMNS))
+    before = {name: np.asarray(column(dataset, name), dtype=np.float64) for name in LOGPS_COLUMNS}
+    moved = {name: np.asarray(column(after, name), dtype=np.float64) for name in LOGPS_COLUMNS}
+    chosen_change = moved["chosen_logps"] - before["chosen_logps"]
+    values = {"chosen_logps_after": moved["chosen_logps"], "rejected_logps_after": moved["rejected_logps"],
+              "chosen_change": chosen_change, "rejected_change": moved["rejected_logps"] - before["rejected_logps"]}
+    for name, array in values.items():
+        dataset = dataset.add_column(name, array.tolist(), feature=datasets.Value("float64"))
+    displaced = [None if math.isnan(change) else bool(change < 0) for change in chosen_change]
+    dataset = dataset.add_column("displaced", displaced, feature=datasets.Value("bool"))
+    return AuditResult(dataset, audit_summary(dataset, resamples=resamples, seed=seed), info)
+
+
+def audit_summary(dataset: datasets.Dataset, *, resamples: int = 1000, seed: int = 0) -> dict:
+    """The data-level audit of rows with :data:`AUDIT_COLUMNS` (module docstring); rows whose change is not
+    finite (skipped when scored) are left out and counted.
+
+    >>> rows = [{"ln_ches": float(i), "ches": float(i), "edit_distance": 0.5, "chosen_tokens": 3, "rejected_tokens": 2,
+    ...          "chosen_change": -float(i), "rejected_change": -1.0} for i in range(20)]
+    >>> summary = audit_summary(datasets.Dataset.from_list(rows), resamples=50)
+    >>> summary["rows_audited"], summary["fraction_displaced"], summary["measures"]["ln_ches"]["spearman"]
+    (20, 0.95, -1.0)
+    """
+    change = np.asarray(column(dataset, "chosen_change"), dtype=np.float64)
+    rows = np.flatnonzero(np.isfinite(change))
+    if len(rows) < 3:
+        raise ChesError(f"only {len(rows)} rows have a finite change of the preferred log-probability; an audit needs "
+                        "at least 3.")
+    change = change[rows]
+    chosen_tokens = np.asarray(column(dataset, "chosen_tokens"), dtype=np.float64)[rows]
+    rejected_tokens = np.asarray(column(dataset, "rejected_tokens"), dtype=np.float64)[rows]
+    rejected_change = np.asarray(column(dataset, "rejected_change"), dtype=np.float64)[rows]
+    displaced = change < 0
+    predictors = {name: similarity(np.asarray(column(dataset, name), dtype=np.float64)[rows], name)
+                  for name in AUDIT_MEASURES if name in dataset.column_names}
+    predictors[LENGTH_BASELINE] = chosen_tokens - rejected_tokens
+    lengths = np.column_stack([chosen_tokens, rejected_tokens])
+    measures = {}
+    for name, values in predictors.items():
+        finite = np.isfinite(values)
+        entry = {"spearman": spearman(values[finite], change[finite]),
+                 "spearman_ci95": bootstrap_interval(spearman, values[finite], change[finite], resamples=resamples,
+                                                     seed=seed),
+                 "displaced_by_decile": displaced_by_decile(values[finite], displaced[finite])}
+        if name != LENGTH_BASELINE:
+            entry["spearman_given_lengths"] = partial_spearman(values[finite], change[finite], lengths[finite])
+        measures[name] = entry
+    return {
+        "rows": len(dataset), "rows_audited": len(rows), "rows_left_out": len(dataset) - len(rows),
+        "fraction_displaced": float(displaced.mean()),
+        "mean_chosen_change": float(change.mean()),
+        "mean_chosen_change_ci95": bootstrap_interval(np.mean, change, resamples=resamples, seed=seed),
+        "mean_rejected_change": float(rejected_change.mean()),
+        "measures": measures,
+    }
+
+
+def displaced_by_decile(values: np.ndarray, displaced: np.ndarray, bins: int = 10) -> list[float]:
+    """The displaced fraction in each tenth of the rows, from the least similar (lowest value) to the most
+    (ties kept in their order); fewer bins when there are fewer rows.
+
+    >>> displaced_by_decile(np.arange(10.0), np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1], bool), bins=2)
+    [0.0, 1.0]
+    """
+    order = np.argsort(values, kind="stable")
+    parts = np.array_split(order, min(bins, len(order)))
+    return [float(displaced[part].mean()) for part in parts]
+
+
+def format_audit(summary: dict) -> str:
+    """The audit as aligned text, with what it means: what ``ches audit`` prints.
+
+    >>> rows = [{"ln_ches": float(i), "ches": 0.0, "edit_distance": 0.5, "chosen_tokens": 3, "rejected_tokens": 2,
+    ...          "chosen_change": -float(i), "rejected_change": -1.0} for i in range(20)]
+    >>> print(format_audit(audit_summary(datasets.Dataset.from_list(rows), resamples=50)).splitlines()[0])
+    20 pairs audited: the preferred response lost probability in 95% of them; mean change of log pi(y+|x) -9.5000 nats ...
+    """
+    low, high = summary["mean_chosen_change_ci95"]
+    lines = [f"{summary['rows_audited']} pairs audited: the preferred response lost probability in "
+             f"{summary['fraction_displaced']:.0%} of them; mean change of log pi(y+|x) {summary['mean_chosen_change']:+.4f} "
+             f"nats (95% CI [{low:+.4f}, {high:+.4f}]), of log pi(y-|x) {summary['mean_rejected_change']:+.4f}.",
+             "Spearman correlation of each measure (sign-adjusted: higher = more similar pair) with the change of "
+             "log pi(y+|x); negative = the measure predicts displacement; 'given lengths' holds |y+| and |y-| fixed; "
+             "the last row is a length-only baseline (|y+| - |y-|).", "",
+             f"{'measure':22s} {'Spearman (95% CI)':>24s} {'given lengths':>14s}   displaced by decile (least -> most similar)"]
+    for name, entry in summary["measures"].items():
+        value, (lo, hi) = entry["spearman"], entry["spearman_ci95"]
+        shown = "n/a" if not np.isfinite(value) else f"{value:+.3f} [{lo:+.2f}, {hi:+.2f}]"
+        given = entry.get("spearman_given_lengths")
+        given = "" if given is None else ("n/a" if not np.isfinite(given) else f"{given:+.3f}")
+        deciles = " ".join(f"{fraction:.0%}" for fraction in entry["displaced_by_decile"])
+        lines.append(f"{name:22s} {shown:>24s} {given:>14s}   {deciles}")
+    if summary["rows_left_out"]:
+        lines.append(f"{summary['rows_left_out']} rows were left out: they had no log-probabilities (skipped when scored).")
+    return "\n".join(lines)
