@@ -196,6 +196,7 @@ def refuse_unknown(given, known: set[str]) -> None:
 
 #: the quantile ``ches.filter`` keeps when no rule is given, and the rows ``around=`` keeps by default
 DEFAULT_QUANTILE, DEFAULT_WINDOW = 0.95, 512
+VALIDATE_PROTOCOLS = ("subsets", "probes")
 #: the rules of ``ches.filter``: give at most one
 FILTER_RULES = ("quantile", "max_score", "keep", "around")
 
@@ -279,9 +280,16 @@ class ValidateOptions:
     ches.errors.ChesError: pool=1 must hold at least the n=4 pairs probed; raise pool or lower n (or drop pool= to score every row).
     """
 
-    n: int = _option(64, help="pairs probed, spread over the CHES range", type=int)
-    steps: int = _option(5, help="DPO steps per probe", type=int)
-    learning_rate: float = _option(1e-6, help="RMSprop learning rate", type=float, flag="--lr")
+    protocol: str = _option("subsets", help="subsets: DPO runs on the lowest and highest n pairs of each measure and "
+                                            "on n random ones (mini-batches, AdamW); probes: n single-pair DPO probes "
+                                            "(full batch, RMSprop)", choices=VALIDATE_PROTOCOLS)
+    n: int = _option(64, help="pairs per subset (subsets), or pairs probed, spread over the CHES range (probes)",
+                     type=int)
+    epochs: int = _option(1, help="passes over each subset (subsets)", type=int)
+    batch_size: int = _option(8, help="pairs per DPO step (subsets)", type=int)
+    steps: int = _option(5, help="DPO steps per probe (probes)", type=int)
+    learning_rate: float = _option(1e-6, help="learning rate (AdamW for subsets, RMSprop for probes)", type=float,
+                                   flag="--lr")
     beta: float = _option(0.1, help="DPO beta", type=float)
     pool: int | None = _option(help="rows scored to choose from (default: all, or 20 x n)", type=int)
     seed: int = _option(0, help="which pool rows are drawn; also seeds the bootstrap", type=int)
@@ -296,7 +304,10 @@ class ValidateOptions:
     progress: bool = _option(True, help="no progress bar", type=bool, flag="--no-progress")
 
     def __post_init__(self) -> None:
-        whole = {"n": 0, "steps": 1, "resamples": 1, "seed": 0, "pool": 1, "num_threads": 1}  # n: ranged with the data
+        if self.protocol not in VALIDATE_PROTOCOLS:
+            raise ChesError(f"unknown protocol {self.protocol!r}; use one of {', '.join(VALIDATE_PROTOCOLS)}.")
+        whole = {"n": 0, "steps": 1, "epochs": 1, "batch_size": 1, "resamples": 1, "seed": 0, "pool": 1,
+                 "num_threads": 1}  # n: ranged with the data
         for name, minimum in whole.items():
             value = getattr(self, name)
             if name in ("pool", "num_threads") and value is None:
@@ -311,6 +322,9 @@ class ValidateOptions:
         if self.pool is not None and self.pool < self.n:
             raise ChesError(f"pool={self.pool} must hold at least the n={self.n} pairs probed; raise pool or lower n "
                             "(or drop pool= to score every row).")
+        if self.protocol == "subsets" and self.pool is not None and self.pool < 2 * self.n:
+            raise ChesError(f"pool={self.pool} must hold the n={self.n} lowest and the n highest pairs of each measure "
+                            f"(at least {2 * self.n} rows) for protocol='subsets'; raise pool or lower n.")
         _positive("max_length", self.max_length, minimum=2, none="no truncation")
 
     def pool_rows(self, rows: int) -> int:

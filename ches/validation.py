@@ -1,8 +1,10 @@
-"""``ches.validate``: does CHES predict likelihood displacement for *your* model and data?
+"""``ches.validate``: does CHES predict likelihood displacement for *your* model and data, and what to do?
 
-Samples ``n`` pairs spread over the CHES range, runs a single-pair DPO probe on each (see
-:mod:`ches.probes`), and correlates each measure with the displacement it caused, with bootstrap
-confidence intervals.
+Scores a pool of rows, trains DPO on subsets of them (``protocol="subsets"``: the lowest and highest
+``n`` pairs of each measure, and ``n`` random ones, the way users train) or probes single pairs spread over
+the CHES range (``"probes"``), measures how the preferred responses' log-probabilities moved (see
+:mod:`ches.probes`, :func:`ches.auditing.audit_summary`), and ends with a verdict per measure and one
+recommendation (:mod:`ches.advice`).
 """
 
 from __future__ import annotations
@@ -11,16 +13,18 @@ import time
 
 import numpy as np
 
+from .advice import DISPLAYED, MIN_PAIRS_FOR_VERDICT, filter_command, format_recommendation, recommend, status
 from .api import score_run
+from .auditing import AUDIT_MEASURES, LENGTH_BASELINE, audit_summary
 from .columns import DEFAULT_MEASURE, MEASURES
 from .errors import ChesError
 from .formats import to_pairs
 from .inputs import Data, column, load_data, pair_columns
 from .models import load_model
-from .options import ValidateOptions, signature_with_options
-from .probes import DPOProbe
+from .options import DEFAULT_QUANTILE, ValidateOptions, signature_with_options
+from .probes import DPOProbe, train_dpo
 from .select import similarity
-from .stats import bootstrap_interval, partial_spearman, pearson, spearman
+from .stats import bootstrap_interval, difference_interval, partial_spearman, pearson, spearman
 from .threads import set_threads, torch_threads
 from .tokens import SequencePair, Skip, to_sequences, tokenize_pairs
 
@@ -53,23 +57,36 @@ def correlation_table(measures: dict[str, np.ndarray], displacement: np.ndarray,
 
 
 def validate(data: Data, model, tokenizer=None, *, options: ValidateOptions | None = None, **kwargs) -> dict:
-    """Single-pair DPO probes on ``n`` pairs across the CHES range; correlations with displacement.
+    """Does a measure predict likelihood displacement on this model and data? DPO runs on subsets chosen by
+    each measure (``protocol="subsets"``, the default) or single-pair probes (``"probes"``), then one
+    recommendation: which measure to filter by, where to cut, or not to filter (:mod:`ches.advice`).
+
+    ``subsets`` (the paper's Section 5, trained the way users train): for ``ln_ches``, ``ches`` and
+    ``edit_distance``, one DPO run on the ``n`` pairs of the scored pool that the measure scores lowest and
+    one on the ``n`` it scores highest, plus one on ``n`` random pairs; each run starts from the model as
+    given (also the reference), ``epochs`` passes of mini-batches of ``batch_size`` pairs with AdamW (TRL's
+    default). Each run is measured with :func:`ches.auditing.audit_summary` on the pairs it trained on (the
+    fraction displaced, the mean change of log pi(y+|x) with its interval); a measure predicts displacement
+    when its highest subset lost more than its lowest (``gap``, bootstrap 95 % interval above 0).
+    ``probes``: ``n`` pairs at evenly spaced CHES ranks, each trained alone for ``steps`` full-batch RMSprop
+    steps; a measure predicts when its Spearman correlation with the displacement is above 0.
 
     Args:
         data, model, tokenizer: as for :func:`ches.score`.
         options, **kwargs: a :class:`~ches.options.ValidateOptions` and/or its fields as keywords, all checked
-            before any work: ``n`` pairs probed, taken at evenly spaced CHES ranks among the scored pool;
-            ``steps``, ``learning_rate``, ``beta`` (DPO probe settings: RMSprop, reference = the model as
-            given); ``pool`` rows scored to choose from (default: all rows, or a random ``20 * n`` of larger
-            data); ``seed`` (which pool rows are drawn; also seeds the bootstrap); ``resamples`` (bootstrap
-            resamples for the 95 % intervals); ``split``, ``max_length`` (default 512), ``device``, ``dtype``
-            (default float32: DPO steps in half precision are noisy), ``num_threads`` and ``progress`` as for
-            :func:`ches.score`.
+            before any work: ``protocol``; ``n`` (pairs per subset, or pairs probed); ``epochs``,
+            ``batch_size`` (subsets) or ``steps`` (probes); ``learning_rate``, ``beta``; ``pool`` rows scored
+            to choose from (default: all rows, or a random ``20 * n`` of larger data); ``seed`` (pool draw,
+            random subset, batch order, bootstrap); ``resamples``; ``split``, ``max_length`` (default 512),
+            ``device``, ``dtype`` (default float32: DPO steps in half precision are noisy), ``num_threads``
+            and ``progress`` as for :func:`ches.score`.
 
     Returns:
-        ``{"settings", "rows": [per-pair results], "correlations": {measure: {...}}, "summary", "verdict"}``;
-        ``displacement`` is the drop of ``log pi(y+|x)`` (positive: the preferred response lost
-        probability), ``measure`` values are sign-adjusted so that higher = more similar.
+        ``{"settings", "evidence": {measure: {"statistic", "ci95", "status", "pairs"}}, "verdict",
+        "recommendation": {"action", "measure", "quantile", "threshold", "reason", "command"}, ...}`` with,
+        for ``subsets``, ``"subsets"`` (each run: its pairs, score range and audit) and, for ``probes``,
+        ``"rows"`` (per-pair results), ``"correlations"`` and ``"summary"``. Measure values are
+        sign-adjusted so that higher = more similar; ``displacement`` is the drop of ``log pi(y+|x)``.
     """
     options = ValidateOptions.from_kwargs(options, **kwargs)
     with torch_threads(options.num_threads):
@@ -88,6 +105,10 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
         raise ChesError(f"pool={options.pool} is more than the {len(dataset)} rows of the data; drop pool= to score "
                         "them all.")
     size = options.pool_rows(len(dataset))
+    needed = 2 * n if options.protocol == "subsets" else n
+    if size < needed:
+        raise ChesError(f"the subsets protocol trains on the {n} lowest and the {n} highest pairs of each measure, so "
+                        f"it needs at least {needed} rows and the data has {size}; lower n.")
     generator = np.random.default_rng(options.seed)
     pool_rows = np.sort(generator.choice(len(dataset), size=size, replace=False))
     candidates = dataset.select(pool_rows)
@@ -96,8 +117,92 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
     scored, _ = score_run(candidates, loaded.model, loaded.tokenizer, max_length=options.max_length,
                           progress=options.progress, num_threads=threads.count)
     usable = np.flatnonzero([reason is None for reason in column(scored, "ches_skip")])
-    if len(usable) < n:
-        raise ChesError(f"only {len(usable)} of the {size} pooled rows could be scored; lower n or raise max_length.")
+    if len(usable) < needed:
+        raise ChesError(f"only {len(usable)} of the {size} pooled rows could be scored and the {options.protocol} "
+                        f"protocol needs {needed}; lower n or raise max_length.")
+    run = subsets_protocol if options.protocol == "subsets" else probes_protocol
+    result = run(candidates, scored, usable, pool_rows, loaded, options)
+    settings = {"protocol": options.protocol, "model": loaded.name, "n": n, "learning_rate": options.learning_rate,
+                "beta": options.beta, "max_length": options.max_length, "pool": size, "scored": len(usable),
+                "seed": options.seed, "resamples": options.resamples, "dtype": str(loaded.dtype), "device": str(loaded.device)}
+    if options.protocol == "subsets":
+        settings.update(epochs=options.epochs, batch_size=options.batch_size, optimizer="AdamW")
+    else:
+        settings.update(steps=options.steps, optimizer="RMSprop")
+    settings.update(threads=threads.count, threads_reason=threads.reason, seconds=time.time() - started)
+    result = {"settings": settings, **result}
+    result["evidence"] = evidence_of(result)
+    result["verdict"] = verdict(result)
+    pool_scores = {name: similarity(np.asarray(column(scored, name), dtype=np.float64)[usable], name)
+                   for name in AUDIT_MEASURES}
+    cut_quantile = round(1 - n / len(usable), 4) if options.protocol == "subsets" else DEFAULT_QUANTILE
+    advice = recommend(result["evidence"], protocol=options.protocol, cut_quantile=cut_quantile,
+                       pool_scores=pool_scores, **_displacement_seen(result))
+    has_scores = all(name in dataset.column_names for name in MEASURES)
+    scoring = (*(("--max-length", str(options.max_length)) if options.max_length else ()), "--dtype",
+               str(loaded.dtype).removeprefix("torch."))
+    advice["command"] = filter_command(data if isinstance(data, str) else "DATA",
+                                       None if has_scores else (model if isinstance(model, str) else loaded.name), advice,
+                                       scoring=scoring)
+    if advice["action"] == "filter":
+        advice["threshold_from"] = f"the {len(usable)} scored rows of the pool"
+    result["recommendation"] = advice
+    return result
+
+
+def subsets_protocol(candidates, scored, usable: np.ndarray, pool_rows: np.ndarray, loaded,
+                     options: ValidateOptions) -> dict:
+    """The ``subsets`` runs (see :func:`validate`): ``{"subsets": [one entry per DPO run]}``; a subset that two
+    measures share is trained once."""
+    n = options.n
+    sequences = probe_sequences(candidates.select(usable), loaded.tokenizer, options.max_length)
+    plan = []  # (name, measure, side, positions in usable)
+    for name in (*AUDIT_MEASURES, LENGTH_BASELINE):
+        values = _values(scored, name)[usable]
+        order = np.argsort(values, kind="stable")
+        plan += [(f"{name} lowest", name, "lowest", np.sort(order[:n])), (f"{name} highest", name, "highest",
+                                                                          np.sort(order[-n:]))]
+    random_rows = np.sort(np.random.default_rng(options.seed).choice(len(usable), size=n, replace=False))
+    plan.append(("random", None, "random", random_rows))
+    pad_id = loaded.tokenizer.pad_token_id or 0
+    trained: dict[tuple, dict] = {}
+    subsets = []
+    iterator = plan
+    if options.progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(plan, desc="DPO runs", unit="run")
+    for name, measure, side, rows in iterator:
+        key = tuple(rows.tolist())
+        if key not in trained:
+            run = train_dpo(loaded.model, [sequences[row] for row in rows], epochs=options.epochs,
+                            batch_size=options.batch_size, learning_rate=options.learning_rate, beta=options.beta,
+                            seed=options.seed, pad_id=pad_id)
+            audited = scored.select(usable[rows])
+            audited = audited.add_column("chosen_change", run.chosen_change.double().tolist())
+            audited = audited.add_column("rejected_change", run.rejected_change.double().tolist())
+            summary = audit_summary(audited, resamples=options.resamples, seed=options.seed)
+            trained[key] = {"chosen_change": run.chosen_change.double().tolist(), "audit": summary}
+        entry = {"name": name, "measure": measure, "side": side, "rows": pool_rows[usable[rows]].tolist(), **trained[key]}
+        if measure is not None:
+            values = _values(scored, measure)[usable[rows]]
+            entry["scores"] = [float(values.min()), float(values.max())]
+        subsets.append(entry)
+    return {"subsets": subsets}
+
+
+def _values(scored, name: str) -> np.ndarray:
+    """A measure's sign-adjusted values (higher = more similar), or the length baseline ``|y+| - |y-|``."""
+    if name == LENGTH_BASELINE:
+        return (np.asarray(column(scored, "chosen_tokens"), dtype=np.float64)
+                - np.asarray(column(scored, "rejected_tokens"), dtype=np.float64))
+    return similarity(np.asarray(column(scored, name), dtype=np.float64), name)
+
+
+def probes_protocol(candidates, scored, usable: np.ndarray, pool_rows: np.ndarray, loaded,
+                    options: ValidateOptions) -> dict:
+    """The ``probes`` runs (see :func:`validate`): ``{"rows", "correlations", "summary"}``."""
+    n = options.n
     ches_values = np.asarray(column(scored, "ches"))[usable]
     picked = np.sort(usable[np.argsort(ches_values, kind="stable")[np.linspace(0, len(usable) - 1, n).round().astype(int)]])
     sequences = probe_sequences(candidates.select(picked), loaded.tokenizer, options.max_length)
@@ -109,12 +214,7 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
     measures = {name: similarity(column(picked_scores, name), name) for name in MEASURES}
     chosen_tokens = np.asarray(column(picked_scores, "chosen_tokens"), dtype=np.float64)
     rejected_tokens = np.asarray(column(picked_scores, "rejected_tokens"), dtype=np.float64)
-    result = {
-        "settings": {"model": loaded.name, "n": n, "steps": options.steps, "learning_rate": options.learning_rate,
-                     "beta": options.beta, "max_length": options.max_length, "pool": size, "seed": options.seed,
-                     "dtype": str(loaded.dtype),
-                     "device": str(loaded.device), "optimizer": "RMSprop", "threads": threads.count,
-                     "threads_reason": threads.reason, "seconds": time.time() - started},
+    return {
         "rows": [{"row": int(pool_rows[row]), "displacement": float(d), "chosen_change": float(c[0]),
                   "rejected_change": float(c[1]), **{name: float(measures[name][i]) for name in MEASURES},
                   "chosen_tokens": int(chosen_tokens[i]), "rejected_tokens": int(rejected_tokens[i])}
@@ -124,8 +224,49 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
         "summary": {"mean_chosen_change": float(changes[:, 0].mean()), "mean_rejected_change": float(changes[:, 1].mean()),
                     "fraction_displaced": float((displacement > 0).mean())},
     }
-    result["verdict"] = verdict(result)
-    return result
+
+
+def evidence_of(result: dict) -> dict[str, dict]:
+    """Per measure of :data:`~ches.auditing.AUDIT_MEASURES`: the statistic that says whether it predicts
+    displacement, its 95 % interval and :func:`ches.advice.status` (module docstring of :mod:`ches.advice`).
+
+    ``subsets``: ``gap = mean change of log pi(y+|x) on the lowest subset - on the highest`` (bootstrap over
+    both runs' pairs), and the same for the length-only baseline (``|y+| - |y-|``, never recommended: it
+    says how much of a gap length alone explains); ``probes``: the Spearman correlation with the
+    displacement.
+    """
+    settings = result["settings"]
+    evidence = {}
+    baseline = (LENGTH_BASELINE,) if settings["protocol"] == "subsets" else ()
+    for name in (*AUDIT_MEASURES, *baseline):
+        if settings["protocol"] == "probes":
+            entry = result["correlations"][name]
+            statistic, interval, pairs = entry["spearman_total"], list(entry["spearman_total_ci95"]), len(result["rows"])
+        else:
+            lowest, highest = (next(item for item in result["subsets"] if item["measure"] == name and item["side"] == side)
+                               for side in ("lowest", "highest"))
+            low, high = np.asarray(lowest["chosen_change"]), np.asarray(highest["chosen_change"])
+            statistic = float(low.mean() - high.mean())
+            interval = list(difference_interval(low, high, resamples=settings.get("resamples", 1000),
+                                                seed=settings["seed"]))
+            pairs = min(len(low), len(high))
+        evidence[name] = {"statistic": statistic, "ci95": interval, "status": status(*interval, pairs), "pairs": pairs}
+        if settings["protocol"] == "subsets":
+            evidence[name].update(lowest_fraction_displaced=lowest["audit"]["fraction_displaced"],
+                                  highest_fraction_displaced=highest["audit"]["fraction_displaced"])
+    return evidence
+
+
+def _displacement_seen(result: dict) -> dict:
+    """Whether DPO lowered any preferred response in the runs, and what the runs showed (for the advice)."""
+    if result["settings"]["protocol"] == "probes":
+        fraction = result["summary"]["fraction_displaced"]
+        return {"displaced_at_all": fraction > 0, "displacement_note": f"{fraction:.0%} of the probed pairs displaced"}
+    fractions = [item["audit"]["fraction_displaced"] for item in result["subsets"]]
+    random_run = next(item for item in result["subsets"] if item["side"] == "random")["audit"]
+    return {"displaced_at_all": max(fractions) > 0,
+            "displacement_note": f"no pair displaced in any of the {len(fractions)} runs; on random pairs the mean "
+                                 f"change of log pi(y+|x) was {random_run['mean_chosen_change']:+.3f} nats"}
 
 
 def probe_sequences(dataset, tokenizer, max_length: int | None) -> list[SequencePair]:
@@ -152,20 +293,49 @@ def run_probes(probe: DPOProbe, sequences: list[SequencePair], progress: bool = 
     return np.asarray(changes)
 
 
-DISPLAYED = {"edit_distance": "edit similarity (-edit_distance)"}  # the sign-adjusted measures, as shown
-
-
 def format_table(result: dict, measure: str = DEFAULT_MEASURE) -> str:
-    """The correlation table as aligned text, with what it means and a one-line verdict on ``measure``
-    (the filter's default): what ``ches validate`` prints.
+    """What ``ches validate`` prints: the protocol's table with what it means, the verdict on ``measure``
+    (the filter's default) and the recommendation (with the ``ches filter`` command to run).
 
     >>> table = {"ln_ches": {"spearman_total": 0.4, "spearman_total_ci95": (0.2, 0.6), "spearman_per_token": 0.3,
     ...          "spearman_per_token_ci95": (0.1, 0.5), "spearman_total_given_lengths": 0.35}}
     >>> text = format_table({"correlations": table, "summary": {"mean_chosen_change": -0.01,
     ...                      "mean_rejected_change": -0.2, "fraction_displaced": 0.6}})
     >>> text.splitlines()[-1]
-    'verdict: ln_ches predicts displacement on this model: Spearman +0.400, 95% CI [+0.20, +0.60] (above 0).'
+    'verdict (probes protocol): ln_ches predicts displacement on this model: Spearman +0.400, 95% CI [+0.20, +0.60] (above 0).'
     """
+    protocol = result.get("settings", {}).get("protocol", "probes")
+    lines = _subsets_lines(result) if protocol == "subsets" else _probes_lines(result)
+    lines.append(verdict(result, measure))
+    if "recommendation" in result:
+        lines.append(format_recommendation(result["recommendation"]))
+    return "\n".join(lines)
+
+
+def _subsets_lines(result: dict) -> list[str]:
+    settings = result["settings"]
+    epochs = f"{settings['epochs']} epoch" + ("s" if settings["epochs"] > 1 else "")
+    lines = [f"DPO runs ({epochs}, batch {settings['batch_size']}, AdamW lr "
+             f"{settings['learning_rate']:g}, beta {settings['beta']:g}), each on {settings['n']} pairs of the "
+             f"{settings['scored']} scored: the lowest and the highest of each measure, and random ones. Change of "
+             "log pi(y+|x) after the run (negative = the preferred response lost probability).", "",
+             f"{'run':42s} {'displaced':>9s} {'mean change of log pi(y+|x) (95% CI)':>40s}"]
+    for item in result["subsets"]:
+        audit = item["audit"]
+        low, high = audit["mean_chosen_change_ci95"]
+        name = item["name"] if item["measure"] is None else f"{DISPLAYED.get(item['measure'], item['measure'])} {item['side']}"
+        lines.append(f"{name:42s} {audit['fraction_displaced']:>9.0%} "
+                     f"{audit['mean_chosen_change']:>+14.4f} [{low:+.4f}, {high:+.4f}]")
+    lines += ["", "gap = mean change on the lowest - on the highest (positive = the highest-scored pairs lost more: "
+              "the measure predicts displacement; the length baseline ranks by |y+| - |y-|):"]
+    for name, entry in result["evidence"].items():
+        low, high = entry["ci95"]
+        lines.append(f"  {DISPLAYED.get(name, name) + (' (baseline)' if name == LENGTH_BASELINE else ''):40s} gap {entry['statistic']:+.4f} [{low:+.4f}, {high:+.4f}]  "
+                     f"{entry['status']}")
+    return lines
+
+
+def _probes_lines(result: dict) -> list[str]:
     lines = ["Spearman correlation of each measure (sign-adjusted: higher = more similar pair) with the displacement",
              "it caused (drop of log pi(y+|x) after the probe's DPO steps; positive = the preferred response lost",
              "probability). Positive = the measure predicts displacement, which is what CHES claims; per-token divides",
@@ -184,35 +354,41 @@ def format_table(result: dict, measure: str = DEFAULT_MEASURE) -> str:
     lines.append(f"mean change of log pi(y+|x): {summary['mean_chosen_change']:+.4f} nats; of log pi(y-|x): "
                  f"{summary['mean_rejected_change']:+.4f}; pairs displaced (y+ lost probability): "
                  f"{summary['fraction_displaced']:.0%}")
-    lines.append(verdict(result, measure))
-    return "\n".join(lines)
-
-
-MIN_PAIRS_FOR_VERDICT = 10  # fewer probed pairs give no usable interval for a rank correlation
+    return lines
 
 
 def verdict(result: dict, measure: str = DEFAULT_MEASURE) -> str:
-    """One line: whether ``measure`` predicts displacement on this model, with its interval; no verdict
-    from fewer than :data:`MIN_PAIRS_FOR_VERDICT` probed pairs or from an interval of zero width."""
-    entry = result["correlations"].get(measure)
-    if entry is None or not np.isfinite(entry["spearman_total"]):
-        return f"verdict: no verdict on {measure}: it was not measured, or constant over the probed pairs."
-    value, (low, high) = entry["spearman_total"], entry["spearman_total_ci95"]
-    stated = f"Spearman {value:+.3f}, 95% CI [{low:+.2f}, {high:+.2f}]"
-    probed = len(result["rows"]) if "rows" in result else None
-    if (probed is not None and probed < MIN_PAIRS_FOR_VERDICT) or not (np.isfinite(low) and np.isfinite(high)) \
-            or low == high:
-        count = f"{probed} probed pairs" if probed is not None else "the probed pairs"
-        return (f"verdict: no verdict on {measure}: {count} ({stated}) are too few for a confidence interval; probe "
-                f"at least {MIN_PAIRS_FOR_VERDICT} (--n), better 64 or more.")
-    if low > 0:
-        return f"verdict: {measure} predicts displacement on this model: {stated} (above 0)."
-    if high < 0:
-        return (f"verdict: {measure} ranks displacement the wrong way on this model: {stated} (below 0); do not "
-                "filter by it here.")
-    none_displaced = " No probed pair was displaced." if result["summary"]["fraction_displaced"] == 0 else ""
-    return (f"verdict: no evidence that {measure} predicts displacement on this model: {stated} includes 0."
-            f"{none_displaced} Filtering by it is a guess here; try more pairs (--n) or steps.")
+    """One line, naming the protocol: whether ``measure`` predicts displacement on this model, with its
+    interval; no verdict from fewer than :data:`~ches.advice.MIN_PAIRS_FOR_VERDICT` pairs (per subset, or
+    probed) or from an interval of zero width."""
+    protocol = result.get("settings", {}).get("protocol", "probes")
+    head = f"verdict ({protocol} protocol):"
+    if protocol == "subsets":
+        entry = result["evidence"].get(measure)
+        if entry is None:
+            return f"{head} no verdict on {measure}: it was not measured."
+        (low, high), pairs = entry["ci95"], entry["pairs"]
+        stated = f"gap {entry['statistic']:+.3f} nats, 95% CI [{low:+.2f}, {high:+.2f}]"
+        few = f"{pairs} pairs per subset"
+    else:
+        entry = result["correlations"].get(measure)
+        if entry is None or not np.isfinite(entry["spearman_total"]):
+            return f"{head} no verdict on {measure}: it was not measured, or constant over the probed pairs."
+        low, high = entry["spearman_total_ci95"]
+        pairs = len(result["rows"]) if "rows" in result else MIN_PAIRS_FOR_VERDICT
+        stated = f"Spearman {entry['spearman_total']:+.3f}, 95% CI [{low:+.2f}, {high:+.2f}]"
+        few = f"{pairs} probed pairs" if "rows" in result else "the probed pairs"
+    outcome = status(low, high, pairs)
+    if outcome == "no evidence" and (pairs < MIN_PAIRS_FOR_VERDICT or not (np.isfinite(low) and np.isfinite(high))
+                                     or low == high):
+        return (f"{head} no verdict on {measure}: {few} ({stated}) are too few for a confidence interval; use at "
+                f"least {MIN_PAIRS_FOR_VERDICT} (--n), better 64 or more.")
+    if outcome == "predicts":
+        return f"{head} {measure} predicts displacement on this model: {stated} (above 0)."
+    if outcome == "wrong way":
+        return f"{head} {measure} ranks displacement the wrong way on this model: {stated} (below 0); do not filter by it here."
+    return (f"{head} no evidence that {measure} predicts displacement on this model: {stated} includes 0. Filtering by it "
+            "is a guess here; try more pairs (--n) or more training.")
 
 
 def _interval(entry: dict, key: str) -> str:

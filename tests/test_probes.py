@@ -67,11 +67,12 @@ def test_correlation_table_on_known_relations():
 def test_validate_end_to_end(tmp_path, capsys):
     output = tmp_path / "v.json"
     assert main(["validate", str(ROOT / "examples" / "data" / "hh-sample.jsonl"), "--model", str(MODEL_DIR),
-                 "--n", "12", "--steps", "2", "--max-length", "200", "--output", str(output), "--no-progress"]) == 0
+                 "--protocol", "probes", "--n", "12", "--steps", "2", "--max-length", "200", "--output", str(output), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "Spearman (95% CI)" in printed and "ln_ches" in printed and "edit similarity (-edit_distance)" in printed
     result = json.loads(output.read_text())
-    assert printed.rstrip().splitlines()[-1] == result["verdict"] and result["verdict"].startswith("verdict: ")
+    assert result["verdict"] in printed and result["verdict"].startswith("verdict (probes protocol): ")
+    assert printed.rstrip().splitlines()[-1].startswith("recommendation: ") and result["recommendation"]["action"]
     assert len(result["rows"]) == 12 and set(result["correlations"]) == {"ches", "ln_ches", "last_hidden_ip", "edit_distance"}
     ches_values = [row["ches"] for row in result["rows"]]
     assert min(ches_values) < np.median(ches_values) < max(ches_values)  # spread across the range

@@ -81,7 +81,7 @@ def test_the_choice_is_recorded_and_torch_is_given_back_its_count(tokenizer, tin
 
 def test_validate_takes_a_thread_count():
     result = ches.validate(str(MODEL_DIR.parent / "data" / "hh-sample.jsonl"), str(MODEL_DIR), n=3, steps=1,
-                           max_length=512, pool=3, num_threads=1, progress=False)
+                           protocol="probes", max_length=512, pool=3, num_threads=1, progress=False)
     assert result["settings"]["threads"] == 1
     with pytest.raises(ches.ChesError, match=r"num_threads=0 must be a positive integer"):
         ches.validate(str(MODEL_DIR.parent / "data" / "hh-sample.jsonl"), str(MODEL_DIR), n=3, num_threads=0)

@@ -1,0 +1,170 @@
+"""From scores to a decision: mini-batch DPO against a hand-written loop, the recommendation's rules, its
+threshold against what ches.filter keeps, and ``ches validate`` (subsets protocol) end to end, whose printed
+``ches filter`` command is then run."""
+
+import json
+import shlex
+
+import numpy as np
+import pytest
+import torch
+
+import ches
+from ches.advice import MIN_PAIRS_FOR_VERDICT, cut, filter_command, recommend, status
+from ches.cli import main
+from ches.probes import train_dpo
+from conftest import MODEL_DIR, ROOT
+from test_probes import pairs_for, hh_rows
+
+HH_SAMPLE = str(ROOT / "examples" / "data" / "hh-sample.jsonl")
+
+
+def completion_logp(model, sequence) -> torch.Tensor:
+    """log pi(completion | prompt) of one sequence, one forward of its own (no padding, no batching)."""
+    logits = model(input_ids=torch.tensor([sequence.input_ids])).logits[0]
+    logprobs = torch.log_softmax(logits.double(), -1)
+    return sum(logprobs[t, sequence.input_ids[t + 1]] for t in range(sequence.start, sequence.end))
+
+
+def test_train_dpo_equals_a_hand_written_minibatch_loop(tokenizer, tiny_model):
+    model = tiny_model("llama")
+    pairs = pairs_for(hh_rows(6), tokenizer, max_length=120)
+    start = {name: value.clone() for name, value in model.state_dict().items()}
+    result = train_dpo(model, pairs, epochs=2, batch_size=4, learning_rate=1e-3, beta=0.1, seed=3)
+    assert all(torch.equal(start[name], value) for name, value in model.state_dict().items())  # restored
+
+    # the same training, written out: one sequence per forward, the loss of the DPO paper, torch's AdamW
+    with torch.no_grad():
+        reference = [(completion_logp(model, chosen), completion_logp(model, rejected)) for chosen, rejected in pairs]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    order_source = np.random.default_rng(3)
+    for _ in range(2):
+        order = order_source.permutation(len(pairs))
+        for first in range(0, len(pairs), 4):
+            losses = []
+            for row in order[first : first + 4]:
+                chosen, rejected = pairs[row]
+                margin = (completion_logp(model, chosen) - reference[row][0]) - (completion_logp(model, rejected)
+                                                                                  - reference[row][1])
+                losses.append(-torch.nn.functional.logsigmoid(0.1 * margin))
+            optimizer.zero_grad()
+            torch.stack(losses).mean().backward()
+            optimizer.step()
+    with torch.no_grad():
+        after = [(completion_logp(model, chosen), completion_logp(model, rejected)) for chosen, rejected in pairs]
+    expected_chosen = torch.tensor([a[0] - r[0] for a, r in zip(after, reference)])
+    expected_rejected = torch.tensor([a[1] - r[1] for a, r in zip(after, reference)])
+    assert expected_chosen.abs().max() > 0.01  # the training moved something
+    torch.testing.assert_close(result.chosen_change.double(), expected_chosen, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(result.rejected_change.double(), expected_rejected, atol=2e-3, rtol=1e-3)
+
+
+def evidence(**statuses):
+    intervals = {"predicts": [0.1, 0.9], "wrong way": [-0.9, -0.1], "no evidence": [-0.2, 0.4]}
+    return {name: {"statistic": sum(intervals[state]) / 2, "ci95": intervals[state], "status": state, "pairs": 64}
+            for name, state in statuses.items()}
+
+
+POOLS = {name: np.arange(20.0) for name in ("ln_ches", "ches", "edit_distance")}
+
+
+def test_the_recommendation_follows_the_evidence():
+    both = evidence(ln_ches="predicts", ches="predicts", edit_distance="no evidence")
+    both["ches"]["ci95"] = [0.3, 0.9]  # the larger lower bound wins
+    advice = recommend(both, protocol="subsets", cut_quantile=0.9, pool_scores=POOLS, displaced_at_all=True,
+                       displacement_note="")
+    assert (advice["action"], advice["measure"], advice["quantile"]) == ("filter", "ches", 0.9)
+    assert "ches gap" in advice["reason"] and "ln_ches gap" in advice["reason"]
+
+    baseline = evidence(ln_ches="no evidence", ches="no evidence", edit_distance="no evidence")
+    baseline["length difference"] = evidence(x="predicts")["x"]  # a baseline is never recommended
+    advice = recommend(baseline, protocol="subsets", cut_quantile=0.9, pool_scores=POOLS, displaced_at_all=True,
+                       displacement_note="")
+    assert advice["action"] == "not enough evidence" and advice["measure"] is None
+    assert "length difference gap" in advice["reason"]
+
+    wrong = recommend(evidence(ln_ches="wrong way", ches="no evidence", edit_distance="no evidence"), protocol="probes",
+                      cut_quantile=0.95, pool_scores=POOLS, displaced_at_all=True, displacement_note="")
+    assert wrong["action"] == "do not filter" and "ln_ches ranks it the wrong way" in wrong["reason"]
+    assert "Spearman" in wrong["reason"]
+
+    calm = recommend(evidence(ln_ches="predicts", ches="no evidence", edit_distance="no evidence"), protocol="subsets",
+                     cut_quantile=0.9, pool_scores=POOLS, displaced_at_all=False, displacement_note="none moved")
+    assert calm["action"] == "filter"  # a measure that predicts wins even then: its gap is displacement seen
+    calm = recommend(evidence(ln_ches="no evidence", ches="no evidence", edit_distance="no evidence"),
+                     protocol="subsets", cut_quantile=0.9, pool_scores=POOLS, displaced_at_all=False,
+                     displacement_note="none moved")
+    assert calm["action"] == "do not filter" and "none moved" in calm["reason"]
+    assert filter_command("d.jsonl", "m", calm) is None
+
+
+def test_status_needs_enough_pairs():
+    assert status(0.1, 0.2, MIN_PAIRS_FOR_VERDICT) == "predicts"
+    assert status(0.1, 0.2, MIN_PAIRS_FOR_VERDICT - 1) == "no evidence"
+    assert status(float("nan"), 0.2, 64) == status(0.2, 0.2, 64) == "no evidence"
+
+
+@pytest.mark.parametrize("measure", ["ln_ches", "edit_distance"])
+def test_the_threshold_is_where_ches_filter_cuts(measure):
+    rng = np.random.default_rng(1)
+    rows = [{"prompt": "p", "chosen": str(i), "rejected": "r", "ln_ches": float(rng.normal()),
+             "edit_distance": float(rng.integers(0, 5)) / 4, "ches": 0.0, "last_hidden_ip": 0.0, "ches_skip": None}
+            for i in range(40)]
+    kept = ches.filter(rows, 0.7, measure=measure)
+    values = np.array([row[measure] for row in rows]) * (-1 if measure == "edit_distance" else 1)
+    threshold = cut(values, 0.7)
+    kept_values = np.array(kept[measure]) * (-1 if measure == "edit_distance" else 1)
+    assert kept.num_rows == 28 and kept_values.max() == threshold
+    kept_rows = {int(chosen) for chosen in kept["chosen"]}
+    assert all(row in kept_rows for row in np.flatnonzero(values < threshold))
+    assert not any(row in kept_rows for row in np.flatnonzero(values > threshold))
+
+
+@pytest.mark.slow
+def test_validate_subsets_end_to_end_and_its_command(tmp_path, capsys, monkeypatch):
+    output = tmp_path / "v.json"
+    assert main(["validate", HH_SAMPLE, "--model", str(MODEL_DIR), "--n", "12", "--lr", "5e-4", "--max-length", "256",
+                 "--output", str(output), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(output.read_text())
+    assert result["settings"]["protocol"] == "subsets" and result["settings"]["optimizer"] == "AdamW"
+    assert result["verdict"].startswith("verdict (subsets protocol): ") and result["verdict"] in printed
+
+    # each measure's subsets are its lowest and highest 12 pairs, by an independent scoring of the same rows
+    scored = ches.score(HH_SAMPLE, str(MODEL_DIR), max_length=256, progress=False)
+    usable = np.flatnonzero([reason is None for reason in scored["ches_skip"]])
+    assert result["settings"]["scored"] == len(usable) < 64  # some prompts fill 256 tokens
+    for measure in ("ln_ches", "ches", "edit_distance"):
+        values = np.array(scored[measure])[usable] * (-1 if measure == "edit_distance" else 1)
+        order = usable[np.argsort(values, kind="stable")]
+        runs = {item["side"]: item for item in result["subsets"] if item["measure"] == measure}
+        assert sorted(runs["lowest"]["rows"]) == sorted(order[:12].tolist())
+        assert sorted(runs["highest"]["rows"]) == sorted(order[-12:].tolist())
+        audit = runs["lowest"]["audit"]
+        assert audit["rows_audited"] == 12
+        assert audit["fraction_displaced"] == np.mean(np.array(runs["lowest"]["chosen_change"]) < 0)
+        gap = np.mean(runs["lowest"]["chosen_change"]) - np.mean(runs["highest"]["chosen_change"])
+        assert result["evidence"][measure]["statistic"] == pytest.approx(gap)
+        low, high = result["evidence"][measure]["ci95"]
+        assert low <= gap <= high
+    assert len(result["subsets"]) == 9 and result["subsets"][-1]["side"] == "random"
+
+    advice = result["recommendation"]
+    assert set(advice) >= {"action", "measure", "quantile", "threshold", "reason", "command"}
+    assert printed.rstrip().splitlines()[-1 if advice["action"] != "filter" else -3].startswith("recommendation: ")
+    if advice["action"] == "filter":  # run the printed command, and check its cut
+        assert advice["quantile"] == round(1 - 12 / len(usable), 4) and advice["command"] in printed
+        monkeypatch.chdir(tmp_path)
+        assert main([*shlex.split(advice["command"])[1:], "--no-progress"]) == 0
+        kept = ches.inputs.load_data(str(tmp_path / "kept.jsonl"))
+        values = np.array(kept[advice["measure"]]) * (-1 if advice["measure"] == "edit_distance" else 1)
+        assert kept.num_rows == round(advice["quantile"] * len(usable)) and values.max() == pytest.approx(advice["threshold"])
+    else:
+        assert advice["command"] is None and advice["measure"] is None
+
+
+def test_validate_refuses_a_pool_too_small_for_two_subsets():
+    with pytest.raises(ches.ChesError, match=r"pool=10 must hold the n=8 lowest and the n highest .* at least 16 rows"):
+        ches.validate(HH_SAMPLE, str(MODEL_DIR), n=8, pool=10)
+    with pytest.raises(ches.ChesError, match=r"unknown protocol 'trl'; use one of subsets, probes"):
+        ches.validate(HH_SAMPLE, str(MODEL_DIR), protocol="trl")
