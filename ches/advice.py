@@ -17,7 +17,8 @@ The evidence is, per protocol:
 :func:`recommend` turns the statuses into one recommendation, ``{"action", "measure", "quantile",
 "threshold", "reason"}``:
 
-- some measure predicts: filter by the one whose interval has the largest lower bound, dropping the rows
+- some measure predicts: filter by the one whose interval has the largest lower bound (with a caveat when a
+  baseline, the length difference, separates displacement about as strongly), dropping the rows
   the evidence is about (``subsets``: the top ``n`` of the scored pool, ``quantile = 1 - n / scored``;
   ``probes``: the filter's default, 0.95); ``threshold`` is that cut's score value on the scored pool, in
   ``max_score`` units (``ches filter --max-score`` applies the same cut to new data);
@@ -98,6 +99,13 @@ def recommend(evidence: dict[str, dict], *, protocol: str, cut_quantile: float, 
         others = [stated(name) for name in evidence if name != best]
         reason = (f"{stated(best)} (95% CI above 0: {best} predicts displacement on this model; {protocol} "
                   f"protocol)" + (f"; the others: {'; '.join(others)}" if others else "") + ".")
+        baselines = [name for name in evidence if name not in pool_scores and evidence[name]["status"] != "no evidence"
+                     and abs(evidence[name]["statistic"]) >= 0.5 * evidence[best]["statistic"]]
+        if baselines:
+            reason += (f" Caveat: {', '.join(baselines)} alone separates displacement about as strongly "
+                       f"({'; '.join(stated(name) for name in baselines)}; its sign only says which way it ranks), so "
+                       f"{best} may be tracking the completions' lengths here; the audit after training "
+                       "(ches audit) tells the two apart with lengths held fixed.")
         return {"action": "filter", "measure": best, "quantile": cut_quantile, "threshold": threshold, "reason": reason}
     if not displaced_at_all:
         return {"action": "do not filter", "measure": None, "quantile": None, "threshold": None,

@@ -133,14 +133,17 @@ def run_report(args) -> Outcome:
     from .inputs import load_data
     from .options import ReportOptions
     from .report import write_report
+    from .validation import load_validation
 
     options = ReportOptions(**option_values(args, ReportOptions))
     check_outputs(args, dataset=False, suffixes=(".html", ".htm"))
+    validation = load_validation(options.validation) if options.validation else None
     data = load_data(args.data, options.split)
     if hasattr(data, "keys"):
         raise ChesError(f"{args.data} has splits {sorted(data)}; pass --split.")
     check_score_columns(data, args.data)
-    path = write_report(data, args.output, measure=options.measure, top=options.top, overwrite=args.overwrite)
+    path = write_report(data, args.output, measure=options.measure, top=options.top, overwrite=args.overwrite,
+                        validation=validation)
     return Outcome({"measure": options.measure, "top": options.top}, written=path)
 
 

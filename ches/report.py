@@ -26,12 +26,14 @@ SHOWN_CHARS = 600
 
 
 def write_report(dataset: datasets.Dataset, output: str | os.PathLike, *, measure: str = DEFAULT_MEASURE, top: int = 20,
-                 title: str = "CHES report", overwrite: bool = False) -> Path:
+                 title: str = "CHES report", overwrite: bool = False, validation: dict | None = None) -> Path:
     """Write the HTML report of a scored ``dataset`` to ``output`` and return its path.
 
     The page holds histograms of ``ches`` and ``ln_ches``, a ``ches`` vs length-difference scatter,
     the summary table, and the ``top`` highest- and lowest-scoring pairs by ``measure`` with their
-    prompt and both completions (escaped, truncated to 600 characters for display). An existing
+    prompt and both completions (escaped, truncated to 600 characters for display). With ``validation``
+    (what :func:`ches.validate` returned, or its JSON file loaded), a section with its evidence and
+    recommendation; without, a section saying that no validation was run and how to run one. An existing
     ``output`` is replaced only with ``overwrite=True``.
     """
     from .export import check_output, write_text
@@ -64,6 +66,7 @@ def write_report(dataset: datasets.Dataset, output: str | os.PathLike, *, measur
         _figures(columns, scored),
         "<h2>Summary</h2>",
         _summary_table(summary),
+        _validation_section(validation),
         _audit_section(dataset, measure),
         f"<h2>{shown} highest {html.escape(measure)} (most displacement-prone)</h2>",
         PAIRS_NOTE,
@@ -170,6 +173,28 @@ def _png(figure, plt) -> str:
     figure.savefig(buffer, format="png")
     plt.close(figure)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _validation_section(validation: dict | None) -> str:
+    """What ``ches validate`` found and recommends, or how to run it."""
+    from .advice import DISPLAYED, format_recommendation
+
+    if validation is None:
+        return ("<h2>Recommendation</h2><p>No validation was run for this report, so it cannot say which measure "
+                "predicts displacement on your model. Run <code>ches validate DATA --model SFT_MODEL --output "
+                "validation.json</code> (DPO runs on subsets of your pairs; minutes on a GPU) and pass "
+                "<code>--validation validation.json</code> to <code>ches report</code>.</p>")
+    settings = validation["settings"]
+    statistic = "gap (nats)" if settings["protocol"] == "subsets" else "Spearman"
+    rows = "".join(f"<tr><td>{html.escape(DISPLAYED.get(name, name))}</td><td class='num'>{entry['statistic']:+.3f}</td>"
+                   f"<td class='num'>[{entry['ci95'][0]:+.3f}, {entry['ci95'][1]:+.3f}]</td>"
+                   f"<td>{html.escape(entry['status'])}</td></tr>" for name, entry in validation["evidence"].items())
+    how = (f"{settings['protocol']} protocol on {html.escape(str(settings['model']))}: n={settings['n']}, learning rate "
+           f"{settings['learning_rate']:g}, beta {settings['beta']:g}, max_length {settings['max_length']}, "
+           f"{settings['scored']} scored rows")
+    return (f"<h2>Recommendation</h2><p>From <code>ches validate</code> ({how}).</p>"
+            f"<table><tr><th>measure</th><th>{statistic}</th><th>95% CI</th><th>status</th></tr>{rows}</table>"
+            f"<pre>{html.escape(format_recommendation(validation['recommendation']))}</pre>")
 
 
 def _audit_section(dataset: datasets.Dataset, measure: str) -> str:

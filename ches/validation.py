@@ -10,6 +10,7 @@ recommendation (:mod:`ches.advice`).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -267,6 +268,22 @@ def _displacement_seen(result: dict) -> dict:
     return {"displaced_at_all": max(fractions) > 0,
             "displacement_note": f"no pair displaced in any of the {len(fractions)} runs; on random pairs the mean "
                                  f"change of log pi(y+|x) was {random_run['mean_chosen_change']:+.3f} nats"}
+
+
+def load_validation(path: str) -> dict:
+    """A ``ches validate --output`` file, checked to be one (for ``ches report --validation``)."""
+    import json
+
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ChesError(f"{path} does not exist; write it with ches validate DATA --model M --output {path}.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ChesError(f"{path} is not a JSON file written by ches validate: {error}") from None
+    if not isinstance(result, dict) or not {"settings", "evidence", "recommendation"} <= set(result):
+        raise ChesError(f"{path} is not a ches validate result (no settings, evidence and recommendation); write it "
+                        "with ches validate ... --output, from this version of ches.")
+    return result
 
 
 def probe_sequences(dataset, tokenizer, max_length: int | None) -> list[SequencePair]:

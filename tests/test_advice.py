@@ -82,6 +82,10 @@ def test_the_recommendation_follows_the_evidence():
                        displacement_note="")
     assert advice["action"] == "not enough evidence" and advice["measure"] is None
     assert "length difference gap" in advice["reason"]
+    baseline["ches"] = evidence(x="predicts")["x"]  # a measure as strong as the length baseline: said plainly
+    advice = recommend(baseline, protocol="subsets", cut_quantile=0.9, pool_scores=POOLS, displaced_at_all=True,
+                       displacement_note="")
+    assert advice["measure"] == "ches" and "Caveat: length difference alone separates" in advice["reason"]
 
     wrong = recommend(evidence(ln_ches="wrong way", ches="no evidence", edit_distance="no evidence"), protocol="probes",
                       cut_quantile=0.95, pool_scores=POOLS, displaced_at_all=True, displacement_note="")
@@ -164,7 +168,29 @@ def test_validate_subsets_end_to_end_and_its_command(tmp_path, capsys, monkeypat
 
 
 def test_validate_refuses_a_pool_too_small_for_two_subsets():
-    with pytest.raises(ches.ChesError, match=r"pool=10 must hold the n=8 lowest and the n highest .* at least 16 rows"):
+    with pytest.raises(ches.ChesError, match=r"pool=10 must hold the n=8 lowest and the n highest .* \(at least 16 rows\)"):
         ches.validate(HH_SAMPLE, str(MODEL_DIR), n=8, pool=10)
     with pytest.raises(ches.ChesError, match=r"unknown protocol 'trl'; use one of subsets, probes"):
         ches.validate(HH_SAMPLE, str(MODEL_DIR), protocol="trl")
+
+
+def test_report_shows_a_validation_or_says_there_is_none(tmp_path):
+    from ches.report import write_report
+    from ches.validation import load_validation
+
+    scored = ches.score(HH_SAMPLE, str(MODEL_DIR), progress=False)
+    advice = recommend(evidence(ln_ches="wrong way", ches="predicts", edit_distance="no evidence"), protocol="subsets",
+                       cut_quantile=0.8, pool_scores=POOLS, displaced_at_all=True, displacement_note="")
+    validation = {"settings": {"protocol": "subsets", "model": "sft", "n": 16, "learning_rate": 5e-4, "beta": 0.1,
+                               "max_length": 512, "scored": 64},
+                  "evidence": evidence(ln_ches="wrong way", ches="predicts", edit_distance="no evidence"),
+                  "recommendation": dict(advice, command="ches filter d.jsonl --measure ches --quantile 0.8 --output k.jsonl")}
+    (tmp_path / "v.json").write_text(json.dumps(validation))
+    page = write_report(scored, tmp_path / "with.html", validation=load_validation(str(tmp_path / "v.json"))).read_text()
+    assert "recommendation: filter by ches, keeping the 80% least similar pairs" in page
+    assert "ches filter d.jsonl --measure ches --quantile 0.8" in page and "wrong way" in page
+    page = write_report(scored, tmp_path / "without.html").read_text()
+    assert "No validation was run for this report" in page and "--validation validation.json" in page
+    (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(ches.ChesError, match=r"other.json is not a ches validate result"):
+        load_validation(str(tmp_path / "other.json"))
