@@ -137,10 +137,9 @@ def run_report(args) -> Outcome:
 
     options = ReportOptions(**option_values(args, ReportOptions))
     check_outputs(args, dataset=False, suffixes=(".html", ".htm"))
-    data = load_data(args.data, options.split)
-    if hasattr(data, "keys"):
-        raise ChesError(f"{args.data} has splits {sorted(data)}; pass --split.")
-    check_score_columns(data, args.data)
+    data = load_data(args.data, options.split)  # every split, one section each, without --split
+    for name, part in data.items() if hasattr(data, "keys") else [(None, data)]:
+        check_score_columns(part, args.data if name is None else f"{args.data} (split {name!r})")
     path = write_report(data, args.output, measure=options.measure, top=options.top, overwrite=args.overwrite)
     return Outcome({"measure": options.measure, "top": options.top}, written=path)
 

@@ -124,6 +124,25 @@ def test_filter_records_and_logs_each_splits_cut(two_splits, tmp_path, caplog):
         assert load_data(str(again))["chosen"][:] == [row["chosen"] for row in expected] == kept[name]["chosen"][:]
 
 
+def test_report_on_a_folder_of_splits_has_a_section_per_split(two_splits, tmp_path):
+    import re
+
+    assert main(["report", str(two_splits), "--top", "2", "-o", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert re.findall(r"<h2[^>]*>(.*?)</h2>", page) == ["Split train", "Split test"]
+    sections = dict(zip(["train", "test"], page.split("<h2 ")[1:]))
+    for name, part in load_data(str(two_splits)).items():
+        section = sections[name]
+        assert f"<p>{len(part)} of {len(part)} rows scored" in section and section.count("2 highest ln_ches") == 1
+        highest = max(range(len(part)), key=lambda i: part["ln_ches"][i])  # rows numbered within their split
+        table = section[section.index("2 highest ln_ches"):section.index("2 lowest ln_ches")]
+        assert re.findall(r"<td class='num'>(\d+)</td>", table)[0] == str(highest)
+    assert main(["report", str(two_splits), "--split", "test", "--top", "2", "-o", str(tmp_path / "test.html")]) == 0
+    one = (tmp_path / "test.html").read_text(encoding="utf-8")
+    assert "id='split-" not in one and "<h2>2 highest ln_ches (most displacement-prone)</h2>" in one
+    assert "<p>16 of 16 rows scored" in one
+
+
 def test_save_embeddings_recomputes_the_scores(python_scores, tmp_path):
     embeddings = tmp_path / "emb.safetensors"
     assert main(["score", SAMPLE, "-m", MODEL, "--save-embeddings", str(embeddings), "--no-progress"]) == 0
