@@ -218,7 +218,8 @@ def _audit_section(dataset: datasets.Dataset, measure: str, heading: str = "h2")
     change = np.asarray(column(dataset, "chosen_change"), dtype=np.float64)
     values = similarity(np.asarray(column(dataset, measure), dtype=np.float64), measure)
     finite = np.isfinite(change) & np.isfinite(values)
-    return (f"<{heading}>Audit: what DPO did to the preferred responses</{heading}><p>{summary['rows_audited']} pairs audited: the "
+    return (f"<{heading}>Audit: what DPO did to the preferred responses</{heading}>"
+            f"<p>{summary['rows_audited']} pairs audited: the "
             f"preferred response lost probability (was displaced) in {summary['fraction_displaced']:.0%} of them; the "
             f"mean change of log pi(y+|x) is {summary['mean_chosen_change']:+.3f} nats (95% CI [{low:+.3f}, {high:+.3f}])"
             f", of log pi(y-|x) {summary['mean_rejected_change']:+.3f}.</p>"
