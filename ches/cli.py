@@ -104,7 +104,7 @@ def run_score(args) -> Outcome:
 
 
 def run_filter(args) -> Outcome:
-    from .filtering import filter as filter_rows
+    from .filtering import filter_run
     from .options import FilterOptions
 
     check_outputs(args)
@@ -115,11 +115,12 @@ def run_filter(args) -> Outcome:
         if idle:
             raise ChesError(f"{', '.join(idle)} only apply when scoring; pass --model too, or drop them.")
     rules = FilterOptions(**option_values(args, FilterOptions))
-    kept = filter_rows(args.data, options=rules, model=args.model, tokenizer=args.tokenizer,
-                       **({**scoring, "overwrite": args.overwrite} if args.model else {"split": args.split}))
+    kept, cut = filter_run(args.data, options=rules, model=args.model, tokenizer=args.tokenizer,
+                           **({**scoring, "overwrite": args.overwrite} if args.model else {"split": args.split}))
     meta = {"measure": rules.measure, "rule": {name: getattr(rules, name) for name in ("quantile", "max_score", "keep",
                                                                                       "around", "window")},
-            **rows_written(kept)}
+            **({"cut_per_split": {name: part.as_dict() for name, part in cut.items()}} if isinstance(cut, dict)
+               else {"cut": cut.as_dict()}), **rows_written(kept)}
     if args.output:
         return Outcome(meta, dataset=kept, output=args.output)
     per_split = meta.get("rows_written_per_split")
@@ -138,10 +139,9 @@ def run_report(args) -> Outcome:
     options = ReportOptions(**option_values(args, ReportOptions))
     check_outputs(args, dataset=False, suffixes=(".html", ".htm"))
     validation = load_validation(options.validation) if options.validation else None
-    data = load_data(args.data, options.split)
-    if hasattr(data, "keys"):
-        raise ChesError(f"{args.data} has splits {sorted(data)}; pass --split.")
-    check_score_columns(data, args.data)
+    data = load_data(args.data, options.split)  # every split, one section each, without --split
+    for name, part in data.items() if hasattr(data, "keys") else [(None, data)]:
+        check_score_columns(part, args.data if name is None else f"{args.data} (split {name!r})")
     path = write_report(data, args.output, measure=options.measure, top=options.top, overwrite=args.overwrite,
                         validation=validation)
     return Outcome({"measure": options.measure, "top": options.top}, written=path)

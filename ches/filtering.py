@@ -1,4 +1,5 @@
-"""``ches.filter``, ``ches.rank`` and ``ches.summary``: scored datasets in, chosen rows or statistics out.
+"""``ches.filter`` (and ``ches.filter_run``), ``ches.rank`` and ``ches.summary``: scored datasets in, chosen rows
+or statistics out.
 
 Each scores the data first when it has no scores yet and a model is given (with the options of
 :func:`ches.score`), and works split by split on a ``DatasetDict`` (returning one)."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from dataclasses import dataclass
 
 import datasets
 import numpy as np
@@ -21,6 +23,67 @@ from .options import FilterOptions, ScoreOptions
 from .stats import summarize
 
 logger = logging.getLogger("ches")
+
+
+@dataclass(frozen=True)
+class FilterCut:
+    """What one ``ches.filter`` cut did to one split: where it fell, and the rows it kept and dropped.
+
+    ``threshold`` (rules ``quantile``, ``keep``, ``max_score``) is the largest kept score, in the units
+    ``max_score`` takes (``-edit_distance`` for ``edit_distance``), so ``max_score=threshold`` applies the
+    same cut to new data. On the same data it keeps the same rows, plus any row whose score equals the
+    threshold that ``quantile``/``keep`` left out (those rules break ties by original position; a
+    ``max_score`` keeps every tied row). The ``around`` rule keeps a band, not everything below a value:
+    its ``threshold`` is ``None`` and ``window_scores`` holds the lowest and highest kept score (``None``
+    for the other rules). Both are ``None`` when no row is kept. ``str(cut)`` is the line ``ches.filter``
+    logs (and ``ches filter`` prints), with the split's name when the data has splits.
+
+    >>> cut = FilterCut("edit_distance", "quantile", -0.25, None, kept=45, scored=50, unscored_dropped=2, split="train")
+    >>> str(cut)
+    'train: kept 45 of 50 scored rows (-edit_distance <= -0.25; 2 unscored rows dropped)'
+    >>> cut.as_dict()["threshold"], cut.as_dict()["window_scores"]
+    (-0.25, None)
+    """
+
+    measure: str
+    rule: str
+    threshold: float | None
+    window_scores: tuple[float, float] | None
+    kept: int
+    scored: int
+    unscored_dropped: int
+    split: str | None = None
+
+    @classmethod
+    def of(cls, similarity: np.ndarray, picked: np.ndarray, options: FilterOptions, *, unscored_dropped: int,
+           split: str | None) -> FilterCut:
+        """The cut that kept rows ``picked`` of the scored rows' ``similarity`` (sign-adjusted scores)."""
+        kept = similarity[picked]
+        band = (float(kept.min()), float(kept.max())) if len(kept) else None
+        window = options.rule == "around"
+        return cls(options.measure, options.rule, threshold=None if window or band is None else band[1],
+                   window_scores=band if window else None, kept=len(picked), scored=len(similarity),
+                   unscored_dropped=unscored_dropped, split=split)
+
+    def as_dict(self) -> dict:
+        """What the ``ches filter`` sidecar records of the cut (``window_scores`` as a list; no split name)."""
+        record = dataclasses.asdict(self)
+        del record["split"]
+        record["window_scores"] = None if self.window_scores is None else list(self.window_scores)
+        return record
+
+    def __str__(self) -> str:
+        name = select.similarity_name(self.measure)
+        if self.threshold is not None:
+            where = f"{name} <= {self.threshold!r}"
+        elif self.window_scores is not None:
+            where = f"{self.window_scores[0]!r} <= {name} <= {self.window_scores[1]!r}"
+        else:
+            where = "no row kept"
+        dropped = f"{self.unscored_dropped} unscored row{'' if self.unscored_dropped == 1 else 's'} dropped"
+        prefix = "" if self.split is None else f"{self.split}: "
+        return f"{prefix}kept {self.kept} of {self.scored} scored rows ({where}; {dropped})"
+
 
 def filter(  # noqa: A001 - the public name is part of the contract
     data: Data,
@@ -51,7 +114,10 @@ def filter(  # noqa: A001 - the public name is part of the contract
       sorted scores centred on the ``around`` quantile (0 = least similar, 1 = most similar).
 
     Ties are broken by original position. Rows that could not be scored (``ches_skip``, or a NaN
-    score) are dropped and counted in the log. Options that would do nothing (a second rule,
+    score) are dropped and counted in the log. Each split's cut is logged at INFO on the ``"ches"``
+    logger, with the score at which it fell (e.g. ``train: kept 45 of 50 scored rows (ln_ches <= 1.25;
+    2 unscored rows dropped)``): pass that value as ``max_score`` to cut new data the same way
+    (:class:`FilterCut`; :func:`filter_run` returns it). Options that would do nothing (a second rule,
     ``window`` without ``around``, scoring options without ``model``, a misspelled option) are refused.
     With ``model``, ``data`` is scored with it even if it has scores (they are replaced).
 
@@ -78,11 +144,41 @@ def filter(  # noqa: A001 - the public name is part of the contract
     if options is None:
         options = FilterOptions(quantile=quantile, max_score=max_score, keep=keep, around=around, window=window,
                                 measure=measure, keep_scores=keep_scores)
-    return _per_split(_scored(data, options.measure, model, tokenizer, score_kwargs),
-                      lambda scored: _filter_split(scored, options))
+    return filter_run(data, options=options, model=model, tokenizer=tokenizer, **score_kwargs)[0]
 
 
-def _filter_split(scored: datasets.Dataset, options: FilterOptions) -> datasets.Dataset:
+def filter_run(data: Data, quantile: float | None = None, *, model=None, tokenizer=None,
+               options: FilterOptions | None = None, **kwargs,
+               ) -> tuple[datasets.Dataset | datasets.DatasetDict, FilterCut | dict[str, FilterCut]]:
+    """:func:`filter`, also returning each cut: a :class:`FilterCut` (for a ``DatasetDict``, a dict of
+    them by split name), with the ``threshold`` to pass as ``max_score`` to cut new data the same way.
+
+    ``kwargs`` are :func:`filter`'s keywords (the fields of :class:`~ches.options.FilterOptions`, or
+    ``options=``) and the scoring options of :func:`ches.score`.
+
+    >>> rows = [{"chosen": c, "rejected": "r", "ln_ches": s, "ches_skip": None} for c, s in [("a", 3.0), ("b", 1.0)]]
+    >>> kept, cut = filter_run(rows, 0.5)
+    >>> kept["chosen"][:], cut.threshold, filter_run(rows, max_score=cut.threshold)[0]["chosen"][:]
+    (['b'], 1.0, ['b'])
+    """
+    fields = {field.name for field in dataclasses.fields(FilterOptions)}
+    rules = {name: kwargs.pop(name) for name in list(kwargs) if name in fields}
+    if quantile is not None:
+        rules["quantile"] = quantile
+    if options is None:
+        options = FilterOptions(**rules)
+    elif any(value != getattr(FilterOptions(), name) for name, value in rules.items()):
+        raise ChesError(f"pass the rule either as options= or as keywords ({', '.join(sorted(rules))}), not both.")
+    scored = _scored(data, options.measure, model, tokenizer, kwargs)
+    if not isinstance(scored, datasets.DatasetDict):
+        return _filter_split(scored, options, None)
+    results = {name: _filter_split(part, options, name) for name, part in scored.items()}
+    return (datasets.DatasetDict({name: kept for name, (kept, _) in results.items()}),
+            {name: cut for name, (_, cut) in results.items()})
+
+
+def _filter_split(scored: datasets.Dataset, options: FilterOptions,
+                  split: str | None) -> tuple[datasets.Dataset, FilterCut]:
     rows, values = _scored_rows(scored, options.measure)
     rule = options.rule
     if rule == "max_score":
@@ -93,10 +189,10 @@ def _filter_split(scored: datasets.Dataset, options: FilterOptions) -> datasets.
         picked = select.keep_window(values, options.around, options.window_kept)
     else:
         picked = select.keep_quantile(values, options.quantile_kept)
-    logger.info("ches.filter: kept %d of %d scored rows by %s (%d rows could not be scored and were dropped)",
-                len(picked), len(rows), options.measure, len(scored) - len(rows))
+    cut = FilterCut.of(values, picked, options, unscored_dropped=len(scored) - len(rows), split=split)
+    logger.info("%s", cut)
     result = scored.select(rows[picked])
-    return result if options.keep_scores else result.remove_columns(_added_columns(result))
+    return (result if options.keep_scores else result.remove_columns(_added_columns(result))), cut
 
 
 def rank(data: Data, measure: str = DEFAULT_MEASURE, *, model=None, tokenizer=None,

@@ -257,7 +257,8 @@ class ReportOptions:
 
     measure: str = _option(DEFAULT_MEASURE, help="the score the pairs are sorted by", choices=tuple(MEASURES))
     top: int = _option(20, help="pairs shown at each end", type=int)
-    split: str | None = _option(help="split of a folder with several splits")
+    split: str | None = _option(help="report only this split of a folder with several splits (default: every split, "
+                                     "one section each)")
     validation: str | None = _option(help="the JSON of ches validate --output: show its evidence and recommendation")
 
     def __post_init__(self) -> None:

@@ -1,4 +1,5 @@
-"""``ches report``: one self-contained HTML page about a scored dataset (pictures inlined as PNG).
+"""``ches report``: one self-contained HTML page about a scored dataset (pictures inlined as PNG); a
+``DatasetDict`` gets one section per split on the same page.
 
 Draws its figures with matplotlib (a dependency of ches).
 """
@@ -25,61 +26,90 @@ from .stats import summarize
 SHOWN_CHARS = 600
 
 
-def write_report(dataset: datasets.Dataset, output: str | os.PathLike, *, measure: str = DEFAULT_MEASURE, top: int = 20,
-                 title: str = "CHES report", overwrite: bool = False, validation: dict | None = None) -> Path:
+def write_report(dataset: datasets.Dataset | datasets.DatasetDict, output: str | os.PathLike, *,
+                 measure: str = DEFAULT_MEASURE, top: int = 20, title: str = "CHES report",
+                 overwrite: bool = False, validation: dict | None = None) -> Path:
     """Write the HTML report of a scored ``dataset`` to ``output`` and return its path.
 
     The page holds histograms of ``ches`` and ``ln_ches``, a ``ches`` vs length-difference scatter,
     the summary table, and the ``top`` highest- and lowest-scoring pairs by ``measure`` with their
-    prompt and both completions (escaped, truncated to 600 characters for display). With ``validation``
-    (what :func:`ches.validate` returned, or its JSON file loaded), a section with its evidence and
-    recommendation; without, a section saying that no validation was run and how to run one. An existing
-    ``output`` is replaced only with ``overwrite=True``.
+    prompt and both completions (escaped, truncated to 600 characters for display). A ``DatasetDict``
+    gets all of that once per split, in one section per split headed by its name (in the dict's
+    order, each split checked before anything is written). With ``validation`` (what :func:`ches.validate`
+    returned, or its JSON file loaded), a section with its evidence and recommendation first; without, a
+    section saying that no validation was run and how to run one. An existing ``output`` is replaced only
+    with ``overwrite=True``.
+
+    >>> import tempfile, ches
+    >>> scored = ches.score("examples/data/hh-sample.jsonl", "examples/tiny-hh-model", progress=False)
+    >>> parts = datasets.DatasetDict({"train": scored.select(range(40)), "test": scored.select(range(40, 64))})
+    >>> page = write_report(parts, tempfile.mkdtemp() + "/r.html", top=3).read_text()
+    >>> "<h2 id='split-train'>Split train</h2>" in page, page.count("3 highest ln_ches")
+    (True, 2)
     """
     from .export import check_output, write_text
 
     check_output(output, overwrite=overwrite, suffixes=(".html", ".htm"))
     if not isinstance(top, int) or top < 1:
         raise ChesError(f"top={top!r} must be a positive integer: the pairs shown at each end.")
+    if isinstance(dataset, datasets.DatasetDict):
+        checked = {name: _scored_columns(part, measure, f"split {name!r}") for name, part in dataset.items()}
+        sections = {name: _sections(part, *checked[name], measure, top, "h3") for name, part in dataset.items()}
+        contents = ", ".join(f"<a href='#split-{html.escape(name, quote=True)}'>{html.escape(name)}</a> "
+                             f"({len(dataset[name])} rows)" for name in dataset)
+        body = [f"<p>Splits: {contents}.</p>", *(f"<h2 id='split-{html.escape(name, quote=True)}'>Split "
+                                                 f"{html.escape(name)}</h2>{''.join(part)}"
+                                                 for name, part in sections.items())]
+    else:
+        body = _sections(dataset, *_scored_columns(dataset, measure, "the data"), measure, top, "h2")
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
+           f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{_validation_section(validation)}" \
+           f"{''.join(body)}" \
+           f"<footer>ches {__version__}</footer></body></html>"
+    return write_text(output, page)
 
-    check_score_columns(dataset)
+
+def _scored_columns(dataset: datasets.Dataset, measure: str, label: str) -> tuple[dict, np.ndarray]:
+    """The columns the report reads, and the positions of the scored rows; checked (``label`` names the data)."""
+    check_score_columns(dataset, label)
     columns = {name: column(dataset, name) for name in dataset.column_names
                if name in (*MEASURES, "chosen_tokens", "rejected_tokens", "ches_skip")}
     missing = [name for name in ("ches", "ches_skip", "chosen_tokens", "rejected_tokens", measure) if name not in columns]
     if missing:
-        raise ChesError(f"the data has no {', '.join(map(repr, missing))} column(s); report needs a file written by "
+        raise ChesError(f"{label} has no {', '.join(map(repr, missing))} column(s); report needs a file written by "
                         f"'ches score' (its columns are: {', '.join(dataset.column_names)}).")
-    summary = summarize(columns)
     values = np.asarray(columns[measure], dtype=np.float64)
     scored = np.flatnonzero([reason is None for reason in columns["ches_skip"]] & np.isfinite(values)
                             & np.isfinite(np.asarray(columns["ches"], dtype=np.float64)))
     if len(scored) == 0:
-        raise ChesError("no row of the data was scored; nothing to report.")
+        raise ChesError(f"no row of {label} was scored; nothing to report.")
+    return columns, scored
+
+
+def _sections(dataset: datasets.Dataset, columns: dict, scored: np.ndarray, measure: str, top: int,
+              h: str) -> list[str]:
+    """The report of one dataset, under headings ``h`` (``"h2"``, or ``"h3"`` inside a split's section)."""
+    summary = summarize(columns)
+    values = np.asarray(columns[measure], dtype=np.float64)
     order = scored[most_similar_first(similarity(values[scored], measure))]
     shown = min(top, len(order))
-    body = [
-        f"<h1>{html.escape(title)}</h1>",
+    return [
         f"<p>{summary['scored']} of {summary['rows']} rows scored, {summary['skipped']} skipped"
         f"{_reasons(summary['skip_reasons'])}. Higher score = more similar preferred and dispreferred embeddings = "
         "more likely to cause likelihood displacement under DPO.</p>",
-        "<h2>Distributions</h2>",
+        f"<{h}>Distributions</{h}>",
         _figures(columns, scored),
-        "<h2>Summary</h2>",
+        f"<{h}>Summary</{h}>",
         _summary_table(summary),
-        _validation_section(validation),
-        _audit_section(dataset, measure),
-        f"<h2>{shown} highest {html.escape(measure)} (most displacement-prone)</h2>",
+        _audit_section(dataset, measure, h),
+        f"<{h}>{shown} highest {html.escape(measure)} (most displacement-prone)</{h}>",
         PAIRS_NOTE,
         length_note(dataset, order[:shown], scored),
         _pairs_table(dataset, order[:shown], measure),
-        f"<h2>{shown} lowest {html.escape(measure)} (least displacement-prone)</h2>",
+        f"<{h}>{shown} lowest {html.escape(measure)} (least displacement-prone)</{h}>",
         length_note(dataset, order[::-1][:shown], scored),
         _pairs_table(dataset, order[::-1][:shown], measure),
-        f"<footer>ches {__version__}</footer>",
     ]
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
-           f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
-    return write_text(output, page)
 
 
 PAIRS_NOTE = ("<p class='note'>Rows are numbered from 0, as in the data file. <span class='cut'>⟨cut⟩</span> marks a "
@@ -197,7 +227,7 @@ def _validation_section(validation: dict | None) -> str:
             f"<pre>{html.escape(format_recommendation(validation['recommendation']))}</pre>")
 
 
-def _audit_section(dataset: datasets.Dataset, measure: str) -> str:
+def _audit_section(dataset: datasets.Dataset, measure: str, heading: str = "h2") -> str:
     """For rows ``ches audit`` wrote: what DPO did to the preferred responses, and what the measures saw."""
     if not {"chosen_change", "displaced"} <= set(dataset.column_names):
         return ""
@@ -213,7 +243,8 @@ def _audit_section(dataset: datasets.Dataset, measure: str) -> str:
     change = np.asarray(column(dataset, "chosen_change"), dtype=np.float64)
     values = similarity(np.asarray(column(dataset, measure), dtype=np.float64), measure)
     finite = np.isfinite(change) & np.isfinite(values)
-    return (f"<h2>Audit: what DPO did to the preferred responses</h2><p>{summary['rows_audited']} pairs audited: the "
+    return (f"<{heading}>Audit: what DPO did to the preferred responses</{heading}>"
+            f"<p>{summary['rows_audited']} pairs audited: the "
             f"preferred response lost probability (was displaced) in {summary['fraction_displaced']:.0%} of them; the "
             f"mean change of log pi(y+|x) is {summary['mean_chosen_change']:+.3f} nats (95% CI [{low:+.3f}, {high:+.3f}])"
             f", of log pi(y-|x) {summary['mean_rejected_change']:+.3f}.</p>"

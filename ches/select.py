@@ -29,6 +29,17 @@ def similarity(values, measure: str) -> np.ndarray:
     return MEASURES[measure] * np.asarray(values, dtype=np.float64)
 
 
+def similarity_name(measure: str) -> str:
+    """How a measure's similarity (what ``max_score`` and a filter's ``threshold`` are in) is written.
+
+    >>> similarity_name("ln_ches"), similarity_name("edit_distance")
+    ('ln_ches', '-edit_distance')
+    """
+    if measure not in MEASURES:
+        raise ChesError(f"unknown measure {measure!r}; use one of {sorted(MEASURES)}.")
+    return measure if MEASURES[measure] > 0 else f"-{measure}"
+
+
 def most_similar_first(similarity: np.ndarray) -> np.ndarray:
     """Indices from most to least similar; equal values keep their original order.
 

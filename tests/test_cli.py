@@ -75,6 +75,74 @@ def test_filter_rules_on_the_command_line(python_scores, tmp_path):
         assert list(load_data(str(output))["chosen"]) == list(expected["chosen"])
 
 
+@pytest.mark.parametrize("measure, sign", [("ln_ches", 1), ("edit_distance", -1)])
+def test_the_sidecars_threshold_as_max_score_keeps_the_same_rows(measure, sign, python_scores, tmp_path, caplog):
+    scores, first, second = tmp_path / "scores.parquet", tmp_path / "a.parquet", tmp_path / "b.parquet"
+    python_scores.to_parquet(str(scores))
+    with caplog.at_level("INFO", logger="ches"):
+        assert main(["filter", str(scores), "--quantile", "0.3", "--measure", measure, "-o", str(first)]) == 0
+    cut = json.loads((tmp_path / "a.parquet.meta.json").read_text())["cut"]
+    value = {i: sign * v for i, v in enumerate(python_scores[measure])}  # every row of the sample is scored
+    kept = sorted(value, key=lambda i: (value[i], i))[:round(0.3 * 64)]
+    assert cut == {"measure": measure, "rule": "quantile", "threshold": max(value[i] for i in kept),
+                   "window_scores": None, "kept": len(kept), "scored": 64, "unscored_dropped": 0}
+    name = "-" * (sign < 0) + measure
+    assert f"kept {len(kept)} of 64 scored rows ({name} <= {cut['threshold']!r}; 0 unscored rows dropped)" in caplog.messages
+    assert main(["filter", str(scores), "--max-score", repr(cut["threshold"]), "--measure", measure, "-o", str(second)]) == 0
+    tied = {i for i in value if value[i] == cut["threshold"]}  # ties at the threshold: all kept by --max-score
+    expected = sorted(set(kept) | tied)
+    assert load_data(str(second))["chosen"][:] == [python_scores["chosen"][i] for i in expected]
+    if not tied - set(kept):
+        assert load_data(str(second)).to_list() == load_data(str(first)).to_list()
+
+
+@pytest.fixture(scope="module")
+def two_splits(tmp_path_factory):
+    """A folder of two splits, scored by `ches score`."""
+    folder = tmp_path_factory.mktemp("splits")
+    rows = load_data(SAMPLE)
+    datasets.DatasetDict({"train": rows.select(range(24)), "test": rows.select(range(24, 40))}).save_to_disk(
+        str(folder / "raw"))
+    assert main(["score", str(folder / "raw"), "-m", MODEL, "-o", str(folder / "scored"), "--no-progress"]) == 0
+    return folder / "scored"
+
+
+def test_filter_records_and_logs_each_splits_cut(two_splits, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="ches"):
+        assert main(["filter", str(two_splits), "--keep", "10", "-o", str(tmp_path / "kept")]) == 0
+    cuts = json.loads((tmp_path / "kept.meta.json").read_text())["cut_per_split"]
+    scored, kept = load_data(str(two_splits)), load_data(str(tmp_path / "kept"))
+    assert list(cuts) == ["train", "test"]
+    for name, cut in cuts.items():
+        assert cut["threshold"] == max(kept[name]["ln_ches"]) and (cut["kept"], cut["scored"]) == (10, len(scored[name]))
+        assert sum(line.startswith(f"{name}: kept 10 of {len(scored[name])} scored rows (ln_ches <= {cut['threshold']!r};")
+                   for line in caplog.messages) == 1
+        again = tmp_path / f"{name}.parquet"
+        assert main(["filter", str(two_splits), "--split", name, "--max-score", repr(cut["threshold"]), "-o",
+                     str(again)]) == 0
+        expected = [row for row in scored[name] if row["ln_ches"] <= cut["threshold"]]
+        assert load_data(str(again))["chosen"][:] == [row["chosen"] for row in expected] == kept[name]["chosen"][:]
+
+
+def test_report_on_a_folder_of_splits_has_a_section_per_split(two_splits, tmp_path):
+    import re
+
+    assert main(["report", str(two_splits), "--top", "2", "-o", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert re.findall(r"<h2[^>]*>(.*?)</h2>", page) == ["Split train", "Split test"]
+    sections = dict(zip(["train", "test"], page.split("<h2 ")[1:]))
+    for name, part in load_data(str(two_splits)).items():
+        section = sections[name]
+        assert f"<p>{len(part)} of {len(part)} rows scored" in section and section.count("2 highest ln_ches") == 1
+        highest = max(range(len(part)), key=lambda i: part["ln_ches"][i])  # rows numbered within their split
+        table = section[section.index("2 highest ln_ches"):section.index("2 lowest ln_ches")]
+        assert re.findall(r"<td class='num'>(\d+)</td>", table)[0] == str(highest)
+    assert main(["report", str(two_splits), "--split", "test", "--top", "2", "-o", str(tmp_path / "test.html")]) == 0
+    one = (tmp_path / "test.html").read_text(encoding="utf-8")
+    assert "id='split-" not in one and "<h2>2 highest ln_ches (most displacement-prone)</h2>" in one
+    assert "<p>16 of 16 rows scored" in one
+
+
 def test_save_embeddings_recomputes_the_scores(python_scores, tmp_path):
     embeddings = tmp_path / "emb.safetensors"
     assert main(["score", SAMPLE, "-m", MODEL, "--save-embeddings", str(embeddings), "--no-progress"]) == 0

@@ -77,7 +77,83 @@ def test_skipped_rows_are_dropped_and_logged(caplog):
     with caplog.at_level(logging.INFO, logger="ches"):
         kept = ches.filter(synthetic(), 1.0)
     assert len(kept) == 55 and not set(kept["id"]) & {3, 10}
-    assert "2 rows could not be scored and were dropped" in caplog.text
+    assert "kept 55 of 55 scored rows (ln_ches <= 3.0; 2 unscored rows dropped)" in caplog.messages
+
+
+def similarities(rows, measure):
+    """{id: the score in max_score's units} of the scored rows, computed here from the raw columns."""
+    return {row["id"]: MEASURE_SIGN[measure] * row[measure] for row in rows if row["ches_skip"] is None}
+
+
+@pytest.mark.parametrize("measure", ["ln_ches", "edit_distance"])
+@pytest.mark.parametrize("rule", [dict(quantile=0.3), dict(keep=11), dict(max_score=0.5)])
+def test_threshold_is_the_largest_kept_score_and_reapplied_keeps_the_same_rows(measure, rule, caplog):
+    """synthetic() has many ties: max_score=threshold keeps the rows kept plus every row tied at the threshold."""
+    import logging
+
+    rows = synthetic(seed=4)
+    with caplog.at_level(logging.INFO, logger="ches"):
+        kept, cut = ches.filter_run(rows, measure=measure, **rule)
+    score = similarities(rows, measure)
+    assert cut.threshold == max(score[i] for i in kept["id"])
+    assert (cut.measure, cut.rule, cut.window_scores) == (measure, next(iter(rule)), None)
+    assert (cut.kept, cut.scored, cut.unscored_dropped) == (len(kept), 55, 2)
+    name = "-edit_distance" if measure == "edit_distance" else measure
+    assert caplog.messages == [f"kept {len(kept)} of 55 scored rows ({name} <= {cut.threshold}; 2 unscored rows dropped)"]
+    again = ches.filter(rows, max_score=cut.threshold, measure=measure)
+    tied = {i for i, value in score.items() if value == cut.threshold}
+    assert set(again["id"]) == set(kept["id"]) | tied
+    assert list(again["id"]) == sorted(i for i, value in score.items() if value <= cut.threshold)
+
+
+@pytest.mark.parametrize("measure", ["ln_ches", "edit_distance"])
+def test_threshold_without_ties_reapplies_exactly(measure):
+    rng = random.Random(5)
+    rows = [dict(row, ln_ches=rng.gauss(0, 3), edit_distance=rng.random()) if row["ches_skip"] is None else row
+            for row in synthetic(seed=5)]
+    for rule in (dict(quantile=0.4), dict(keep=20), dict(quantile=1.0)):
+        kept, cut = ches.filter_run(rows, measure=measure, **rule)
+        assert ches.filter(rows, max_score=cut.threshold, measure=measure).to_list() == kept.to_list()
+
+
+def test_window_records_its_lowest_and_highest_kept_score():
+    rows = synthetic(seed=6)
+    kept, cut = ches.filter_run(rows, around=0.5, window=9, measure="edit_distance")
+    values = [similarities(rows, "edit_distance")[i] for i in kept["id"]]
+    assert (cut.threshold, cut.window_scores, cut.kept) == (None, (min(values), max(values)), 9)
+    assert str(cut) == f"kept 9 of 55 scored rows ({min(values)} <= -edit_distance <= {max(values)}; 2 unscored rows dropped)"
+    assert cut.as_dict()["window_scores"] == [min(values), max(values)]
+
+
+def test_nothing_kept_has_no_threshold():
+    kept, cut = ches.filter_run(synthetic(), keep=0)
+    assert len(kept) == 0 and cut.threshold is None and "(no row kept; 2 unscored rows dropped)" in str(cut)
+
+
+def test_each_split_logs_its_own_line_and_threshold(caplog):
+    import logging
+
+    train, test = synthetic(40, seed=7, skipped=(1,)), synthetic(30, seed=8, skipped=())
+    data = datasets.DatasetDict({"train": datasets.Dataset.from_list(train), "test": datasets.Dataset.from_list(test)})
+    with caplog.at_level(logging.INFO, logger="ches"):
+        kept, cuts = ches.filter_run(data, 0.5)
+    assert list(cuts) == ["train", "test"] and [cut.split for cut in cuts.values()] == ["train", "test"]
+    assert caplog.messages == [str(cuts["train"]), str(cuts["test"])]
+    assert caplog.messages[0].startswith("train: kept 20 of 39 scored rows (ln_ches <= ")
+    assert caplog.messages[1].startswith("test: kept 15 of 30 scored rows (ln_ches <= ")
+    assert caplog.messages[1].endswith("; 0 unscored rows dropped)")
+    for name, rows in (("train", train), ("test", test)):
+        score = similarities(rows, "ln_ches")
+        assert cuts[name].threshold == max(score[i] for i in kept[name]["id"])
+        again = ches.filter(rows, max_score=cuts[name].threshold)
+        assert set(again["id"]) == set(kept[name]["id"]) | {i for i, v in score.items() if v == cuts[name].threshold}
+
+
+def test_filter_run_refuses_a_rule_given_twice():
+    from ches.options import FilterOptions
+
+    with pytest.raises(ChesError, match=r"pass the rule either as options= or as keywords \(keep\), not both"):
+        ches.filter_run(synthetic(), options=FilterOptions(quantile=0.5), keep=3)
 
 
 def test_rank_orders_most_similar_first():

@@ -79,3 +79,16 @@ def test_report_reads_at_a_glance(tmp_path):
     assert "(1 not shown)" in page  # the 1e9 outlier is counted, not drawn
     assert "one side is constant" in page  # the length difference is constant: its correlation is explained
     assert "<span class='label'>ln_ches</span>" in page
+
+
+def test_a_split_without_scores_is_named_and_nothing_is_written(tmp_path):
+    import datasets
+    import pytest
+
+    scored = datasets.Dataset.from_list([{"chosen": "a", "rejected": "b", "ches": 1.0, "ln_ches": 0.5, "chosen_tokens": 1,
+                                          "rejected_tokens": 1, "ches_skip": None}] * 3)
+    parts = datasets.DatasetDict({"train": scored, "raw": datasets.Dataset.from_list(hh_rows(3))})
+    with pytest.raises(ches.ChesError, match=r"^split 'raw' has no 'ches', 'ches_skip', 'chosen_tokens', "
+                                             r"'rejected_tokens', 'ln_ches' column\(s\); report needs a file written by"):
+        write_report(parts, tmp_path / "r.html")
+    assert not list(tmp_path.iterdir())
