@@ -182,7 +182,8 @@ def drop_flagged(dataset, names: Sequence[str], label: str = "the data"):
         return dataset
     if FLAGS_COLUMN not in dataset.column_names:
         raise ChesError(f"{label} has no {FLAGS_COLUMN!r} column, so rows cannot be dropped by flag: it was scored by "
-                        "an older ches, before integrity flags; score it again (ches score / ches.score) to get them.")
+                        "an older ches, before integrity flags (or made by ches pairs, which does not write them); score "
+                        "it again with ches score / ches.score to get them.")
     flags = list(dataset[FLAGS_COLUMN][:])
     wanted = set(names)
     keep = [index for index, row in enumerate(flags) if not wanted.intersection(row or ())]

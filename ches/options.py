@@ -241,7 +241,7 @@ class FilterOptions:
             raise ChesError("window= sets the size of the around= selection; pass around= too, or drop window=.")
         if self.measure not in MEASURES:
             raise ChesError(f"unknown measure {self.measure!r}; use one of {sorted(MEASURES)}.")
-        object.__setattr__(self, "drop_flags", check_flag_names(self.drop_flags or ()))
+        object.__setattr__(self, "drop_flags", check_flag_names(self.drop_flags or (), "drop_flags (--drop-flags)"))
 
     @property
     def rule(self) -> str:
