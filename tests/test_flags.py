@@ -233,3 +233,10 @@ def test_flags_survive_a_csv_file(tmp_path):
     assert read[FLAGS_COLUMN] == scored[FLAGS_COLUMN]
     assert ches.filter(str(tmp_path / "s.csv"), 1.0, drop_flags=["empty_chosen"])[FLAGS_COLUMN] == [
         flags for flags, skip in zip(scored[FLAGS_COLUMN], scored["ches_skip"]) if skip is None and "empty_chosen" not in flags]
+
+
+def test_a_ches_flags_column_that_is_not_lists_is_refused():
+    rows = [dict(row, ches_flags=",".join(row[FLAGS_COLUMN])) for row in flagged_table()]
+    with pytest.raises(ChesError, match=r"the data: column 'ches_flags' holds string values, not lists; ches writes a "
+                                        r"list of integrity flag names there"):
+        ches.filter(rows, 0.5, drop_flags=["empty_chosen"])
