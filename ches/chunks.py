@@ -72,7 +72,8 @@ def plan_chunk(chunk_id: int, rows: np.ndarray, pairs: Sequence[Pair], tokenizer
     plans = [_plan(pair, tokens, max_length, context) for pair, tokens in zip(pairs, tokenized)]
     numbers: dict[str, list] = {"edit_distance": [], "prompt_tokens": [], "chosen_tokens": [], "rejected_tokens": [],
                                 "prompt_cut": [tokens.prompt_cut > 0 for tokens in tokenized],
-                                "flag_bits": [to_bits(flags) for flags in chunk_flags(tokenized, tokenizer, max_length)]}
+                                "flag_bits": [to_bits(flags)
+                                              for flags in chunk_flags(tokenized, tokenizer, max_length)]}
     for plan, tokens in zip(plans, tokenized):
         if isinstance(plan, SequencePair):
             numbers["edit_distance"].append(scores.edit_distance(plan.chosen.completion_ids, plan.rejected.completion_ids))

@@ -154,7 +154,8 @@ def _fingerprint(dataset, name: str, values: list) -> str:
     import numpy as np
 
     digest = hashlib.sha256(f"{getattr(dataset, '_fingerprint', '')}\0{name}\0".encode())
-    digest.update(json.dumps(values).encode() if name in ("ches_skip", FLAGS_COLUMN) else np.asarray(values, dtype=np.float64).tobytes())
+    as_text = name in ("ches_skip", FLAGS_COLUMN)
+    digest.update(json.dumps(values).encode() if as_text else np.asarray(values, dtype=np.float64).tobytes())
     return digest.hexdigest()[:16]
 
 

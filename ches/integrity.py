@@ -72,9 +72,9 @@ def pair_flags(tokenized: TokenizedPair, max_length: int | None, empty: tuple[bo
         room = None if max_length is None else max_length - prompt  # completion tokens TRL keeps
         if tokenized.chosen_ids[:room] == tokenized.rejected_ids[:room]:
             found.add("identical_after_truncation")
-        for name, completion in (("chosen_truncated", tokenized.chosen_ids), ("rejected_truncated", tokenized.rejected_ids)):
-            if room is not None and len(completion) > room:
-                found.add(name)
+        if room is not None:
+            found |= {name for name, completion in (("chosen_truncated", tokenized.chosen_ids),
+                                                    ("rejected_truncated", tokenized.rejected_ids)) if len(completion) > room}
     return [name for name in FLAG_NAMES if name in found]
 
 
@@ -89,7 +89,8 @@ def empty_completions(tokenized: Sequence[TokenizedPair], tokenizer) -> list[tup
 
 def chunk_flags(tokenized: Sequence[TokenizedPair], tokenizer, max_length: int | None) -> list[list[str]]:
     """The flags of every pair of a chunk (:func:`pair_flags`)."""
-    return [pair_flags(pair, max_length, empty) for pair, empty in zip(tokenized, empty_completions(tokenized, tokenizer))]
+    empty = empty_completions(tokenized, tokenizer)
+    return [pair_flags(pair, max_length, sides) for pair, sides in zip(tokenized, empty)]
 
 
 def to_bits(flags: Iterable[str]) -> int:
@@ -144,7 +145,8 @@ def describe_flags(column: Sequence[Sequence[str] | None]) -> str | None:
     if not counts:
         return None
     rows = flagged_rows(column)
-    return f"{rows} row{'s' if rows != 1 else ''} flagged: " + ", ".join(f"{name} {count}" for name, count in counts.items())
+    detail = ", ".join(f"{name} {count}" for name, count in counts.items())
+    return f"{rows} row{'s' if rows != 1 else ''} flagged: {detail}"
 
 
 def check_flag_names(names: Iterable[str], option: str = "drop_flags") -> tuple[str, ...]:

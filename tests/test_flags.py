@@ -40,7 +40,8 @@ def crafted_standard() -> list[dict]:
 
 def as_conversation(row: dict) -> dict:
     """A crafted standard row as one user message and one assistant message per side."""
-    return {"prompt": [{"role": "user", "content": row["prompt"]}], "chosen": [{"role": "assistant", "content": row["chosen"]}],
+    return {"prompt": [{"role": "user", "content": row["prompt"]}],
+            "chosen": [{"role": "assistant", "content": row["chosen"]}],
             "rejected": [{"role": "assistant", "content": row["rejected"]}]}
 
 
@@ -201,8 +202,8 @@ def test_cli_score_sidecar_filter_drop_flags_and_report(tmp_path, capsys, caplog
     caplog.clear()
     kept_file = tmp_path / "kept.jsonl"
     with caplog.at_level(logging.INFO, logger="ches"):
-        assert main(["filter", str(scores), "--quantile", "1.0", "--drop-flags", "empty_chosen,identical_after_truncation",
-                     "-o", str(kept_file)]) == 0
+        assert main(["filter", str(scores), "--quantile", "1.0", "--drop-flags",
+                     "empty_chosen,identical_after_truncation", "-o", str(kept_file)]) == 0
     for name in ("empty_chosen", "identical_after_truncation"):
         assert f"dropped {counts.get(name, 0)} rows flagged {name}" in caplog.text
     kept = [json.loads(line) for line in kept_file.read_text().splitlines()]
@@ -231,8 +232,9 @@ def test_flags_survive_a_csv_file(tmp_path):
     scored.to_csv(str(tmp_path / "s.csv"), index=False)
     read = load_data(str(tmp_path / "s.csv"))
     assert read[FLAGS_COLUMN] == scored[FLAGS_COLUMN]
-    assert ches.filter(str(tmp_path / "s.csv"), 1.0, drop_flags=["empty_chosen"])[FLAGS_COLUMN] == [
-        flags for flags, skip in zip(scored[FLAGS_COLUMN], scored["ches_skip"]) if skip is None and "empty_chosen" not in flags]
+    expected = [flags for flags, skip in zip(scored[FLAGS_COLUMN], scored["ches_skip"])
+                if skip is None and "empty_chosen" not in flags]
+    assert ches.filter(str(tmp_path / "s.csv"), 1.0, drop_flags=["empty_chosen"])[FLAGS_COLUMN] == expected
 
 
 def test_a_ches_flags_column_that_is_not_lists_is_refused():
