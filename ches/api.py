@@ -18,6 +18,7 @@ from .columns import LOGPS_COLUMNS, SCORE_COLUMNS, add_score_columns, check_outp
 from .embeddings import EmbeddingWriter, embedding_file
 from .export import check_apart_from_inputs, check_output
 from .inputs import Data, load_data, read_columns
+from .integrity import FLAGS_COLUMN, count_flags, flagged_rows
 from .models import model_paths, tokenizer_fingerprint
 from .options import ScoreOptions, signature_with_options
 from .quiet import library_bars_off
@@ -51,7 +52,8 @@ def score(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = N
     Returns:
         The rows in their original order with every original column, plus ``ches``, ``ln_ches``,
         ``edit_distance``, ``last_hidden_ip`` (float64), ``prompt_tokens``, ``chosen_tokens``,
-        ``rejected_tokens`` (tokens scored) and ``ches_skip`` (None, or why the row has NaN scores).
+        ``rejected_tokens`` (tokens scored), ``ches_skip`` (None, or why the row has NaN scores) and
+        ``ches_flags`` (the row's integrity flags, :mod:`ches.integrity`: a list of names, empty when clean).
         A ``DatasetDict`` comes back for a ``DatasetDict`` scored without ``split``.
 
     Raises:
@@ -107,6 +109,8 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
             info.skip_reasons[key] = dict(skip_reasons(rows.columns["ches_skip"]).most_common())
             info.skipped[key] = sum(info.skip_reasons[key].values())
             info.prompt_cut[key] = rows.prompt_cut
+            info.flags[key] = count_flags(rows.columns[FLAGS_COLUMN])
+            info.flagged[key] = flagged_rows(rows.columns[FLAGS_COLUMN])
     info.finished = now()
     if options.logps:  # what a trainer taking these log-probs as its reference must match (ches.trl)
         info.model_fingerprint = model_fingerprint(loaded.model)

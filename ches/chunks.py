@@ -18,6 +18,7 @@ import numpy as np
 
 from . import scores
 from .formats import Pair, pair_problem
+from .integrity import chunk_flags, to_bits
 from .models import LoadedModel, max_positions
 from .rows import BLOCK_ROWS, RowSource
 from .tokens import SequencePair, Skip, TokenizedPair, to_sequences, tokenize_pairs
@@ -50,7 +51,8 @@ class PlannedChunk:
         rows: ``[n]`` the rows, in chunk order.
         plans: per row, the two sequences to run, or why the row is skipped.
         numbers: per row, the score columns known before the model runs (edit distance, token counts,
-            whether the prompt was cut), as :data:`NUMBERS` names them.
+            whether the prompt was cut, the integrity flags as :func:`ches.integrity.to_bits` integers), as
+            :data:`ches.runner.NUMBERS` names them.
     """
 
     chunk_id: int
@@ -69,7 +71,9 @@ def plan_chunk(chunk_id: int, rows: np.ndarray, pairs: Sequence[Pair], tokenizer
     tokenized = tokenize_pairs(pairs, tokenizer, rows=rows)
     plans = [_plan(pair, tokens, max_length, context) for pair, tokens in zip(pairs, tokenized)]
     numbers: dict[str, list] = {"edit_distance": [], "prompt_tokens": [], "chosen_tokens": [], "rejected_tokens": [],
-                                "prompt_cut": [tokens.prompt_cut > 0 for tokens in tokenized]}
+                                "prompt_cut": [tokens.prompt_cut > 0 for tokens in tokenized],
+                                "flag_bits": [to_bits(flags)
+                                              for flags in chunk_flags(tokenized, tokenizer, max_length)]}
     for plan, tokens in zip(plans, tokenized):
         if isinstance(plan, SequencePair):
             numbers["edit_distance"].append(scores.edit_distance(plan.chosen.completion_ids, plan.rejected.completion_ids))

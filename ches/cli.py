@@ -2,7 +2,7 @@
 
     ches score  DATA --model M [--split S] [--output FILE] [--max-length N] [--dtype D] [--device D] [--batch-tokens N]
     ches filter DATA_OR_SCORES [--model M] [--quantile Q | --max-score T | --keep N | --around Q] [--measure M]
-                [--output FILE] [--no-scores]
+                [--drop-flags FLAG,...] [--output FILE] [--no-scores]
     ches report SCORES --output report.html
     ches validate DATA --model M [--n 64] [--steps 5] [--lr 1e-6] [--beta 0.1] [--output results.json]
     ches pairs  DATA --model M [--rule min_ches] [--measure ln_ches] [--output FILE]
@@ -119,6 +119,7 @@ def run_filter(args) -> Outcome:
                            **({**scoring, "overwrite": args.overwrite} if args.model else {"split": args.split}))
     meta = {"measure": rules.measure, "rule": {name: getattr(rules, name) for name in ("quantile", "max_score", "keep",
                                                                                       "around", "window")},
+            "drop_flags": list(rules.drop_flags),
             **({"cut_per_split": {name: part.as_dict() for name, part in cut.items()}} if isinstance(cut, dict)
                else {"cut": cut.as_dict()}), **rows_written(kept)}
     if args.output:

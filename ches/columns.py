@@ -11,15 +11,20 @@ import json
 import logging
 
 from .errors import ChesError
+from .integrity import FLAGS_COLUMN, parse_flags
 
 logger = logging.getLogger("ches")
 
-#: score columns added by ``ches.score``, in order, with their ``datasets`` value types
+#: score columns added by ``ches.score``, in order, with their ``datasets`` value types (``list<string>``: a
+#: list of strings; ``ches_flags`` holds each row's integrity flags, :mod:`ches.integrity`)
 SCORE_TYPES = {
     "ches": "float64", "ln_ches": "float64", "edit_distance": "float64", "last_hidden_ip": "float64",
     "prompt_tokens": "int64", "chosen_tokens": "int64", "rejected_tokens": "int64", "ches_skip": "string",
+    FLAGS_COLUMN: "list<string>",
 }
 SCORE_COLUMNS = tuple(SCORE_TYPES)
+#: output columns that data scored by an older ches lacks: such data still counts as an earlier run's output
+LATER_COLUMNS = (FLAGS_COLUMN,)
 #: columns added by ``ches.score(..., logps=True)``: each completion's log-probability under the scored model
 #: (TRL's ``ref_chosen_logps`` / ``ref_rejected_logps``), NaN where ``ches_skip`` has a reason
 LOGPS_TYPES = {"chosen_logps": "float64", "rejected_logps": "float64"}
@@ -34,12 +39,17 @@ DEFAULT_MEASURE = "ln_ches"
 
 
 def typed_cell(name: str, text: str):
-    """A score column's cell read back from text (a CSV file): numbers, or None for an empty cell.
+    """A score column's cell read back from text (a CSV file): numbers, or None for an empty cell; a list of
+    flag names for ``ches_flags``.
 
     >>> typed_cell("ches", "1.5"), typed_cell("ches", ""), typed_cell("chosen_tokens", "7"), typed_cell("ches_skip", "")
     (1.5, nan, 7, None)
+    >>> typed_cell("ches_flags", "['empty_chosen']"), typed_cell("ches_flags", "[]")
+    (['empty_chosen'], [])
     """
     kind = {**SCORE_TYPES, **RANK_TYPES}[name]
+    if kind == "list<string>":
+        return parse_flags(text)
     if text is None or text == "":
         return float("nan") if kind == "float64" else None
     if kind == "float64":
@@ -49,9 +59,23 @@ def typed_cell(name: str, text: str):
     return text
 
 
+def column_feature(name: str):
+    """The ``datasets`` feature of a column ches writes (:data:`SCORE_TYPES`, :data:`LOGPS_TYPES`,
+    :data:`RANK_TYPES`).
+
+    >>> column_feature("ches"), column_feature("ches_flags")
+    (Value('float64'), List(Value('string')))
+    """
+    import datasets
+
+    kind = {**SCORE_TYPES, **LOGPS_TYPES, **RANK_TYPES}[name]
+    return datasets.List(datasets.Value("string")) if kind == "list<string>" else datasets.Value(kind)
+
+
 def check_score_columns(dataset, label: str = "the data") -> None:
     """Refuse score columns that ches did not write as it writes them: numbers in the measures and token
-    counts, text or None in ``ches_skip`` (read elsewhere, they would give wrong selections or raw errors).
+    counts, text or None in ``ches_skip``, lists in ``ches_flags`` (read elsewhere, they would give wrong
+    selections or raw errors).
 
     >>> import datasets
     >>> check_score_columns(datasets.Dataset.from_list([{"ln_ches": "0.5", "ches_skip": None}]), "scores.csv")
@@ -59,10 +83,16 @@ def check_score_columns(dataset, label: str = "the data") -> None:
     ...
     ches.errors.ChesError: scores.csv: column 'ln_ches' holds string values, not numbers; ches writes numbers there. Is it a file written by 'ches score'? Rename your own column if it only shares the name.
     """
-    for name in (*MEASURES, "chosen_tokens", "rejected_tokens", "prompt_tokens", "ches_skip"):
+    for name in (*MEASURES, "chosen_tokens", "rejected_tokens", "prompt_tokens", "ches_skip", FLAGS_COLUMN):
         if name not in dataset.column_names:
             continue
         feature = dataset.features[name]
+        if name == FLAGS_COLUMN:
+            if type(feature).__name__ not in ("List", "Sequence", "LargeList"):
+                raise ChesError(f"{label}: column {name!r} holds {getattr(feature, 'dtype', type(feature).__name__)} "
+                                "values, not lists; ches writes a list of integrity flag names there. Is it a file "
+                                "written by 'ches score'? Rename your own column if it only shares the name.")
+            continue
         kind = getattr(feature, "dtype", type(feature).__name__)
         wanted = ("string", "large_string", "null") if name == "ches_skip" else None
         fits = kind in wanted if wanted else (kind.startswith(("float", "int", "uint")) or kind == "null")
@@ -78,7 +108,8 @@ def check_output_columns(column_names, added: tuple[str, ...], read: list[str], 
     of them (the output of an earlier ches run, which a new run replaces), False when it holds none.
 
     A column ches reads (a prompt, chosen or rejected column) never shares a name with an output column; any
-    other column that does is the user's own unless every output column is there.
+    other column that does is the user's own unless every output column is there (every one but the
+    :data:`LATER_COLUMNS` for data scored by an older ches).
 
     >>> check_output_columns(["prompt", "chosen", "rejected"], SCORE_COLUMNS, ["prompt", "chosen", "rejected"])
     False
@@ -92,7 +123,8 @@ def check_output_columns(column_names, added: tuple[str, ...], read: list[str], 
     if read_too:
         raise ChesError(f"{label}: column {read_too[0]!r} is read as a pair's text, but ches writes its output column "
                         f"{read_too[0]!r} there; rename it first (dataset.rename_column({read_too[0]!r}, ...)).")
-    if present and len(present) < len(added):
+    required = [name for name in added if name not in LATER_COLUMNS]
+    if present and not all(name in present for name in required):
         raise ChesError(f"{label} has column(s) {present}, which ches writes its output to ({', '.join(added)}); they "
                         "are not an earlier ches run's output (that has all of them), so they would be overwritten: "
                         "rename them first (dataset.rename_column).")
@@ -111,7 +143,7 @@ def add_score_columns(dataset, columns: dict[str, list]):
         dataset = dataset.remove_columns(clashes)
     types = {**SCORE_TYPES, **LOGPS_TYPES}
     for name in [name for name in types if name in columns]:
-        dataset = dataset.add_column(name, columns[name], feature=datasets.Value(types[name]),
+        dataset = dataset.add_column(name, columns[name], feature=column_feature(name),
                                      new_fingerprint=_fingerprint(dataset, name, columns[name]))
     return dataset
 
@@ -122,7 +154,8 @@ def _fingerprint(dataset, name: str, values: list) -> str:
     import numpy as np
 
     digest = hashlib.sha256(f"{getattr(dataset, '_fingerprint', '')}\0{name}\0".encode())
-    digest.update(json.dumps(values).encode() if name == "ches_skip" else np.asarray(values, dtype=np.float64).tobytes())
+    as_text = name in ("ches_skip", FLAGS_COLUMN)
+    digest.update(json.dumps(values).encode() if as_text else np.asarray(values, dtype=np.float64).tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import datasets
@@ -19,6 +20,7 @@ from .api import score
 from .columns import DEFAULT_MEASURE, MEASURES, RANK_COLUMNS, SCORE_COLUMNS, check_output_columns, check_score_columns
 from .errors import ChesError
 from .inputs import Data, column, load_data
+from .integrity import drop_flagged
 from .options import FilterOptions, ScoreOptions
 from .stats import summarize
 
@@ -97,6 +99,7 @@ def filter(  # noqa: A001 - the public name is part of the contract
     keep: int | None = None,
     around: float | None = None,
     window: int | None = None,
+    drop_flags: Sequence[str] | str | None = None,
     options: FilterOptions | None = None,
     **score_kwargs,
 ) -> datasets.Dataset | datasets.DatasetDict:
@@ -112,6 +115,10 @@ def filter(  # noqa: A001 - the public name is part of the contract
     - ``keep``: keep this many rows with the lowest ``measure``.
     - ``around`` + ``window``: the paper's Section 5 selection, ``window`` (default 512) rows of the
       sorted scores centred on the ``around`` quantile (0 = least similar, 1 = most similar).
+
+    ``drop_flags`` first removes the rows carrying any of these integrity flags (``ches_flags``, see
+    :mod:`ches.integrity`), logging how many each flag dropped; the rule then applies to the rows left
+    (the quantile is a fraction of the scored rows that were not dropped).
 
     Ties are broken by original position. Rows that could not be scored (``ches_skip``, or a NaN
     score) are dropped and counted in the log. Each split's cut is logged at INFO on the ``"ches"``
@@ -129,21 +136,28 @@ def filter(  # noqa: A001 - the public name is part of the contract
             or ``"edit_distance"`` (ranked by ``-edit_distance`` so that higher = more similar for all).
         model, tokenizer, **score_kwargs: used to score ``data`` first when it has no scores
             (``score_kwargs``: the options of :func:`ches.score`).
-        keep_scores: ``False`` drops the score columns, leaving exactly the input schema (ready for TRL).
-        options: the rule, ``measure`` and ``keep_scores`` as one :class:`~ches.options.FilterOptions`
+        keep_scores: ``False`` drops the score columns (``ches_flags`` too), leaving exactly the input schema
+            (ready for TRL).
+        drop_flags: integrity flag names (e.g. ``["identical_after_truncation", "empty_chosen"]``, or one
+            comma-separated string); rows with any of them are dropped before the rule.
+        options: the rule, ``measure``, ``keep_scores`` and ``drop_flags`` as one :class:`~ches.options.FilterOptions`
             (instead of the keywords above).
 
     Raises:
-        ChesError: (a ``ValueError``) bad ``quantile``/``measure``/rule, no scores and no model, or no rows.
+        ChesError: (a ``ValueError``) bad ``quantile``/``measure``/rule, no scores and no model, or no rows; an
+            unknown flag name in ``drop_flags``, or ``drop_flags`` on data scored before ches wrote ``ches_flags``.
 
     >>> rows = [{"prompt": "p", "chosen": c, "rejected": "r", "ln_ches": s, "ches_skip": None}
     ...         for c, s in [("a", 3.0), ("b", 1.0), ("c", 2.0), ("d", 0.0)]]
     >>> filter(rows, 0.5, keep_scores=False).to_dict()["chosen"]
     ['b', 'd']
+    >>> flagged = [{**row, "ches_flags": ["empty_chosen"] if row["chosen"] == "d" else []} for row in rows]
+    >>> filter(flagged, 0.5, drop_flags=["empty_chosen"], keep_scores=False).to_dict()["chosen"]
+    ['b', 'c']
     """
     if options is None:
         options = FilterOptions(quantile=quantile, max_score=max_score, keep=keep, around=around, window=window,
-                                measure=measure, keep_scores=keep_scores)
+                                measure=measure, keep_scores=keep_scores, drop_flags=drop_flags)
     return filter_run(data, options=options, model=model, tokenizer=tokenizer, **score_kwargs)[0]
 
 
@@ -179,6 +193,7 @@ def filter_run(data: Data, quantile: float | None = None, *, model=None, tokeniz
 
 def _filter_split(scored: datasets.Dataset, options: FilterOptions,
                   split: str | None) -> tuple[datasets.Dataset, FilterCut]:
+    scored = drop_flagged(scored, options.drop_flags)
     rows, values = _scored_rows(scored, options.measure)
     rule = options.rule
     if rule == "max_score":

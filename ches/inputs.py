@@ -19,7 +19,7 @@ from typing import Any, Union
 
 import datasets
 
-from .columns import RANK_COLUMNS, RANK_TYPES, SCORE_COLUMNS, SCORE_TYPES, typed_cell, with_reference
+from .columns import RANK_COLUMNS, SCORE_COLUMNS, column_feature, typed_cell, with_reference
 from .errors import ChesError, one_line
 from .formats import PAIR_COLUMNS, TEMPLATE_COLUMNS, Pair, to_pairs
 
@@ -150,8 +150,7 @@ def _typed_score_columns(dataset: datasets.Dataset) -> datasets.Dataset:
             values = [typed_cell(name, text) for text in dataset[name]]
         except ValueError as error:
             raise ChesError(f"column {name!r} of the CSV file holds a value that is not a number ({error}).") from None
-        dataset = dataset.remove_columns(name).add_column(name, values, feature=datasets.Value(
-            {**SCORE_TYPES, **RANK_TYPES}[name]))
+        dataset = dataset.remove_columns(name).add_column(name, values, feature=column_feature(name))
     return dataset.select_columns(order) if present else dataset
 
 

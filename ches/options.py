@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .columns import DEFAULT_MEASURE, MEASURES
 from .errors import ChesError
+from .integrity import FLAG_NAMES, check_flag_names
 
 if TYPE_CHECKING:
     import torch
@@ -207,6 +208,8 @@ class FilterOptions:
 
     >>> FilterOptions(keep=3).rule, FilterOptions().rule, FilterOptions().quantile_kept
     ('keep', 'quantile', 0.95)
+    >>> FilterOptions(drop_flags="identical_after_truncation,empty_chosen").drop_flags
+    ('identical_after_truncation', 'empty_chosen')
     >>> FilterOptions(keep=2.7)
     Traceback (most recent call last):
     ...
@@ -223,6 +226,9 @@ class FilterOptions:
     measure: str = _option(DEFAULT_MEASURE, help="the score to select by", choices=tuple(MEASURES))
     keep_scores: bool = _option(True, help="drop the score columns (exactly the input schema)", type=bool,
                                 flag="--no-scores")
+    drop_flags: tuple[str, ...] | None = _option(
+        help="first drop the rows with any of these integrity flags (comma-separated; the rule then applies to the "
+             f"rows left): {', '.join(FLAG_NAMES)}", metavar="FLAG,...")
 
     def __post_init__(self) -> None:
         for name in ("quantile", "max_score", "around"):
@@ -236,6 +242,7 @@ class FilterOptions:
             raise ChesError("window= sets the size of the around= selection; pass around= too, or drop window=.")
         if self.measure not in MEASURES:
             raise ChesError(f"unknown measure {self.measure!r}; use one of {sorted(MEASURES)}.")
+        object.__setattr__(self, "drop_flags", check_flag_names(self.drop_flags or (), "drop_flags (--drop-flags)"))
 
     @property
     def rule(self) -> str:

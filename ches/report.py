@@ -20,6 +20,7 @@ from .columns import DEFAULT_MEASURE, MEASURES, check_score_columns
 from .errors import ChesError
 from .formats import split_prompt
 from .inputs import column
+from .integrity import FLAGS, FLAGS_COLUMN
 from .select import most_similar_first, similarity
 from .stats import summarize
 
@@ -73,7 +74,7 @@ def _scored_columns(dataset: datasets.Dataset, measure: str, label: str) -> tupl
     """The columns the report reads, and the positions of the scored rows; checked (``label`` names the data)."""
     check_score_columns(dataset, label)
     columns = {name: column(dataset, name) for name in dataset.column_names
-               if name in (*MEASURES, "chosen_tokens", "rejected_tokens", "ches_skip")}
+               if name in (*MEASURES, "chosen_tokens", "rejected_tokens", "ches_skip", FLAGS_COLUMN)}
     missing = [name for name in ("ches", "ches_skip", "chosen_tokens", "rejected_tokens", measure) if name not in columns]
     if missing:
         raise ChesError(f"{label} has no {', '.join(map(repr, missing))} column(s); report needs a file written by "
@@ -101,6 +102,7 @@ def _sections(dataset: datasets.Dataset, columns: dict, scored: np.ndarray, meas
         _figures(columns, scored),
         f"<{h}>Summary</{h}>",
         _summary_table(summary),
+        flags_section(summary, h),
         _audit_section(dataset, measure, h),
         f"<{h}>{shown} highest {html.escape(measure)} (most displacement-prone)</{h}>",
         PAIRS_NOTE,
@@ -125,6 +127,7 @@ pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:12px;max-heigh
 footer{color:#888;margin-top:2em;font-size:12px}.note{color:#666;font-size:13px}
 .label{color:#666;display:inline-block;min-width:7.5em}.scores div{white-space:nowrap;font-variant-numeric:tabular-nums}
 .cut{color:#a83b3b;font-weight:bold;margin-right:2px}
+.flag{color:#a83b3b;font-size:12px}
 """
 
 
@@ -293,6 +296,24 @@ def _summary_table(summary: dict) -> str:
             f"<th>value</th></tr>{correlations}</table>")
 
 
+def flags_section(summary: dict, h: str = "h2") -> str:
+    """The "Integrity flags" heading and its table: rows per flag (:mod:`ches.integrity`), every flag listed with
+    its meaning; a note instead when the data has no ``ches_flags`` column.
+
+    >>> "empty_chosen</td><td class='num'>2" in flags_section({"rows": 9, "flagged": 2, "flags": {"empty_chosen": 2}})
+    True
+    """
+    if "flags" not in summary:
+        return (f"<{h}>Integrity flags</{h}><p class='note'>The data has no ches_flags column: it was scored by an older "
+                "ches. Score it again to see which rows TRL would truncate, drop, or train on with identical "
+                "completions.</p>")
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td class='num'>{summary['flags'].get(name, 0)}</td>"
+                   f"<td>{html.escape(meaning)}</td></tr>" for name, meaning in FLAGS.items())
+    return (f"<{h}>Integrity flags</{h}><p>{summary['flagged']} of {summary['rows']} rows flagged (ches_flags; drop them "
+            "with ches filter --drop-flags).</p><table><tr><th>flag</th><th>rows</th><th>meaning</th></tr>"
+            f"{rows}</table>")
+
+
 def _correlation(value: float) -> str:
     if np.isfinite(value):
         return f"{value:.3f}"
@@ -307,6 +328,7 @@ def _pairs_table(dataset: datasets.Dataset, rows: np.ndarray, measure: str) -> s
         scores = "".join(f"<div><span class='label'>{name}</span> {example[name]:.4g}</div>"
                          for name in ("ln_ches", "ches", "edit_distance", "chosen_tokens", "rejected_tokens")
                          if name in example and example[name] is not None)
+        scores += "".join(f"<div class='flag'>{html.escape(name)}</div>" for name in example.get(FLAGS_COLUMN) or ())
         split = mid_word(prompt, chosen) or mid_word(prompt, rejected)
         out.append(f"<tr><td class='num'>{row}</td><td class='scores'>{scores}</td><td>{_pre(prompt, from_end=True)}</td>"
                    f"<td>{_pre(chosen, cut=split)}</td><td>{_pre(rejected, cut=split)}</td></tr>")

@@ -30,6 +30,7 @@ from .distributed import Process
 from .embeddings import EmbeddingWriter
 from .engine import HiddenSums
 from .errors import ChesError
+from .integrity import FLAGS_COLUMN, describe_flags, from_bits
 from .layouts import LayoutChoice
 from .logps import LMHead
 from .models import LoadedModel
@@ -46,7 +47,8 @@ SUM_SCORES = ("ches", "ln_ches", "last_hidden_ip")
 MODEL_NUMBERS = {False: SUM_SCORES, True: SUM_SCORES + LOGPS_COLUMNS}
 #: the numeric score columns of a row, as exchanged between processes
 NUMBERS = {name: torch.float64 if kind == "float64" else torch.int64
-           for name, kind in SCORE_TYPES.items() if name != "ches_skip"} | {"prompt_cut": torch.int64}
+           for name, kind in SCORE_TYPES.items() if kind in ("float64", "int64")} | {"prompt_cut": torch.int64,
+                                                                                    "flag_bits": torch.int64}
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,8 @@ SUM_TENSORS = ("chosen_sum", "rejected_sum", "chosen_last", "rejected_last")  # 
 @dataclass(frozen=True)
 class ScoredRows:
     """What :func:`score_rows` computed for a table: the score columns by name
-    (:data:`ches.columns.SCORE_COLUMNS`), NaN / zero where ``ches_skip`` has a reason, and how many
-    prompts were cut at a token boundary."""
+    (:data:`ches.columns.SCORE_COLUMNS`), NaN / zero where ``ches_skip`` has a reason (``ches_flags``: a
+    list of :mod:`ches.integrity` flag names per row), and how many prompts were cut at a token boundary."""
 
     columns: dict[str, list]
     prompt_cut: int
@@ -192,6 +194,7 @@ class _Collected:
                   for name, dtype in self.numbers.items()}
         columns = process.gather_columns(index, values, total)
         columns["ches_skip"] = process.gather_labels(self.reasons, total)
+        columns[FLAGS_COLUMN] = [from_bits(bits) for bits in columns.pop("flag_bits")]
         return ScoredRows(columns, prompt_cut=int(sum(columns.pop("prompt_cut"))))
 
 
@@ -336,12 +339,14 @@ def progress_bar(total: int, enabled: bool, unit: str = "pair"):
 
 
 def _summary(result: ScoredRows, model_name: str) -> str:
-    """One line: rows scored and skipped (by reason), and prompts cut at a token boundary."""
+    """One line: rows scored and skipped (by reason), prompts cut at a token boundary, and the rows with
+    integrity flags (by flag; only when some row has one)."""
     reasons = skip_reasons(result.columns["ches_skip"])
     total, skipped = len(result.columns["ches_skip"]), sum(reasons.values())
     detail = "".join(f"; {count} {reason}" for reason, count in reasons.most_common())
+    flagged = describe_flags(result.columns[FLAGS_COLUMN])
     return (
         f"ches: scored {total - skipped} of {total} rows with {model_name}; skipped {skipped}{detail}; "
         f"{result.prompt_cut} prompts were not a token prefix of their completions and were cut to the "
-        "common prefix, as TRL does"
+        "common prefix, as TRL does" + (f"; {flagged}" if flagged else "")
     )

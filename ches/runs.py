@@ -111,7 +111,8 @@ class ModelRun:
 @dataclass(kw_only=True)
 class RunInfo(ModelRun):
     """A ``ches.score`` run (:class:`ModelRun`) and what came out per split: rows, skipped rows and how many
-    for each reason, prompts cut at a token boundary; and the data's fingerprints."""
+    for each reason, prompts cut at a token boundary, rows per integrity flag (:mod:`ches.integrity`; the
+    flags no row has are left out) and rows with any flag; and the data's fingerprints."""
 
     dataset_fingerprints: dict[str, str] = field(default_factory=dict)
     model_fingerprint: str | None = None  # with logps: a hash of the weights the log-probs came from
@@ -120,6 +121,8 @@ class RunInfo(ModelRun):
     skipped: dict[str, int] = field(default_factory=dict)
     skip_reasons: dict[str, dict[str, int]] = field(default_factory=dict)
     prompt_cut: dict[str, int] = field(default_factory=dict)
+    flags: dict[str, dict[str, int]] = field(default_factory=dict)
+    flagged: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)

@@ -8,6 +8,7 @@ import numpy as np
 
 from .columns import MEASURES
 from .errors import ChesError
+from .integrity import FLAGS_COLUMN, count_flags, flagged_rows
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -61,7 +62,9 @@ def summarize(columns: dict[str, list]) -> dict:
 
     Returns:
         ``{"rows", "scored", "skipped", "skip_reasons", "measures": {name: {min, q05, ..., max, mean}},
-        "correlations": {...}}``; correlations are Spearman (rank) unless named ``pearson_...``.
+        "correlations": {...}}``; correlations are Spearman (rank) unless named ``pearson_...``. With a
+        ``ches_flags`` column, also ``"flagged"`` (rows with any integrity flag) and ``"flags"`` (rows per
+        flag, :func:`ches.integrity.count_flags`).
     """
     if "ches" not in columns or "ches_skip" not in columns:
         raise ChesError("summary needs scored rows (columns 'ches' and 'ches_skip'); run ches.score first.")
@@ -83,6 +86,8 @@ def summarize(columns: dict[str, list]) -> dict:
         "measures": {},
         "correlations": {},
     }
+    if FLAGS_COLUMN in columns:
+        result["flagged"], result["flags"] = flagged_rows(columns[FLAGS_COLUMN]), count_flags(columns[FLAGS_COLUMN])
     if not scored.any():
         return result
     values = {name: np.asarray(_numbers(columns[name]), dtype=np.float64)[scored]

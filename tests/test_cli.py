@@ -129,7 +129,7 @@ def test_report_on_a_folder_of_splits_has_a_section_per_split(two_splits, tmp_pa
 
     assert main(["report", str(two_splits), "--top", "2", "-o", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
-    assert re.findall(r"<h2[^>]*>(.*?)</h2>", page) == ["Split train", "Split test"]
+    assert re.findall(r"<h2[^>]*>(.*?)</h2>", page) == ["Recommendation", "Split train", "Split test"]
     sections = dict(zip(["train", "test"], page.split("<h2 ")[1:]))
     for name, part in load_data(str(two_splits)).items():
         section = sections[name]

@@ -598,7 +598,7 @@ def test_a_read_column_named_like_an_output_is_refused_before_the_model(columns,
 
 
 @pytest.mark.parametrize("name", ["ches", "ln_ches", "edit_distance", "last_hidden_ip", "prompt_tokens", "chosen_tokens",
-                                  "rejected_tokens", "ches_skip"])
+                                  "rejected_tokens", "ches_skip", "ches_flags"])
 def test_every_output_column_is_protected(name, workdir, monkeypatch):
     no_model_load(monkeypatch)
     rows = [dict(row, **{name: "mine"}) for row in ROWS]
