@@ -13,7 +13,7 @@ def test_every_module_imports():
 
 def test_public_surface():
     assert set(ches.__all__) == {"score", "filter", "rank", "summary", "validate", "load_embeddings", "extract_prompt", "pairs",
-                                "audit", "ChesError", "__version__"}
+                                "pairs_run", "audit", "ChesError", "__version__"}
     assert issubclass(ches.ChesError, ValueError)
 
 

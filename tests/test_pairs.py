@@ -37,8 +37,9 @@ MERGING = {"prompt": "Say th", "responses": ["ink", " no", "out", "e"], "ratings
 
 
 def all_pairs(rows, model, tokenizer, **options):
-    """Every allowed pair of every row (all_min_ches with a per_prompt larger than any row's pair count)."""
-    return ches.pairs(rows, model, tokenizer, rule="all_min_ches", per_prompt=100, **options)
+    """Every allowed pair of every row (all_min_ches with a per_prompt larger than any row's pair count), and the
+    run's record."""
+    return ches.pairs_run(rows, model, tokenizer, rule="all_min_ches", per_prompt=100, **options)
 
 
 def assert_equal_to_score(built, model, tokenizer, **score_options):
@@ -120,7 +121,7 @@ def test_scoring_options_are_score_options():
     row = [{"prompt": "p", "responses": ["a", "b"], "ratings": [1, 0]}]
     for options, message in [({"max_lenght": 8}, "unknown option 'max_lenght' \\(did you mean 'max_length'\\?\\)"),
                              ({"max_length": 1}, "max_length=1 must be an integer >= 2"),
-                             ({"cache_dir": "cache"}, "cache_dir= applies to ches.score only"),
+                             ({"save_embeddings": "sums.safetensors"}, "save_embeddings= applies to ches.score only"),
                              ({"options": ScoreOptions(compile=True)}, "compile= applies to ches.score only"),
                              ({"options": ScoreOptions(columns={"chosen": "x"})}, "columns= applies to ches.score only")]:
         with pytest.raises(ches.ChesError, match=message):
@@ -202,27 +203,27 @@ def test_baselines_by_definition_and_ties():
 def test_every_pair_equals_ches_score_on_that_pair(tiny_model, tokenizer):
     model = tiny_model("llama")
     rows = persona_rows(3) + hh_candidate_rows(4) + [MERGING]
-    built = all_pairs(rows, model, tokenizer, layout="prefix_shared")
-    assert built.info["layout"] == "prefix_shared" and not built.skipped
-    boundaries = {tokens for tokens, row in zip(built.dataset["prompt_tokens"], built.dataset["source_row"]) if row == 7}
+    built, info = all_pairs(rows, model, tokenizer, layout="prefix_shared")
+    assert info["layout"] == "prefix_shared" and not info.skipped_prompts
+    boundaries = {tokens for tokens, row in zip(built["prompt_tokens"], built["source_row"]) if row == 7}
     assert boundaries == {3, 4}  # tokens merge across "Say th|ink" but not "Say th| no": two prompt boundaries
-    assert_equal_to_score(built.dataset, model, tokenizer)
+    assert_equal_to_score(built, model, tokenizer)
 
 
 def test_max_length_pairs_equal_ches_score_truncated(tiny_model, tokenizer):
     model = tiny_model("llama")
     rows = hh_candidate_rows(6) + [MERGING]
-    built = all_pairs(rows, model, tokenizer, max_length=64)
-    skipped = [item.reason for item in built.skipped]
+    built, info = all_pairs(rows, model, tokenizer, max_length=64)
+    skipped = [item.reason for item in info.skipped_prompts]
     assert all(reason.startswith("prompt fills max_length") for reason in skipped)
-    assert_equal_to_score(built.dataset, model, tokenizer, max_length=64)
+    assert_equal_to_score(built, model, tokenizer, max_length=64)
 
 
 def test_layouts_agree(tiny_model, tokenizer):
     model = tiny_model("llama")
     rows = persona_rows(2) + [MERGING]
-    shared = all_pairs(rows, model, tokenizer, layout="prefix_shared").dataset
-    padded = all_pairs(rows, model, tokenizer, layout="padded").dataset
+    shared = all_pairs(rows, model, tokenizer, layout="prefix_shared")[0]
+    padded = all_pairs(rows, model, tokenizer, layout="padded")[0]
     assert shared["chosen_index"] == padded["chosen_index"]
     np.testing.assert_allclose(shared["ln_ches"], padded["ln_ches"], rtol=1e-4)
 
@@ -231,9 +232,9 @@ def test_min_ches_is_the_brute_force_minimum(tiny_model, tokenizer):
     model = tiny_model("llama")
     rows = persona_rows(4) + hh_candidate_rows(3)
     for measure in ("ln_ches", "ches"):
-        every = all_pairs(rows, model, tokenizer, measure=measure).dataset
-        best = ches.pairs(rows, model, tokenizer, measure=measure).dataset
-        global_best = ches.pairs(rows, model, tokenizer, rule="all_min_ches", measure=measure).dataset
+        every = all_pairs(rows, model, tokenizer, measure=measure)[0]
+        best = ches.pairs(rows, model, tokenizer, measure=measure)
+        global_best = ches.pairs(rows, model, tokenizer, rule="all_min_ches", measure=measure)
         for row in range(len(rows)):
             mine = [k for k, source in enumerate(every["source_row"]) if source == row]
             top = int(np.argmax(rows[row]["ratings"]))
@@ -248,18 +249,18 @@ def test_baselines_and_seeded_random_on_data(tiny_model, tokenizer):
     them to the data: which rule, the seed per source row, min_margin. Four runs of the model."""
     model = tiny_model("llama")
     rows = persona_rows(6)
-    worst = ches.pairs(rows, model, tokenizer, rule="max_margin").dataset
+    worst = ches.pairs(rows, model, tokenizer, rule="max_margin")
     assert set(worst["rejected"]) == {" Yes"}  # the first-listed of the lowest-rated answers
     assert set(worst["chosen"]) == {" No"}
     changed = [dict(rows[0], ratings=[0.0, 3.0, 2.0, 1.0, 0.0, 0.0])] + rows[1:]  # another row's draw
     for data in (rows, changed):
-        drawn = ches.pairs(data, model, tokenizer, rule="random", seed=3).dataset
+        drawn = ches.pairs(data, model, tokenizer, rule="random", seed=3)
         for row, (chosen, rejected) in enumerate(zip(drawn["chosen_index"], drawn["rejected_index"])):
             ratings = np.array(data[row]["ratings"])  # the pure rule, with the generator of (seed, source row)
             allowed = allowed_pairs(ratings, np.zeros((6, 6)), same=np.eye(6, dtype=bool))
             expected = select("random", np.zeros((6, 6)), ratings, allowed, rng=np.random.default_rng([3, row]))
             assert [(chosen, rejected)] == expected
-    margin = ches.pairs(rows, model, tokenizer, min_margin=2.5).dataset
+    margin = ches.pairs(rows, model, tokenizer, min_margin=2.5)
     assert set(margin["rejected_rating"]) == {0.0}
 
 
@@ -271,14 +272,14 @@ def test_per_row_reasons_nothing_dropped(tiny_model, tokenizer):
             {"prompt": "p", "responses": [" a", " b"], "ratings": [2.0, 2.0]},
             {"prompt": "p", "responses": [" a", " a"], "ratings": [2.0, 1.0]},
             {"prompt": "p", "responses": [" a", " b", " a"], "ratings": [2.0, 2.0, 1.0]}]
-    built = ches.pairs(rows, model, tokenizer, per_prompt=2)
-    reasons = {item.source_row: item.reason for item in built.skipped}
+    built, info = ches.pairs_run(rows, model, tokenizer, per_prompt=2)
+    reasons = {item.source_row: item.reason for item in info.skipped_prompts}
     assert reasons == {1: "fewer than two responses", 2: "fewer than two responses",
                        3: "no allowed pair: all ratings equal (2)",
                        4: "no allowed pair: the only pairs with different ratings are identical responses"}
-    assert built.dataset["source_row"] == [0, 0, 5]  # the duplicate " a" is never paired with itself:
-    assert (built.dataset["chosen"][2], built.dataset["rejected"][2]) == (" b", " a")  # the next top-rated is chosen
-    assert built.info["skipped"] == {"fewer than two responses": 2, "no allowed pair: all ratings equal (2)": 1,
+    assert built["source_row"] == [0, 0, 5]  # the duplicate " a" is never paired with itself:
+    assert (built["chosen"][2], built["rejected"][2]) == (" b", " a")  # the next top-rated is chosen
+    assert info["skipped"] == {"fewer than two responses": 2, "no allowed pair: all ratings equal (2)": 1,
                                      "no allowed pair: the only pairs with different ratings are identical responses": 1}
 
 
@@ -304,16 +305,16 @@ def test_each_response_runs_once(tiny_model, tokenizer, monkeypatch):
             monkeypatch.setattr(model.model, "forward", original_forward)
 
     monkeypatch.setattr(layouts, "hidden_sums", counting)
-    built = all_pairs(rows, model, tokenizer, layout="prefix_shared")
+    built, info = all_pairs(rows, model, tokenizer, layout="prefix_shared")
     expected = 0
     for row in rows:
         prompt = len(tokenizer(row["prompt"])["input_ids"])
         full = [len(tokenizer(row["prompt"] + response + tokenizer.eos_token)["input_ids"])
                 for response in row["responses"]]
         expected += prompt + sum(length - prompt for length in full)
-    assert sum(counted) == expected == built.info["tokens_run"]
-    per_pair = sum(2 * row_prompt for row_prompt in built.dataset["prompt_tokens"]) + \
-        sum(built.dataset["chosen_tokens"]) + sum(built.dataset["rejected_tokens"])
+    assert sum(counted) == expected == info["tokens_run"]
+    per_pair = sum(2 * row_prompt for row_prompt in built["prompt_tokens"]) + \
+        sum(built["chosen_tokens"]) + sum(built["rejected_tokens"])
     assert expected < per_pair / 2  # 15 pairs per Persona prompt: far fewer tokens than scoring every pair
 
 
@@ -329,13 +330,13 @@ def test_ultrafeedback_file(tiny_model, tokenizer, tmp_path):
                              for m, text, overall, fine in zip("abc", row["responses"], [8.0, 3.0, 5.0], [2.0, 4.5, 3.0])]}
             for row in hh_candidate_rows(3)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    overall = ches.pairs(path, model, tokenizer, rule="max_margin")
+    overall, info = ches.pairs_run(path, model, tokenizer, rule="max_margin")
     fine = ches.pairs(path, model, tokenizer, rule="max_margin", rating_field="fine-grained_score")
-    assert overall.info["schema"] == "ultrafeedback"
-    assert overall.dataset["chosen_index"] == [0, 0, 0] and overall.dataset["rejected_index"] == [1, 1, 1]
-    assert fine.dataset["chosen_index"] == [1, 1, 1] and fine.dataset["rejected_index"] == [0, 0, 0]
-    assert fine.dataset["prompt"][0] == rows[0]["instruction"]
-    assert_equal_to_score(overall.dataset, model, tokenizer)
+    assert info["schema"] == "ultrafeedback"
+    assert overall["chosen_index"] == [0, 0, 0] and overall["rejected_index"] == [1, 1, 1]
+    assert fine["chosen_index"] == [1, 1, 1] and fine["rejected_index"] == [0, 0, 0]
+    assert fine["prompt"][0] == rows[0]["instruction"]
+    assert_equal_to_score(overall, model, tokenizer)
 
 
 def test_conversational_rows(tiny_model, tokenizer):
@@ -346,9 +347,9 @@ def test_conversational_rows(tiny_model, tokenizer):
         rows.append({"prompt": [{"role": "user", "content": question}],
                      "responses": [[{"role": "assistant", "content": answer.strip()}] for answer in ANSWERS],
                      "ratings": RATINGS})
-    built = all_pairs(rows, model, tokenizer)
-    assert isinstance(built.dataset["chosen"][0], list) and built.dataset["chosen"][0][0]["role"] == "assistant"
-    assert_equal_to_score(built.dataset, model, tokenizer)
+    built, info = all_pairs(rows, model, tokenizer)
+    assert isinstance(built["chosen"][0], list) and built["chosen"][0][0]["role"] == "assistant"
+    assert_equal_to_score(built, model, tokenizer)
     with pytest.raises(ches.ChesError, match="row 1, column 'responses', response 0: expected a message list"):
         to_candidates([rows[0], {"prompt": rows[0]["prompt"], "responses": ["Yes", "No"], "ratings": [1, 0]}])
 
