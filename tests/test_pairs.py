@@ -11,6 +11,7 @@ import torch
 
 import ches
 from ches.candidates import from_generic, from_ultrafeedback, to_candidates
+from ches.options import PAIR_LAYOUT_DEFAULT
 from ches.pairing import allowed_pairs, pair_matrices, select
 from conftest import MODEL_DIR, ROOT, hh_rows, standard_rows
 
@@ -54,6 +55,10 @@ def assert_equal_to_score(built, model, tokenizer, **score_options):
     for name in ("prompt_tokens", "chosen_tokens", "rejected_tokens"):
         assert built[name] == scored[name], name
     assert scored["ches_skip"] == [None] * len(rows)
+    if score_options.get("logps"):
+        for name in ("chosen_logps", "rejected_logps"):
+            for ours, theirs in zip(built[name], scored[name]):
+                assert math.isfinite(ours) and abs(ours - theirs) <= 1e-4 * max(1.0, abs(theirs)), (name, ours, theirs)
 
 
 # --- format layer -----------------------------------------------------------------------------------------
@@ -210,6 +215,16 @@ def test_every_pair_equals_ches_score_on_that_pair(tiny_model, tokenizer):
     assert_equal_to_score(built, model, tokenizer)
 
 
+def test_logps_equal_ches_score_logps_on_each_pair(tiny_model, tokenizer):
+    """With logps, each pair's chosen_logps/rejected_logps are what ches.score(..., logps=True) gives that pair,
+    where tokens merge across the prompt boundary too (the prompt's log-probs between boundaries subtracted)."""
+    model = tiny_model("llama")
+    built, info = all_pairs(persona_rows(1) + hh_candidate_rows(2) + [MERGING], model, tokenizer, logps=True)
+    assert {3, 4} <= set(built["prompt_tokens"])
+    assert_equal_to_score(built, model, tokenizer, logps=True)
+    assert info.model_fingerprint and info.tokenizer_fingerprint
+
+
 def test_max_length_pairs_equal_ches_score_truncated(tiny_model, tokenizer):
     model = tiny_model("llama")
     rows = hh_candidate_rows(6) + [MERGING]
@@ -354,7 +369,114 @@ def test_conversational_rows(tiny_model, tokenizer):
         to_candidates([rows[0], {"prompt": rows[0]["prompt"], "responses": ["Yes", "No"], "ratings": [1, 0]}])
 
 
+# --- the output: traced back, TRL-ready, read by filter, report and audit ---------------------------------------
+
+def test_the_rows_other_columns_are_carried_into_each_pair(tiny_model, tokenizer, tmp_path):
+    model = tiny_model("llama")
+    rows = [dict(row, prompt_id=f"id-{k}", source=["hh", "persona"][k % 2], meta={"turns": k})
+            for k, row in enumerate(hh_candidate_rows(3) + persona_rows(2))]
+    built, info = ches.pairs_run(rows, model, tokenizer, per_prompt=2, progress=False)
+    assert info.carried_columns == ["prompt_id", "source", "meta"] == built.column_names[-3:]
+    assert built.num_rows == 10
+    for pair in built:
+        source = rows[pair["source_row"]]
+        assert (pair["prompt_id"], pair["source"], pair["meta"], pair["prompt"]) == \
+            (source["prompt_id"], source["source"], source["meta"], source["prompt"])
+    built.to_json(tmp_path / "pairs.jsonl")  # the dataset itself: straight to a file, or to TRL
+    written = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert [row["prompt_id"] for row in written] == built["prompt_id"]
+
+
+def test_a_carried_column_named_like_an_output_column_is_refused_before_the_model_loads():
+    rows = [{"prompt": "p", "responses": ["a", "b"], "ratings": [1, 0], "ln_ches": 0.5}]
+    with pytest.raises(ches.ChesError) as error:
+        ches.pairs(rows, "no/such-model-folder")
+    assert str(error.value) == (
+        "column 'ln_ches' would be carried into each pair (ches.pairs reads 'prompt', 'responses', 'ratings'), but "
+        "ches.pairs writes its output column 'ln_ches' there; rename it first (dataset.rename_column('ln_ches', ...)) "
+        "or drop it (dataset.remove_columns('ln_ches')).")
+    renamed = [{"question": "p", "responses": ["a", "b"], "ratings": [1, 0], "prompt": "kept"}]
+    with pytest.raises(ches.ChesError, match="column 'prompt' would be carried into each pair .ches.pairs reads "
+                                             "'question', 'responses', 'ratings'."):
+        ches.pairs(renamed, "no/such-model-folder", columns={"prompt": "question"})
+    with pytest.raises(ches.ChesError, match="column 'chosen_logps' would be carried"):
+        ches.pairs([{"prompt": "p", "responses": ["a", "b"], "ratings": [1, 0], "chosen_logps": 1.0}], "no/such-model-folder",
+                   logps=True)
+
+
+def test_filter_report_and_audit_take_the_pairs(tiny_model, tokenizer, tmp_path):
+    from ches.auditing import audit
+    from ches.cli import main
+
+    model = tiny_model("llama")
+    rows = persona_rows(3) + hh_candidate_rows(3)
+    built = ches.pairs(rows, model, tokenizer, logps=True, progress=False)
+    kept = ches.filter(built, keep=2)
+    assert sorted(kept["ln_ches"]) == sorted(built["ln_ches"])[:2]  # the two lowest, by a direct sort
+    audited = audit(built, model, tokenizer, resamples=20, progress=False)  # the model DPO started from: no change
+    assert np.abs(np.array(audited.dataset["chosen_change"])).max() < 1e-4
+    assert np.abs(np.array(audited.dataset["rejected_change"])).max() < 1e-4
+    path = tmp_path / "pairs.parquet"
+    built.to_parquet(path)
+    assert main(["report", str(path), "--output", str(tmp_path / "report.html")]) == 0
+    assert "<html" in (tmp_path / "report.html").read_text()[:200].lower()
+    without = ches.pairs(rows[:3], model, tokenizer, progress=False)
+    with pytest.raises(ches.ChesError, match=r"these rows have no chosen_logps, rejected_logps: .* build them with "
+                                             r"ches.pairs\(\.\.\., logps=True\) \(ches pairs --logps\)"):
+        audit(without, model, tokenizer)
+
+
+def test_a_second_run_with_the_same_cache_runs_only_the_new_prompts(tiny_model, tokenizer, tmp_path, monkeypatch):
+    import ches.pair_passes as passes
+
+    model = tiny_model("llama")
+    rows = hh_candidate_rows(2) + persona_rows(2)
+    monkeypatch.setattr(passes, "CHUNK_SEQUENCES", 1)  # one prompt per chunk
+    ran = []
+    real = passes.run_sequences
+
+    def counting(sequences, groups, *args, **kwargs):
+        ran.append(len(sequences))
+        return real(sequences, groups, *args, **kwargs)
+
+    monkeypatch.setattr(passes, "run_sequences", counting)
+    ches.pairs(rows[:2], model, tokenizer, cache_dir=tmp_path / "cache", logps=True, progress=False)
+    assert ran == [3, 3]
+    ran.clear()
+    again, info = ches.pairs_run(rows, model, tokenizer, cache_dir=tmp_path / "cache", logps=True, progress=False)
+    assert ran == [len(row["responses"]) for row in rows[2:]] and info.chunks_reused == 2  # the new prompts only
+    ran.clear()
+    fresh = ches.pairs(rows, model, tokenizer, logps=True, progress=False)
+    assert again.to_list() == fresh.to_list()
+    ran.clear()
+    cached, info = ches.pairs_run(rows, model, tokenizer, cache_dir=tmp_path / "cache", rule="max_margin",
+                                  logps=True, progress=False)  # another rule: the same passes, all from the cache
+    assert ran == [] and info.chunks_reused == 4 and info.tokens_run == 0 and cached.num_rows == 4
+
+
 # --- command line ------------------------------------------------------------------------------------------
+
+def test_help_lists_the_choices_and_the_default_layout_it_runs(capsys):
+    from ches.cli import main
+    from ches.options import PAIR_LAYOUTS, PAIR_MEASURES, RULES
+
+    with pytest.raises(SystemExit):
+        main(["pairs", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    for flag, choices in (("--rule", RULES), ("--measure", PAIR_MEASURES), ("--layout", PAIR_LAYOUTS)):
+        assert f"{flag} {{{','.join(choices)}}}" in text
+    assert f"how sequences are batched (default: {PAIR_LAYOUT_DEFAULT})" in text
+    assert "cheapest" not in text
+
+
+def test_the_counts_printed_say_one_and_leave_out_zero(tmp_path, capsys):
+    from ches.cli import main
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps(persona_rows(1)[0]) + "\n", encoding="utf-8")
+    assert main(["pairs", str(data), "--model", str(MODEL_DIR), "--no-progress"]) == 0
+    assert capsys.readouterr().out == "1 pair from 1 of 1 prompt (rule min_ches, ln_ches)\n"
+
 
 def test_cli_round_trip(tmp_path, capsys):
     from ches.cli import main
@@ -368,12 +490,15 @@ def test_cli_round_trip(tmp_path, capsys):
             "prompt=q,responses=outs,ratings=scores", "--rule", "random", "--seed", "1", "--per-prompt", "2",
             "--threads", "1", "--no-progress"]
     assert main(argv) == 0
+    assert capsys.readouterr().out == ("6 pairs from 3 of 4 prompts (rule random, ln_ches); 1 prompt skipped (listed in "
+                                       "the .meta.json sidecar)\n")  # counted by hand: 2 pairs from each of 3 rows
     written = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(written) == 6 and {"prompt", "chosen", "rejected", "ln_ches", "source_row"} <= set(written[0])
     meta = json.loads((tmp_path / "pairs.jsonl.meta.json").read_text())
     assert meta["skipped_prompts"] == [{"source_row": 3, "reason": "fewer than two responses", "candidates": 1}]
     assert meta["run"]["options"]["rule"] == "random" and meta["run"]["threads"] == 1
     assert (meta["run"]["options"]["num_threads"], meta["run"]["options"]["progress"]) == (1, False)
+    assert meta["run"]["layout_reason"] == f"default; {PAIR_LAYOUT_DEFAULT}"  # what --help says the default is
     assert main(argv) == 2 and "exists; pass --overwrite" in capsys.readouterr().err
     assert main(["filter", str(output), "--keep", "2", "--no-scores", "--output", str(tmp_path / "kept.jsonl")]) == 0
     kept = [json.loads(line) for line in (tmp_path / "kept.jsonl").read_text().splitlines()]
