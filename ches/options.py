@@ -283,7 +283,7 @@ class ValidateOptions:
     steps: int = _option(5, help="DPO steps per probe", type=int)
     learning_rate: float = _option(1e-6, help="RMSprop learning rate", type=float, flag="--lr")
     beta: float = _option(0.1, help="DPO beta", type=float)
-    pool: int | None = _option(help="rows scored to choose from (default: all, or 20 x n)", type=int)
+    pool: int | None = _option(help="rows scored to choose from (default: all rows, or a random 20 x n of larger data)", type=int)
     seed: int = _option(0, help="which pool rows are drawn; also seeds the bootstrap", type=int)
     resamples: int = _option(1000, help="bootstrap resamples for the 95 % intervals", type=int, flag=None)
     split: str | None = _option(help="split of a DatasetDict / Hub dataset")
