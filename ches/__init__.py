@@ -20,11 +20,11 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _PUBLIC = {"score": "api", "filter": "filtering", "rank": "filtering", "summary": "filtering", "validate": "validation",
-           "load_embeddings": "embeddings", "extract_prompt": "formats", "pairs": "pair_builder", "pairs_run": "pair_builder",
-           "audit": "auditing"}
+           "load_embeddings": "embeddings", "extract_prompt": "formats", "pairs": "pair_builder",
+           "pairs_run": "pair_builder", "audit": "auditing"}
 
-__all__ = ["score", "filter", "rank", "summary", "validate", "load_embeddings", "extract_prompt", "pairs", "pairs_run", "audit",
-           "ChesError", "__version__"]
+__all__ = ["score", "filter", "rank", "summary", "validate", "load_embeddings", "extract_prompt", "pairs", "pairs_run",
+           "audit", "ChesError", "__version__"]
 
 
 def __getattr__(name: str):

@@ -1,4 +1,6 @@
-"""``ches pairs``: the command-line face of :func:`ches.pairs` (registered in :mod:`ches.cli`).
+"""``ches pairs``: the command-line face of :func:`ches.pairs` (in :data:`ches.cli.COMMANDS`, which imports this
+module only when the command's flags are built or it runs; the flags both share live in :mod:`ches.flags`, so
+this module never imports :mod:`ches.cli`).
 
     ches pairs INPUT --model M --output OUT [--rule R] [--measure M] [--min-margin X] [--per-prompt K] [--seed S]
                [--columns prompt=...,responses=...,ratings=...] [--rating-field FIELD] [--overwrite]
@@ -7,7 +9,8 @@ The pairing flags come from :class:`~ches.options.PairOptions` and :class:`~ches
 the scoring flags from :class:`~ches.options.ScoreOptions` (the subset :data:`~ches.options.PAIR_SCORE_OPTIONS`)
 and the ``from_pretrained`` keywords, as for ``ches score`` (all through :mod:`ches.flags`). Imports nothing heavy at module level, so
 ``ches --help`` stays fast. The prompts that gave no pair are listed, with the reason, under
-``skipped_prompts`` in the output's ``.meta.json`` sidecar.
+``skipped_prompts`` in the output's ``.meta.json`` sidecar, the responses that could not be scored under
+``unscored_responses``.
 """
 
 from __future__ import annotations

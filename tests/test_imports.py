@@ -36,6 +36,18 @@ def test_the_command_line_starts_without_the_heavy_libraries():
     assert result.stdout.strip() == "[]"
 
 
+def test_the_commands_do_not_import_each_other():
+    """ches.cli registers ches pairs from its table without importing ches.pairs_cli, which needs only ches.flags."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib; importlib.import_module(sys.argv[1]); "
+            "print(sorted(m for m in ('ches.cli', 'ches.pairs_cli') if m in sys.modules))")
+    for module, loaded in (("ches.cli", "['ches.cli']"), ("ches.pairs_cli", "['ches.pairs_cli']")):
+        result = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, check=True)
+        assert result.stdout.strip() == loaded
+
+
 def test_public_names_load_on_first_use():
     assert callable(ches.summary) and callable(ches.validate) and ches.score.__module__ == "ches.api"
     assert ches.api.score_run and ches.stats.spearman  # submodules too
