@@ -515,16 +515,20 @@ def carried_columns(column_names: list[str], columns: Mapping[str, str] | None, 
     return carried
 
 
+#: the types of the columns of every pair (those not here are the input's texts)
+PAIR_TYPES = {"chosen_rating": "float64", "rejected_rating": "float64", **SCORE_TYPES, **LOGPS_TYPES, "candidates": "int64",
+              "chosen_index": "int64", "rejected_index": "int64", "source_row": "int64"}
+
+
 def output_dataset(columns: dict[str, list], carried: datasets.Dataset) -> datasets.Dataset:
     """The pairs as a dataset: the score columns typed as ``ches.score`` types them, ``unscored_responses``
-    as lists of ints (even when every list is empty), then the ``carried`` columns (one row per pair)."""
-    dataset = datasets.Dataset.from_dict(columns)
-    types = {**SCORE_TYPES, **LOGPS_TYPES}
-    features = datasets.Features({name: datasets.Value(types[name]) if name in types else feature
-                                  for name, feature in dataset.features.items()})
+    as lists of ints, then the ``carried`` columns (one row per pair, their types kept). With no pair, every
+    column is still there, typed (the texts as strings)."""
+    features = {name: datasets.Value(PAIR_TYPES[name]) for name in columns if name in PAIR_TYPES}
     features["unscored_responses"] = datasets.List(datasets.Value("int64"))
-    if not len(dataset):  # no pair: the text columns' types are not known either
-        features = datasets.Features({**{name: datasets.Value("string") for name in PAIR_COLUMNS[:3]},
-                                      **{name: feature for name, feature in features.items() if name not in PAIR_COLUMNS[:3]}})
-    dataset = dataset.cast(features)
+    if not columns["source_row"]:
+        features = {**{name: datasets.Value("string") for name in PAIR_COLUMNS[:3]}, **features, **carried.features}
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=datasets.Features(features))
+    dataset = datasets.Dataset.from_dict(columns)
+    dataset = dataset.cast(datasets.Features({name: features.get(name, feature) for name, feature in dataset.features.items()}))
     return datasets.concatenate_datasets([dataset, carried.flatten_indices()], axis=1) if carried.column_names else dataset

@@ -351,6 +351,8 @@ def test_ultrafeedback_file(tiny_model, tokenizer, tmp_path):
     assert overall["chosen_index"] == [0, 0, 0] and overall["rejected_index"] == [1, 1, 1]
     assert fine["chosen_index"] == [1, 1, 1] and fine["rejected_index"] == [0, 0, 0]
     assert fine["prompt"][0] == rows[0]["instruction"]
+    assert info.carried_columns == ["source", "models"]  # all but instruction and completions, into each pair
+    assert fine["source"] == [row["source"] for row in rows] and fine["models"] == [row["models"] for row in rows]
     assert_equal_to_score(overall, model, tokenizer)
 
 
@@ -385,6 +387,20 @@ def test_the_rows_other_columns_are_carried_into_each_pair(tiny_model, tokenizer
     built.to_json(tmp_path / "pairs.jsonl")  # the dataset itself: straight to a file, or to TRL
     written = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
     assert [row["prompt_id"] for row in written] == built["prompt_id"]
+
+
+def test_the_columns_are_typed_as_ches_score_types_them_even_with_no_pair(tiny_model, tokenizer):
+    from ches.columns import LOGPS_COLUMNS, SCORE_COLUMNS
+
+    model = tiny_model("llama")
+    built = ches.pairs([dict(persona_rows(1)[0], prompt_id="a")], model, tokenizer, logps=True, progress=False)
+    empty = ches.pairs([{"prompt": "p", "responses": [" a"], "ratings": [1.0], "prompt_id": "b"}], model, tokenizer,
+                       logps=True, progress=False)
+    scored = ches.score([{"prompt": "p", "chosen": " a", "rejected": " b"}], model, tokenizer, logps=True, progress=False)
+    assert (built.num_rows, empty.num_rows) == (1, 0) and empty.column_names == built.column_names
+    assert empty.features == built.features  # every column, typed, the carried prompt_id too
+    for name in SCORE_COLUMNS + LOGPS_COLUMNS:
+        assert built.features[name] == scored.features[name], name
 
 
 def test_a_carried_column_named_like_an_output_column_is_refused_before_the_model_loads():
