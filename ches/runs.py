@@ -16,7 +16,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +26,9 @@ from .models import LoadedModel, default_batch_tokens, describe_model, load_mode
 from .options import ScoreOptions
 from .threads import ThreadChoice, set_threads
 from .tokens import SequencePair
+
+if TYPE_CHECKING:
+    from .pair_builder import Skipped, Unscored
 
 
 def now() -> str:
@@ -145,8 +148,8 @@ class PairsInfo(ModelRun):
     tokens_run: int
     carried_columns: list[str] = field(default_factory=list)
     chunks_reused: int = 0
-    skipped_prompts: list = field(default_factory=list)
-    unscored_responses: list = field(default_factory=list)
+    skipped_prompts: list[Skipped] = field(default_factory=list)
+    unscored_responses: list[Unscored] = field(default_factory=list)
 
     def __getitem__(self, name: str):
         try:

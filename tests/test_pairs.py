@@ -442,6 +442,22 @@ def test_filter_report_and_audit_take_the_pairs(tiny_model, tokenizer, tmp_path)
         audit(without, model, tokenizer)
 
 
+def test_cli_pairs_with_logps_then_audit(tmp_path, capsys):
+    """The file ches pairs --logps writes (and its sidecar, the record of the reference) is what ches audit reads."""
+    from ches.cli import main
+    from ches.inputs import load_data
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in persona_rows(3)), encoding="utf-8")
+    built, audited = tmp_path / "pairs.parquet", tmp_path / "audited.parquet"
+    assert main(["pairs", str(data), "--model", str(MODEL_DIR), "--logps", "--per-prompt", "2", "--output", str(built),
+                 "--no-progress"]) == 0
+    assert main(["audit", str(built), "--model", str(MODEL_DIR), "--resamples", "20", "--output", str(audited),
+                 "--no-progress"]) == 0, capsys.readouterr().err
+    change = np.array(load_data(str(audited))["chosen_change"])
+    assert len(change) == 6 and np.abs(change).max() < 1e-4  # the model the pairs were scored with: nothing moved
+
+
 def test_a_second_run_with_the_same_cache_runs_only_the_new_prompts(tiny_model, tokenizer, tmp_path, monkeypatch):
     import ches.pair_passes as passes
 
