@@ -89,16 +89,16 @@ def main() -> None:
         probe = DPOProbe(model, steps=args.steps, learning_rate=args.lr, beta=BETA)
         entry = {"seed": seed}
         for name, options in RULES.items():
-            built = ches.pairs(rows, model, tokenizer, seed=seed, max_length=MAX_LENGTH, progress=False, **options)
-            assert not built.skipped and built.dataset["source_row"] == list(range(args.n))
-            sequences = probe_sequences(built.dataset, tokenizer, MAX_LENGTH)
+            built, info = ches.pairs_run(rows, model, tokenizer, seed=seed, max_length=MAX_LENGTH, progress=False, **options)
+            assert not info.skipped_prompts and built["source_row"] == list(range(args.n))
+            sequences = probe_sequences(built, tokenizer, MAX_LENGTH)
             changes = [probe.run([pair]).chosen_change.item() for pair in sequences]
             single[name] += changes
-            same_meaning[name] += [index < 4 for index in built.dataset["rejected_index"]]
+            same_meaning[name] += [index < 4 for index in built["rejected_index"]]
             together = probe.run(sequences)
             entry[name] = {"set_mean_chosen_change": float(together.chosen_change.mean()),
                            "set_mean_rejected_change": float(together.rejected_change.mean()),
-                           "mean_ln_ches": float(np.mean(built.dataset["ln_ches"]))}
+                           "mean_ln_ches": float(np.mean(built["ln_ches"]))}
             print(f"seed {seed} {name:>18}: single-pair mean d log pi(y+) {np.mean(changes):+.4f}; "
                   f"set {entry[name]['set_mean_chosen_change']:+.4f}; rejected has the chosen's meaning "
                   f"{np.mean(same_meaning[name][-args.n:]):.0%}", flush=True)

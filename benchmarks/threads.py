@@ -94,8 +94,8 @@ def child(spec: dict) -> dict:
         _, info = ches.api.score_run(data, model, num_threads=threads, progress=False)
         used, reason = info.threads, info.threads_reason
     elif spec["entry"] == "pairs":
-        built = ches.pairs(str(folder / "candidates.jsonl"), model, num_threads=threads, progress=False)
-        used, reason = built.info["threads"], built.info["threads_reason"]
+        _, info = ches.pairs_run(str(folder / "candidates.jsonl"), model, num_threads=threads, progress=False)
+        used, reason = info["threads"], info["threads_reason"]
     elif spec["entry"] == "validate":
         result = ches.validate(data, model, n=8 if spec["quick"] else 16, steps=2, max_length=256,
                                pool=32 if spec["quick"] else 64, num_threads=threads, progress=False)

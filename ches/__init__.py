@@ -21,10 +21,10 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _PUBLIC = {"score": "api", "filter": "filtering", "filter_run": "filtering", "rank": "filtering", "summary": "filtering",
            "validate": "validation", "load_embeddings": "embeddings", "extract_prompt": "formats",
-           "pairs": "pair_builder", "audit": "auditing"}
+           "pairs": "pair_builder", "pairs_run": "pair_builder", "audit": "auditing"}
 
 __all__ = ["score", "filter", "filter_run", "rank", "summary", "validate", "load_embeddings", "extract_prompt", "pairs",
-           "audit", "ChesError", "__version__"]
+           "pairs_run", "audit", "ChesError", "__version__"]
 
 
 def __getattr__(name: str):

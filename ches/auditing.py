@@ -96,8 +96,9 @@ def audit(scored: Data, model, tokenizer=None, *, split: str | None = None, resa
     if missing or reference is None:
         raise ChesError("an audit compares the trained model with the reference log-probs of the scoring run, and "
                         f"these rows have {'no ' + ', '.join(missing) if missing else 'no record of that run'}: score "
-                        "them with ches.score(..., logps=True) (ches score --logps) and the model DPO started from, "
-                        "before training; load a file it wrote with ches.inputs.load_data (its sidecar is the record).")
+                        "them with ches.score(..., logps=True) (ches score --logps), or build them with "
+                        "ches.pairs(..., logps=True) (ches pairs --logps), and the model DPO started from, before "
+                        "training; load a file it wrote with ches.inputs.load_data (its sidecar is the record).")
     replaces = check_output_columns(dataset.column_names, AUDIT_COLUMNS, [], "the data")
     trained_tokenizer = load_tokenizer(tokenizer, model if isinstance(model, str) else getattr(model, "name_or_path", ""))
     if tokenizer_fingerprint(trained_tokenizer) != reference.get("tokenizer_fingerprint"):

@@ -73,16 +73,17 @@ def _checkpoint_fingerprint(model: torch.nn.Module, digest) -> str:
     return digest.hexdigest()
 
 
-def open_cache(cache_dir: str | os.PathLike, loaded, layout: str) -> ShardCache:
+def open_cache(cache_dir: str | os.PathLike, loaded, layout: str, work: str | None = None) -> ShardCache:
     """The cache of a run: a folder under ``cache_dir`` keyed by the settings that change the numbers
-    (ches version, model identity and weights, dtype, device type, layout, attention kernel). Inside,
-    each chunk's shard is named by :func:`chunk_key` of its rows' token sequences."""
+    (ches version, model identity and weights, dtype, device type, layout, attention kernel; ``work``:
+    what a shard holds, when not ``ches.score``'s per-pair numbers, e.g. ``"pairs"``: ``ches.pairs``'
+    per-sequence sums). Inside, each chunk's shard is named by :func:`chunk_key` of its token sequences."""
     from . import __version__
     from .models import attention_kernel
 
     settings = {"ches": __version__, "model": loaded.name, "revision": getattr(loaded.model.config, "_commit_hash", None),
                 "weights": model_fingerprint(loaded.model), "dtype": str(loaded.dtype), "device": loaded.device.type,
-                "layout": layout, "attention": attention_kernel(loaded.model)}
+                "layout": layout, "attention": attention_kernel(loaded.model)} | ({"work": work} if work else {})
     return ShardCache(cache_dir, hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:24])
 
 

@@ -20,7 +20,7 @@ import logging
 import sys
 import time
 
-from . import __version__, pairs_cli
+from . import __version__
 from .errors import ChesError, one_line
 from .flags import (Outcome, Parser, add_data, add_model, add_options, add_output, add_scoring, check_outputs,
                     input_metadata, option_values, rows_written, score_kwargs)
@@ -30,13 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="ches", description="CHES scores for preference data, on the tokens DPO trains on.")
     parser.add_argument("--version", action="version", version=f"ches {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    _score_command(commands.add_parser("score", help="score every pair of DATA"))
-    _filter_command(commands.add_parser("filter", help="keep the pairs least likely to cause likelihood displacement"))
-    _validate_command(commands.add_parser("validate", help="check that CHES predicts displacement for a model"))
-    _report_command(commands.add_parser("report", help="write a self-contained HTML report of a scores file"))
-    pairs_cli.add_command(commands.add_parser("pairs", help="build DPO pairs from rated responses, chosen by CHES"))
-    _audit_command(commands.add_parser("audit", help="after DPO: did the trained model displace the preferred responses?"))
+    for name, (text, add, _) in COMMANDS.items():
+        add(commands.add_parser(name, help=text))
     return parser
+
+
+def _pairs_command(pairs: argparse.ArgumentParser) -> None:
+    from .pairs_cli import add_command
+
+    add_command(pairs)
+
+
+def run_pairs(args) -> Outcome:
+    from .pairs_cli import run_command
+
+    return run_command(args)
 
 
 def _score_command(score: argparse.ArgumentParser) -> None:
@@ -176,6 +184,18 @@ def run_audit(args) -> Outcome:
     return Outcome(meta)
 
 
+#: every command, in the order ``ches --help`` lists them: name -> (help, add its flags, run it); a command
+#: defined in a module of its own (``ches pairs``: :mod:`ches.pairs_cli`) is imported when it is used
+COMMANDS = {
+    "score": ("score every pair of DATA", _score_command, run_score),
+    "filter": ("keep the pairs least likely to cause likelihood displacement", _filter_command, run_filter),
+    "validate": ("check that CHES predicts displacement for a model", _validate_command, run_validate),
+    "report": ("write a self-contained HTML report of a scores file", _report_command, run_report),
+    "pairs": ("build DPO pairs from rated responses, chosen by CHES", _pairs_command, run_pairs),
+    "audit": ("after DPO: did the trained model displace the preferred responses?", _audit_command, run_audit),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ches`` and ``python -m ches``; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
@@ -214,12 +234,10 @@ def _terminate_as_exception():
 def _main(argv: list[str], started: str) -> int:
     try:
         args = build_parser().parse_args(argv)
-        commands = {"score": run_score, "filter": run_filter, "report": run_report, "validate": run_validate,
-                    "pairs": pairs_cli.run_command, "audit": run_audit}
         from .quiet import library_bars_off
 
         with library_bars_off():  # ches' own bar only (none with --no-progress)
-            outcome = commands[args.command](args)
+            outcome = COMMANDS[args.command][2](args)
         meta = {"ches_version": __version__, "command": ["ches", *argv], "started": started,
                 **input_metadata(args.data, getattr(args, "split", None)), **outcome.meta,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

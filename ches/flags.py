@@ -42,11 +42,13 @@ class Outcome:
 
 
 def add_options(parser: argparse.ArgumentParser, options: type, names: tuple[str, ...] | None = None,
-                defaults: dict[str, Any] | None = None, choices: dict[str, tuple] | None = None) -> None:
+                defaults: dict[str, Any] | None = None, choices: dict[str, tuple] | None = None,
+                helps: dict[str, str] | None = None) -> None:
     """A flag for each field in ``names`` (default: every field with a flag) of the dataclass ``options``,
-    its help, type and choices read from the field's metadata; ``defaults`` and ``choices`` override the
-    fields' (a command that takes a subset of another's options with defaults of its own)."""
-    defaults, choices = defaults or {}, choices or {}
+    its help, type and choices read from the field's metadata; ``defaults``, ``choices`` and ``helps``
+    override the fields' (a command that takes a subset of another's options with defaults of its own).
+    A flag with choices shows them (``--rule {min_ches,...}``)."""
+    defaults, choices, helps = defaults or {}, choices or {}, helps or {}
     groups: dict[str, Any] = {}
     for item in fields(options):
         meta = item.metadata
@@ -59,15 +61,17 @@ def add_options(parser: argparse.ArgumentParser, options: type, names: tuple[str
             where = groups[meta["group"]]
         flag = meta["flag"] or "--" + item.name.replace("_", "-")
         default = defaults.get(item.name, None if item.default is MISSING else item.default)
+        text = helps.get(item.name, meta["help"])
         if meta["type"] is bool:
             action = "store_false" if flag.startswith("--no-") else "store_true"
-            where.add_argument(flag, dest=item.name, action=action, default=default, help=meta["help"])
+            where.add_argument(flag, dest=item.name, action=action, default=default, help=text)
             continue
-        shown = f" (default {default})" if default is not None and "(default" not in meta["help"] else ""
+        shown = f" (default {default})" if default is not None and "(default" not in text else ""
         kind = str if meta["type"] == "columns" else meta["type"]  # parsed after argparse, for ches' own message
-        where.add_argument(flag, dest=item.name, type=kind, choices=choices.get(item.name, meta["choices"]),
-                           default=default, metavar=meta.get("metavar") or flag.removeprefix("--").upper(),
-                           help=meta["help"] + shown)
+        allowed = choices.get(item.name, meta["choices"])
+        where.add_argument(flag, dest=item.name, type=kind, choices=allowed, default=default,
+                           metavar=meta.get("metavar") or (None if allowed else flag.removeprefix("--").upper()),
+                           help=text + shown)
 
 
 def option_values(args: argparse.Namespace, options: type) -> dict[str, Any]:
@@ -92,12 +96,13 @@ def add_model(parser: argparse.ArgumentParser, required: bool) -> None:
 
 
 def add_scoring(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None,
-                defaults: dict[str, Any] | None = None, choices: dict[str, tuple] | None = None) -> None:
+                defaults: dict[str, Any] | None = None, choices: dict[str, tuple] | None = None,
+                helps: dict[str, str] | None = None) -> None:
     """The flags of :class:`~ches.options.ScoreOptions` (``names``: a subset) and of the ``from_pretrained``
     keywords (:data:`~ches.options.MODEL_KWARGS`)."""
     from .options import MODEL_KWARGS, ScoreOptions
 
-    add_options(parser, ScoreOptions, names, defaults, choices)
+    add_options(parser, ScoreOptions, names, defaults, choices, helps)
     for name, (text, kind) in MODEL_KWARGS.items():
         flag = "--" + name.replace("_", "-")
         if kind is bool:

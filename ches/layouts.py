@@ -282,12 +282,13 @@ def describe(costs: dict[str, float], pairs: Pairs, device_type: str) -> str:
 
 
 def resolve_layout(requested: str | None, loaded, pairs: Pairs, batch_tokens: int, scope: contextlib.ExitStack, *,
-                   estimate: str | None = None) -> LayoutChoice:
+                   estimate: str | None = None, asked: str = "requested") -> LayoutChoice:
     """The layout to run, set up for ``loaded``: ``requested``, or the cheapest by :func:`layout_costs` of
     ``pairs``; in either case only if a probe on the model shows it gives the same hidden states as
     ``padded``, else the next one (logged as a warning for a requested layout). An attention kernel the
     layout needs stays switched on until ``scope`` closes. ``estimate`` replaces the cost line in the
-    reason (for callers whose work is not pairs).
+    reason (for callers whose work is not pairs); ``asked`` says how ``requested`` was asked for (the
+    reason's first words: ``"requested"``, or ``"default"`` for a caller's own default layout).
     """
     from .models import text_config
 
@@ -309,7 +310,7 @@ def resolve_layout(requested: str | None, loaded, pairs: Pairs, batch_tokens: in
         logger.warning("%s does not give the same hidden states with layout %r; scoring with %r instead",
                        loaded.name, name, fallback)
         name = fallback
-    how = "requested" if name == requested else f"fallback for {requested!r}, which this model cannot run exactly"
+    how = asked if name == requested else f"fallback for {requested!r}, which this model cannot run exactly"
     return LayoutChoice(strategy, how, estimate)
 
 

@@ -300,7 +300,7 @@ class ValidateOptions:
     learning_rate: float = _option(1e-6, help="learning rate (AdamW for subsets, RMSprop for probes)", type=float,
                                    flag="--lr")
     beta: float = _option(0.1, help="DPO beta", type=float)
-    pool: int | None = _option(help="rows scored to choose from (default: all, or 20 x n)", type=int)
+    pool: int | None = _option(help="rows scored to choose from (default: all rows, or a random 20 x n of larger data)", type=int)
     seed: int = _option(0, help="which pool rows are drawn; also seeds the bootstrap", type=int)
     resamples: int = _option(1000, help="bootstrap resamples for the 95 % intervals", type=int, flag=None)
     split: str | None = _option(help="split of a DatasetDict / Hub dataset")
@@ -380,9 +380,12 @@ RULES = ("min_ches", "all_min_ches", "max_margin", "random")
 PAIR_MEASURES = tuple(name for name in MEASURES if name in ("ln_ches", "ches"))
 #: the layouts :func:`ches.pairs` runs a prompt's responses in (``shared_prompt`` runs two sequences a prompt)
 PAIR_LAYOUTS = tuple(layout for layout in LAYOUTS if layout != "shared_prompt")
+#: the layout :func:`ches.pairs` runs without ``layout=``, as its help and its run record say it
+PAIR_LAYOUT_DEFAULT = ("prefix_shared, each prompt written once with all its responses after it (packed, then padded, "
+                       "where the model's probe refuses it)")
 #: the :class:`ScoreOptions` :func:`ches.pairs` takes (the others apply to ``ches.score`` only)
-PAIR_SCORE_OPTIONS = ("split", "max_length", "dtype", "device", "batch_tokens", "layout", "num_threads", "progress",
-                      "model_kwargs")
+PAIR_SCORE_OPTIONS = ("split", "max_length", "dtype", "device", "batch_tokens", "layout", "num_threads", "cache_dir",
+                      "progress", "logps", "model_kwargs")
 
 
 @dataclass(frozen=True)
@@ -456,10 +459,10 @@ def pair_score_options(options: ScoreOptions | None = None, **kwargs: Any) -> Sc
 
     >>> pair_score_options(max_length=512, revision="main").model_kwargs
     {'revision': 'main'}
-    >>> pair_score_options(cache_dir="cache")
+    >>> pair_score_options(save_embeddings="sums.safetensors")
     Traceback (most recent call last):
     ...
-    ches.errors.ChesError: cache_dir= applies to ches.score only; ches.pairs takes split, max_length, dtype, device, batch_tokens, layout, num_threads, progress, model_kwargs (and the from_pretrained keywords).
+    ches.errors.ChesError: save_embeddings= applies to ches.score only; ches.pairs takes split, max_length, dtype, device, batch_tokens, layout, num_threads, cache_dir, progress, logps, model_kwargs (and the from_pretrained keywords).
     """
     scoring = ScoreOptions.from_kwargs(options, **kwargs)
     defaults = ScoreOptions()

@@ -104,6 +104,35 @@ def pair_matrices(sums: torch.Tensor, lengths: torch.Tensor, prefix: torch.Tenso
                         prompt_tokens=boundary, chosen_tokens=tokens)
 
 
+def pair_logps(logps: torch.Tensor, prefix: torch.Tensor | None = None,
+               corrections: torch.Tensor | None = None) -> torch.Tensor:
+    """Each response's completion log-probability in every pair, from one sum per response: the
+    ``chosen_logps`` of the pair ``(i, j)`` is ``[i, j]``, its ``rejected_logps`` is ``[j, i]``.
+
+    The log-probabilities add up over tokens as the hidden states do, so the prompt boundary is handled
+    as in :func:`pair_matrices`: ``L_i - c_k``, with ``k`` the response of the pair with the smaller ``p``.
+
+    Args:
+        logps: ``[N]`` float64, each response's log-probability summed from the smallest boundary ``P0``.
+        prefix: ``[N]`` prompt tokens ``p_i`` (default: all equal).
+        corrections: ``[N]`` ``c_i``, the log-probability of the prompt's tokens ``[P0, p_i)`` (default: zeros).
+
+    Returns:
+        ``[N, N]`` float64.
+
+    >>> pair_logps(torch.tensor([-3.0, -5.0]), torch.tensor([4, 5]), torch.tensor([0.0, -1.0])).tolist()
+    [[-3.0, -3.0], [-5.0, -4.0]]
+    """
+    count = len(logps)
+    if prefix is None:
+        prefix = torch.zeros(count, dtype=torch.long)
+    if corrections is None:
+        corrections = torch.zeros(count, dtype=torch.float64)
+    rows = torch.arange(count)[:, None].expand(count, count)
+    first = torch.where(prefix[:, None] <= prefix[None, :], rows, rows.T)  # k: the shorter boundary of the pair
+    return logps.double()[:, None] - corrections.double()[first]
+
+
 def allowed_pairs(ratings: np.ndarray, measure: np.ndarray, *, min_margin: float = 0.0,
                   same: np.ndarray | None = None) -> np.ndarray:
     """``[N, N]`` bool: may ``(i, j)`` be a (chosen, rejected) pair?

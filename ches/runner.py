@@ -35,7 +35,7 @@ from .layouts import LayoutChoice
 from .logps import LMHead
 from .models import LoadedModel
 from .rows import RowSource
-from .stats import skip_reasons
+from .stats import counted, skip_reasons
 from .tokens import SequencePair, Skip, TokenSequence
 
 logger = logging.getLogger("ches")
@@ -343,10 +343,11 @@ def _summary(result: ScoredRows, model_name: str) -> str:
     integrity flags (by flag; only when some row has one)."""
     reasons = skip_reasons(result.columns["ches_skip"])
     total, skipped = len(result.columns["ches_skip"]), sum(reasons.values())
-    detail = "".join(f"; {count} {reason}" for reason, count in reasons.most_common())
+    detail = f" ({', '.join(f'{reason}: {count}' for reason, count in reasons.most_common())})" if skipped else ""
     flagged = describe_flags(result.columns[FLAGS_COLUMN])
-    return (
-        f"ches: scored {total - skipped} of {total} rows with {model_name}; skipped {skipped}{detail}; "
-        f"{result.prompt_cut} prompts were not a token prefix of their completions and were cut to the "
-        "common prefix, as TRL does" + (f"; {flagged}" if flagged else "")
-    )
+    cut = result.prompt_cut
+    parts = [f"ches: scored {total - skipped} of {total} rows with {model_name}", f"skipped {skipped}{detail}"]
+    if cut:
+        parts.append(f"{counted(cut, 'prompt')} {'was' if cut == 1 else 'were'} not a token prefix of {'its' if cut == 1 else 'their'} "
+                     "completions and cut to the common prefix, as TRL does")
+    return "; ".join(parts + ([flagged] if flagged else []))

@@ -16,7 +16,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +26,9 @@ from .models import LoadedModel, default_batch_tokens, describe_model, load_mode
 from .options import ScoreOptions
 from .threads import ThreadChoice, set_threads
 from .tokens import SequencePair
+
+if TYPE_CHECKING:
+    from .pair_builder import Skipped, Unscored
 
 
 def now() -> str:
@@ -76,7 +79,8 @@ def prepared(model, tokenizer, options: ScoreOptions, *,
     budget = options.batch_tokens or default_batch_tokens(loaded)
     sample = work(loaded) if work is not None else []
     with contextlib.ExitStack() as scope:  # an attention kernel switched for packed rows is restored on exit
-        layout = resolve_layout(options.layout or default_layout, loaded, sample, budget, scope, estimate=estimate)
+        layout = resolve_layout(options.layout or default_layout, loaded, sample, budget, scope, estimate=estimate,
+                                asked="requested" if options.layout is not None else "default")
         if options.compile:  # after the layout probes, so their tiny shapes are not compiled
             loaded = dataclasses.replace(loaded, body=torch.compile(loaded.body, dynamic=True))
         yield Setup(loaded, threads, budget, layout, process, started)
@@ -101,6 +105,8 @@ class ModelRun:
     threads: int
     threads_reason: str
     options: dict[str, Any]
+    model_fingerprint: str | None = None  # with logps: a hash of the weights the log-probs came from
+    tokenizer_fingerprint: str | None = None  # with logps: a hash of the tokenizer that made the token ids
     started: str = ""
     finished: str = ""
 
@@ -115,8 +121,6 @@ class RunInfo(ModelRun):
     flags no row has are left out) and rows with any flag; and the data's fingerprints."""
 
     dataset_fingerprints: dict[str, str] = field(default_factory=dict)
-    model_fingerprint: str | None = None  # with logps: a hash of the weights the log-probs came from
-    tokenizer_fingerprint: str | None = None  # with logps: a hash of the tokenizer that made the token ids
     rows: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     skip_reasons: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -128,9 +132,12 @@ class RunInfo(ModelRun):
 @dataclass(kw_only=True)
 class PairsInfo(ModelRun):
     """A ``ches.pairs`` run (:class:`ModelRun`; ``options`` holds the scoring options taken and the pairing
-    rule) and what came out: the input's schema and column mapping, rows, pairs, prompts paired, prompts
-    skipped and responses unscored by reason, responses scored, token slots that reached the model. Also
-    readable as a mapping (``info["pairs"]``), as ``ches.pairs`` returned one before."""
+    rule) and what came out: the input's schema, column mapping and the columns carried into the pairs;
+    rows, pairs, prompts paired, prompts skipped and responses unscored by reason, responses scored,
+    token slots that reached the model, chunks reused from the cache; and every prompt skipped
+    (``skipped_prompts``: :class:`ches.pair_builder.Skipped`) and response unscored
+    (``unscored_responses``: :class:`ches.pair_builder.Unscored`), with the reason. Also readable as a
+    mapping (``info["pairs"]``)."""
 
     schema: str
     columns: dict[str, str]
@@ -142,6 +149,10 @@ class PairsInfo(ModelRun):
     responses_unscored: dict[str, int]
     responses_scored: int
     tokens_run: int
+    carried_columns: list[str] = field(default_factory=list)
+    chunks_reused: int = 0
+    skipped_prompts: list[Skipped] = field(default_factory=list)
+    unscored_responses: list[Unscored] = field(default_factory=list)
 
     def __getitem__(self, name: str):
         try:

@@ -13,6 +13,15 @@ from .integrity import FLAGS_COLUMN, count_flags, flagged_rows
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
+def counted(count: int, noun: str) -> str:
+    """``count`` and ``noun``, plural unless the count is one.
+
+    >>> counted(1, "prompt"), counted(0, "response"), counted(3, "finished chunk")
+    ('1 prompt', '0 responses', '3 finished chunks')
+    """
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def spearman(first: np.ndarray, second: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties).
 

@@ -31,15 +31,30 @@ else:
 """
 
 
+PAIRS_DRIVER = """
+import sys
+import ches.pair_passes
+ches.pair_passes.CHUNK_SEQUENCES = 8  # a few prompts per chunk, so both processes get work
+if sys.argv[1] == "api":
+    import ches
+    from ches.distributed import Process
+    built = ches.pairs(sys.argv[2], sys.argv[3], rule="all_min_ches", per_prompt=3, logps=True, progress=False)
+    built.to_parquet(f"{sys.argv[4]}.rank{Process.current().rank}.parquet")
+else:
+    from ches.cli import main
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
 def free_port() -> int:
     with socket.socket() as handle:
         handle.bind(("127.0.0.1", 0))
         return handle.getsockname()[1]
 
 
-def launch(tmp_path, *args, launcher="torchrun", expect_success=True):
+def launch(tmp_path, *args, launcher="torchrun", expect_success=True, code=DRIVER):
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    driver.write_text(code)
     program = shutil.which(launcher, path=os.path.dirname(sys.executable)) or shutil.which(launcher)
     if launcher == "torchrun":
         options = ["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
@@ -81,6 +96,32 @@ def test_python_api_returns_the_full_result_on_every_rank(tmp_path):
     expected = single_process(tmp_path).to_list()
     for rank in (0, 1):
         assert load_data(str(tmp_path / f"api.rank{rank}.parquet")).to_list() == expected
+
+
+@pytest.mark.slow
+def test_pairs_on_two_processes_equal_one_process(tmp_path):
+    """ches.pairs under torchrun: every rank returns the single process's pairs (log-probs too), and the CLI's
+    rank 0 writes them."""
+    import json
+
+    from test_pairs import hh_candidate_rows, persona_rows
+
+    data = tmp_path / "candidates.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in persona_rows(4) + hh_candidate_rows(4)))
+    driver = tmp_path / "single.py"
+    driver.write_text(PAIRS_DRIVER)
+    subprocess.run([sys.executable, str(driver), "api", str(data), str(MODEL_DIR), str(tmp_path / "single")], check=True,
+                   capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    expected = load_data(str(tmp_path / "single.rank0.parquet")).to_list()
+    assert len(expected) >= 16  # pairs from every prompt: enough to split
+    launch(tmp_path, "api", str(data), str(MODEL_DIR), str(tmp_path / "api"), code=PAIRS_DRIVER)
+    for rank in (0, 1):
+        assert load_data(str(tmp_path / f"api.rank{rank}.parquet")).to_list() == expected
+    output = tmp_path / "pairs.parquet"
+    launch(tmp_path, "pairs", str(data), "--model", str(MODEL_DIR), "--rule", "all_min_ches", "--per-prompt", "3",
+           "--logps", "--output", str(output), "--no-progress", code=PAIRS_DRIVER)
+    assert load_data(str(output)).to_list() == expected
+    assert json.loads((tmp_path / "pairs.parquet.meta.json").read_text())["run"]["processes"] == 2
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])

@@ -12,8 +12,8 @@ def test_every_module_imports():
 
 
 def test_public_surface():
-    assert set(ches.__all__) == {"score", "filter", "filter_run", "rank", "summary", "validate", "load_embeddings", "extract_prompt", "pairs",
-                                "audit", "ChesError", "__version__"}
+    assert set(ches.__all__) == {"score", "filter", "filter_run", "rank", "summary", "validate", "load_embeddings",
+                                "extract_prompt", "pairs", "pairs_run", "audit", "ChesError", "__version__"}
     assert issubclass(ches.ChesError, ValueError)
 
 
@@ -34,6 +34,18 @@ def test_the_command_line_starts_without_the_heavy_libraries():
             "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_commands_do_not_import_each_other():
+    """ches.cli registers ches pairs from its table without importing ches.pairs_cli, which needs only ches.flags."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib; importlib.import_module(sys.argv[1]); "
+            "print(sorted(m for m in ('ches.cli', 'ches.pairs_cli') if m in sys.modules))")
+    for module, loaded in (("ches.cli", "['ches.cli']"), ("ches.pairs_cli", "['ches.pairs_cli']")):
+        result = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, check=True)
+        assert result.stdout.strip() == loaded
 
 
 def test_public_names_load_on_first_use():

@@ -11,6 +11,7 @@ import torch
 
 import ches
 from ches.candidates import from_generic, from_ultrafeedback, to_candidates
+from ches.options import PAIR_LAYOUT_DEFAULT
 from ches.pairing import allowed_pairs, pair_matrices, select
 from conftest import MODEL_DIR, ROOT, hh_rows, standard_rows
 
@@ -37,8 +38,9 @@ MERGING = {"prompt": "Say th", "responses": ["ink", " no", "out", "e"], "ratings
 
 
 def all_pairs(rows, model, tokenizer, **options):
-    """Every allowed pair of every row (all_min_ches with a per_prompt larger than any row's pair count)."""
-    return ches.pairs(rows, model, tokenizer, rule="all_min_ches", per_prompt=100, **options)
+    """Every allowed pair of every row (all_min_ches with a per_prompt larger than any row's pair count), and the
+    run's record."""
+    return ches.pairs_run(rows, model, tokenizer, rule="all_min_ches", per_prompt=100, **options)
 
 
 def assert_equal_to_score(built, model, tokenizer, **score_options):
@@ -53,6 +55,11 @@ def assert_equal_to_score(built, model, tokenizer, **score_options):
     for name in ("prompt_tokens", "chosen_tokens", "rejected_tokens"):
         assert built[name] == scored[name], name
     assert scored["ches_skip"] == [None] * len(rows)
+    assert built["ches_flags"] == scored["ches_flags"]  # integrity flags as ches.score sets them on that pair
+    if score_options.get("logps"):
+        for name in ("chosen_logps", "rejected_logps"):
+            for ours, theirs in zip(built[name], scored[name]):
+                assert math.isfinite(ours) and abs(ours - theirs) <= 1e-4 * max(1.0, abs(theirs)), (name, ours, theirs)
 
 
 # --- format layer -----------------------------------------------------------------------------------------
@@ -120,7 +127,7 @@ def test_scoring_options_are_score_options():
     row = [{"prompt": "p", "responses": ["a", "b"], "ratings": [1, 0]}]
     for options, message in [({"max_lenght": 8}, "unknown option 'max_lenght' \\(did you mean 'max_length'\\?\\)"),
                              ({"max_length": 1}, "max_length=1 must be an integer >= 2"),
-                             ({"cache_dir": "cache"}, "cache_dir= applies to ches.score only"),
+                             ({"save_embeddings": "sums.safetensors"}, "save_embeddings= applies to ches.score only"),
                              ({"options": ScoreOptions(compile=True)}, "compile= applies to ches.score only"),
                              ({"options": ScoreOptions(columns={"chosen": "x"})}, "columns= applies to ches.score only")]:
         with pytest.raises(ches.ChesError, match=message):
@@ -202,27 +209,48 @@ def test_baselines_by_definition_and_ties():
 def test_every_pair_equals_ches_score_on_that_pair(tiny_model, tokenizer):
     model = tiny_model("llama")
     rows = persona_rows(3) + hh_candidate_rows(4) + [MERGING]
-    built = all_pairs(rows, model, tokenizer, layout="prefix_shared")
-    assert built.info["layout"] == "prefix_shared" and not built.skipped
-    boundaries = {tokens for tokens, row in zip(built.dataset["prompt_tokens"], built.dataset["source_row"]) if row == 7}
+    built, info = all_pairs(rows, model, tokenizer, layout="prefix_shared")
+    assert info["layout"] == "prefix_shared" and not info.skipped_prompts
+    boundaries = {tokens for tokens, row in zip(built["prompt_tokens"], built["source_row"]) if row == 7}
     assert boundaries == {3, 4}  # tokens merge across "Say th|ink" but not "Say th| no": two prompt boundaries
-    assert_equal_to_score(built.dataset, model, tokenizer)
+    assert_equal_to_score(built, model, tokenizer)
+
+
+def test_logps_equal_ches_score_logps_on_each_pair(tiny_model, tokenizer):
+    """With logps, each pair's chosen_logps/rejected_logps are what ches.score(..., logps=True) gives that pair,
+    where tokens merge across the prompt boundary too (the prompt's log-probs between boundaries subtracted)."""
+    model = tiny_model("llama")
+    built, info = all_pairs(persona_rows(1) + hh_candidate_rows(2) + [MERGING], model, tokenizer, logps=True)
+    assert {3, 4} <= set(built["prompt_tokens"])
+    assert_equal_to_score(built, model, tokenizer, logps=True)
+    assert info.model_fingerprint and info.tokenizer_fingerprint
 
 
 def test_max_length_pairs_equal_ches_score_truncated(tiny_model, tokenizer):
     model = tiny_model("llama")
     rows = hh_candidate_rows(6) + [MERGING]
-    built = all_pairs(rows, model, tokenizer, max_length=64)
-    skipped = [item.reason for item in built.skipped]
+    built, info = all_pairs(rows, model, tokenizer, max_length=64)
+    skipped = [item.reason for item in info.skipped_prompts]
     assert all(reason.startswith("prompt fills max_length") for reason in skipped)
-    assert_equal_to_score(built.dataset, model, tokenizer, max_length=64)
+    assert_equal_to_score(built, model, tokenizer, max_length=64)
+
+
+def test_pairs_carry_the_integrity_flags_ches_score_gives_them(tiny_model, tokenizer):
+    model = tiny_model("llama")
+    rows = [dict(row, prompt="\n\nHuman: Can you help me?\n\nAssistant:") for row in hh_candidate_rows(4)]
+    rows[0] = dict(rows[0], responses=[*rows[0]["responses"][:2], " "], ratings=[*rows[0]["ratings"][:2], 9.0])
+    rows[1] = dict(rows[1], responses=[*rows[1]["responses"][:2], ""], ratings=[*rows[1]["ratings"][:2], -1.0])
+    built, _ = all_pairs(rows, model, tokenizer, max_length=40)
+    assert_equal_to_score(built, model, tokenizer, max_length=40)
+    seen = {flag for flags in built["ches_flags"] for flag in flags}
+    assert {"empty_chosen", "empty_rejected", "chosen_truncated", "rejected_truncated"} <= seen
 
 
 def test_layouts_agree(tiny_model, tokenizer):
     model = tiny_model("llama")
     rows = persona_rows(2) + [MERGING]
-    shared = all_pairs(rows, model, tokenizer, layout="prefix_shared").dataset
-    padded = all_pairs(rows, model, tokenizer, layout="padded").dataset
+    shared = all_pairs(rows, model, tokenizer, layout="prefix_shared")[0]
+    padded = all_pairs(rows, model, tokenizer, layout="padded")[0]
     assert shared["chosen_index"] == padded["chosen_index"]
     np.testing.assert_allclose(shared["ln_ches"], padded["ln_ches"], rtol=1e-4)
 
@@ -231,9 +259,9 @@ def test_min_ches_is_the_brute_force_minimum(tiny_model, tokenizer):
     model = tiny_model("llama")
     rows = persona_rows(4) + hh_candidate_rows(3)
     for measure in ("ln_ches", "ches"):
-        every = all_pairs(rows, model, tokenizer, measure=measure).dataset
-        best = ches.pairs(rows, model, tokenizer, measure=measure).dataset
-        global_best = ches.pairs(rows, model, tokenizer, rule="all_min_ches", measure=measure).dataset
+        every = all_pairs(rows, model, tokenizer, measure=measure)[0]
+        best = ches.pairs(rows, model, tokenizer, measure=measure)
+        global_best = ches.pairs(rows, model, tokenizer, rule="all_min_ches", measure=measure)
         for row in range(len(rows)):
             mine = [k for k, source in enumerate(every["source_row"]) if source == row]
             top = int(np.argmax(rows[row]["ratings"]))
@@ -248,18 +276,18 @@ def test_baselines_and_seeded_random_on_data(tiny_model, tokenizer):
     them to the data: which rule, the seed per source row, min_margin. Four runs of the model."""
     model = tiny_model("llama")
     rows = persona_rows(6)
-    worst = ches.pairs(rows, model, tokenizer, rule="max_margin").dataset
+    worst = ches.pairs(rows, model, tokenizer, rule="max_margin")
     assert set(worst["rejected"]) == {" Yes"}  # the first-listed of the lowest-rated answers
     assert set(worst["chosen"]) == {" No"}
     changed = [dict(rows[0], ratings=[0.0, 3.0, 2.0, 1.0, 0.0, 0.0])] + rows[1:]  # another row's draw
     for data in (rows, changed):
-        drawn = ches.pairs(data, model, tokenizer, rule="random", seed=3).dataset
+        drawn = ches.pairs(data, model, tokenizer, rule="random", seed=3)
         for row, (chosen, rejected) in enumerate(zip(drawn["chosen_index"], drawn["rejected_index"])):
             ratings = np.array(data[row]["ratings"])  # the pure rule, with the generator of (seed, source row)
             allowed = allowed_pairs(ratings, np.zeros((6, 6)), same=np.eye(6, dtype=bool))
             expected = select("random", np.zeros((6, 6)), ratings, allowed, rng=np.random.default_rng([3, row]))
             assert [(chosen, rejected)] == expected
-    margin = ches.pairs(rows, model, tokenizer, min_margin=2.5).dataset
+    margin = ches.pairs(rows, model, tokenizer, min_margin=2.5)
     assert set(margin["rejected_rating"]) == {0.0}
 
 
@@ -271,14 +299,14 @@ def test_per_row_reasons_nothing_dropped(tiny_model, tokenizer):
             {"prompt": "p", "responses": [" a", " b"], "ratings": [2.0, 2.0]},
             {"prompt": "p", "responses": [" a", " a"], "ratings": [2.0, 1.0]},
             {"prompt": "p", "responses": [" a", " b", " a"], "ratings": [2.0, 2.0, 1.0]}]
-    built = ches.pairs(rows, model, tokenizer, per_prompt=2)
-    reasons = {item.source_row: item.reason for item in built.skipped}
+    built, info = ches.pairs_run(rows, model, tokenizer, per_prompt=2)
+    reasons = {item.source_row: item.reason for item in info.skipped_prompts}
     assert reasons == {1: "fewer than two responses", 2: "fewer than two responses",
                        3: "no allowed pair: all ratings equal (2)",
                        4: "no allowed pair: the only pairs with different ratings are identical responses"}
-    assert built.dataset["source_row"] == [0, 0, 5]  # the duplicate " a" is never paired with itself:
-    assert (built.dataset["chosen"][2], built.dataset["rejected"][2]) == (" b", " a")  # the next top-rated is chosen
-    assert built.info["skipped"] == {"fewer than two responses": 2, "no allowed pair: all ratings equal (2)": 1,
+    assert built["source_row"] == [0, 0, 5]  # the duplicate " a" is never paired with itself:
+    assert (built["chosen"][2], built["rejected"][2]) == (" b", " a")  # the next top-rated is chosen
+    assert info["skipped"] == {"fewer than two responses": 2, "no allowed pair: all ratings equal (2)": 1,
                                      "no allowed pair: the only pairs with different ratings are identical responses": 1}
 
 
@@ -304,16 +332,16 @@ def test_each_response_runs_once(tiny_model, tokenizer, monkeypatch):
             monkeypatch.setattr(model.model, "forward", original_forward)
 
     monkeypatch.setattr(layouts, "hidden_sums", counting)
-    built = all_pairs(rows, model, tokenizer, layout="prefix_shared")
+    built, info = all_pairs(rows, model, tokenizer, layout="prefix_shared")
     expected = 0
     for row in rows:
         prompt = len(tokenizer(row["prompt"])["input_ids"])
         full = [len(tokenizer(row["prompt"] + response + tokenizer.eos_token)["input_ids"])
                 for response in row["responses"]]
         expected += prompt + sum(length - prompt for length in full)
-    assert sum(counted) == expected == built.info["tokens_run"]
-    per_pair = sum(2 * row_prompt for row_prompt in built.dataset["prompt_tokens"]) + \
-        sum(built.dataset["chosen_tokens"]) + sum(built.dataset["rejected_tokens"])
+    assert sum(counted) == expected == info["tokens_run"]
+    per_pair = sum(2 * row_prompt for row_prompt in built["prompt_tokens"]) + \
+        sum(built["chosen_tokens"]) + sum(built["rejected_tokens"])
     assert expected < per_pair / 2  # 15 pairs per Persona prompt: far fewer tokens than scoring every pair
 
 
@@ -329,13 +357,15 @@ def test_ultrafeedback_file(tiny_model, tokenizer, tmp_path):
                              for m, text, overall, fine in zip("abc", row["responses"], [8.0, 3.0, 5.0], [2.0, 4.5, 3.0])]}
             for row in hh_candidate_rows(3)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    overall = ches.pairs(path, model, tokenizer, rule="max_margin")
+    overall, info = ches.pairs_run(path, model, tokenizer, rule="max_margin")
     fine = ches.pairs(path, model, tokenizer, rule="max_margin", rating_field="fine-grained_score")
-    assert overall.info["schema"] == "ultrafeedback"
-    assert overall.dataset["chosen_index"] == [0, 0, 0] and overall.dataset["rejected_index"] == [1, 1, 1]
-    assert fine.dataset["chosen_index"] == [1, 1, 1] and fine.dataset["rejected_index"] == [0, 0, 0]
-    assert fine.dataset["prompt"][0] == rows[0]["instruction"]
-    assert_equal_to_score(overall.dataset, model, tokenizer)
+    assert info["schema"] == "ultrafeedback"
+    assert overall["chosen_index"] == [0, 0, 0] and overall["rejected_index"] == [1, 1, 1]
+    assert fine["chosen_index"] == [1, 1, 1] and fine["rejected_index"] == [0, 0, 0]
+    assert fine["prompt"][0] == rows[0]["instruction"]
+    assert info.carried_columns == ["source", "models"]  # all but instruction and completions, into each pair
+    assert fine["source"] == [row["source"] for row in rows] and fine["models"] == [row["models"] for row in rows]
+    assert_equal_to_score(overall, model, tokenizer)
 
 
 def test_conversational_rows(tiny_model, tokenizer):
@@ -346,14 +376,151 @@ def test_conversational_rows(tiny_model, tokenizer):
         rows.append({"prompt": [{"role": "user", "content": question}],
                      "responses": [[{"role": "assistant", "content": answer.strip()}] for answer in ANSWERS],
                      "ratings": RATINGS})
-    built = all_pairs(rows, model, tokenizer)
-    assert isinstance(built.dataset["chosen"][0], list) and built.dataset["chosen"][0][0]["role"] == "assistant"
-    assert_equal_to_score(built.dataset, model, tokenizer)
+    built, info = all_pairs(rows, model, tokenizer)
+    assert isinstance(built["chosen"][0], list) and built["chosen"][0][0]["role"] == "assistant"
+    assert_equal_to_score(built, model, tokenizer)
     with pytest.raises(ches.ChesError, match="row 1, column 'responses', response 0: expected a message list"):
         to_candidates([rows[0], {"prompt": rows[0]["prompt"], "responses": ["Yes", "No"], "ratings": [1, 0]}])
 
 
+# --- the output: traced back, TRL-ready, read by filter, report and audit ---------------------------------------
+
+def test_the_rows_other_columns_are_carried_into_each_pair(tiny_model, tokenizer, tmp_path):
+    model = tiny_model("llama")
+    rows = [dict(row, prompt_id=f"id-{k}", source=["hh", "persona"][k % 2], meta={"turns": k})
+            for k, row in enumerate(hh_candidate_rows(3) + persona_rows(2))]
+    built, info = ches.pairs_run(rows, model, tokenizer, per_prompt=2, progress=False)
+    assert info.carried_columns == ["prompt_id", "source", "meta"] == built.column_names[-3:]
+    assert built.num_rows == 10
+    for pair in built:
+        source = rows[pair["source_row"]]
+        assert (pair["prompt_id"], pair["source"], pair["meta"], pair["prompt"]) == \
+            (source["prompt_id"], source["source"], source["meta"], source["prompt"])
+    built.to_json(tmp_path / "pairs.jsonl")  # the dataset itself: straight to a file, or to TRL
+    written = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert [row["prompt_id"] for row in written] == built["prompt_id"]
+
+
+def test_the_columns_are_typed_as_ches_score_types_them_even_with_no_pair(tiny_model, tokenizer):
+    from ches.columns import LOGPS_COLUMNS, SCORE_COLUMNS
+
+    model = tiny_model("llama")
+    built = ches.pairs([dict(persona_rows(1)[0], prompt_id="a")], model, tokenizer, logps=True, progress=False)
+    empty = ches.pairs([{"prompt": "p", "responses": [" a"], "ratings": [1.0], "prompt_id": "b"}], model, tokenizer,
+                       logps=True, progress=False)
+    scored = ches.score([{"prompt": "p", "chosen": " a", "rejected": " b"}], model, tokenizer, logps=True, progress=False)
+    assert (built.num_rows, empty.num_rows) == (1, 0) and empty.column_names == built.column_names
+    assert empty.features == built.features  # every column, typed, the carried prompt_id too
+    for name in SCORE_COLUMNS + LOGPS_COLUMNS:
+        assert built.features[name] == scored.features[name], name
+
+
+def test_a_carried_column_named_like_an_output_column_is_refused_before_the_model_loads():
+    rows = [{"prompt": "p", "responses": ["a", "b"], "ratings": [1, 0], "ln_ches": 0.5}]
+    with pytest.raises(ches.ChesError) as error:
+        ches.pairs(rows, "no/such-model-folder")
+    assert str(error.value) == (
+        "column 'ln_ches' would be carried into each pair (ches.pairs reads 'prompt', 'responses', 'ratings'), but "
+        "ches.pairs writes its output column 'ln_ches' there; rename it first (dataset.rename_column('ln_ches', ...)) "
+        "or drop it (dataset.remove_columns('ln_ches')).")
+    renamed = [{"question": "p", "responses": ["a", "b"], "ratings": [1, 0], "prompt": "kept"}]
+    with pytest.raises(ches.ChesError, match="column 'prompt' would be carried into each pair .ches.pairs reads "
+                                             "'question', 'responses', 'ratings'."):
+        ches.pairs(renamed, "no/such-model-folder", columns={"prompt": "question"})
+    with pytest.raises(ches.ChesError, match="column 'chosen_logps' would be carried"):
+        ches.pairs([{"prompt": "p", "responses": ["a", "b"], "ratings": [1, 0], "chosen_logps": 1.0}], "no/such-model-folder",
+                   logps=True)
+
+
+def test_filter_report_and_audit_take_the_pairs(tiny_model, tokenizer, tmp_path):
+    from ches.auditing import audit
+    from ches.cli import main
+
+    model = tiny_model("llama")
+    rows = persona_rows(3) + hh_candidate_rows(3)
+    built = ches.pairs(rows, model, tokenizer, logps=True, progress=False)
+    kept = ches.filter(built, keep=2)
+    assert sorted(kept["ln_ches"]) == sorted(built["ln_ches"])[:2]  # the two lowest, by a direct sort
+    audited = audit(built, model, tokenizer, resamples=20, progress=False)  # the model DPO started from: no change
+    assert np.abs(np.array(audited.dataset["chosen_change"])).max() < 1e-4
+    assert np.abs(np.array(audited.dataset["rejected_change"])).max() < 1e-4
+    path = tmp_path / "pairs.parquet"
+    built.to_parquet(path)
+    assert main(["report", str(path), "--output", str(tmp_path / "report.html")]) == 0
+    assert "<html" in (tmp_path / "report.html").read_text()[:200].lower()
+    without = ches.pairs(rows[:3], model, tokenizer, progress=False)
+    with pytest.raises(ches.ChesError, match=r"these rows have no chosen_logps, rejected_logps: .* build them with "
+                                             r"ches.pairs\(\.\.\., logps=True\) \(ches pairs --logps\)"):
+        audit(without, model, tokenizer)
+
+
+def test_cli_pairs_with_logps_then_audit(tmp_path, capsys):
+    """The file ches pairs --logps writes (and its sidecar, the record of the reference) is what ches audit reads."""
+    from ches.cli import main
+    from ches.inputs import load_data
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in persona_rows(3)), encoding="utf-8")
+    built, audited = tmp_path / "pairs.parquet", tmp_path / "audited.parquet"
+    assert main(["pairs", str(data), "--model", str(MODEL_DIR), "--logps", "--per-prompt", "2", "--output", str(built),
+                 "--no-progress"]) == 0
+    assert main(["audit", str(built), "--model", str(MODEL_DIR), "--resamples", "20", "--output", str(audited),
+                 "--no-progress"]) == 0, capsys.readouterr().err
+    change = np.array(load_data(str(audited))["chosen_change"])
+    assert len(change) == 6 and np.abs(change).max() < 1e-4  # the model the pairs were scored with: nothing moved
+
+
+def test_a_second_run_with_the_same_cache_runs_only_the_new_prompts(tiny_model, tokenizer, tmp_path, monkeypatch):
+    import ches.pair_passes as passes
+
+    model = tiny_model("llama")
+    rows = hh_candidate_rows(2) + persona_rows(2)
+    monkeypatch.setattr(passes, "CHUNK_SEQUENCES", 1)  # one prompt per chunk
+    ran = []
+    real = passes.run_sequences
+
+    def counting(sequences, groups, *args, **kwargs):
+        ran.append(len(sequences))
+        return real(sequences, groups, *args, **kwargs)
+
+    monkeypatch.setattr(passes, "run_sequences", counting)
+    ches.pairs(rows[:2], model, tokenizer, cache_dir=tmp_path / "cache", logps=True, progress=False)
+    assert ran == [3, 3]
+    ran.clear()
+    again, info = ches.pairs_run(rows, model, tokenizer, cache_dir=tmp_path / "cache", logps=True, progress=False)
+    assert ran == [len(row["responses"]) for row in rows[2:]] and info.chunks_reused == 2  # the new prompts only
+    ran.clear()
+    fresh = ches.pairs(rows, model, tokenizer, logps=True, progress=False)
+    assert again.to_list() == fresh.to_list()
+    ran.clear()
+    cached, info = ches.pairs_run(rows, model, tokenizer, cache_dir=tmp_path / "cache", rule="max_margin",
+                                  logps=True, progress=False)  # another rule: the same passes, all from the cache
+    assert ran == [] and info.chunks_reused == 4 and info.tokens_run == 0 and cached.num_rows == 4
+
+
 # --- command line ------------------------------------------------------------------------------------------
+
+def test_help_lists_the_choices_and_the_default_layout_it_runs(capsys):
+    from ches.cli import main
+    from ches.options import PAIR_LAYOUTS, PAIR_MEASURES, RULES
+
+    with pytest.raises(SystemExit):
+        main(["pairs", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    for flag, choices in (("--rule", RULES), ("--measure", PAIR_MEASURES), ("--layout", PAIR_LAYOUTS)):
+        assert f"{flag} {{{','.join(choices)}}}" in text
+    assert f"how sequences are batched (default: {PAIR_LAYOUT_DEFAULT})" in text
+    assert "cheapest" not in text
+
+
+def test_the_counts_printed_say_one_and_leave_out_zero(tmp_path, capsys):
+    from ches.cli import main
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps(persona_rows(1)[0]) + "\n", encoding="utf-8")
+    assert main(["pairs", str(data), "--model", str(MODEL_DIR), "--no-progress"]) == 0
+    assert capsys.readouterr().out == "1 pair from 1 of 1 prompt (rule min_ches, ln_ches)\n"
+
 
 def test_cli_round_trip(tmp_path, capsys):
     from ches.cli import main
@@ -367,12 +534,15 @@ def test_cli_round_trip(tmp_path, capsys):
             "prompt=q,responses=outs,ratings=scores", "--rule", "random", "--seed", "1", "--per-prompt", "2",
             "--threads", "1", "--no-progress"]
     assert main(argv) == 0
+    assert capsys.readouterr().out == ("6 pairs from 3 of 4 prompts (rule random, ln_ches); 1 prompt skipped (listed in "
+                                       "the .meta.json sidecar)\n")  # counted by hand: 2 pairs from each of 3 rows
     written = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(written) == 6 and {"prompt", "chosen", "rejected", "ln_ches", "source_row"} <= set(written[0])
     meta = json.loads((tmp_path / "pairs.jsonl.meta.json").read_text())
     assert meta["skipped_prompts"] == [{"source_row": 3, "reason": "fewer than two responses", "candidates": 1}]
     assert meta["run"]["options"]["rule"] == "random" and meta["run"]["threads"] == 1
     assert (meta["run"]["options"]["num_threads"], meta["run"]["options"]["progress"]) == (1, False)
+    assert meta["run"]["layout_reason"] == f"default; {PAIR_LAYOUT_DEFAULT}"  # what --help says the default is
     assert main(argv) == 2 and "exists; pass --overwrite" in capsys.readouterr().err
     assert main(["filter", str(output), "--keep", "2", "--no-scores", "--output", str(tmp_path / "kept.jsonl")]) == 0
     kept = [json.loads(line) for line in (tmp_path / "kept.jsonl").read_text().splitlines()]

@@ -74,9 +74,9 @@ def test_the_choice_is_recorded_and_torch_is_given_back_its_count(tokenizer, tin
     assert (info.threads, torch.get_num_threads()) == (1, before) and "host-bound" in info.threads_reason
     _, info = ches.api.score_run(hh_rows(3), tiny_model("llama"), tokenizer, num_threads=2, progress=False)
     assert (info.threads, info.threads_reason) == (2, "asked for (num_threads=2)") and torch.get_num_threads() == before
-    built = ches.pairs([{"prompt": "Q:", "responses": [" a", " b"], "ratings": [1, 0]}], tiny_model("llama"), tokenizer,
-                       num_threads=1, progress=False)
-    assert built.info["threads"] == 1 and built.info["threads_reason"] == "asked for (num_threads=1)"
+    _, info = ches.pairs_run([{"prompt": "Q:", "responses": [" a", " b"], "ratings": [1, 0]}], tiny_model("llama"),
+                             tokenizer, num_threads=1, progress=False)
+    assert info["threads"] == 1 and info["threads_reason"] == "asked for (num_threads=1)"
 
 
 def test_validate_takes_a_thread_count():
