@@ -301,11 +301,12 @@ class ValidateOptions:
                                    flag="--lr")
     beta: float = _option(0.1, help="DPO beta", type=float)
     pool: int | None = _option(help="rows scored to choose from (default: all rows, or a random 20 x n of larger data)", type=int)
-    seed: int = _option(0, help="which pool rows are drawn; also seeds the bootstrap", type=int)
+    seed: int = _option(0, help="which pool rows are drawn, the random subset and the batch order; also seeds the "
+                                "bootstrap", type=int)
     resamples: int = _option(1000, help="bootstrap resamples for the 95 % intervals", type=int, flag=None)
     split: str | None = _option(help="split of a DatasetDict / Hub dataset")
     device: str | None = _option(help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
-    dtype: str | None = _option("float32", help="precision during the probes (DPO steps in half precision are noisy)",
+    dtype: str | None = _option("float32", help="precision of the scoring and DPO runs (DPO steps in half precision are noisy)",
                                 choices=DTYPE_NAMES)
     max_length: int | None = _option(512, help="keep the first N tokens of each sequence (TRL keep_start)", type=int)
     num_threads: int | None = _option(help="CPU threads (default: one per free core, measured at the start; one for "
