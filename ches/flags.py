@@ -106,12 +106,12 @@ def add_scoring(parser: argparse.ArgumentParser, names: tuple[str, ...] | None =
             parser.add_argument(flag, type=json.loads if kind == "memory" else kind, help=text)
 
 
-def add_output(parser: argparse.ArgumentParser, help: str, *, required: bool = False) -> None:
-    """``--output`` and ``--overwrite``."""
+def add_output(parser: argparse.ArgumentParser, help: str, *, required: bool = False, folder: bool = True) -> None:
+    """``--output`` and ``--overwrite`` (``folder``: the output may be a dataset folder)."""
     parser.add_argument("--output", "-o", type=Path, required=required, help=help)
+    replaced = "output files (and a dataset folder written by ches)" if folder else "the output file and its sidecar"
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace existing output files (and a dataset folder written by ches); without it an "
-                             "existing output is an error")
+                        help=f"replace existing {replaced}; without it an existing output is an error")
 
 
 def score_kwargs(args: argparse.Namespace, names: tuple[str, ...] | None = None) -> dict[str, Any]:

@@ -25,3 +25,62 @@ def parser_flags(command: str) -> set[str]:
 @pytest.mark.parametrize("command", ["score", "filter", "report", "validate", "pairs", "audit"])
 def test_cli_md_lists_every_flag(command):
     assert usage_flags(command) == parser_flags(command)
+
+
+COMMANDS = ["score", "filter", "report", "validate", "pairs", "audit"]
+
+
+def command_actions(command: str):
+    subparsers = next(action for action in build_parser()._actions if action.dest == "command")
+    return [action for action in subparsers.choices[command]._actions if action.help]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_stated_defaults_are_the_parsers(command):
+    """A help line that states a default ("(default X)") states the value the flag really takes when omitted."""
+    stated = [(action, match.group(1)) for action in command_actions(command)
+              for match in [re.search(r"\(default ([^):]+)\)", action.help)] if match]
+    assert stated or command in ("score", "audit")  # the others state some
+    for action, text in stated:
+        default = action.default if action.default is not None else resolved_later(action.option_strings[0])
+        assert text == str(default), (action.option_strings, text, default)
+
+
+def resolved_later(flag: str):
+    """What the code uses for a flag left at None whose help states the value (read from the code using it)."""
+    from ches.candidates import ULTRAFEEDBACK_RATING
+    from ches.options import FilterOptions
+
+    return {"--quantile": FilterOptions().quantile_kept, "--window": FilterOptions(around=0.5).window_kept,
+            "--rating-field": ULTRAFEEDBACK_RATING}[flag]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_without_a_stated_default_has_none_set(command):
+    """A flag whose help names no default, or a computed one ("default: ..."), defaults to None (or is a switch):
+    the value the help describes is chosen later by the code, not set silently by the parser."""
+    for action in command_actions(command):
+        if action.option_strings and "(default " not in action.help and action.nargs != 0 and action.required is False:
+            assert action.default is None, (command, action.option_strings, action.default, action.help)
+
+
+def test_validate_dtype_help_is_float32_everywhere():
+    """ches.validate runs in float32 on every device unless told otherwise; its help says so, not score's rule."""
+    from ches.options import ValidateOptions
+
+    dtype = next(action for action in command_actions("validate") if "--dtype" in action.option_strings)
+    assert "bfloat16 on CUDA" not in dtype.help
+    assert dtype.help.endswith(f"(default {ValidateOptions().dtype})") and dtype.default == "float32"
+
+
+def test_batch_tokens_help_states_the_cpu_default():
+    from ches.models import CPU_BATCH_TOKENS
+
+    batch = next(action for action in command_actions("score") if "--batch-tokens" in action.option_strings)
+    assert f"{CPU_BATCH_TOKENS} on CPU" in batch.help
+
+
+@pytest.mark.parametrize("command", ["report", "validate"])
+def test_overwrite_help_of_single_file_outputs(command):
+    overwrite = next(action for action in command_actions(command) if "--overwrite" in action.option_strings)
+    assert "folder" not in overwrite.help
