@@ -23,7 +23,7 @@ import time
 from . import __version__, pairs_cli
 from .errors import ChesError, one_line
 from .flags import (Outcome, Parser, add_data, add_model, add_options, add_output, add_scoring, check_outputs,
-                    input_metadata, option_values, rows_written, score_kwargs)
+                    check_paths_first, input_metadata, option_values, rows_written, score_kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,6 +210,7 @@ def _terminate_as_exception():
 def _main(argv: list[str], started: str) -> int:
     try:
         args = build_parser().parse_args(argv)
+        check_paths_first(args)  # before the heavy imports: a mistyped path fails at once
         commands = {"score": run_score, "filter": run_filter, "report": run_report, "validate": run_validate,
                     "pairs": pairs_cli.run_command, "audit": run_audit}
         from .quiet import library_bars_off

@@ -36,6 +36,7 @@ from pathlib import Path
 import datasets
 
 from .errors import ChesError
+from .paths import refuse_existing
 
 FILE_WRITERS = {".parquet": "to_parquet", ".jsonl": "to_json", ".json": "to_json", ".csv": "to_csv"}
 COMPRESSIBLE = (".jsonl", ".json", ".csv")
@@ -103,12 +104,12 @@ def check_output(output: str | os.PathLike, *, overwrite: bool = False, folder: 
             raise ChesError(f"{output} exists and is not a dataset folder written by ches (save_to_disk); "
                             "refusing to replace it: choose a new folder name.")
         if not overwrite:
-            raise ChesError(f"{output} exists; pass --overwrite (overwrite=True) to replace it.")
+            refuse_existing(output)
     elif output.exists() or output.is_symlink():
         if folder:
             raise ChesError(f"{output} exists and is a file, not a dataset folder; choose another output path.")
         if not overwrite:
-            raise ChesError(f"{output} exists; pass --overwrite (overwrite=True) to replace it.")
+            refuse_existing(output)
     _check_parent(output)
     return output
 

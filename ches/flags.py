@@ -144,6 +144,27 @@ def check_outputs(args: argparse.Namespace, *, dataset: bool = True, suffixes: t
     check_output(sidecar_path(args.output), overwrite=args.overwrite, suffixes=(".meta.json",), inputs=inputs)
 
 
+def check_paths_first(args: argparse.Namespace) -> None:
+    """What can be checked of a command's paths before torch, transformers and datasets are imported, so
+    that a trivial mistake fails at once: a data file, model or tokenizer folder named by a local path that
+    does not exist (a name that may be a Hub id is left to the loaders), an ``--output`` file that exists
+    without ``--overwrite``. :func:`check_outputs` then checks the outputs in full."""
+    from .paths import check_data_exists, check_folder_exists, refuse_existing
+
+    check_data_exists(args.data)
+    for role in ("model", "tokenizer"):
+        if getattr(args, role, None) is not None:
+            check_folder_exists(getattr(args, role), role)
+    output = getattr(args, "output", None)
+    if output is not None and not args.overwrite and output.is_file() and not _same_file(output, args.data):
+        refuse_existing(output)
+
+
+def _same_file(output: Path, data: str) -> bool:
+    """Whether ``output`` is the input file (:func:`check_outputs` says why that is refused in any case)."""
+    return Path(data).is_file() and output.resolve() == Path(data).resolve()
+
+
 def _check_single_file_output(args: argparse.Namespace) -> None:
     """Refuse a single-file ``--output`` for data with splits (a folder or Hub dataset, no ``--split``),
     before any model work: the result would have splits too. A local file never has splits."""
