@@ -86,7 +86,7 @@ class ScoreOptions:
         save_embeddings: also write ``S+``, ``S-`` and the last hidden states per row to this
             safetensors file (``name.SPLIT.safetensors`` per split of a ``DatasetDict``).
         overwrite: allow ``save_embeddings`` to replace an existing file.
-        progress: a progress bar over pairs and the summary line.
+        progress: a progress bar over the tokens run (both sequences of each pair) and the summary line.
         logps: also add ``chosen_logps`` and ``rejected_logps`` (float64): each completion's summed token
             log-probabilities under the model, the numbers TRL's ``DPOTrainer`` precomputes as its
             reference log-probs (:mod:`ches.logps`), from the same forward pass.
