@@ -66,6 +66,8 @@ class TokenProgress:
         elif self.characters_planned:
             self.total = self.tokens_planned + round(self.characters_left * self.tokens_planned / self.characters_planned)
         if self.bar is not None and self.total is not None:
+            if self.bar.total is None and self.bar.n == 0:  # the first chunk: the clock starts with the model's work
+                self.bar.reset(total=self.total)
             self.bar.total = self.total
             self.bar.refresh()
 
