@@ -84,3 +84,23 @@ def test_batch_tokens_help_states_the_cpu_default():
 def test_overwrite_help_of_single_file_outputs(command):
     overwrite = next(action for action in command_actions(command) if "--overwrite" in action.option_strings)
     assert "folder" not in overwrite.help
+
+
+def test_api_md_summary_names_the_keys_summary_returns():
+    """docs/api.md's `ches.summary` block names exactly the keys ches.summary returns, at every level."""
+    import ches
+    from ches.columns import MEASURES
+
+    section = (ROOT / "docs" / "api.md").read_text().split("## `ches.summary`", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```python", 1)[1].split("```", 1)[0]
+    documented = set(re.findall(r'"([^"]+)":', block))
+    rows = [{"chosen": "a", "rejected": "b", "ches": float(i), "ln_ches": i / 2, "last_hidden_ip": -i / 3,
+             "edit_distance": float(i % 3), "chosen_tokens": i, "rejected_tokens": 4 - i % 2, "ches_skip": None}
+            for i in range(1, 9)] + [{"chosen": "a", "rejected": "b", "ches": float("nan"), "ln_ches": float("nan"),
+                                      "last_hidden_ip": float("nan"), "edit_distance": float("nan"), "chosen_tokens": 0,
+                                      "rejected_tokens": 0, "ches_skip": "empty completion"}]
+    result = ches.summary(rows)
+    assert set(result["measures"]) == set(MEASURES)
+    returned = set(result) | set(result["measures"]) | set(result["correlations"]) | \
+        {name for stats in result["measures"].values() for name in stats}
+    assert documented == returned
