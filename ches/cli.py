@@ -49,7 +49,7 @@ def _score_command(score: argparse.ArgumentParser) -> None:
 def _filter_command(filter_: argparse.ArgumentParser) -> None:
     from .options import FilterOptions
 
-    add_data(filter_, "DATA_OR_SCORES", "raw data (needs --model) or a file written by 'ches score'")
+    add_data(filter_, "DATA_OR_SCORES", "raw data (needs --model) or what 'ches score' wrote (a file or folder)")
     add_model(filter_, required=False)
     add_scoring(filter_)
     add_options(filter_, FilterOptions)
@@ -78,7 +78,7 @@ def _audit_command(audit: argparse.ArgumentParser) -> None:
 def _report_command(report: argparse.ArgumentParser) -> None:
     from .options import ReportOptions
 
-    add_data(report, "SCORES", "a file written by 'ches score'")
+    add_data(report, "SCORES", "what 'ches score' wrote (a file or folder)")
     add_options(report, ReportOptions)
     add_output(report, "the .html file to write", required=True, folder=False)
 
