@@ -62,7 +62,7 @@ def _validate_command(validate: argparse.ArgumentParser) -> None:
     add_data(validate, "DATA", "preference data (as for 'ches score')")
     add_model(validate, required=True)
     add_options(validate, ValidateOptions)
-    add_output(validate, "write the full results as JSON", folder=False)
+    add_output(validate, "write the full results as JSON", folder=False, suffixes=(".json",))
 
 
 def _audit_command(audit: argparse.ArgumentParser) -> None:
@@ -80,7 +80,7 @@ def _report_command(report: argparse.ArgumentParser) -> None:
 
     add_data(report, "SCORES", "what 'ches score' wrote (a file or folder)")
     add_options(report, ReportOptions)
-    add_output(report, "the .html file to write", required=True, folder=False)
+    add_output(report, "the .html file to write", required=True, folder=False, suffixes=(".html", ".htm"))
 
 
 def run_score(args) -> Outcome:
@@ -135,7 +135,7 @@ def run_report(args) -> Outcome:
     from .report import write_report
 
     options = ReportOptions(**option_values(args, ReportOptions))
-    check_outputs(args, dataset=False, suffixes=(".html", ".htm"))
+    check_outputs(args)
     data = load_data(args.data, options.split)
     if hasattr(data, "keys"):
         raise ChesError(f"{args.data} has splits {sorted(data)}; pass --split.")
@@ -150,7 +150,7 @@ def run_validate(args) -> Outcome:
     from .validation import format_table, validate
 
     options = ValidateOptions(**option_values(args, ValidateOptions))  # every value checked before the output
-    check_outputs(args, dataset=False, suffixes=(".json",))
+    check_outputs(args)
     result = validate(args.data, args.model, args.tokenizer, options=options)
     print(format_table(result))
     if args.output:

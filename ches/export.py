@@ -32,11 +32,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from .errors import ChesError
 from .paths import refuse_existing
+
+if TYPE_CHECKING:  # imported when writing: the checks above run before datasets is imported
+    import datasets
 
 FILE_WRITERS = {".parquet": "to_parquet", ".jsonl": "to_json", ".json": "to_json", ".csv": "to_csv"}
 COMPRESSIBLE = (".jsonl", ".json", ".csv")
@@ -184,6 +186,8 @@ def write_dataset(dataset: datasets.Dataset | datasets.DatasetDict, output: str 
     Raises:
         ChesError: a ``DatasetDict`` asked to go into a single file, or ``output`` fails :func:`check_output`.
     """
+    import datasets
+
     output = Path(output)
     extension, gzipped = dataset_format(output)
     if extension and isinstance(dataset, datasets.DatasetDict):

@@ -19,7 +19,7 @@ import torch
 from .batches import CUDA_PAD_MULTIPLE
 from .errors import ChesError, one_line
 from .hub import offline_unless_reachable
-from .paths import check_folder_exists
+from .paths import check_folder_exists, model_paths  # noqa: F401 (model_paths: read from here too)
 
 CPU_BATCH_TOKENS = 1024  # measured: small batches run fastest on CPUs (docs/performance.md)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
@@ -190,27 +190,6 @@ def load_model(
         vocab_size=config.vocab_size,
         name=name,
     )
-
-
-def model_paths(model, tokenizer=None) -> tuple[str, ...]:
-    """The local folders a run reads its model from: the model's (a path, or a loaded model's
-    ``name_or_path``), a PEFT adapter's base model, the tokenizer's. Nothing is ever written into them.
-
-    >>> model_paths("examples/tiny-hh-model", "some-org/some-tokenizer")
-    ('examples/tiny-hh-model',)
-    """
-    names = [getattr(item, "name_or_path", None) if not isinstance(item, (str, os.PathLike)) else item
-             for item in (model, tokenizer)]
-    folders = [str(name) for name in names if name and os.path.isdir(os.path.expanduser(str(name)))]
-    for folder in list(folders):
-        try:
-            with open(os.path.join(os.path.expanduser(folder), "adapter_config.json"), encoding="utf-8") as handle:
-                base = json.load(handle).get("base_model_name_or_path")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(base, str) and os.path.isdir(os.path.expanduser(base)):
-            folders.append(base)
-    return tuple(dict.fromkeys(folders))
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

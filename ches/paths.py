@@ -8,6 +8,7 @@ file's extension); anything else may be a Hub id (``org/name``), which only the 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -58,3 +59,24 @@ def refuse_existing(output: str | os.PathLike) -> None:
     ches.errors.ChesError: scores.parquet exists; pass --overwrite (overwrite=True) to replace it.
     """
     raise ChesError(f"{output} exists; pass --overwrite (overwrite=True) to replace it.")
+
+
+def model_paths(model, tokenizer=None) -> tuple[str, ...]:
+    """The local folders a run reads its model from: the model's (a path, or a loaded model's
+    ``name_or_path``), a PEFT adapter's base model, the tokenizer's. Nothing is ever written into them.
+
+    >>> model_paths("examples/tiny-hh-model", "some-org/some-tokenizer")
+    ('examples/tiny-hh-model',)
+    """
+    names = [getattr(item, "name_or_path", None) if not isinstance(item, (str, os.PathLike)) else item
+             for item in (model, tokenizer)]
+    folders = [str(name) for name in names if name and os.path.isdir(os.path.expanduser(str(name)))]
+    for folder in list(folders):
+        try:
+            with open(os.path.join(os.path.expanduser(folder), "adapter_config.json"), encoding="utf-8") as handle:
+                base = json.load(handle).get("base_model_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(base, str) and os.path.isdir(os.path.expanduser(base)):
+            folders.append(base)
+    return tuple(dict.fromkeys(folders))

@@ -40,15 +40,17 @@ def run_in_fresh_process(argv: list[str]) -> dict:
      "model folder ./examples/tiny-hh-modl does not exist; pass a local model folder or a Hub id."),
     (["validate", DATA, "--model", str(MODEL_DIR), "--tokenizer", "~/no-such-tokenizer"],
      "tokenizer folder ~/no-such-tokenizer does not exist; pass a local tokenizer folder or a Hub id."),
-    (["audit", DATA, "--model", str(MODEL_DIR), "--output", "README.md"],
-     "README.md exists; pass --overwrite (overwrite=True) to replace it."),
-    (["score", DATA, "--model", str(MODEL_DIR), "--output", "pyproject.toml"],
-     "pyproject.toml exists; pass --overwrite (overwrite=True) to replace it."),
+    (["audit", DATA, "--model", str(MODEL_DIR), "--output", "{tmp}/old.parquet"],
+     "{tmp}/old.parquet exists; pass --overwrite (overwrite=True) to replace it."),
+    (["validate", DATA, "--model", str(MODEL_DIR), "--output", "{tmp}/old.json"],
+     "{tmp}/old.json exists; pass --overwrite (overwrite=True) to replace it."),
 ])
-def test_refused_before_the_heavy_imports(argv, message):
-    outcome = run_in_fresh_process(argv)
+def test_refused_before_the_heavy_imports(argv, message, tmp_path):
+    (tmp_path / "old.parquet").write_text("an earlier output")
+    (tmp_path / "old.json").write_text("{}")
+    outcome = run_in_fresh_process([part.replace("{tmp}", str(tmp_path)) for part in argv])
     assert outcome["status"] == 2
-    assert outcome["stderr"].strip() == f"ches: error: {message}"
+    assert outcome["stderr"].strip() == f"ches: error: {message.replace('{tmp}', str(tmp_path))}"
     assert outcome["heavy"] == []
 
 
@@ -65,8 +67,22 @@ def test_the_loaders_give_the_same_messages():
 
 @pytest.mark.parametrize("argv", [
     ["score", "some-org/some-dataset", "--model", "some-org/some-model", "--tokenizer", "other-org/tokenizer"],
-    ["score", DATA, "--model", str(MODEL_DIR), "--output", str(ROOT / "README.md"), "--overwrite"],
-    ["score", DATA, "--model", str(MODEL_DIR), "--output", DATA],  # refused later, with the reason (it is the input)
+    ["score", DATA, "--model", str(MODEL_DIR), "--output", "new-scores.parquet"],
 ])
-def test_what_may_be_right_passes_the_early_check(argv):
+def test_what_may_be_right_passes_the_early_check(argv, tmp_path):
     check_paths_first(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["report", DATA, "--output", "r.txt"], "r.txt: expected a name ending in .html or .htm."),
+    (["score", DATA, "--model", str(MODEL_DIR), "--output", "scores.txt"], "scores.txt: unknown output format '.txt'"),
+    (["score", DATA, "--model", str(MODEL_DIR), "--output", str(MODEL_DIR / "scores.parquet")],
+     f"{MODEL_DIR / 'scores.parquet'} lies inside the input folder {MODEL_DIR}"),
+    (["validate", DATA, "--model", str(MODEL_DIR), "--output", "README.md", "--overwrite"],
+     "README.md: expected a name ending in .json."),
+])
+def test_every_output_check_runs_before_the_heavy_imports(argv, message):
+    outcome = run_in_fresh_process(argv)
+    assert outcome["status"] == 2
+    assert outcome["stderr"].startswith(f"ches: error: {message}")
+    assert outcome["heavy"] == []
