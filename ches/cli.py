@@ -62,7 +62,7 @@ def _validate_command(validate: argparse.ArgumentParser) -> None:
     add_data(validate, "DATA", "preference data (as for 'ches score')")
     add_model(validate, required=True)
     add_options(validate, ValidateOptions)
-    add_output(validate, "write the full results as JSON", folder=False, suffixes=(".json",))
+    add_output(validate, "write the full results as JSON", dataset=False, suffixes=(".json",))
 
 
 def _audit_command(audit: argparse.ArgumentParser) -> None:
@@ -80,7 +80,7 @@ def _report_command(report: argparse.ArgumentParser) -> None:
 
     add_data(report, "SCORES", "what 'ches score' wrote (a file or folder)")
     add_options(report, ReportOptions)
-    add_output(report, "the .html file to write", required=True, folder=False, suffixes=(".html", ".htm"))
+    add_output(report, "the .html file to write", required=True, dataset=False, suffixes=(".html", ".htm"))
 
 
 def run_score(args) -> Outcome:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from .errors import ChesError
 from .paths import refuse_existing
 
-if TYPE_CHECKING:  # imported when writing: the checks above run before datasets is imported
+if TYPE_CHECKING:  # imported by write_dataset only, so that the output checks run before datasets is imported
     import datasets
 
 FILE_WRITERS = {".parquet": "to_parquet", ".jsonl": "to_json", ".json": "to_json", ".csv": "to_csv"}

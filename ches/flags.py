@@ -106,13 +106,13 @@ def add_scoring(parser: argparse.ArgumentParser, names: tuple[str, ...] | None =
             parser.add_argument(flag, type=json.loads if kind == "memory" else kind, help=text)
 
 
-def add_output(parser: argparse.ArgumentParser, help: str, *, required: bool = False, folder: bool = True,
+def add_output(parser: argparse.ArgumentParser, help: str, *, required: bool = False, dataset: bool = True,
                suffixes: tuple[str, ...] | None = None) -> None:
-    """``--output`` and ``--overwrite``: ``folder``, the output is a dataset (a file, or a folder); otherwise a
-    file ending in one of ``suffixes``. The command's :func:`check_outputs` reads them back."""
+    """``--output`` and ``--overwrite``: with ``dataset``, the output is a dataset (a file, or a folder);
+    otherwise a file ending in one of ``suffixes``. The command's :func:`check_outputs` reads them back."""
     parser.add_argument("--output", "-o", type=Path, required=required, help=help)
-    parser.set_defaults(output_is_dataset=folder, output_suffixes=suffixes)
-    replaced = "output files (and a dataset folder written by ches)" if folder else "the output file and its sidecar"
+    parser.set_defaults(output_is_dataset=dataset, output_suffixes=suffixes)
+    replaced = "output files (and a dataset folder written by ches)" if dataset else "the output file and its sidecar"
     parser.add_argument("--overwrite", action="store_true",
                         help=f"replace existing {replaced}; without it an existing output is an error")
 

@@ -19,7 +19,7 @@ import torch
 from .batches import CUDA_PAD_MULTIPLE
 from .errors import ChesError, one_line
 from .hub import offline_unless_reachable
-from .paths import check_folder_exists, model_paths  # noqa: F401 (model_paths: read from here too)
+from .paths import check_folder_exists
 
 CPU_BATCH_TOKENS = 1024  # measured: small batches run fastest on CPUs (docs/performance.md)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
