@@ -37,8 +37,8 @@ def show(title: str, rows) -> None:
 
 
 def clip(text: str, from_end: bool = False) -> str:
-    """``text`` on one line, cut to :data:`SHOWN` characters (its end, or its start)."""
-    text = " ".join(text.split())
+    """``text`` on one line (whitespace runs as one space), cut to :data:`SHOWN` characters (its end, or its start)."""
+    text = " ".join(text.split()) or text[:1]  # a completion of whitespace alone shows as ' '
     if len(text) <= SHOWN:
         return repr(text)
     return repr("..." + text[-SHOWN:]) if from_end else repr(text[:SHOWN] + "...")
