@@ -19,7 +19,8 @@ from .embeddings import EmbeddingWriter, embedding_file
 from .export import check_apart_from_inputs, check_output
 from .inputs import Data, load_data, read_columns
 from .integrity import FLAGS_COLUMN, count_flags, flagged_rows
-from .models import model_paths, tokenizer_fingerprint
+from .models import tokenizer_fingerprint
+from .paths import model_paths
 from .options import ScoreOptions, signature_with_options
 from .quiet import library_bars_off
 from .chunks import sample_work

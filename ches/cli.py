@@ -23,7 +23,7 @@ import time
 from . import __version__
 from .errors import ChesError, one_line
 from .flags import (Outcome, Parser, add_data, add_model, add_options, add_output, add_scoring, check_outputs,
-                    input_metadata, option_values, rows_written, score_kwargs)
+                    check_paths_first, input_metadata, option_values, rows_written, score_kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +57,7 @@ def _score_command(score: argparse.ArgumentParser) -> None:
 def _filter_command(filter_: argparse.ArgumentParser) -> None:
     from .options import FilterOptions
 
-    add_data(filter_, "DATA_OR_SCORES", "raw data (needs --model) or a file written by 'ches score'")
+    add_data(filter_, "DATA_OR_SCORES", "raw data (needs --model) or what 'ches score' wrote (a file or folder)")
     add_model(filter_, required=False)
     add_scoring(filter_)
     add_options(filter_, FilterOptions)
@@ -70,7 +70,7 @@ def _validate_command(validate: argparse.ArgumentParser) -> None:
     add_data(validate, "DATA", "preference data (as for 'ches score')")
     add_model(validate, required=True)
     add_options(validate, ValidateOptions)
-    add_output(validate, "write the full results as JSON")
+    add_output(validate, "write the full results as JSON", dataset=False, suffixes=(".json",))
 
 
 def _audit_command(audit: argparse.ArgumentParser) -> None:
@@ -86,9 +86,9 @@ def _audit_command(audit: argparse.ArgumentParser) -> None:
 def _report_command(report: argparse.ArgumentParser) -> None:
     from .options import ReportOptions
 
-    add_data(report, "SCORES", "a file written by 'ches score'")
+    add_data(report, "SCORES", "what 'ches score' wrote (a file or folder)")
     add_options(report, ReportOptions)
-    add_output(report, "the .html file to write", required=True)
+    add_output(report, "the .html file to write", required=True, dataset=False, suffixes=(".html", ".htm"))
 
 
 def run_score(args) -> Outcome:
@@ -146,7 +146,7 @@ def run_report(args) -> Outcome:
     from .validation import load_validation
 
     options = ReportOptions(**option_values(args, ReportOptions))
-    check_outputs(args, dataset=False, suffixes=(".html", ".htm"))
+    check_outputs(args)
     validation = load_validation(options.validation) if options.validation else None
     data = load_data(args.data, options.split)  # every split, one section each, without --split
     for name, part in data.items() if hasattr(data, "keys") else [(None, data)]:
@@ -162,7 +162,7 @@ def run_validate(args) -> Outcome:
     from .validation import format_table, validate
 
     options = ValidateOptions(**option_values(args, ValidateOptions))  # every value checked before the output
-    check_outputs(args, dataset=False, suffixes=(".json",))
+    check_outputs(args)
     result = validate(args.data, args.model, args.tokenizer, options=options)
     print(format_table(result))
     if args.output:
@@ -234,6 +234,7 @@ def _terminate_as_exception():
 def _main(argv: list[str], started: str) -> int:
     try:
         args = build_parser().parse_args(argv)
+        check_paths_first(args)  # before the heavy imports: a mistyped path fails at once
         from .quiet import library_bars_off
 
         with library_bars_off():  # ches' own bar only (none with --no-progress)

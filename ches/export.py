@@ -32,10 +32,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from .errors import ChesError
+from .paths import refuse_existing
+
+if TYPE_CHECKING:  # imported by write_dataset only, so that the output checks run before datasets is imported
+    import datasets
 
 FILE_WRITERS = {".parquet": "to_parquet", ".jsonl": "to_json", ".json": "to_json", ".csv": "to_csv"}
 COMPRESSIBLE = (".jsonl", ".json", ".csv")
@@ -103,12 +106,12 @@ def check_output(output: str | os.PathLike, *, overwrite: bool = False, folder: 
             raise ChesError(f"{output} exists and is not a dataset folder written by ches (save_to_disk); "
                             "refusing to replace it: choose a new folder name.")
         if not overwrite:
-            raise ChesError(f"{output} exists; pass --overwrite (overwrite=True) to replace it.")
+            refuse_existing(output)
     elif output.exists() or output.is_symlink():
         if folder:
             raise ChesError(f"{output} exists and is a file, not a dataset folder; choose another output path.")
         if not overwrite:
-            raise ChesError(f"{output} exists; pass --overwrite (overwrite=True) to replace it.")
+            refuse_existing(output)
     _check_parent(output)
     return output
 
@@ -183,6 +186,8 @@ def write_dataset(dataset: datasets.Dataset | datasets.DatasetDict, output: str 
     Raises:
         ChesError: a ``DatasetDict`` asked to go into a single file, or ``output`` fails :func:`check_output`.
     """
+    import datasets
+
     output = Path(output)
     extension, gzipped = dataset_format(output)
     if extension and isinstance(dataset, datasets.DatasetDict):

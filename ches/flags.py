@@ -111,12 +111,15 @@ def add_scoring(parser: argparse.ArgumentParser, names: tuple[str, ...] | None =
             parser.add_argument(flag, type=json.loads if kind == "memory" else kind, help=text)
 
 
-def add_output(parser: argparse.ArgumentParser, help: str, *, required: bool = False) -> None:
-    """``--output`` and ``--overwrite``."""
+def add_output(parser: argparse.ArgumentParser, help: str, *, required: bool = False, dataset: bool = True,
+               suffixes: tuple[str, ...] | None = None) -> None:
+    """``--output`` and ``--overwrite``: with ``dataset``, the output is a dataset (a file, or a folder);
+    otherwise a file ending in one of ``suffixes``. The command's :func:`check_outputs` reads them back."""
     parser.add_argument("--output", "-o", type=Path, required=required, help=help)
+    parser.set_defaults(output_is_dataset=dataset, output_suffixes=suffixes)
+    replaced = "output files (and a dataset folder written by ches)" if dataset else "the output file and its sidecar"
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace existing output files (and a dataset folder written by ches); without it an "
-                             "existing output is an error")
+                        help=f"replace existing {replaced}; without it an existing output is an error")
 
 
 def score_kwargs(args: argparse.Namespace, names: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -131,22 +134,46 @@ def score_kwargs(args: argparse.Namespace, names: tuple[str, ...] | None = None)
     return given
 
 
-def check_outputs(args: argparse.Namespace, *, dataset: bool = True, suffixes: tuple[str, ...] | None = None) -> None:
+def check_outputs(args: argparse.Namespace) -> None:
     """Check ``--output`` and its sidecar before any model work, against the shape of the result (a single
     file cannot hold splits): nothing existing is replaced unless ``--overwrite`` was given, and nothing
     lands on an input or inside an input folder (the data, the model, the tokenizer), ``--overwrite`` or
-    not. (``ches.score`` checks ``--save-embeddings`` and ``--cache-dir`` the same way.)"""
-    from .export import check_output, dataset_format, sidecar_path
-    from .models import model_paths
+    not. What the output may be comes from :func:`add_output`. (``ches.score`` checks ``--save-embeddings``
+    and ``--cache-dir`` the same way.)"""
+    from .export import dataset_format
 
-    inputs = (args.data, *model_paths(getattr(args, "model", None), getattr(args, "tokenizer", None)))
     if args.output is None:
         return
-    folder = dataset and dataset_format(args.output)[0] is None
-    if dataset and not folder:
+    if args.output_is_dataset and dataset_format(args.output)[0] is not None:
         _check_single_file_output(args)
-    check_output(args.output, overwrite=args.overwrite, folder=folder, suffixes=suffixes, inputs=inputs)
+    _check_output_paths(args)
+
+
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """What :func:`check_outputs` checks of the paths alone (no data is read, no heavy library imported)."""
+    from .export import check_output, dataset_format, sidecar_path
+    from .paths import model_paths
+
+    inputs = (args.data, *model_paths(getattr(args, "model", None), getattr(args, "tokenizer", None)))
+    folder = args.output_is_dataset and dataset_format(args.output)[0] is None
+    check_output(args.output, overwrite=args.overwrite, folder=folder, suffixes=args.output_suffixes, inputs=inputs)
     check_output(sidecar_path(args.output), overwrite=args.overwrite, suffixes=(".meta.json",), inputs=inputs)
+
+
+def check_paths_first(args: argparse.Namespace) -> None:
+    """What can be checked of a command's paths before torch, transformers and datasets are imported, so
+    that a trivial mistake fails at once: a data file, model or tokenizer folder named by a local path that
+    does not exist (a name that may be a Hub id is left to the loaders), and every check of
+    :func:`check_outputs` that needs no data read (an existing output without ``--overwrite``, an unknown
+    extension, an output on an input)."""
+    from .paths import check_data_exists, check_folder_exists
+
+    check_data_exists(args.data)
+    for role in ("model", "tokenizer"):
+        if getattr(args, role, None) is not None:
+            check_folder_exists(getattr(args, role), role)
+    if getattr(args, "output", None) is not None:
+        _check_output_paths(args)
 
 
 def _check_single_file_output(args: argparse.Namespace) -> None:

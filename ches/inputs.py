@@ -22,10 +22,11 @@ import datasets
 from .columns import RANK_COLUMNS, SCORE_COLUMNS, column_feature, typed_cell, with_reference
 from .errors import ChesError, one_line
 from .formats import PAIR_COLUMNS, TEMPLATE_COLUMNS, Pair, to_pairs
+from .paths import DATA_SUFFIXES, check_data_exists
 
 Data = Union[datasets.Dataset, datasets.DatasetDict, Sequence[Mapping[str, Any]], "pandas.DataFrame", str, os.PathLike]  # noqa: F821
 
-SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+SUFFIXES = DATA_SUFFIXES
 
 
 def load_data(data: Data, split: str | None = None) -> datasets.Dataset | datasets.DatasetDict:
@@ -93,8 +94,7 @@ def _load_path(path: str, split: str | None):
         if split is not None:
             raise ChesError(f"split={split!r} was given, but {path} is a single file with no splits; drop --split/split=.")
         return _sidecar_reference(_load_file(local), local)
-    if local.suffix in SUFFIXES + (".gz",) or path.startswith((".", "/", "~")):
-        raise ChesError(f"data file {path} does not exist.")
+    check_data_exists(path)  # a local path that does not exist is not tried as a Hub id
     return _load_hub(path, split)
 
 

@@ -19,6 +19,7 @@ import torch
 from .batches import CUDA_PAD_MULTIPLE
 from .errors import ChesError, one_line
 from .hub import offline_unless_reachable
+from .paths import check_folder_exists
 
 CPU_BATCH_TOKENS = 1024  # measured: small batches run fastest on CPUs (docs/performance.md)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
@@ -139,8 +140,7 @@ def load_model(
     if isinstance(model, (str, os.PathLike)):
         name = str(model)
         local = os.path.isdir(os.path.expanduser(name))
-        if name.startswith((".", "/", "~")) and not local:
-            raise ChesError(f"model folder {name} does not exist; pass a local model folder or a Hub id.")
+        check_folder_exists(name, "model")
         if local and not any(os.path.isfile(os.path.join(os.path.expanduser(name), file))
                              for file in ("config.json", "adapter_config.json")):
             raise ChesError(f"model folder {name} has no config.json (nor adapter_config.json): it is not a Hugging Face "
@@ -190,27 +190,6 @@ def load_model(
         vocab_size=config.vocab_size,
         name=name,
     )
-
-
-def model_paths(model, tokenizer=None) -> tuple[str, ...]:
-    """The local folders a run reads its model from: the model's (a path, or a loaded model's
-    ``name_or_path``), a PEFT adapter's base model, the tokenizer's. Nothing is ever written into them.
-
-    >>> model_paths("examples/tiny-hh-model", "some-org/some-tokenizer")
-    ('examples/tiny-hh-model',)
-    """
-    names = [getattr(item, "name_or_path", None) if not isinstance(item, (str, os.PathLike)) else item
-             for item in (model, tokenizer)]
-    folders = [str(name) for name in names if name and os.path.isdir(os.path.expanduser(str(name)))]
-    for folder in list(folders):
-        try:
-            with open(os.path.join(os.path.expanduser(folder), "adapter_config.json"), encoding="utf-8") as handle:
-                base = json.load(handle).get("base_model_name_or_path")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(base, str) and os.path.isdir(os.path.expanduser(base)):
-            folders.append(base)
-    return tuple(dict.fromkeys(folders))
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -398,8 +377,7 @@ def load_tokenizer(tokenizer, model_name: str, trust_remote_code: bool = False, 
     from transformers import AutoTokenizer
 
     source = str(tokenizer) if tokenizer is not None else model_name
-    if source.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(source)):
-        raise ChesError(f"tokenizer folder {source} does not exist; pass a local tokenizer folder or a Hub id.")
+    check_folder_exists(source, "tokenizer")
     with offline_unless_reachable(source) as reason:
         try:
             return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,

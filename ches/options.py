@@ -87,7 +87,7 @@ class ScoreOptions:
         save_embeddings: also write ``S+``, ``S-`` and the last hidden states per row to this
             safetensors file (``name.SPLIT.safetensors`` per split of a ``DatasetDict``).
         overwrite: allow ``save_embeddings`` to replace an existing file.
-        progress: a progress bar over pairs and the summary line.
+        progress: a progress bar over the tokens run (both sequences of each pair) and the summary line.
         logps: also add ``chosen_logps`` and ``rejected_logps`` (float64): each completion's summed token
             log-probabilities under the model, the numbers TRL's ``DPOTrainer`` precomputes as its
             reference log-probs (:mod:`ches.logps`), from the same forward pass.
@@ -99,10 +99,12 @@ class ScoreOptions:
     split: str | None = _option(help="split of a DatasetDict / Hub dataset")
     columns: dict[str, str] | None = _option(help="your column names, e.g. prompt=question,chosen=answer_a,rejected=answer_b",
                                               type="columns", metavar="NAME=COLUMN,...")
-    max_length: int | None = _option(help="keep the first N tokens of each sequence (TRL keep_start)", type=int)
+    max_length: int | None = _option(help="keep the first N tokens of each sequence (TRL keep_start; default: no "
+                                          "truncation)", type=int)
     dtype: str | torch.dtype | None = _option(help="default: bfloat16 on CUDA, float32 on CPU", choices=DTYPE_NAMES)
     device: str | torch.device | None = _option(help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
-    batch_tokens: int | None = _option(help="token slots per forward batch", type=int)
+    batch_tokens: int | None = _option(help="token slots per forward batch (default: 1024 on CPU; on CUDA, from the free "
+                                             "memory)", type=int)
     layout: str | None = _option(help="how sequences are batched (default: the cheapest by an estimate from the "
                                       "lengths, probed on the model; see docs/performance.md)", choices=LAYOUTS)
     compile: bool = _option(False, help="torch.compile the decoder body (about 10 percent faster on CPU after compiling; GPU: docs/performance.md)", type=bool)
@@ -111,7 +113,8 @@ class ScoreOptions:
                                       flag="--threads")
     cache_dir: str | os.PathLike | None = _option(help="keep finished work here; re-running resumes after a crash",
                                                   type=Path)
-    save_embeddings: str | os.PathLike | None = _option(help="also write S+ and S- per row to this .safetensors file",
+    save_embeddings: str | os.PathLike | None = _option(help="also write S+, S- and the last hidden states per row to "
+                                                             "this .safetensors file (NAME.SPLIT.safetensors per split)",
                                                         type=Path, metavar="FILE.safetensors")
     overwrite: bool = _option(False, help="replace existing outputs", type=bool, flag=None)
     progress: bool = _option(True, help="no progress bar", type=bool, flag="--no-progress")
@@ -300,13 +303,15 @@ class ValidateOptions:
     learning_rate: float = _option(1e-6, help="learning rate (AdamW for subsets, RMSprop for probes)", type=float,
                                    flag="--lr")
     beta: float = _option(0.1, help="DPO beta", type=float)
-    pool: int | None = _option(help="rows scored to choose from (default: all rows, or a random 20 x n of larger data)", type=int)
+    pool: int | None = _option(help="rows scored to choose from, drawn at random (default: 20 x n, or every row of "
+                                      "smaller data)", type=int)
     seed: int = _option(0, help="which pool rows are drawn, the random subset and the batch order; also seeds the "
                                 "bootstrap", type=int)
     resamples: int = _option(1000, help="bootstrap resamples for the 95 % intervals", type=int, flag=None)
     split: str | None = _option(help="split of a DatasetDict / Hub dataset")
     device: str | None = _option(help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
-    dtype: str | None = _option("float32", help="precision of the scoring and DPO runs (DPO steps in half precision are noisy)",
+    dtype: str | None = _option("float32", help="precision of the scoring and of the DPO runs (DPO steps in half "
+                                                 "precision are noisy)",
                                 choices=DTYPE_NAMES)
     max_length: int | None = _option(512, help="keep the first N tokens of each sequence (TRL keep_start)", type=int)
     num_threads: int | None = _option(help="CPU threads (default: one per free core, measured at the start; one for "

@@ -35,7 +35,8 @@ from .export import check_apart_from_inputs
 from .formats import Pair, pair_problem
 from .inputs import Data, check_distinct_roles, load_data
 from .logps import LMHead
-from .models import max_positions, model_paths, tokenizer_fingerprint
+from .models import max_positions, tokenizer_fingerprint
+from .paths import model_paths
 from .options import PAIR_LAYOUT_DEFAULT, PAIR_SCORE_OPTIONS, PairOptions, ScoreOptions, pair_score_options, signature_with_options
 from .pair_passes import run_groups
 from .pairing import allowed_pairs, no_pair_reason, pair_logps, pair_matrices, select

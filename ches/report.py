@@ -324,7 +324,7 @@ def _pairs_table(dataset: datasets.Dataset, rows: np.ndarray, measure: str) -> s
     out = ["<table><tr><th>row (0-based)</th><th>scores</th><th>prompt (end)</th><th>chosen</th><th>rejected</th></tr>"]
     for row in rows.tolist():
         example = dataset[row]
-        prompt, chosen, rejected = _parts(example)
+        prompt, chosen, rejected = pair_parts(example)
         scores = "".join(f"<div><span class='label'>{name}</span> {example[name]:.4g}</div>"
                          for name in ("ln_ches", "ches", "edit_distance", "chosen_tokens", "rejected_tokens")
                          if name in example and example[name] is not None)
@@ -359,7 +359,13 @@ def length_note(dataset: datasets.Dataset, rows: np.ndarray, scored: np.ndarray)
     return ""
 
 
-def _parts(example: dict) -> tuple[str, str, str]:
+def pair_parts(example: dict) -> tuple[str, str, str]:
+    """A row's prompt, chosen and rejected completion as text, as the report shows them: an implicit-prompt
+    row is split at its shared prefix (TRL's ``extract_prompt``), messages are written one per line.
+
+    >>> pair_parts({"chosen": "Human: Hi? Assistant: Hello.", "rejected": "Human: Hi? Assistant: Go away."})
+    ('Human: Hi? Assistant:', ' Hello.', ' Go away.')
+    """
     if "prompt" in example:
         parts = (example["prompt"], example["chosen"], example["rejected"])
     else:

@@ -34,6 +34,7 @@ from .integrity import FLAGS_COLUMN, describe_flags, from_bits
 from .layouts import LayoutChoice
 from .logps import LMHead
 from .models import LoadedModel
+from .progress import TokenProgress, progress_bar, run_tokens  # noqa: F401 (progress_bar: read from here by pair_builder)
 from .rows import RowSource
 from .stats import counted, skip_reasons
 from .tokens import SequencePair, Skip, TokenSequence
@@ -89,7 +90,7 @@ def score_rows(source: RowSource, loaded: LoadedModel, *, layout: LayoutChoice, 
     process = process or Process()
     chunks = plan_chunks(source.lengths, CHUNK_PAIRS)
     mine = process.share([float(source.lengths[chunk].sum()) for chunk in chunks])
-    bar = progress_bar(sum(len(chunks[i]) for i in mine), progress and process.is_main)
+    bar = TokenProgress.start(int(sum(source.lengths[chunks[i]].sum() for i in mine)), progress and process.is_main)
     try:
         result, reused = _score_chunks(source, chunks, mine, loaded, layout=layout, batch_tokens=batch_tokens,
                                        max_length=max_length, bar=bar, cache=cache, embeddings=embeddings, process=process,
@@ -114,13 +115,16 @@ def score_rows(source: RowSource, loaded: LoadedModel, *, layout: LayoutChoice, 
 
 
 def _score_chunks(source: RowSource, chunks: list[np.ndarray], mine: list[int], loaded: LoadedModel, *,
-                  layout: LayoutChoice, batch_tokens: int, max_length: int | None, bar, cache: ShardCache | None,
+                  layout: LayoutChoice, batch_tokens: int, max_length: int | None, bar: TokenProgress | None,
+                  cache: ShardCache | None,
                   embeddings: EmbeddingWriter | None, process: Process, logps: bool) -> tuple[ScoredRows, int]:
     """Run this process's chunks (from the cache where it holds them), then gather every process's rows."""
     collected, reused = _Collected(MODEL_NUMBERS[logps]), 0
     head = LMHead.of(loaded.model) if logps else None
     try:
         for planned in stream_chunks(source, chunks, mine, loaded, max_length):
+            if bar is not None:
+                bar.planned(int(source.lengths[planned.rows].sum()), run_tokens(planned.work))
             stored, cached = _chunk_scores(planned, loaded, layout=layout, batch_tokens=batch_tokens, cache=cache,
                                            keep_sums=embeddings is not None, bar=bar, head=head)
             reused += cached
@@ -139,7 +143,7 @@ def _score_chunks(source: RowSource, chunks: list[np.ndarray], mine: list[int], 
 
 
 def _chunk_scores(planned: PlannedChunk, loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
-                  cache: ShardCache | None, keep_sums: bool, bar, head: LMHead | None = None
+                  cache: ShardCache | None, keep_sums: bool, bar: TokenProgress | None, head: LMHead | None = None
                   ) -> tuple[dict[str, torch.Tensor], bool]:
     """A chunk's :data:`MODEL_NUMBERS` (and sums when ``keep_sums``) for its run rows, and whether they came
     from the cache."""
@@ -148,11 +152,11 @@ def _chunk_scores(planned: PlannedChunk, loaded: LoadedModel, *, layout: LayoutC
     stored = cache.load(key, rows=len(planned.work), names=names) if cache is not None else None
     if stored is None:
         computed = compute_chunk(planned.work, loaded, layout=layout, batch_tokens=batch_tokens, keep_sums=keep_sums,
-                                 on_pairs=bar.update if bar is not None else None, head=head)
+                                 on_tokens=bar.update if bar is not None else None, head=head)
         if cache is not None:
             cache.save(key, computed)
-    if bar is not None:
-        bar.update(len(planned.rows) - (len(planned.work) if stored is None else 0))  # cached and skipped rows
+    elif bar is not None:  # a chunk from the cache (skipped rows run no tokens)
+        bar.update(run_tokens(planned.work))
     return (computed if stored is None else stored), stored is not None
 
 
@@ -199,15 +203,15 @@ class _Collected:
 
 
 def compute_chunk(pairs: Sequence[SequencePair], loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
-                  keep_sums: bool = False, on_pairs: Callable[[int], None] | None = None,
+                  keep_sums: bool = False, on_tokens: Callable[[int], None] | None = None,
                   head: LMHead | None = None) -> dict[str, torch.Tensor]:
     """The :data:`MODEL_NUMBERS` of each pair (``[N]`` float64; with ``head``, the log-probabilities too),
-    plus its :class:`SideSums` tensors when ``keep_sums``; ``on_pairs`` is told how many more pairs
-    finished after each batch."""
+    plus its :class:`SideSums` tensors when ``keep_sums``; ``on_tokens`` is told how many more tokens
+    (:func:`~ches.progress.run_tokens` of the pairs) finished after each batch."""
     if not pairs:
         empty = {name: torch.zeros(0, dtype=torch.float64) for name in MODEL_NUMBERS[head is not None]}
         return empty | ({name: torch.zeros(0, loaded.hidden_size) for name in SUM_TENSORS} if keep_sums else {})
-    sums = run_chunk(pairs, loaded, layout=layout, batch_tokens=batch_tokens, on_done=_pair_counter(on_pairs),
+    sums = run_chunk(pairs, loaded, layout=layout, batch_tokens=batch_tokens, on_done=_token_counter(pairs, on_tokens),
                      head=head)
     logps = {"chosen_logps": sums.chosen_logps, "rejected_logps": sums.rejected_logps} if head is not None else {}
     return pair_scores(pairs, sums) | logps | (sums.tensors() if keep_sums else {})
@@ -313,9 +317,11 @@ def release_freed_memory() -> None:
     trim(0)
 
 
-def _pair_counter(on_pairs: Callable[[int], None] | None) -> Callable[[list[int]], None] | None:
-    """Turn the engine's per-sequence callbacks (pair indices) into "n more pairs finished" calls."""
-    if on_pairs is None:
+def _token_counter(pairs: Sequence[SequencePair], on_tokens: Callable[[int], None] | None
+                   ) -> Callable[[list[int]], None] | None:
+    """Turn the engine's per-sequence callbacks (pair indices) into "n more tokens finished" calls: a pair's
+    tokens count once both its sequences are done."""
+    if on_tokens is None:
         return None
     seen: dict[int, int] = {}
 
@@ -323,19 +329,10 @@ def _pair_counter(on_pairs: Callable[[int], None] | None) -> Callable[[list[int]
         finished = 0
         for index in indices:
             seen[index] = seen.get(index, 0) + 1
-            finished += seen[index] == 2
-        on_pairs(finished)
+            finished += run_tokens([pairs[index]]) if seen[index] == 2 else 0
+        on_tokens(finished)
 
     return on_done
-
-
-def progress_bar(total: int, enabled: bool, unit: str = "pair"):
-    """A tqdm bar over ``total`` units, or None when not ``enabled``."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit=unit, desc="ches")
 
 
 def _summary(result: ScoredRows, model_name: str) -> str:

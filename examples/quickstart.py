@@ -14,18 +14,34 @@ import argparse
 import warnings
 from pathlib import Path
 
+import datasets
+
 import ches
 
 HERE = Path(__file__).resolve().parent
+SHOWN = 100  # characters shown of each part of a pair
 warnings.filterwarnings("ignore", category=FutureWarning, module="pyarrow")  # raised inside datasets' sort
+datasets.disable_progress_bars()  # this script's own filter/sort/write: only ches' bar is shown
 
 
 def show(title: str, rows) -> None:
+    """Each pair as the report shows it: the end of the prompt, then the two completions from their start."""
     print(f"\n{title}")
     for row in rows:
-        chosen = row["chosen"][-60:].replace("\n", " ")
-        rejected = row["rejected"][-60:].replace("\n", " ")
-        print(f"  ln_ches={row['ln_ches']:+9.3f}  ches={row['ches']:+12.1f}  ...{chosen!r}  vs  ...{rejected!r}")
+        prompt, chosen, rejected = ches.report.pair_parts(row)
+        print(f"  ln_ches={row['ln_ches']:+.3f}  ches={row['ches']:+.1f}  "
+              f"({row['chosen_tokens']} and {row['rejected_tokens']} completion tokens)")
+        print(f"    prompt (end)  {clip(prompt, from_end=True)}")
+        print(f"    chosen        {clip(chosen)}")
+        print(f"    rejected      {clip(rejected)}")
+
+
+def clip(text: str, from_end: bool = False) -> str:
+    """``text`` on one line (whitespace runs as one space), cut to :data:`SHOWN` characters (its end, or its start)."""
+    text = " ".join(text.split()) or text[:1]  # a completion of whitespace alone shows as ' '
+    if len(text) <= SHOWN:
+        return repr(text)
+    return repr("..." + text[-SHOWN:]) if from_end else repr(text[:SHOWN] + "...")
 
 
 def main() -> None:
@@ -37,8 +53,6 @@ def main() -> None:
 
     data = str(HERE / "data" / "hh-rlhf-harmless-base-test.jsonl.gz")
     if args.rows:
-        import datasets
-
         data = datasets.load_dataset("json", data_files=data, split=f"train[:{args.rows}]")
     scored = ches.score(data, str(HERE / "tiny-hh-model"))
     kept = scored.filter(lambda row: row["ches_skip"] is None).sort("ln_ches", reverse=True)

@@ -1,6 +1,8 @@
 """The examples run as documented (quick settings), so they cannot drift from the library."""
 
+import ast
 import os
+import re
 import subprocess
 import sys
 
@@ -19,10 +21,31 @@ def run(*args):
 
 @pytest.mark.slow
 def test_quickstart(tmp_path):
-    out = run("examples/quickstart.py", "--rows", "30", "--output-dir", str(tmp_path / "quick"))
+    result = subprocess.run([sys.executable, "examples/quickstart.py", "--rows", "30", "--output-dir", str(tmp_path / "quick")],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
     assert "Most displacement-prone pairs" in out and "Least displacement-prone pairs" in out
     assert f"wrote 30 scored rows to {tmp_path / 'quick' / 'scores.parquet'}" in out and "opposite signs" in out
     assert (tmp_path / "quick" / "report.html").read_text().count("<img") >= 2  # the report, with its figures
+    # the pairs are shown as the report shows them: the prompt's end, then each completion from its start, as
+    # TRL's extract_prompt splits the transcript
+    from trl.data_utils import extract_prompt
+
+    import datasets
+
+    scored = datasets.Dataset.from_parquet(str(tmp_path / "quick" / "scores.parquet")).sort("ln_ches", reverse=True)
+    top = extract_prompt({"chosen": scored[0]["chosen"], "rejected": scored[0]["rejected"]})
+    lines = out.splitlines()
+    shown = lines[lines.index("Most displacement-prone pairs (highest length-normalized CHES):") + 1:][:4]
+    printed = {match[1]: ast.literal_eval(match[2]) for match in (re.match(r"\s*(\w+)[^'\"]*(['\"].*)$", line)
+                                                                 for line in shown[1:])}
+    assert printed["prompt"].endswith(" ".join(top["prompt"].split())[-40:])
+    for side in ("chosen", "rejected"):
+        assert printed[side].startswith(" ".join(top[side].split())[:40])
+    # only ches' own bar and summary on stderr, no datasets bars (Filter, Map, Creating parquet, Generating)
+    assert not [line for line in result.stderr.replace("\r", "\n").splitlines()
+                if line.strip() and not line.startswith("ches:")], result.stderr[-2000:]
 
 
 @pytest.mark.slow

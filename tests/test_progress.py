@@ -1,0 +1,55 @@
+"""ches' progress bar counts the tokens the model runs (what the time goes to), and its total is the run's
+token count: both sequences of every pair as TRL's DPOTrainer builds them, counted by TRL itself."""
+
+import datasets
+import pytest
+
+import ches
+import ches.progress
+import ches.runner
+from conftest import hh_rows
+from test_tokens_trl import trl_sequences
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    """Every bar ches opens, kept (still counting) after it is closed."""
+    opened = []
+    real = ches.progress.progress_bar
+
+    def keep(*args, **kwargs):
+        bar = real(*args, **kwargs)
+        opened.append(bar)
+        return bar
+
+    monkeypatch.setattr(ches.progress, "progress_bar", keep)
+    monkeypatch.setattr(ches.runner, "CHUNK_PAIRS", 8)  # five chunks: the total is estimated, then exact
+    return opened
+
+
+def test_the_bar_counts_the_tokens_trl_trains_on(bars, tokenizer, tiny_model, tmp_path):
+    rows = hh_rows(40)
+    model = tiny_model("llama")
+    _, sequences = trl_sequences(rows, tokenizer, model, None, tmp_path)
+    tokens = sum(len(input_ids) for input_ids, _ in sequences.values())
+
+    ches.score(datasets.Dataset.from_list(rows), model, tokenizer, progress=True, cache_dir=tmp_path / "cache")
+    ches.score(datasets.Dataset.from_list(rows), model, tokenizer, progress=True, cache_dir=tmp_path / "cache")
+
+    assert [bar.unit for bar in bars] == ["tok", "tok"]
+    for bar in bars:  # the run that computed every chunk, and the one that read them all from the cache
+        assert bar.total == tokens
+        assert bar.n == tokens
+
+
+def test_the_total_is_estimated_from_the_characters_left():
+    """Until every chunk is tokenized, the total is the tokens planned plus the characters left at the tokens
+    per character seen so far."""
+    progress = ches.progress.TokenProgress(characters=900, bar=None)
+    assert progress.total is None
+    progress.planned(characters=300, tokens=60)  # 0.2 tokens per character, 600 characters left
+    assert progress.total == 60 + 120
+    progress.planned(characters=0, tokens=0)  # a chunk of skipped rows changes nothing
+    assert progress.total == 180
+    progress.planned(characters=600, tokens=150)
+    assert progress.total == 210
