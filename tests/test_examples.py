@@ -25,7 +25,7 @@ def test_quickstart(tmp_path):
                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    assert "Most displacement-prone pairs" in out and "Least displacement-prone pairs" in out
+    assert "Highest length-normalized CHES" in out and "Lowest length-normalized CHES" in out
     assert f"wrote 30 scored rows to {tmp_path / 'quick' / 'scores.parquet'}" in out and "opposite signs" in out
     assert (tmp_path / "quick" / "report.html").read_text().count("<img") >= 2  # the report, with its figures
     # the pairs are shown as the report shows them: the prompt's end, then each completion from its start, as
@@ -37,7 +37,7 @@ def test_quickstart(tmp_path):
     scored = datasets.Dataset.from_parquet(str(tmp_path / "quick" / "scores.parquet")).sort("ln_ches", reverse=True)
     top = extract_prompt({"chosen": scored[0]["chosen"], "rejected": scored[0]["rejected"]})
     lines = out.splitlines()
-    shown = lines[lines.index("Most displacement-prone pairs (highest length-normalized CHES):") + 1:][:4]
+    shown = lines[lines.index("Highest length-normalized CHES (most displacement-prone by the paper's measure):") + 1:][:4]
     printed = {match[1]: ast.literal_eval(match[2]) for match in (re.match(r"\s*(\w+)[^'\"]*(['\"].*)$", line)
                                                                  for line in shown[1:])}
     assert printed["prompt"].endswith(" ".join(top["prompt"].split())[-40:])
