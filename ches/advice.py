@@ -152,5 +152,5 @@ def format_recommendation(advice: dict) -> str:
     if advice.get("command"):
         lines.append(f"  {advice['command']}")
         lines.append(f"  (on new data scored with the same model, --measure {advice['measure']} --max-score "
-                     f"{advice['threshold']:.6g} makes the same cut)")
+                     f"{advice['threshold']!r} makes the same cut; the full digits keep the row at the cut)")
     return "\n".join(lines)

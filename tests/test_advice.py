@@ -3,6 +3,7 @@ threshold against what ches.filter keeps, and ``ches validate`` (subsets protoco
 ``ches filter`` command is then run."""
 
 import json
+import re
 import shlex
 
 import numpy as np
@@ -163,6 +164,10 @@ def test_validate_subsets_end_to_end_and_its_command(tmp_path, capsys, monkeypat
         kept = ches.inputs.load_data(str(tmp_path / "kept.jsonl"))
         values = np.array(kept[advice["measure"]]) * (-1 if advice["measure"] == "edit_distance" else 1)
         assert kept.num_rows == round(advice["quantile"] * len(usable)) and values.max() == pytest.approx(advice["threshold"])
+        # the printed --max-score, as printed, keeps the same rows
+        printed_cut = re.search(r"--max-score (\S+) makes the same cut", printed).group(1)
+        again = ches.filter(scored, measure=advice["measure"], max_score=float(printed_cut))
+        assert again.num_rows == kept.num_rows
     else:
         assert advice["command"] is None and advice["measure"] is None
 
