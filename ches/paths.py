@@ -3,7 +3,8 @@ heavy import, so that the command line checks its paths before torch, transforme
 mistyped path fails at once) and the loaders apply the same rule.
 
 A name is taken for a local path when it starts with ``.``, ``/`` or ``~`` (or, for data, ends in a data
-file's extension); anything else may be a Hub id (``org/name``), which only the Hub can confirm.
+file's extension; for a model or tokenizer, has more parts than ``org/name`` or starts with a folder that
+exists here); anything else may be a Hub id (``org/name``), which only the Hub can confirm.
 """
 
 from __future__ import annotations
@@ -46,8 +47,23 @@ def check_folder_exists(name: str | os.PathLike, role: str) -> None:
     ches.errors.ChesError: model folder ./no-such-model does not exist; pass a local model folder or a Hub id.
     """
     name = str(name)
-    if name.startswith(LOCAL_PREFIXES) and not os.path.isdir(os.path.expanduser(name)):
-        raise ChesError(f"{role} folder {name} does not exist; pass a local {role} folder or a Hub id.")
+    if looks_local(name) and not os.path.isdir(os.path.expanduser(name)):
+        parts = name.split("/")
+        why = (f" ({parts[0]} is a folder here, so {name} is read as a local path)" if len(parts) == 2
+               and not name.startswith(LOCAL_PREFIXES) else "")
+        raise ChesError(f"{role} folder {name} does not exist{why}; pass a local {role} folder or a Hub id.")
+
+
+def looks_local(name: str) -> bool:
+    """Whether a model or tokenizer name can only be a local path: it starts with ``.``, ``/`` or ``~``, has
+    more parts than a Hub id's ``org/name``, or its first part is a folder here (``examples/tiny-hh-modl``,
+    mistyped, is local: ``examples`` is a folder of this directory).
+
+    >>> looks_local("./model"), looks_local("a/b/c"), looks_local("some-org/some-model"), looks_local("gpt2")
+    (True, True, False, False)
+    """
+    parts = name.split("/")
+    return name.startswith(LOCAL_PREFIXES) or len(parts) > 2 or (len(parts) == 2 and os.path.isdir(parts[0]))
 
 
 def refuse_existing(output: str | os.PathLike) -> None:

@@ -38,6 +38,9 @@ def run_in_fresh_process(argv: list[str]) -> dict:
     (["report", "missing.parquet", "--output", "r.html"], "data file missing.parquet does not exist."),
     (["score", DATA, "--model", "./examples/tiny-hh-modl"],
      "model folder ./examples/tiny-hh-modl does not exist; pass a local model folder or a Hub id."),
+    (["score", DATA, "--model", "examples/tiny-hh-modl"],  # no "./", but examples/ is a folder here (cwd=ROOT)
+     "model folder examples/tiny-hh-modl does not exist (examples is a folder here, so examples/tiny-hh-modl is read "
+     "as a local path); pass a local model folder or a Hub id."),
     (["validate", DATA, "--model", str(MODEL_DIR), "--tokenizer", "~/no-such-tokenizer"],
      "tokenizer folder ~/no-such-tokenizer does not exist; pass a local tokenizer folder or a Hub id."),
     (["audit", DATA, "--model", str(MODEL_DIR), "--output", "{tmp}/old.parquet"],
