@@ -15,7 +15,8 @@ copy of it on each training set, and ``ches.audit`` measures the trained model o
 each with ``--seeds`` training seeds (and random draws). Reported per run: the fraction of pairs whose
 preferred response lost probability, the mean change of log pi(y+|x) with its bootstrap interval, and the
 Spearman correlation of ln_ches, ches and the length difference with that change. Also times TRL's own
-precompute on the same rows, for comparison with the reference pass that ches' scoring already did.
+precompute on the same rows, for comparison with the reference pass that ches' scoring already did, and
+then both back to back, twice (``timing``; ``--timing-only`` redoes just that on an existing result).
 Writes JSON (default benchmarks/results/audit-evidence.json).
 """
 
@@ -87,6 +88,19 @@ def trl_precompute_seconds(rows, tokenizer, max_length: int) -> float:
         return time.perf_counter() - started
 
 
+def side_by_side(rows, tokenizer, max_length: int, repeats: int = 2) -> dict:
+    """Seconds of ``ches.score(logps=True)`` and of TRL's own precompute on the same rows, alternated."""
+    ches_seconds, trl_seconds = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        ches.score(rows, str(MODEL), logps=True, max_length=max_length, progress=False)
+        ches_seconds.append(time.perf_counter() - started)
+        trl_seconds.append(trl_precompute_seconds([dict(row) for row in rows], tokenizer, max_length))
+    return {"ches_score_logps_seconds": ches_seconds, "trl_precompute_seconds": trl_seconds,
+            "speedup_of_medians": statistics.median(trl_seconds) / statistics.median(ches_seconds),
+            "date": time.strftime("%Y-%m-%d %H:%M"), "cpu_threads": torch.get_num_threads()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=1024)
@@ -97,11 +111,21 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "audit-evidence.json"))
+    parser.add_argument("--timing-only", action="store_true",
+                        help="only time ches score --logps and TRL's precompute back to back (twice each), and add "
+                             "that to the existing --output under 'timing'")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
     rows = hh_rows(args.pairs)
+    if args.timing_only:
+        output = Path(args.output)
+        result = json.loads(output.read_text())
+        result["timing"] = side_by_side(rows, tokenizer, args.max_length)
+        output.write_text(json.dumps(result, indent=2) + "\n")
+        print(result["timing"])
+        return
     started = time.perf_counter()
     scored = ches.score(rows, str(MODEL), logps=True, max_length=args.max_length, progress=False)
     score_seconds = time.perf_counter() - started
@@ -145,11 +169,12 @@ def main() -> None:
                          "ln_ches_spearman_median": statistics.median(result["spearman"]["ln_ches"] for result in results),
                          "ches_spearman_median": statistics.median(result["spearman"]["ches"] for result in results)}
     trl_seconds = trl_precompute_seconds([dict(row) for row in rows], tokenizer, args.max_length)
+    timing = side_by_side(rows, tokenizer, args.max_length)  # back to back, whatever else ran during the training
     import transformers
     import trl
 
     result = {"settings": settings,
-              "score_with_logps_seconds": score_seconds, "trl_precompute_seconds": trl_seconds,
+              "score_with_logps_seconds": score_seconds, "trl_precompute_seconds": trl_seconds, "timing": timing,
               "runs": runs, "summary": summary, "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
               "transformers": transformers.__version__, "trl": trl.__version__, "python": platform.python_version(),
               "date": time.strftime("%Y-%m-%d")}
