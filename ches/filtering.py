@@ -193,7 +193,7 @@ def filter_run(data: Data, quantile: float | None = None, *, model=None, tokeniz
 
 def _filter_split(scored: datasets.Dataset, options: FilterOptions,
                   split: str | None) -> tuple[datasets.Dataset, FilterCut]:
-    scored = drop_flagged(scored, options.drop_flags)
+    scored = drop_flagged(scored, options.drop_flags, "the data" if split is None else f"split {split!r}", split)
     rows, values = _scored_rows(scored, options.measure)
     rule = options.rule
     if rule == "max_score":

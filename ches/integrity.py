@@ -168,9 +168,9 @@ def check_flag_names(names: Iterable[str], option: str = "drop_flags") -> tuple[
     return tuple(dict.fromkeys(names))
 
 
-def drop_flagged(dataset, names: Sequence[str], label: str = "the data"):
+def drop_flagged(dataset, names: Sequence[str], label: str = "the data", split: str | None = None):
     """``dataset`` (a ``datasets.Dataset``) without the rows flagged with any of ``names``; logs how many rows
-    each flag dropped.
+    each flag dropped (the line starts with the ``split``'s name when there is one, as the filter's cut does).
 
     Raises:
         ChesError: the data has no ``ches_flags`` column (scored before ches wrote flags).
@@ -184,13 +184,14 @@ def drop_flagged(dataset, names: Sequence[str], label: str = "the data"):
         return dataset
     if FLAGS_COLUMN not in dataset.column_names:
         raise ChesError(f"{label} has no {FLAGS_COLUMN!r} column, so rows cannot be dropped by flag: it was scored by "
-                        "an older ches, before integrity flags (or made by ches pairs, which does not write them); score "
-                        "it again with ches score / ches.score to get them.")
+                        "an older ches, before integrity flags; score it again with ches score / ches.score (or build "
+                        "the pairs again with ches pairs) to get them.")
     flags = list(dataset[FLAGS_COLUMN][:])
     wanted = set(names)
     keep = [index for index, row in enumerate(flags) if not wanted.intersection(row or ())]
+    where = f"{split}: " if split else ""
     for name in names:
-        logger.info("ches.filter: dropped %d rows flagged %s", sum(name in (row or ()) for row in flags), name)
+        logger.info("%sdropped %d rows flagged %s", where, sum(name in (row or ()) for row in flags), name)
     if len(names) > 1:
-        logger.info("ches.filter: dropped %d flagged rows in all (%s)", len(flags) - len(keep), ", ".join(names))
+        logger.info("%sdropped %d flagged rows in all (%s)", where, len(flags) - len(keep), ", ".join(names))
     return dataset if len(keep) == len(flags) else dataset.select(keep)

@@ -156,7 +156,7 @@ def pairs(
     Returns:
         One row per selected pair: ``prompt``, ``chosen``, ``rejected`` (the input's format),
         ``chosen_rating``, ``rejected_rating``, the ``ches.score`` columns (``ches``, ``ln_ches``,
-        ``edit_distance``, ``last_hidden_ip``, token counts, ``ches_skip``; with ``logps`` also
+        ``edit_distance``, ``last_hidden_ip``, token counts, ``ches_skip``, ``ches_flags``; with ``logps`` also
         ``chosen_logps``, ``rejected_logps``), ``candidates`` (responses in the row), ``chosen_index``,
         ``rejected_index``, ``source_row``, ``unscored_responses`` (indices of the row's responses that
         could not be scored), then the row's other columns. :func:`pairs_run` also returns the record

@@ -149,6 +149,19 @@ def test_drop_flags_removes_flagged_rows_before_the_quantile(drop, caplog):
         assert f"dropped {sum(name in row[FLAGS_COLUMN] for row in rows)} rows flagged {name}" in caplog.text
 
 
+def test_drop_flags_lines_name_their_split(caplog):
+    import datasets
+
+    rows = flagged_table()
+    parts = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:12]),
+                                  "test": datasets.Dataset.from_list(rows[12:])})
+    with caplog.at_level(logging.INFO, logger="ches"):
+        ches.filter(parts, 0.5, drop_flags=["empty_chosen"])
+    for name, part in (("train", rows[:12]), ("test", rows[12:])):
+        dropped = sum("empty_chosen" in row[FLAGS_COLUMN] for row in part)
+        assert f"{name}: dropped {dropped} rows flagged empty_chosen" in caplog.text
+
+
 def test_drop_flags_accepts_one_comma_separated_string():
     rows = flagged_table()
     both = ches.filter(rows, 1.0, drop_flags="empty_chosen, identical_after_truncation")
