@@ -21,7 +21,7 @@ from .formats import Pair, pair_problem
 from .integrity import chunk_flags, to_bits
 from .models import LoadedModel, max_positions
 from .rows import BLOCK_ROWS, RowSource
-from .tokens import SequencePair, Skip, TokenizedPair, to_sequences, tokenize_pairs
+from .tokens import SequencePair, Skip, TokenizedPair, sequence_digest, to_sequences, tokenize_pairs
 
 AHEAD = 4  # chunks tokenized ahead of the device
 
@@ -53,12 +53,14 @@ class PlannedChunk:
         numbers: per row, the score columns known before the model runs (edit distance, token counts,
             whether the prompt was cut, the integrity flags as :func:`ches.integrity.to_bits` integers), as
             :data:`ches.runner.NUMBERS` names them.
+        digests: per row, the :func:`~ches.tokens.token_digest` of the sequences it runs (None when skipped).
     """
 
     chunk_id: int
     rows: np.ndarray
     plans: list[SequencePair | Skip]
     numbers: dict[str, list]
+    digests: list[str | None]
 
     @property
     def work(self) -> list[SequencePair]:
@@ -83,7 +85,8 @@ def plan_chunk(chunk_id: int, rows: np.ndarray, pairs: Sequence[Pair], tokenizer
             counts = (len(tokens.prompt_ids), 0, 0)
         for name, count in zip(("prompt_tokens", "chosen_tokens", "rejected_tokens"), counts):
             numbers[name].append(count)
-    return PlannedChunk(chunk_id, rows, plans, numbers)
+    digests = [sequence_digest(plan) if isinstance(plan, SequencePair) else None for plan in plans]
+    return PlannedChunk(chunk_id, rows, plans, numbers, digests)
 
 
 def plan_pairs(pairs: Sequence[Pair], loaded: LoadedModel, *, max_length: int | None) -> list[SequencePair | Skip]:

@@ -15,16 +15,19 @@ from .integrity import FLAGS_COLUMN, parse_flags
 
 logger = logging.getLogger("ches")
 
+#: the column holding each row's :func:`ches.tokens.token_digest`: which tokens its scores and log-probs belong to
+#: (None where ``ches_skip`` has a reason)
+DIGEST_COLUMN = "ches_token_digest"
 #: score columns added by ``ches.score``, in order, with their ``datasets`` value types (``list<string>``: a
 #: list of strings; ``ches_flags`` holds each row's integrity flags, :mod:`ches.integrity`)
 SCORE_TYPES = {
     "ches": "float64", "ln_ches": "float64", "edit_distance": "float64", "last_hidden_ip": "float64",
     "prompt_tokens": "int64", "chosen_tokens": "int64", "rejected_tokens": "int64", "ches_skip": "string",
-    FLAGS_COLUMN: "list<string>",
+    FLAGS_COLUMN: "list<string>", DIGEST_COLUMN: "string",
 }
 SCORE_COLUMNS = tuple(SCORE_TYPES)
 #: output columns that data scored by an older ches lacks: such data still counts as an earlier run's output
-LATER_COLUMNS = (FLAGS_COLUMN,)
+LATER_COLUMNS = (FLAGS_COLUMN, DIGEST_COLUMN)
 #: columns added by ``ches.score(..., logps=True)``: each completion's log-probability under the scored model
 #: (TRL's ``ref_chosen_logps`` / ``ref_rejected_logps``), NaN where ``ches_skip`` has a reason
 LOGPS_TYPES = {"chosen_logps": "float64", "rejected_logps": "float64"}
@@ -154,7 +157,7 @@ def _fingerprint(dataset, name: str, values: list) -> str:
     import numpy as np
 
     digest = hashlib.sha256(f"{getattr(dataset, '_fingerprint', '')}\0{name}\0".encode())
-    as_text = name in ("ches_skip", FLAGS_COLUMN)
+    as_text = name in ("ches_skip", FLAGS_COLUMN, DIGEST_COLUMN)
     digest.update(json.dumps(values).encode() if as_text else np.asarray(values, dtype=np.float64).tobytes())
     return digest.hexdigest()[:16]
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import select
 from .api import score
-from .columns import DEFAULT_MEASURE, MEASURES, RANK_COLUMNS, SCORE_COLUMNS, check_output_columns, check_score_columns
+from .columns import DEFAULT_MEASURE, DIGEST_COLUMN, LOGPS_COLUMNS, MEASURES, RANK_COLUMNS, SCORE_COLUMNS, check_output_columns, check_score_columns
 from .errors import ChesError
 from .inputs import Data, column, load_data
 from .integrity import drop_flagged
@@ -137,7 +137,8 @@ def filter(  # noqa: A001 - the public name is part of the contract
         model, tokenizer, **score_kwargs: used to score ``data`` first when it has no scores
             (``score_kwargs``: the options of :func:`ches.score`).
         keep_scores: ``False`` drops the score columns (``ches_flags`` too), leaving exactly the input schema
-            (ready for TRL).
+            (ready for TRL); rows scored with ``logps=True`` keep their log-probs and ``ches_token_digest``,
+            the reference :class:`ches.trl.DPOTrainer` trains with.
         drop_flags: integrity flag names (e.g. ``["identical_after_truncation", "empty_chosen"]``, or one
             comma-separated string); rows with any of them are dropped before the rule.
         options: the rule, ``measure``, ``keep_scores`` and ``drop_flags`` as one :class:`~ches.options.FilterOptions`
@@ -287,7 +288,11 @@ def _scored_rows(dataset: datasets.Dataset, measure: str) -> tuple[np.ndarray, n
 
 
 def _added_columns(dataset: datasets.Dataset) -> list[str]:
-    return [name for name in SCORE_COLUMNS + RANK_COLUMNS if name in dataset.column_names]
+    """The columns ``keep_scores=False`` drops: the scores and ranks; the token digest too, unless the rows carry
+    log-probs (a trainer or an audit checks them against it)."""
+    logps = any(name in dataset.column_names for name in LOGPS_COLUMNS)
+    return [name for name in SCORE_COLUMNS + RANK_COLUMNS if name in dataset.column_names
+            and not (logps and name == DIGEST_COLUMN)]
 
 
 def summary(data: Data, *, model=None, tokenizer=None, **score_kwargs) -> dict:

@@ -27,7 +27,7 @@ import torch
 from .cache import model_fingerprint, open_cache
 from .candidates import (CANDIDATE_COLUMNS, ULTRAFEEDBACK_COLUMNS, ULTRAFEEDBACK_RATING, Candidates, from_generic,
                          from_ultrafeedback, schema, to_candidates)
-from .columns import (DEFAULT_MEASURE, LOGPS_COLUMNS, LOGPS_TYPES, SCORE_COLUMNS, SCORE_TYPES, column_feature,
+from .columns import (DEFAULT_MEASURE, DIGEST_COLUMN, LOGPS_COLUMNS, LOGPS_TYPES, SCORE_COLUMNS, SCORE_TYPES, column_feature,
                       with_reference)
 from .integrity import FLAG_NAMES, FLAGS_COLUMN
 from .errors import ChesError
@@ -46,7 +46,7 @@ from .runs import PairsInfo, now, prepared
 from .scores import edit_distance
 from .stats import counted
 from .threads import torch_threads
-from .tokens import Skip, TokenizedPair, TokenSequence, tokenize_pairs
+from .tokens import Skip, TokenizedPair, TokenSequence, token_digest, tokenize_pairs
 
 logger = logging.getLogger("ches")
 
@@ -448,6 +448,9 @@ def select_pairs(rows: list[Candidates], plans: list[PromptPlan], sums, options:
                    "prompt_tokens": boundary, "chosen_tokens": int(matrices.chosen_tokens[i, j]),
                    "rejected_tokens": int(matrices.rejected_tokens[i, j]), "ches_skip": None,
                    FLAGS_COLUMN: response_pair_flags(plan, i, j, boundary, max_length, (responses[i], responses[j])),
+                   DIGEST_COLUMN: token_digest(plan.sequences[i].input_ids[:boundary],
+                                               plan.sequences[i].input_ids[boundary:],
+                                               plan.sequences[j].input_ids[boundary:]),
                    **({} if logps is None else {"chosen_logps": float(logps[i, j]), "rejected_logps": float(logps[j, i])}),
                    "candidates": len(candidates.responses), "chosen_index": plan.responses[i],
                    "rejected_index": plan.responses[j], "source_row": plan.row,

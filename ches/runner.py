@@ -25,7 +25,7 @@ import torch
 from . import scores
 from .cache import ShardCache, chunk_key
 from .chunks import PlannedChunk, plan_chunks, plan_pairs, stream_chunks  # noqa: F401 (plan_pairs: read here by tests too)
-from .columns import LOGPS_COLUMNS, SCORE_TYPES
+from .columns import DIGEST_COLUMN, LOGPS_COLUMNS, SCORE_TYPES
 from .distributed import Process
 from .embeddings import EmbeddingWriter
 from .engine import HiddenSums
@@ -169,6 +169,7 @@ class _Collected:
         self.indices: list[torch.Tensor] = []
         self.parts: dict[str, list[torch.Tensor]] = {name: [] for name in self.numbers}
         self.reasons: dict[int, str] = {}
+        self.digests: dict[int, str] = {}
 
     def add(self, planned: PlannedChunk, stored: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
         """Keep a chunk's numbers; returns the mask of its rows that ran and gave finite numbers. A row whose
@@ -187,6 +188,7 @@ class _Collected:
         for name, values in (scores_by_name | numbers).items():
             self.parts[name].append(values)
         self.reasons |= {int(row): plan.reason for row, plan in zip(planned.rows, planned.plans) if isinstance(plan, Skip)}
+        self.digests |= {int(row): digest for row, digest in zip(planned.rows, planned.digests) if digest is not None}
         self.reasons |= {int(row): nonfinite_reason(dtype) for row in torch.as_tensor(planned.rows)[nonfinite].tolist()}
         self.indices.append(torch.as_tensor(planned.rows, dtype=torch.long))
         return run & finite
@@ -198,6 +200,7 @@ class _Collected:
                   for name, dtype in self.numbers.items()}
         columns = process.gather_columns(index, values, total)
         columns["ches_skip"] = process.gather_labels(self.reasons, total)
+        columns[DIGEST_COLUMN] = process.gather_labels(self.digests, total)
         columns[FLAGS_COLUMN] = [from_bits(bits) for bits in columns.pop("flag_bits")]
         return ScoredRows(columns, prompt_cut=int(sum(columns.pop("prompt_cut"))))
 

@@ -18,6 +18,7 @@ For each :class:`~ches.formats.Pair`:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -198,6 +199,41 @@ def to_sequences(tokenized: TokenizedPair, max_length: int | None = None) -> Seq
         input_ids = (tokenized.prompt_ids + completion)[:max_length]
         sequences.append(TokenSequence(input_ids=input_ids, start=prompt_length - 1, end=len(input_ids) - 1))
     return SequencePair(*sequences)
+
+
+def token_digest(prompt_ids: Sequence[int], chosen_ids: Sequence[int], rejected_ids: Sequence[int],
+                 max_length: int | None = None) -> str:
+    """The identity of the two sequences DPO trains on for a pair: a 128-bit BLAKE2b digest (hex) of the
+    prompt ids and each completion's ids after TRL's ``keep_start`` truncation at ``max_length``, and
+    where the completions begin. Two rows have the same digest exactly when TRL would feed the model the
+    same tokens, with the same positions summed into their log-probabilities; so a digest stored beside a
+    row's scores or log-probs tells, later, whether they still belong to the tokens a trainer or an audit
+    makes of that row (``ches_token_digest``, :mod:`ches.trl`, :mod:`ches.auditing`).
+
+    >>> token_digest([1, 5], [7, 8, 2], [9, 2]) == token_digest([1, 5], [7, 8, 2], [9, 2], max_length=5)
+    True
+    >>> token_digest([1, 5], [7, 8, 2], [9, 2]) == token_digest([1, 5], [7, 8, 2], [9, 2], max_length=4)
+    False
+    >>> token_digest([1], [5, 7], [9]) == token_digest([1, 5], [7], [9])  # where the prompt ends matters
+    False
+    """
+    import numpy as np
+
+    room = None if max_length is None else max(0, max_length - len(prompt_ids))
+    chosen, rejected = list(chosen_ids)[:room], list(rejected_ids)[:room]
+    values = np.asarray([len(prompt_ids), len(chosen), len(rejected), *prompt_ids, *chosen, *rejected], dtype="<i8")
+    return hashlib.blake2b(values.tobytes(), digest_size=16).hexdigest()
+
+
+def sequence_digest(pair: SequencePair) -> str:
+    """:func:`token_digest` of a pair's two planned sequences (already cut to ``max_length``).
+
+    >>> chosen, rejected = TokenSequence([1, 5, 7, 8], 1, 3), TokenSequence([1, 5, 9, 2], 1, 3)
+    >>> sequence_digest(SequencePair(chosen, rejected)) == token_digest([1, 5], [7, 8, 2], [9, 2], max_length=4)
+    True
+    """
+    prompt = pair.prompt_tokens
+    return token_digest(pair.chosen.input_ids[:prompt], pair.chosen.input_ids[prompt:], pair.rejected.input_ids[prompt:])
 
 
 def _row_numbers(rows: Sequence[int] | None, first_row: int, count: int) -> Sequence[int]:

@@ -13,7 +13,7 @@ from ches.tokens import Skip, TokenizedPair, to_sequences
 from conftest import MODEL_DIR, conversational_rows, hh_rows, standard_rows
 
 SCORE_COLUMNS = ["ches", "ln_ches", "edit_distance", "last_hidden_ip", "prompt_tokens", "chosen_tokens",
-                 "rejected_tokens", "ches_skip", "ches_flags"]
+                 "rejected_tokens", "ches_skip", "ches_flags", "ches_token_digest"]
 
 
 def test_keeps_every_column_and_row_order(tokenizer, tiny_model):
