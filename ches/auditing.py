@@ -25,16 +25,13 @@ from typing import Any
 import datasets
 import numpy as np
 
-from .columns import LOGPS_COLUMNS, check_output_columns, reference_of
+from .columns import (AUDIT_COLUMNS, AUDIT_TYPES, DIGEST_COLUMN, LOGPS_COLUMNS, check_output_columns,  # noqa: F401
+                      reference_of)
 from .errors import ChesError
 from .inputs import Data, column, load_data
 from .select import similarity
 from .stats import bootstrap_interval, partial_spearman, spearman
 
-#: columns ``ches.audit`` adds
-AUDIT_TYPES = {"chosen_logps_after": "float64", "rejected_logps_after": "float64", "chosen_change": "float64",
-               "rejected_change": "float64", "displaced": "bool"}
-AUDIT_COLUMNS = tuple(AUDIT_TYPES)
 #: the measures whose correlation with the change is reported (and the length-only baseline)
 AUDIT_MEASURES = ("ln_ches", "ches", "edit_distance")
 LENGTH_BASELINE = "length difference"
@@ -45,14 +42,20 @@ class AuditResult:
     """What :func:`audit` returns.
 
     Attributes:
-        dataset: the scored rows with :data:`AUDIT_COLUMNS` added.
+        dataset: the scored rows with :data:`AUDIT_COLUMNS` added; they keep the record of the reference their
+            ``chosen_logps``/``rejected_logps`` came from (the model DPO started from).
         summary: :func:`audit_summary` of them.
         info: the trained model's scoring pass (:class:`~ches.runs.RunInfo`).
+        next_round: the same rows as the trained model scores them: its CHES scores, its log-probs as
+            ``chosen_logps``/``rejected_logps`` and its record as their reference, the token digests unchanged
+            (the same tokens) -- what ``ches.score(..., logps=True)`` with the trained model returns, ready for a
+            second DPO round from it (``ches audit --next-round`` writes it).
     """
 
     dataset: datasets.Dataset
     summary: dict
     info: Any = field(default=None, repr=False)
+    next_round: datasets.Dataset | None = field(default=None, repr=False)
 
 
 def audit(scored: Data, model, tokenizer=None, *, split: str | None = None, resamples: int = 1000, seed: int = 0,
@@ -61,10 +64,10 @@ def audit(scored: Data, model, tokenizer=None, *, split: str | None = None, resa
     both completions moved from the reference's (see the module docstring).
 
     Args:
-        scored: rows from ``ches.score(..., logps=True)`` (or a file ``ches score --logps`` wrote), their
-            ``chosen_logps``/``rejected_logps`` computed with the model DPO started from.
-        model, tokenizer: the trained model (folder, Hub id or loaded); its tokenizer must be the one the
-            rows were scored with (checked).
+        scored: rows from ``ches.score(..., logps=True)`` (or a file ``ches score --logps`` or ``ches filter``
+            wrote from it), their ``chosen_logps``/``rejected_logps`` computed with the model DPO started from.
+        model, tokenizer: the trained model (folder, Hub id or loaded); its tokenizer must give the rows the
+            tokens they were scored on (checked row by row against ``ches_token_digest``, before the model runs).
         split: the split of a ``DatasetDict`` to audit.
         resamples, seed: the bootstrap of the intervals.
         score_kwargs: how the trained model runs (``dtype``, ``device``, ``batch_tokens``, ``layout``,
@@ -72,11 +75,12 @@ def audit(scored: Data, model, tokenizer=None, *, split: str | None = None, resa
             ``max_length`` and ``columns`` are the scoring run's, from its record.
 
     Raises:
-        ChesError: rows without log-probs or without the record of their scoring run, another tokenizer,
-            audit columns of the user's own, before the trained model runs.
+        ChesError: rows without log-probs or without the record of their scoring run, rows whose tokens are not
+            those they were scored on (edited text, another tokenizer, a record of another run), audit columns
+            of the user's own; all before the trained model runs.
     """
     from .api import score_run
-    from .models import load_tokenizer, tokenizer_fingerprint
+    from .models import load_tokenizer
     from .options import AUDIT_SCORE_OPTIONS, MODEL_KWARGS, AuditOptions
 
     AuditOptions(split=split, seed=seed, resamples=resamples)  # checked
@@ -98,17 +102,13 @@ def audit(scored: Data, model, tokenizer=None, *, split: str | None = None, resa
                         f"these rows have {'no ' + ', '.join(missing) if missing else 'no record of that run'}: score "
                         "them with ches.score(..., logps=True) (ches score --logps), or build them with "
                         "ches.pairs(..., logps=True) (ches pairs --logps), and the model DPO started from, before "
-                        "training; load a file it wrote with ches.inputs.load_data (its sidecar is the record).")
-    replaces = check_output_columns(dataset.column_names, AUDIT_COLUMNS, [], "the data")
+                        "training; load a file ches wrote with ches.inputs.load_data (its sidecar is the record).")
+    if check_output_columns(dataset.column_names, AUDIT_COLUMNS, [], "the data"):
+        dataset = dataset.remove_columns(list(AUDIT_COLUMNS))  # an earlier audit's, replaced
     trained_tokenizer = load_tokenizer(tokenizer, model if isinstance(model, str) else getattr(model, "name_or_path", ""))
-    if tokenizer_fingerprint(trained_tokenizer) != reference.get("tokenizer_fingerprint"):
-        raise ChesError(f"the trained model's tokenizer is not the one the rows were scored with "
-                        f"({reference.get('tokenizer')!r}); pass that one as tokenizer= (--tokenizer), so that the audit "
-                        "runs the same token sequences.")
+    check_same_tokens(dataset, trained_tokenizer, reference)
     after, info = score_run(dataset, model, trained_tokenizer, logps=True, max_length=reference.get("max_length"),
                             columns=reference.get("columns"), **score_kwargs)
-    if replaces:
-        dataset = dataset.remove_columns(list(AUDIT_COLUMNS))
     before = {name: np.asarray(column(dataset, name), dtype=np.float64) for name in LOGPS_COLUMNS}
     moved = {name: np.asarray(column(after, name), dtype=np.float64) for name in LOGPS_COLUMNS}
     chosen_change = moved["chosen_logps"] - before["chosen_logps"]
@@ -118,7 +118,34 @@ def audit(scored: Data, model, tokenizer=None, *, split: str | None = None, resa
         dataset = dataset.add_column(name, array.tolist(), feature=datasets.Value("float64"))
     displaced = [None if math.isnan(change) else bool(change < 0) for change in chosen_change]
     dataset = dataset.add_column("displaced", displaced, feature=datasets.Value("bool"))
-    return AuditResult(dataset, audit_summary(dataset, resamples=resamples, seed=seed), info)
+    return AuditResult(dataset, audit_summary(dataset, resamples=resamples, seed=seed), info, next_round=after)
+
+
+def check_same_tokens(dataset: datasets.Dataset, tokenizer, reference: dict) -> None:
+    """Refuse, before any model runs, rows whose tokens under ``tokenizer`` (with the scoring run's
+    ``max_length`` and ``columns``, from its ``reference`` record) are not those their log-probs were computed
+    on (their ``ches_token_digest``): text edited after scoring, another tokenizer or chat template, or a record
+    that belongs to another run. Data scored by an older ches (no digests) is checked by the tokenizer's
+    fingerprint instead."""
+    from .chunks import row_digests
+    from .models import tokenizer_fingerprint
+    from .rows import read_rows
+
+    if DIGEST_COLUMN not in dataset.column_names:
+        if tokenizer_fingerprint(tokenizer) != reference.get("tokenizer_fingerprint"):
+            raise ChesError(f"the trained model's tokenizer is not the one the rows were scored with "
+                            f"({reference.get('tokenizer')!r}); pass that one as tokenizer= (--tokenizer), so that the "
+                            "audit runs the same token sequences.")
+        return
+    stored = column(dataset, DIGEST_COLUMN)
+    now = row_digests(read_rows(dataset, None, reference.get("columns")), tokenizer, reference.get("max_length"))
+    differ = [row for row, (then, found) in enumerate(zip(stored, now)) if then is not None and then != found]
+    if differ:
+        shown = ", ".join(map(str, differ[:8])) + (", ..." if len(differ) > 8 else "")
+        raise ChesError(f"in {len(differ)} of {len(stored)} rows (rows {shown}) the tokens are not those the reference "
+                        "log-probs were computed on (text edited after scoring, another tokenizer than the scoring "
+                        f"run's {reference.get('tokenizer')!r}, or a .meta.json sidecar of another run, max_length="
+                        f"{reference.get('max_length')}); audit the rows exactly as scored, with that tokenizer.")
 
 
 def audit_summary(dataset: datasets.Dataset, *, resamples: int = 1000, seed: int = 0) -> dict:

@@ -108,6 +108,18 @@ def _plan(pair: Pair, tokenized: TokenizedPair, max_length: int | None, context:
     return plan
 
 
+def row_digests(source: RowSource, tokenizer, max_length: int | None) -> list[str | None]:
+    """Each row's :func:`~ches.tokens.token_digest` as a scoring run with ``tokenizer`` and ``max_length``
+    would record it (None for a row it would skip), without a model: a block of rows tokenized at a time."""
+    digests: list[str | None] = []
+    for begin in range(0, len(source.lengths), BLOCK_ROWS):
+        pairs = source.pairs(begin, min(begin + BLOCK_ROWS, len(source.lengths)))
+        for pair, tokens in zip(pairs, tokenize_pairs(pairs, tokenizer, first_row=begin)):
+            plan = _plan(pair, tokens, max_length, None)
+            digests.append(sequence_digest(plan) if isinstance(plan, SequencePair) else None)
+    return digests
+
+
 def sample_work(sources: Sequence[RowSource], loaded: LoadedModel, *, max_length: int | None,
                 rows: int = 512) -> list[SequencePair]:
     """The planned pairs of up to ``rows`` rows spread evenly over ``sources``: what the layout estimate

@@ -175,12 +175,17 @@ def run_audit(args) -> Outcome:
     from .options import AUDIT_SCORE_OPTIONS, AuditOptions
 
     check_outputs(args)
-    result = audit(args.data, args.model, args.tokenizer, **option_values(args, AuditOptions),
-                   **score_kwargs(args, AUDIT_SCORE_OPTIONS))
+    values = option_values(args, AuditOptions)
+    next_round = values.pop("next_round")
+    if next_round and not args.output:
+        raise ChesError("--next-round says what --output holds (the rows as the trained model scores them); pass "
+                        "--output too.")
+    result = audit(args.data, args.model, args.tokenizer, **values, **score_kwargs(args, AUDIT_SCORE_OPTIONS))
     print(format_audit(result.summary))
-    meta = {"run": result.info.as_dict(), "audit": result.summary, **rows_written(result.dataset)}
+    written = result.next_round if next_round else result.dataset
+    meta = {"run": result.info.as_dict(), "audit": result.summary, "next_round": next_round, **rows_written(written)}
     if args.output:
-        return Outcome(meta, dataset=result.dataset, output=args.output)
+        return Outcome(meta, dataset=written, output=args.output)
     return Outcome(meta)
 
 
@@ -246,6 +251,11 @@ def _main(argv: list[str], started: str) -> int:
 
         if not Process.current().is_main:  # under torchrun / accelerate only rank 0 writes
             return 0
+        if outcome.dataset is not None:  # what the rows' log-probs were computed with travels with them
+            from .columns import reference_of
+
+            reference = reference_of(outcome.dataset)
+            meta = {**meta, **({"reference": reference} if reference is not None else {})}
         if outcome.dataset is not None:
             from .export import write_dataset
 

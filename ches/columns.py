@@ -35,6 +35,13 @@ LOGPS_COLUMNS = tuple(LOGPS_TYPES)
 #: columns added by ``ches.rank``
 RANK_TYPES = {"ches_rank": "int64", "ches_percentile": "float64"}
 RANK_COLUMNS = tuple(RANK_TYPES)
+#: columns added by ``ches.audit`` (:mod:`ches.auditing`): the trained model's log-probs, their change from the
+#: reference's, and whether the preferred response lost probability
+AUDIT_TYPES = {"chosen_logps_after": "float64", "rejected_logps_after": "float64", "chosen_change": "float64",
+               "rejected_change": "float64", "displaced": "bool"}
+AUDIT_COLUMNS = tuple(AUDIT_TYPES)
+#: what an earlier ches run added beside its scores, which a new scoring run drops when it does not compute it
+STALE_COLUMNS = LOGPS_COLUMNS + RANK_COLUMNS + AUDIT_COLUMNS
 #: the measures pairs are selected by, with their sign (+1: higher = more similar pair, more likely to displace)
 MEASURES = {"ln_ches": 1.0, "ches": 1.0, "last_hidden_ip": 1.0, "edit_distance": -1.0}
 #: the measure ``ches.filter``, ``ches.rank``, the CLI and the report use unless told otherwise (the paper filters by it)
@@ -136,14 +143,22 @@ def check_output_columns(column_names, added: tuple[str, ...], read: list[str], 
 
 def add_score_columns(dataset, columns: dict[str, list]):
     """``dataset`` (a ``datasets.Dataset``) with the :data:`SCORE_COLUMNS` ``columns`` (and the
-    :data:`LOGPS_COLUMNS` when there) appended, typed as :data:`SCORE_TYPES`; an earlier run's score columns
-    (all of them: :func:`check_output_columns`) are replaced."""
-    import datasets
+    :data:`LOGPS_COLUMNS` when there) appended, typed as :data:`SCORE_TYPES`. An earlier run's score columns
+    (all of them: :func:`check_output_columns`) are replaced, and what that run added that this one does not
+    replace (:data:`STALE_COLUMNS`: its log-probs, ranks, audit columns, and its reference record) is dropped,
+    so that no number of another model or run stays beside the new scores; both are logged."""
+    import copy
 
     clashes = [name for name in columns if name in dataset.column_names]
     if clashes:
-        logger.info("replacing the score columns of an earlier run with new scores")
-        dataset = dataset.remove_columns(clashes)
+        stale = [name for name in STALE_COLUMNS if name in dataset.column_names and name not in columns]
+        logger.info("replacing the score columns of an earlier ches run (%s) with this run's%s; every other column "
+                    "is kept as it was", ", ".join(clashes),
+                    f", and dropping its {', '.join(stale)}, which this run does not compute" if stale else "")
+        dataset = dataset.remove_columns(clashes + stale)
+        dataset._info = copy.deepcopy(dataset.info)  # the caller's dataset keeps its own record
+        if reference_of(dataset) is not None:  # the earlier run's reference no longer describes these rows
+            dataset.info.description = ""
     types = {**SCORE_TYPES, **LOGPS_TYPES}
     for name in [name for name in types if name in columns]:
         dataset = dataset.add_column(name, columns[name], feature=column_feature(name),
@@ -175,17 +190,46 @@ def with_reference(dataset, run):
     import copy
 
     record = run.as_dict() if hasattr(run, "as_dict") else dict(run)
+    if "options" in record:  # a run's record: the reference's fields of it
+        reference = {name: record.get(name) for name in REFERENCE_FIELDS}
+        reference["max_length"] = (record.get("options") or {}).get("max_length")
+        reference["columns"] = (record.get("options") or {}).get("columns")
+    else:  # already a reference record (reference_of, sidecar_reference)
+        reference = dict(record)
     dataset._info = copy.deepcopy(dataset.info)  # the caller's own dataset keeps its description
-    reference = {name: record.get(name) for name in REFERENCE_FIELDS}
-    reference["max_length"] = (record.get("options") or {}).get("max_length")
-    reference["columns"] = (record.get("options") or {}).get("columns")
     dataset.info.description = json.dumps({"ches_reference": reference})
     return dataset
 
 
 def reference_of(dataset) -> dict | None:
-    """What :func:`with_reference` recorded on ``dataset``, or None."""
+    """What :func:`with_reference` recorded on ``dataset`` (on a ``DatasetDict``: on its first split that has a
+    record), or None."""
+    if hasattr(dataset, "keys"):
+        return next((found for part in dataset.values() if (found := reference_of(part)) is not None), None)
     try:
         return json.loads(dataset.info.description or "{}").get("ches_reference")
     except (ValueError, AttributeError):
         return None
+
+
+def sidecar_reference(meta: dict) -> dict | None:
+    """The reference record in the ``.meta.json`` sidecar of a file ches wrote: what the log-probs in the file
+    were computed with. Every command that writes rows carrying log-probs records it as ``reference``; a
+    sidecar written before that has it only as the ``run`` of ``ches score`` / ``ches pairs`` (never another
+    command's ``run``: ``ches audit``'s is the trained model's, not the reference's).
+
+    >>> sidecar_reference({"reference": {"model": "sft"}, "run": {"model": "dpo", "model_fingerprint": "x"}})
+    {'model': 'sft'}
+    >>> sidecar_reference({"command": ["ches", "audit"], "run": {"model": "dpo", "model_fingerprint": "x"}}) is None
+    True
+    """
+    if isinstance(meta.get("reference"), dict):
+        return meta["reference"]
+    command = meta.get("command") or []
+    run = meta.get("run")
+    if len(command) > 1 and command[1] in ("score", "pairs") and isinstance(run, dict) and run.get("model_fingerprint"):
+        reference = {name: run.get(name) for name in REFERENCE_FIELDS}
+        reference["max_length"] = (run.get("options") or {}).get("max_length")
+        reference["columns"] = (run.get("options") or {}).get("columns")
+        return reference
+    return None

@@ -19,7 +19,7 @@ from typing import Any, Union
 
 import datasets
 
-from .columns import RANK_COLUMNS, SCORE_COLUMNS, column_feature, typed_cell, with_reference
+from .columns import RANK_COLUMNS, SCORE_COLUMNS, column_feature, sidecar_reference, typed_cell, with_reference
 from .errors import ChesError, one_line
 from .formats import PAIR_COLUMNS, TEMPLATE_COLUMNS, Pair, to_pairs
 from .paths import DATA_SUFFIXES, check_data_exists
@@ -103,12 +103,11 @@ def _sidecar_reference(dataset: datasets.Dataset, path: Path) -> datasets.Datase
     as :func:`ches.columns.with_reference` records it on a dataset), so a trainer can check it."""
     sidecar = path.with_name(path.name + ".meta.json")
     try:
-        run = json.loads(sidecar.read_text(encoding="utf-8")).get("run") if sidecar.is_file() else None
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError):
         return dataset  # an unreadable sidecar is warned about where its metadata is recorded (ches.cli)
-    if isinstance(run, dict) and run.get("model_fingerprint"):
-        return with_reference(dataset, run)
-    return dataset
+    reference = sidecar_reference(meta) if isinstance(meta, dict) else None
+    return dataset if reference is None else with_reference(dataset, reference)
 
 
 def _load_file(path: Path) -> datasets.Dataset:

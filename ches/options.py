@@ -441,9 +441,14 @@ class AuditOptions:
     split: str | None = _option(help="split of a folder with several splits")
     seed: int = _option(0, help="seeds the bootstrap of the intervals", type=int)
     resamples: int = _option(1000, help="bootstrap resamples for the 95 percent intervals", type=int)
+    next_round: bool = _option(False, help="write the rows as the trained model scores them (its scores and "
+                                           "log-probs, recorded as its reference) instead of the audit columns: "
+                                           "the data of a second DPO round from the trained model", type=bool)
 
     def __post_init__(self) -> None:
         _positive("resamples", self.resamples, minimum=1, none="")
+        if not isinstance(self.next_round, bool):
+            raise ChesError(f"next_round={self.next_round!r} must be True or False.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ChesError(f"seed={self.seed!r} must be an integer >= 0.")
 

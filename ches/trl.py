@@ -7,25 +7,38 @@ already ran that model (the SFT model *is* DPO's reference) over exactly TRL's t
 semantics on those numbers: no reference model is created or run, nothing is recomputed, and the losses
 are TRL's own::
 
-    scored = ches.score("pairs.jsonl", "path/to/sft", logps=True, max_length=1024)
-    trainer = ches.trl.DPOTrainer(model=policy, args=DPOConfig(max_length=1024, ...),
+    scored = ches.score("pairs.jsonl", "path/to/sft", logps=True)
+    trainer = ches.trl.DPOTrainer(model=policy, args=DPOConfig(...),
                                   train_dataset=ches.filter(scored, 0.95), processing_class=tokenizer)
     trainer.train()
 
-It refuses, in one line, data whose log-probs do not belong to this run: no ``chosen_logps`` /
-``rejected_logps`` columns (score with ``logps=True``), NaN in them (rows ches skipped: filter them first),
-no record of what they were computed with, another model (a hash of the weights the trainer starts from),
-another tokenizer, another ``max_length``, or a truncation other than TRL's ``keep_start``.
+The log-probs are checked by *content*: every scored row carries ``ches_token_digest``, the digest of the
+exact tokens its log-probs were computed on (:func:`ches.tokens.token_digest`). Once TRL has tokenized the
+data its own way (with the trainer's ``processing_class``, or the one TRL loads when it is None, its chat
+template, its EOS and its ``max_length`` truncation), each row's digest is compared with TRL's tokens, and
+only rows whose tokens differ are refused, in one line naming them (text edited after scoring, another
+tokenizer or template, a ``max_length`` that truncates them otherwise). A ``max_length`` that truncates
+nothing, or another tokenizer object that gives the same ids, is accepted. Also refused, each in one line,
+before TRL tokenizes anything: no ``chosen_logps`` / ``rejected_logps`` columns (score with ``logps=True``),
+NaN in them (rows ches skipped: filter them first), no record of the model they came from, other weights
+than the model the trainer starts from (a hash of the weights), a truncation other than ``keep_start``,
+and ``DPOConfig(ld_alpha=...)``, under which TRL's reference is not the plain sum of the completion's
+log-probs. A loss that uses no reference (``loss_type="sft"``) is said to, in the log.
+
+Data scored by an older ches, without the digest column, is checked by its record instead (the same
+tokenizer and ``max_length``).
 
 Needs TRL (``pip install 'ches[trl]'``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from typing import Any
 
-from .columns import LOGPS_COLUMNS, reference_of
+from .columns import DIGEST_COLUMN, LOGPS_COLUMNS, reference_of
 from .errors import ChesError
 
 try:
@@ -33,92 +46,171 @@ try:
 except ImportError:  # TRL stays optional: say how to get it
     raise ChesError("ches.trl needs TRL: pip install 'ches[trl]' (or pip install 'trl>=1.16').") from None
 
+logger = logging.getLogger("ches")
+
 #: ches' column -> the column TRL's trainer reads its precomputed reference log-probs from
 TRL_COLUMNS = {"chosen_logps": "ref_chosen_logps", "rejected_logps": "ref_rejected_logps"}
+#: the column that carries each row's number in the data given, through TRL's preparation (errors name rows by it)
+ROW_COLUMN = "ches_row"
+#: TRL's names of the columns a preference row is read from
+ROLES = ("prompt", "chosen", "rejected")
+#: the loss types of TRL 1.16 that use no reference log-probs
+REFERENCE_FREE_LOSSES = frozenset({"sft"})
 
 
 class DPOTrainer(_trl.DPOTrainer):
     """TRL's ``DPOTrainer``, its reference log-probs read from ches' ``chosen_logps`` / ``rejected_logps``.
 
     Takes TRL's arguments (``ref_model`` excepted: the reference is the data's); ``args`` gets
-    ``precompute_ref_log_probs=True``. See the module docstring for what is checked.
+    ``precompute_ref_log_probs=True`` (``args=None`` is TRL's default ``DPOConfig``). See the module docstring
+    for what is checked.
     """
 
     def __init__(self, model=None, ref_model=None, args=None, train_dataset=None, eval_dataset=None,
                  processing_class=None, **kwargs: Any) -> None:
-        import dataclasses
-
         if ref_model is not None:
             raise ChesError("ches.trl.DPOTrainer takes its reference log-probs from the data, so ref_model would "
                             "never run; drop ref_model.")
-        if args is None:
-            raise ChesError("ches.trl.DPOTrainer needs args=DPOConfig(...), with the max_length the data was scored with.")
-        if getattr(args, "truncation_mode", "keep_start") != "keep_start":
-            raise ChesError(f"DPOConfig(truncation_mode={args.truncation_mode!r}), but ches truncates as TRL's "
-                            "keep_start does; train with truncation_mode='keep_start'.")
-        args = dataclasses.replace(args, precompute_ref_log_probs=True)
-        if isinstance(model, str):
+        if isinstance(model, str) or model is None:
             raise ChesError("pass ches.trl.DPOTrainer a loaded model (its weights are checked against those the "
                             "log-probs came from), e.g. AutoModelForCausalLM.from_pretrained(path).")
-        if train_dataset is not None:
-            train_dataset = reference_columns(train_dataset, "train_dataset", model, processing_class, args.max_length)
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {name: reference_columns(part, f"eval_dataset[{name!r}]", model, processing_class,
-                                                    args.max_length) for name, part in eval_dataset.items()}
-        elif eval_dataset is not None:
-            eval_dataset = reference_columns(eval_dataset, "eval_dataset", model, processing_class, args.max_length)
-        super().__init__(model=model, ref_model=None, args=args, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        if args is None:  # what TRL's trainer makes of args=None
+            name = str(getattr(model.config, "_name_or_path", "") or type(model).__name__).rstrip("/").split("/")[-1]
+            args = _trl.DPOConfig(f"{name}-DPO")
+        check_config(args)
+        if isinstance(train_dataset, dict):  # a DatasetDict
+            raise ChesError(f"train_dataset is a DatasetDict with splits {sorted(train_dataset)}; pass one split, e.g. "
+                            f"train_dataset=scored[{sorted(train_dataset)[0]!r}].")
+        from .cache import model_fingerprint
+
+        self._ches_start = model_fingerprint(model)  # the weights DPO starts from: the reference's, if the data is right
+        super().__init__(model=model, ref_model=None, args=dataclasses.replace(args, precompute_ref_log_probs=True),
+                         train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
+                         **kwargs)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name: str):
+        """Check the data's reference and put it under TRL's names (before TRL tokenizes it), then TRL's own
+        preparation; a dataset TRL already prepared (it has ``prompt_ids``) goes straight through."""
+        if "prompt_ids" not in dataset.column_names:
+            dataset = reference_columns(dataset, _label(dataset_name), self._ches_start, processing_class,
+                                        args.max_length)
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
-        """Nothing to compute: the data carries its reference log-probs (checked when the trainer was made)."""
+        """Nothing to compute: the data carries its reference log-probs. Each row's tokens, as TRL prepared
+        them, must be those the log-probs were computed on (:func:`check_tokens`)."""
         missing = [column for column in TRL_COLUMNS.values() if column not in dataset.column_names]
         if missing:
             raise ChesError(f"the {name} dataset lost its reference log-probs ({', '.join(missing)}) on the way into "
                             "TRL's trainer; pass the dataset ches.score(..., logps=True) returned.")
-        return dataset
+        check_tokens(dataset, _label(name), self.args.max_length)
+        return dataset.remove_columns([column for column in (DIGEST_COLUMN, ROW_COLUMN) if column in dataset.column_names])
 
 
-def reference_columns(dataset, what: str, model, tokenizer, max_length: int | None):
-    """``dataset`` with ches' log-probs under the names TRL's trainer reads (:data:`TRL_COLUMNS`), after
-    checking that they are this run's reference: present, finite, computed with this model, tokenizer and
-    ``max_length`` (see the module docstring)."""
+def _label(name: str) -> str:
+    return {"train": "train_dataset", "eval": "eval_dataset"}.get(name, f"eval_dataset[{name!r}]")
+
+
+def check_config(args) -> None:
+    """Refuse a ``DPOConfig`` under which TRL's reference is not what ches computed, the plain sum of each
+    completion's log-probs after ``keep_start`` truncation; say when the loss uses no reference at all."""
+    if getattr(args, "truncation_mode", "keep_start") != "keep_start":
+        raise ChesError(f"DPOConfig(truncation_mode={args.truncation_mode!r}), but ches truncates as TRL's "
+                        "keep_start does; train with truncation_mode='keep_start'.")
+    if getattr(args, "ld_alpha", None) is not None:
+        raise ChesError(f"DPOConfig(ld_alpha={args.ld_alpha}) makes TRL's reference a weighted sum (LD-DPO: the "
+                        "log-probs of tokens past the shorter completion's length times ld_alpha), but ches' "
+                        "chosen_logps/rejected_logps are plain sums; train with ld_alpha=None, or use trl.DPOTrainer "
+                        "with its own reference model for LD-DPO.")
+    losses = args.loss_type if isinstance(args.loss_type, (list, tuple)) else [args.loss_type]
+    if set(losses) <= REFERENCE_FREE_LOSSES:
+        logger.info("DPOConfig(loss_type=%s) uses no reference log-probs: ches' chosen_logps/rejected_logps are "
+                    "checked but not used", list(losses))
+
+
+def reference_columns(dataset, what: str, start_fingerprint: str | None, tokenizer=None,
+                      max_length: int | None = None):
+    """``dataset`` ready for TRL's preparation: ches' log-probs under the names TRL's trainer reads
+    (:data:`TRL_COLUMNS`), the columns it was scored from under TRL's names (``columns=`` of the scoring run),
+    and each row's number (:data:`ROW_COLUMN`), after checking that the log-probs are present, finite and
+    were computed with the weights ``start_fingerprint`` hashes (:func:`ches.cache.model_fingerprint`). For
+    data without :data:`~ches.columns.DIGEST_COLUMN` (an older ches) also the record's tokenizer and
+    ``max_length``."""
+    if isinstance(dataset, dict):
+        raise ChesError(f"{what} is a DatasetDict with splits {sorted(dataset)}; pass one split, or a dict of "
+                        "splits as eval_dataset.")
     missing = [name for name in LOGPS_COLUMNS if name not in dataset.column_names]
     if missing:
         raise ChesError(f"{what} has no {', '.join(missing)} column(s); score it with ches.score(..., logps=True) "
                         "(ches score --logps), which gives the reference log-probs the trainer uses.")
-    clash = [name for name in TRL_COLUMNS.values() if name in dataset.column_names]
+    clash = [name for name in (*TRL_COLUMNS.values(), ROW_COLUMN) if name in dataset.column_names]
     if clash:
         raise ChesError(f"{what} already has {', '.join(clash)}; drop them, so that the reference is ches' only.")
     for name in LOGPS_COLUMNS:
-        bad = [row for row, value in enumerate(dataset[name]) if value is None or not math.isfinite(value)]
+        bad = [row for row, value in enumerate(dataset[name][:]) if value is None or not math.isfinite(value)]
         if bad:
             raise ChesError(f"{what}: column {name!r} is NaN in {len(bad)} row(s) (e.g. row {bad[0]}): rows ches "
                             "could not score (see ches_skip); filter them first, e.g. ches.filter(data, 1.0) keeps "
                             "every scored row.")
     reference = reference_of(dataset)
     if reference is None:
-        raise ChesError(f"{what} carries no record of the model its log-probs came from; pass the dataset "
-                        "ches.score(..., logps=True) returned, or load the file it wrote with "
-                        "ches.inputs.load_data(path) (its .meta.json sidecar says what they were computed with).")
-    _check_reference(reference, what, model, tokenizer, max_length)
+        raise ChesError(f"{what} carries no record of the model its log-probs came from (a Dataset rebuilt from rows, "
+                        "or a file whose .meta.json sidecar is missing); pass the dataset ches.score(..., logps=True) "
+                        "or ches.filter returned, or load the file ches wrote with ches.inputs.load_data(path), its "
+                        "sidecar beside it.")
+    if start_fingerprint is not None and start_fingerprint != reference.get("model_fingerprint"):
+        raise ChesError(f"{what}'s log-probs came from other weights than the model the trainer starts from "
+                        f"(scored with {reference.get('model')!r} in {reference.get('dtype')}); the reference must be "
+                        "the model DPO starts from: score the data with it.")
+    if DIGEST_COLUMN not in dataset.column_names:
+        _check_record(reference, what, tokenizer, max_length)
+    dataset = _roles_by_trl_names(dataset, reference.get("columns"), what)
     for ours, theirs in TRL_COLUMNS.items():
         dataset = dataset.rename_column(ours, theirs)
-    return dataset
+    return dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
 
 
-def _check_reference(reference: dict, what: str, model, tokenizer, max_length: int | None) -> None:
-    from .cache import model_fingerprint
+def _roles_by_trl_names(dataset, columns: dict | None, what: str):
+    """``dataset`` with the columns the scoring run read for each role (its ``columns=``) renamed to TRL's
+    role names, which TRL's trainer reads."""
+    renames = {column: role for role, column in (columns or {}).items()
+               if role in ROLES and column != role and column in dataset.column_names}
+    taken = [role for role in renames.values() if role in dataset.column_names]
+    if taken:
+        raise ChesError(f"{what} was scored with columns={columns}, but TRL's trainer reads {taken[0]!r}, which is "
+                        f"another column of the data; rename or drop {taken[0]!r}.")
+    return dataset.rename_columns(renames) if renames else dataset
+
+
+def check_tokens(dataset, what: str, max_length: int | None) -> None:
+    """Refuse the rows of a TRL-prepared ``dataset`` (``prompt_ids``, ``chosen_ids``, ``rejected_ids``) whose
+    tokens, cut at ``max_length`` as TRL's collator cuts them, are not those their log-probs were computed on
+    (:data:`~ches.columns.DIGEST_COLUMN`); rows are named by their number in the data given."""
+    from .tokens import token_digest
+
+    if DIGEST_COLUMN not in dataset.column_names:
+        return
+    expected = dataset[DIGEST_COLUMN][:]
+    rows = dataset[ROW_COLUMN][:] if ROW_COLUMN in dataset.column_names else list(range(len(dataset)))
+    ids = zip(dataset["prompt_ids"][:], dataset["chosen_ids"][:], dataset["rejected_ids"][:])
+    differ = [row for row, digest, (prompt, chosen, rejected) in zip(rows, expected, ids)
+              if digest != token_digest(prompt, chosen, rejected, max_length)]
+    if differ:
+        shown = ", ".join(map(str, differ[:8])) + (", ..." if len(differ) > 8 else "")
+        raise ChesError(f"{what}: in {len(differ)} of {len(rows)} rows (rows {shown}) the tokens TRL trains on are not "
+                        "those ches computed the reference log-probs on (text edited after scoring, another "
+                        f"tokenizer or chat template, or DPOConfig(max_length={max_length}) truncating them "
+                        "otherwise); score those rows again with this tokenizer and max_length, or drop them.")
+
+
+def _check_record(reference: dict, what: str, tokenizer, max_length: int | None) -> None:
+    """Data without token digests (scored by an older ches): the record's tokenizer and ``max_length``."""
     from .models import tokenizer_fingerprint
 
     if reference.get("max_length") != max_length:
         raise ChesError(f"{what} was scored with max_length={reference.get('max_length')!r} but the trainer truncates "
-                        f"at DPOConfig(max_length={max_length!r}); score again with max_length={max_length!r}, or "
-                        f"train with max_length={reference.get('max_length')!r}.")
-    if model is not None and model_fingerprint(model) != reference.get("model_fingerprint"):
-        raise ChesError(f"{what}'s log-probs came from other weights than the model the trainer starts from "
-                        f"(scored with {reference.get('model')!r} in {reference.get('dtype')}); the reference must be "
-                        "the model DPO starts from: score the data with it.")
+                        f"at DPOConfig(max_length={max_length!r}), and it has no {DIGEST_COLUMN} column to check its "
+                        "tokens by (scored by an older ches): score it again.")
     if tokenizer is not None and tokenizer_fingerprint(tokenizer) != reference.get("tokenizer_fingerprint"):
         raise ChesError(f"{what} was tokenized by another tokenizer ({reference.get('tokenizer')!r}) than the "
                         "trainer's processing_class; pass that one, or score the data again with this one.")
