@@ -42,6 +42,9 @@ if TYPE_CHECKING:  # imported by write_dataset only, so that the output checks r
 
 FILE_WRITERS = {".parquet": "to_parquet", ".jsonl": "to_json", ".json": "to_json", ".csv": "to_csv"}
 COMPRESSIBLE = (".jsonl", ".json", ".csv")
+#: what each text writer is told: JSON numbers with 15 decimals (pandas' most; its default, 10, rounds a
+#: log-prob of -644.4286050796509 to -644.4286050797), no index column in CSV
+WRITER_OPTIONS = {".jsonl": {"double_precision": 15}, ".json": {"double_precision": 15}, ".csv": {"index": False}}
 DATASET_FOLDER_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
 
 
@@ -198,7 +201,7 @@ def write_dataset(dataset: datasets.Dataset | datasets.DatasetDict, output: str 
         with staged(output) as temporary:
             plain = temporary.with_name(temporary.name + extension)
             try:
-                getattr(dataset, FILE_WRITERS[extension])(str(plain), **({"index": False} if extension == ".csv" else {}))
+                getattr(dataset, FILE_WRITERS[extension])(str(plain), **WRITER_OPTIONS.get(extension, {}))
                 if gzipped:
                     with open(plain, "rb") as source, gzip.open(temporary, "wb") as target:
                         shutil.copyfileobj(source, target)
