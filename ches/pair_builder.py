@@ -525,7 +525,7 @@ ROW_COLUMNS = ("candidates", "chosen_index", "rejected_index", "source_row", "un
 def output_columns(logps: bool = False) -> tuple[str, ...]:
     """The columns ches.pairs writes, in order (the row's carried columns follow them).
 
-    >>> output_columns()[:6], output_columns(logps=True)[14:16]
+    >>> output_columns()[:6], output_columns(logps=True)[15:17]
     (('prompt', 'chosen', 'rejected', 'chosen_rating', 'rejected_rating', 'ches'), ('chosen_logps', 'rejected_logps'))
     """
     return PAIR_COLUMNS + SCORE_COLUMNS + (LOGPS_COLUMNS if logps else ()) + ROW_COLUMNS

@@ -122,7 +122,8 @@ def test_logps_travel_through_the_cli_filter_and_the_cache(tmp_path, capsys):
     kept = tmp_path / "kept.jsonl"
     assert main(["filter", str(scores), "--keep", "4", "--no-scores", "-o", str(kept)]) == 0
     first = json.loads(kept.read_text().splitlines()[0])
-    assert set(first) == {"prompt", "chosen", "rejected", "chosen_logps", "rejected_logps"}  # CHES' own columns dropped
+    assert set(first) == {"prompt", "chosen", "rejected", "chosen_logps", "rejected_logps",  # CHES' own columns dropped,
+                          "ches_token_digest"}  # but not the digest of the tokens the log-probs belong to
     again = ches.score(str(data), model, logps=True, cache_dir=str(tmp_path / "cache"), progress=False)
     assert list(again["chosen_logps"]) == list(written["chosen_logps"])  # from the cache shards
     plain = ches.score(str(data), model, cache_dir=str(tmp_path / "cache"), progress=False)
