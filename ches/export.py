@@ -23,6 +23,7 @@ The rules, for every file ches writes (datasets, sidecars, reports, embeddings, 
 from __future__ import annotations
 
 import contextlib
+import csv
 import ctypes
 import gzip
 import json
@@ -43,6 +44,12 @@ if TYPE_CHECKING:  # imported by write_dataset only, so that the output checks r
 FILE_WRITERS = {".parquet": "to_parquet", ".jsonl": "to_json", ".json": "to_json", ".csv": "to_csv"}
 COMPRESSIBLE = (".jsonl", ".json", ".csv")
 DATASET_FOLDER_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
+#: how a CSV file is written (``pandas.DataFrame.to_csv`` keywords, through ``Dataset.to_csv``): every text field
+#: quoted, numbers not. Quoting only what holds a comma, a quote or ``\n`` (pandas' default) leaves a lone ``\r``
+#: bare, and pandas' reader ends a row there: one row read back as two, the rest shifted. Quoted, every line-break
+#: character (``\r``, ``\r\n``, ``\x0b``, ``\x0c``, ``\x1c``-``\x1e``, ``\x85``, ``\u2028``, ``\u2029``) reads
+#: back as written (:func:`ches.inputs.load_data`).
+CSV_OPTIONS = {"index": False, "quoting": csv.QUOTE_NONNUMERIC}
 
 
 def sidecar_path(output: str | os.PathLike) -> Path:
@@ -198,7 +205,7 @@ def write_dataset(dataset: datasets.Dataset | datasets.DatasetDict, output: str 
         with staged(output) as temporary:
             plain = temporary.with_name(temporary.name + extension)
             try:
-                getattr(dataset, FILE_WRITERS[extension])(str(plain), **({"index": False} if extension == ".csv" else {}))
+                getattr(dataset, FILE_WRITERS[extension])(str(plain), **(CSV_OPTIONS if extension == ".csv" else {}))
                 if gzipped:
                     with open(plain, "rb") as source, gzip.open(temporary, "wb") as target:
                         shutil.copyfileobj(source, target)
