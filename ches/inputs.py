@@ -19,7 +19,7 @@ from typing import Any, Union
 
 import datasets
 
-from .columns import RANK_COLUMNS, SCORE_COLUMNS, column_feature, typed_cell, with_reference
+from .columns import all_types, column_feature, typed_cell, with_reference
 from .errors import ChesError, one_line
 from .formats import PAIR_COLUMNS, TEMPLATE_COLUMNS, Pair, to_pairs
 from .paths import DATA_SUFFIXES, check_data_exists
@@ -132,26 +132,44 @@ def _load_file(path: Path) -> datasets.Dataset:
         import pandas
 
         try:
-            frame = pandas.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+            # every cell as a Python str (dtype=str is pandas 3's Arrow strings, large_string in datasets: not the
+            # string type the same rows have read from Parquet or JSON); no cell read as NaN
+            frame = pandas.read_csv(path, dtype=object, keep_default_na=False, na_values=[])
         except (pandas.errors.ParserError, pandas.errors.EmptyDataError, UnicodeDecodeError) as error:
             raise ChesError(f"{path}: not a readable CSV file ({one_line(error)}).") from None
         dataset = datasets.Dataset.from_pandas(frame, preserve_index=False)
-        return _typed_score_columns(dataset)
+        return _typed_score_columns(dataset, path)
     raise ChesError(f"cannot tell the format of {path}: expected a name ending in {', '.join(SUFFIXES)} (optionally + .gz).")
 
 
-def _typed_score_columns(dataset: datasets.Dataset) -> datasets.Dataset:
-    """Score columns of a CSV file (read as text) back as numbers, empty cells as NaN / None, so a
-    scored CSV goes through ``ches filter`` and ``ches report`` like a Parquet file."""
+def _typed_score_columns(dataset: datasets.Dataset, path: Path | str = "the CSV file") -> datasets.Dataset:
+    """The columns ches writes (:func:`ches.columns.all_types`: scores, log-probs, ranks, audit columns) of a
+    CSV file, read as text, back in their types (empty cells as NaN / None), so that a CSV file ches wrote
+    reads back as its Parquet file does, and goes through ``ches filter``, ``ches audit`` and ``ches report``
+    alike; the other columns stay text."""
     order = dataset.column_names
-    present = [name for name in SCORE_COLUMNS + RANK_COLUMNS if name in order]
+    present = [name for name in all_types() if name in order]
     for name in present:
+        texts = dataset[name]
         try:
-            values = [typed_cell(name, text) for text in dataset[name]]
-        except ValueError as error:
-            raise ChesError(f"column {name!r} of the CSV file holds a value that is not a number ({error}).") from None
+            values = [typed_cell(name, text) for text in texts]
+        except ValueError:
+            row, text = next((row, text) for row, text in enumerate(texts) if not _fits(name, text))
+            kind = all_types()[name]
+            raise ChesError(f"{path}, row {row}, column {name!r}: {text!r} is not a {kind} value, which ches writes "
+                            "there; is it a file ches wrote? Rename your own column if it only shares the name."
+                            ) from None
         dataset = dataset.remove_columns(name).add_column(name, values, feature=column_feature(name))
     return dataset.select_columns(order) if present else dataset
+
+
+def _fits(name: str, text: str) -> bool:
+    """Whether :func:`ches.columns.typed_cell` reads ``text`` as a value of column ``name``."""
+    try:
+        typed_cell(name, text)
+    except ValueError:
+        return False
+    return True
 
 
 def _open(path: Path, mode: str = "rt"):
