@@ -26,6 +26,7 @@ import contextlib
 import csv
 import ctypes
 import gzip
+import hashlib
 import json
 import math
 import os
@@ -60,6 +61,22 @@ def sidecar_path(output: str | os.PathLike) -> Path:
     """
     output = Path(output)
     return output.with_name(output.name + ".meta.json")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read a MiB at a time (the sidecar records the input's and the output's).
+
+    >>> import tempfile, pathlib
+    >>> empty = pathlib.Path(tempfile.mkdtemp()) / "empty"
+    >>> _ = empty.write_bytes(b"")
+    >>> file_sha256(empty)[:16]
+    'e3b0c44298fc1c14'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def dataset_format(output: str | os.PathLike) -> tuple[str | None, bool]:

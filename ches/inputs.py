@@ -93,19 +93,72 @@ def _load_path(path: str, split: str | None):
     if local.is_file():
         if split is not None:
             raise ChesError(f"split={split!r} was given, but {path} is a single file with no splits; drop --split/split=.")
-        return _sidecar_reference(_load_file(local), local)
+        dataset, sidecar = _load_file(local), _read_sidecar(local)
+        check_rows_written(dataset, local, sidecar)
+        return _sidecar_reference(dataset, sidecar)
     check_data_exists(path)  # a local path that does not exist is not tried as a Hub id
     return _load_hub(path, split)
 
 
-def _sidecar_reference(dataset: datasets.Dataset, path: Path) -> datasets.Dataset:
-    """A file ches wrote with log-probs, with what they were computed with (from its ``.meta.json`` sidecar,
-    as :func:`ches.columns.with_reference` records it on a dataset), so a trainer can check it."""
+def _read_sidecar(path: Path) -> dict | None:
+    """The ``.meta.json`` sidecar of a data file (what ches recorded when it wrote the file), or None: there is
+    none, or it cannot be read (warned about where its metadata is recorded, :func:`ches.flags.input_metadata`)."""
     sidecar = path.with_name(path.name + ".meta.json")
     try:
-        run = json.loads(sidecar.read_text(encoding="utf-8")).get("run") if sidecar.is_file() else None
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return dataset  # an unreadable sidecar is warned about where its metadata is recorded (ches.cli)
+        content = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def check_rows_written(dataset: datasets.Dataset, path: Path, sidecar: dict | None) -> None:
+    """Refuse a data file ches wrote whose rows, as read, are not as many as its sidecar records written.
+
+    Only a sidecar ches wrote for a dataset file is compared (it has ``rows_written``, and no
+    ``rows_written_per_split``: that is a folder's). A mismatch is always an error, never a warning:
+
+    - the file is byte for byte the one ches wrote (the ``output_sha256`` its sidecar records): the reader
+      split or joined rows, e.g. a text field holding a line break (a lone ``\\r`` in a CSV file an older
+      ches wrote) read as two rows, each after it shifted; the file must be written again;
+    - it is not (or the sidecar predates ``output_sha256``): the file was most likely edited after ches wrote
+      it (rows dropped or added in pandas, a spreadsheet), and its sidecar no longer describes it. Such an edit
+      is the user's right, but read on, the rows would carry a record (a run, log-probs' reference, a cut) of
+      other rows, and a misread file looks the same; so the user says which it is, by moving or deleting the
+      sidecar when the edit was intended. An edit that keeps the number of rows passes.
+
+    >>> rows = datasets.Dataset.from_list([{"chosen": "a", "rejected": "b"}])
+    >>> check_rows_written(rows, Path("s.csv"), {"rows_written": 1})
+    >>> check_rows_written(rows, Path("s.csv"), {"rows_written": 2})
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: s.csv: 1 rows read, but its sidecar s.csv.meta.json records 2 rows written by ches; the file was changed after ches wrote it, or a text field holding a line break was read as two rows: if the change was intended, move or delete s.csv.meta.json (it describes the file as ches wrote it); if not, write the file again.
+    """
+    written = sidecar.get("rows_written") if isinstance(sidecar, dict) else None
+    if not isinstance(written, int) or isinstance(written, bool) or "rows_written_per_split" in sidecar:
+        return
+    read = dataset.num_rows
+    if read == written:
+        return
+    from .export import file_sha256, sidecar_path
+
+    record = sidecar_path(path)
+    digest = sidecar.get("output_sha256")
+    if isinstance(digest, str) and path.is_file() and file_sha256(path) == digest:
+        cause = ("the file is as ches wrote it, so the reader split its rows: a text field holding a line break (a "
+                 "lone \\r in a CSV file an older ches wrote) read as two rows; write the file again with this ches "
+                 "(from a Parquet or JSON Lines copy, or by the command its sidecar records)")
+    else:
+        cause = (f"the file was changed after ches wrote it, or a text field holding a line break was read as two "
+                 f"rows: if the change was intended, move or delete {record} (it describes the file as ches wrote "
+                 "it); if not, write the file again")
+    raise ChesError(f"{path}: {read} rows read, but its sidecar {record} records {written} rows written by ches; "
+                    f"{cause}.")
+
+
+def _sidecar_reference(dataset: datasets.Dataset, sidecar: dict | None) -> datasets.Dataset:
+    """A file ches wrote with log-probs, with what they were computed with (from its ``.meta.json`` sidecar,
+    as :func:`ches.columns.with_reference` records it on a dataset), so a trainer can check it."""
+    run = sidecar.get("run") if isinstance(sidecar, dict) else None
     if isinstance(run, dict) and run.get("model_fingerprint"):
         return with_reference(dataset, run)
     return dataset

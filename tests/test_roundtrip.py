@@ -105,3 +105,62 @@ def test_a_cell_that_is_not_of_its_columns_type_is_named(tmp_path):
     path.write_text("chosen,rejected,displaced\na,b,True\nc,d,maybe\n", encoding="utf-8")
     with pytest.raises(ChesError, match=r"x\.csv, row 1, column 'displaced': 'maybe' is not a bool value"):
         load_data(str(path))
+
+
+def scored_csv(tmp_path, rows: list[dict] | None = None):
+    """A scores file ``s.csv`` written by ``ches score`` (with its sidecar), from four hh rows."""
+    data = tmp_path / "d.jsonl"
+    rows = rows or standard_rows(hh_rows(4))
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    scores = tmp_path / "s.csv"
+    assert main(["score", str(data), "-m", str(MODEL_DIR), "-o", str(scores), "--no-progress"]) == 0
+    return scores
+
+
+def test_the_sidecar_records_the_output_digest(tmp_path):
+    from ches.export import file_sha256
+
+    scores = scored_csv(tmp_path)
+    meta = json.loads(sidecar_path(scores).read_text())
+    assert meta["rows_written"] == 4 and meta["output_sha256"] == file_sha256(scores)
+    assert load_data(str(scores)).num_rows == 4
+
+
+def test_a_file_as_ches_wrote_it_but_misread_is_refused(tmp_path, capsys):
+    """What an older ches wrote: a lone \\r left unquoted; the digest says the file is unchanged."""
+    from ches import ChesError
+    from ches.export import file_sha256
+
+    path = tmp_path / "old.csv"
+    path.write_bytes(b"prompt,chosen,rejected\np,a\rb,r\np,c,d\n")
+    sidecar_path(path).write_text(json.dumps({"rows_written": 2, "output_sha256": file_sha256(path)}))
+    with pytest.raises(ChesError, match=r"old\.csv: 3 rows read, but its sidecar .*old\.csv\.meta\.json records 2 rows "
+                                         r"written by ches; the file is as ches wrote it, so the reader split its rows"):
+        load_data(str(path))
+    assert main(["filter", str(path), "--keep", "1", "-o", str(tmp_path / "kept.csv")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "3 rows read" in error and "2 rows written" in error
+    assert not (tmp_path / "kept.csv").exists()
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet", "jsonl"])
+def test_a_file_edited_after_ches_wrote_it_is_refused_until_its_sidecar_is_moved(kind, tmp_path):
+    from ches import ChesError
+
+    path = write_dataset(datasets.Dataset.from_list(broken_rows()), tmp_path / f"x.{kind}")
+    sidecar_path(path).write_text(json.dumps({"rows_written": len(BREAKS), "output_sha256": "0" * 64}))
+    assert load_data(str(path)).num_rows == len(BREAKS)  # edited, same rows: read
+    fewer = write_dataset(datasets.Dataset.from_list(broken_rows()[:3]), path, overwrite=True)  # rows dropped
+    with pytest.raises(ChesError, match=rf"x\.{kind}: 3 rows read, but .* records {len(BREAKS)} rows written by ches; "
+                                         "the file was changed after ches wrote it.* move or delete"):
+        load_data(str(fewer))
+    sidecar_path(path).rename(tmp_path / "aside.json")
+    assert load_data(str(fewer)).num_rows == 3
+
+
+@pytest.mark.parametrize("content", [{"rows_written": 5, "rows_written_per_split": {"a": 5}}, {"measure": "ches"},
+                                     {"rows_written": "5"}, ["not", "a", "record"]])
+def test_only_a_dataset_files_sidecar_is_compared(content, tmp_path):
+    path = write_dataset(datasets.Dataset.from_list(broken_rows()[:2]), tmp_path / "x.csv")
+    sidecar_path(path).write_text(json.dumps(content))
+    assert load_data(str(path)).num_rows == 2
