@@ -142,10 +142,14 @@ def check_output(output: str | os.PathLike, *, overwrite: bool = False, folder: 
 
 def check_apart_from_inputs(output: str | os.PathLike, inputs: tuple[str | os.PathLike | None, ...], *,
                             may_hold_inputs: bool = False) -> None:
-    """Refuse an output that is an input, holds one (unless ``may_hold_inputs``: a cache folder only adds a
-    subfolder of its own), or lies inside an input folder (a model's or tokenizer's folder, a
-    ``save_to_disk`` data folder): ches never writes onto what it reads, ``--overwrite`` or not. Inputs that
-    are not local paths (Hub ids, ``None``) are skipped.
+    """Refuse an output that is an input, is an input's ``.meta.json`` sidecar (:func:`sidecar_path`: the record
+    of how ches wrote it, which the output's own sidecar or an output named so would replace), holds an input
+    (unless ``may_hold_inputs``: a cache folder only adds a subfolder of its own), or lies inside an input
+    folder (a model's or tokenizer's folder, a ``save_to_disk`` data folder): ches never writes onto what it
+    reads, ``--overwrite`` or not. Inputs that are not local paths (Hub ids, ``None``) are skipped.
+
+    Callers check an output and its sidecar both, so an output whose sidecar would be the input's sidecar (the
+    output is the input) or the input itself (``x.csv`` beside the input ``x.csv.meta.json``) is refused too.
 
     >>> import tempfile, pathlib
     >>> model = pathlib.Path(tempfile.mkdtemp())
@@ -153,6 +157,13 @@ def check_apart_from_inputs(output: str | os.PathLike, inputs: tuple[str | os.Pa
     Traceback (most recent call last):
     ...
     ches.errors.ChesError: .../model.safetensors lies inside the input folder ...; ches never writes into a folder it reads: choose a path outside it.
+    >>> data = model / "scores.csv"
+    >>> _ = data.write_text("chosen,rejected")
+    >>> check_apart_from_inputs(model.parent / "kept.csv", (str(data),))
+    >>> check_apart_from_inputs(model / "scores.csv.meta.json", (str(data),))
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: .../scores.csv.meta.json would replace scores.csv.meta.json, the sidecar of the input .../scores.csv (the record of how ches wrote it); choose another output path.
     """
     resolved = Path(output).resolve()
     for source in inputs:
@@ -161,6 +172,10 @@ def check_apart_from_inputs(output: str | os.PathLike, inputs: tuple[str | os.Pa
         source_path = Path(os.path.expanduser(str(source))).resolve()
         if resolved == source_path or (resolved in source_path.parents and not may_hold_inputs):
             raise ChesError(f"{output} would replace the input {source}; choose another output path.")
+        given = Path(os.path.expanduser(str(source)))  # the sidecar read is the one beside the name given
+        if resolved in (sidecar_path(given).resolve(), sidecar_path(source_path).resolve()):
+            raise ChesError(f"{output} would replace {sidecar_path(Path(source).name)}, the sidecar of the input "
+                            f"{source} (the record of how ches wrote it); choose another output path.")
         if source_path.is_dir() and source_path in resolved.parents:
             raise ChesError(f"{output} lies inside the input folder {source}; ches never writes into a folder it "
                             "reads: choose a path outside it.")

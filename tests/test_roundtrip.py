@@ -164,3 +164,48 @@ def test_only_a_dataset_files_sidecar_is_compared(content, tmp_path):
     path = write_dataset(datasets.Dataset.from_list(broken_rows()[:2]), tmp_path / "x.csv")
     sidecar_path(path).write_text(json.dumps(content))
     assert load_data(str(path)).num_rows == 2
+
+
+MODEL_FLAGS = {"score": ["-m", str(MODEL_DIR)], "filter": [], "validate": ["-m", str(MODEL_DIR)], "report": [],
+               "pairs": ["-m", str(MODEL_DIR)], "audit": ["-m", str(MODEL_DIR)]}
+
+
+def snapshot(folder) -> dict:
+    """Every file under ``folder`` with its bytes."""
+    return {str(path): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+@pytest.mark.parametrize("command", list(MODEL_FLAGS))
+def test_no_output_onto_the_inputs_sidecar(command, overwrite, tmp_path, capsys):
+    data = tmp_path / "s.jsonl"
+    data.write_text(json.dumps({"chosen": "a", "rejected": "b"}) + "\n", encoding="utf-8")
+    sidecar_path(data).write_text(json.dumps({"rows_written": 1}), encoding="utf-8")
+    before = snapshot(tmp_path)
+    argv = [command, str(data), *MODEL_FLAGS[command], "-o", str(sidecar_path(data)), *overwrite]
+    if command == "report":  # a report ends in .html, so its sidecar is the input's only when it is the input
+        folder = tmp_path / "r.html"
+        datasets.Dataset.from_list([{"chosen": "a", "rejected": "b"}]).save_to_disk(str(folder))
+        sidecar_path(folder).write_text(json.dumps({"rows_written": 1}), encoding="utf-8")
+        before = snapshot(tmp_path)
+        argv = [command, str(folder), "-o", str(folder), *overwrite]
+        capsys.readouterr()
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("ches: error: ")
+    assert "the sidecar of the input" in error or "would replace the input" in error, error
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["score", "filter", "validate", "pairs", "audit"])
+def test_no_output_whose_sidecar_is_the_input_or_its_sidecar(command, tmp_path, capsys):
+    data = tmp_path / "x.csv.meta.json"  # a JSON data file, named as x.csv's sidecar would be
+    data.write_text(json.dumps([{"chosen": "a", "rejected": "b"}]), encoding="utf-8")
+    sidecar_path(data).write_text(json.dumps({"rows_written": 1}), encoding="utf-8")
+    before = snapshot(tmp_path)
+    outputs = [tmp_path / "x.csv", data] if command != "validate" else [tmp_path / "x.csv.meta.json"]
+    for output in outputs:
+        assert main([command, str(data), *MODEL_FLAGS[command], "-o", str(output), "--overwrite"]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and "would replace" in error, error
+    assert snapshot(tmp_path) == before
