@@ -25,12 +25,15 @@ from typing import Any
 import datasets
 import numpy as np
 
-from .columns import (AUDIT_COLUMNS, AUDIT_TYPES, DIGEST_COLUMN, LOGPS_COLUMNS, check_output_columns,  # noqa: F401
-                      reference_of)
+from .columns import AUDIT_TYPES  # noqa: F401  (ches.auditing.AUDIT_TYPES, as before)
+from .columns import AUDIT_COLUMNS, DIGEST_COLUMN, LOGPS_COLUMNS, check_output_columns, column_feature, reference_of
 from .errors import ChesError
 from .inputs import Data, column, load_data
 from .select import similarity
 from .stats import bootstrap_interval, partial_spearman, spearman
+
+# the columns ``ches.audit`` adds (AUDIT_TYPES, AUDIT_COLUMNS) are defined in ches.columns, with every other column
+# ches writes (so that a CSV file reads them back typed), and imported from there
 
 #: the measures whose correlation with the change is reported (and the length-only baseline)
 AUDIT_MEASURES = ("ln_ches", "ches", "edit_distance")
@@ -115,9 +118,9 @@ def audit(scored: Data, model, tokenizer=None, *, split: str | None = None, resa
     values = {"chosen_logps_after": moved["chosen_logps"], "rejected_logps_after": moved["rejected_logps"],
               "chosen_change": chosen_change, "rejected_change": moved["rejected_logps"] - before["rejected_logps"]}
     for name, array in values.items():
-        dataset = dataset.add_column(name, array.tolist(), feature=datasets.Value("float64"))
+        dataset = dataset.add_column(name, array.tolist(), feature=column_feature(name))
     displaced = [None if math.isnan(change) else bool(change < 0) for change in chosen_change]
-    dataset = dataset.add_column("displaced", displaced, feature=datasets.Value("bool"))
+    dataset = dataset.add_column("displaced", displaced, feature=column_feature("displaced"))
     return AuditResult(dataset, audit_summary(dataset, resamples=resamples, seed=seed), info, next_round=after)
 
 

@@ -259,8 +259,12 @@ def _main(argv: list[str], started: str) -> int:
         if outcome.dataset is not None:
             from .export import write_dataset
 
+            from .export import file_sha256
+
             with library_bars_off():
                 outcome.written = write_dataset(outcome.dataset, outcome.output, overwrite=args.overwrite)
+            if outcome.written.is_file():  # load_data tells an edited file from a misread one by it
+                meta["output_sha256"] = file_sha256(outcome.written)
         if outcome.written is not None:
             from .export import sidecar_path, write_json
 

@@ -48,16 +48,45 @@ MEASURES = {"ln_ches": 1.0, "ches": 1.0, "last_hidden_ip": 1.0, "edit_distance":
 DEFAULT_MEASURE = "ln_ches"
 
 
-def typed_cell(name: str, text: str):
-    """A score column's cell read back from text (a CSV file): numbers, or None for an empty cell; a list of
+#: columns added by ``ches.audit`` (:mod:`ches.auditing`): the trained model's log-probabilities, their change
+#: from the reference's, and whether the chosen one fell (None where the row was not scored)
+AUDIT_TYPES = {"chosen_logps_after": "float64", "rejected_logps_after": "float64", "chosen_change": "float64",
+               "rejected_change": "float64", "displaced": "bool"}
+AUDIT_COLUMNS = tuple(AUDIT_TYPES)
+
+
+def all_types() -> dict[str, str]:
+    """Every column ches writes, with its type: :data:`SCORE_TYPES`, :data:`LOGPS_TYPES`, :data:`RANK_TYPES`,
+    :data:`AUDIT_TYPES`; the one table :func:`typed_cell` and :func:`column_feature` read (built when asked, so
+    a column added to one of those tables is in it).
+
+    >>> types = all_types()
+    >>> types["ches"], types["chosen_logps"], types["ches_rank"], types["displaced"], types["ches_flags"]
+    ('float64', 'float64', 'int64', 'bool', 'list<string>')
+    """
+    return {**SCORE_TYPES, **LOGPS_TYPES, **RANK_TYPES, **AUDIT_TYPES}
+
+
+def typed_cell(name: str, text: str | None):
+    """A cell of a column ches writes (:func:`all_types`) read back from text (a CSV file): a number, NaN for
+    an empty float cell, None for an empty int, bool or string cell; ``True``/``False`` for a bool; a list of
     flag names for ``ches_flags``.
+
+    Raises:
+        ValueError: the text is not a value of the column's type.
 
     >>> typed_cell("ches", "1.5"), typed_cell("ches", ""), typed_cell("chosen_tokens", "7"), typed_cell("ches_skip", "")
     (1.5, nan, 7, None)
     >>> typed_cell("ches_flags", "['empty_chosen']"), typed_cell("ches_flags", "[]")
     (['empty_chosen'], [])
+    >>> typed_cell("displaced", "True"), typed_cell("displaced", "False"), typed_cell("displaced", "")
+    (True, False, None)
+    >>> typed_cell("displaced", "yes")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'yes' is not True or False
     """
-    kind = {**SCORE_TYPES, **RANK_TYPES}[name]
+    kind = all_types()[name]
     if kind == "list<string>":
         return parse_flags(text)
     if text is None or text == "":
@@ -66,19 +95,22 @@ def typed_cell(name: str, text: str):
         return float(text)
     if kind == "int64":
         return int(float(text))
+    if kind == "bool":
+        if text not in ("True", "False"):
+            raise ValueError(f"{text!r} is not True or False")
+        return text == "True"
     return text
 
 
 def column_feature(name: str):
-    """The ``datasets`` feature of a column ches writes (:data:`SCORE_TYPES`, :data:`LOGPS_TYPES`,
-    :data:`RANK_TYPES`).
+    """The ``datasets`` feature of a column ches writes (:func:`all_types`).
 
-    >>> column_feature("ches"), column_feature("ches_flags")
-    (Value('float64'), List(Value('string')))
+    >>> column_feature("ches"), column_feature("ches_flags"), column_feature("displaced")
+    (Value('float64'), List(Value('string')), Value('bool'))
     """
     import datasets
 
-    kind = {**SCORE_TYPES, **LOGPS_TYPES, **RANK_TYPES}[name]
+    kind = all_types()[name]
     return datasets.List(datasets.Value("string")) if kind == "list<string>" else datasets.Value(kind)
 
 

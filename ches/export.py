@@ -23,8 +23,10 @@ The rules, for every file ches writes (datasets, sidecars, reports, embeddings, 
 from __future__ import annotations
 
 import contextlib
+import csv
 import ctypes
 import gzip
+import hashlib
 import json
 import math
 import os
@@ -42,10 +44,17 @@ if TYPE_CHECKING:  # imported by write_dataset only, so that the output checks r
 
 FILE_WRITERS = {".parquet": "to_parquet", ".jsonl": "to_json", ".json": "to_json", ".csv": "to_csv"}
 COMPRESSIBLE = (".jsonl", ".json", ".csv")
-#: what each text writer is told: JSON numbers with 15 decimals (pandas' most; its default, 10, rounds a
-#: log-prob of -644.4286050796509 to -644.4286050797), no index column in CSV
-WRITER_OPTIONS = {".jsonl": {"double_precision": 15}, ".json": {"double_precision": 15}, ".csv": {"index": False}}
+
 DATASET_FOLDER_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
+#: how a CSV file is written (``pandas.DataFrame.to_csv`` keywords, through ``Dataset.to_csv``): every text field
+#: quoted, numbers not. Quoting only what holds a comma, a quote or ``\n`` (pandas' default) leaves a lone ``\r``
+#: bare, and pandas' reader ends a row there: one row read back as two, the rest shifted. Quoted, every line-break
+#: character (``\r``, ``\r\n``, ``\x0b``, ``\x0c``, ``\x1c``-``\x1e``, ``\x85``, ``\u2028``, ``\u2029``) reads
+#: back as written (:func:`ches.inputs.load_data`).
+CSV_OPTIONS = {"index": False, "quoting": csv.QUOTE_NONNUMERIC}
+#: what each text writer is told: JSON numbers with 15 decimals (pandas' most; its default, 10, rounds a
+#: log-prob of -644.4286050796509 to -644.4286050797); CSV as :data:`CSV_OPTIONS`
+WRITER_OPTIONS = {".jsonl": {"double_precision": 15}, ".json": {"double_precision": 15}, ".csv": CSV_OPTIONS}
 
 
 def sidecar_path(output: str | os.PathLike) -> Path:
@@ -56,6 +65,22 @@ def sidecar_path(output: str | os.PathLike) -> Path:
     """
     output = Path(output)
     return output.with_name(output.name + ".meta.json")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read a MiB at a time (the sidecar records the input's and the output's).
+
+    >>> import tempfile, pathlib
+    >>> empty = pathlib.Path(tempfile.mkdtemp()) / "empty"
+    >>> _ = empty.write_bytes(b"")
+    >>> file_sha256(empty)[:16]
+    'e3b0c44298fc1c14'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def dataset_format(output: str | os.PathLike) -> tuple[str | None, bool]:
@@ -121,10 +146,14 @@ def check_output(output: str | os.PathLike, *, overwrite: bool = False, folder: 
 
 def check_apart_from_inputs(output: str | os.PathLike, inputs: tuple[str | os.PathLike | None, ...], *,
                             may_hold_inputs: bool = False) -> None:
-    """Refuse an output that is an input, holds one (unless ``may_hold_inputs``: a cache folder only adds a
-    subfolder of its own), or lies inside an input folder (a model's or tokenizer's folder, a
-    ``save_to_disk`` data folder): ches never writes onto what it reads, ``--overwrite`` or not. Inputs that
-    are not local paths (Hub ids, ``None``) are skipped.
+    """Refuse an output that is an input, is an input's ``.meta.json`` sidecar (:func:`sidecar_path`: the record
+    of how ches wrote it, which the output's own sidecar or an output named so would replace), holds an input
+    (unless ``may_hold_inputs``: a cache folder only adds a subfolder of its own), or lies inside an input
+    folder (a model's or tokenizer's folder, a ``save_to_disk`` data folder): ches never writes onto what it
+    reads, ``--overwrite`` or not. Inputs that are not local paths (Hub ids, ``None``) are skipped.
+
+    Callers check an output and its sidecar both, so an output whose sidecar would be the input's sidecar (the
+    output is the input) or the input itself (``x.csv`` beside the input ``x.csv.meta.json``) is refused too.
 
     >>> import tempfile, pathlib
     >>> model = pathlib.Path(tempfile.mkdtemp())
@@ -132,6 +161,13 @@ def check_apart_from_inputs(output: str | os.PathLike, inputs: tuple[str | os.Pa
     Traceback (most recent call last):
     ...
     ches.errors.ChesError: .../model.safetensors lies inside the input folder ...; ches never writes into a folder it reads: choose a path outside it.
+    >>> data = model / "scores.csv"
+    >>> _ = data.write_text("chosen,rejected")
+    >>> check_apart_from_inputs(model.parent / "kept.csv", (str(data),))
+    >>> check_apart_from_inputs(model / "scores.csv.meta.json", (str(data),))
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: .../scores.csv.meta.json would replace scores.csv.meta.json, the sidecar of the input .../scores.csv (the record of how ches wrote it); choose another output path.
     """
     resolved = Path(output).resolve()
     for source in inputs:
@@ -140,6 +176,10 @@ def check_apart_from_inputs(output: str | os.PathLike, inputs: tuple[str | os.Pa
         source_path = Path(os.path.expanduser(str(source))).resolve()
         if resolved == source_path or (resolved in source_path.parents and not may_hold_inputs):
             raise ChesError(f"{output} would replace the input {source}; choose another output path.")
+        given = Path(os.path.expanduser(str(source)))  # the sidecar read is the one beside the name given
+        if resolved in (sidecar_path(given).resolve(), sidecar_path(source_path).resolve()):
+            raise ChesError(f"{output} would replace {sidecar_path(Path(source).name)}, the sidecar of the input "
+                            f"{source} (the record of how ches wrote it); choose another output path.")
         if source_path.is_dir() and source_path in resolved.parents:
             raise ChesError(f"{output} lies inside the input folder {source}; ches never writes into a folder it "
                             "reads: choose a path outside it.")

@@ -13,7 +13,6 @@ Imports nothing heavy, so ``ches --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from dataclasses import MISSING, dataclass, fields
@@ -205,14 +204,12 @@ def rows_written(dataset) -> dict:
 
 def input_metadata(data: str, split: str | None) -> dict:
     """What the sidecar records of the input: its path, split, SHA-256, and the sidecar of a file ches wrote."""
+    from .export import file_sha256
+
     path = Path(data)
     meta = {"data": data, "split": split}
     if path.is_file():
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        meta["data_sha256"] = digest.hexdigest()
+        meta["data_sha256"] = file_sha256(path)
         sidecar = path.with_name(path.name + ".meta.json")
         if sidecar.is_file():  # the run that produced a scores file travels with what is made from it
             try:

@@ -19,7 +19,7 @@ from typing import Any, Union
 
 import datasets
 
-from .columns import RANK_COLUMNS, SCORE_COLUMNS, column_feature, sidecar_reference, typed_cell, with_reference
+from .columns import all_types, column_feature, sidecar_reference, typed_cell, with_reference
 from .errors import ChesError, one_line
 from .formats import PAIR_COLUMNS, TEMPLATE_COLUMNS, Pair, to_pairs
 from .paths import DATA_SUFFIXES, check_data_exists
@@ -93,20 +93,72 @@ def _load_path(path: str, split: str | None):
     if local.is_file():
         if split is not None:
             raise ChesError(f"split={split!r} was given, but {path} is a single file with no splits; drop --split/split=.")
-        return _sidecar_reference(_load_file(local), local)
+        dataset, sidecar = _load_file(local), _read_sidecar(local)
+        check_rows_written(dataset, local, sidecar)
+        return _sidecar_reference(dataset, sidecar)
     check_data_exists(path)  # a local path that does not exist is not tried as a Hub id
     return _load_hub(path, split)
 
 
-def _sidecar_reference(dataset: datasets.Dataset, path: Path) -> datasets.Dataset:
-    """A file ches wrote with log-probs, with what they were computed with (from its ``.meta.json`` sidecar,
-    as :func:`ches.columns.with_reference` records it on a dataset), so a trainer can check it."""
+def _read_sidecar(path: Path) -> dict | None:
+    """The ``.meta.json`` sidecar of a data file (what ches recorded when it wrote the file), or None: there is
+    none, or it cannot be read (warned about where its metadata is recorded, :func:`ches.flags.input_metadata`)."""
     sidecar = path.with_name(path.name + ".meta.json")
     try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else None
+        content = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else None
     except (OSError, UnicodeDecodeError, ValueError):
-        return dataset  # an unreadable sidecar is warned about where its metadata is recorded (ches.cli)
-    reference = sidecar_reference(meta) if isinstance(meta, dict) else None
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def check_rows_written(dataset: datasets.Dataset, path: Path, sidecar: dict | None) -> None:
+    """Refuse a data file ches wrote whose rows, as read, are not as many as its sidecar records written.
+
+    Only a sidecar ches wrote for a dataset file is compared (it has ``rows_written``, and no
+    ``rows_written_per_split``: that is a folder's). A mismatch is always an error, never a warning:
+
+    - the file is byte for byte the one ches wrote (the ``output_sha256`` its sidecar records): the reader
+      split or joined rows, e.g. a text field holding a line break (a lone ``\\r`` in a CSV file an older
+      ches wrote) read as two rows, each after it shifted; the file must be written again;
+    - it is not (or the sidecar predates ``output_sha256``): the file was most likely edited after ches wrote
+      it (rows dropped or added in pandas, a spreadsheet), and its sidecar no longer describes it. Such an edit
+      is the user's right, but read on, the rows would carry a record (a run, log-probs' reference, a cut) of
+      other rows, and a misread file looks the same; so the user says which it is, by moving or deleting the
+      sidecar when the edit was intended. An edit that keeps the number of rows passes.
+
+    >>> rows = datasets.Dataset.from_list([{"chosen": "a", "rejected": "b"}])
+    >>> check_rows_written(rows, Path("s.csv"), {"rows_written": 1})
+    >>> check_rows_written(rows, Path("s.csv"), {"rows_written": 2})
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: s.csv: 1 rows read, but its sidecar s.csv.meta.json records 2 rows written by ches; the file was changed after ches wrote it, or a text field holding a line break was read as two rows: if the change was intended, move or delete s.csv.meta.json (it describes the file as ches wrote it); if not, write the file again.
+    """
+    written = sidecar.get("rows_written") if isinstance(sidecar, dict) else None
+    if not isinstance(written, int) or isinstance(written, bool) or "rows_written_per_split" in sidecar:
+        return
+    read = dataset.num_rows
+    if read == written:
+        return
+    from .export import file_sha256, sidecar_path
+
+    record = sidecar_path(path)
+    digest = sidecar.get("output_sha256")
+    if isinstance(digest, str) and path.is_file() and file_sha256(path) == digest:
+        cause = ("the file is as ches wrote it, so the reader split its rows: a text field holding a line break (a "
+                 "lone \\r in a CSV file an older ches wrote) read as two rows; write the file again with this ches "
+                 "(from a Parquet or JSON Lines copy, or by the command its sidecar records)")
+    else:
+        cause = (f"the file was changed after ches wrote it, or a text field holding a line break was read as two "
+                 f"rows: if the change was intended, move or delete {record} (it describes the file as ches wrote "
+                 "it); if not, write the file again")
+    raise ChesError(f"{path}: {read} rows read, but its sidecar {record} records {written} rows written by ches; "
+                    f"{cause}.")
+
+
+def _sidecar_reference(dataset: datasets.Dataset, sidecar: dict | None) -> datasets.Dataset:
+    """A file ches wrote with log-probs, with what they were computed with (from its ``.meta.json`` sidecar,
+    as :func:`ches.columns.with_reference` records it on a dataset), so a trainer can check it."""
+    reference = sidecar_reference(sidecar) if isinstance(sidecar, dict) else None
     return dataset if reference is None else with_reference(dataset, reference)
 
 
@@ -131,26 +183,44 @@ def _load_file(path: Path) -> datasets.Dataset:
         import pandas
 
         try:
-            frame = pandas.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+            # every cell as a Python str (dtype=str is pandas 3's Arrow strings, large_string in datasets: not the
+            # string type the same rows have read from Parquet or JSON); no cell read as NaN
+            frame = pandas.read_csv(path, dtype=object, keep_default_na=False, na_values=[])
         except (pandas.errors.ParserError, pandas.errors.EmptyDataError, UnicodeDecodeError) as error:
             raise ChesError(f"{path}: not a readable CSV file ({one_line(error)}).") from None
         dataset = datasets.Dataset.from_pandas(frame, preserve_index=False)
-        return _typed_score_columns(dataset)
+        return _typed_score_columns(dataset, path)
     raise ChesError(f"cannot tell the format of {path}: expected a name ending in {', '.join(SUFFIXES)} (optionally + .gz).")
 
 
-def _typed_score_columns(dataset: datasets.Dataset) -> datasets.Dataset:
-    """Score columns of a CSV file (read as text) back as numbers, empty cells as NaN / None, so a
-    scored CSV goes through ``ches filter`` and ``ches report`` like a Parquet file."""
+def _typed_score_columns(dataset: datasets.Dataset, path: Path | str = "the CSV file") -> datasets.Dataset:
+    """The columns ches writes (:func:`ches.columns.all_types`: scores, log-probs, ranks, audit columns) of a
+    CSV file, read as text, back in their types (empty cells as NaN / None), so that a CSV file ches wrote
+    reads back as its Parquet file does, and goes through ``ches filter``, ``ches audit`` and ``ches report``
+    alike; the other columns stay text."""
     order = dataset.column_names
-    present = [name for name in SCORE_COLUMNS + RANK_COLUMNS if name in order]
+    present = [name for name in all_types() if name in order]
     for name in present:
+        texts = dataset[name]
         try:
-            values = [typed_cell(name, text) for text in dataset[name]]
-        except ValueError as error:
-            raise ChesError(f"column {name!r} of the CSV file holds a value that is not a number ({error}).") from None
+            values = [typed_cell(name, text) for text in texts]
+        except ValueError:
+            row, text = next((row, text) for row, text in enumerate(texts) if not _fits(name, text))
+            kind = all_types()[name]
+            raise ChesError(f"{path}, row {row}, column {name!r}: {text!r} is not a {kind} value, which ches writes "
+                            "there; is it a file ches wrote? Rename your own column if it only shares the name."
+                            ) from None
         dataset = dataset.remove_columns(name).add_column(name, values, feature=column_feature(name))
     return dataset.select_columns(order) if present else dataset
+
+
+def _fits(name: str, text: str) -> bool:
+    """Whether :func:`ches.columns.typed_cell` reads ``text`` as a value of column ``name``."""
+    try:
+        typed_cell(name, text)
+    except ValueError:
+        return False
+    return True
 
 
 def _open(path: Path, mode: str = "rt"):
