@@ -46,7 +46,7 @@ from .runs import PairsInfo, now, prepared
 from .scores import edit_distance
 from .stats import counted
 from .threads import torch_threads
-from .tokens import Skip, TokenizedPair, TokenSequence, tokenize_pairs
+from .tokens import Skip, TokenizedPair, TokenSequence, check_ids, tokenize_pairs
 
 logger = logging.getLogger("ches")
 
@@ -312,7 +312,12 @@ def candidate_rows(dataset: datasets.Dataset, columns: Mapping[str, str] | None,
 
 
 def plan_prompts(rows: list[Candidates], loaded, max_length: int | None) -> tuple[list[PromptPlan], list[Skipped]]:
-    """Tokenize every (prompt, response) as ``ches.score`` would in a pair, and plan each prompt's sequences."""
+    """Tokenize every (prompt, response) as ``ches.score`` would in a pair, and plan each prompt's sequences.
+
+    Raises:
+        ChesError: a row whose sequences hold an id the model has no embedding for
+            (:func:`ches.tokens.check_ids`), before the model runs.
+    """
     context = max_positions(loaded.model)
     owners, flat = [], []
     for row, candidates in enumerate(rows):
@@ -330,6 +335,7 @@ def plan_prompts(rows: list[Candidates], loaded, max_length: int | None) -> tupl
             skipped.append(Skipped(row, plan.reason, len(candidates.responses)))
         else:
             plans.append(plan)
+    check_ids([plan.row for plan in plans], [plan.sequences for plan in plans], loaded.tokenizer, loaded.embedding_rows)
     return plans, skipped
 
 
