@@ -6,7 +6,11 @@ log-probabilities), one pass of the trained model over the same token sequences 
 ``chosen_logps_after``/``rejected_logps_after``, and
 
 - ``chosen_change = log pi_after(y+ | x) - log pi_ref(y+ | x)`` (``rejected_change`` alike),
-- ``displaced = chosen_change < 0``: the preferred response lost probability (likelihood displacement).
+- ``displaced = chosen_change < -tol``: the preferred response lost probability (likelihood displacement)
+  by more than the two runs' rounding can account for, with
+  ``tol = k * eps * max(|log pi_ref(y+ | x)|, |y+|)`` (:func:`displacement_tolerance`): ``eps`` is that of
+  the coarser of the reference's and the trained model's dtypes, ``k`` is :data:`ROUNDING_MULTIPLE` of it.
+  A re-run of the reference model itself (in another layout, another batch size) is never displaced.
 
 Over the data (:func:`audit_summary`): the fraction displaced and the mean ``chosen_change`` (the paper's
 Table 16 measure, with a bootstrap 95 % interval); for ``ln_ches``, ``ches`` and ``edit_distance``
@@ -38,6 +42,14 @@ from .stats import bootstrap_interval, partial_spearman, spearman
 #: the measures whose correlation with the change is reported (and the length-only baseline)
 AUDIT_MEASURES = ("ln_ches", "ches", "edit_distance")
 LENGTH_BASELINE = "length difference"
+#: machine epsilon of each dtype a run may compute in (``torch.finfo(dtype).eps``)
+EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
+#: ``k`` of :func:`displacement_tolerance` per dtype. Measured (CPU; 80 hh rows standard and 40
+#: conversational; tiny llama, qwen2, gpt2 and the bundled model): auditing the scored rows with the same
+#: model in the layouts padded, packed and prefix_shared and at 512 and 8,192 batch tokens moved the preferred
+#: log-prob by at most 3.7 eps x max(|log pi_ref|, |y+|) in float32 and 0.51 in bfloat16 (log-softmax is float32
+#: whatever the dtype, so 16-bit runs round the hidden states only); k is four times that or more.
+ROUNDING_MULTIPLE = {"float64": 16, "float32": 16, "float16": 2, "bfloat16": 2}
 
 
 @dataclass
@@ -119,7 +131,9 @@ def audit(scored: Data, model, tokenizer=None, *, split: str | None = None, resa
               "chosen_change": chosen_change, "rejected_change": moved["rejected_logps"] - before["rejected_logps"]}
     for name, array in values.items():
         dataset = dataset.add_column(name, array.tolist(), feature=column_feature(name))
-    displaced = [None if math.isnan(change) else bool(change < 0) for change in chosen_change]
+    tolerance = displacement_tolerance(before["chosen_logps"], np.asarray(column(after, "chosen_tokens"), dtype=np.float64),
+                                       [reference.get("dtype"), info.dtype])
+    displaced = [None if math.isnan(change) else bool(change < -limit) for change, limit in zip(chosen_change, tolerance)]
     dataset = dataset.add_column("displaced", displaced, feature=column_feature("displaced"))
     return AuditResult(dataset, audit_summary(dataset, resamples=resamples, seed=seed), info, next_round=after)
 
@@ -151,9 +165,38 @@ def check_same_tokens(dataset: datasets.Dataset, tokenizer, reference: dict) -> 
                         f"{reference.get('max_length')}); audit the rows exactly as scored, with that tokenizer.")
 
 
-def audit_summary(dataset: datasets.Dataset, *, resamples: int = 1000, seed: int = 0) -> dict:
+def coarser_dtype(dtypes) -> str:
+    """Of the dtypes two runs computed in (names as a run records them), the one with the largest
+    rounding; a dtype ches does not know counts as the coarsest it knows (bfloat16).
+
+    >>> coarser_dtype(["float32", "bfloat16"]), coarser_dtype(["float32", None])
+    ('bfloat16', 'bfloat16')
+    """
+    names = [str(dtype).removeprefix("torch.") if dtype is not None else None for dtype in dtypes]
+    return max((name if name in EPS else "bfloat16" for name in names), key=EPS.__getitem__)
+
+
+def displacement_tolerance(reference_logps: np.ndarray, chosen_tokens: np.ndarray, dtypes) -> np.ndarray:
+    """``[N]`` how far ``chosen_change`` may fall below 0 by rounding alone: ``k * eps * max(|log pi_ref(y+|x)|,
+    |y+|)`` with ``eps`` and ``k`` (:data:`EPS`, :data:`ROUNDING_MULTIPLE`) of :func:`coarser_dtype` of
+    ``dtypes`` (the reference run's and the trained model's). A log-prob is a sum of ``|y+|`` per-token terms,
+    each rounded relative to its size, hence the scale. A change below ``-tol`` is displacement.
+
+    >>> displacement_tolerance(np.array([-100.0, -2.0]), np.array([40, 10]), ["float32", "float32"])
+    array([1.90734863e-04, 1.90734863e-05])
+    >>> displacement_tolerance(np.array([-100.0]), np.array([40]), ["float32", "bfloat16"])
+    array([1.5625])
+    """
+    dtype = coarser_dtype(dtypes)
+    scale = np.maximum(np.abs(np.asarray(reference_logps, dtype=np.float64)), np.asarray(chosen_tokens, dtype=np.float64))
+    return ROUNDING_MULTIPLE[dtype] * EPS[dtype] * scale
+
+
+def audit_summary(dataset: datasets.Dataset, *, resamples: int = 1000, seed: int = 0, tolerance=0.0) -> dict:
     """The data-level audit of rows with :data:`AUDIT_COLUMNS` (module docstring); rows whose change is not
-    finite (skipped when scored) are left out and counted.
+    finite (skipped when scored) are left out and counted. A row is displaced as its ``displaced`` column
+    says (what :func:`audit` decided, with :func:`displacement_tolerance`); rows without that column (the
+    changes of :mod:`ches.validation`'s runs) when ``chosen_change < -tolerance`` (a number, or ``[N]``).
 
     >>> rows = [{"ln_ches": float(i), "ches": float(i), "edit_distance": 0.5, "chosen_tokens": 3, "rejected_tokens": 2,
     ...          "chosen_change": -float(i), "rejected_change": -1.0} for i in range(20)]
@@ -166,11 +209,14 @@ def audit_summary(dataset: datasets.Dataset, *, resamples: int = 1000, seed: int
     if len(rows) < 3:
         raise ChesError(f"only {len(rows)} rows have a finite change of the preferred log-probability; an audit needs "
                         "at least 3.")
+    if "displaced" in dataset.column_names:
+        displaced = np.array([bool(flag) for flag in column(dataset, "displaced")], dtype=bool)[rows]
+    else:
+        displaced = (change < -np.broadcast_to(np.asarray(tolerance, dtype=np.float64), change.shape))[rows]
     change = change[rows]
     chosen_tokens = np.asarray(column(dataset, "chosen_tokens"), dtype=np.float64)[rows]
     rejected_tokens = np.asarray(column(dataset, "rejected_tokens"), dtype=np.float64)[rows]
     rejected_change = np.asarray(column(dataset, "rejected_change"), dtype=np.float64)[rows]
-    displaced = change < 0
     predictors = {name: similarity(np.asarray(column(dataset, name), dtype=np.float64)[rows], name)
                   for name in AUDIT_MEASURES if name in dataset.column_names}
     predictors[LENGTH_BASELINE] = chosen_tokens - rejected_tokens

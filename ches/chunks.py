@@ -21,7 +21,7 @@ from .formats import Pair, pair_problem
 from .integrity import chunk_flags, to_bits
 from .models import LoadedModel, max_positions
 from .rows import BLOCK_ROWS, RowSource
-from .tokens import SequencePair, Skip, TokenizedPair, sequence_digest, to_sequences, tokenize_pairs
+from .tokens import SequencePair, Skip, TokenizedPair, check_ids, sequence_digest, to_sequences, tokenize_pairs
 
 AHEAD = 4  # chunks tokenized ahead of the device
 
@@ -68,10 +68,16 @@ class PlannedChunk:
 
 
 def plan_chunk(chunk_id: int, rows: np.ndarray, pairs: Sequence[Pair], tokenizer, *, max_length: int | None,
-               context: int | None) -> PlannedChunk:
-    """Tokenize a chunk's pairs (``pairs[i]`` is row ``rows[i]``) and plan each row."""
+               context: int | None, embedding_rows: int | None = None, split: str | None = None) -> PlannedChunk:
+    """Tokenize a chunk's pairs (``pairs[i]`` is row ``rows[i]``) and plan each row.
+
+    Raises:
+        ChesError: a row of ``split`` whose sequences hold an id of ``embedding_rows`` or more (a token the
+            model has no embedding for; :func:`ches.tokens.check_ids`), before any of the chunk runs.
+    """
     tokenized = tokenize_pairs(pairs, tokenizer, rows=rows)
     plans = [_plan(pair, tokens, max_length, context) for pair, tokens in zip(pairs, tokenized)]
+    check_ids(rows, [plan if isinstance(plan, SequencePair) else () for plan in plans], tokenizer, embedding_rows, split)
     numbers: dict[str, list] = {"edit_distance": [], "prompt_tokens": [], "chosen_tokens": [], "rejected_tokens": [],
                                 "prompt_cut": [tokens.prompt_cut > 0 for tokens in tokenized],
                                 "flag_bits": [to_bits(flags)
@@ -89,10 +95,13 @@ def plan_chunk(chunk_id: int, rows: np.ndarray, pairs: Sequence[Pair], tokenizer
     return PlannedChunk(chunk_id, rows, plans, numbers, digests)
 
 
-def plan_pairs(pairs: Sequence[Pair], loaded: LoadedModel, *, max_length: int | None) -> list[SequencePair | Skip]:
-    """Each pair's two token sequences as ``ches.score`` runs them, or why it is skipped."""
-    return plan_chunk(-1, np.arange(len(pairs)), pairs, loaded.tokenizer, max_length=max_length,
-                      context=max_positions(loaded.model)).plans
+def plan_pairs(pairs: Sequence[Pair], loaded: LoadedModel, *, max_length: int | None, rows: Sequence[int] | None = None,
+               split: str | None = None) -> list[SequencePair | Skip]:
+    """Each pair's two token sequences as ``ches.score`` runs them, or why it is skipped (``rows``: the
+    pairs' row numbers in ``split``, for errors; default ``0..n-1``)."""
+    rows = np.arange(len(pairs)) if rows is None else np.asarray(rows)
+    return plan_chunk(-1, rows, pairs, loaded.tokenizer, max_length=max_length, context=max_positions(loaded.model),
+                      embedding_rows=loaded.embedding_rows, split=split).plans
 
 
 def _plan(pair: Pair, tokenized: TokenizedPair, max_length: int | None, context: int | None) -> SequencePair | Skip:
@@ -130,7 +139,8 @@ def sample_work(sources: Sequence[RowSource], loaded: LoadedModel, *, max_length
         count = len(source.lengths)
         picked = np.unique(np.linspace(0, count - 1, max(1, round(rows * count / max(total, 1)))).round().astype(int))
         pairs = source.pairs_at(picked)
-        work += [plan for plan in plan_pairs(pairs, loaded, max_length=max_length) if isinstance(plan, SequencePair)]
+        plans = plan_pairs(pairs, loaded, max_length=max_length, rows=picked, split=source.split)
+        work += [plan for plan in plans if isinstance(plan, SequencePair)]
     return work
 
 
@@ -149,7 +159,8 @@ def stream_chunks(source: RowSource, chunks: list[np.ndarray], mine: list[int], 
                 if first != block:  # a chunk lies inside one block: read each block once
                     block, block_pairs = first, source.pairs(first, min(first + BLOCK_ROWS, len(source.lengths)))
                 pairs = [block_pairs[int(row) - first] for row in rows]
-                item = plan_chunk(chunk_id, rows, pairs, loaded.tokenizer, max_length=max_length, context=context)
+                item = plan_chunk(chunk_id, rows, pairs, loaded.tokenizer, max_length=max_length, context=context,
+                                  embedding_rows=loaded.embedding_rows, split=source.split)
                 while not _put(ready, item, stop):
                     if stop.is_set():
                         return

@@ -20,6 +20,7 @@ from .batches import CUDA_PAD_MULTIPLE
 from .errors import ChesError, one_line
 from .hub import offline_unless_reachable
 from .paths import check_folder_exists
+from .tokens import token_text
 
 CPU_BATCH_TOKENS = 1024  # measured: small batches run fastest on CPUs (docs/performance.md)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
@@ -38,6 +39,7 @@ class LoadedModel:
     hidden_size: int
     vocab_size: int
     name: str
+    embedding_rows: int | None = None  # ids 0..embedding_rows-1 have an input embedding (None: not known)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -127,7 +129,10 @@ def load_model(
     What would give wrong numbers without an error is refused instead: a checkpoint whose decoder body
     has missing, unexpected or mis-shaped weights (transformers would initialize them at random), custom
     model code unless ``trust_remote_code`` is set (an error, never a prompt on the terminal),
-    ``revision`` with a local folder, and a tokenizer with more tokens than the model has embeddings.
+    ``revision`` with a local folder, and a tokenizer whose EOS, pad or default special tokens (the ids
+    TRL and ches put in every sequence) have no row in the model's embeddings (:func:`check_vocabulary`;
+    a tokenizer merely longer than the embeddings is fine, the ids of the data are checked as they are
+    tokenized).
     ``dtype`` in the result is the one the weights are in after loading.
 
     Raises:
@@ -189,6 +194,7 @@ def load_model(
         hidden_size=config.hidden_size,
         vocab_size=config.vocab_size,
         name=name,
+        embedding_rows=embedding_rows(loaded),
     )
 
 
@@ -223,21 +229,62 @@ def weights_dtype(model: torch.nn.Module) -> torch.dtype:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
-def check_vocabulary(tokenizer, model: torch.nn.Module) -> None:
-    """Refuse a tokenizer that can produce ids the model has no embedding for (otherwise an ``IndexError``
-    deep in a forward pass): its vocabulary, added tokens included, must fit the embedding table."""
+def embedding_rows(model: torch.nn.Module) -> int | None:
+    """How many token ids ``model`` has an input embedding for (ids ``0..rows - 1``), if it says.
+
+    >>> embedding_rows(torch.nn.Linear(2, 2)) is None
+    True
+    """
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     shape = getattr(getattr(embeddings, "weight", None), "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) == 2 else None
+
+
+def inserted_ids(tokenizer) -> dict[int, str]:
+    """The ids that reach the model in every sequence whatever the data says, each with what puts it there:
+    the EOS token (TRL appends its string to every standard completion), the pad token (ches' batches and
+    TRL's collator fill rows with it) and the special tokens the tokenizer adds to any text by default
+    (e.g. a BOS; a BOS it does not add is not among them). Ids a chat template writes come from the
+    template's text and are checked with the data's ids (:func:`ches.tokens.check_ids`).
+
+    >>> from transformers import AutoTokenizer
+    >>> inserted_ids(AutoTokenizer.from_pretrained("examples/tiny-hh-model"))
+    {2: 'EOS token', 0: 'pad token', 1: 'BOS token'}
+    """
     try:
-        size = len(tokenizer)
-    except TypeError:
+        added = [int(value) for value in tokenizer("")["input_ids"]]
+    except Exception:  # a tokenizer that cannot encode an empty text adds nothing ches could check here
+        added = []
+    bos = getattr(tokenizer, "bos_token_id", None)
+    found = [(getattr(tokenizer, "eos_token_id", None), "EOS token"), (getattr(tokenizer, "pad_token_id", None), "pad token"),
+             *((value, "BOS token" if value == bos else "special token added to every text") for value in added)]
+    ids: dict[int, str] = {}
+    for value, what in found:
+        if isinstance(value, int):
+            ids.setdefault(value, what)
+    return ids
+
+
+def check_vocabulary(tokenizer, model: torch.nn.Module) -> None:
+    """Refuse a tokenizer whose :func:`inserted_ids` have no embedding in ``model`` (otherwise an
+    ``IndexError`` deep in a forward pass, in ches and in TRL alike). A tokenizer with more tokens than
+    the model has embeddings passes (transformers 5 itself saves some tokenizers one token longer); the
+    ids of the data are checked when they are tokenized (:func:`ches.tokens.check_ids`).
+
+    Raises:
+        ChesError: one line naming the token, its id and the model's embedding rows.
+    """
+    rows = embedding_rows(model)
+    if rows is None:
         return
-    if shape is not None and size > shape[0]:
-        rows = shape[0]
-        raise ChesError(
-            f"the tokenizer has {size} tokens (ids 0..{size - 1}) but the model has embeddings for only {rows} "
-            f"(ids 0..{rows - 1}): the tokenizer does not belong to this model, or tokens were added to it without "
-            "model.resize_token_embeddings(len(tokenizer)); pass the model's own tokenizer.")
+    for token_id, what in inserted_ids(tokenizer).items():
+        if token_id >= rows:
+            token = token_text(tokenizer, token_id)
+            raise ChesError(
+                f"the tokenizer's {what} {token!r} has id {token_id}, but the model has embeddings for ids 0..{rows - 1} "
+                f"only, and that token is in every sequence TRL trains on: the tokenizer does not belong to this model, "
+                "or the token was added to it without model.resize_token_embeddings(len(tokenizer)); pass the "
+                "model's own tokenizer.")
 
 
 def default_batch_tokens(loaded: LoadedModel) -> int:

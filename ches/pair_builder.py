@@ -41,12 +41,12 @@ from .options import PAIR_LAYOUT_DEFAULT, PAIR_SCORE_OPTIONS, PairOptions, Score
 from .pair_passes import run_groups
 from .pairing import allowed_pairs, no_pair_reason, pair_logps, pair_matrices, select
 from .quiet import library_bars_off
-from .runner import nonfinite_reason
+from .runner import nonfinite_logps_reason, nonfinite_reason
 from .runs import PairsInfo, now, prepared
 from .scores import edit_distance
 from .stats import counted
 from .threads import torch_threads
-from .tokens import Skip, TokenizedPair, TokenSequence, token_digest, tokenize_pairs
+from .tokens import Skip, TokenizedPair, TokenSequence, check_ids, token_digest, tokenize_pairs
 
 logger = logging.getLogger("ches")
 
@@ -312,7 +312,12 @@ def candidate_rows(dataset: datasets.Dataset, columns: Mapping[str, str] | None,
 
 
 def plan_prompts(rows: list[Candidates], loaded, max_length: int | None) -> tuple[list[PromptPlan], list[Skipped]]:
-    """Tokenize every (prompt, response) as ``ches.score`` would in a pair, and plan each prompt's sequences."""
+    """Tokenize every (prompt, response) as ``ches.score`` would in a pair, and plan each prompt's sequences.
+
+    Raises:
+        ChesError: a row whose sequences hold an id the model has no embedding for
+            (:func:`ches.tokens.check_ids`), before the model runs.
+    """
     context = max_positions(loaded.model)
     owners, flat = [], []
     for row, candidates in enumerate(rows):
@@ -330,6 +335,7 @@ def plan_prompts(rows: list[Candidates], loaded, max_length: int | None) -> tupl
             skipped.append(Skipped(row, plan.reason, len(candidates.responses)))
         else:
             plans.append(plan)
+    check_ids([plan.row for plan in plans], [plan.sequences for plan in plans], loaded.tokenizer, loaded.embedding_rows)
     return plans, skipped
 
 
@@ -418,11 +424,12 @@ def select_pairs(rows: list[Candidates], plans: list[PromptPlan], sums, options:
         if max_length is not None:
             measure[matrices.prompt_tokens.numpy() >= max_length] = np.nan  # ches.score skips these pairs
         last = sums.last[block]
-        finite = torch.isfinite(sums.sums[block]).all(-1) & torch.isfinite(last).all(-1)
-        finite = (finite & torch.isfinite(sums.logps[block]) if logps is not None else finite).numpy()
+        hidden_finite = (torch.isfinite(sums.sums[block]).all(-1) & torch.isfinite(last).all(-1)).numpy()
+        finite = hidden_finite & (torch.isfinite(sums.logps[block]).numpy() if logps is not None else True)
         measure[~finite, :] = measure[:, ~finite] = np.nan  # never a candidate: listed as unscored below
         candidates = rows[plan.row]
-        unscored = {**plan.unscored, **{plan.responses[k]: nonfinite_reason(dtype) for k in np.flatnonzero(~finite)}}
+        unscored = {**plan.unscored, **{plan.responses[k]: nonfinite_reason(dtype) if not hidden_finite[k]
+                                        else nonfinite_logps_reason(dtype) for k in np.flatnonzero(~finite)}}
         unscored_all += [Unscored(plan.row, index, reason) for index, reason in sorted(unscored.items())]
         needed = rule_needs_unscored(options.rule, candidates.ratings, unscored)
         if needed:

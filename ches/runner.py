@@ -173,15 +173,18 @@ class _Collected:
 
     def add(self, planned: PlannedChunk, stored: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
         """Keep a chunk's numbers; returns the mask of its rows that ran and gave finite numbers. A row whose
-        hidden states were not finite (in ``dtype``) gets a skip reason saying so, and NaN scores."""
+        hidden states were not finite (in ``dtype``), or whose hidden states were but whose log-probabilities
+        (the LM head's, with ``logps``) were not, gets a skip reason saying which, and NaN scores."""
         run = torch.tensor([isinstance(plan, SequencePair) for plan in planned.plans], dtype=torch.bool)
         scores_by_name = {}
         for name in self.model_numbers:
             values = torch.full((len(planned.rows),), float("nan"), dtype=torch.float64)
             values[run] = stored[name]
             scores_by_name[name] = values
-        finite = torch.stack([torch.isfinite(values) for values in scores_by_name.values()]).all(0)
-        nonfinite = run & ~finite
+        finite = {kind: torch.stack([torch.isfinite(scores_by_name[name]) for name in names]).all(0)
+                  for kind, names in (("hidden", SUM_SCORES), ("logps", self.model_numbers[len(SUM_SCORES):]))
+                  if names}
+        nonfinite = run & ~torch.stack(list(finite.values())).all(0)
         numbers = {name: torch.tensor(values, dtype=NUMBERS[name]) for name, values in planned.numbers.items()}
         for values in [*scores_by_name.values(), numbers["edit_distance"]]:
             values[nonfinite] = float("nan")  # a skipped row's scores are NaN, whatever it is skipped for
@@ -189,9 +192,13 @@ class _Collected:
             self.parts[name].append(values)
         self.reasons |= {int(row): plan.reason for row, plan in zip(planned.rows, planned.plans) if isinstance(plan, Skip)}
         self.digests |= {int(row): digest for row, digest in zip(planned.rows, planned.digests) if digest is not None}
-        self.reasons |= {int(row): nonfinite_reason(dtype) for row in torch.as_tensor(planned.rows)[nonfinite].tolist()}
+        rows = torch.as_tensor(planned.rows)
+        self.reasons |= {int(row): nonfinite_reason(dtype) for row in rows[run & ~finite["hidden"]].tolist()}
+        if "logps" in finite:
+            self.reasons |= {int(row): nonfinite_logps_reason(dtype)
+                             for row in rows[run & finite["hidden"] & ~finite["logps"]].tolist()}
         self.indices.append(torch.as_tensor(planned.rows, dtype=torch.long))
-        return run & finite
+        return run & ~nonfinite
 
     def gather(self, process: Process, total: int) -> ScoredRows:
         """Every process's rows' numbers and skip reasons, placed by row, on every process."""
@@ -278,6 +285,7 @@ def pair_scores(pairs: Sequence[SequencePair], sums: SideSums) -> dict[str, torc
 
 
 NONFINITE = "hidden states are not finite (NaN or inf)"
+NONFINITE_LOGPS = "log-probabilities are not finite (NaN or inf)"
 
 
 def nonfinite_reason(dtype: torch.dtype | None) -> str:
@@ -293,15 +301,26 @@ def nonfinite_reason(dtype: torch.dtype | None) -> str:
     return f"{NONFINITE} in {name}{fix}"
 
 
+def nonfinite_logps_reason(dtype: torch.dtype | None) -> str:
+    """The skip reason of a pair whose hidden states are finite but whose log-probabilities (``logps``: the
+    LM head's logits, log-softmaxed) are not.
+
+    >>> nonfinite_logps_reason(torch.float32)
+    "log-probabilities are not finite (NaN or inf) in float32, though the hidden states are: the LM head's logits overflow (check the output layer's weights)"
+    """
+    name = str(dtype).removeprefix("torch.") if dtype is not None else "the model's dtype"
+    return f"{NONFINITE_LOGPS} in {name}, though the hidden states are: the LM head's logits overflow (check the output layer's weights)"
+
+
 def _refuse_if_nothing_finite(reasons: list[str | None], dtype: torch.dtype, split: str | None) -> None:
-    """Fail when every row that ran gave hidden states that are not finite: such a run has no scores at all."""
-    nonfinite = sum(reason is not None and reason.startswith(NONFINITE) for reason in reasons)
+    """Fail when every row that ran gave hidden states (or log-probabilities) that are not finite: such a run
+    has no scores at all. The error gives the reason of the first such row."""
+    nonfinite = [reason for reason in reasons if reason is not None and reason.startswith((NONFINITE, NONFINITE_LOGPS))]
     if nonfinite and all(reason is not None for reason in reasons):
         where = f" of split {split!r}" if split is not None else ""
-        others = len(reasons) - nonfinite
+        others = len(reasons) - len(nonfinite)
         before = f" ({others} more were skipped before running)" if others else ""
-        raise ChesError(f"nothing was scored: for every row{where} that ran ({nonfinite}{before}), "
-                        f"{nonfinite_reason(dtype)}.")
+        raise ChesError(f"nothing was scored: for every row{where} that ran ({len(nonfinite)}{before}), {nonfinite[0]}.")
 
 
 def release_freed_memory() -> None:

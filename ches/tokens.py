@@ -236,5 +236,42 @@ def sequence_digest(pair: SequencePair) -> str:
     return token_digest(pair.chosen.input_ids[:prompt], pair.chosen.input_ids[prompt:], pair.rejected.input_ids[prompt:])
 
 
+def check_ids(rows: Sequence[int], sequences: Sequence[Sequence[TokenSequence]], tokenizer,
+              embedding_rows: int | None, split: str | None = None) -> None:
+    """Refuse the first row whose sequences would feed the model an id it has no embedding for (ids
+    ``>= embedding_rows``): a token of the tokenizer's that the model was never given. ``sequences[i]``
+    are what row ``rows[i]`` runs (none for a skipped row); only their largest id is looked at.
+
+    >>> check_ids([7], [[TokenSequence([1, 5, 9], 0, 2)]], None, embedding_rows=10)
+    >>> check_ids([7], [[TokenSequence([1, 5, 12], 0, 2)]], None, embedding_rows=10)
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: row 7: token id 12 ('?') has no embedding in the model (ids 0..9): ...
+
+    Raises:
+        ChesError: one line naming the row, the id and its token.
+    """
+    if embedding_rows is None:
+        return
+    for row, runs in zip(rows, sequences):
+        largest = max((max(sequence.input_ids) for sequence in runs if len(sequence.input_ids)), default=-1)
+        if largest >= embedding_rows:
+            where = f"row {int(row)}" + (f" of split {split!r}" if split is not None else "")
+            raise ChesError(
+                f"{where}: token id {int(largest)} ({token_text(tokenizer, largest)!r}) has no embedding in the model "
+                f"(ids 0..{embedding_rows - 1}): the tokenizer has tokens the model was not given (added without "
+                "model.resize_token_embeddings(len(tokenizer))); remove that token from the row, or pass the model's "
+                "own tokenizer.")
+
+
+def token_text(tokenizer, token_id: int) -> str:
+    """The token of ``token_id`` as the tokenizer writes it (``convert_ids_to_tokens``), or ``"?"``."""
+    try:
+        token = tokenizer.convert_ids_to_tokens(int(token_id))
+    except Exception:  # no tokenizer, or a slow one without that id
+        return "?"
+    return "?" if token is None else str(token)
+
+
 def _row_numbers(rows: Sequence[int] | None, first_row: int, count: int) -> Sequence[int]:
     return list(range(first_row, first_row + count)) if rows is None else [int(row) for row in rows]

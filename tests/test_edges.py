@@ -751,16 +751,55 @@ def test_revision_of_a_local_folder_is_refused(workdir, capsys):
                           r"revision='v2' selects a version of a Hub model, but model is a local folder")
 
 
-def test_a_tokenizer_larger_than_the_embeddings_is_refused(workdir, capsys):
+def _longer_tokenizer(*, eos: bool = False):
+    """The bundled tokenizer (4,096 tokens, as many as the model's embeddings) with one token more,
+    ``<unused_0>`` (id 4096); ``eos``: that token is its EOS."""
     from transformers import AutoTokenizer
 
-    bigger = AutoTokenizer.from_pretrained(workdir / "model")
-    bigger.add_tokens([f"<extra_{i}>" for i in range(8)])
-    bigger.save_pretrained(workdir / "bigger-tokenizer")
-    message = r"the tokenizer has 4104 tokens \(ids 0..4103\) but the model has embeddings for only 4096"
-    assert_one_line_error(*run_cli(["score", "pairs.jsonl", "-m", "model", "--tokenizer", "bigger-tokenizer"], capsys), message)
+    longer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    if eos:
+        longer.add_special_tokens({"eos_token": "<unused_0>"})
+    else:
+        longer.add_tokens(["<unused_0>"])
+    assert len(longer) == 4097 and longer.convert_tokens_to_ids("<unused_0>") == 4096
+    return longer
+
+
+def test_a_tokenizer_longer_than_the_embeddings_scores_as_without_its_unused_token(workdir):
+    scored = ches.score(ROWS, "model", _longer_tokenizer(), progress=False, layout="padded", logps=True)
+    plain = ches.score(ROWS, "model", progress=False, layout="padded", logps=True)
+    for name in ("ches", "ln_ches", "chosen_logps", "rejected_logps"):
+        assert scored[name] == plain[name], name
+    rows = [{"prompt": "Human: hi\n\nAssistant:", "responses": [" a", " b c", " d"], "ratings": [3, 1, 2]}]
+    pairs = ches.pairs(rows, "model", _longer_tokenizer(), progress=False, dtype="float32")
+    assert pairs["ches"] == ches.pairs(rows, "model", progress=False, dtype="float32")["ches"]
+
+
+def test_data_using_a_token_the_model_has_no_embedding_for_is_refused_naming_row_id_and_token(workdir, capsys):
+    rows = [dict(row) for row in ROWS]
+    rows[3]["chosen"] += " <unused_0>"
+    message = (r"^row 3: token id 4096 \('<unused_0>'\) has no embedding in the model \(ids 0\.\.4095\): the tokenizer "
+               r"has tokens the model was not given .*; remove that token from the row, or pass the model's own tokenizer\.$")
     with pytest.raises(ChesError, match=message):
-        ches.pairs([{"prompt": "Q:", "responses": [" a", " b"], "ratings": [1, 0]}], "model", bigger, progress=False)
+        ches.score(rows, "model", _longer_tokenizer(), progress=False, layout="padded")
+    _longer_tokenizer().save_pretrained(workdir / "longer-tokenizer")
+    write(workdir / "unused.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    assert_one_line_error(*run_cli(["score", "unused.jsonl", "-m", "model", "--tokenizer", "longer-tokenizer"], capsys),
+                          message.removeprefix("^"))
+    candidates = [{"prompt": "Q:", "responses": [" a", " b"], "ratings": [1, 0]},
+                  {"prompt": "Q:", "responses": [" a", " b <unused_0>"], "ratings": [1, 0]}]
+    with pytest.raises(ChesError, match=r"^row 1: token id 4096 \('<unused_0>'\) has no embedding in the model"):
+        ches.pairs(candidates, "model", _longer_tokenizer(), progress=False)
+
+
+def test_an_eos_token_the_model_has_no_embedding_for_is_refused_when_the_model_is_loaded(workdir, capsys):
+    message = (r"the tokenizer's EOS token '<unused_0>' has id 4096, but the model has embeddings for ids 0\.\.4095 only, "
+               r"and that token is in every sequence TRL trains on")
+    longer = _longer_tokenizer(eos=True)
+    longer.save_pretrained(workdir / "eos-tokenizer")
+    assert_one_line_error(*run_cli(["score", "pairs.jsonl", "-m", "model", "--tokenizer", "eos-tokenizer"], capsys), message)
+    with pytest.raises(ChesError, match=message):
+        ches.pairs([{"prompt": "Q:", "responses": [" a", " b"], "ratings": [1, 0]}], "model", longer, progress=False)
 
 
 @pytest.mark.parametrize("damage", ["no added_tokens", "not json"])

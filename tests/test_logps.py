@@ -130,3 +130,29 @@ def test_logps_travel_through_the_cli_filter_and_the_cache(tmp_path, capsys):
     assert "chosen_logps" not in plain.column_names and list(plain["ches"]) == list(written["ches"])
     with pytest.raises(ches.ChesError, match=r"has column\(s\) \['chosen_logps'\]"):
         ches.score([dict(row, chosen_logps=0.0) for row in rows], model, logps=True, progress=False)
+
+
+def test_log_probs_that_overflow_where_hidden_states_do_not_skip_those_rows_saying_so(tokenizer):
+    """An LM head scaled to the edge of float32: its logits overflow for one row's positions, the hidden
+    states (the body's) stay finite. That row is skipped for its log-probabilities; the others are scored."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", len(tokenizer), tokenizer)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1e38).mul_(4.0)
+    rows = standard_rows(hh_rows(12))
+    scored = ches.score(rows, model, tokenizer, logps=True, progress=False, layout="padded")
+    reason = ("log-probabilities are not finite (NaN or inf) in float32, though the hidden states are: the LM head's "
+              "logits overflow (check the output layer's weights)")
+    skipped = [row for row, why in enumerate(scored["ches_skip"]) if why is not None]
+    assert skipped and len(skipped) < len(rows) and all(scored["ches_skip"][row] == reason for row in skipped)
+    assert all(math.isnan(scored[name][row]) for row in skipped for name in ("ches", "chosen_logps", "rejected_logps"))
+    assert all(math.isfinite(scored["chosen_logps"][row]) for row in range(len(rows)) if row not in skipped)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2.0)  # now every row's logits overflow
+    with pytest.raises(ches.ChesError, match=r"^nothing was scored: for every row that ran \(12\), log-probabilities are "
+                                             r"not finite \(NaN or inf\) in float32, though the hidden states are"):
+        ches.score(rows, model, tokenizer, logps=True, progress=False, layout="padded")

@@ -143,7 +143,7 @@ def test_token_ids_may_be_compact_arrays(tokenizer, monkeypatch):
     import ches.pair_builder as builder
 
     loaded = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=1024)),
-                             tokenizer=tokenizer)
+                             tokenizer=tokenizer, embedding_rows=len(tokenizer))
     rows = to_candidates(persona_rows(1) + [MERGING] + hh_candidate_rows(2))
     lists, skipped = builder.plan_prompts(rows, loaded, max_length=48)
     real = builder.tokenize_pairs
