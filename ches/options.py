@@ -277,7 +277,7 @@ class ReportOptions:
 
 
 #: the :class:`ScoreOptions` ``ches.validate`` takes (with its own defaults for ``dtype`` and ``max_length``)
-VALIDATE_SCORE_OPTIONS = ("split", "device", "dtype", "max_length", "num_threads", "progress")
+VALIDATE_SCORE_OPTIONS = ("split", "columns", "device", "dtype", "max_length", "num_threads", "progress")
 
 
 @dataclass(frozen=True)
@@ -309,6 +309,8 @@ class ValidateOptions:
                                 "bootstrap", type=int)
     resamples: int = _option(1000, help="bootstrap resamples for the 95 % intervals", type=int, flag=None)
     split: str | None = _option(help="split of a DatasetDict / Hub dataset")
+    columns: dict[str, str] | None = _option(help="your column names, e.g. prompt=question,chosen=answer_a,rejected=answer_b",
+                                              type="columns", metavar="NAME=COLUMN,...")
     device: str | None = _option(help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
     dtype: str | None = _option("float32", help="precision of the scoring and of the DPO runs (DPO steps in half "
                                                  "precision are noisy)",

@@ -78,7 +78,7 @@ def validate(data: Data, model, tokenizer=None, *, options: ValidateOptions | No
             before any work: ``protocol``; ``n`` (pairs per subset, or pairs probed); ``epochs``,
             ``batch_size`` (subsets) or ``steps`` (probes); ``learning_rate``, ``beta``; ``pool`` rows scored
             to choose from (default: all rows, or a random ``20 * n`` of larger data); ``seed`` (pool draw,
-            random subset, batch order, bootstrap); ``resamples``; ``split``, ``max_length`` (default 512),
+            random subset, batch order, bootstrap); ``resamples``; ``split``, ``columns``, ``max_length`` (default 512),
             ``device``, ``dtype`` (default float32: DPO steps in half precision are noisy), ``num_threads``
             and ``progress`` as for :func:`ches.score`.
 
@@ -116,7 +116,7 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
     loaded = load_model(model, tokenizer, dtype=options.dtype, device=options.device)
     threads = set_threads(loaded.model, explicit=options.num_threads, device=loaded.device)
     scored, _ = score_run(candidates, loaded.model, loaded.tokenizer, max_length=options.max_length,
-                          progress=options.progress, num_threads=threads.count)
+                          columns=options.columns, progress=options.progress, num_threads=threads.count)
     usable = np.flatnonzero([reason is None for reason in column(scored, "ches_skip")])
     if len(usable) < needed:
         raise ChesError(f"only {len(usable)} of the {size} pooled rows could be scored and the {options.protocol} "
@@ -139,16 +139,49 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
     cut_quantile = round(1 - n / len(usable), 4) if options.protocol == "subsets" else DEFAULT_QUANTILE
     advice = recommend(result["evidence"], protocol=options.protocol, cut_quantile=cut_quantile,
                        pool_scores=pool_scores, **_displacement_seen(result))
-    has_scores = all(name in dataset.column_names for name in MEASURES)
-    scoring = (*(("--max-length", str(options.max_length)) if options.max_length else ()), "--dtype",
-               str(loaded.dtype).removeprefix("torch."))
-    advice["command"] = filter_command(data if isinstance(data, str) else "DATA",
-                                       None if has_scores else (model if isinstance(model, str) else loaded.name), advice,
-                                       scoring=scoring)
+    if advice["action"] == "filter":
+        own = _has_these_scores(dataset.select(pool_rows), scored, advice["measure"])
+        advice["command"] = filter_command(data if isinstance(data, (str, Path)) else "DATA", None if own else
+                                           str(model if isinstance(model, (str, Path)) else loaded.name), advice,
+                                           scoring=_scoring_flags(tokenizer, loaded, options),
+                                           reading=_reading_flags(options))
+    else:
+        advice["command"] = None
     if advice["action"] == "filter":
         advice["threshold_from"] = f"the {len(usable)} scored rows of the pool"
     result["recommendation"] = advice
     return result
+
+
+def _has_these_scores(pool, scored, measure: str) -> bool:
+    """Whether the data's own score columns, on the pool's rows, are the scores validate read the threshold
+    from (``scored``: the pool scored by this model at these settings): the same rows scored, the same
+    ``measure`` values to the last bit. Then ``ches filter`` can cut the data's columns; otherwise (no scores,
+    or scores from other weights or settings) it must score the data with this model first."""
+    if measure not in pool.column_names or "ches_skip" not in pool.column_names:
+        return False
+    usable = [reason is None for reason in column(pool, "ches_skip")]
+    if usable != [reason is None for reason in column(scored, "ches_skip")]:
+        return False
+    mask = np.asarray(usable, dtype=bool)
+    before = np.asarray(column(pool, measure), dtype=np.float64)[mask]
+    return bool(np.array_equal(before, np.asarray(column(scored, measure), dtype=np.float64)[mask]))
+
+
+def _scoring_flags(tokenizer, loaded, options: ValidateOptions) -> tuple[str, ...]:
+    """The ``ches filter`` flags that score as validate scored the pool (with ``--model``)."""
+    flags = ("--tokenizer", str(tokenizer)) if isinstance(tokenizer, (str, Path)) else ()
+    if options.max_length:
+        flags += ("--max-length", str(options.max_length))
+    return (*flags, "--dtype", str(loaded.dtype).removeprefix("torch."))
+
+
+def _reading_flags(options: ValidateOptions) -> tuple[str, ...]:
+    """The ``ches filter`` flags that read the data as validate read it (``--split``, ``--columns``)."""
+    flags = ("--split", options.split) if options.split is not None else ()
+    if options.columns:
+        flags += ("--columns", ",".join(f"{name}={value}" for name, value in options.columns.items()))
+    return flags
 
 
 def subsets_protocol(candidates, scored, usable: np.ndarray, pool_rows: np.ndarray, loaded,
@@ -156,7 +189,7 @@ def subsets_protocol(candidates, scored, usable: np.ndarray, pool_rows: np.ndarr
     """The ``subsets`` runs (see :func:`validate`): ``{"subsets": [one entry per DPO run]}``; a subset that two
     measures share is trained once."""
     n = options.n
-    sequences = probe_sequences(candidates.select(usable), loaded.tokenizer, options.max_length)
+    sequences = probe_sequences(candidates.select(usable), loaded.tokenizer, options.max_length, options.columns)
     plan = []  # (name, measure, side, positions in usable)
     for name in (*AUDIT_MEASURES, LENGTH_BASELINE):
         values = _values(scored, name)[usable]
@@ -206,7 +239,7 @@ def probes_protocol(candidates, scored, usable: np.ndarray, pool_rows: np.ndarra
     n = options.n
     ches_values = np.asarray(column(scored, "ches"))[usable]
     picked = np.sort(usable[np.argsort(ches_values, kind="stable")[np.linspace(0, len(usable) - 1, n).round().astype(int)]])
-    sequences = probe_sequences(candidates.select(picked), loaded.tokenizer, options.max_length)
+    sequences = probe_sequences(candidates.select(picked), loaded.tokenizer, options.max_length, options.columns)
     probe = DPOProbe(loaded.model, steps=options.steps, learning_rate=options.learning_rate, beta=options.beta,
                      pad_id=loaded.tokenizer.pad_token_id or 0)
     changes = run_probes(probe, sequences, options.progress)
@@ -286,10 +319,11 @@ def load_validation(path: str) -> dict:
     return result
 
 
-def probe_sequences(dataset, tokenizer, max_length: int | None) -> list[SequencePair]:
-    """The token sequences of a dataset's pairs (``prompt``/``chosen``/``rejected`` columns) as ``ches.score``
-    runs them, for :func:`run_probes`; a row that cannot be scored raises :class:`ChesError`."""
-    plans = [to_sequences(pair, max_length) for pair in tokenize_pairs(to_pairs(pair_columns(dataset)), tokenizer)]
+def probe_sequences(dataset, tokenizer, max_length: int | None, columns: dict[str, str] | None = None) -> list[SequencePair]:
+    """The token sequences of a dataset's pairs (``prompt``/``chosen``/``rejected`` columns, or those ``columns``
+    maps them to) as ``ches.score`` runs them, for :func:`run_probes`; a row that cannot be scored raises
+    :class:`ChesError`."""
+    plans = [to_sequences(pair, max_length) for pair in tokenize_pairs(to_pairs(pair_columns(dataset, columns)), tokenizer)]
     skipped = [(row, plan.reason) for row, plan in enumerate(plans) if isinstance(plan, Skip)]
     if skipped:
         raise ChesError(f"row {skipped[0][0]} cannot be probed: {skipped[0][1]}")
