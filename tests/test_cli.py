@@ -161,7 +161,7 @@ def test_save_embeddings_recomputes_the_scores(python_scores, tmp_path):
     (["score", "missing.jsonl", "--model", MODEL], "ches: error: data file missing.jsonl does not exist."),
     (["score", SAMPLE, "--model", "/no/model"], "ches: error: model folder /no/model does not exist"),
     (["filter", SAMPLE], "ches: error: the data has no 'ln_ches' column"),
-    (["filter", SAMPLE, "--quantile", "0"], "ches: error: the data has no 'ln_ches' column"),
+    (["filter", SAMPLE, "--quantile", "0"], "ches: error: quantile=0.0 must be in (0, 1]"),  # before the data is read
     (["score", SAMPLE], "ches: error: the following arguments are required: --model/-m"),
     (["filter", SAMPLE, "--keep", "2", "--quantile", "0.5"], "ches: error: argument --quantile: not allowed with"),
 ])
