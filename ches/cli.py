@@ -255,6 +255,7 @@ def _terminate_as_exception():
 
 
 def _main(argv: list[str], started: str) -> int:
+    args = None
     try:
         args = build_parser().parse_args(argv)
         check_paths_first(args)  # before the heavy imports: a mistyped path fails at once
@@ -284,7 +285,8 @@ def _main(argv: list[str], started: str) -> int:
         print(f"ches: error: {one_line(error, limit=2000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ches: interrupted; outputs are written atomically, so nothing half-written was left", file=sys.stderr)
+        print(f"ches: interrupted; outputs are written atomically, so nothing half-written was left{_resume_hint(args)}",
+              file=sys.stderr)
         return 130
     except Terminated:
         print("ches: terminated (SIGTERM); outputs are written atomically, so nothing half-written was left",
@@ -304,6 +306,15 @@ def _main(argv: list[str], started: str) -> int:
         print(f"ches: error: {type(error).__name__}{where}: {one_line(error, limit=2000)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _resume_hint(args) -> str:
+    """How to resume an interrupted command that takes ``--cache-dir`` (empty for the others)."""
+    if args is None or not hasattr(args, "cache_dir"):
+        return ""
+    if args.cache_dir is not None:
+        return f"; run the same command again to resume: the finished chunks are kept in --cache-dir {args.cache_dir}"
+    return "; pass --cache-dir DIR to keep finished chunks, so that running the command again resumes where it stopped"
 
 
 def _origin(error: BaseException) -> str:
