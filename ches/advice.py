@@ -21,7 +21,10 @@ The evidence is, per protocol:
   baseline, the length difference, separates displacement about as strongly), dropping the rows
   the evidence is about (``subsets``: the top ``n`` of the scored pool, ``quantile = 1 - n / scored``;
   ``probes``: the filter's default, 0.95); ``threshold`` is that cut's score value on the scored pool, in
-  ``max_score`` units (``ches filter --max-score`` applies the same cut to new data);
+  ``max_score`` units. The threshold is the recommendation: ``ches filter --max-score`` applies it to the
+  full data and to new data; ``kept`` is the number of pool rows at or below it (ties included) and
+  ``quantile`` is then ``kept / scored``, the fraction of the pool it keeps, so the two agree on the pool (on
+  other data a quantile cuts at another value: use the threshold);
 - DPO did not lower the preferred responses at all: do not filter, there is nothing to prevent;
 - a measure ranks displacement the wrong way and none predicts: do not filter;
 - every interval includes 0: not enough evidence to say; measure more pairs.
@@ -80,8 +83,8 @@ def recommend(evidence: dict[str, dict], *, protocol: str, cut_quantile: float, 
     >>> pools = {"ln_ches": np.arange(8.0), "ches": np.arange(8.0)}
     >>> advice = recommend(evidence, protocol="subsets", cut_quantile=0.75, pool_scores=pools,
     ...                    displaced_at_all=True, displacement_note="")
-    >>> advice["action"], advice["measure"], advice["quantile"], advice["threshold"]
-    ('filter', 'ches', 0.75, 5.0)
+    >>> advice["action"], advice["measure"], advice["quantile"], advice["threshold"], advice["kept"]
+    ('filter', 'ches', 0.75, 5.0, 6)
     """
     named = {"subsets": "gap", "probes": "Spearman"}[protocol]
 
@@ -96,6 +99,7 @@ def recommend(evidence: dict[str, dict], *, protocol: str, cut_quantile: float, 
     if predicting:
         best = max(predicting, key=lambda name: evidence[name]["ci95"][0])
         threshold = cut(pool_scores[best], cut_quantile)
+        kept = int(np.count_nonzero(pool_scores[best] <= threshold))  # what --max-score keeps: ties too
         others = [stated(name) for name in evidence if name != best]
         reason = (f"{stated(best)} (95% CI above 0: {best} predicts displacement on this model; {protocol} "
                   f"protocol)" + (f"; the others: {'; '.join(others)}" if others else "") + ".")
@@ -106,7 +110,8 @@ def recommend(evidence: dict[str, dict], *, protocol: str, cut_quantile: float, 
                        f"({'; '.join(stated(name) for name in baselines)}; its sign only says which way it ranks), so "
                        f"{best} may be tracking the completions' lengths here; the audit after training "
                        "(ches audit) tells the two apart with lengths held fixed.")
-        return {"action": "filter", "measure": best, "quantile": cut_quantile, "threshold": threshold, "reason": reason}
+        return {"action": "filter", "measure": best, "quantile": kept / len(pool_scores[best]), "threshold": threshold,
+                "kept": kept, "reason": reason}
     if not displaced_at_all:
         return {"action": "do not filter", "measure": None, "quantile": None, "threshold": None,
                 "reason": f"DPO did not lower the preferred responses' likelihood here ({displacement_note}): there is "
@@ -122,19 +127,21 @@ def recommend(evidence: dict[str, dict], *, protocol: str, cut_quantile: float, 
 
 
 def filter_command(data: str, model: str | None, advice: dict, output: str = "kept.jsonl",
-                   scoring: tuple[str, ...] = ()) -> str | None:
-    """The ``ches filter`` command that applies a recommendation; ``model`` and the ``scoring`` flags (e.g.
-    ``--max-length 512``, so that the scores are the ones the threshold was read from) when ``data`` has no
-    scores yet; None when the advice is not to filter.
+                   scoring: tuple[str, ...] = (), reading: tuple[str, ...] = ()) -> str | None:
+    """The ``ches filter`` command that applies a recommendation: ``--measure M --max-score T``, the threshold
+    with every digit (so that the row at the cut stays); ``model`` and the ``scoring`` flags (e.g.
+    ``--max-length 512``, so that the scores cut are the ones the threshold was read from) when ``data``'s
+    score columns are not those scores (``model=None``: they are); ``reading``: flags that say how to read
+    ``data`` (``--split``, ``--columns``), passed either way. None when the advice is not to filter.
 
-    >>> filter_command("pairs.jsonl", "sft", {"action": "filter", "measure": "ches", "quantile": 0.95},
+    >>> filter_command("pairs.jsonl", "sft", {"action": "filter", "measure": "ches", "threshold": 0.1 + 0.2},
     ...                scoring=("--max-length", "512"))
-    'ches filter pairs.jsonl --model sft --max-length 512 --measure ches --quantile 0.95 --output kept.jsonl'
+    'ches filter pairs.jsonl --model sft --max-length 512 --measure ches --max-score 0.30000000000000004 --output kept.jsonl'
     """
     if advice["action"] != "filter":
         return None
-    words = ["ches", "filter", data] + (["--model", model, *scoring] if model else [])
-    words += ["--measure", advice["measure"], "--quantile", f"{advice['quantile']:g}", "--output", output]
+    words = ["ches", "filter", data, *reading] + (["--model", model, *scoring] if model else [])
+    words += ["--measure", advice["measure"], "--max-score", repr(float(advice["threshold"])), "--output", output]
     return shlex.join(words)
 
 
@@ -151,6 +158,7 @@ def format_recommendation(advice: dict) -> str:
              f"{advice['reason']}"]
     if advice.get("command"):
         lines.append(f"  {advice['command']}")
-        lines.append(f"  (on new data scored with the same model, --measure {advice['measure']} --max-score "
-                     f"{advice['threshold']!r} makes the same cut; the full digits keep the row at the cut)")
+        kept = f" (it keeps {advice['kept']} pool rows, ties included)" if "kept" in advice else ""
+        lines.append(f"  (--max-score is the threshold read on the scored pool{kept}; it cuts the full data, and new "
+                     "data scored with this model, at the same score; every digit keeps the row at the cut)")
     return "\n".join(lines)

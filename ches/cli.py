@@ -22,8 +22,8 @@ import time
 
 from . import __version__
 from .errors import ChesError, one_line
-from .flags import (Outcome, Parser, add_data, add_model, add_options, add_output, add_scoring, check_outputs,
-                    check_paths_first, input_metadata, option_values, rows_written, score_kwargs)
+from .flags import (Outcome, Parser, add_data, add_model, add_options, add_output, add_scoring, check_options_first,
+                    check_outputs, check_paths_first, input_metadata, option_values, rows_written, score_kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,11 +117,7 @@ def run_filter(args) -> Outcome:
 
     check_outputs(args)
     scoring = score_kwargs(args)
-    if not args.model:  # scoring flags without a model would do nothing
-        idle = [f"--{name.replace('_', '-')}" for name, value in {"tokenizer": args.tokenizer, **scoring}.items()
-                if name not in ("split", "progress") and value not in (None, False)]
-        if idle:
-            raise ChesError(f"{', '.join(idle)} only apply when scoring; pass --model too, or drop them.")
+    _refuse_idle_scoring_flags(args)
     rules = FilterOptions(**option_values(args, FilterOptions))
     kept, cut = filter_run(args.data, options=rules, model=args.model, tokenizer=args.tokenizer,
                            **({**scoring, "overwrite": args.overwrite} if args.model else {"split": args.split}))
@@ -136,6 +132,33 @@ def run_filter(args) -> Outcome:
     detail = f" ({', '.join(f'{name}: {count}' for name, count in per_split.items())})" if per_split else ""
     print(f"kept {meta['rows_written']} rows{detail} (pass --output to write them)")
     return Outcome(meta)
+
+
+def _refuse_idle_scoring_flags(args) -> None:
+    """``ches filter`` without ``--model``: scoring flags would do nothing, so they are refused."""
+    if args.model:
+        return
+    idle = [f"--{name.replace('_', '-')}" for name, value in {"tokenizer": args.tokenizer, **score_kwargs(args)}.items()
+            if name not in ("split", "progress") and value not in (None, False)]
+    if idle:
+        raise ChesError(f"{', '.join(idle)} only apply when scoring; pass --model too, or drop them.")
+
+
+def check_options(args) -> None:
+    """Every option value of ``args.command`` checked before the heavy imports (:func:`~ches.flags.check_options_first`)."""
+    from . import options as o
+
+    if args.command == "filter":
+        _refuse_idle_scoring_flags(args)
+    check_options_first(args, **{
+        "score": {"scoring": True},
+        "filter": {"options": (o.FilterOptions,), "scoring": True},
+        "validate": {"options": (o.ValidateOptions,)},
+        "report": {"options": (o.ReportOptions,)},
+        "pairs": {"options": (o.PairOptions, o.PairInputOptions), "scoring": True, "names": o.PAIR_SCORE_OPTIONS,
+                  "score_options": o.pair_score_options},
+        "audit": {"options": (o.AuditOptions,), "scoring": True, "names": o.AUDIT_SCORE_OPTIONS},
+    }[args.command])
 
 
 def run_report(args) -> Outcome:
@@ -237,9 +260,11 @@ def _terminate_as_exception():
 
 
 def _main(argv: list[str], started: str) -> int:
+    args = None
     try:
         args = build_parser().parse_args(argv)
         check_paths_first(args)  # before the heavy imports: a mistyped path fails at once
+        check_options(args)  # and so does a bad option value
         from .quiet import library_bars_off
 
         with library_bars_off():  # ches' own bar only (none with --no-progress)
@@ -274,7 +299,8 @@ def _main(argv: list[str], started: str) -> int:
         print(f"ches: error: {one_line(error, limit=2000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ches: interrupted; outputs are written atomically, so nothing half-written was left", file=sys.stderr)
+        print(f"ches: interrupted; outputs are written atomically, so nothing half-written was left{_resume_hint(args)}",
+              file=sys.stderr)
         return 130
     except Terminated:
         print("ches: terminated (SIGTERM); outputs are written atomically, so nothing half-written was left",
@@ -294,6 +320,15 @@ def _main(argv: list[str], started: str) -> int:
         print(f"ches: error: {type(error).__name__}{where}: {one_line(error, limit=2000)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _resume_hint(args) -> str:
+    """How to resume an interrupted command that takes ``--cache-dir`` (empty for the others)."""
+    if args is None or not hasattr(args, "cache_dir"):
+        return ""
+    if args.cache_dir is not None:
+        return f"; run the same command again to resume: the finished chunks are kept in --cache-dir {args.cache_dir}"
+    return "; pass --cache-dir DIR to keep finished chunks, so that running the command again resumes where it stopped"
 
 
 def _origin(error: BaseException) -> str:

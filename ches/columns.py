@@ -265,3 +265,19 @@ def sidecar_reference(meta: dict) -> dict | None:
         reference["columns"] = (run.get("options") or {}).get("columns")
         return reference
     return None
+
+
+def parse_columns(text: str) -> dict[str, str]:
+    """``"prompt=question,chosen=good"`` as a mapping (the command line's ``--columns``).
+
+    >>> parse_columns("prompt=question, chosen=answer_matching_behavior")
+    {'prompt': 'question', 'chosen': 'answer_matching_behavior'}
+    """
+    mapping = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        role, separator, name = item.partition("=")
+        if not separator or not role.strip() or not name.strip():
+            raise ChesError(f"--columns {text!r}: expected NAME=COLUMN pairs separated by commas, e.g. "
+                            "prompt=question,chosen=answer_a,rejected=answer_b.")
+        mapping[role.strip()] = name.strip()
+    return mapping

@@ -78,7 +78,7 @@ def option_values(args: argparse.Namespace, options: type) -> dict[str, Any]:
     given = {item.name: getattr(args, item.name) for item in fields(options)
              if item.metadata.get("flag") is not None and hasattr(args, item.name)}
     if given.get("columns") is not None:
-        from .inputs import parse_columns
+        from .columns import parse_columns
 
         given["columns"] = parse_columns(given["columns"])
     return given
@@ -173,6 +173,20 @@ def check_paths_first(args: argparse.Namespace) -> None:
             check_folder_exists(getattr(args, role), role)
     if getattr(args, "output", None) is not None:
         _check_output_paths(args)
+
+
+def check_options_first(args: argparse.Namespace, options: tuple[type, ...] = (), *, scoring: bool = False,
+                        names: tuple[str, ...] | None = None, score_options=None) -> None:
+    """Every option value of a command checked before torch, transformers and datasets are imported (a
+    ``--quantile 95`` fails at once): each dataclass of ``options`` built from the flags and, with
+    ``scoring``, the scoring flags (``names``: the subset the command takes) by ``score_options`` (default
+    :meth:`~ches.options.ScoreOptions.from_kwargs`). The command builds them again when it runs."""
+    from .options import ScoreOptions
+
+    for kind in options:
+        kind(**option_values(args, kind))
+    if scoring:
+        (score_options or ScoreOptions.from_kwargs)(**score_kwargs(args, names))
 
 
 def _check_single_file_output(args: argparse.Namespace) -> None:

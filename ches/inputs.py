@@ -19,7 +19,7 @@ from typing import Any, Union
 
 import datasets
 
-from .columns import all_types, column_feature, sidecar_reference, typed_cell, with_reference
+from .columns import all_types, column_feature, parse_columns, sidecar_reference, typed_cell, with_reference  # noqa: F401
 from .errors import ChesError, one_line
 from .formats import PAIR_COLUMNS, TEMPLATE_COLUMNS, Pair, to_pairs
 from .paths import DATA_SUFFIXES, check_data_exists
@@ -400,22 +400,6 @@ def read_columns(dataset: datasets.Dataset, columns: Mapping[str, str] | None = 
     mapping = dict(columns or {}) if isinstance(columns, Mapping) else {}
     where = [mapping.get(role, role) for role in PAIR_COLUMNS + TEMPLATE_COLUMNS]
     return [name for name in where if name in dataset.column_names]
-
-
-def parse_columns(text: str) -> dict[str, str]:
-    """``"prompt=question,chosen=good"`` as a mapping (the command line's ``--columns``).
-
-    >>> parse_columns("prompt=question, chosen=answer_matching_behavior")
-    {'prompt': 'question', 'chosen': 'answer_matching_behavior'}
-    """
-    mapping = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        role, separator, name = item.partition("=")
-        if not separator or not role.strip() or not name.strip():
-            raise ChesError(f"--columns {text!r}: expected NAME=COLUMN pairs separated by commas, e.g. "
-                            "prompt=question,chosen=answer_a,rejected=answer_b.")
-        mapping[role.strip()] = name.strip()
-    return mapping
 
 
 def preference_pairs(dataset: datasets.Dataset, split_name: str | None = None,

@@ -238,6 +238,7 @@ class FilterOptions:
             object.__setattr__(self, name, _real(name, getattr(self, name)))
         for name in ("keep", "window"):
             object.__setattr__(self, name, _whole(name, getattr(self, name)))
+        self._check_ranges()
         given = [name for name in FILTER_RULES if getattr(self, name) is not None]
         if len(given) > 1:
             raise ChesError(f"give at most one of quantile=, max_score=, keep=, around= (got {', '.join(given)}).")
@@ -246,6 +247,19 @@ class FilterOptions:
         if self.measure not in MEASURES:
             raise ChesError(f"unknown measure {self.measure!r}; use one of {sorted(MEASURES)}.")
         object.__setattr__(self, "drop_flags", check_flag_names(self.drop_flags or (), "drop_flags (--drop-flags)"))
+
+    def _check_ranges(self) -> None:
+        """The values that no data can make right (those that depend on the number of rows wait for the data)."""
+        if self.quantile is not None and not 0 < self.quantile <= 1:
+            raise ChesError(f"quantile={self.quantile!r} must be in (0, 1]: the fraction of scored rows to keep "
+                            f"(e.g. 0.95, not 95).")
+        if self.around is not None and not 0 <= self.around <= 1:
+            raise ChesError(f"around={self.around!r} must be a quantile in [0, 1]: where the window's centre lies in the "
+                            "sorted scores (0 = least similar).")
+        if self.keep is not None and self.keep < 0:
+            raise ChesError(f"keep={self.keep} is outside [0, the number of scored rows]: the rows to keep.")
+        if self.window is not None and self.window < 1:
+            raise ChesError(f"window={self.window} must be a positive number of rows.")
 
     @property
     def rule(self) -> str:
@@ -277,7 +291,7 @@ class ReportOptions:
 
 
 #: the :class:`ScoreOptions` ``ches.validate`` takes (with its own defaults for ``dtype`` and ``max_length``)
-VALIDATE_SCORE_OPTIONS = ("split", "device", "dtype", "max_length", "num_threads", "progress")
+VALIDATE_SCORE_OPTIONS = ("split", "columns", "device", "dtype", "max_length", "num_threads", "progress")
 
 
 @dataclass(frozen=True)
@@ -309,6 +323,8 @@ class ValidateOptions:
                                 "bootstrap", type=int)
     resamples: int = _option(1000, help="bootstrap resamples for the 95 % intervals", type=int, flag=None)
     split: str | None = _option(help="split of a DatasetDict / Hub dataset")
+    columns: dict[str, str] | None = _option(help="your column names, e.g. prompt=question,chosen=answer_a,rejected=answer_b",
+                                              type="columns", metavar="NAME=COLUMN,...")
     device: str | None = _option(help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
     dtype: str | None = _option("float32", help="precision of the scoring and of the DPO runs (DPO steps in half "
                                                  "precision are noisy)",
@@ -321,8 +337,8 @@ class ValidateOptions:
     def __post_init__(self) -> None:
         if self.protocol not in VALIDATE_PROTOCOLS:
             raise ChesError(f"unknown protocol {self.protocol!r}; use one of {', '.join(VALIDATE_PROTOCOLS)}.")
-        whole = {"n": 0, "steps": 1, "epochs": 1, "batch_size": 1, "resamples": 1, "seed": 0, "pool": 1,
-                 "num_threads": 1}  # n: ranged with the data
+        whole = {"n": 3, "steps": 1, "epochs": 1, "batch_size": 1, "resamples": 1, "seed": 0, "pool": 1,
+                 "num_threads": 1}  # n: also ranged with the data
         for name, minimum in whole.items():
             value = getattr(self, name)
             if name in ("pool", "num_threads") and value is None:
@@ -500,7 +516,7 @@ def dtype_name(dtype: Any) -> str:
 def _positive(name: str, value: Any, *, minimum: int, none: str) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ChesError(f"{name}={value!r} must be {what} (or None for {none}).")
+        raise ChesError(f"{name}={value!r} must be {what}" + (f" (or None for {none})." if none else "."))
 
 
 def signature_with_options(function, names: tuple[str, ...] | None = None, options: type | None = None) -> inspect.Signature:

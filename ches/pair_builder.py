@@ -13,6 +13,7 @@ The scoring options are :class:`~ches.options.ScoreOptions` (the subset
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from collections import Counter
@@ -277,6 +278,21 @@ def describe_run(info: PairsInfo, *, reasons: bool = True) -> str:
     return line
 
 
+def _check_rating_field(dataset: datasets.Dataset, rating_field: str) -> None:
+    """Refuse a ``rating_field`` that no completion of raw UltraFeedback rows has, naming the fields they have
+    (a misspelt name would otherwise leave every rating missing)."""
+    fields: set[str] = set()
+    for completions in dataset["completions"]:
+        for completion in completions if isinstance(completions, list) else ():
+            if isinstance(completion, dict):
+                fields.update(completion)
+    if fields and rating_field not in fields:
+        close = difflib.get_close_matches(rating_field, sorted(fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ChesError(f"rating_field={rating_field!r} (--rating-field) is not a field of the completions{hint}; they "
+                        f"have {', '.join(sorted(fields))}.")
+
+
 def candidate_rows(dataset: datasets.Dataset, columns: Mapping[str, str] | None,
                    rating_field: str | None = None) -> list[Candidates]:
     """The rows of ``dataset`` as validated :class:`~ches.candidates.Candidates` (schema detected, see there)."""
@@ -293,6 +309,8 @@ def candidate_rows(dataset: datasets.Dataset, columns: Mapping[str, str] | None,
                             "reads by their own names; columns= is for generic rows: drop columns= (--columns), and "
                             "pick the rating with rating_field= (--rating-field).")
     if schema(dataset.column_names, columns) == "ultrafeedback":
+        if rating_field is not None:  # a name given (the default's absence is reported row by row)
+            _check_rating_field(dataset, rating_field)
         rating_field = rating_field or ULTRAFEEDBACK_RATING
         return to_candidates([from_ultrafeedback(row, rating_field) for row in dataset],
                              {"prompt": "instruction", "responses": "completions",

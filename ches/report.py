@@ -217,17 +217,25 @@ def _validation_section(validation: dict | None) -> str:
                 "predicts displacement on your model. Run <code>ches validate DATA --model SFT_MODEL --output "
                 "validation.json</code> (DPO runs on subsets of your pairs; minutes on a GPU) and pass "
                 "<code>--validation validation.json</code> to <code>ches report</code>.</p>")
+    from .validation import check_validation
+
+    check_validation(validation, "validation=")  # a loaded file was checked already; a dict of the caller's here
     settings = validation["settings"]
     statistic = "gap (nats)" if settings["protocol"] == "subsets" else "Spearman"
-    rows = "".join(f"<tr><td>{html.escape(DISPLAYED.get(name, name))}</td><td class='num'>{entry['statistic']:+.3f}</td>"
-                   f"<td class='num'>[{entry['ci95'][0]:+.3f}, {entry['ci95'][1]:+.3f}]</td>"
-                   f"<td>{html.escape(entry['status'])}</td></tr>" for name, entry in validation["evidence"].items())
-    how = (f"{settings['protocol']} protocol on {html.escape(str(settings['model']))}: n={settings['n']}, learning rate "
-           f"{settings['learning_rate']:g}, beta {settings['beta']:g}, max_length {settings['max_length']}, "
-           f"{settings['scored']} scored rows")
+    rows = "".join(f"<tr><td>{_text(DISPLAYED.get(name, name))}</td><td class='num'>{_text(format(entry['statistic'], '+.3f'))}</td>"
+                   f"<td class='num'>[{_text(format(entry['ci95'][0], '+.3f'))}, {_text(format(entry['ci95'][1], '+.3f'))}]</td>"
+                   f"<td>{_text(entry['status'])}</td></tr>" for name, entry in validation["evidence"].items())
+    how = (f"{_text(settings['protocol'])} protocol on {_text(settings['model'])}: n={_text(settings['n'])}, learning "
+           f"rate {_text(format(settings['learning_rate'], 'g'))}, beta {_text(format(settings['beta'], 'g'))}, "
+           f"max_length {_text(settings['max_length'])}, {_text(settings['scored'])} scored rows")
     return (f"<h2>Recommendation</h2><p>From <code>ches validate</code> ({how}).</p>"
             f"<table><tr><th>measure</th><th>{statistic}</th><th>95% CI</th><th>status</th></tr>{rows}</table>"
-            f"<pre>{html.escape(format_recommendation(validation['recommendation']))}</pre>")
+            f"<pre>{_text(format_recommendation(validation['recommendation']))}</pre>")
+
+
+def _text(value) -> str:
+    """Any value of a validation result, as HTML text: escaped, quotes too."""
+    return html.escape(str(value), quote=True)
 
 
 def _audit_section(dataset: datasets.Dataset, measure: str, heading: str = "h2") -> str:

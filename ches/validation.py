@@ -9,6 +9,7 @@ recommendation (:mod:`ches.advice`).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from .errors import ChesError
 from .formats import to_pairs
 from .inputs import Data, column, load_data, pair_columns
 from .models import load_model
-from .options import DEFAULT_QUANTILE, ValidateOptions, signature_with_options
+from .options import DEFAULT_QUANTILE, VALIDATE_PROTOCOLS, ValidateOptions, signature_with_options
 from .probes import DPOProbe, train_dpo
 from .select import similarity
 from .stats import bootstrap_interval, difference_interval, partial_spearman, pearson, spearman
@@ -78,7 +79,7 @@ def validate(data: Data, model, tokenizer=None, *, options: ValidateOptions | No
             before any work: ``protocol``; ``n`` (pairs per subset, or pairs probed); ``epochs``,
             ``batch_size`` (subsets) or ``steps`` (probes); ``learning_rate``, ``beta``; ``pool`` rows scored
             to choose from (default: all rows, or a random ``20 * n`` of larger data); ``seed`` (pool draw,
-            random subset, batch order, bootstrap); ``resamples``; ``split``, ``max_length`` (default 512),
+            random subset, batch order, bootstrap); ``resamples``; ``split``, ``columns``, ``max_length`` (default 512),
             ``device``, ``dtype`` (default float32: DPO steps in half precision are noisy), ``num_threads``
             and ``progress`` as for :func:`ches.score`.
 
@@ -116,7 +117,7 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
     loaded = load_model(model, tokenizer, dtype=options.dtype, device=options.device)
     threads = set_threads(loaded.model, explicit=options.num_threads, device=loaded.device)
     scored, _ = score_run(candidates, loaded.model, loaded.tokenizer, max_length=options.max_length,
-                          progress=options.progress, num_threads=threads.count)
+                          columns=options.columns, progress=options.progress, num_threads=threads.count)
     usable = np.flatnonzero([reason is None for reason in column(scored, "ches_skip")])
     if len(usable) < needed:
         raise ChesError(f"only {len(usable)} of the {size} pooled rows could be scored and the {options.protocol} "
@@ -139,16 +140,49 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
     cut_quantile = round(1 - n / len(usable), 4) if options.protocol == "subsets" else DEFAULT_QUANTILE
     advice = recommend(result["evidence"], protocol=options.protocol, cut_quantile=cut_quantile,
                        pool_scores=pool_scores, **_displacement_seen(result))
-    has_scores = all(name in dataset.column_names for name in MEASURES)
-    scoring = (*(("--max-length", str(options.max_length)) if options.max_length else ()), "--dtype",
-               str(loaded.dtype).removeprefix("torch."))
-    advice["command"] = filter_command(data if isinstance(data, str) else "DATA",
-                                       None if has_scores else (model if isinstance(model, str) else loaded.name), advice,
-                                       scoring=scoring)
+    if advice["action"] == "filter":
+        own = _has_these_scores(dataset.select(pool_rows), scored, advice["measure"])
+        advice["command"] = filter_command(data if isinstance(data, (str, Path)) else "DATA", None if own else
+                                           str(model if isinstance(model, (str, Path)) else loaded.name), advice,
+                                           scoring=_scoring_flags(tokenizer, loaded, options),
+                                           reading=_reading_flags(options))
+    else:
+        advice["command"] = None
     if advice["action"] == "filter":
         advice["threshold_from"] = f"the {len(usable)} scored rows of the pool"
     result["recommendation"] = advice
     return result
+
+
+def _has_these_scores(pool, scored, measure: str) -> bool:
+    """Whether the data's own score columns, on the pool's rows, are the scores validate read the threshold
+    from (``scored``: the pool scored by this model at these settings): the same rows scored, the same
+    ``measure`` values to the last bit. Then ``ches filter`` can cut the data's columns; otherwise (no scores,
+    or scores from other weights or settings) it must score the data with this model first."""
+    if measure not in pool.column_names or "ches_skip" not in pool.column_names:
+        return False
+    usable = [reason is None for reason in column(pool, "ches_skip")]
+    if usable != [reason is None for reason in column(scored, "ches_skip")]:
+        return False
+    mask = np.asarray(usable, dtype=bool)
+    before = np.asarray(column(pool, measure), dtype=np.float64)[mask]
+    return bool(np.array_equal(before, np.asarray(column(scored, measure), dtype=np.float64)[mask]))
+
+
+def _scoring_flags(tokenizer, loaded, options: ValidateOptions) -> tuple[str, ...]:
+    """The ``ches filter`` flags that score as validate scored the pool (with ``--model``)."""
+    flags = ("--tokenizer", str(tokenizer)) if isinstance(tokenizer, (str, Path)) else ()
+    if options.max_length:
+        flags += ("--max-length", str(options.max_length))
+    return (*flags, "--dtype", str(loaded.dtype).removeprefix("torch."))
+
+
+def _reading_flags(options: ValidateOptions) -> tuple[str, ...]:
+    """The ``ches filter`` flags that read the data as validate read it (``--split``, ``--columns``)."""
+    flags = ("--split", options.split) if options.split is not None else ()
+    if options.columns:
+        flags += ("--columns", ",".join(f"{name}={value}" for name, value in options.columns.items()))
+    return flags
 
 
 def subsets_protocol(candidates, scored, usable: np.ndarray, pool_rows: np.ndarray, loaded,
@@ -156,7 +190,7 @@ def subsets_protocol(candidates, scored, usable: np.ndarray, pool_rows: np.ndarr
     """The ``subsets`` runs (see :func:`validate`): ``{"subsets": [one entry per DPO run]}``; a subset that two
     measures share is trained once."""
     n = options.n
-    sequences = probe_sequences(candidates.select(usable), loaded.tokenizer, options.max_length)
+    sequences = probe_sequences(candidates.select(usable), loaded.tokenizer, options.max_length, options.columns)
     plan = []  # (name, measure, side, positions in usable)
     for name in (*AUDIT_MEASURES, LENGTH_BASELINE):
         values = _values(scored, name)[usable]
@@ -206,7 +240,7 @@ def probes_protocol(candidates, scored, usable: np.ndarray, pool_rows: np.ndarra
     n = options.n
     ches_values = np.asarray(column(scored, "ches"))[usable]
     picked = np.sort(usable[np.argsort(ches_values, kind="stable")[np.linspace(0, len(usable) - 1, n).round().astype(int)]])
-    sequences = probe_sequences(candidates.select(picked), loaded.tokenizer, options.max_length)
+    sequences = probe_sequences(candidates.select(picked), loaded.tokenizer, options.max_length, options.columns)
     probe = DPOProbe(loaded.model, steps=options.steps, learning_rate=options.learning_rate, beta=options.beta,
                      pad_id=loaded.tokenizer.pad_token_id or 0)
     changes = run_probes(probe, sequences, options.progress)
@@ -271,9 +305,8 @@ def _displacement_seen(result: dict) -> dict:
 
 
 def load_validation(path: str) -> dict:
-    """A ``ches validate --output`` file, checked to be one (for ``ches report --validation``)."""
-    import json
-
+    """A ``ches validate --output`` file, checked to be one (for ``ches report --validation``): every field the
+    report shows present and of its kind (:func:`check_validation`)."""
     try:
         result = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -283,13 +316,88 @@ def load_validation(path: str) -> dict:
     if not isinstance(result, dict) or not {"settings", "evidence", "recommendation"} <= set(result):
         raise ChesError(f"{path} is not a ches validate result (no settings, evidence and recommendation); write it "
                         "with ches validate ... --output, from this version of ches.")
+    check_validation(result, str(path))
     return result
 
 
-def probe_sequences(dataset, tokenizer, max_length: int | None) -> list[SequencePair]:
-    """The token sequences of a dataset's pairs (``prompt``/``chosen``/``rejected`` columns) as ``ches.score``
-    runs them, for :func:`run_probes`; a row that cannot be scored raises :class:`ChesError`."""
-    plans = [to_sequences(pair, max_length) for pair in tokenize_pairs(to_pairs(pair_columns(dataset)), tokenizer)]
+#: what ``ches report`` reads of a validation result: field -> the kind of value (``"number?"``: or null)
+SETTINGS_FIELDS = {"protocol": "protocol", "model": "text", "n": "count", "learning_rate": "number", "beta": "number",
+                   "max_length": "count?", "scored": "count"}
+EVIDENCE_FIELDS = {"statistic": "number", "ci95": "interval", "status": "text"}
+ADVICE_FIELDS = {"action": "action", "reason": "text", "command": "text?"}
+FILTER_FIELDS = {"measure": "text", "quantile": "number", "threshold": "number", "kept": "count?"}
+ACTIONS = ("filter", "do not filter", "not enough evidence")
+
+
+def check_validation(result: dict, where: str) -> None:
+    """Refuse a validation result (what :func:`validate` returned, or a hand-edited JSON of it) that
+    ``ches report`` cannot show: one line naming ``where`` and the field, what it should be and what it is.
+
+    >>> check_validation({"settings": {"protocol": "subsets"}, "evidence": {}, "recommendation": {}}, "val.json")
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: val.json: field 'settings.model' is missing (it should be text); write the file with ches validate ... --output.
+    """
+    _check_fields(result, "settings", SETTINGS_FIELDS, where)
+    evidence = _check_object(result, "evidence", where)
+    for name in evidence:
+        _check_fields(evidence, name, EVIDENCE_FIELDS, where, "evidence.")
+    advice = _check_fields(result, "recommendation", ADVICE_FIELDS, where)
+    if advice["action"] == "filter":
+        _check_fields(result, "recommendation", FILTER_FIELDS, where)
+
+
+def _check_object(parent: dict, name: str, where: str, prefix: str = "") -> dict:
+    value = parent.get(name)
+    if not isinstance(value, dict):
+        raise ChesError(f"{where}: field {prefix + name!r} should be an object ({{...}}), found {_shown(value)}.")
+    return value
+
+
+def _check_fields(parent: dict, name: str, kinds: dict[str, str], where: str, prefix: str = "") -> dict:
+    """``parent[name]`` is an object whose fields in ``kinds`` hold values of those kinds."""
+    value = _check_object(parent, name, where, prefix)
+    for field, kind in kinds.items():
+        label = f"{prefix}{name}.{field}"
+        optional = kind.endswith("?")
+        if field not in value:
+            if optional:
+                continue
+            raise ChesError(f"{where}: field {label!r} is missing (it should be {_KINDS[kind][0]}); write the file with "
+                            "ches validate ... --output.")
+        if not (optional and value[field] is None) and not _KINDS[kind.rstrip("?")][1](value[field]):
+            raise ChesError(f"{where}: field {label!r} should be {_KINDS[kind][0]}, found {_shown(value[field])}.")
+    return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_KINDS = {  # kind -> (as said, the check)
+    "number": ("a number", _is_number),
+    "count": ("a whole number", lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 0),
+    "text": ("text", lambda value: isinstance(value, str)),
+    "interval": ("a list of two numbers [low, high]",
+                 lambda value: isinstance(value, list) and len(value) == 2 and all(map(_is_number, value))),
+    "protocol": (f"one of {', '.join(map(repr, VALIDATE_PROTOCOLS))}", lambda value: value in VALIDATE_PROTOCOLS),
+    "action": (f"one of {', '.join(map(repr, ACTIONS))}", lambda value: value in ACTIONS),
+}
+_KINDS.update({f"{kind}?": (f"{said} or null", check) for kind, (said, check) in list(_KINDS.items())})
+
+
+def _shown(value) -> str:
+    """A found value, as the error names it (short)."""
+    if isinstance(value, (dict, list)):
+        return f"{'an object' if isinstance(value, dict) else 'a list'} {json.dumps(value)[:40]!s}"
+    return "null" if value is None else repr(value)[:60]
+
+
+def probe_sequences(dataset, tokenizer, max_length: int | None, columns: dict[str, str] | None = None) -> list[SequencePair]:
+    """The token sequences of a dataset's pairs (``prompt``/``chosen``/``rejected`` columns, or those ``columns``
+    maps them to) as ``ches.score`` runs them, for :func:`run_probes`; a row that cannot be scored raises
+    :class:`ChesError`."""
+    plans = [to_sequences(pair, max_length) for pair in tokenize_pairs(to_pairs(pair_columns(dataset, columns)), tokenizer)]
     skipped = [(row, plan.reason) for row, plan in enumerate(plans) if isinstance(plan, Skip)]
     if skipped:
         raise ChesError(f"row {skipped[0][0]} cannot be probed: {skipped[0][1]}")

@@ -161,7 +161,7 @@ def test_save_embeddings_recomputes_the_scores(python_scores, tmp_path):
     (["score", "missing.jsonl", "--model", MODEL], "ches: error: data file missing.jsonl does not exist."),
     (["score", SAMPLE, "--model", "/no/model"], "ches: error: model folder /no/model does not exist"),
     (["filter", SAMPLE], "ches: error: the data has no 'ln_ches' column"),
-    (["filter", SAMPLE, "--quantile", "0"], "ches: error: the data has no 'ln_ches' column"),
+    (["filter", SAMPLE, "--quantile", "0"], "ches: error: quantile=0.0 must be in (0, 1]"),  # before the data is read
     (["score", SAMPLE], "ches: error: the following arguments are required: --model/-m"),
     (["filter", SAMPLE, "--keep", "2", "--quantile", "0.5"], "ches: error: argument --quantile: not allowed with"),
 ])
@@ -192,3 +192,19 @@ def test_dataset_dict_output_needs_a_folder_or_split(tmp_path):
     assert {k: len(v) for k, v in load_data(str(tmp_path / "out")).items()} == {"a": 3, "b": 2}
     assert main(["score", str(folder), "-m", MODEL, "--split", "b", "-o", str(tmp_path / "b.jsonl"), "--no-progress"]) == 0
     assert len(load_data(tmp_path / "b.jsonl")) == 2
+
+
+@pytest.mark.parametrize("extra, hint", [
+    ([], "; pass --cache-dir DIR to keep finished chunks, so that running the command again resumes where it stopped"),
+    (["--cache-dir", "work"], "; run the same command again to resume: the finished chunks are kept in --cache-dir work"),
+])
+def test_ctrl_c_says_how_to_resume(extra, hint, monkeypatch, capsys):
+    from ches import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "score", (*cli.COMMANDS["score"][:2], interrupted))
+    assert main(["score", SAMPLE, "--model", MODEL, *extra]) == 130
+    assert capsys.readouterr().err.strip() == ("ches: interrupted; outputs are written atomically, so nothing "
+                                               f"half-written was left{hint}")

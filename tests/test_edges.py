@@ -159,7 +159,7 @@ OPTION_CASES = {
     "two rules": (["filter", "scores.parquet", "--keep", "2", "--max-score", "0"], r"not allowed with argument"),
     "window without around": (["filter", "scores.parquet", "--window", "4"], r"window= sets the size of the around="),
     "window too large": (["filter", "scores.parquet", "--around", "0.5", "--window", "99"], r"window size 99 must be in"),
-    "around outside [0, 1]": (["filter", "scores.parquet", "--around", "2"], r"window centre 2.0 must be a quantile"),
+    "around outside [0, 1]": (["filter", "scores.parquet", "--around", "2"], r"around=2.0 must be a quantile in \[0, 1\]"),
     "unknown measure": (["filter", "scores.parquet", "--measure", "cosine"], r"--measure.*'cosine'"),
     "raw data without model": (["filter", "pairs.jsonl"], r"has no 'ln_ches' column; pass model="),
     "scoring flags without model": (["filter", "scores.parquet", "--max-length", "64", "--layout", "padded"],

@@ -89,3 +89,30 @@ def test_every_output_check_runs_before_the_heavy_imports(argv, message):
     assert outcome["status"] == 2
     assert outcome["stderr"].startswith(f"ches: error: {message}")
     assert outcome["heavy"] == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["filter", DATA, "--quantile", "95"], "quantile=95.0 must be in (0, 1]: the fraction of scored rows to keep (e.g. "
+                                           "0.95, not 95)."),
+    (["filter", DATA, "--model", str(MODEL_DIR), "--quantile", "0"], "quantile=0.0 must be in (0, 1]: the fraction of "
+                                                                      "scored rows to keep (e.g. 0.95, not 95)."),
+    (["filter", DATA, "--around", "1.5"], "around=1.5 must be a quantile in [0, 1]: where the window's centre lies in the "
+                                          "sorted scores (0 = least similar)."),
+    (["filter", DATA, "--keep", "-3"], "keep=-3 is outside [0, the number of scored rows]: the rows to keep."),
+    (["filter", DATA, "--max-length", "64"], "--max-length only apply when scoring; pass --model too, or drop them."),
+    (["validate", DATA, "--model", str(MODEL_DIR), "--n", "-1"], "n=-1 must be an integer >= 3."),
+    (["validate", DATA, "--model", str(MODEL_DIR), "--lr", "0"], "learning_rate=0.0 must be > 0 and finite."),
+    (["validate", DATA, "--model", str(MODEL_DIR), "--columns", "chosen"],
+     "--columns 'chosen': expected NAME=COLUMN pairs separated by commas, e.g. prompt=question,chosen=answer_a,"
+     "rejected=answer_b."),
+    (["score", DATA, "--model", str(MODEL_DIR), "--batch-tokens", "0"],
+     "batch_tokens=0 must be a positive integer (or None for an automatic size)."),
+    (["report", DATA, "--output", "r.html", "--top", "0"], "top=0 must be a positive integer: the pairs shown at each end."),
+    (["pairs", DATA, "--model", str(MODEL_DIR), "--per-prompt", "0"], "per_prompt=0 must be a positive integer."),
+    (["audit", DATA, "--model", str(MODEL_DIR), "--resamples", "0"], "resamples=0 must be a positive integer."),
+])
+def test_bad_option_values_are_refused_before_the_heavy_imports(argv, message):
+    outcome = run_in_fresh_process(argv)
+    assert outcome["status"] == 2 and outcome["heavy"] == []
+    if message is not None:
+        assert outcome["stderr"].strip() == f"ches: error: {message}"

@@ -366,6 +366,10 @@ def test_ultrafeedback_file(tiny_model, tokenizer, tmp_path):
     assert info.carried_columns == ["source", "models"]  # all but instruction and completions, into each pair
     assert fine["source"] == [row["source"] for row in rows] and fine["models"] == [row["models"] for row in rows]
     assert_equal_to_score(overall, model, tokenizer)
+    with pytest.raises(ches.ChesError, match=r"^rating_field='fine_grained_score' \(--rating-field\) is not a field of "
+                                             r"the completions \(did you mean 'fine-grained_score'\?\); they have "
+                                             r"annotations, fine-grained_score, model, overall_score, response.$"):
+        ches.pairs(path, model, tokenizer, rating_field="fine_grained_score")
 
 
 def test_conversational_rows(tiny_model, tokenizer):
