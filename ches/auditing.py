@@ -135,7 +135,10 @@ def audit(scored: Data, model, tokenizer=None, *, split: str | None = None, resa
                                        [reference.get("dtype"), info.dtype])
     displaced = [None if math.isnan(change) else bool(change < -limit) for change, limit in zip(chosen_change, tolerance)]
     dataset = dataset.add_column("displaced", displaced, feature=column_feature("displaced"))
-    return AuditResult(dataset, audit_summary(dataset, resamples=resamples, seed=seed), info, next_round=after)
+    counted = dataset  # rows filtered with --no-scores keep no token counts: the trained run's are the same tokens'
+    for name in [name for name in ("chosen_tokens", "rejected_tokens") if name not in dataset.column_names]:
+        counted = counted.add_column(name, column(after, name))
+    return AuditResult(dataset, audit_summary(counted, resamples=resamples, seed=seed), info, next_round=after)
 
 
 def check_same_tokens(dataset: datasets.Dataset, tokenizer, reference: dict) -> None:

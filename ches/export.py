@@ -52,9 +52,8 @@ DATASET_FOLDER_FILES = ("dataset_info.json", "state.json", "dataset_dict.json") 
 #: character (``\r``, ``\r\n``, ``\x0b``, ``\x0c``, ``\x1c``-``\x1e``, ``\x85``, ``\u2028``, ``\u2029``) reads
 #: back as written (:func:`ches.inputs.load_data`).
 CSV_OPTIONS = {"index": False, "quoting": csv.QUOTE_NONNUMERIC}
-#: what each text writer is told: JSON numbers with 15 decimals (pandas' most; its default, 10, rounds a
-#: log-prob of -644.4286050796509 to -644.4286050797); CSV as :data:`CSV_OPTIONS`
-WRITER_OPTIONS = {".jsonl": {"double_precision": 15}, ".json": {"double_precision": 15}, ".csv": CSV_OPTIONS}
+#: what each writer of ``datasets`` is told (CSV as :data:`CSV_OPTIONS`); JSON is written by :func:`write_json_lines`
+WRITER_OPTIONS = {".csv": CSV_OPTIONS}
 
 
 def sidecar_path(output: str | os.PathLike) -> Path:
@@ -241,7 +240,10 @@ def write_dataset(dataset: datasets.Dataset | datasets.DatasetDict, output: str 
         with staged(output) as temporary:
             plain = temporary.with_name(temporary.name + extension)
             try:
-                getattr(dataset, FILE_WRITERS[extension])(str(plain), **WRITER_OPTIONS.get(extension, {}))
+                if extension in (".jsonl", ".json"):
+                    write_json_lines(dataset, plain)
+                else:
+                    getattr(dataset, FILE_WRITERS[extension])(str(plain), **WRITER_OPTIONS.get(extension, {}))
                 if gzipped:
                     with open(plain, "rb") as source, gzip.open(temporary, "wb") as target:
                         shutil.copyfileobj(source, target)
@@ -259,6 +261,26 @@ def write_dataset(dataset: datasets.Dataset | datasets.DatasetDict, output: str 
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
     return output
+
+
+def write_json_lines(dataset: datasets.Dataset, path: str | os.PathLike, batch_rows: int = 1024) -> None:
+    """``dataset`` as JSON Lines (one object a row, UTF-8, as ``Dataset.to_json`` lays it out), every float with
+    the digits that read back as the same float (Python's ``repr``; pandas, which ``to_json`` uses, keeps at
+    most 15 decimals, so ``0.1 + 0.2`` came back as ``0.3``), NaN and infinities as ``null``.
+
+    >>> import datasets, tempfile, pathlib, json
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "x.jsonl"
+    >>> write_json_lines(datasets.Dataset.from_dict({"x": [0.1 + 0.2, float("nan")], "t": ["a\\rb", None]}), path)
+    >>> [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    [{'x': 0.30000000000000004, 't': 'a\\rb'}, {'x': None, 't': None}]
+    """
+    with open(path, "w", encoding="utf-8") as handle:
+        for begin in range(0, len(dataset), batch_rows):
+            batch = dataset[begin : begin + batch_rows]
+            names = list(batch)
+            for values in zip(*(batch[name] for name in names)):
+                row = strict_json(dict(zip(names, values)))
+                handle.write(json.dumps(row, ensure_ascii=False, default=str, allow_nan=False) + "\n")
 
 
 def _replace_folder(new: Path, output: Path) -> None:

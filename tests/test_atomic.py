@@ -40,6 +40,7 @@ if point == "while-writing":  # half a file / half a folder written, then killed
         os._exit(9)
     datasets.Dataset.to_parquet = partial
     datasets.Dataset.to_json = partial
+    export.write_json_lines = lambda dataset, path, *args, **kwargs: partial(dataset, str(path))
     datasets.Dataset.save_to_disk = partial
 elif point == "before-rename":
     export.os.replace = die

@@ -209,3 +209,21 @@ def test_no_output_whose_sidecar_is_the_input_or_its_sidecar(command, tmp_path, 
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and "would replace" in error, error
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", ["x.jsonl", "x.json", "x.jsonl.gz", "x.csv", "x.parquet"])
+def test_every_float_reads_back_as_the_same_float(tmp_path, name):
+    """JSON written through pandas kept 10 (at most 15) decimals: a log-prob of -644.4286050796509 came back as
+    -644.4286050797, 0.1 + 0.2 as 0.3, 1e-20-sized scores rounded; every float now reads back bit for bit."""
+    import random
+
+    from ches.export import write_dataset
+    from ches.inputs import load_data
+
+    generator = random.Random(0)
+    values = [0.1 + 0.2, -644.4286050796509, 1.2345678901234567e-20, 22409.757284709332, -1e300, 5e-324]
+    values += [generator.uniform(-1000, 1000) * 10 ** generator.randint(-30, 30) for _ in range(200)]
+    dataset = datasets.Dataset.from_dict({"chosen": ["a"] * len(values), "rejected": ["b"] * len(values),
+                                          "chosen_logps": values})
+    written = write_dataset(dataset, tmp_path / name)
+    assert load_data(str(written))["chosen_logps"][:] == values
