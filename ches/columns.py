@@ -40,6 +40,8 @@ RANK_COLUMNS = tuple(RANK_TYPES)
 AUDIT_TYPES = {"chosen_logps_after": "float64", "rejected_logps_after": "float64", "chosen_change": "float64",
                "rejected_change": "float64", "displaced": "bool"}
 AUDIT_COLUMNS = tuple(AUDIT_TYPES)
+#: what ``ches filter --no-scores`` keeps of rows scored with log-probs: the reference and the tokens it belongs to
+REFERENCE_COLUMNS = LOGPS_COLUMNS + (DIGEST_COLUMN,)
 #: what an earlier ches run added beside its scores, which a new scoring run drops when it does not compute it
 STALE_COLUMNS = LOGPS_COLUMNS + RANK_COLUMNS + AUDIT_COLUMNS
 #: the measures pairs are selected by, with their sign (+1: higher = more similar pair, more likely to displace)
@@ -151,7 +153,8 @@ def check_output_columns(column_names, added: tuple[str, ...], read: list[str], 
 
     A column ches reads (a prompt, chosen or rejected column) never shares a name with an output column; any
     other column that does is the user's own unless every output column is there (every one but the
-    :data:`LATER_COLUMNS` for data scored by an older ches).
+    :data:`LATER_COLUMNS` for data scored by an older ches), or the data holds exactly the
+    :data:`REFERENCE_COLUMNS` of them (what ``ches filter --no-scores`` keeps of rows scored with log-probs).
 
     >>> check_output_columns(["prompt", "chosen", "rejected"], SCORE_COLUMNS, ["prompt", "chosen", "rejected"])
     False
@@ -166,7 +169,8 @@ def check_output_columns(column_names, added: tuple[str, ...], read: list[str], 
         raise ChesError(f"{label}: column {read_too[0]!r} is read as a pair's text, but ches writes its output column "
                         f"{read_too[0]!r} there; rename it first (dataset.rename_column({read_too[0]!r}, ...)).")
     required = [name for name in added if name not in LATER_COLUMNS]
-    if present and not all(name in present for name in required):
+    reference_only = all(name in column_names for name in REFERENCE_COLUMNS) and set(present) <= set(REFERENCE_COLUMNS)
+    if present and not reference_only and not all(name in present for name in required):
         raise ChesError(f"{label} has column(s) {present}, which ches writes its output to ({', '.join(added)}); they "
                         "are not an earlier ches run's output (that has all of them), so they would be overwritten: "
                         "rename them first (dataset.rename_column).")

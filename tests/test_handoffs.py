@@ -251,5 +251,8 @@ def test_a_strangers_pipeline_from_files_alone(suffix, no_scores, tiny_model, to
     got = losses(ours)
     assert got == pytest.approx(trls_own(model, rows, tokenizer, config(tmp_path / "trl", precompute_ref_log_probs=True)),
                                 abs=1e-5)
-    if not no_scores:  # the audit's correlations need the scores
-        assert main(["audit", str(clean), "-m", str(folder), "--no-progress"]) == 0
+    audited = tmp_path / f"audited{suffix or '-folder'}"
+    assert main(["audit", str(clean), "-m", str(folder), "--no-progress", "-o", str(audited)]) == 0  # the SFT model itself
+    result = load_data(str(audited))
+    assert result["displaced"][:] == [False] * 10  # no change beyond the dtype's rounding
+    assert main(["score", str(clean), "-m", str(folder), "--no-progress", "-o", str(tmp_path / f"again{suffix}")]) == 0
