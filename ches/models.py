@@ -433,13 +433,26 @@ def load_tokenizer(tokenizer, model_name: str, trust_remote_code: bool = False, 
             if "trust_remote_code" in str(error):
                 raise ChesError(_custom_code_message(source)) from None
             damaged = damaged_tokenizer_file(source)
+            if reason and tokenizer is None:  # nothing of the model can be had: say so, as loading the model would
+                raise ChesError(f"could not load model {source!r}: it is not a local folder, {reason}, and it is not "
+                                "in the local Hugging Face cache.") from None
             if damaged:
                 detail = f"{damaged} is damaged: {type(error).__name__}: {one_line(error, 200)}"
             elif reason:
                 detail = f"it is not a local folder, {reason}, and it is not in the local cache"
+            elif os.path.isdir(os.path.expanduser(source)) and not any(
+                    os.path.isfile(os.path.join(os.path.expanduser(source), name)) for name in TOKENIZER_FILES):
+                detail = (f"the folder holds none of {', '.join(TOKENIZER_FILES)}: save the tokenizer there with "
+                          "tokenizer.save_pretrained(folder), or name the folder that holds it")
             else:
                 detail = f"{type(error).__name__}: {one_line(error, 300)}"
-            raise ChesError(f"could not load a tokenizer from {source!r} ({detail}); pass tokenizer= explicitly.") from None
+            whose = "the tokenizer of the model" if tokenizer is None else "a tokenizer from"
+            raise ChesError(f"could not load {whose} {source!r} ({detail}); pass tokenizer= (--tokenizer) "
+                            "explicitly.") from None
+
+
+#: the files a tokenizer folder holds at least one of (fast, SentencePiece, BPE vocabulary, configuration)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 def damaged_tokenizer_file(folder: str) -> str | None:

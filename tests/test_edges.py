@@ -812,7 +812,20 @@ def test_a_damaged_tokenizer_file_is_named(damage, workdir, capsys):
         del content["added_tokens"]
         path.write_text(json.dumps(content))
     assert_one_line_error(*run_cli(["score", "pairs.jsonl", "-m", "model"], capsys),
-                          r"could not load a tokenizer from 'model' \(model/tokenizer.json is damaged: ")
+                          r"could not load the tokenizer of the model 'model' \(model/tokenizer.json is damaged: ")
+
+
+def test_a_folder_without_tokenizer_files_and_a_missing_model_are_named_as_such(workdir, capsys):
+    """A model folder saved without its tokenizer is named as that (the message was transformers' cut-off
+    ValueError); a Hub id that cannot be had is a missing model in ches audit too, not a tokenizer problem."""
+    assert run_cli(["score", "pairs.jsonl", "-m", "model", "--logps", "-o", "logps.parquet", "--no-progress"], capsys)[0] == 0
+    (workdir / "model" / "tokenizer.json").unlink()
+    (workdir / "model" / "tokenizer_config.json").unlink()
+    assert_one_line_error(*run_cli(["score", "pairs.jsonl", "-m", "model"], capsys),
+                          r"could not load the tokenizer of the model 'model' \(the folder holds none of tokenizer.json, "
+                          r"tokenizer.model, vocab.json, tokenizer_config.json: save the tokenizer there")
+    assert_one_line_error(*run_cli(["audit", "logps.parquet", "-m", "nobody/no-such-model"], capsys),
+                          r"could not load model 'nobody/no-such-model': it is not a local folder")
 
 
 # ---------------------------------------------------------------- silent wrong results: the numbers
