@@ -130,6 +130,9 @@ class ShardCache:
         if not path.is_file():
             return None
         try:
+            recorded = shard_key(path)
+            if recorded != chunk:  # a shard copied or renamed from another chunk, or written before shards kept keys
+                raise ValueError(f"it records the key {recorded!r}, not {chunk!r}")
             tensors = load_file(str(path))
             if any(name not in tensors or len(tensors[name]) != rows for name in names):
                 raise ValueError(f"expected {', '.join(names)} of {rows} rows")
@@ -143,4 +146,13 @@ class ShardCache:
         from safetensors.torch import save_file
 
         with staged(self._path(chunk)) as temporary:
-            save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(temporary))
+            save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(temporary),
+                      metadata={"chunk_key": chunk})
+
+
+def shard_key(path: str | os.PathLike) -> str | None:
+    """The :func:`chunk_key` a shard records of the chunk it holds (in its safetensors metadata), or None."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return (handle.metadata() or {}).get("chunk_key")

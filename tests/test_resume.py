@@ -95,3 +95,23 @@ def test_failed_write_leaves_no_output(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_dataset(scored, tmp_path / "out.parquet")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_shard_under_another_chunks_name_is_not_reused(tmp_path, monkeypatch, caplog):
+    """Each shard records the key of the chunk it holds: one copied over another chunk's file (by hand, or a
+    sync tool) is recomputed, not read as that chunk's numbers."""
+    import logging
+    import shutil
+
+    import ches.runner
+
+    monkeypatch.setattr(ches.runner, "CHUNK_PAIRS", 8)
+    rows = load_data(SAMPLE).select(range(16))
+    first = ches.score(rows, str(MODEL_DIR), cache_dir=str(tmp_path), progress=False, num_threads=1)
+    files = sorted(shards(tmp_path))
+    assert len(files) == 2
+    shutil.copyfile(files[0], files[1])
+    with caplog.at_level(logging.WARNING, logger="ches"):
+        again = ches.score(rows, str(MODEL_DIR), cache_dir=str(tmp_path), progress=False, num_threads=1)
+    assert "records the key" in caplog.text
+    assert again["ches"][:] == first["ches"][:]
