@@ -242,10 +242,20 @@ def reference_of(dataset) -> dict | None:
     record), or None."""
     if hasattr(dataset, "keys"):
         return next((found for part in dataset.values() if (found := reference_of(part)) is not None), None)
-    try:
-        return json.loads(dataset.info.description or "{}").get("ches_reference")
-    except (ValueError, AttributeError):
-        return None
+    text = getattr(getattr(dataset, "info", None), "description", None) or ""
+    records = []
+    for block in text.split("\n\n"):  # datasets.concatenate_datasets joins differing descriptions with a blank line
+        try:
+            found = json.loads(block).get("ches_reference")
+        except (ValueError, AttributeError):
+            continue
+        if found is not None and found not in records:
+            records.append(found)
+    if len(records) > 1:
+        models = ", ".join(repr(record.get("model")) for record in records)
+        raise ChesError(f"the rows come from {len(records)} scoring runs (datasets concatenated after scoring: {models}), "
+                        "so their log-probs are not one reference; score them together, with the model DPO starts from.")
+    return records[0] if records else None
 
 
 def sidecar_reference(meta: dict) -> dict | None:

@@ -256,3 +256,43 @@ def test_a_strangers_pipeline_from_files_alone(suffix, no_scores, tiny_model, to
     result = load_data(str(audited))
     assert result["displaced"][:] == [False] * 10  # no change beyond the dtype's rounding
     assert main(["score", str(clean), "-m", str(folder), "--no-progress", "-o", str(tmp_path / f"again{suffix}")]) == 0
+
+
+def test_rows_of_two_scoring_runs_concatenated_are_not_one_reference(tiny_model, tokenizer, tmp_path):
+    rows = standard_rows(hh_rows(8))
+    first = ches.score(rows[:4], tiny_model("llama"), tokenizer, logps=True, progress=False)
+    second = ches.score(rows[4:], tiny_model("qwen2"), tokenizer, logps=True, progress=False)
+    same = ches.score(rows[4:], tiny_model("llama"), tokenizer, logps=True, progress=False)
+    with pytest.raises(ches.ChesError, match=r"the rows come from 2 scoring runs \(datasets concatenated after scoring"):
+        ches.trl.DPOTrainer(model=copy.deepcopy(tiny_model("llama")), args=config(tmp_path),
+                            train_dataset=datasets.concatenate_datasets([first, second]), processing_class=tokenizer)
+    joined = datasets.concatenate_datasets([first, same]).shuffle(seed=0)  # one model's runs: one reference
+    trainer = ches.trl.DPOTrainer(model=copy.deepcopy(tiny_model("llama")), args=config(tmp_path),
+                                  train_dataset=joined, processing_class=tokenizer)
+    assert len(trainer.train_dataset) == 8
+
+
+def test_pairs_built_by_ches_train_with_trls_losses(tiny_model, tokenizer, tmp_path):
+    """ches.pairs(..., logps=True) output goes straight into the trainer; its digests are those of TRL's tokens."""
+    rows = standard_rows(hh_rows(12))
+    generic = [{"prompt": rows[i]["prompt"], "responses": [rows[i]["chosen"], rows[i]["rejected"], rows[i + 1]["chosen"]],
+                "ratings": [3, 1, 2]} for i in range(8)]
+    model = tiny_model("llama")
+    pairs = ches.pairs(generic, model, tokenizer, logps=True, progress=False, max_length=256)
+    ours = ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path / "ches", max_length=256),
+                               train_dataset=pairs, processing_class=tokenizer)
+    plain = [{name: row[name] for name in ("prompt", "chosen", "rejected")} for row in pairs]
+    assert losses(ours) == pytest.approx(
+        trls_own(model, plain, tokenizer, config(tmp_path / "trl", max_length=256, precompute_ref_log_probs=True)),
+        abs=1e-5)
+
+
+def test_implicit_prompt_rows_train_with_trls_losses(tiny_model, tokenizer, tmp_path):
+    rows = hh_rows(8)  # chosen/rejected only: TRL extracts the prompt
+    assert "prompt" not in rows[0]
+    model = tiny_model("llama")
+    scored = ches.score(rows, model, tokenizer, logps=True, progress=False)
+    ours = ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path / "ches"), train_dataset=scored,
+                               processing_class=tokenizer)
+    assert losses(ours) == pytest.approx(
+        trls_own(model, rows, tokenizer, config(tmp_path / "trl", precompute_ref_log_probs=True)), abs=1e-5)
