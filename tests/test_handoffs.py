@@ -42,6 +42,16 @@ def trls_own(model, rows, tokenizer, args):
     return losses(theirs)
 
 
+def scored_files(tmp_path, model, tokenizer, rows):
+    """A model folder (``sft``) and what ``ches score --logps`` wrote for ``rows`` with it (``scores.parquet``)."""
+    folder, data, scores = tmp_path / "sft", tmp_path / "pairs.jsonl", tmp_path / "scores.parquet"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    datasets.Dataset.from_list(rows).to_json(str(data))
+    assert main(["score", str(data), "-m", str(folder), "--logps", "-o", str(scores), "--no-progress"]) == 0
+    return folder, scores
+
+
 def test_the_digest_is_that_of_trls_own_tokens(tiny_model, tokenizer, tmp_path):
     """ches_token_digest of each row equals the digest of the ids TRL's own preparation makes of it."""
     rows = conversational_rows(hh_rows(6))
@@ -73,13 +83,7 @@ def test_a_parquet_edited_in_pandas_beside_its_sidecar_is_refused(tiny_model, to
     pandas = pytest.importorskip("pandas")
     rows = standard_rows(hh_rows(6))
     model = tiny_model("llama")
-    folder = tmp_path / "sft"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    data = tmp_path / "pairs.jsonl"
-    datasets.Dataset.from_list(rows).to_json(str(data))
-    scores = tmp_path / "scores.parquet"
-    assert main(["score", str(data), "-m", str(folder), "--logps", "-o", str(scores), "--no-progress"]) == 0
+    folder, scores = scored_files(tmp_path, model, tokenizer, rows)
     frame = pandas.read_parquet(scores)
     frame.loc[3, "rejected"] = frame.loc[3, "rejected"] + " Sorry."
     frame.to_parquet(scores)
@@ -235,13 +239,8 @@ def test_a_strangers_pipeline_from_files_alone(suffix, no_scores, tiny_model, to
     ches.trl.DPOTrainer with TRL's default DPOConfig -> ches audit; the losses equal TRL's own precompute."""
     rows = standard_rows(hh_rows(10))
     model = tiny_model("llama")
-    folder = tmp_path / "sft"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    data = tmp_path / "pairs.jsonl"
-    datasets.Dataset.from_list(rows).to_json(str(data))
-    scores, clean = tmp_path / "scores.parquet", tmp_path / f"clean{suffix or '-folder'}"
-    assert main(["score", str(data), "-m", str(folder), "--logps", "-o", str(scores), "--no-progress"]) == 0
+    folder, scores = scored_files(tmp_path, model, tokenizer, rows)
+    clean = tmp_path / f"clean{suffix or '-folder'}"
     assert main(["filter", str(scores), "--quantile", "1.0", *(["--no-scores"] if no_scores else []),
                  "-o", str(clean)]) == 0
     kept = load_data(str(clean))
