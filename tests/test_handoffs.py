@@ -295,3 +295,22 @@ def test_implicit_prompt_rows_train_with_trls_losses(tiny_model, tokenizer, tmp_
                                processing_class=tokenizer)
     assert losses(ours) == pytest.approx(
         trls_own(model, rows, tokenizer, config(tmp_path / "trl", precompute_ref_log_probs=True)), abs=1e-5)
+
+
+def test_a_file_beside_another_runs_sidecar_is_refused_by_its_tokens(tiny_model, tokenizer, tmp_path):
+    """scores.parquet scored whole, its sidecar replaced by that of a run at max_length=48: the record now says the
+    log-probs are of truncated tokens, which they are not; the audit and the trainer refuse the rows it would cut."""
+    import shutil
+
+    rows = standard_rows(hh_rows(6))
+    model = tiny_model("llama")
+    folder, scores = scored_files(tmp_path, model, tokenizer, rows)
+    short = tmp_path / "short.parquet"
+    assert main(["score", str(tmp_path / "pairs.jsonl"), "-m", str(folder), "--logps", "--max-length", "48",
+                 "-o", str(short), "--no-progress"]) == 0
+    shutil.copyfile(tmp_path / "short.parquet.meta.json", tmp_path / "scores.parquet.meta.json")
+    with pytest.raises(ches.ChesError, match=rf"in \d of 6 rows .* max_length=48"):
+        ches.audit(str(scores), str(folder), progress=False)
+    with pytest.raises(ches.ChesError, match=r"the tokens TRL trains on are not those ches computed"):
+        ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path / "out", max_length=48),
+                            train_dataset=ches.filter(load_data(str(scores)), 1.0), processing_class=tokenizer)
