@@ -14,7 +14,7 @@ import datasets
 import torch
 
 from .cache import model_fingerprint, open_cache
-from .columns import LOGPS_COLUMNS, SCORE_COLUMNS, add_score_columns, check_output_columns, with_reference
+from .columns import LOGPS_COLUMNS, SCORE_COLUMNS, SHARED_LOGPS_COLUMNS, add_score_columns, check_output_columns, with_reference
 from .embeddings import EmbeddingWriter, embedding_file
 from .export import check_apart_from_inputs, check_output
 from .inputs import Data, load_data, read_columns
@@ -80,7 +80,7 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
     started = now()
     dataset = load_data(data, options.split)
     parts = dataset if isinstance(dataset, datasets.DatasetDict) else {None: dataset}
-    added = SCORE_COLUMNS + (LOGPS_COLUMNS if options.logps else ())
+    added = SCORE_COLUMNS + (LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS if options.logps else ())
     for name, part in parts.items():  # no column of the user's is overwritten by the scores
         check_output_columns(part.column_names, added, read_columns(part, options.columns), _where(data, name))
     sources = {name: read_rows(part, name, options.columns) for name, part in parts.items()}  # every row checked

@@ -39,6 +39,8 @@ class Batch:
         last_positions: ``[S]`` flat index of each sequence's last summed position.
         sum_targets: ``[K]`` the token each summed position predicts (its sequence's completion tokens),
             for the completions' log-probabilities (:mod:`ches.logps`).
+        sum_shared: ``[K]`` whether each summed position predicts one of the completion's LD-DPO shared
+            tokens (:attr:`~ches.tokens.TokenSequence.shared`), for the log-probability of that part.
     """
 
     input_ids: torch.Tensor
@@ -48,6 +50,7 @@ class Batch:
     position_ids: torch.Tensor | None = None  # packed layout only: ``[R, T]``, restarting at 0 per sequence
     segments: Segments | None = None  # padding-free rows only: the attention segments, read once per batch
     sum_targets: torch.Tensor | None = None
+    sum_shared: torch.Tensor | None = None
 
     def with_segments(self) -> "Batch":
         """This batch with its attention :class:`~ches.attention.Segments`, read off the position ids
@@ -69,7 +72,7 @@ class Batch:
 
         return Batch(*(move(tensor) for tensor in (
             self.input_ids, self.sum_positions, self.sum_rows, self.last_positions, self.position_ids)),
-            None if self.segments is None else self.segments.apply(move), move(self.sum_targets))
+            None if self.segments is None else self.segments.apply(move), move(self.sum_targets), move(self.sum_shared))
 
 
 CUDA_PAD_MULTIPLE = 64  # rows padded to a multiple of this on CUDA: fewer distinct shapes for its kernels
@@ -115,7 +118,8 @@ def collate(sequences: Sequence[TokenSequence], pad_id: int, multiple: int = 1) 
     row_starts = torch.arange(len(sequences)) * width
     starts = torch.tensor([sequence.start for sequence in sequences]) + row_starts
     ends = torch.tensor([sequence.end for sequence in sequences]) + row_starts
-    return Batch(input_ids=input_ids, **summed_positions(starts, ends), sum_targets=completion_targets(sequences))
+    return Batch(input_ids=input_ids, **summed_positions(starts, ends), sum_targets=completion_targets(sequences),
+                 sum_shared=shared_positions(sequences))
 
 
 def completion_targets(sequences: Sequence[TokenSequence]) -> torch.Tensor:
@@ -125,6 +129,21 @@ def completion_targets(sequences: Sequence[TokenSequence]) -> torch.Tensor:
     [2, 3, 4]
     """
     return torch.tensor([token for sequence in sequences for token in sequence.completion_ids], dtype=torch.long)
+
+
+def shared_positions(sequences: Sequence[TokenSequence]) -> torch.Tensor:
+    """Whether each summed position of ``sequences`` (in the batch's order) predicts one of its completion's
+    first :attr:`~ches.tokens.TokenSequence.shared` tokens (``sum_shared``).
+
+    >>> shared_positions([TokenSequence([1, 2, 3], 0, 2, shared=1), TokenSequence([1, 4], 0, 1)]).tolist()
+    [True, False, True]
+    """
+    flags = []
+    for sequence in sequences:
+        count = sequence.end - sequence.start
+        shared = count if sequence.shared is None else min(sequence.shared, count)
+        flags += [True] * shared + [False] * (count - shared)
+    return torch.tensor(flags, dtype=torch.bool)
 
 
 def summed_positions(starts: torch.Tensor, ends: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -227,4 +246,4 @@ def pack_groups(groups: Sequence[Sequence[TokenSequence]], pad_id: int, row_leng
     positions["last_positions"] = torch.where(ends == offsets, prompt_last, ends - 1)
     return Batch(input_ids=torch.tensor(flat_ids, dtype=torch.long).reshape(len(rows), row_length),
                  position_ids=torch.tensor(flat_positions, dtype=torch.long).reshape(len(rows), row_length),
-                 **positions, sum_targets=completion_targets(sequences))
+                 **positions, sum_targets=completion_targets(sequences), sum_shared=shared_positions(sequences))

@@ -26,12 +26,17 @@ SCORE_TYPES = {
     FLAGS_COLUMN: "list<string>", DIGEST_COLUMN: "string",
 }
 SCORE_COLUMNS = tuple(SCORE_TYPES)
-#: output columns that data scored by an older ches lacks: such data still counts as an earlier run's output
-LATER_COLUMNS = (FLAGS_COLUMN, DIGEST_COLUMN)
 #: columns added by ``ches.score(..., logps=True)``: each completion's log-probability under the scored model
 #: (TRL's ``ref_chosen_logps`` / ``ref_rejected_logps``), NaN where ``ches_skip`` has a reason
 LOGPS_TYPES = {"chosen_logps": "float64", "rejected_logps": "float64"}
 LOGPS_COLUMNS = tuple(LOGPS_TYPES)
+#: also added by ``ches.score(..., logps=True)``: the log-probability of each completion's first min(|y+|, |y-|)
+#: tokens (after truncation), the part LD-DPO (TRL's ``DPOConfig(ld_alpha=...)``) weighs in full; the rest is
+#: weighed by ``ld_alpha``
+SHARED_LOGPS_TYPES = {"chosen_shared_logps": "float64", "rejected_shared_logps": "float64"}
+SHARED_LOGPS_COLUMNS = tuple(SHARED_LOGPS_TYPES)
+#: output columns that data scored by an older ches lacks: such data still counts as an earlier run's output
+LATER_COLUMNS = (FLAGS_COLUMN, DIGEST_COLUMN) + SHARED_LOGPS_COLUMNS
 #: columns added by ``ches.rank``
 RANK_TYPES = {"ches_rank": "int64", "ches_percentile": "float64"}
 RANK_COLUMNS = tuple(RANK_TYPES)
@@ -41,9 +46,9 @@ AUDIT_TYPES = {"chosen_logps_after": "float64", "rejected_logps_after": "float64
                "rejected_change": "float64", "displaced": "bool"}
 AUDIT_COLUMNS = tuple(AUDIT_TYPES)
 #: what ``ches filter --no-scores`` keeps of rows scored with log-probs: the reference and the tokens it belongs to
-REFERENCE_COLUMNS = LOGPS_COLUMNS + (DIGEST_COLUMN,)
+REFERENCE_COLUMNS = LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS + (DIGEST_COLUMN,)
 #: what an earlier ches run added beside its scores, which a new scoring run drops when it does not compute it
-STALE_COLUMNS = LOGPS_COLUMNS + RANK_COLUMNS + AUDIT_COLUMNS
+STALE_COLUMNS = LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS + RANK_COLUMNS + AUDIT_COLUMNS
 #: the measures pairs are selected by, with their sign (+1: higher = more similar pair, more likely to displace)
 MEASURES = {"ln_ches": 1.0, "ches": 1.0, "last_hidden_ip": 1.0, "edit_distance": -1.0}
 #: the measure ``ches.filter``, ``ches.rank``, the CLI and the report use unless told otherwise (the paper filters by it)
@@ -66,7 +71,7 @@ def all_types() -> dict[str, str]:
     >>> types["ches"], types["chosen_logps"], types["ches_rank"], types["displaced"], types["ches_flags"]
     ('float64', 'float64', 'int64', 'bool', 'list<string>')
     """
-    return {**SCORE_TYPES, **LOGPS_TYPES, **RANK_TYPES, **AUDIT_TYPES}
+    return {**SCORE_TYPES, **LOGPS_TYPES, **SHARED_LOGPS_TYPES, **RANK_TYPES, **AUDIT_TYPES}
 
 
 def typed_cell(name: str, text: str | None):
@@ -169,7 +174,8 @@ def check_output_columns(column_names, added: tuple[str, ...], read: list[str], 
         raise ChesError(f"{label}: column {read_too[0]!r} is read as a pair's text, but ches writes its output column "
                         f"{read_too[0]!r} there; rename it first (dataset.rename_column({read_too[0]!r}, ...)).")
     required = [name for name in added if name not in LATER_COLUMNS]
-    reference_only = all(name in column_names for name in REFERENCE_COLUMNS) and set(present) <= set(REFERENCE_COLUMNS)
+    reference_only = (all(name in column_names for name in LOGPS_COLUMNS + (DIGEST_COLUMN,))
+                      and set(present) <= set(REFERENCE_COLUMNS))
     if present and not reference_only and not all(name in present for name in required):
         raise ChesError(f"{label} has column(s) {present}, which ches writes its output to ({', '.join(added)}); they "
                         "are not an earlier ches run's output (that has all of them), so they would be overwritten: "
@@ -195,7 +201,7 @@ def add_score_columns(dataset, columns: dict[str, list]):
         dataset._info = copy.deepcopy(dataset.info)  # the caller's dataset keeps its own record
         if reference_of(dataset) is not None:  # the earlier run's reference no longer describes these rows
             dataset.info.description = ""
-    types = {**SCORE_TYPES, **LOGPS_TYPES}
+    types = {**SCORE_TYPES, **LOGPS_TYPES, **SHARED_LOGPS_TYPES}
     for name in [name for name in types if name in columns]:
         dataset = dataset.add_column(name, columns[name], feature=column_feature(name),
                                      new_fingerprint=_fingerprint(dataset, name, columns[name]))

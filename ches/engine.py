@@ -23,9 +23,9 @@ import torch
 from einops import rearrange
 
 from .attention import SEGMENTS_KEYWORD
-from .batches import Batch, collate, group_length, pack, pack_groups, padded_length, rows_that_fit
+from .batches import Batch, collate, group_length, pack, pack_groups, padded_length, rows_that_fit, shared_positions
 from .errors import ChesError
-from .logps import LMHead, sequence_logps
+from .logps import LMHead, sequence_logp_parts
 from .models import has_sliding_window
 from .tokens import TokenSequence
 
@@ -41,16 +41,20 @@ class HiddenSums:
         last: ``[N, H]`` float32, the hidden state at each sequence's last summed position.
         logps: ``[N]`` float64, each completion's log-probability under the model (:mod:`ches.logps`),
             when the pass was asked for them.
+        shared_logps: ``[N]`` float64, with ``logps``: the log-probability of each completion's first
+            :attr:`~ches.tokens.TokenSequence.shared` tokens (LD-DPO's shared part; all of them when None).
     """
 
     sums: torch.Tensor
     last: torch.Tensor
     logps: torch.Tensor | None = None
+    shared_logps: torch.Tensor | None = None
 
 
 def run_body(body: torch.nn.Module, batch: Batch, head: LMHead | None = None):
     """One forward pass of the decoder body; returns ``([B, H] sums, [B, H] last)`` in float32, and with a
-    ``head`` also ``[B]`` float64 completion log-probabilities (the head applied at the summed positions only).
+    ``head`` also ``[B]`` float64 completion log-probabilities and those of their LD-DPO shared parts (the head
+    applied at the summed positions only).
 
     A batch's attention segments (padding-free rows) go to every layer's kernel with the forward's
     keyword arguments, where the model passes those on; otherwise the kernel reads them itself.
@@ -66,7 +70,9 @@ def run_body(body: torch.nn.Module, batch: Batch, head: LMHead | None = None):
     last = flat.index_select(0, batch.last_positions.to(flat.device)).float()
     if head is None:
         return sums, last
-    return sums, last, sequence_logps(head, summed, batch.sum_targets, batch.sum_rows, len(batch.last_positions))
+    shared = batch.sum_shared if batch.sum_shared is not None else torch.ones_like(batch.sum_rows, dtype=torch.bool)
+    return sums, last, *sequence_logp_parts(head, summed, batch.sum_targets, batch.sum_rows, len(batch.last_positions),
+                                            shared)
 
 
 def _passes_keywords(body: torch.nn.Module) -> bool:
@@ -224,13 +230,14 @@ def hidden_sums(
     sums = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
     last = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
     logps = torch.empty(len(sequences), dtype=torch.float64) if head is not None else None
+    shared_logps = torch.empty(len(sequences), dtype=torch.float64) if head is not None else None
     for members, batch_sums, batch_last, *batch_logps in finished:
         index = torch.tensor(members)
         sums[index] = batch_sums.cpu()
         last[index] = batch_last.cpu()
         if logps is not None:
-            logps[index] = batch_logps[0]
-    return HiddenSums(sums=sums, last=last, logps=logps)
+            logps[index], shared_logps[index] = batch_logps
+    return HiddenSums(sums=sums, last=last, logps=logps, shared_logps=shared_logps)
 
 
 def _fill(remaining: list[int], lengths: Sequence[int], capacity: int) -> list[int]:
@@ -334,6 +341,7 @@ def shared_prompt_sums(
     sums = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
     last = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
     logps = torch.empty(len(sequences), dtype=torch.float64) if head is not None else None
+    shared_logps = torch.empty(len(sequences), dtype=torch.float64) if head is not None else None
     with torch.inference_mode():
         for chosen, rejected in groups:
             hidden_states = _shared_prompt_pass(body, sequences[chosen], sequences[rejected], device)
@@ -344,10 +352,12 @@ def shared_prompt_sums(
                 last[index] = summed[-1].cpu()
                 if logps is not None:
                     targets = torch.tensor(sequences[index].completion_ids, device=positions.device)
-                    logps[index] = sequence_logps(head, positions, targets, torch.zeros_like(targets), 1)[0]
+                    total, part = sequence_logp_parts(head, positions, targets, torch.zeros_like(targets), 1,
+                                                      shared_positions([sequences[index]]))
+                    logps[index], shared_logps[index] = total[0], part[0]
             if on_done is not None:
                 on_done([chosen, rejected])
-    return HiddenSums(sums=sums, last=last, logps=logps)
+    return HiddenSums(sums=sums, last=last, logps=logps, shared_logps=shared_logps)
 
 
 def _shared_prompt_pass(body, chosen: TokenSequence, rejected: TokenSequence, device: torch.device):

@@ -112,5 +112,25 @@ def sequence_logps(head: LMHead, hidden: torch.Tensor, targets: torch.Tensor, ro
     return sums.cpu()
 
 
+def sequence_logp_parts(head: LMHead, hidden: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, count: int,
+                        shared: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([count], [count])`` float64: :func:`sequence_logps`, and the same sums over the positions ``shared``
+    marks only (LD-DPO's part of a completion shared in length with its pair's other one), the head run once.
+
+    >>> head = LMHead(torch.nn.Linear(2, 3, bias=False))
+    >>> hidden, targets, rows = torch.randn(3, 2), torch.tensor([0, 1, 2]), torch.tensor([0, 0, 1])
+    >>> total, part = sequence_logp_parts(head, hidden, targets, rows, 2, torch.tensor([True, False, True]))
+    >>> bool(torch.allclose(part, torch.stack([token_logps(head, hidden[:1], targets[:1]).double().sum(),
+    ...                                        token_logps(head, hidden[2:], targets[2:]).double().sum()])))
+    True
+    """
+    values = token_logps(head, hidden, targets).double()
+    rows = rows.to(values.device)
+    sums = torch.zeros(count, dtype=torch.float64, device=values.device).index_add_(0, rows, values)
+    part = torch.zeros(count, dtype=torch.float64, device=values.device).index_add_(
+        0, rows, values * shared.to(values.device))
+    return sums.cpu(), part.cpu()
+
+
 def _weight(module: torch.nn.Module) -> torch.Tensor:
     return module.weight

@@ -25,7 +25,7 @@ import torch
 from . import scores
 from .cache import ShardCache, chunk_key
 from .chunks import PlannedChunk, plan_chunks, plan_pairs, stream_chunks  # noqa: F401 (plan_pairs: read here by tests too)
-from .columns import DIGEST_COLUMN, LOGPS_COLUMNS, SCORE_TYPES
+from .columns import DIGEST_COLUMN, LOGPS_COLUMNS, SCORE_TYPES, SHARED_LOGPS_COLUMNS
 from .distributed import Process
 from .embeddings import EmbeddingWriter
 from .engine import HiddenSums
@@ -45,7 +45,7 @@ CHUNK_PAIRS = 256  # pairs per chunk: the unit of work, of caching and of resumi
 #: per-pair numbers computed from the hidden sums (the rest of the score columns come from the plans)
 SUM_SCORES = ("ches", "ln_ches", "last_hidden_ip")
 #: per-pair numbers the model pass gives: the sums' scores, and with ``logps`` each completion's log-probability
-MODEL_NUMBERS = {False: SUM_SCORES, True: SUM_SCORES + LOGPS_COLUMNS}
+MODEL_NUMBERS = {False: SUM_SCORES, True: SUM_SCORES + LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS}
 #: the numeric score columns of a row, as exchanged between processes
 NUMBERS = {name: torch.float64 if kind == "float64" else torch.int64
            for name, kind in SCORE_TYPES.items() if kind in ("float64", "int64")} | {"prompt_cut": torch.int64,
@@ -62,6 +62,8 @@ class SideSums:
     rejected_last: torch.Tensor
     chosen_logps: torch.Tensor | None = None  # [N] float64, with logps
     rejected_logps: torch.Tensor | None = None
+    chosen_shared_logps: torch.Tensor | None = None  # [N] float64, with logps: LD-DPO's shared part
+    rejected_shared_logps: torch.Tensor | None = None
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The four ``[N, H]`` tensors (:data:`SUM_TENSORS`), by name."""
@@ -223,7 +225,7 @@ def compute_chunk(pairs: Sequence[SequencePair], loaded: LoadedModel, *, layout:
         return empty | ({name: torch.zeros(0, loaded.hidden_size) for name in SUM_TENSORS} if keep_sums else {})
     sums = run_chunk(pairs, loaded, layout=layout, batch_tokens=batch_tokens, on_done=_token_counter(pairs, on_tokens),
                      head=head)
-    logps = {"chosen_logps": sums.chosen_logps, "rejected_logps": sums.rejected_logps} if head is not None else {}
+    logps = {name: getattr(sums, name) for name in LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS} if head is not None else {}
     return pair_scores(pairs, sums) | logps | (sums.tensors() if keep_sums else {})
 
 
@@ -237,7 +239,8 @@ def run_chunk(pairs: Sequence[SequencePair], loaded: LoadedModel, *, layout: Lay
     done = None if on_done is None else (lambda indices: on_done([index % count for index in indices]))
     groups = [(index, index + count) for index in range(count)]  # the two sequences of pair i share its prompt
     sums = run_sequences(sequences, groups, loaded, layout=layout, batch_tokens=batch_tokens, on_done=done, head=head)
-    logps = (None, None) if sums.logps is None else (sums.logps[:count], sums.logps[count:])
+    logps = (None,) * 4 if sums.logps is None else (sums.logps[:count], sums.logps[count:], sums.shared_logps[:count],
+                                                     sums.shared_logps[count:])
     return SideSums(sums.sums[:count], sums.sums[count:], sums.last[:count], sums.last[count:], *logps)
 
 
@@ -267,12 +270,15 @@ def _rerun_nonfinite_alone(sequences: Sequence[TokenSequence], result: HiddenSum
         return result
     sums, last = result.sums.clone(), result.last.clone()
     logps = None if result.logps is None else result.logps.clone()
+    shared = None if result.shared_logps is None else result.shared_logps.clone()
     for index in torch.nonzero(~finite).reshape(-1).tolist():
         alone = layout.strategy.run([sequences[index]], [[0]], loaded, batch_tokens=batch_tokens, head=head)
         sums[index], last[index] = alone.sums[0], alone.last[0]
         if logps is not None:
             logps[index] = alone.logps[0]
-    return HiddenSums(sums, last, logps)
+        if shared is not None:
+            shared[index] = alone.shared_logps[0]
+    return HiddenSums(sums, last, logps, shared)
 
 
 def pair_scores(pairs: Sequence[SequencePair], sums: SideSums) -> dict[str, torch.Tensor]:

@@ -46,11 +46,14 @@ class TokenSequence:
 
     The hidden state at position ``t`` predicts token ``t + 1``, so a completion occupying token
     positions ``[P, P + R)`` is summed over positions ``[P - 1, P + R - 1)``: ``[start, end)``.
+    ``shared``: how many of the completion's first tokens LD-DPO counts as shared with the pair's other
+    completion (``min(|y+|, |y-|)`` after truncation; None: all of them), for the log-prob of that part.
     """
 
     input_ids: list[int]
     start: int
     end: int
+    shared: int | None = None
 
     @property
     def completion_ids(self) -> list[int]:
@@ -183,7 +186,7 @@ def to_sequences(tokenized: TokenizedPair, max_length: int | None = None) -> Seq
 
     >>> chosen, rejected = to_sequences(TokenizedPair([1, 5], [7, 8, 2], [9, 2]), max_length=4)
     >>> chosen
-    TokenSequence(input_ids=[1, 5, 7, 8], start=1, end=3)
+    TokenSequence(input_ids=[1, 5, 7, 8], start=1, end=3, shared=2)
     >>> to_sequences(TokenizedPair([1, 5, 6], [7, 2], [9, 2]), max_length=3)
     Skip(reason='prompt fills max_length (3 prompt tokens, max_length=3)')
     """
@@ -192,13 +195,14 @@ def to_sequences(tokenized: TokenizedPair, max_length: int | None = None) -> Seq
         return Skip("empty prompt: no position predicts the first completion token (tokenizer adds no BOS)")
     if max_length is not None and prompt_length >= max_length:
         return Skip(f"prompt fills max_length ({prompt_length} prompt tokens, max_length={max_length})")
-    sequences = []
+    cut = []
     for side, completion in (("chosen", tokenized.chosen_ids), ("rejected", tokenized.rejected_ids)):
         if not completion:
             return Skip(f"{side} completion has no tokens")
-        input_ids = (tokenized.prompt_ids + completion)[:max_length]
-        sequences.append(TokenSequence(input_ids=input_ids, start=prompt_length - 1, end=len(input_ids) - 1))
-    return SequencePair(*sequences)
+        cut.append((tokenized.prompt_ids + completion)[:max_length])
+    shared = min(len(input_ids) for input_ids in cut) - prompt_length  # LD-DPO: the shorter completion's length
+    return SequencePair(*(TokenSequence(input_ids=input_ids, start=prompt_length - 1, end=len(input_ids) - 1,
+                                        shared=shared) for input_ids in cut))
 
 
 def token_digest(prompt_ids: Sequence[int], chosen_ids: Sequence[int], rejected_ids: Sequence[int],

@@ -21,9 +21,11 @@ tokenizer or template, a ``max_length`` that truncates them otherwise). A ``max_
 nothing, or another tokenizer object that gives the same ids, is accepted. Also refused, each in one line,
 before TRL tokenizes anything: no ``chosen_logps`` / ``rejected_logps`` columns (score with ``logps=True``),
 NaN in them (rows ches skipped: filter them first), no record of the model they came from, other weights
-than the model the trainer starts from (a hash of the weights), a truncation other than ``keep_start``,
-and ``DPOConfig(ld_alpha=...)``, under which TRL's reference is not the plain sum of the completion's
-log-probs. A loss that uses no reference (``loss_type="sft"``) is said to, in the log.
+than the model the trainer starts from (a hash of the weights), and a truncation other than ``keep_start``.
+With ``DPOConfig(ld_alpha=...)`` (LD-DPO) TRL's reference weighs the log-probs of each completion's tokens
+past the shorter completion's length by ``ld_alpha``; the scoring pass keeps the part before that length
+(``chosen_shared_logps`` / ``rejected_shared_logps``), so the reference is computed exactly as TRL does.
+A loss that uses no reference (``loss_type="sft"``) is said to, in the log.
 
 Data scored by an older ches, without the digest column, is checked by its record instead (the same
 tokenizer and ``max_length``).
@@ -38,7 +40,7 @@ import logging
 import math
 from typing import Any
 
-from .columns import DIGEST_COLUMN, LOGPS_COLUMNS, reference_of
+from .columns import DIGEST_COLUMN, LOGPS_COLUMNS, SHARED_LOGPS_COLUMNS, reference_of
 from .errors import ChesError
 
 try:
@@ -93,7 +95,7 @@ class DPOTrainer(_trl.DPOTrainer):
         preparation; a dataset TRL already prepared (it has ``prompt_ids``) goes straight through."""
         if "prompt_ids" not in dataset.column_names:
             dataset = reference_columns(dataset, _label(dataset_name), self._ches_start, processing_class,
-                                        args.max_length)
+                                        args.max_length, ld_alpha=args.ld_alpha)
         return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
@@ -112,16 +114,12 @@ def _label(name: str) -> str:
 
 
 def check_config(args) -> None:
-    """Refuse a ``DPOConfig`` under which TRL's reference is not what ches computed, the plain sum of each
-    completion's log-probs after ``keep_start`` truncation; say when the loss uses no reference at all."""
+    """Refuse a ``DPOConfig`` under which TRL's reference is not what ches computed (each completion's log-probs
+    after ``keep_start`` truncation: their sum, and with ``ld_alpha`` LD-DPO's weighting of them, from the
+    shared parts); say when the loss uses no reference at all."""
     if getattr(args, "truncation_mode", "keep_start") != "keep_start":
         raise ChesError(f"DPOConfig(truncation_mode={args.truncation_mode!r}), but ches truncates as TRL's "
                         "keep_start does; train with truncation_mode='keep_start'.")
-    if getattr(args, "ld_alpha", None) is not None:
-        raise ChesError(f"DPOConfig(ld_alpha={args.ld_alpha}) makes TRL's reference a weighted sum (LD-DPO: the "
-                        "log-probs of tokens past the shorter completion's length times ld_alpha), but ches' "
-                        "chosen_logps/rejected_logps are plain sums; train with ld_alpha=None, or use trl.DPOTrainer "
-                        "with its own reference model for LD-DPO.")
     losses = args.loss_type if isinstance(args.loss_type, (list, tuple)) else [args.loss_type]
     if set(losses) <= REFERENCE_FREE_LOSSES:
         logger.info("DPOConfig(loss_type=%s) uses no reference log-probs: ches' chosen_logps/rejected_logps are "
@@ -129,13 +127,15 @@ def check_config(args) -> None:
 
 
 def reference_columns(dataset, what: str, start_fingerprint: str | None, tokenizer=None,
-                      max_length: int | None = None):
+                      max_length: int | None = None, *, ld_alpha: float | None = None):
     """``dataset`` ready for TRL's preparation: ches' log-probs under the names TRL's trainer reads
     (:data:`TRL_COLUMNS`), the columns it was scored from under TRL's names (``columns=`` of the scoring run),
     and each row's number (:data:`ROW_COLUMN`), after checking that the log-probs are present, finite and
     were computed with the weights ``start_fingerprint`` hashes (:func:`ches.cache.model_fingerprint`). For
     data without :data:`~ches.columns.DIGEST_COLUMN` (an older ches) also the record's tokenizer and
-    ``max_length``."""
+    ``max_length``. With ``ld_alpha`` (LD-DPO) the reference is TRL's weighting of each completion's
+    log-probs: its shared part (the first min(|y+|, |y-|) tokens, ``*_shared_logps``) plus ``ld_alpha``
+    times the rest."""
     if isinstance(dataset, dict):
         raise ChesError(f"{what} is a DatasetDict with splits {sorted(dataset)}; pass one split, or a dict of "
                         "splits as eval_dataset.")
@@ -146,7 +146,13 @@ def reference_columns(dataset, what: str, start_fingerprint: str | None, tokeniz
     clash = [name for name in (*TRL_COLUMNS.values(), ROW_COLUMN) if name in dataset.column_names]
     if clash:
         raise ChesError(f"{what} already has {', '.join(clash)}; drop them, so that the reference is ches' only.")
-    for name in LOGPS_COLUMNS:
+    needed = LOGPS_COLUMNS + (SHARED_LOGPS_COLUMNS if ld_alpha is not None else ())
+    lacking = [name for name in needed if name not in dataset.column_names]
+    if lacking:
+        raise ChesError(f"DPOConfig(ld_alpha={ld_alpha}) weighs each completion's log-probs past the shorter one's "
+                        f"length (LD-DPO), and {what} has no {', '.join(lacking)}: score it again with this ches and "
+                        "logps=True (ches.pairs gives none), or train with ld_alpha=None.")
+    for name in needed:
         bad = [row for row, value in enumerate(dataset[name][:]) if value is None or not math.isfinite(value)]
         if bad:
             raise ChesError(f"{what}: column {name!r} is NaN in {len(bad)} row(s) (e.g. row {bad[0]}): rows ches "
@@ -165,9 +171,28 @@ def reference_columns(dataset, what: str, start_fingerprint: str | None, tokeniz
     if DIGEST_COLUMN not in dataset.column_names:
         _check_record(reference, what, tokenizer, max_length)
     dataset = _roles_by_trl_names(dataset, reference.get("columns"), what)
-    for ours, theirs in TRL_COLUMNS.items():
-        dataset = dataset.rename_column(ours, theirs)
+    references = {theirs: reference_logps(dataset, ours, ld_alpha) for ours, theirs in TRL_COLUMNS.items()}
+    dataset = dataset.remove_columns([name for name in LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS if name in dataset.column_names])
+    for name, values in references.items():
+        dataset = dataset.add_column(name, values)
     return dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
+
+
+def reference_logps(dataset, name: str, ld_alpha: float | None) -> list[float]:
+    """The reference TRL's loss takes for the completions of column ``name`` (``chosen_logps`` or
+    ``rejected_logps``): the log-probs themselves, or with ``ld_alpha`` LD-DPO's ``shared + ld_alpha * (total -
+    shared)``, as TRL 1.16 weighs its reference's per-token log-probs.
+
+    >>> import datasets
+    >>> rows = datasets.Dataset.from_dict({"chosen_logps": [-10.0], "chosen_shared_logps": [-4.0]})
+    >>> reference_logps(rows, "chosen_logps", None), reference_logps(rows, "chosen_logps", 0.5)
+    ([-10.0], [-7.0])
+    """
+    total = dataset[name][:]
+    if ld_alpha is None:
+        return list(total)
+    shared = dataset[name.replace("_logps", "_shared_logps")][:]
+    return [part + ld_alpha * (whole - part) for whole, part in zip(total, shared)]
 
 
 def _roles_by_trl_names(dataset, columns: dict | None, what: str):

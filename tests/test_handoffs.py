@@ -114,17 +114,60 @@ def test_processing_class_none_is_checked_against_the_tokenizer_trl_loads(tiny_m
     assert len(trainer.train_dataset) == 6
 
 
-def test_ld_alpha_is_refused_and_a_reference_free_loss_is_said_to_be(tiny_model, tokenizer, tmp_path, caplog):
+def test_a_reference_free_loss_is_said_to_be(tiny_model, tokenizer, tmp_path, caplog):
     rows = standard_rows(hh_rows(4))
     model = tiny_model("llama")
     scored = ches.score(rows, model, tokenizer, logps=True, progress=False)
-    with pytest.raises(ches.ChesError, match=r"DPOConfig\(ld_alpha=0.5\) makes TRL's reference a weighted sum"):
-        ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path, ld_alpha=0.5), train_dataset=scored,
-                            processing_class=tokenizer)
     with caplog.at_level(logging.INFO, logger="ches"):
         ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path, loss_type=["sft"]), train_dataset=scored,
                             processing_class=tokenizer)
     assert "uses no reference log-probs" in caplog.text
+
+
+@pytest.mark.parametrize("fmt", ["standard", "conversational"])
+def test_ld_alpha_trains_on_trls_own_ld_dpo_reference(fmt, tiny_model, tokenizer, tmp_path):
+    """DPOConfig(ld_alpha=0.5): TRL's reference is the shared part plus ld_alpha times the tail (tokens past the
+    shorter completion's length); from ches' shared-part log-probs the losses are TRL's own precompute's, with
+    truncation at max_length cutting some completions."""
+    rows = {"standard": standard_rows, "conversational": conversational_rows}[fmt](hh_rows(12))
+    model = tiny_model("llama")
+    scored = ches.filter(ches.score(rows, model, tokenizer, logps=True, max_length=160, progress=False), 1.0)
+    assert any(flags for flags in scored["ches_flags"])  # some completions are cut by max_length
+    ours = ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path / "ches", max_length=160, ld_alpha=0.5),
+                               train_dataset=scored, processing_class=tokenizer)
+    got = losses(ours)
+    expected = trls_own(model, rows, tokenizer, config(tmp_path / "trl", max_length=160, ld_alpha=0.5,
+                                                         precompute_ref_log_probs=True))
+    assert got == pytest.approx(expected, abs=1e-5)
+    plain = trls_own(model, rows, tokenizer, config(tmp_path / "plain", max_length=160, precompute_ref_log_probs=True))
+    assert abs(plain[0] - expected[0]) > 1e-4 or abs(plain[1] - expected[1]) > 1e-4  # ld_alpha changes the loss
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed", "prefix_shared", "shared_prompt"])
+def test_shared_logps_equal_a_one_sequence_float32_forward(layout, tiny_model, tokenizer):
+    """chosen_shared_logps / rejected_shared_logps: the log-probability of each completion's first
+    min(|y+|, |y-|) tokens after truncation, in every layout, against the model's own logits one sequence at a time."""
+    import torch
+
+    from ches.tokens import to_sequences, tokenize_pairs
+    from ches.formats import to_pairs
+
+    rows = standard_rows(hh_rows(6))
+    model = tiny_model("llama")
+    scored = ches.score(rows, model, tokenizer, logps=True, max_length=120, layout=layout, progress=False)
+    pairs = to_pairs({name: [row[name] for row in rows] for name in ("prompt", "chosen", "rejected")})
+    for row, tokenized in enumerate(tokenize_pairs(pairs, tokenizer)):
+        plan = to_sequences(tokenized, 120)
+        if not hasattr(plan, "chosen"):
+            continue
+        shared = min(plan.chosen.end - plan.chosen.start, plan.rejected.end - plan.rejected.start)
+        for side, sequence in (("chosen", plan.chosen), ("rejected", plan.rejected)):
+            with torch.no_grad():
+                logits = model(torch.tensor([sequence.input_ids])).logits[0].double()
+            picked = torch.log_softmax(logits, -1)[range(sequence.start, sequence.end),
+                                                   sequence.input_ids[sequence.start + 1 : sequence.end + 1]]
+            assert scored[row][f"{side}_shared_logps"] == pytest.approx(float(picked[:shared].sum()), abs=2e-4)
+            assert scored[row][f"{side}_logps"] == pytest.approx(float(picked.sum()), abs=2e-4)
 
 
 def test_default_max_length_that_truncates_nothing_is_accepted_with_trls_losses(tiny_model, tokenizer, tmp_path):
@@ -190,7 +233,8 @@ def test_a_rescore_without_logps_drops_the_earlier_models_log_probs(tiny_model, 
         again = ches.score(ranked, tiny_model("qwen2"), tokenizer, progress=False)
     assert not {"chosen_logps", "rejected_logps", "ches_rank", "ches_percentile"} & set(again.column_names)
     assert ches.columns.reference_of(again) is None
-    assert "dropping its chosen_logps, rejected_logps, ches_rank, ches_percentile" in caplog.text
+    assert ("dropping its chosen_logps, rejected_logps, chosen_shared_logps, rejected_shared_logps, ches_rank, "
+            "ches_percentile") in caplog.text
     assert "every other column is kept as it was" in caplog.text
     with pytest.raises(ches.ChesError, match="has no chosen_logps, rejected_logps column"):
         ches.trl.DPOTrainer(model=tiny_model("qwen2"), args=config("unused"), train_dataset=again,
@@ -277,12 +321,12 @@ def test_pairs_built_by_ches_train_with_trls_losses(tiny_model, tokenizer, tmp_p
     generic = [{"prompt": rows[i]["prompt"], "responses": [rows[i]["chosen"], rows[i]["rejected"], rows[i + 1]["chosen"]],
                 "ratings": [3, 1, 2]} for i in range(8)]
     model = tiny_model("llama")
-    pairs = ches.pairs(generic, model, tokenizer, logps=True, progress=False, max_length=256)
-    ours = ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path / "ches", max_length=256),
+    pairs = ches.pairs(generic, model, tokenizer, logps=True, progress=False, max_length=128)
+    ours = ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path / "ches", max_length=128),
                                train_dataset=pairs, processing_class=tokenizer)
     plain = [{name: row[name] for name in ("prompt", "chosen", "rejected")} for row in pairs]
     assert losses(ours) == pytest.approx(
-        trls_own(model, plain, tokenizer, config(tmp_path / "trl", max_length=256, precompute_ref_log_probs=True)),
+        trls_own(model, plain, tokenizer, config(tmp_path / "trl", max_length=128, precompute_ref_log_probs=True)),
         abs=1e-5)
 
 

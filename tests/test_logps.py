@@ -117,13 +117,14 @@ def test_logps_travel_through_the_cli_filter_and_the_cache(tmp_path, capsys):
     assert main(["score", str(data), "-m", model, "--logps", "--cache-dir", str(tmp_path / "cache"), "-o", str(scores),
                  "--no-progress"]) == 0
     written = load_data(str(scores))
-    assert written.column_names[-2:] == ["chosen_logps", "rejected_logps"]
+    assert written.column_names[-4:] == ["chosen_logps", "rejected_logps", "chosen_shared_logps", "rejected_shared_logps"]
     assert json.loads((tmp_path / "scores.parquet.meta.json").read_text())["run"]["options"]["logps"] is True
     kept = tmp_path / "kept.jsonl"
     assert main(["filter", str(scores), "--keep", "4", "--no-scores", "-o", str(kept)]) == 0
     first = json.loads(kept.read_text().splitlines()[0])
     assert set(first) == {"prompt", "chosen", "rejected", "chosen_logps", "rejected_logps",  # CHES' own columns dropped,
-                          "ches_token_digest"}  # but not the digest of the tokens the log-probs belong to
+                          "chosen_shared_logps", "rejected_shared_logps",  # not the reference (LD-DPO's parts too)
+                          "ches_token_digest"}  # nor the digest of the tokens the log-probs belong to
     again = ches.score(str(data), model, logps=True, cache_dir=str(tmp_path / "cache"), progress=False)
     assert list(again["chosen_logps"]) == list(written["chosen_logps"])  # from the cache shards
     plain = ches.score(str(data), model, cache_dir=str(tmp_path / "cache"), progress=False)
