@@ -139,6 +139,9 @@ def reference_columns(dataset, what: str, start_fingerprint: str | None, tokeniz
     if isinstance(dataset, dict):
         raise ChesError(f"{what} is a DatasetDict with splits {sorted(dataset)}; pass one split, or a dict of "
                         "splits as eval_dataset.")
+    if not hasattr(dataset, "select"):  # an IterableDataset: TRL's precompute, which this replaces, needs rows
+        raise ChesError(f"{what} is of type {type(dataset).__name__}; ches.trl.DPOTrainer reads the log-probs row by "
+                        "row from a map-style datasets.Dataset (load it without streaming=True).")
     missing = [name for name in LOGPS_COLUMNS if name not in dataset.column_names]
     if missing:
         raise ChesError(f"{what} has no {', '.join(missing)} column(s); score it with ches.score(..., logps=True) "

@@ -216,6 +216,10 @@ def test_a_datasetdict_and_evaluate_on_scored_rows(tiny_model, tokenizer, tmp_pa
                                              r"e.g. train_dataset=scored\['train'\]"):
         ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path), train_dataset=scored,
                             processing_class=tokenizer)
+    with pytest.raises(ches.ChesError, match=r"train_dataset is of type IterableDataset; ches.trl.DPOTrainer reads the "
+                                             r"log-probs row by row from a map-style datasets.Dataset"):
+        ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path), processing_class=tokenizer,
+                            train_dataset=scored["train"].to_iterable_dataset())
     trainer = ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path), train_dataset=scored["train"],
                                   processing_class=tokenizer)
     ours = trainer.evaluate(eval_dataset=scored["train"])
