@@ -86,6 +86,7 @@ class DPOTrainer(_trl.DPOTrainer):
         from .cache import model_fingerprint
 
         self._ches_start = model_fingerprint(model)  # the weights DPO starts from: the reference's, if the data is right
+        self._ches_max_length = collator_max_length(kwargs.get("data_collator"), args.max_length)
         super().__init__(model=model, ref_model=None, args=dataclasses.replace(args, precompute_ref_log_probs=True),
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
                          **kwargs)
@@ -105,8 +106,28 @@ class DPOTrainer(_trl.DPOTrainer):
         if missing:
             raise ChesError(f"the {name} dataset lost its reference log-probs ({', '.join(missing)}) on the way into "
                             "TRL's trainer; pass the dataset ches.score(..., logps=True) returned.")
-        check_tokens(dataset, _label(name), self.args.max_length)
+        check_tokens(dataset, _label(name), self._ches_max_length)
         return dataset.remove_columns([column for column in (DIGEST_COLUMN, ROW_COLUMN) if column in dataset.column_names])
+
+
+def collator_max_length(collator, max_length: int | None) -> int | None:
+    """Where the batches are cut: at ``DPOConfig.max_length`` by TRL's own collator (``collator`` None), at a
+    ``data_collator``'s own ``max_length`` when it is TRL's ``DataCollatorForPreference`` (or says where it cuts
+    the same way); any other collator is refused, since what it feeds the model cannot be checked.
+
+    >>> collator_max_length(None, 1024)
+    1024
+    """
+    if collator is None:
+        return max_length
+    if not hasattr(collator, "max_length"):
+        raise ChesError(f"data_collator={type(collator).__name__}(...) builds the batches in a way ches cannot check "
+                        "against the tokens its log-probs were computed on; use TRL's DataCollatorForPreference (or "
+                        "none: the trainer makes it from DPOConfig).")
+    if getattr(collator, "truncation_mode", "keep_start") != "keep_start":
+        raise ChesError(f"data_collator truncates with truncation_mode={collator.truncation_mode!r}, but ches "
+                        "truncates as TRL's keep_start does; use truncation_mode='keep_start'.")
+    return collator.max_length
 
 
 def _label(name: str) -> str:
@@ -227,7 +248,7 @@ def check_tokens(dataset, what: str, max_length: int | None) -> None:
         shown = ", ".join(map(str, differ[:8])) + (", ..." if len(differ) > 8 else "")
         raise ChesError(f"{what}: in {len(differ)} of {len(rows)} rows (rows {shown}) the tokens TRL trains on are not "
                         "those ches computed the reference log-probs on (text edited after scoring, another "
-                        f"tokenizer or chat template, or DPOConfig(max_length={max_length}) truncating them "
+                        f"tokenizer or chat template, or the batches' max_length={max_length} truncating them "
                         "otherwise); score those rows again with this tokenizer and max_length, or drop them.")
 
 

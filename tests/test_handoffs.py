@@ -362,3 +362,20 @@ def test_a_file_beside_another_runs_sidecar_is_refused_by_its_tokens(tiny_model,
     with pytest.raises(ches.ChesError, match=r"the tokens TRL trains on are not those ches computed"):
         ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path / "out", max_length=48),
                             train_dataset=ches.filter(load_data(str(scores)), 1.0), processing_class=tokenizer)
+
+
+def test_a_data_collator_that_cuts_elsewhere_is_checked_where_it_cuts(tiny_model, tokenizer, tmp_path):
+    """A data_collator with its own max_length cuts the batches there, whatever DPOConfig says: the rows it would
+    cut otherwise than they were scored are refused; a collator ches cannot read is refused."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    rows = standard_rows(hh_rows(6))
+    model = tiny_model("llama")
+    scored = ches.score(rows, model, tokenizer, logps=True, progress=False)
+    collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, max_length=64)
+    with pytest.raises(ches.ChesError, match=r"rows .* the tokens TRL trains on are not those .*max_length=64"):
+        ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path), train_dataset=scored,
+                            processing_class=tokenizer, data_collator=collator)
+    with pytest.raises(ches.ChesError, match=r"data_collator=function\(...\) builds the batches in a way ches cannot"):
+        ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path), train_dataset=scored,
+                            processing_class=tokenizer, data_collator=lambda examples: examples)
