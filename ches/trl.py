@@ -56,6 +56,8 @@ TRL_COLUMNS = {"chosen_logps": "ref_chosen_logps", "rejected_logps": "ref_reject
 ROW_COLUMN = "ches_row"
 #: TRL's names of the columns a preference row is read from
 ROLES = ("prompt", "chosen", "rejected")
+#: rows whose token ids are read at a time to check their digests
+CHECK_ROWS = 4096
 #: the loss types of TRL 1.16 that use no reference log-probs
 REFERENCE_FREE_LOSSES = frozenset({"sft"})
 
@@ -239,14 +241,17 @@ def check_tokens(dataset, what: str, max_length: int | None) -> None:
 
     if DIGEST_COLUMN not in dataset.column_names:
         return
-    expected = dataset[DIGEST_COLUMN][:]
-    rows = dataset[ROW_COLUMN][:] if ROW_COLUMN in dataset.column_names else list(range(len(dataset)))
-    ids = zip(dataset["prompt_ids"][:], dataset["chosen_ids"][:], dataset["rejected_ids"][:])
-    differ = [row for row, digest, (prompt, chosen, rejected) in zip(rows, expected, ids)
-              if digest != token_digest(prompt, chosen, rejected, max_length)]
+    differ = []
+    names = [DIGEST_COLUMN, "prompt_ids", "chosen_ids", "rejected_ids"] + (
+        [ROW_COLUMN] if ROW_COLUMN in dataset.column_names else [])
+    for begin in range(0, len(dataset), CHECK_ROWS):  # a block at a time: the ids of a large set never all in memory
+        block = dataset.select_columns(names)[begin : begin + CHECK_ROWS]
+        rows = block.get(ROW_COLUMN, range(begin, begin + len(block[DIGEST_COLUMN])))
+        differ += [row for row, digest, *ids in zip(rows, block[DIGEST_COLUMN], block["prompt_ids"], block["chosen_ids"],
+                                                   block["rejected_ids"]) if digest != token_digest(*ids, max_length)]
     if differ:
         shown = ", ".join(map(str, differ[:8])) + (", ..." if len(differ) > 8 else "")
-        raise ChesError(f"{what}: in {len(differ)} of {len(rows)} rows (rows {shown}) the tokens TRL trains on are not "
+        raise ChesError(f"{what}: in {len(differ)} of {len(dataset)} rows (rows {shown}) the tokens TRL trains on are not "
                         "those ches computed the reference log-probs on (text edited after scoring, another "
                         f"tokenizer or chat template, or the batches' max_length={max_length} truncating them "
                         "otherwise); score those rows again with this tokenizer and max_length, or drop them.")
