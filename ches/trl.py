@@ -87,7 +87,7 @@ class DPOTrainer(_trl.DPOTrainer):
                             f"train_dataset=scored[{sorted(train_dataset)[0]!r}].")
         from .cache import model_fingerprint
 
-        self._ches_start = model_fingerprint(model)  # the weights DPO starts from: the reference's, if the data is right
+        self._ches_start = model_fingerprint(model)  # the weights DPO starts from: the reference's, if the data's right
         self._ches_max_length = collator_max_length(kwargs.get("data_collator"), args.max_length)
         super().__init__(model=model, ref_model=None, args=dataclasses.replace(args, precompute_ref_log_probs=True),
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
@@ -109,7 +109,7 @@ class DPOTrainer(_trl.DPOTrainer):
             raise ChesError(f"the {name} dataset lost its reference log-probs ({', '.join(missing)}) on the way into "
                             "TRL's trainer; pass the dataset ches.score(..., logps=True) returned.")
         check_tokens(dataset, _label(name), self._ches_max_length)
-        return dataset.remove_columns([column for column in (DIGEST_COLUMN, ROW_COLUMN) if column in dataset.column_names])
+        return dataset.remove_columns([name for name in (DIGEST_COLUMN, ROW_COLUMN) if name in dataset.column_names])
 
 
 def collator_max_length(collator, max_length: int | None) -> int | None:
@@ -198,7 +198,8 @@ def reference_columns(dataset, what: str, start_fingerprint: str | None, tokeniz
         _check_record(reference, what, tokenizer, max_length)
     dataset = _roles_by_trl_names(dataset, reference.get("columns"), what)
     references = {theirs: reference_logps(dataset, ours, ld_alpha) for ours, theirs in TRL_COLUMNS.items()}
-    dataset = dataset.remove_columns([name for name in LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS if name in dataset.column_names])
+    used = [name for name in LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS if name in dataset.column_names]
+    dataset = dataset.remove_columns(used)
     for name, values in references.items():
         dataset = dataset.add_column(name, values)
     return dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
@@ -247,12 +248,13 @@ def check_tokens(dataset, what: str, max_length: int | None) -> None:
     for begin in range(0, len(dataset), CHECK_ROWS):  # a block at a time: the ids of a large set never all in memory
         block = dataset.select_columns(names)[begin : begin + CHECK_ROWS]
         rows = block.get(ROW_COLUMN, range(begin, begin + len(block[DIGEST_COLUMN])))
-        differ += [row for row, digest, *ids in zip(rows, block[DIGEST_COLUMN], block["prompt_ids"], block["chosen_ids"],
-                                                   block["rejected_ids"]) if digest != token_digest(*ids, max_length)]
+        ids = zip(block["prompt_ids"], block["chosen_ids"], block["rejected_ids"])
+        differ += [row for row, digest, (prompt, chosen, rejected) in zip(rows, block[DIGEST_COLUMN], ids)
+                   if digest != token_digest(prompt, chosen, rejected, max_length)]
     if differ:
         shown = ", ".join(map(str, differ[:8])) + (", ..." if len(differ) > 8 else "")
-        raise ChesError(f"{what}: in {len(differ)} of {len(dataset)} rows (rows {shown}) the tokens TRL trains on are not "
-                        "those ches computed the reference log-probs on (text edited after scoring, another "
+        raise ChesError(f"{what}: in {len(differ)} of {len(dataset)} rows (rows {shown}) the tokens TRL trains on are "
+                        "not those ches computed the reference log-probs on (text edited after scoring, another "
                         f"tokenizer or chat template, or the batches' max_length={max_length} truncating them "
                         "otherwise); score those rows again with this tokenizer and max_length, or drop them.")
 
