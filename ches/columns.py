@@ -55,16 +55,9 @@ MEASURES = {"ln_ches": 1.0, "ches": 1.0, "last_hidden_ip": 1.0, "edit_distance":
 DEFAULT_MEASURE = "ln_ches"
 
 
-#: columns added by ``ches.audit`` (:mod:`ches.auditing`): the trained model's log-probabilities, their change
-#: from the reference's, and whether the chosen one fell (None where the row was not scored)
-AUDIT_TYPES = {"chosen_logps_after": "float64", "rejected_logps_after": "float64", "chosen_change": "float64",
-               "rejected_change": "float64", "displaced": "bool"}
-AUDIT_COLUMNS = tuple(AUDIT_TYPES)
-
-
 def all_types() -> dict[str, str]:
-    """Every column ches writes, with its type: :data:`SCORE_TYPES`, :data:`LOGPS_TYPES`, :data:`RANK_TYPES`,
-    :data:`AUDIT_TYPES`; the one table :func:`typed_cell` and :func:`column_feature` read (built when asked, so
+    """Every column ches writes, with its type: :data:`SCORE_TYPES`, :data:`LOGPS_TYPES`,
+    :data:`SHARED_LOGPS_TYPES`, :data:`RANK_TYPES`, :data:`AUDIT_TYPES`; the one table :func:`typed_cell` and :func:`column_feature` read (built when asked, so
     a column added to one of those tables is in it).
 
     >>> types = all_types()
@@ -199,7 +192,7 @@ def add_score_columns(dataset, columns: dict[str, list]):
                     f", and dropping its {', '.join(stale)}, which this run does not compute" if stale else "")
         dataset = dataset.remove_columns(clashes + stale)
         dataset._info = copy.deepcopy(dataset.info)  # the caller's dataset keeps its own record
-        if reference_of(dataset) is not None:  # the earlier run's reference no longer describes these rows
+        if "ches_reference" in (dataset.info.description or ""):  # the earlier runs' records no longer describe them
             dataset.info.description = ""
     types = {**SCORE_TYPES, **LOGPS_TYPES, **SHARED_LOGPS_TYPES}
     for name in [name for name in types if name in columns]:
