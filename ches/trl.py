@@ -82,6 +82,9 @@ class DPOTrainer(_trl.DPOTrainer):
             name = str(getattr(model.config, "_name_or_path", "") or type(model).__name__).rstrip("/").split("/")[-1]
             args = _trl.DPOConfig(f"{name}-DPO")
         check_config(args)
+        if processing_class is None and not getattr(model.config, "_name_or_path", ""):
+            raise ChesError("processing_class=None, and the model was not loaded from a folder or Hub id TRL could "
+                            "load a tokenizer from; pass processing_class= (the tokenizer the rows were scored with).")
         if isinstance(train_dataset, dict):  # a DatasetDict
             raise ChesError(f"train_dataset is a DatasetDict with splits {sorted(train_dataset)}; pass one split, e.g. "
                             f"train_dataset=scored[{sorted(train_dataset)[0]!r}].")
@@ -189,7 +192,9 @@ def reference_columns(dataset, what: str, start_fingerprint: str | None, tokeniz
         raise ChesError(f"{what} carries no record of the model its log-probs came from (a Dataset rebuilt from rows, "
                         "or a file whose .meta.json sidecar is missing); pass the dataset ches.score(..., logps=True) "
                         "or ches.filter returned, or load the file ches wrote with ches.inputs.load_data(path), its "
-                        "sidecar beside it.")
+                        "sidecar beside it; a dataset rebuilt from scored rows (pandas, from_list) takes their record "
+                        "back with ches.columns.with_reference(rebuilt, ches.columns.reference_of(scored)): the "
+                        "tokens are still checked row by row.")
     if start_fingerprint is not None and start_fingerprint != reference.get("model_fingerprint"):
         raise ChesError(f"{what}'s log-probs came from other weights than the model the trainer starts from "
                         f"(scored with {reference.get('model')!r} in {reference.get('dtype')}); the reference must be "

@@ -379,3 +379,20 @@ def test_a_data_collator_that_cuts_elsewhere_is_checked_where_it_cuts(tiny_model
     with pytest.raises(ches.ChesError, match=r"data_collator=function\(...\) builds the batches in a way ches cannot"):
         ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path), train_dataset=scored,
                             processing_class=tokenizer, data_collator=lambda examples: examples)
+
+
+def test_rows_rebuilt_in_pandas_take_their_record_back_and_a_nameless_model_needs_a_tokenizer(tiny_model, tokenizer,
+                                                                                            tmp_path):
+    rows = standard_rows(hh_rows(6))
+    model = tiny_model("llama")
+    scored = ches.score(rows, model, tokenizer, logps=True, progress=False)
+    rebuilt = datasets.Dataset.from_pandas(scored.to_pandas())
+    with pytest.raises(ches.ChesError, match=r"takes their record back with ches.columns.with_reference"):
+        ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path), train_dataset=rebuilt,
+                            processing_class=tokenizer)
+    restored = ches.columns.with_reference(rebuilt, ches.columns.reference_of(scored))
+    trainer = ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path), train_dataset=restored,
+                                  processing_class=tokenizer)
+    assert len(trainer.train_dataset) == 6
+    with pytest.raises(ches.ChesError, match=r"processing_class=None, and the model was not loaded from a folder"):
+        ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path), train_dataset=scored)
