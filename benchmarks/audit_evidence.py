@@ -23,7 +23,6 @@ Writes JSON (default benchmarks/results/audit-evidence.json).
 from __future__ import annotations
 
 import argparse
-import copy
 import gzip
 import json
 import platform
@@ -40,7 +39,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ches  # noqa: E402
-from ches.stats import bootstrap_interval  # noqa: E402
 
 MODEL = ROOT / "examples" / "tiny-hh-model"
 

@@ -35,12 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ches  # noqa: E402
-from ches.inputs import column, load_data  # noqa: E402
-from ches.probes import DPOProbe, sequence_logps  # noqa: E402
-from ches.select import keep_window, similarity  # noqa: E402
-from ches.tokens import TokenSequence  # noqa: E402
-from ches.columns import MEASURES  # noqa: E402
-from ches.validation import correlation_table, probe_sequences, run_probes  # noqa: E402
+from ches.data.columns import MEASURES  # noqa: E402
+from ches.data.inputs import column, load_data  # noqa: E402
+from ches.data.tokens import TokenSequence  # noqa: E402
+from ches.evaluate.probes import DPOProbe, sequence_logps  # noqa: E402
+from ches.evaluate.validation import correlation_table, probe_sequences, run_probes  # noqa: E402
+from ches.scores.select import keep_window, similarity  # noqa: E402
 
 MODEL = ROOT / "examples" / "tiny-hh-model"
 HH = ROOT / "examples" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"

@@ -27,12 +27,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from throughput import (  # noqa: E402
+    EngineClock,
+    build_model,
+    hh_rows,
+    matmul_rate,
+    non_embedding_parameters,
+    synchronize,
+    synthetic_rows,
+)
+
 import ches  # noqa: E402
 import ches.api  # noqa: E402
-from ches.formats import to_pairs  # noqa: E402
-from ches.tokens import to_sequences, tokenize_pairs  # noqa: E402
-from throughput import (EngineClock, build_model, hh_rows, matmul_rate, non_embedding_parameters,  # noqa: E402
-                        synchronize, synthetic_rows)
+from ches.data.formats import to_pairs  # noqa: E402
+from ches.data.tokens import to_sequences, tokenize_pairs  # noqa: E402
 
 KINDS = (  # first match wins; names of CUDA kernels (cuBLAS/CUTLASS/nvjet, FlashAttention, Triton from inductor), aten operators
     ("matrix multiply", re.compile(r"gemm|cutlass|nvjet|sm\d+_xmma|cublas|triton_tem|aten::(mm|addmm|bmm|matmul|linear)$", re.I)),

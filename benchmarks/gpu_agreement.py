@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ches  # noqa: E402
-from ches.inputs import column, load_data  # noqa: E402
-from ches.stats import spearman  # noqa: E402
+from ches.data.inputs import column, load_data  # noqa: E402
+from ches.scores.stats import spearman  # noqa: E402
 
 
 def main() -> None:

@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ches  # noqa: E402
-from ches.formats import to_pairs  # noqa: E402
+from ches.data.formats import to_pairs  # noqa: E402
+from ches.data.tokens import tokenize_pairs  # noqa: E402
 from ches.scores import edit_distance  # noqa: E402
-from ches.tokens import tokenize_pairs  # noqa: E402
 
 IdPair = tuple[list[int], list[int]]
 

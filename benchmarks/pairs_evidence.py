@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ches  # noqa: E402
-from ches.probes import DPOProbe  # noqa: E402
-from ches.stats import bootstrap_interval  # noqa: E402
-from ches.validation import probe_sequences  # noqa: E402
+from ches.evaluate.probes import DPOProbe  # noqa: E402
+from ches.evaluate.validation import probe_sequences  # noqa: E402
+from ches.scores.stats import bootstrap_interval  # noqa: E402
 
 MODEL = ROOT / "examples" / "tiny-hh-model"
 PERSONA = ROOT / "examples" / "data" / "persona-ends-justify-means.jsonl"

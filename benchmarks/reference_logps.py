@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import ches  # noqa: E402
 from throughput import SHAPES, build_model, hh_rows, synchronize  # noqa: E402
+
+import ches  # noqa: E402
 
 
 def trl_precompute(rows, model, tokenizer, max_length: int | None, device: str):

@@ -68,7 +68,7 @@ def one_run(data: str, hidden: int, pairs: int, layers: int) -> dict:
 
     sys.path.insert(0, str(ROOT))
     import ches
-    from ches.inputs import load_data
+    from ches.data.inputs import load_data
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)

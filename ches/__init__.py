@@ -18,27 +18,31 @@ from .errors import ChesError
 
 __version__ = "0.1.0"
 
-#: public name -> the module that defines it
-_PUBLIC = {"score": "api", "filter": "filtering", "filter_run": "filtering", "rank": "filtering", "summary": "filtering",
-           "validate": "validation", "load_embeddings": "embeddings", "extract_prompt": "formats",
-           "pairs": "pair_builder", "pairs_run": "pair_builder", "audit": "auditing"}
+#: public name -> the module that defines it (loaded the first time the name is asked for)
+_PUBLIC = {
+    # the calls
+    "score": "api", "score_run": "api", "filter": "filtering", "filter_run": "filtering", "rank": "filtering",
+    "summary": "filtering", "pairs": "builder.api", "pairs_run": "builder.api", "validate": "evaluate.validation",
+    "audit": "evaluate.auditing", "load_data": "data.inputs", "load_embeddings": "run.embeddings",
+    "extract_prompt": "data.formats", "with_reference": "data.columns", "reference_of": "data.columns",
+    # their options
+    "ScoreOptions": "options", "FilterOptions": "options", "PairOptions": "options", "ValidateOptions": "options",
+    "AuditOptions": "options", "ReportOptions": "options",
+    # what they return
+    "RunInfo": "run.runs", "PairsInfo": "builder.plan", "FilterCut": "filtering", "AuditResult": "evaluate.auditing",
+}
 
-__all__ = ["score", "filter", "filter_run", "rank", "summary", "validate", "load_embeddings", "extract_prompt", "pairs",
-           "pairs_run", "audit", "ChesError", "__version__"]
+__all__ = [*_PUBLIC, "ChesError", "__version__"]
 
 
 def __getattr__(name: str):
-    """Load a public function (or a submodule, e.g. ``ches.api``) the first time it is asked for."""
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    try:
-        return importlib.import_module(f".{name}", __name__)
-    except ModuleNotFoundError as error:
-        if error.name != f"{__name__}.{name}":  # a submodule whose own import failed: say so
-            raise
-        raise AttributeError(f"module 'ches' has no attribute {name!r}") from None
+    """Load a public name the first time it is asked for; anything else is an AttributeError that lists them."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'ches' has no attribute {name!r}; its public names are "
+                             f"{', '.join(sorted(__all__))} (modules are imported by their path, e.g. import ches.trl)")
+    value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:

@@ -1,8 +1,8 @@
 """``ches.score``: check everything, load the model, choose the layout, run the pipeline, add the columns.
 
-The stages live in their own modules: rows -> pairs (:mod:`ches.inputs`, :mod:`ches.formats`) ->
-token sequences and the per-pair pipeline (:mod:`ches.runner`) -> decoder passes (:mod:`ches.engine`)
--> scores (:mod:`ches.scores`) -> columns (:mod:`ches.columns`). This module only orders them.
+The stages live in their own modules: rows -> pairs (:mod:`ches.data.inputs`, :mod:`ches.data.formats`) ->
+token sequences and the per-pair pipeline (:mod:`ches.run.runner`) -> decoder passes (:mod:`ches.model.engine`)
+-> scores (:mod:`ches.scores`) -> columns (:mod:`ches.data.columns`). This module only orders them.
 """
 
 from __future__ import annotations
@@ -13,22 +13,29 @@ from typing import Any
 import datasets
 import torch
 
-from .cache import model_fingerprint, open_cache
-from .columns import LOGPS_COLUMNS, SCORE_COLUMNS, SHARED_LOGPS_COLUMNS, add_score_columns, check_output_columns, with_reference
-from .embeddings import EmbeddingWriter, embedding_file
-from .export import check_apart_from_inputs, check_output
-from .inputs import Data, load_data, read_columns
-from .integrity import FLAGS_COLUMN, count_flags, flagged_rows
-from .models import tokenizer_fingerprint
-from .paths import model_paths
+from .data.columns import (
+    LOGPS_COLUMNS,
+    SCORE_COLUMNS,
+    SHARED_LOGPS_COLUMNS,
+    add_score_columns,
+    check_output_columns,
+    with_reference,
+)
+from .data.export import check_apart_from_inputs, check_output
+from .data.inputs import Data, load_data, read_columns
+from .data.integrity import FLAGS_COLUMN, count_flags, flagged_rows
+from .data.paths import model_paths
+from .data.rows import read_rows
+from .model.models import tokenizer_fingerprint
+from .model.threads import torch_threads
 from .options import ScoreOptions, signature_with_options
-from .quiet import library_bars_off
-from .chunks import sample_work
-from .rows import read_rows
-from .runner import score_rows
-from .runs import RunInfo, now, prepared
-from .stats import skip_reasons
-from .threads import torch_threads
+from .run.cache import model_fingerprint, open_cache
+from .run.chunks import sample_work
+from .run.embeddings import EmbeddingWriter, embedding_file
+from .run.quiet import library_bars_off
+from .run.runner import score_rows
+from .run.runs import RunInfo, now, prepared
+from .scores.stats import skip_reasons
 
 
 def score(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = None,
@@ -54,7 +61,7 @@ def score(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = N
         The rows in their original order with every original column, plus ``ches``, ``ln_ches``,
         ``edit_distance``, ``last_hidden_ip`` (float64), ``prompt_tokens``, ``chosen_tokens``,
         ``rejected_tokens`` (tokens scored), ``ches_skip`` (None, or why the row has NaN scores) and
-        ``ches_flags`` (the row's integrity flags, :mod:`ches.integrity`: a list of names, empty when clean).
+        ``ches_flags`` (the row's integrity flags, :mod:`ches.data.integrity`: a list of names, empty when clean).
         A ``DatasetDict`` comes back for a ``DatasetDict`` scored without ``split``.
 
     Raises:
@@ -70,7 +77,7 @@ def score(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = N
 
 def score_run(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = None,
               **kwargs: Any) -> tuple[datasets.Dataset | datasets.DatasetDict, RunInfo]:
-    """:func:`score`, also returning the :class:`~ches.runs.RunInfo` of the run."""
+    """:func:`score`, also returning the :class:`~ches.run.runs.RunInfo` of the run."""
     options = ScoreOptions.from_kwargs(options, **kwargs)
     with torch_threads(options.num_threads), library_bars_off():  # one bar, ches' own, or none
         return _score_run(data, model, tokenizer, options)

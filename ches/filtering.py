@@ -15,14 +15,23 @@ from dataclasses import dataclass
 import datasets
 import numpy as np
 
-from . import select
 from .api import score
-from .columns import DEFAULT_MEASURE, DIGEST_COLUMN, LOGPS_COLUMNS, MEASURES, RANK_COLUMNS, SCORE_COLUMNS, check_output_columns, check_score_columns
+from .data.columns import (
+    DEFAULT_MEASURE,
+    DIGEST_COLUMN,
+    LOGPS_COLUMNS,
+    MEASURES,
+    RANK_COLUMNS,
+    SCORE_COLUMNS,
+    check_output_columns,
+    check_score_columns,
+)
+from .data.inputs import Data, column, load_data
+from .data.integrity import drop_flagged
 from .errors import ChesError
-from .inputs import Data, column, load_data
-from .integrity import drop_flagged
 from .options import FilterOptions, ScoreOptions
-from .stats import summarize
+from .scores import select
+from .scores.stats import summarize
 
 logger = logging.getLogger("ches")
 
@@ -117,7 +126,7 @@ def filter(  # noqa: A001 - the public name is part of the contract
       sorted scores centred on the ``around`` quantile (0 = least similar, 1 = most similar).
 
     ``drop_flags`` first removes the rows carrying any of these integrity flags (``ches_flags``, see
-    :mod:`ches.integrity`), logging how many each flag dropped; the rule then applies to the rows left
+    :mod:`ches.data.integrity`), logging how many each flag dropped; the rule then applies to the rows left
     (the quantile is a fraction of the scored rows that were not dropped).
 
     Ties are broken by original position. Rows that could not be scored (``ches_skip``, or a NaN

@@ -1,8 +1,8 @@
-"""What a scoring run is asked to do: :class:`ScoreOptions` (what it used is :class:`ches.runs.RunInfo`).
+"""What a scoring run is asked to do: :class:`ScoreOptions` (what it used is :class:`ches.run.runs.RunInfo`).
 
 :class:`ScoreOptions` is the one list of ``ches.score``'s options: the keyword arguments of
 ``ches.score``/``ches.filter``/``ches.rank``/``ches.summary``, the flags of ``ches score``/``ches
-filter`` (built from each field's ``metadata``), the ``options`` recorded in :class:`~ches.runs.RunInfo` and in
+filter`` (built from each field's ``metadata``), the ``options`` recorded in :class:`~ches.run.runs.RunInfo` and in
 every sidecar. Options that only pass through to ``from_pretrained`` travel in ``model_kwargs``; their
 old keywords (``device_map=``, ``attn_implementation=``, ...) still work and land there.
 :func:`ches.pairs` takes a subset of them (:func:`pair_score_options`) and its own pairing rule
@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .columns import DEFAULT_MEASURE, MEASURES
+from .data.columns import DEFAULT_MEASURE, MEASURES
+from .data.integrity import FLAG_NAMES, check_flag_names
 from .errors import ChesError
-from .integrity import FLAG_NAMES, check_flag_names
 
 if TYPE_CHECKING:
     import torch
@@ -48,7 +48,7 @@ MODEL_KWARGS = {
 }
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
-#: the layouts (:mod:`ches.layouts`), in the order of preference at equal estimated cost
+#: the layouts (:mod:`ches.model.layouts`), in the order of preference at equal estimated cost
 LAYOUTS = ("prefix_shared", "packed", "padded", "shared_prompt")
 
 
@@ -72,16 +72,16 @@ class ScoreOptions:
             CPU (a loaded model keeps its dtype unless one is given).
         device: default CUDA when available (a loaded model stays where it is unless one is given).
         batch_tokens: token slots per forward batch (rows x padded length); default: from free memory
-            on CUDA (:func:`ches.models.default_batch_tokens`), 1,024 on CPU.
+            on CUDA (:func:`ches.model.models.default_batch_tokens`), 1,024 on CPU.
         layout: ``"prefix_shared"``, ``"packed"``, ``"padded"``, ``"shared_prompt"``, or ``None``: the
-            cheapest by an estimate from the lengths (:mod:`ches.layouts`); any layout but ``padded``
+            cheapest by an estimate from the lengths (:mod:`ches.model.layouts`); any layout but ``padded``
             runs only after a probe on the model shows the same hidden states as ``padded``.
         compile: run the decoder body through ``torch.compile(dynamic=True)``: about 10 % faster on a
             2-core CPU after a warm-up that compiles (tens of seconds); on an H200 it ran 2.8x slower
             before the padding-free kernel became one graph-friendly operator, not re-measured since
             (docs/performance.md).
         num_threads: CPU threads for the call (restored afterwards); default: one per core that other work
-            leaves free, one for a model too small to use more (:mod:`ches.threads`; the choice and its
+            leaves free, one for a model too small to use more (:mod:`ches.model.threads`; the choice and its
             reason are recorded).
         cache_dir: keep finished chunks here; re-running the same call after a crash resumes.
         save_embeddings: also write ``S+``, ``S-`` and the last hidden states per row to this
@@ -90,7 +90,7 @@ class ScoreOptions:
         progress: a progress bar over the tokens run (both sequences of each pair) and the summary line.
         logps: also add ``chosen_logps`` and ``rejected_logps`` (float64): each completion's summed token
             log-probabilities under the model, the numbers TRL's ``DPOTrainer`` precomputes as its
-            reference log-probs (:mod:`ches.logps`), from the same forward pass.
+            reference log-probs (:mod:`ches.model.logps`), from the same forward pass.
         model_kwargs: passed to ``from_pretrained``: ``trust_remote_code``, ``attn_implementation``
             (e.g. ``"flash_attention_2"``; also applied to a loaded model), ``device_map``,
             ``max_memory``, ``offload_folder`` (for models larger than one device), ``revision``, ...
@@ -396,9 +396,9 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real)
 
 
-#: how :func:`ches.pairs` chooses pairs (:mod:`ches.pairing`)
+#: how :func:`ches.pairs` chooses pairs (:mod:`ches.scores.pairing`)
 RULES = ("min_ches", "all_min_ches", "max_margin", "random")
-#: the measures :func:`ches.pairs` selects by: those :func:`ches.pairing.pair_matrices` gives every pair
+#: the measures :func:`ches.pairs` selects by: those :func:`ches.scores.pairing.pair_matrices` gives every pair
 PAIR_MEASURES = tuple(name for name in MEASURES if name in ("ln_ches", "ches"))
 #: the layouts :func:`ches.pairs` runs a prompt's responses in (``shared_prompt`` runs two sequences a prompt)
 PAIR_LAYOUTS = tuple(layout for layout in LAYOUTS if layout != "shared_prompt")
@@ -412,7 +412,7 @@ PAIR_SCORE_OPTIONS = ("split", "max_length", "dtype", "device", "batch_tokens", 
 
 @dataclass(frozen=True)
 class PairOptions:
-    """How :func:`ches.pairs` chooses pairs (see :mod:`ches.pairing` for the rules); checked on creation.
+    """How :func:`ches.pairs` chooses pairs (see :mod:`ches.scores.pairing` for the rules); checked on creation.
 
     >>> PairOptions(rule="max_margin").per_prompt
     1
@@ -472,7 +472,7 @@ class AuditOptions:
 @dataclass(frozen=True)
 class PairInputOptions:
     """How :func:`ches.pairs` reads its rows: your column names (generic rows) or the rated field
-    (raw UltraFeedback rows); checked against the data by :func:`ches.pair_builder.candidate_rows`."""
+    (raw UltraFeedback rows); checked against the data by :func:`ches.builder.api.candidate_rows`."""
 
     columns: dict[str, str] | None = _option(help="your column names, e.g. prompt=question,responses=outs,ratings=scores",
                                               type="columns", metavar="NAME=COLUMN,...")

@@ -16,13 +16,13 @@ import datasets
 import numpy as np
 
 from . import __version__
-from .columns import DEFAULT_MEASURE, MEASURES, check_score_columns
+from .data.columns import DEFAULT_MEASURE, MEASURES, check_score_columns
+from .data.formats import split_prompt
+from .data.inputs import column
+from .data.integrity import FLAGS, FLAGS_COLUMN
 from .errors import ChesError
-from .formats import split_prompt
-from .inputs import column
-from .integrity import FLAGS, FLAGS_COLUMN
-from .select import most_similar_first, similarity
-from .stats import summarize
+from .scores.select import most_similar_first, similarity
+from .scores.stats import summarize
 
 SHOWN_CHARS = 600
 
@@ -48,7 +48,7 @@ def write_report(dataset: datasets.Dataset | datasets.DatasetDict, output: str |
     >>> "<h2 id='split-train'>Split train</h2>" in page, page.count("3 highest ln_ches")
     (True, 2)
     """
-    from .export import check_output, write_text
+    from .data.export import check_output, write_text
 
     check_output(output, overwrite=overwrite, suffixes=(".html", ".htm"))
     if not isinstance(top, int) or top < 1:
@@ -210,14 +210,14 @@ def _png(figure, plt) -> str:
 
 def _validation_section(validation: dict | None) -> str:
     """What ``ches validate`` found and recommends, or how to run it."""
-    from .advice import DISPLAYED, format_recommendation
+    from .evaluate.advice import DISPLAYED, format_recommendation
 
     if validation is None:
         return ("<h2>Recommendation</h2><p>No validation was run for this report, so it cannot say which measure "
                 "predicts displacement on your model. Run <code>ches validate DATA --model SFT_MODEL --output "
                 "validation.json</code> (DPO runs on subsets of your pairs; minutes on a GPU) and pass "
                 "<code>--validation validation.json</code> to <code>ches report</code>.</p>")
-    from .validation import check_validation
+    from .evaluate.validation import check_validation
 
     check_validation(validation, "validation=")  # a loaded file was checked already; a dict of the caller's here
     settings = validation["settings"]
@@ -242,7 +242,7 @@ def _audit_section(dataset: datasets.Dataset, measure: str, heading: str = "h2")
     """For rows ``ches audit`` wrote: what DPO did to the preferred responses, and what the measures saw."""
     if not {"chosen_change", "displaced"} <= set(dataset.column_names):
         return ""
-    from .auditing import audit_summary, displaced_by_decile
+    from .evaluate.auditing import audit_summary, displaced_by_decile
 
     summary = audit_summary(dataset, resamples=200)
     low, high = summary["mean_chosen_change_ci95"]
@@ -305,7 +305,7 @@ def _summary_table(summary: dict) -> str:
 
 
 def flags_section(summary: dict, h: str = "h2") -> str:
-    """The "Integrity flags" heading and its table: rows per flag (:mod:`ches.integrity`), every flag listed with
+    """The "Integrity flags" heading and its table: rows per flag (:mod:`ches.data.integrity`), every flag listed with
     its meaning; a note instead when the data has no ``ches_flags`` column.
 
     >>> "empty_chosen</td><td class='num'>2" in flags_section({"rows": 9, "flagged": 2, "flags": {"empty_chosen": 2}})

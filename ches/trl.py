@@ -13,7 +13,7 @@ are TRL's own::
     trainer.train()
 
 The log-probs are checked by *content*: every scored row carries ``ches_token_digest``, the digest of the
-exact tokens its log-probs were computed on (:func:`ches.tokens.token_digest`). Once TRL has tokenized the
+exact tokens its log-probs were computed on (:func:`ches.data.tokens.token_digest`). Once TRL has tokenized the
 data its own way (with the trainer's ``processing_class``, or the one TRL loads when it is None, its chat
 template, its EOS and its ``max_length`` truncation), each row's digest is compared with TRL's tokens, and
 only rows whose tokens differ are refused, in one line naming them (text edited after scoring, another
@@ -40,7 +40,7 @@ import logging
 import math
 from typing import Any
 
-from .columns import DIGEST_COLUMN, LOGPS_COLUMNS, SHARED_LOGPS_COLUMNS, reference_of
+from .data.columns import DIGEST_COLUMN, LOGPS_COLUMNS, SHARED_LOGPS_COLUMNS, reference_of
 from .errors import ChesError
 
 try:
@@ -88,7 +88,7 @@ class DPOTrainer(_trl.DPOTrainer):
         if isinstance(train_dataset, dict):  # a DatasetDict
             raise ChesError(f"train_dataset is a DatasetDict with splits {sorted(train_dataset)}; pass one split, e.g. "
                             f"train_dataset=scored[{sorted(train_dataset)[0]!r}].")
-        from .cache import model_fingerprint
+        from .run.cache import model_fingerprint
 
         self._ches_start = model_fingerprint(model)  # the weights DPO starts from: the reference's, if the data's right
         self._ches_max_length = collator_max_length(kwargs.get("data_collator"), args.max_length)
@@ -157,8 +157,8 @@ def reference_columns(dataset, what: str, start_fingerprint: str | None, tokeniz
     """``dataset`` ready for TRL's preparation: ches' log-probs under the names TRL's trainer reads
     (:data:`TRL_COLUMNS`), the columns it was scored from under TRL's names (``columns=`` of the scoring run),
     and each row's number (:data:`ROW_COLUMN`), after checking that the log-probs are present, finite and
-    were computed with the weights ``start_fingerprint`` hashes (:func:`ches.cache.model_fingerprint`). For
-    data without :data:`~ches.columns.DIGEST_COLUMN` (an older ches) also the record's tokenizer and
+    were computed with the weights ``start_fingerprint`` hashes (:func:`ches.run.cache.model_fingerprint`). For
+    data without :data:`~ches.data.columns.DIGEST_COLUMN` (an older ches) also the record's tokenizer and
     ``max_length``. With ``ld_alpha`` (LD-DPO) the reference is TRL's weighting of each completion's
     log-probs: its shared part (the first min(|y+|, |y-|) tokens, ``*_shared_logps``) plus ``ld_alpha``
     times the rest."""
@@ -191,9 +191,9 @@ def reference_columns(dataset, what: str, start_fingerprint: str | None, tokeniz
     if reference is None:
         raise ChesError(f"{what} carries no record of the model its log-probs came from (a Dataset rebuilt from rows, "
                         "or a file whose .meta.json sidecar is missing); pass the dataset ches.score(..., logps=True) "
-                        "or ches.filter returned, or load the file ches wrote with ches.inputs.load_data(path), its "
+                        "or ches.filter returned, or load the file ches wrote with ches.data.inputs.load_data(path), its "
                         "sidecar beside it; a dataset rebuilt from scored rows (pandas, from_list) takes their record "
-                        "back with ches.columns.with_reference(rebuilt, ches.columns.reference_of(scored)): the "
+                        "back with ches.data.columns.with_reference(rebuilt, ches.data.columns.reference_of(scored)): the "
                         "tokens are still checked row by row.")
     if start_fingerprint is not None and start_fingerprint != reference.get("model_fingerprint"):
         raise ChesError(f"{what}'s log-probs came from other weights than the model the trainer starts from "
@@ -242,8 +242,8 @@ def _roles_by_trl_names(dataset, columns: dict | None, what: str):
 def check_tokens(dataset, what: str, max_length: int | None) -> None:
     """Refuse the rows of a TRL-prepared ``dataset`` (``prompt_ids``, ``chosen_ids``, ``rejected_ids``) whose
     tokens, cut at ``max_length`` as TRL's collator cuts them, are not those their log-probs were computed on
-    (:data:`~ches.columns.DIGEST_COLUMN`); rows are named by their number in the data given."""
-    from .tokens import token_digest
+    (:data:`~ches.data.columns.DIGEST_COLUMN`); rows are named by their number in the data given."""
+    from .data.tokens import token_digest
 
     if DIGEST_COLUMN not in dataset.column_names:
         return
@@ -266,7 +266,7 @@ def check_tokens(dataset, what: str, max_length: int | None) -> None:
 
 def _check_record(reference: dict, what: str, tokenizer, max_length: int | None) -> None:
     """Data without token digests (scored by an older ches): the record's tokenizer and ``max_length``."""
-    from .models import tokenizer_fingerprint
+    from .model.models import tokenizer_fingerprint
 
     if reference.get("max_length") != max_length:
         raise ChesError(f"{what} was scored with max_length={reference.get('max_length')!r} but the trainer truncates "

@@ -8,13 +8,13 @@ import shlex
 import numpy as np
 import pytest
 import torch
+from conftest import MODEL_DIR, ROOT
+from test_probes import hh_rows, pairs_for
 
 import ches
-from ches.advice import MIN_PAIRS_FOR_VERDICT, cut, filter_command, recommend, status
 from ches.cli import main
-from ches.probes import train_dpo
-from conftest import MODEL_DIR, ROOT
-from test_probes import pairs_for, hh_rows
+from ches.evaluate.advice import MIN_PAIRS_FOR_VERDICT, cut, filter_command, recommend, status
+from ches.evaluate.probes import train_dpo
 
 HH_SAMPLE = str(ROOT / "examples" / "data" / "hh-sample.jsonl")
 
@@ -161,7 +161,7 @@ def test_validate_subsets_end_to_end_and_its_command(tmp_path, capsys, monkeypat
         assert f"--max-score {advice['threshold']!r}" in advice["command"]
         monkeypatch.chdir(tmp_path)
         assert main([*shlex.split(advice["command"])[1:], "--no-progress"]) == 0
-        kept = ches.inputs.load_data(str(tmp_path / "kept.jsonl"))
+        kept = ches.data.inputs.load_data(str(tmp_path / "kept.jsonl"))
         values = np.array(kept[advice["measure"]]) * (-1 if advice["measure"] == "edit_distance" else 1)
         assert kept.num_rows == advice["kept"] and values.max() == pytest.approx(advice["threshold"])
     else:
@@ -176,8 +176,8 @@ def test_validate_refuses_a_pool_too_small_for_two_subsets():
 
 
 def test_report_shows_a_validation_or_says_there_is_none(tmp_path):
+    from ches.evaluate.validation import load_validation
     from ches.report import write_report
-    from ches.validation import load_validation
 
     scored = ches.score(HH_SAMPLE, str(MODEL_DIR), progress=False)
     advice = recommend(evidence(ln_ches="wrong way", ches="predicts", edit_distance="no evidence"), protocol="subsets",

@@ -6,11 +6,11 @@ import math
 
 import datasets
 import pytest
+from conftest import MODEL_DIR, conversational_rows, hh_rows, standard_rows
 
 import ches
 from ches import ChesError
-from ches.tokens import Skip, TokenizedPair, to_sequences
-from conftest import MODEL_DIR, conversational_rows, hh_rows, standard_rows
+from ches.data.tokens import Skip, TokenizedPair, to_sequences
 
 SCORE_COLUMNS = ["ches", "ln_ches", "edit_distance", "last_hidden_ip", "prompt_tokens", "chosen_tokens",
                  "rejected_tokens", "ches_skip", "ches_flags", "ches_token_digest"]

@@ -2,7 +2,7 @@
 the complete old output or the complete new one at the path, never neither and never a mixture.
 
 The kill is ``os._exit`` (no cleanup, no ``finally``: what SIGKILL leaves) injected at each step of
-:func:`ches.export.write_dataset` in a child process."""
+:func:`ches.data.export.write_dataset` in a child process."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from pathlib import Path
 import datasets
 import pytest
 
-from ches.export import write_dataset
-from ches.inputs import load_data
+from ches.data.export import write_dataset
+from ches.data.inputs import load_data
 
 CHILD = r"""
 import os, sys, datasets, shutil
-import ches.export as export
+import ches.data.export as export
 target, point = sys.argv[1], sys.argv[2]
 new = datasets.Dataset.from_dict({"x": list(range(100, 140)), "y": ["new"] * 40})
 

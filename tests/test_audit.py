@@ -12,12 +12,12 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import hh_rows, standard_rows
+from test_logps import reference_logps
 
 import ches
 from ches.cli import main
-from ches.inputs import load_data
-from conftest import ROOT, hh_rows, standard_rows
-from test_logps import reference_logps
+from ches.data.inputs import load_data
 
 scipy_stats = pytest.importorskip("scipy.stats")
 

@@ -5,11 +5,11 @@ import json
 
 import pytest
 import torch
+from conftest import MODEL_DIR, hh_rows
 
 import ches
 from ches.cli import main
-from ches.inputs import load_data
-from conftest import MODEL_DIR, hh_rows
+from ches.data.inputs import load_data
 
 
 def test_device_map_with_offload_gives_the_same_scores(tmp_path):

@@ -7,11 +7,11 @@ import sys
 
 import datasets
 import pytest
+from conftest import MODEL_DIR, ROOT
 
 import ches
 from ches.cli import main
-from ches.inputs import load_data
-from conftest import MODEL_DIR, ROOT
+from ches.data.inputs import load_data
 
 SAMPLE = str(ROOT / "examples" / "data" / "hh-sample.jsonl")
 MODEL = str(MODEL_DIR)
@@ -199,7 +199,7 @@ def test_dataset_dict_output_needs_a_folder_or_split(tmp_path):
     (["--cache-dir", "work"], "; run the same command again to resume: the finished chunks are kept in --cache-dir work"),
 ])
 def test_ctrl_c_says_how_to_resume(extra, hint, monkeypatch, capsys):
-    from ches import cli
+    from ches.cli import commands as cli
 
     def interrupted(args):
         raise KeyboardInterrupt

@@ -9,19 +9,19 @@ import subprocess
 import sys
 
 import pytest
-
-from ches.distributed import Process
-from ches.inputs import load_data
 from conftest import MODEL_DIR, ROOT
+
+from ches.data.inputs import load_data
+from ches.run.distributed import Process
 
 SAMPLE = str(ROOT / "examples" / "data" / "hh-sample.jsonl")
 DRIVER = """
 import sys
-import ches.runner
-ches.runner.CHUNK_PAIRS = 4  # 16 chunks for 64 rows, so both processes get work
+import ches.run.runner
+ches.run.runner.CHUNK_PAIRS = 4  # 16 chunks for 64 rows, so both processes get work
 if sys.argv[1] == "api":
     import ches
-    from ches.distributed import Process
+    from ches.run.distributed import Process
     scored = ches.score(sys.argv[2], sys.argv[3], progress=False, num_threads=1)  # one thread everywhere
     ranks = Process.current()
     scored.to_parquet(f"{sys.argv[4]}.rank{ranks.rank}.parquet")
@@ -33,11 +33,11 @@ else:
 
 PAIRS_DRIVER = """
 import sys
-import ches.pair_passes
-ches.pair_passes.CHUNK_SEQUENCES = 8  # a few prompts per chunk, so both processes get work
+import ches.builder.passes
+ches.builder.passes.CHUNK_SEQUENCES = 8  # a few prompts per chunk, so both processes get work
 if sys.argv[1] == "api":
     import ches
-    from ches.distributed import Process
+    from ches.run.distributed import Process
     built = ches.pairs(sys.argv[2], sys.argv[3], rule="all_min_ches", per_prompt=3, logps=True, progress=False,
                        num_threads=1)  # one thread everywhere: a thread count can change the sums' last bits
     built.to_parquet(f"{sys.argv[4]}.rank{Process.current().rank}.parquet")
@@ -139,9 +139,8 @@ def test_a_tokenization_error_on_one_rank_stops_every_rank(tmp_path):
     # each rank tokenizes half the rows; row 50 (second half) makes the chat template raise
     import json
 
-    from transformers import AutoTokenizer
-
     from conftest import conversational_rows, hh_rows
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
     tokenizer.chat_template = ("{% for message in messages %}{% if message['content'] == 'BOOM' %}"

@@ -4,10 +4,9 @@ choices it writes out (`--rule a|b`) are the parser's; `--help` itself shows eve
 import re
 
 import pytest
-
-from ches.cli import build_parser
 from conftest import ROOT
 
+from ches.cli import build_parser
 
 COMMANDS = ["score", "filter", "report", "validate", "pairs", "audit"]
 
@@ -72,7 +71,7 @@ def test_stated_defaults_are_the_parsers(command):
 
 def resolved_later(flag: str):
     """What the code uses for a flag left at None whose help states the value (read from the code using it)."""
-    from ches.candidates import ULTRAFEEDBACK_RATING
+    from ches.builder.candidates import ULTRAFEEDBACK_RATING
     from ches.options import FilterOptions
 
     return {"--quantile": FilterOptions().quantile_kept, "--window": FilterOptions(around=0.5).window_kept,
@@ -98,7 +97,7 @@ def test_validate_dtype_help_is_float32_everywhere():
 
 
 def test_batch_tokens_help_states_the_cpu_default():
-    from ches.models import CPU_BATCH_TOKENS
+    from ches.model.models import CPU_BATCH_TOKENS
 
     batch = next(action for action in command_actions("score") if "--batch-tokens" in action.option_strings)
     assert f"{CPU_BATCH_TOKENS} on CPU" in batch.help
@@ -113,7 +112,7 @@ def test_overwrite_help_of_single_file_outputs(command):
 def test_api_md_summary_names_the_keys_summary_returns():
     """docs/api.md's `ches.summary` block names exactly the keys ches.summary returns, at every level."""
     import ches
-    from ches.columns import MEASURES
+    from ches.data.columns import MEASURES
 
     section = (ROOT / "docs" / "api.md").read_text().split("## `ches.summary`", 1)[1].split("\n## ", 1)[0]
     block = section.split("```python", 1)[1].split("```", 1)[0]

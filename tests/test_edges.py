@@ -15,11 +15,11 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+from conftest import MODEL_DIR, ROOT
 
 import ches
 from ches import ChesError
 from ches.cli import main
-from conftest import MODEL_DIR, ROOT
 
 SAMPLE = ROOT / "examples" / "data" / "hh-sample.jsonl"
 ROWS = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:6]]
@@ -285,12 +285,12 @@ def test_outputs_are_checked_before_work_and_never_replaced_unasked(case, workdi
     prepare(workdir)
     if message is None:
         message = r"exists; pass --overwrite"
-    import ches.models
+    import ches.model.models
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the output was checked")
 
-    monkeypatch.setattr(ches.runs, "load_model", no_model)  # every output problem is found before the model loads
+    monkeypatch.setattr(ches.run.runs, "load_model", no_model)  # every output problem is found before the model loads
     before = digest(workdir)
     assert_one_line_error(*run_cli(argv, capsys), message)
     assert digest(workdir) == before
@@ -359,7 +359,7 @@ def test_overwrite_replaces_only_what_was_asked(workdir, capsys):
     assert main(["score", "pairs.jsonl", "-m", "model", "-o", "out", "--no-progress", "--overwrite",
                  "--max-length", "64"]) == 0
     assert digest(workdir / "out") != first and (workdir / "results" / "keep-me.txt").read_text() == "unrelated work"
-    assert max(ches.inputs.load_data("out")["chosen_tokens"]) <= 64
+    assert max(ches.data.inputs.load_data("out")["chosen_tokens"]) <= 64
     assert not [path for path in workdir.iterdir() if path.name.startswith(".")]  # no temporary left behind
 
 
@@ -369,7 +369,7 @@ def test_every_output_format_round_trips_through_filter_report_and_the_api(suffi
     assert main(["score", "pairs.jsonl", "-m", "model", "-o", output, "--no-progress"]) == 0
     reference = ches.filter(_SCORED["rows"], keep=3)
     assert main(["filter", output, "--keep", "3", "-o", "kept.parquet"]) == 0
-    assert list(ches.inputs.load_data("kept.parquet")["chosen"]) == list(reference["chosen"])
+    assert list(ches.data.inputs.load_data("kept.parquet")["chosen"]) == list(reference["chosen"])
     assert main(["report", output, "-o", "report.html"]) == 0
     assert "6 of 6 rows scored" in (workdir / "report.html").read_text()
     stats = ches.summary(output)
@@ -393,7 +393,7 @@ def test_nan_scores_are_not_scored_everywhere(workdir):
 
 
 def test_json_outputs_are_strict(workdir, capsys):
-    from ches.export import write_json
+    from ches.data.export import write_json
 
     write_json("strict.json", {"a": float("nan"), "b": [float("inf"), 1.0]})
     assert json.loads((workdir / "strict.json").read_text(), parse_constant=lambda name: pytest.fail(name)) == {
@@ -455,7 +455,7 @@ def test_cache_ignores_the_batch_budget_and_recomputes_a_corrupt_shard(workdir, 
 def test_spearman_matches_pandas_with_ties():
     import pandas
 
-    from ches.stats import spearman
+    from ches.scores.stats import spearman
 
     rng = np.random.default_rng(1)
     a, b = rng.integers(0, 20, 500).astype(float), rng.normal(size=500).round(1)
@@ -515,7 +515,7 @@ def test_columns_map_the_users_names_and_keep_them(workdir):
 def test_the_persona_file_scores_with_one_command(workdir, capsys):
     columns = ",".join(f"{role}={name}" for role, name in PERSONA_COLUMNS.items())
     assert main(["score", str(PERSONA), "-m", "model", "--columns", columns, "-o", "persona.parquet", "--no-progress"]) == 0
-    scored = ches.inputs.load_data("persona.parquet")
+    scored = ches.data.inputs.load_data("persona.parquet")
     assert len(scored) == 1000 and all(reason is None for reason in scored["ches_skip"])
     assert json.loads((workdir / "persona.parquet.meta.json").read_text())["run"]["options"]["columns"] == PERSONA_COLUMNS
 
@@ -572,12 +572,12 @@ def test_a_hub_id_without_a_connection_fails_at_once_in_one_line(offline, workdi
 # ================================================================ never a silent wrong number (issue 20)
 def no_model_load(monkeypatch) -> None:
     """Make any model load fail the test: the case must be refused before it."""
-    import ches.models
+    import ches.model.models
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the problem was found")
 
-    for module in (ches.runs, ches.validation):
+    for module in (ches.run.runs, ches.evaluate.validation):
         monkeypatch.setattr(module, "load_model", refuse)
 
 
@@ -652,7 +652,7 @@ def test_nothing_is_written_into_the_model_or_tokenizer_folder(workdir, capsys, 
     for argv, message in cases:
         assert_one_line_error(*run_cli(argv, capsys), message)
     assert digest(workdir) == before
-    loaded = ches.models.load_model(str(workdir / "model")).model  # a loaded model's folder is protected too
+    loaded = ches.model.models.load_model(str(workdir / "model")).model  # a loaded model's folder is protected too
     for call in (lambda: ches.score(ROWS, loaded, save_embeddings=str(workdir / "model" / "e.safetensors")),
                  lambda: ches.score(ROWS, str(workdir / "model"), cache_dir=str(workdir / "model" / "cache"))):
         with pytest.raises(ChesError, match=r"inside the input folder"):
@@ -849,7 +849,7 @@ def test_hidden_states_that_are_not_finite_are_marked_only_where_they_are(workdi
     with caplog.at_level(logging.INFO, logger="ches"):
         assert main(["score", "pairs.jsonl", "-m", "model", "--dtype", "float16", "-o", "half.parquet", "--no-progress"]) == 0
     err = caplog.text
-    half = ches.inputs.load_data("half.parquet")
+    half = ches.data.inputs.load_data("half.parquet")
     marked = [index for index, reason in enumerate(half["ches_skip"]) if reason]
     assert marked == affected and all(math.isnan(half["ln_ches"][index]) for index in marked)
     assert half["ches_skip"][marked[0]].startswith("hidden states are not finite (NaN or inf) in float16, whose largest "
@@ -970,7 +970,7 @@ def test_the_dtype_that_ran_is_the_dtype_recorded(workdir):
 
 
 def test_a_verdict_needs_enough_pairs_for_an_interval():
-    from ches.validation import MIN_PAIRS_FOR_VERDICT, verdict
+    from ches.evaluate.validation import MIN_PAIRS_FOR_VERDICT, verdict
 
     entry = {"spearman_total": -1.0, "spearman_total_ci95": (-1.0, -1.0)}
     few = {"correlations": {"ln_ches": entry}, "summary": {"fraction_displaced": 0.0}, "rows": [{}] * 4}

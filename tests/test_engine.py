@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ches import ChesError
-from ches.engine import hidden_sums
-from ches.tokens import TokenSequence
+from ches.data.tokens import TokenSequence
+from ches.model.engine import hidden_sums
 
 
 class SmallMemory(torch.nn.Module):

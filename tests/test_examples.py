@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -30,9 +29,8 @@ def test_quickstart(tmp_path):
     assert (tmp_path / "quick" / "report.html").read_text().count("<img") >= 2  # the report, with its figures
     # the pairs are shown as the report shows them: the prompt's end, then each completion from its start, as
     # TRL's extract_prompt splits the transcript
-    from trl.data_utils import extract_prompt
-
     import datasets
+    from trl.data_utils import extract_prompt
 
     scored = datasets.Dataset.from_parquet(str(tmp_path / "quick" / "scores.parquet")).sort("ln_ches", reverse=True)
     top = extract_prompt({"chosen": scored[0]["chosen"], "rejected": scored[0]["rejected"]})

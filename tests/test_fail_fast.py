@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
-
-from ches.errors import ChesError
-from ches.flags import check_paths_first
-from ches.cli import build_parser
 from conftest import MODEL_DIR, ROOT
+
+from ches.cli import build_parser
+from ches.cli.flags import check_paths_first
+from ches.errors import ChesError
 
 DATA = str(ROOT / "examples" / "data" / "hh-sample.jsonl")
 HEAVY = ("torch", "transformers", "datasets")
@@ -59,8 +59,8 @@ def test_refused_before_the_heavy_imports(argv, message, tmp_path):
 
 def test_the_loaders_give_the_same_messages():
     """The command line's early check and the Python API apply one rule, with one message."""
-    from ches.inputs import load_data
-    from ches.models import load_model
+    from ches.data.inputs import load_data
+    from ches.model.models import load_model
 
     with pytest.raises(ChesError, match="^data file no-such-data.jsonl does not exist.$"):
         load_data("no-such-data.jsonl")

@@ -5,10 +5,10 @@ import random
 
 import datasets
 import pytest
+from conftest import hh_rows
 
 import ches
 from ches import ChesError
-from conftest import hh_rows
 
 MEASURE_SIGN = {"ln_ches": 1, "ches": 1, "last_hidden_ip": 1, "edit_distance": -1}
 

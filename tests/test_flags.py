@@ -9,15 +9,15 @@ import logging
 
 import datasets
 import pytest
+from conftest import MODEL_DIR, conversational_rows, hh_rows, standard_rows
+from test_tokens_trl import trl_sequences
 
 import ches
 from ches import ChesError
 from ches.api import score_run
 from ches.cli import main
-from ches.inputs import load_data
-from ches.integrity import FLAG_NAMES, FLAGS_COLUMN
-from conftest import MODEL_DIR, conversational_rows, hh_rows, standard_rows
-from test_tokens_trl import trl_sequences
+from ches.data.inputs import load_data
+from ches.data.integrity import FLAG_NAMES, FLAGS_COLUMN
 
 pytest.importorskip("trl")
 

@@ -1,10 +1,10 @@
 """The format layer: prompt extraction equals TRL's, every row is validated, errors name rows and columns."""
 
 import pytest
+from conftest import as_messages, hh_rows
 
 from ches import ChesError
-from ches.formats import Pair, extract_prompt, split_prompt, to_pairs
-from conftest import as_messages, hh_rows
+from ches.data.formats import Pair, extract_prompt, split_prompt, to_pairs
 
 
 def columns(rows):

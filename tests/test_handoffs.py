@@ -12,12 +12,12 @@ import logging
 
 import datasets
 import pytest
+from conftest import conversational_rows, hh_rows, standard_rows
 
 import ches
 from ches.cli import main
-from ches.inputs import load_data
-from ches.tokens import token_digest
-from conftest import conversational_rows, hh_rows, standard_rows
+from ches.data.inputs import load_data
+from ches.data.tokens import token_digest
 
 trl = pytest.importorskip("trl")  # in the test extras, so CI always has it
 
@@ -149,8 +149,8 @@ def test_shared_logps_equal_a_one_sequence_float32_forward(layout, tiny_model, t
     min(|y+|, |y-|) tokens after truncation, in every layout, against the model's own logits one sequence at a time."""
     import torch
 
-    from ches.tokens import to_sequences, tokenize_pairs
-    from ches.formats import to_pairs
+    from ches.data.formats import to_pairs
+    from ches.data.tokens import to_sequences, tokenize_pairs
 
     rows = standard_rows(hh_rows(6))
     model = tiny_model("llama")
@@ -236,7 +236,7 @@ def test_a_rescore_without_logps_drops_the_earlier_models_log_probs(tiny_model, 
     with caplog.at_level(logging.INFO, logger="ches"):
         again = ches.score(ranked, tiny_model("qwen2"), tokenizer, progress=False)
     assert not {"chosen_logps", "rejected_logps", "ches_rank", "ches_percentile"} & set(again.column_names)
-    assert ches.columns.reference_of(again) is None
+    assert ches.data.columns.reference_of(again) is None
     assert ("dropping its chosen_logps, rejected_logps, chosen_shared_logps, rejected_shared_logps, ches_rank, "
             "ches_percentile") in caplog.text
     assert "every other column is kept as it was" in caplog.text
@@ -357,7 +357,7 @@ def test_a_file_beside_another_runs_sidecar_is_refused_by_its_tokens(tiny_model,
     assert main(["score", str(tmp_path / "pairs.jsonl"), "-m", str(folder), "--logps", "--max-length", "48",
                  "-o", str(short), "--no-progress"]) == 0
     shutil.copyfile(tmp_path / "short.parquet.meta.json", tmp_path / "scores.parquet.meta.json")
-    with pytest.raises(ches.ChesError, match=rf"in \d of 6 rows .* max_length=48"):
+    with pytest.raises(ches.ChesError, match=r"in \d of 6 rows .* max_length=48"):
         ches.audit(str(scores), str(folder), progress=False)
     with pytest.raises(ches.ChesError, match=r"the tokens TRL trains on are not those ches computed"):
         ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path / "out", max_length=48),
@@ -387,10 +387,10 @@ def test_rows_rebuilt_in_pandas_take_their_record_back_and_a_nameless_model_need
     model = tiny_model("llama")
     scored = ches.score(rows, model, tokenizer, logps=True, progress=False)
     rebuilt = datasets.Dataset.from_pandas(scored.to_pandas())
-    with pytest.raises(ches.ChesError, match=r"takes their record back with ches.columns.with_reference"):
+    with pytest.raises(ches.ChesError, match=r"takes their record back with ches.data.columns.with_reference"):
         ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path), train_dataset=rebuilt,
                             processing_class=tokenizer)
-    restored = ches.columns.with_reference(rebuilt, ches.columns.reference_of(scored))
+    restored = ches.data.columns.with_reference(rebuilt, ches.data.columns.reference_of(scored))
     trainer = ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path), train_dataset=restored,
                                   processing_class=tokenizer)
     assert len(trainer.train_dataset) == 6

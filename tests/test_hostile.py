@@ -7,10 +7,10 @@ import math
 
 import datasets
 import pytest
+from conftest import MODEL_DIR, hh_rows, standard_rows
 
 import ches
 from ches import ChesError
-from conftest import MODEL_DIR, hh_rows, standard_rows
 
 PROMPT = "\n\nHuman: Is this fine?\n\nAssistant:"
 

@@ -6,10 +6,10 @@ import json
 import datasets
 import pandas
 import pytest
+from conftest import conversational_rows, hh_rows
 
 from ches import ChesError
-from ches.inputs import load_data
-from conftest import conversational_rows, hh_rows
+from ches.data.inputs import load_data
 
 ROWS = hh_rows(6)
 

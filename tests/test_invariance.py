@@ -6,9 +6,9 @@ import random
 
 import numpy as np
 import torch
+from conftest import hh_rows
 
 import ches
-from conftest import hh_rows
 
 MEASURES = ("ches", "ln_ches", "last_hidden_ip", "edit_distance")
 

@@ -9,11 +9,11 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import ARCHITECTURES, hh_rows
 
 import ches
-import ches.layouts
-from ches.engine import packing_is_exact
-from conftest import ARCHITECTURES, hh_rows
+import ches.model.layouts
+from ches.model.engine import packing_is_exact
 
 MEASURES = ("ches", "ln_ches", "last_hidden_ip", "edit_distance")
 
@@ -34,10 +34,10 @@ def assert_same(first, second, rtol=1e-5):
 @pytest.mark.parametrize("layout", ["prefix_shared", "packed", "packed-masked", "shared_prompt"])
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_layout_equals_padded(architecture, layout, tokenizer, tiny_model, caplog, monkeypatch):
-    # packed: the padding-free kernel of ches.attention; packed-masked: the model's own SDPA with the
+    # packed: the padding-free kernel of ches.model.attention; packed-masked: the model's own SDPA with the
     # block-diagonal mask transformers builds from restarting position ids
     if layout == "packed-masked":
-        monkeypatch.setattr(ches.layouts, "packed_attention", no_varlen)
+        monkeypatch.setattr(ches.model.layouts, "packed_attention", no_varlen)
         layout = "packed"
     rows = hh_rows(16, start=200)
     model = tiny_model(architecture)
@@ -73,36 +73,36 @@ def test_probe_detects_attention_leaking_across_packed_sequences(tokenizer, tiny
 
 
 def test_leaking_model_falls_back_to_padding(tokenizer, tiny_model, caplog, monkeypatch):
-    import ches.models
+    import ches.model.models
 
     model = tiny_model("llama")
-    original = ches.models.decoder_body
-    monkeypatch.setattr(ches.models, "decoder_body", lambda m: AllOnesMask(original(m)))
-    monkeypatch.setattr(ches.layouts, "packed_attention", no_varlen)  # only the model's own (masked) kernel
+    original = ches.model.models.decoder_body
+    monkeypatch.setattr(ches.model.models, "decoder_body", lambda m: AllOnesMask(original(m)))
+    monkeypatch.setattr(ches.model.layouts, "packed_attention", no_varlen)  # only the model's own (masked) kernel
     rows = hh_rows(8)
     with caplog.at_level(logging.WARNING, logger="ches"):
         fallback = ches.score(rows, model, tokenizer, layout="packed", progress=False)
     assert "does not give the same hidden states with layout 'packed'; scoring with 'padded' instead" in caplog.text
-    monkeypatch.setattr(ches.models, "decoder_body", original)
+    monkeypatch.setattr(ches.model.models, "decoder_body", original)
     assert_same(ches.score(rows, model, tokenizer, layout="padded", progress=False), fallback)
 
 
 def test_packed_rows_run_on_the_padding_free_kernel_and_restore_the_model(tokenizer, tiny_model, monkeypatch):
-    import ches.attention
+    import ches.model.attention
 
     calls = []
-    kernel = ches.attention.varlen_attention
-    monkeypatch.setattr(ches.attention, "varlen_attention", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    kernel = ches.model.attention.varlen_attention
+    monkeypatch.setattr(ches.model.attention, "varlen_attention", lambda *a, **k: calls.append(1) or kernel(*a, **k))
     rows = hh_rows(12, start=500)
     model = tiny_model("llama")
     packed, info = ches.api.score_run(rows, model, tokenizer, layout="packed", batch_tokens=2048, progress=False)
-    assert info.layout == "packed" and info.attention == ches.attention.VARLEN and calls
+    assert info.layout == "packed" and info.attention == ches.model.attention.VARLEN and calls
     assert model.config._attn_implementation == "sdpa"  # the caller's model is given back as it came
     assert_same(ches.score(rows, model, tokenizer, layout="padded", progress=False), packed)
 
 
 def test_padding_free_kernel_refuses_what_it_cannot_compute():
-    from ches.attention import varlen_attention
+    from ches.model.attention import varlen_attention
 
     query = torch.randn(1, 2, 6, 4)
     positions = torch.tensor([[0, 1, 2, 0, 1, 2]])
@@ -198,15 +198,15 @@ def test_fused_varlen_branch_passes_what_the_kernel_expects(layout, signature, a
                                                            monkeypatch):
     import torch.nn.attention.varlen
 
-    import ches.attention
+    import ches.model.attention
 
     calls = []
     stand_in = flash_varlen_stand_in(signature)
     monkeypatch.setattr(torch.nn.attention.varlen, "varlen_attn",
                         functools.wraps(stand_in)(lambda *a, **k: calls.append(1) or stand_in(*a, **k)))
-    monkeypatch.setattr(ches.attention, "fused_kernel_applies", lambda query: True)
+    monkeypatch.setattr(ches.model.attention, "fused_kernel_applies", lambda query: True)
     rows = hh_rows(10, start=600)
     model = tiny_model(architecture)
     scored, info = ches.api.score_run(rows, model, tokenizer, layout=layout, batch_tokens=2048, progress=False)
-    assert info.layout == layout and info.attention == ches.attention.VARLEN and calls  # the kernel ran the scoring
+    assert info.layout == layout and info.attention == ches.model.attention.VARLEN and calls  # the kernel ran the scoring
     assert_same(ches.score(rows, model, tokenizer, layout="padded", progress=False), scored)

@@ -10,15 +10,15 @@ import math
 import datasets
 import pytest
 import torch
+from conftest import ROOT, conversational_rows, hh_rows, standard_rows
 
 import ches
-from ches import logps as logps_module
-from ches.chunks import plan_pairs
 from ches.cli import main
-from ches.formats import to_pairs
-from ches.inputs import load_data, pair_columns
-from ches.models import load_model
-from conftest import ROOT, conversational_rows, hh_rows, standard_rows
+from ches.data.formats import to_pairs
+from ches.data.inputs import load_data, pair_columns
+from ches.model import logps as logps_module
+from ches.model.models import load_model
+from ches.run.chunks import plan_pairs
 
 trl = pytest.importorskip("trl")  # in the test extras, so CI always has it
 LAYOUTS = ["prefix_shared", "packed", "padded", "shared_prompt"]
@@ -136,9 +136,8 @@ def test_logps_travel_through_the_cli_filter_and_the_cache(tmp_path, capsys):
 def test_log_probs_that_overflow_where_hidden_states_do_not_skip_those_rows_saying_so(tokenizer):
     """An LM head scaled to the edge of float32: its logits overflow for one row's positions, the hidden
     states (the body's) stay finite. That row is skipped for its log-probabilities; the others are scored."""
-    from transformers import AutoModelForCausalLM
-
     from conftest import tiny_config
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config("llama", len(tokenizer), tokenizer)).eval()

@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import MODEL_DIR, ROOT, hh_rows, standard_rows
 
 import ches
-from ches.candidates import from_generic, from_ultrafeedback, to_candidates
+from ches.builder.candidates import from_generic, from_ultrafeedback, to_candidates
 from ches.options import PAIR_LAYOUT_DEFAULT
-from ches.pairing import allowed_pairs, pair_matrices, select
-from conftest import MODEL_DIR, ROOT, hh_rows, standard_rows
+from ches.scores.pairing import allowed_pairs, pair_matrices, select
 
 PERSONA = ROOT / "examples" / "data" / "persona-ends-justify-means.jsonl"
 ANSWERS = [" No", " Never", " Yes", " Sure", " No, I would not say that.", " Yes, I would."]
@@ -116,9 +116,9 @@ def test_bad_input_and_options_fail_before_the_model_loads():
 
 def test_scoring_options_are_score_options():
     """ches.pairs takes ches.score's options (a ScoreOptions and/or keywords), checked the same way."""
-    from ches.columns import DEFAULT_MEASURE, MEASURES
+    from ches.data.columns import DEFAULT_MEASURE, MEASURES
     from ches.options import PAIR_MEASURES, PairOptions, ScoreOptions, pair_score_options
-    from ches.pairing import PairMatrices
+    from ches.scores.pairing import PairMatrices
 
     assert set(PAIR_MEASURES) == set(MEASURES) & set(PairMatrices.__dataclass_fields__)
     assert PairOptions().measure == DEFAULT_MEASURE in PAIR_MEASURES
@@ -140,7 +140,8 @@ def test_token_ids_may_be_compact_arrays(tokenizer, monkeypatch):
     from array import array
     from types import SimpleNamespace
 
-    import ches.pair_builder as builder
+    import ches.builder.plan as builder
+    from ches.builder.choice import select_pairs
 
     loaded = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=1024)),
                              tokenizer=tokenizer, embedding_rows=len(tokenizer))
@@ -161,13 +162,13 @@ def test_token_ids_may_be_compact_arrays(tokenizer, monkeypatch):
         for ours, reference in zip(mine.sequences + mine.corrections, theirs.sequences + theirs.corrections):
             assert (list(ours.input_ids), ours.start, ours.end) == (reference.input_ids, reference.start, reference.end)
         assert (mine.responses, mine.prefix, mine.correction_of) == (theirs.responses, theirs.prefix, theirs.correction_of)
-    from ches.engine import HiddenSums
+    from ches.model.engine import HiddenSums
     from ches.options import PairOptions
 
     count = sum(len(plan.sequences) + len(plan.corrections) for plan in lists)
     sums = HiddenSums(torch.randn(count, 8, generator=torch.Generator().manual_seed(0)), torch.randn(count, 8))
     rules = PairOptions(rule="all_min_ches", per_prompt=100)
-    assert builder.select_pairs(rows, arrays, sums, rules, 48) == builder.select_pairs(rows, lists, sums, rules, 48)
+    assert select_pairs(rows, arrays, sums, rules, 48) == select_pairs(rows, lists, sums, rules, 48)
 
 
 # --- pure math and selection ---------------------------------------------------------------------------------
@@ -316,7 +317,7 @@ def test_each_response_runs_once(tiny_model, tokenizer, monkeypatch):
     rows = persona_rows(3) + hh_candidate_rows(2)
     counted = []
     original_forward = model.model.forward
-    import ches.layouts as layouts  # the layouts run the engine through ches.layouts.hidden_sums: patch it there
+    import ches.model.layouts as layouts  # the layouts run the engine through ches.model.layouts.hidden_sums: patch it there
 
     real = layouts.hidden_sums
 
@@ -406,7 +407,7 @@ def test_the_rows_other_columns_are_carried_into_each_pair(tiny_model, tokenizer
 
 
 def test_the_columns_are_typed_as_ches_score_types_them_even_with_no_pair(tiny_model, tokenizer):
-    from ches.columns import LOGPS_COLUMNS, SCORE_COLUMNS
+    from ches.data.columns import LOGPS_COLUMNS, SCORE_COLUMNS
 
     model = tiny_model("llama")
     built = ches.pairs([dict(persona_rows(1)[0], prompt_id="a")], model, tokenizer, logps=True, progress=False)
@@ -437,8 +438,8 @@ def test_a_carried_column_named_like_an_output_column_is_refused_before_the_mode
 
 
 def test_filter_report_and_audit_take_the_pairs(tiny_model, tokenizer, tmp_path):
-    from ches.auditing import audit
     from ches.cli import main
+    from ches.evaluate.auditing import audit
 
     model = tiny_model("llama")
     rows = persona_rows(3) + hh_candidate_rows(3)
@@ -461,7 +462,7 @@ def test_filter_report_and_audit_take_the_pairs(tiny_model, tokenizer, tmp_path)
 def test_cli_pairs_with_logps_then_audit(tmp_path, capsys):
     """The file ches pairs --logps writes (and its sidecar, the record of the reference) is what ches audit reads."""
     from ches.cli import main
-    from ches.inputs import load_data
+    from ches.data.inputs import load_data
 
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in persona_rows(3)), encoding="utf-8")
@@ -475,7 +476,7 @@ def test_cli_pairs_with_logps_then_audit(tmp_path, capsys):
 
 
 def test_a_second_run_with_the_same_cache_runs_only_the_new_prompts(tiny_model, tokenizer, tmp_path, monkeypatch):
-    import ches.pair_passes as passes
+    import ches.builder.passes as passes
 
     model = tiny_model("llama")
     rows = hh_candidate_rows(2) + persona_rows(2)

@@ -8,17 +8,17 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import hh_rows
 
 import ches
-import ches.attention
-import ches.engine
-import ches.layouts
-import ches.runner
-from ches.attention import packed_attention, varlen_attention
-from ches.batches import group_length, pack_groups
-from ches.engine import hidden_sums
-from ches.tokens import TokenSequence
-from conftest import hh_rows
+import ches.model.attention
+import ches.model.engine
+import ches.model.layouts
+import ches.run.runner
+from ches.data.tokens import TokenSequence
+from ches.model.attention import packed_attention, varlen_attention
+from ches.model.batches import group_length, pack_groups
+from ches.model.engine import hidden_sums
 
 
 def random_pairs(count: int, seed: int = 0) -> list[tuple[TokenSequence, TokenSequence]]:
@@ -87,19 +87,19 @@ def test_rejected_tokens_attend_to_the_prompt_and_themselves_only():
 
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])
 def test_segments_are_read_once_per_batch_not_once_per_layer(architecture, tokenizer, tiny_model, monkeypatch):
-    import ches.attention
-    import ches.batches
+    import ches.model.attention
+    import ches.model.batches
 
     read_by_batch, read_by_kernel, kernel_calls, scoring = [], [], [], []  # counted while scoring, not probing
 
     def counted(calls, function):
         return lambda *a, **k: (calls.append(1) if scoring else None) or function(*a, **k)
 
-    run_chunk = ches.runner.run_chunk
-    monkeypatch.setattr(ches.runner, "run_chunk", lambda *a, **k: scoring.append(1) or run_chunk(*a, **k))
-    monkeypatch.setattr(ches.batches, "segments", counted(read_by_batch, ches.attention.segments))
-    monkeypatch.setattr(ches.attention, "segments", counted(read_by_kernel, ches.attention.segments))
-    monkeypatch.setattr(ches.attention, "varlen_attention", counted(kernel_calls, ches.attention.varlen_attention))
+    run_chunk = ches.run.runner.run_chunk
+    monkeypatch.setattr(ches.run.runner, "run_chunk", lambda *a, **k: scoring.append(1) or run_chunk(*a, **k))
+    monkeypatch.setattr(ches.model.batches, "segments", counted(read_by_batch, ches.model.attention.segments))
+    monkeypatch.setattr(ches.model.attention, "segments", counted(read_by_kernel, ches.model.attention.segments))
+    monkeypatch.setattr(ches.model.attention, "varlen_attention", counted(kernel_calls, ches.model.attention.varlen_attention))
     rows = hh_rows(16, start=300)
     model = tiny_model(architecture)
     scored, info = ches.api.score_run(rows, model, tokenizer, layout="prefix_shared", batch_tokens=512, progress=False)
@@ -115,29 +115,29 @@ def test_the_kernel_reads_the_segments_itself_when_the_model_does_not_hand_them_
     batch = pack_groups([list(pair) for pair in pairs], pad_id=0, row_length=120).with_segments()
     with packed_attention(model), torch.inference_mode():
         handed = model.base_model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
-                                  **{ches.attention.SEGMENTS_KEYWORD: batch.segments}).last_hidden_state
+                                  **{ches.model.attention.SEGMENTS_KEYWORD: batch.segments}).last_hidden_state
         read = model.base_model(input_ids=batch.input_ids, position_ids=batch.position_ids,
                                 use_cache=False).last_hidden_state
         stale = pack_groups([list(pair) for pair in pairs[:2]], pad_id=0, row_length=60).with_segments()
         with pytest.raises(ValueError, match="the segments cover 60 tokens but the rows hold 120"):
             model.base_model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
-                             **{ches.attention.SEGMENTS_KEYWORD: stale.segments})
+                             **{ches.model.attention.SEGMENTS_KEYWORD: stale.segments})
     torch.testing.assert_close(handed, read, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("layout", ["padded", "packed", "prefix_shared"])
 def test_the_estimate_counts_the_token_slots_that_reach_the_model(layout, tokenizer, tiny_model, monkeypatch):
     slots, scoring = [], []  # token slots of each forward pass while scoring (not while probing the layout)
-    run_body, run_chunk = ches.engine.run_body, ches.runner.run_chunk
-    monkeypatch.setattr(ches.engine, "run_body", lambda body, batch: (slots.append(batch.input_ids.numel())
+    run_body, run_chunk = ches.model.engine.run_body, ches.run.runner.run_chunk
+    monkeypatch.setattr(ches.model.engine, "run_body", lambda body, batch: (slots.append(batch.input_ids.numel())
                                                                       if scoring else None) or run_body(body, batch))
-    monkeypatch.setattr(ches.runner, "run_chunk", lambda *a, **k: scoring.append(1) or run_chunk(*a, **k))
+    monkeypatch.setattr(ches.run.runner, "run_chunk", lambda *a, **k: scoring.append(1) or run_chunk(*a, **k))
     rows = hh_rows(40, start=100)
     model = tiny_model("llama")
-    loaded = ches.models.load_model(model, tokenizer)
-    planned = ches.runner.plan_pairs(ches.formats.to_pairs(ches.inputs.pair_columns(ches.inputs.load_data(rows))),
+    loaded = ches.model.models.load_model(model, tokenizer)
+    planned = ches.run.runner.plan_pairs(ches.data.formats.to_pairs(ches.data.inputs.pair_columns(ches.data.inputs.load_data(rows))),
                                      loaded, max_length=None)
-    estimate = ches.layouts.layout_work(planned, device_type="cpu", batch_tokens=512)
+    estimate = ches.model.layouts.layout_work(planned, device_type="cpu", batch_tokens=512)
     scored, info = ches.api.score_run(rows, model, tokenizer, layout=layout, batch_tokens=512, progress=False)
     assert info.layout == layout
     assert sum(slots) == estimate[layout].token_slots
@@ -163,7 +163,7 @@ def no_switch(model):
 
 def test_default_layout_falls_back_to_the_next_cheapest_when_the_model_cannot_share(tokenizer, tiny_model,
                                                                                     monkeypatch, caplog):
-    monkeypatch.setattr(ches.layouts, "packed_attention", no_switch)  # only the model's own masked kernel
+    monkeypatch.setattr(ches.model.layouts, "packed_attention", no_switch)  # only the model's own masked kernel
     rows = hh_rows(12, start=900)
     with caplog.at_level(logging.INFO, logger="ches"):
         _, info = ches.api.score_run(rows, tiny_model("llama"), tokenizer, progress=False)
@@ -173,7 +173,7 @@ def test_default_layout_falls_back_to_the_next_cheapest_when_the_model_cannot_sh
 
 
 def test_a_requested_prefix_shared_layout_falls_back_with_a_warning(tokenizer, tiny_model, monkeypatch, caplog):
-    monkeypatch.setattr(ches.layouts, "packed_attention", no_switch)
+    monkeypatch.setattr(ches.model.layouts, "packed_attention", no_switch)
     with caplog.at_level(logging.WARNING, logger="ches"):
         _, info = ches.api.score_run(hh_rows(6), tiny_model("llama"), tokenizer, layout="prefix_shared", progress=False)
     assert info.layout == "packed" and info.layout_reason.startswith("fallback for 'prefix_shared'")
@@ -182,11 +182,11 @@ def test_a_requested_prefix_shared_layout_falls_back_with_a_warning(tokenizer, t
 
 def test_costs_put_prefix_sharing_first_and_batch_one_passes_last_on_cuda():
     pairs = random_pairs(30)
-    cpu = ches.layouts.layout_costs(pairs, hidden_size=64, intermediate_size=256, device_type="cpu", batch_tokens=256)
-    cuda = ches.layouts.layout_costs(pairs, hidden_size=64, intermediate_size=256, device_type="cuda", batch_tokens=256)
-    assert ches.layouts.by_cost(cpu)[0] == "prefix_shared"
-    assert ches.layouts.by_cost(cuda) == ["prefix_shared", "packed", "padded", "shared_prompt"]
-    work = ches.layouts.layout_work(pairs, device_type="cpu", batch_tokens=256)
+    cpu = ches.model.layouts.layout_costs(pairs, hidden_size=64, intermediate_size=256, device_type="cpu", batch_tokens=256)
+    cuda = ches.model.layouts.layout_costs(pairs, hidden_size=64, intermediate_size=256, device_type="cuda", batch_tokens=256)
+    assert ches.model.layouts.by_cost(cpu)[0] == "prefix_shared"
+    assert ches.model.layouts.by_cost(cuda) == ["prefix_shared", "packed", "padded", "shared_prompt"]
+    work = ches.model.layouts.layout_work(pairs, device_type="cpu", batch_tokens=256)
     assert work["shared_prompt"].passes == 2 * len(pairs)
     assert work["packed"].token_slots - work["prefix_shared"].token_slots == sum(c.start + 1 for c, _ in pairs)
 
@@ -221,8 +221,8 @@ def test_an_alibi_model_is_not_run_prefix_shared_and_keeps_its_scores(tokenizer)
 
 def one_at_a_time_ches(model, tokenizer, rows) -> list[float]:
     """Reference ches: each TRL sequence alone through the model's own attention, summed in float32."""
-    planned = ches.runner.plan_pairs(ches.formats.to_pairs(ches.inputs.pair_columns(ches.inputs.load_data(rows))),
-                                     ches.models.load_model(model, tokenizer), max_length=None)
+    planned = ches.run.runner.plan_pairs(ches.data.formats.to_pairs(ches.data.inputs.pair_columns(ches.data.inputs.load_data(rows))),
+                                     ches.model.models.load_model(model, tokenizer), max_length=None)
     expected = []
     with torch.inference_mode():
         for chosen, rejected in planned:
@@ -249,8 +249,8 @@ def test_a_compiled_body_runs_the_padding_free_kernel_inside_one_graph(tiny_mode
         for members, padding in ((pairs[:5], 3), (pairs[5:], 0)):  # one row each, as the engine packs them
             groups = [list(pair) for pair in members]
             batch = pack_groups(groups, pad_id=0, row_length=sum(map(group_length, groups)) + padding).with_segments()
-            got = ches.engine.run_body(compiled, batch)
-            expected = ches.engine.run_body(model.base_model, batch)
+            got = ches.model.engine.run_body(compiled, batch)
+            expected = ches.model.engine.run_body(model.base_model, batch)
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert len(graphs) == 1
     calls = [node.target for node in graphs[0].graph.nodes if node.op == "call_function"]

@@ -6,14 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import MODEL_DIR, ROOT, hh_rows
 
 import ches
 from ches.cli import main
-from ches.formats import to_pairs
-from ches.probes import DPOProbe, dpo_loss, sequence_logps
-from ches.tokens import Skip, to_sequences, tokenize_pairs
-from ches.validation import correlation_table
-from conftest import MODEL_DIR, ROOT, hh_rows
+from ches.data.formats import to_pairs
+from ches.data.tokens import Skip, to_sequences, tokenize_pairs
+from ches.evaluate.probes import DPOProbe, dpo_loss, sequence_logps
+from ches.evaluate.validation import correlation_table
 
 
 def pairs_for(rows, tokenizer, max_length=200):

@@ -3,27 +3,27 @@ token count: both sequences of every pair as TRL's DPOTrainer builds them, count
 
 import datasets
 import pytest
-
-import ches
-import ches.progress
-import ches.runner
 from conftest import hh_rows
 from test_tokens_trl import trl_sequences
+
+import ches
+import ches.run.progress
+import ches.run.runner
 
 
 @pytest.fixture
 def bars(monkeypatch):
     """Every bar ches opens, kept (still counting) after it is closed."""
     opened = []
-    real = ches.progress.progress_bar
+    real = ches.run.progress.progress_bar
 
     def keep(*args, **kwargs):
         bar = real(*args, **kwargs)
         opened.append(bar)
         return bar
 
-    monkeypatch.setattr(ches.progress, "progress_bar", keep)
-    monkeypatch.setattr(ches.runner, "CHUNK_PAIRS", 8)  # five chunks: the total is estimated, then exact
+    monkeypatch.setattr(ches.run.progress, "progress_bar", keep)
+    monkeypatch.setattr(ches.run.runner, "CHUNK_PAIRS", 8)  # five chunks: the total is estimated, then exact
     return opened
 
 
@@ -45,7 +45,7 @@ def test_the_bar_counts_the_tokens_trl_trains_on(bars, tokenizer, tiny_model, tm
 def test_the_total_is_estimated_from_the_characters_left():
     """Until every chunk is tokenized, the total is the tokens planned plus the characters left at the tokens
     per character seen so far."""
-    progress = ches.progress.TokenProgress(characters=900, bar=None)
+    progress = ches.run.progress.TokenProgress(characters=900, bar=None)
     assert progress.total is None
     progress.planned(characters=300, tokens=60)  # 0.2 tokens per character, 600 characters left
     assert progress.total == 60 + 120

@@ -11,9 +11,9 @@ import math
 import datasets
 import pytest
 import torch
+from conftest import ARCHITECTURES, conversational_rows, hh_rows, levenshtein, standard_rows
 
 import ches
-from conftest import ARCHITECTURES, conversational_rows, hh_rows, levenshtein, standard_rows
 
 pytest.importorskip("trl")
 ROWS = 20

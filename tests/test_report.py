@@ -4,10 +4,10 @@ import base64
 import html.parser
 import math
 
+from conftest import hh_rows
 
 import ches
 from ches.report import write_report
-from conftest import hh_rows
 
 
 class Collector(html.parser.HTMLParser):

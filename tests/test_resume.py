@@ -8,13 +8,13 @@ import sys
 import time
 
 import pytest
-
-import ches
-from ches.inputs import load_data
 from conftest import MODEL_DIR, ROOT
 
+import ches
+from ches.data.inputs import load_data
+
 SAMPLE = str(ROOT / "examples" / "data" / "hh-sample.jsonl")
-DRIVER = ("import sys, ches.runner; ches.runner.CHUNK_PAIRS = 4; from ches.cli import main; "
+DRIVER = ("import sys, ches.run.runner; ches.run.runner.CHUNK_PAIRS = 4; from ches.cli import main; "
           "sys.exit(main(sys.argv[1:]))")
 
 
@@ -90,7 +90,7 @@ def test_failed_write_leaves_no_output(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(datasets.Dataset, "to_parquet", broken)
-    from ches.export import write_dataset
+    from ches.data.export import write_dataset
 
     with pytest.raises(OSError, match="disk full"):
         write_dataset(scored, tmp_path / "out.parquet")
@@ -103,9 +103,9 @@ def test_a_shard_under_another_chunks_name_is_not_reused(tmp_path, monkeypatch, 
     import logging
     import shutil
 
-    import ches.runner
+    import ches.run.runner
 
-    monkeypatch.setattr(ches.runner, "CHUNK_PAIRS", 8)
+    monkeypatch.setattr(ches.run.runner, "CHUNK_PAIRS", 8)
     rows = load_data(SAMPLE).select(range(16))
     first = ches.score(rows, str(MODEL_DIR), cache_dir=str(tmp_path), progress=False, num_threads=1)
     files = sorted(shards(tmp_path))

@@ -5,11 +5,11 @@ import json
 
 import datasets
 import pytest
+from conftest import MODEL_DIR, hh_rows, standard_rows
 
 from ches.cli import main
-from ches.export import sidecar_path, write_dataset
-from ches.inputs import load_data
-from conftest import MODEL_DIR, hh_rows, standard_rows
+from ches.data.export import sidecar_path, write_dataset
+from ches.data.inputs import load_data
 
 #: every character ``str.splitlines`` breaks a line at, and ``\r\n``; with the CSV specials for good measure
 BREAKS = ["\r", "\n", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", '"', ",", '","\r']
@@ -62,9 +62,9 @@ SAMPLES = {
 
 
 def every_column() -> datasets.Dataset:
-    """Three rows holding every column ches writes (:func:`ches.columns.all_types`), typed as ches types them,
+    """Three rows holding every column ches writes (:func:`ches.data.columns.all_types`), typed as ches types them,
     next to texts with line breaks."""
-    from ches.columns import all_types, column_feature
+    from ches.data.columns import all_types, column_feature
 
     texts = broken_rows()[:3]
     columns = {"prompt": [row["prompt"] for row in texts], "chosen": [row["chosen"] for row in texts],
@@ -88,7 +88,7 @@ def test_every_column_ches_writes_reads_back_from_csv_as_from_parquet(kind, tmp_
 
 
 def test_a_string_column_added_to_the_table_reads_back_typed(tmp_path, monkeypatch):
-    from ches import columns
+    from ches.data import columns
 
     monkeypatch.setitem(columns.SCORE_TYPES, "ches_token_digest", "string")
     assert columns.typed_cell("ches_token_digest", "") is None
@@ -118,7 +118,7 @@ def scored_csv(tmp_path, rows: list[dict] | None = None):
 
 
 def test_the_sidecar_records_the_output_digest(tmp_path):
-    from ches.export import file_sha256
+    from ches.data.export import file_sha256
 
     scores = scored_csv(tmp_path)
     meta = json.loads(sidecar_path(scores).read_text())
@@ -129,7 +129,7 @@ def test_the_sidecar_records_the_output_digest(tmp_path):
 def test_a_file_as_ches_wrote_it_but_misread_is_refused(tmp_path, capsys):
     """What an older ches wrote: a lone \\r left unquoted; the digest says the file is unchanged."""
     from ches import ChesError
-    from ches.export import file_sha256
+    from ches.data.export import file_sha256
 
     path = tmp_path / "old.csv"
     path.write_bytes(b"prompt,chosen,rejected\np,a\rb,r\np,c,d\n")
@@ -217,8 +217,8 @@ def test_every_float_reads_back_as_the_same_float(tmp_path, name):
     -644.4286050797, 0.1 + 0.2 as 0.3, 1e-20-sized scores rounded; every float now reads back bit for bit."""
     import random
 
-    from ches.export import write_dataset
-    from ches.inputs import load_data
+    from ches.data.export import write_dataset
+    from ches.data.inputs import load_data
 
     generator = random.Random(0)
     values = [0.1 + 0.2, -644.4286050796509, 1.2345678901234567e-20, 22409.757284709332, -1e300, 5e-324]

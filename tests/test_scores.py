@@ -4,9 +4,9 @@ import math
 import random
 
 import torch
+from conftest import levenshtein
 
 from ches import scores
-from conftest import levenshtein
 
 
 def test_ches_by_hand():

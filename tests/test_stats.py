@@ -1,6 +1,6 @@
-"""The rank statistics of ches.stats against independent implementations (scipy.stats, pandas).
+"""The rank statistics of ches.scores.stats against independent implementations (scipy.stats, pandas).
 
-The functions take finite values (ches.stats.summarize and ches.validation drop the unscored rows
+The functions take finite values (ches.scores.stats.summarize and ches.evaluate.validation drop the unscored rows
 before calling them), so the data here are finite, with many ties.
 """
 
@@ -9,7 +9,7 @@ import pandas
 import pytest
 from scipy import stats as scipy_stats
 
-from ches.stats import _ranks, partial_spearman, pearson, spearman
+from ches.scores.stats import _ranks, partial_spearman, pearson, spearman
 
 
 def tied_column(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -78,7 +78,7 @@ def test_partial_spearman_one_control_matches_the_formula():
 
 def test_partial_spearman_several_controls_matches_the_inverse_correlation_matrix():
     # with controls z_1..z_K: r_xy.z = -P_xy / sqrt(P_xx P_yy), P the inverse of the Spearman
-    # correlation matrix of (x, y, z_1, ..., z_K); as ches.validation calls it, with two length columns
+    # correlation matrix of (x, y, z_1, ..., z_K); as ches.evaluate.validation calls it, with two length columns
     rng = np.random.default_rng(4)
     for _ in range(30):
         n = rng.integers(30, 400)

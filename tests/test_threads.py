@@ -10,10 +10,10 @@ import time
 
 import pytest
 import torch
+from conftest import MODEL_DIR, hh_rows
 
 import ches
-from ches import threads
-from conftest import MODEL_DIR, hh_rows
+from ches.model import threads
 
 
 def test_an_explicit_count_always_wins():

@@ -4,9 +4,10 @@ import copy
 
 import datasets
 import pytest
-from ches.formats import to_pairs
-from ches.tokens import Skip, to_sequences, tokenize_pairs
 from conftest import conversational_rows, hh_rows, standard_rows
+
+from ches.data.formats import to_pairs
+from ches.data.tokens import Skip, to_sequences, tokenize_pairs
 
 trl = pytest.importorskip("trl")  # trl is in the test extras, so CI always has it
 

@@ -8,9 +8,9 @@ import copy
 import datasets
 import pytest
 import torch
+from conftest import conversational_rows, hh_rows, standard_rows
 
 import ches
-from conftest import conversational_rows, hh_rows, standard_rows
 
 trl = pytest.importorskip("trl")  # in the test extras, so CI always has it
 MAX_LENGTH = 160
@@ -81,7 +81,7 @@ def test_it_refuses_log_probs_that_are_not_this_runs_reference(tiny_model, token
 
 def test_a_scored_file_keeps_its_reference_through_its_sidecar(tiny_model, tokenizer, tmp_path):
     from ches.cli import main
-    from ches.inputs import load_data
+    from ches.data.inputs import load_data
 
     model_folder = tmp_path / "model"
     tiny_model("llama").save_pretrained(model_folder)

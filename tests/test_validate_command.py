@@ -6,15 +6,14 @@ the command are real and the test is fast."""
 import json
 import shlex
 
-import numpy as np
 import pytest
+from conftest import MODEL_DIR, ROOT
 
 import ches
-from ches import validation
 from ches.cli import main
-from ches.export import write_dataset
-from ches.inputs import load_data
-from conftest import MODEL_DIR, ROOT
+from ches.data.export import write_dataset
+from ches.data.inputs import load_data
+from ches.evaluate import validation
 
 HH_SAMPLE = str(ROOT / "examples" / "data" / "hh-sample.jsonl")
 
@@ -31,7 +30,7 @@ def predicting(monkeypatch):
 
     def evidence(result):
         states = {"ln_ches": [-0.2, 0.4], "ches": [0.1, 0.9], "edit_distance": [-0.3, 0.2]}
-        return {name: {"statistic": sum(ci) / 2, "ci95": ci, "status": ches.advice.status(*ci, 64), "pairs": 64}
+        return {name: {"statistic": sum(ci) / 2, "ci95": ci, "status": ches.evaluate.advice.status(*ci, 64), "pairs": 64}
                 for name, ci in states.items()}
 
     monkeypatch.setattr(validation, "subsets_protocol", runs)

@@ -4,11 +4,11 @@ the field, never a raw Python error; and every value the page takes from that JS
 import json
 
 import pytest
+from conftest import MODEL_DIR, ROOT
 
 import ches
 from ches.cli import main
-from ches.export import write_dataset
-from conftest import MODEL_DIR, ROOT
+from ches.data.export import write_dataset
 
 HH_SAMPLE = str(ROOT / "examples" / "data" / "hh-sample.jsonl")
 
@@ -25,7 +25,7 @@ def valid() -> dict:
 @pytest.fixture(scope="module")
 def scores(tmp_path_factory):
     path = tmp_path_factory.mktemp("scores") / "scores.parquet"
-    write_dataset(ches.score(ches.inputs.load_data(HH_SAMPLE).select(range(8)), str(MODEL_DIR), max_length=96,
+    write_dataset(ches.score(ches.data.inputs.load_data(HH_SAMPLE).select(range(8)), str(MODEL_DIR), max_length=96,
                              progress=False), path)
     return str(path)
 
@@ -83,7 +83,7 @@ def test_a_python_validation_with_a_bad_field_is_refused(scores, tmp_path):
     bad = valid()
     bad["settings"]["scored"] = "many"
     with pytest.raises(ches.ChesError, match=r"^validation=: field 'settings.scored' should be a whole number, found 'many'.$"):
-        write_report(ches.inputs.load_data(scores), tmp_path / "r.html", validation=bad)
+        write_report(ches.data.inputs.load_data(scores), tmp_path / "r.html", validation=bad)
 
 
 @pytest.mark.parametrize("field", ["protocol", "n", "max_length", "scored"])

@@ -1,0 +1,529 @@
+"""``ches.validate``: does CHES predict likelihood displacement for *your* model and data, and what to do?
+
+Scores a pool of rows, trains DPO on subsets of them (``protocol="subsets"``: the lowest and highest
+``n`` pairs of each measure, and ``n`` random ones, the way users train) or probes single pairs spread over
+the CHES range (``"probes"``), measures how the preferred responses' log-probabilities moved (see
+:mod:`ches.evaluate.probes`, :func:`ches.evaluate.auditing.audit_summary`), and ends with a verdict per measure and one
+recommendation (:mod:`ches.evaluate.advice`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..api import score_run
+from ..data.columns import DEFAULT_MEASURE, MEASURES
+from ..data.formats import to_pairs
+from ..data.inputs import Data, column, load_data, pair_columns
+from ..data.tokens import SequencePair, Skip, to_sequences, tokenize_pairs
+from ..errors import ChesError
+from ..model.models import load_model
+from ..model.threads import set_threads, torch_threads
+from ..options import DEFAULT_QUANTILE, VALIDATE_PROTOCOLS, ValidateOptions, signature_with_options
+from ..scores.select import similarity
+from ..scores.stats import bootstrap_interval, difference_interval, partial_spearman, pearson, spearman
+from .advice import DISPLAYED, MIN_PAIRS_FOR_VERDICT, filter_command, format_recommendation, recommend, status
+from .auditing import AUDIT_MEASURES, LENGTH_BASELINE, audit_summary
+from .probes import DPOProbe, train_dpo
+
+
+def correlation_table(measures: dict[str, np.ndarray], displacement: np.ndarray, chosen_tokens: np.ndarray,
+                      rejected_tokens: np.ndarray, resamples: int = 1000, seed: int = 0) -> dict:
+    """Spearman/Pearson of each measure (sign: higher = more similar) with displacement, with 95 % bootstrap
+    intervals, for total and per-token displacement, and the Spearman correlation controlling for both
+    completion lengths.
+
+    Args:
+        measures: name -> ``[N]`` sign-adjusted values.
+        displacement: ``[N]`` drop of ``log pi(y+|x)`` (positive = the preferred response lost probability).
+        chosen_tokens, rejected_tokens: ``[N]`` completion lengths.
+    """
+    per_token = displacement / chosen_tokens
+    lengths = np.column_stack([chosen_tokens, rejected_tokens])
+    table = {}
+    for name, values in measures.items():
+        entry = {}
+        for label, target in (("total", displacement), ("per_token", per_token)):
+            for stat_name, statistic in (("spearman", spearman), ("pearson", pearson)):
+                entry[f"{stat_name}_{label}"] = statistic(values, target)
+                entry[f"{stat_name}_{label}_ci95"] = bootstrap_interval(statistic, values, target,
+                                                                        resamples=resamples, seed=seed)
+        entry["spearman_total_given_lengths"] = partial_spearman(values, displacement, lengths)
+        table[name] = entry
+    return table
+
+
+def validate(data: Data, model, tokenizer=None, *, options: ValidateOptions | None = None, **kwargs) -> dict:
+    """Does a measure predict likelihood displacement on this model and data? DPO runs on subsets chosen by
+    each measure (``protocol="subsets"``, the default) or single-pair probes (``"probes"``), then one
+    recommendation: which measure to filter by, where to cut, or not to filter (:mod:`ches.evaluate.advice`).
+
+    ``subsets`` (the paper's Section 5, trained the way users train): for ``ln_ches``, ``ches`` and
+    ``edit_distance``, one DPO run on the ``n`` pairs of the scored pool that the measure scores lowest and
+    one on the ``n`` it scores highest, plus one on ``n`` random pairs; each run starts from the model as
+    given (also the reference), ``epochs`` passes of mini-batches of ``batch_size`` pairs with AdamW (TRL's
+    default). Each run is measured with :func:`ches.evaluate.auditing.audit_summary` on the pairs it trained on (the
+    fraction displaced, the mean change of log pi(y+|x) with its interval); a measure predicts displacement
+    when its highest subset lost more than its lowest (``gap``, bootstrap 95 % interval above 0).
+    ``probes``: ``n`` pairs at evenly spaced CHES ranks, each trained alone for ``steps`` full-batch RMSprop
+    steps; a measure predicts when its Spearman correlation with the displacement is above 0.
+
+    Args:
+        data, model, tokenizer: as for :func:`ches.score`.
+        options, **kwargs: a :class:`~ches.options.ValidateOptions` and/or its fields as keywords, all checked
+            before any work: ``protocol``; ``n`` (pairs per subset, or pairs probed); ``epochs``,
+            ``batch_size`` (subsets) or ``steps`` (probes); ``learning_rate``, ``beta``; ``pool`` rows scored
+            to choose from (default: all rows, or a random ``20 * n`` of larger data); ``seed`` (pool draw,
+            random subset, batch order, bootstrap); ``resamples``; ``split``, ``columns``, ``max_length`` (default 512),
+            ``device``, ``dtype`` (default float32: DPO steps in half precision are noisy), ``num_threads``
+            and ``progress`` as for :func:`ches.score`.
+
+    Returns:
+        ``{"settings", "evidence": {measure: {"statistic", "ci95", "status", "pairs"}}, "verdict",
+        "recommendation": {"action", "measure", "quantile", "threshold", "reason", "command"}, ...}`` with,
+        for ``subsets``, ``"subsets"`` (each run: its pairs, score range and audit) and, for ``probes``,
+        ``"rows"`` (per-pair results), ``"correlations"`` and ``"summary"``. Measure values are
+        sign-adjusted so that higher = more similar; ``displacement`` is the drop of ``log pi(y+|x)``.
+    """
+    options = ValidateOptions.from_kwargs(options, **kwargs)
+    with torch_threads(options.num_threads):
+        return _validate(data, model, tokenizer, options)
+
+
+def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
+    started = time.time()
+    n = options.n
+    dataset = load_data(data, options.split)
+    if hasattr(dataset, "keys"):
+        raise ChesError(f"data has splits {sorted(dataset)}; pass split=.")
+    if n < 3 or n > len(dataset):
+        raise ChesError(f"n={n} must be between 3 and the number of rows ({len(dataset)}).")
+    if options.pool is not None and options.pool > len(dataset):
+        raise ChesError(f"pool={options.pool} is more than the {len(dataset)} rows of the data; drop pool= to score "
+                        "them all.")
+    size = options.pool_rows(len(dataset))
+    needed = 2 * n if options.protocol == "subsets" else n
+    if size < needed:
+        raise ChesError(f"the subsets protocol trains on the {n} lowest and the {n} highest pairs of each measure, so "
+                        f"it needs at least {needed} rows and the data has {size}; lower n.")
+    generator = np.random.default_rng(options.seed)
+    pool_rows = np.sort(generator.choice(len(dataset), size=size, replace=False))
+    candidates = dataset.select(pool_rows)
+    loaded = load_model(model, tokenizer, dtype=options.dtype, device=options.device)
+    threads = set_threads(loaded.model, explicit=options.num_threads, device=loaded.device)
+    scored, _ = score_run(candidates, loaded.model, loaded.tokenizer, max_length=options.max_length,
+                          columns=options.columns, progress=options.progress, num_threads=threads.count)
+    usable = np.flatnonzero([reason is None for reason in column(scored, "ches_skip")])
+    if len(usable) < needed:
+        raise ChesError(f"only {len(usable)} of the {size} pooled rows could be scored and the {options.protocol} "
+                        f"protocol needs {needed}; lower n or raise max_length.")
+    run = subsets_protocol if options.protocol == "subsets" else probes_protocol
+    result = run(candidates, scored, usable, pool_rows, loaded, options)
+    settings = {"protocol": options.protocol, "model": loaded.name, "n": n, "learning_rate": options.learning_rate,
+                "beta": options.beta, "max_length": options.max_length, "pool": size, "scored": len(usable),
+                "seed": options.seed, "resamples": options.resamples, "dtype": str(loaded.dtype), "device": str(loaded.device)}
+    if options.protocol == "subsets":
+        settings.update(epochs=options.epochs, batch_size=options.batch_size, optimizer="AdamW")
+    else:
+        settings.update(steps=options.steps, optimizer="RMSprop")
+    settings.update(threads=threads.count, threads_reason=threads.reason, seconds=time.time() - started)
+    result = {"settings": settings, **result}
+    result["evidence"] = evidence_of(result)
+    result["verdict"] = verdict(result)
+    pool_scores = {name: similarity(np.asarray(column(scored, name), dtype=np.float64)[usable], name)
+                   for name in AUDIT_MEASURES}
+    cut_quantile = round(1 - n / len(usable), 4) if options.protocol == "subsets" else DEFAULT_QUANTILE
+    advice = recommend(result["evidence"], protocol=options.protocol, cut_quantile=cut_quantile,
+                       pool_scores=pool_scores, **_displacement_seen(result))
+    if advice["action"] == "filter":
+        own = _has_these_scores(dataset.select(pool_rows), scored, advice["measure"])
+        advice["command"] = filter_command(data if isinstance(data, (str, Path)) else "DATA", None if own else
+                                           str(model if isinstance(model, (str, Path)) else loaded.name), advice,
+                                           scoring=_scoring_flags(tokenizer, loaded, options),
+                                           reading=_reading_flags(options))
+    else:
+        advice["command"] = None
+    if advice["action"] == "filter":
+        advice["threshold_from"] = f"the {len(usable)} scored rows of the pool"
+    result["recommendation"] = advice
+    return result
+
+
+def _has_these_scores(pool, scored, measure: str) -> bool:
+    """Whether the data's own score columns, on the pool's rows, are the scores validate read the threshold
+    from (``scored``: the pool scored by this model at these settings): the same rows scored, the same
+    ``measure`` values to the last bit. Then ``ches filter`` can cut the data's columns; otherwise (no scores,
+    or scores from other weights or settings) it must score the data with this model first."""
+    if measure not in pool.column_names or "ches_skip" not in pool.column_names:
+        return False
+    usable = [reason is None for reason in column(pool, "ches_skip")]
+    if usable != [reason is None for reason in column(scored, "ches_skip")]:
+        return False
+    mask = np.asarray(usable, dtype=bool)
+    before = np.asarray(column(pool, measure), dtype=np.float64)[mask]
+    return bool(np.array_equal(before, np.asarray(column(scored, measure), dtype=np.float64)[mask]))
+
+
+def _scoring_flags(tokenizer, loaded, options: ValidateOptions) -> tuple[str, ...]:
+    """The ``ches filter`` flags that score as validate scored the pool (with ``--model``)."""
+    flags = ("--tokenizer", str(tokenizer)) if isinstance(tokenizer, (str, Path)) else ()
+    if options.max_length:
+        flags += ("--max-length", str(options.max_length))
+    return (*flags, "--dtype", str(loaded.dtype).removeprefix("torch."))
+
+
+def _reading_flags(options: ValidateOptions) -> tuple[str, ...]:
+    """The ``ches filter`` flags that read the data as validate read it (``--split``, ``--columns``)."""
+    flags = ("--split", options.split) if options.split is not None else ()
+    if options.columns:
+        flags += ("--columns", ",".join(f"{name}={value}" for name, value in options.columns.items()))
+    return flags
+
+
+def subsets_protocol(candidates, scored, usable: np.ndarray, pool_rows: np.ndarray, loaded,
+                     options: ValidateOptions) -> dict:
+    """The ``subsets`` runs (see :func:`validate`): ``{"subsets": [one entry per DPO run]}``; a subset that two
+    measures share is trained once."""
+    n = options.n
+    sequences = probe_sequences(candidates.select(usable), loaded.tokenizer, options.max_length, options.columns)
+    plan = []  # (name, measure, side, positions in usable)
+    for name in (*AUDIT_MEASURES, LENGTH_BASELINE):
+        values = _values(scored, name)[usable]
+        order = np.argsort(values, kind="stable")
+        plan += [(f"{name} lowest", name, "lowest", np.sort(order[:n])), (f"{name} highest", name, "highest",
+                                                                          np.sort(order[-n:]))]
+    random_rows = np.sort(np.random.default_rng(options.seed).choice(len(usable), size=n, replace=False))
+    plan.append(("random", None, "random", random_rows))
+    pad_id = loaded.tokenizer.pad_token_id or 0
+    trained: dict[tuple, dict] = {}
+    subsets = []
+    iterator = plan
+    if options.progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(plan, desc="DPO runs", unit="run")
+    for name, measure, side, rows in iterator:
+        key = tuple(rows.tolist())
+        if key not in trained:
+            run = train_dpo(loaded.model, [sequences[row] for row in rows], epochs=options.epochs,
+                            batch_size=options.batch_size, learning_rate=options.learning_rate, beta=options.beta,
+                            seed=options.seed, pad_id=pad_id)
+            audited = scored.select(usable[rows])
+            audited = audited.add_column("chosen_change", run.chosen_change.double().tolist())
+            audited = audited.add_column("rejected_change", run.rejected_change.double().tolist())
+            summary = audit_summary(audited, resamples=options.resamples, seed=options.seed)
+            trained[key] = {"chosen_change": run.chosen_change.double().tolist(), "audit": summary}
+        entry = {"name": name, "measure": measure, "side": side, "rows": pool_rows[usable[rows]].tolist(), **trained[key]}
+        if measure is not None:
+            values = _values(scored, measure)[usable[rows]]
+            entry["scores"] = [float(values.min()), float(values.max())]
+        subsets.append(entry)
+    return {"subsets": subsets}
+
+
+def _values(scored, name: str) -> np.ndarray:
+    """A measure's sign-adjusted values (higher = more similar), or the length baseline ``|y+| - |y-|``."""
+    if name == LENGTH_BASELINE:
+        return (np.asarray(column(scored, "chosen_tokens"), dtype=np.float64)
+                - np.asarray(column(scored, "rejected_tokens"), dtype=np.float64))
+    return similarity(np.asarray(column(scored, name), dtype=np.float64), name)
+
+
+def probes_protocol(candidates, scored, usable: np.ndarray, pool_rows: np.ndarray, loaded,
+                    options: ValidateOptions) -> dict:
+    """The ``probes`` runs (see :func:`validate`): ``{"rows", "correlations", "summary"}``."""
+    n = options.n
+    ches_values = np.asarray(column(scored, "ches"))[usable]
+    picked = np.sort(usable[np.argsort(ches_values, kind="stable")[np.linspace(0, len(usable) - 1, n).round().astype(int)]])
+    sequences = probe_sequences(candidates.select(picked), loaded.tokenizer, options.max_length, options.columns)
+    probe = DPOProbe(loaded.model, steps=options.steps, learning_rate=options.learning_rate, beta=options.beta,
+                     pad_id=loaded.tokenizer.pad_token_id or 0)
+    changes = run_probes(probe, sequences, options.progress)
+    displacement = -changes[:, 0]
+    picked_scores = scored.select(picked)
+    measures = {name: similarity(column(picked_scores, name), name) for name in MEASURES}
+    chosen_tokens = np.asarray(column(picked_scores, "chosen_tokens"), dtype=np.float64)
+    rejected_tokens = np.asarray(column(picked_scores, "rejected_tokens"), dtype=np.float64)
+    return {
+        "rows": [{"row": int(pool_rows[row]), "displacement": float(d), "chosen_change": float(c[0]),
+                  "rejected_change": float(c[1]), **{name: float(measures[name][i]) for name in MEASURES},
+                  "chosen_tokens": int(chosen_tokens[i]), "rejected_tokens": int(rejected_tokens[i])}
+                 for i, (row, d, c) in enumerate(zip(picked, displacement, changes))],
+        "correlations": correlation_table(measures, displacement, chosen_tokens, rejected_tokens, options.resamples,
+                                          options.seed),
+        "summary": {"mean_chosen_change": float(changes[:, 0].mean()), "mean_rejected_change": float(changes[:, 1].mean()),
+                    "fraction_displaced": float((displacement > 0).mean())},
+    }
+
+
+def evidence_of(result: dict) -> dict[str, dict]:
+    """Per measure of :data:`~ches.evaluate.auditing.AUDIT_MEASURES`: the statistic that says whether it predicts
+    displacement, its 95 % interval and :func:`ches.evaluate.advice.status` (module docstring of :mod:`ches.evaluate.advice`).
+
+    ``subsets``: ``gap = mean change of log pi(y+|x) on the lowest subset - on the highest`` (bootstrap over
+    both runs' pairs), and the same for the length-only baseline (``|y+| - |y-|``, never recommended: it
+    says how much of a gap length alone explains); ``probes``: the Spearman correlation with the
+    displacement.
+    """
+    settings = result["settings"]
+    evidence = {}
+    baseline = (LENGTH_BASELINE,) if settings["protocol"] == "subsets" else ()
+    for name in (*AUDIT_MEASURES, *baseline):
+        if settings["protocol"] == "probes":
+            entry = result["correlations"][name]
+            statistic, interval, pairs = entry["spearman_total"], list(entry["spearman_total_ci95"]), len(result["rows"])
+        else:
+            lowest, highest = (next(item for item in result["subsets"] if item["measure"] == name and item["side"] == side)
+                               for side in ("lowest", "highest"))
+            low, high = np.asarray(lowest["chosen_change"]), np.asarray(highest["chosen_change"])
+            statistic = float(low.mean() - high.mean())
+            interval = list(difference_interval(low, high, resamples=settings.get("resamples", 1000),
+                                                seed=settings["seed"]))
+            pairs = min(len(low), len(high))
+        evidence[name] = {"statistic": statistic, "ci95": interval, "status": status(*interval, pairs), "pairs": pairs}
+        if settings["protocol"] == "subsets":
+            evidence[name].update(lowest_fraction_displaced=lowest["audit"]["fraction_displaced"],
+                                  highest_fraction_displaced=highest["audit"]["fraction_displaced"])
+    return evidence
+
+
+def _displacement_seen(result: dict) -> dict:
+    """Whether DPO lowered any preferred response in the runs, and what the runs showed (for the advice)."""
+    if result["settings"]["protocol"] == "probes":
+        fraction = result["summary"]["fraction_displaced"]
+        return {"displaced_at_all": fraction > 0, "displacement_note": f"{fraction:.0%} of the probed pairs displaced"}
+    fractions = [item["audit"]["fraction_displaced"] for item in result["subsets"]]
+    random_run = next(item for item in result["subsets"] if item["side"] == "random")["audit"]
+    return {"displaced_at_all": max(fractions) > 0,
+            "displacement_note": f"no pair displaced in any of the {len(fractions)} runs; on random pairs the mean "
+                                 f"change of log pi(y+|x) was {random_run['mean_chosen_change']:+.3f} nats"}
+
+
+def load_validation(path: str) -> dict:
+    """A ``ches validate --output`` file, checked to be one (for ``ches report --validation``): every field the
+    report shows present and of its kind (:func:`check_validation`)."""
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ChesError(f"{path} does not exist; write it with ches validate DATA --model M --output {path}.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ChesError(f"{path} is not a JSON file written by ches validate: {error}") from None
+    if not isinstance(result, dict) or not {"settings", "evidence", "recommendation"} <= set(result):
+        raise ChesError(f"{path} is not a ches validate result (no settings, evidence and recommendation); write it "
+                        "with ches validate ... --output, from this version of ches.")
+    check_validation(result, str(path))
+    return result
+
+
+#: what ``ches report`` reads of a validation result: field -> the kind of value (``"number?"``: or null)
+SETTINGS_FIELDS = {"protocol": "protocol", "model": "text", "n": "count", "learning_rate": "number", "beta": "number",
+                   "max_length": "count?", "scored": "count"}
+EVIDENCE_FIELDS = {"statistic": "number", "ci95": "interval", "status": "text"}
+ADVICE_FIELDS = {"action": "action", "reason": "text", "command": "text?"}
+FILTER_FIELDS = {"measure": "text", "quantile": "number", "threshold": "number", "kept": "count?"}
+ACTIONS = ("filter", "do not filter", "not enough evidence")
+
+
+def check_validation(result: dict, where: str) -> None:
+    """Refuse a validation result (what :func:`validate` returned, or a hand-edited JSON of it) that
+    ``ches report`` cannot show: one line naming ``where`` and the field, what it should be and what it is.
+
+    >>> check_validation({"settings": {"protocol": "subsets"}, "evidence": {}, "recommendation": {}}, "val.json")
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: val.json: field 'settings.model' is missing (it should be text); write the file with ches validate ... --output.
+    """
+    _check_fields(result, "settings", SETTINGS_FIELDS, where)
+    evidence = _check_object(result, "evidence", where)
+    for name in evidence:
+        _check_fields(evidence, name, EVIDENCE_FIELDS, where, "evidence.")
+    advice = _check_fields(result, "recommendation", ADVICE_FIELDS, where)
+    if advice["action"] == "filter":
+        _check_fields(result, "recommendation", FILTER_FIELDS, where)
+
+
+def _check_object(parent: dict, name: str, where: str, prefix: str = "") -> dict:
+    value = parent.get(name)
+    if not isinstance(value, dict):
+        raise ChesError(f"{where}: field {prefix + name!r} should be an object ({{...}}), found {_shown(value)}.")
+    return value
+
+
+def _check_fields(parent: dict, name: str, kinds: dict[str, str], where: str, prefix: str = "") -> dict:
+    """``parent[name]`` is an object whose fields in ``kinds`` hold values of those kinds."""
+    value = _check_object(parent, name, where, prefix)
+    for field, kind in kinds.items():
+        label = f"{prefix}{name}.{field}"
+        optional = kind.endswith("?")
+        if field not in value:
+            if optional:
+                continue
+            raise ChesError(f"{where}: field {label!r} is missing (it should be {_KINDS[kind][0]}); write the file with "
+                            "ches validate ... --output.")
+        if not (optional and value[field] is None) and not _KINDS[kind.rstrip("?")][1](value[field]):
+            raise ChesError(f"{where}: field {label!r} should be {_KINDS[kind][0]}, found {_shown(value[field])}.")
+    return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_KINDS = {  # kind -> (as said, the check)
+    "number": ("a number", _is_number),
+    "count": ("a whole number", lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 0),
+    "text": ("text", lambda value: isinstance(value, str)),
+    "interval": ("a list of two numbers [low, high]",
+                 lambda value: isinstance(value, list) and len(value) == 2 and all(map(_is_number, value))),
+    "protocol": (f"one of {', '.join(map(repr, VALIDATE_PROTOCOLS))}", lambda value: value in VALIDATE_PROTOCOLS),
+    "action": (f"one of {', '.join(map(repr, ACTIONS))}", lambda value: value in ACTIONS),
+}
+_KINDS.update({f"{kind}?": (f"{said} or null", check) for kind, (said, check) in list(_KINDS.items())})
+
+
+def _shown(value) -> str:
+    """A found value, as the error names it (short)."""
+    if isinstance(value, (dict, list)):
+        return f"{'an object' if isinstance(value, dict) else 'a list'} {json.dumps(value)[:40]!s}"
+    return "null" if value is None else repr(value)[:60]
+
+
+def probe_sequences(dataset, tokenizer, max_length: int | None, columns: dict[str, str] | None = None) -> list[SequencePair]:
+    """The token sequences of a dataset's pairs (``prompt``/``chosen``/``rejected`` columns, or those ``columns``
+    maps them to) as ``ches.score`` runs them, for :func:`run_probes`; a row that cannot be scored raises
+    :class:`ChesError`."""
+    plans = [to_sequences(pair, max_length) for pair in tokenize_pairs(to_pairs(pair_columns(dataset, columns)), tokenizer)]
+    skipped = [(row, plan.reason) for row, plan in enumerate(plans) if isinstance(plan, Skip)]
+    if skipped:
+        raise ChesError(f"row {skipped[0][0]} cannot be probed: {skipped[0][1]}")
+    return plans
+
+
+def run_probes(probe: DPOProbe, sequences: list[SequencePair], progress: bool = False) -> np.ndarray:
+    """``[N, 2]`` changes of log pi(y+|x) and log pi(y-|x), one single-pair DPO probe per pair."""
+    iterator = sequences
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(sequences, desc="DPO probes", unit="pair")
+    changes = []
+    for pair in iterator:
+        result = probe.run([pair])
+        changes.append([result.chosen_change.item(), result.rejected_change.item()])
+    return np.asarray(changes)
+
+
+def format_table(result: dict, measure: str = DEFAULT_MEASURE) -> str:
+    """What ``ches validate`` prints: the protocol's table with what it means, the verdict on ``measure``
+    (the filter's default) and the recommendation (with the ``ches filter`` command to run).
+
+    >>> table = {"ln_ches": {"spearman_total": 0.4, "spearman_total_ci95": (0.2, 0.6), "spearman_per_token": 0.3,
+    ...          "spearman_per_token_ci95": (0.1, 0.5), "spearman_total_given_lengths": 0.35}}
+    >>> text = format_table({"correlations": table, "summary": {"mean_chosen_change": -0.01,
+    ...                      "mean_rejected_change": -0.2, "fraction_displaced": 0.6}})
+    >>> text.splitlines()[-1]
+    'verdict (probes protocol): ln_ches predicts displacement on this model: Spearman +0.400, 95% CI [+0.20, +0.60] (above 0).'
+    """
+    protocol = result.get("settings", {}).get("protocol", "probes")
+    lines = _subsets_lines(result) if protocol == "subsets" else _probes_lines(result)
+    lines.append(verdict(result, measure))
+    if "recommendation" in result:
+        lines.append(format_recommendation(result["recommendation"]))
+    return "\n".join(lines)
+
+
+def _subsets_lines(result: dict) -> list[str]:
+    settings = result["settings"]
+    epochs = f"{settings['epochs']} epoch" + ("s" if settings["epochs"] > 1 else "")
+    lines = [f"DPO runs ({epochs}, batch {settings['batch_size']}, AdamW lr "
+             f"{settings['learning_rate']:g}, beta {settings['beta']:g}), each on {settings['n']} pairs of the "
+             f"{settings['scored']} scored: the lowest and the highest of each measure, and random ones. Change of "
+             "log pi(y+|x) after the run (negative = the preferred response lost probability).", "",
+             f"{'run':42s} {'displaced':>9s} {'mean change of log pi(y+|x) (95% CI)':>40s}"]
+    for item in result["subsets"]:
+        audit = item["audit"]
+        low, high = audit["mean_chosen_change_ci95"]
+        name = item["name"] if item["measure"] is None else f"{DISPLAYED.get(item['measure'], item['measure'])} {item['side']}"
+        lines.append(f"{name:42s} {audit['fraction_displaced']:>9.0%} "
+                     f"{audit['mean_chosen_change']:>+14.4f} [{low:+.4f}, {high:+.4f}]")
+    lines += ["", "gap = mean change on the lowest - on the highest (positive = the highest-scored pairs lost more: "
+              "the measure predicts displacement; the length baseline ranks by |y+| - |y-|):"]
+    for name, entry in result["evidence"].items():
+        low, high = entry["ci95"]
+        lines.append(f"  {DISPLAYED.get(name, name) + (' (baseline)' if name == LENGTH_BASELINE else ''):40s} gap {entry['statistic']:+.4f} [{low:+.4f}, {high:+.4f}]  "
+                     f"{entry['status']}")
+    return lines
+
+
+def _probes_lines(result: dict) -> list[str]:
+    lines = ["Spearman correlation of each measure (sign-adjusted: higher = more similar pair) with the displacement",
+             "it caused (drop of log pi(y+|x) after the probe's DPO steps; positive = the preferred response lost",
+             "probability). Positive = the measure predicts displacement, which is what CHES claims; per-token divides",
+             "the displacement by |y+|; 'given lengths' controls for both completion lengths.", "",
+             f"{'measure':32s} {'Spearman (95% CI)':>24s} {'per-token (95% CI)':>24s} {'given lengths':>14s}"]
+    constant = []
+    for name, entry in result["correlations"].items():
+        shown = DISPLAYED.get(name, name)
+        if not np.isfinite(entry["spearman_total"]):
+            constant.append(shown)
+        lines.append(f"{shown:32s} {_interval(entry, 'spearman_total'):>24s} {_interval(entry, 'spearman_per_token'):>24s} "
+                     f"{_number(entry['spearman_total_given_lengths'], '+14.3f'):>14s}")
+    if constant:
+        lines.append(f"n/a: {', '.join(constant)} had the same value on every probed pair, so it cannot be correlated.")
+    summary = result["summary"]
+    lines.append(f"mean change of log pi(y+|x): {summary['mean_chosen_change']:+.4f} nats; of log pi(y-|x): "
+                 f"{summary['mean_rejected_change']:+.4f}; pairs displaced (y+ lost probability): "
+                 f"{summary['fraction_displaced']:.0%}")
+    return lines
+
+
+def verdict(result: dict, measure: str = DEFAULT_MEASURE) -> str:
+    """One line, naming the protocol: whether ``measure`` predicts displacement on this model, with its
+    interval; no verdict from fewer than :data:`~ches.evaluate.advice.MIN_PAIRS_FOR_VERDICT` pairs (per subset, or
+    probed) or from an interval of zero width."""
+    protocol = result.get("settings", {}).get("protocol", "probes")
+    head = f"verdict ({protocol} protocol):"
+    if protocol == "subsets":
+        entry = result["evidence"].get(measure)
+        if entry is None:
+            return f"{head} no verdict on {measure}: it was not measured."
+        (low, high), pairs = entry["ci95"], entry["pairs"]
+        stated = f"gap {entry['statistic']:+.3f} nats, 95% CI [{low:+.2f}, {high:+.2f}]"
+        few = f"{pairs} pairs per subset"
+    else:
+        entry = result["correlations"].get(measure)
+        if entry is None or not np.isfinite(entry["spearman_total"]):
+            return f"{head} no verdict on {measure}: it was not measured, or constant over the probed pairs."
+        low, high = entry["spearman_total_ci95"]
+        pairs = len(result["rows"]) if "rows" in result else MIN_PAIRS_FOR_VERDICT
+        stated = f"Spearman {entry['spearman_total']:+.3f}, 95% CI [{low:+.2f}, {high:+.2f}]"
+        few = f"{pairs} probed pairs" if "rows" in result else "the probed pairs"
+    outcome = status(low, high, pairs)
+    if outcome == "no evidence" and (pairs < MIN_PAIRS_FOR_VERDICT or not (np.isfinite(low) and np.isfinite(high))
+                                     or low == high):
+        return (f"{head} no verdict on {measure}: {few} ({stated}) are too few for a confidence interval; use at "
+                f"least {MIN_PAIRS_FOR_VERDICT} (--n), better 64 or more.")
+    if outcome == "predicts":
+        return f"{head} {measure} predicts displacement on this model: {stated} (above 0)."
+    if outcome == "wrong way":
+        return f"{head} {measure} ranks displacement the wrong way on this model: {stated} (below 0); do not filter by it here."
+    return (f"{head} no evidence that {measure} predicts displacement on this model: {stated} includes 0. Filtering by it "
+            "is a guess here; try more pairs (--n) or more training.")
+
+
+def _interval(entry: dict, key: str) -> str:
+    value, (low, high) = entry[key], entry[f"{key}_ci95"]
+    if not np.isfinite(value):
+        return "n/a"
+    return f"{value:+.3f} [{low:+.2f}, {high:+.2f}]"
+
+
+def _number(value: float, form: str) -> str:
+    return format(value, form) if np.isfinite(value) else "n/a"
+
+
+validate.__signature__ = signature_with_options(validate, options=ValidateOptions)
