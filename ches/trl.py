@@ -191,9 +191,9 @@ def reference_columns(dataset, what: str, start_fingerprint: str | None, tokeniz
     if reference is None:
         raise ChesError(f"{what} carries no record of the model its log-probs came from (a Dataset rebuilt from rows, "
                         "or a file whose .meta.json sidecar is missing); pass the dataset ches.score(..., logps=True) "
-                        "or ches.filter returned, or load the file ches wrote with ches.data.inputs.load_data(path), its "
+                        "or ches.filter returned, or load the file ches wrote with ches.load_data(path), its "
                         "sidecar beside it; a dataset rebuilt from scored rows (pandas, from_list) takes their record "
-                        "back with ches.data.columns.with_reference(rebuilt, ches.data.columns.reference_of(scored)): the "
+                        "back with ches.with_reference(rebuilt, ches.reference_of(scored)): the "
                         "tokens are still checked row by row.")
     if start_fingerprint is not None and start_fingerprint != reference.get("model_fingerprint"):
         raise ChesError(f"{what}'s log-probs came from other weights than the model the trainer starts from "

@@ -17,6 +17,7 @@ from pathlib import Path
 import datasets
 
 import ches
+from ches.data.export import write_dataset
 
 HERE = Path(__file__).resolve().parent
 SHOWN = 100  # characters shown of each part of a pair
@@ -60,7 +61,7 @@ def main() -> None:
     show("Lowest length-normalized CHES (least displacement-prone by the paper's measure):", kept.select(range(len(kept) - 3, len(kept))))
     print(EXPLANATION)
     scores, report = args.output_dir / "scores.parquet", args.output_dir / "report.html"
-    ches.data.export.write_dataset(scored, scores, overwrite=True)  # this script's own files, from its last run
+    write_dataset(scored, scores, overwrite=True)  # this script's own files, from its last run
     ches.report.write_report(scored, report, overwrite=True)
     print(f"\nwrote {len(scored)} scored rows to {scores}\nwrote the report to {report} (open it in a browser)")
     print(NEXT_STEPS.format(scores=scores))

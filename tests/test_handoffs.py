@@ -387,10 +387,10 @@ def test_rows_rebuilt_in_pandas_take_their_record_back_and_a_nameless_model_need
     model = tiny_model("llama")
     scored = ches.score(rows, model, tokenizer, logps=True, progress=False)
     rebuilt = datasets.Dataset.from_pandas(scored.to_pandas())
-    with pytest.raises(ches.ChesError, match=r"takes their record back with ches.data.columns.with_reference"):
+    with pytest.raises(ches.ChesError, match=r"takes their record back with ches.with_reference"):
         ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path), train_dataset=rebuilt,
                             processing_class=tokenizer)
-    restored = ches.data.columns.with_reference(rebuilt, ches.data.columns.reference_of(scored))
+    restored = ches.with_reference(rebuilt, ches.reference_of(scored))
     trainer = ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path), train_dataset=restored,
                                   processing_class=tokenizer)
     assert len(trainer.train_dataset) == 6
