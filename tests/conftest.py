@@ -107,3 +107,21 @@ def tiny_model(tokenizer):
         return cache[architecture]
 
     return build
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A working folder holding a small data file, a scored Parquet file, a model copy and an unrelated file
+    (the edge-case tests: tests/edges.py); the test runs in it."""
+    import shutil
+
+    from edges import ROWS, scored_rows
+
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in ROWS))
+    scored_rows(tmp_path)
+    shutil.copytree(MODEL_DIR, tmp_path / "model")
+    (tmp_path / "notes.txt").write_text("my notes")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "keep-me.txt").write_text("unrelated work")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

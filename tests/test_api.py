@@ -7,6 +7,7 @@ import math
 import datasets
 import pytest
 from conftest import MODEL_DIR, conversational_rows, hh_rows, standard_rows
+from edges import ROWS, digest, prepare, scored_sample
 
 import ches
 from ches import ChesError
@@ -110,3 +111,47 @@ def test_bundled_model_scores_real_data_by_path():
     scored = ches.score(str(MODEL_DIR.parent / "data" / "hh-sample.jsonl"), str(MODEL_DIR), progress=True)
     assert len(scored) == 64 and all(reason is None for reason in scored["ches_skip"])
     assert all(math.isfinite(value) for value in scored["ln_ches"])
+
+
+API_CASES = {
+    "empty list": (lambda m: ches.score([], m, progress=False), r"data is an empty list"),
+    "list of numbers": (lambda m: ches.score([1, 2], m, progress=False), r"data of type list is not supported"),
+    "rows mixed with strings": (lambda m: ches.score([ROWS[0], "x"], m, progress=False), r"not supported"),
+    "rows of mixed column types": (lambda m: ches.score([ROWS[0], {**ROWS[1], "chosen": ["a"]}], m, progress=False),
+                                   r"data: rows do not share one schema"),
+    "dataframe of mixed types": (lambda m: ches.score(__import__("pandas").DataFrame(
+        {"chosen": ["a", 1], "rejected": ["b", "c"]}), m, progress=False), r"the DataFrame's columns do not each hold one type"),
+    "max memory without device map": (lambda m: ches.score(ROWS, m, max_memory={"cpu": "1GiB"}, progress=False),
+                                      r"max_memory only apply with device_map="),
+    "unknown layout": (lambda m: ches.score(ROWS, m, layout="ragged", progress=False), r"layout='ragged' is not one of"),
+    "unknown dtype": (lambda m: ches.score(ROWS, m, dtype="int8", progress=False), r"dtype='int8' is not supported"),
+    "cuda without cuda": (lambda m: ches.score(ROWS, m, device="cuda", progress=False), r"no usable CUDA device"),
+    "batch tokens negative": (lambda m: ches.score(ROWS, m, batch_tokens=-1, progress=False), r"batch_tokens=-1"),
+    "max length float": (lambda m: ches.score(ROWS, m, max_length=1.5, progress=False), r"max_length=1.5"),
+    "two filter rules": (lambda m: ches.filter(scored_sample(), 0.5, keep=3), r"give at most one of quantile="),
+    "misspelled filter option": (lambda m: ches.filter(scored_sample(), windw=3), r"unknown option 'windw'"),
+    "scoring option without model": (lambda m: ches.filter(scored_sample(), max_length=64),
+                                     r"'max_length' only apply when scoring"),
+    "window without around": (lambda m: ches.filter(scored_sample(), window=4), r"window= sets the size"),
+    "rank unknown measure": (lambda m: ches.rank(scored_sample(), measure="cosine"), r"unknown measure 'cosine'"),
+    "summary of raw rows": (lambda m: ches.summary(ROWS), r"has no 'ln_ches' column"),
+    "report over an existing file": (lambda m: ches.report.write_report(scored_sample(), "old.html"),
+                                     r"old.html exists; pass --overwrite \(overwrite=True\)"),
+    "embeddings over an existing file": (lambda m: ches.score(ROWS, m, save_embeddings="notes.safetensors", progress=False),
+                                         r"notes.safetensors exists"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(API_CASES))
+def test_python_api(case, workdir):
+    prepare(workdir)
+    call, message = API_CASES[case]
+    before = digest(workdir)
+    with pytest.raises(ChesError, match=message):
+        call(str(workdir / "model"))
+    assert digest(workdir) == before
+
+
+def test_options_as_a_dict_are_read_as_keywords(workdir):
+    scored, info = ches.api.score_run(ROWS, "model", options={"max_length": 64, "layout": "padded"}, progress=False)
+    assert info.options["max_length"] == 64 and max(scored["chosen_tokens"]) <= 64

@@ -8,6 +8,7 @@ import sys
 import datasets
 import pytest
 from conftest import MODEL_DIR, ROOT
+from edges import PERSONA, PERSONA_COLUMNS, assert_one_line_error, digest, run_cli
 
 import ches
 from ches.cli import main
@@ -208,3 +209,56 @@ def test_ctrl_c_says_how_to_resume(extra, hint, monkeypatch, capsys):
     assert main(["score", SAMPLE, "--model", MODEL, *extra]) == 130
     assert capsys.readouterr().err.strip() == ("ches: interrupted; outputs are written atomically, so nothing "
                                                f"half-written was left{hint}")
+
+
+def test_ctrl_c_is_one_line_and_leaves_no_output(workdir, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ches.api, "score_run", interrupted)
+    before = digest(workdir)
+    code = main(["score", "pairs.jsonl", "-m", "model", "-o", "scores-new.parquet"])
+    err = capsys.readouterr().err
+    assert code == 130 and err.count("\n") == 1 and err.startswith("ches: interrupted") and "Traceback" not in err
+    assert digest(workdir) == before
+
+
+def test_an_error_deep_in_a_library_is_one_line_naming_it(workdir, capsys, monkeypatch):
+    import pyarrow
+
+    def broken(*args, **kwargs):
+        raise pyarrow.lib.ArrowInvalid("Column 3: In chunk 0: Invalid: offsets\nnot monotonic")
+
+    monkeypatch.setattr(datasets.Dataset, "to_parquet", broken)
+    before = digest(workdir)
+    code, err = run_cli(["filter", "scores.parquet", "--keep", "2", "-o", "kept.parquet"], capsys)
+    assert_one_line_error(code, err, r"ArrowInvalid \(in \w+\): Column 3: In chunk 0: Invalid: offsets not monotonic")
+    assert digest(workdir) == before
+
+
+@pytest.mark.slow
+def test_sigterm_ends_in_one_line_and_removes_the_staging_folder(workdir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    persona = PERSONA.read_text().splitlines()
+    (workdir / "many.jsonl").write_text("\n".join(persona * 4) + "\n")
+    columns = ",".join(f"{role}={name}" for role, name in PERSONA_COLUMNS.items())
+    before = digest(workdir)
+    process = subprocess.Popen([sys.executable, "-m", "ches", "score", "many.jsonl", "-m", "model", "--columns", columns,
+                                "--save-embeddings", "e.safetensors", "-o", "s.parquet", "--threads", "1", "--no-progress"],
+                               cwd=workdir, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    staging = workdir / ".e.safetensors.parts"
+    deadline = time.time() + 120
+    while not list(staging.glob("part-*")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read()
+    process.send_signal(signal.SIGTERM)
+    err = process.communicate(timeout=120)[1]
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("ches: ")]
+    assert process.returncode == 143 and lines == [
+        "ches: terminated (SIGTERM); outputs are written atomically, so nothing half-written was left"], err
+    assert digest(workdir) == before and not staging.exists()

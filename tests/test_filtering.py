@@ -1,14 +1,17 @@
 """Selection semantics against a brute-force sort: counts, ties, order, columns, measures, errors."""
 
+import json
 import math
 import random
 
 import datasets
 import pytest
 from conftest import hh_rows
+from edges import PERSONA, PERSONA_COLUMNS, prepare, scored_sample
 
 import ches
 from ches import ChesError
+from ches.cli import main
 
 MEASURE_SIGN = {"ln_ches": 1, "ches": 1, "last_hidden_ip": 1, "edit_distance": -1}
 
@@ -202,3 +205,70 @@ def test_filter_scores_raw_data_with_a_model(tokenizer, tiny_model):
     scored = ches.score(rows, tiny_model("llama"), tokenizer, progress=False)
     assert kept.column_names == ["chosen", "rejected"]
     assert kept.to_list() == ches.filter(scored, 0.5, keep_scores=False).to_list()
+
+
+def test_filter_rank_and_summary_work_split_by_split_on_a_dataset_dict(workdir):
+    prepare(workdir)
+    scored = scored_sample()
+    halves = datasets.DatasetDict({"a": scored.select(range(4)), "b": scored.select(range(4, len(scored)))})
+    kept = ches.filter(halves, 0.5)
+    assert isinstance(kept, datasets.DatasetDict) and sorted(kept) == ["a", "b"]
+    for name, part in halves.items():  # each split by its own quantile, as if filtered alone
+        assert kept[name].to_list() == ches.filter(part, 0.5).to_list()
+    ranked = ches.rank(halves)
+    assert [len(ranked[name]) for name in ("a", "b")] == [4, len(scored) - 4]
+    assert ranked["a"].to_list() == ches.rank(halves["a"]).to_list()
+    assert ches.summary(halves)["b"] == ches.summary(halves["b"])
+
+
+def test_nan_scores_are_not_scored_everywhere(workdir):
+    rows = scored_sample().to_list()
+    rows[1]["ln_ches"] = float("nan")  # ches_skip still says None
+    rows[2]["ches"] = float("inf")
+    data = datasets.Dataset.from_list(rows)
+    stats = ches.summary(data)
+    assert stats["scored"] == 4 and stats["skip_reasons"] == {"score is NaN or infinite": 2}
+    assert all(math.isfinite(value) for value in stats["measures"]["ln_ches"].values())
+    kept = ches.filter(data, quantile=1.0)
+    assert len(kept) == 5 and rows[1]["chosen"] not in list(kept["chosen"])  # ln_ches NaN: dropped
+    ranked = ches.rank(data, measure="ln_ches")
+    assert ranked[len(ranked) - 1]["chosen"] == rows[1]["chosen"] and math.isnan(ranked[len(ranked) - 1]["ches_percentile"])
+    ches.report.write_report(data, "nan.html")
+    assert "4 of 6 rows scored" in (workdir / "nan.html").read_text()
+
+
+def test_filter_with_a_model_rescores_scored_data(workdir):
+    stale = scored_sample().map(lambda row: {"ln_ches": -row["ln_ches"]})  # scores from "another model"
+    fresh = ches.filter(stale, keep=3, model=str(workdir / "model"))
+    assert list(fresh["chosen"]) == list(ches.filter(scored_sample(), keep=3)["chosen"])
+
+
+def test_rank_columns_of_the_user_are_protected_and_a_ranking_is_redone(workdir):
+    scored = scored_sample()
+    mine = scored.add_column("ches_rank", ["my own"] * len(scored))
+    with pytest.raises(ChesError, match=r"has column\(s\) \['ches_rank'\]"):
+        ches.rank(mine)
+    ranked = ches.rank(scored)
+    assert ches.rank(ranked).to_list() == ranked.to_list()  # an earlier ranking is replaced by the same one
+
+
+def test_no_scores_after_filtering_keeps_the_prompt(workdir, capsys):
+    """The reported loss: after `--columns prompt=ches` and `filter --no-scores` the rows had no prompt. Now the
+    mapping is refused, and a legitimate mapping keeps every input column through --no-scores."""
+    persona = [json.loads(line) for line in PERSONA.read_text().splitlines()[:6]]
+    (workdir / "persona.jsonl").write_text("".join(json.dumps(row) + "\n" for row in persona))
+    columns = ",".join(f"{role}={name}" for role, name in PERSONA_COLUMNS.items())
+    assert main(["score", "persona.jsonl", "-m", "model", "--columns", columns, "-o", "p.parquet", "--no-progress"]) == 0
+    assert main(["filter", "p.parquet", "--keep", "3", "--no-scores", "-o", "clean.jsonl"]) == 0
+    kept = [json.loads(line) for line in (workdir / "clean.jsonl").read_text().splitlines()]
+    assert list(kept[0]) == list(persona[0]) and {row["question"] for row in kept} <= {row["question"] for row in persona}
+
+
+def test_filter_counts_rows_per_split(workdir, capsys):
+    parts = datasets.DatasetDict({"a": scored_sample().select(range(4)), "b": scored_sample().select(range(4, 6))})
+    parts.save_to_disk(str(workdir / "splits"))
+    assert main(["filter", "splits", "--quantile", "0.5"]) == 0
+    assert "kept 3 rows (a: 2, b: 1)" in capsys.readouterr().out
+    assert main(["filter", "splits", "--quantile", "0.5", "-o", "kept"]) == 0
+    meta = json.loads((workdir / "kept.meta.json").read_text())
+    assert meta["rows_written"] == 3 and meta["rows_written_per_split"] == {"a": 2, "b": 1}

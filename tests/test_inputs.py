@@ -4,11 +4,15 @@ import gzip
 import json
 
 import datasets
+import numpy as np
 import pandas
 import pytest
 from conftest import conversational_rows, hh_rows
+from edges import PERSONA, PERSONA_COLUMNS, assert_one_line_error, digest, run_cli, scored_sample, write
 
+import ches
 from ches import ChesError
+from ches.cli import main
 from ches.data.inputs import load_data
 
 ROWS = hh_rows(6)
@@ -108,3 +112,156 @@ def test_truncated_gzip_is_explained(tmp_path):
     cut.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(ChesError, match=r"cut.jsonl.gz: truncated or unreadable after line \d+"):
         load_data(cut)
+
+
+FILE_CASES = {
+    "missing file": (None, ["score", "absent.jsonl", "-m", "model"], r"data file absent.jsonl does not exist"),
+    "empty jsonl": (("empty.jsonl", ""), ["score", "empty.jsonl", "-m", "model"], r"empty.jsonl holds no rows"),
+    "blank-only jsonl": (("blank.jsonl", "\n\n  \n"), ["score", "blank.jsonl", "-m", "model"], r"holds no rows"),
+    "broken json line": (("broken.jsonl", '{"chosen": "a", "rejected": "b"}\n{"chosen": \n'),
+                         ["score", "broken.jsonl", "-m", "model"], r"broken.jsonl, line 2: not valid JSON"),
+    "array line": (("array.jsonl", '[1, 2]\n'), ["score", "array.jsonl", "-m", "model"],
+                   r"array.jsonl, line 1: expected a JSON object, found list"),
+    "latin-1 jsonl": (("latin.jsonl", b'{"chosen": "caf\xe9", "rejected": "b"}\n'), ["score", "latin.jsonl", "-m", "model"],
+                      r"latin.jsonl, line 1: not valid UTF-8"),
+    "truncated gzip": (("cut.jsonl.gz", gzip.compress(b'{"chosen": "a", "rejected": "b"}\n' * 50)[:40]),
+                       ["score", "cut.jsonl.gz", "-m", "model"], r"cut.jsonl.gz: truncated or unreadable"),
+    "gzip name, plain text": (("plain.jsonl.gz", '{"chosen": "a", "rejected": "b"}\n'),
+                              ["score", "plain.jsonl.gz", "-m", "model"], r"plain.jsonl.gz: truncated or unreadable"),
+    "empty json": (("empty.json", ""), ["score", "empty.json", "-m", "model"], r"empty.json: not valid JSON"),
+    "json object": (("object.json", '{"chosen": "a"}'), ["score", "object.json", "-m", "model"],
+                    r"object.json: expected a JSON list of row objects"),
+    "json list of numbers": (("numbers.json", "[1, 2, 3]"), ["score", "numbers.json", "-m", "model"],
+                             r"numbers.json: expected a JSON list of row objects"),
+    "corrupt parquet": (("bad.parquet", b"PAR1 this is not parquet"), ["score", "bad.parquet", "-m", "model"],
+                        r"bad.parquet: not a readable Parquet file"),
+    "empty csv": (("empty.csv", ""), ["score", "empty.csv", "-m", "model"], r"empty.csv: not a readable CSV file"),
+    "csv without pair columns": (("other.csv", "question,answer\nq,a\n"), ["score", "other.csv", "-m", "model"],
+                                 r"missing column\(s\) \['chosen', 'rejected'\]; the data has \['question', 'answer'\]"),
+    "unknown extension": (("pairs.txt", "chosen,rejected\n"), ["score", "pairs.txt", "-m", "model"],
+                          r"cannot tell the format of pairs.txt"),
+    "folder that is not a dataset": (("plain-folder/readme.md", "hi"), ["score", "plain-folder", "-m", "model"],
+                                     r"plain-folder is a folder but not one written by save_to_disk"),
+    "parquet without rows": (("none.parquet", "EMPTY-PARQUET"), ["score", "none.parquet", "-m", "model"],
+                             r"none.parquet holds no rows"),
+    "damaged dataset folder": (("broken-ds/state.json", "{not json"), ["score", "broken-ds", "-m", "model"],
+                               r"broken-ds: a save_to_disk folder that cannot be read \(JSONDecodeError"),
+    "mixed row types": (("mixed.jsonl", '{"chosen": "a", "rejected": "b"}\n{"chosen": ["a"], "rejected": "b"}\n'),
+                        ["score", "mixed.jsonl", "-m", "model"], r"mixed.jsonl: rows do not share one schema"),
+    "scores file for report is raw data": (None, ["report", "pairs.jsonl", "-o", "r.html"],
+                                           r"report needs a file written by 'ches score'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FILE_CASES))
+def test_files(case, workdir, capsys):
+    setup, argv, message = FILE_CASES[case]
+    if setup:
+        path = workdir / setup[0]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if setup[1] == "EMPTY-PARQUET":
+            datasets.Dataset.from_dict({"chosen": [], "rejected": []}).to_parquet(str(path))
+        else:
+            write(path, setup[1])
+        if path.parent.name == "broken-ds":
+            (path.parent / "dataset_info.json").write_text("{}")
+    before = digest(workdir)
+    assert_one_line_error(*run_cli(argv, capsys), message)
+    assert digest(workdir) == before
+
+
+ROW_CASES = {
+    "missing rejected column": ('{"prompt": "p", "chosen": "a"}\n',
+                                r"missing column\(s\) \['rejected'\]; the data has \['prompt', 'chosen'\]"),
+    "chosen is null": ('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": null, "rejected": "b"}\n',
+                       r"row 1"),
+    "chosen is a number": ('{"prompt": "p", "chosen": 3, "rejected": "b"}\n', r"chosen.*row 0|row 0.*chosen"),
+    "prompt is a number": ('{"prompt": 3, "chosen": "a", "rejected": "b"}\n',
+                           r"column 'prompt' must hold a string in every row .*; row 0: found int \(e.g. 3\)"),
+    "unknown chat role": ('{"prompt": [{"role": "human", "content": "Hi"}], "chosen": [{"role": "assistant", '
+                          '"content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}\n',
+                          r"row 0: message 0 has the unknown role 'human'"),
+    "message without content": ('{"prompt": [{"role": "user"}], "chosen": [{"role": "assistant", "content": "a"}], '
+                                '"rejected": [{"role": "assistant", "content": "b"}]}\n',
+                                r"column 'prompt' must hold a list of .*row 0: message 0 has 'content' = None, expected a string"),
+    "standard and conversational mixed": ('{"prompt": "p", "chosen": [{"role": "assistant", "content": "a"}], '
+                                          '"rejected": "b"}\n',
+                                          r"column 'prompt' must hold a list of \{'role', 'content'\} messages in every "
+                                          r"row \(conversational format, decided from row 0 of 'chosen'\); row 0: found str"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROW_CASES))
+def test_rows(case, workdir, capsys):
+    content, message = ROW_CASES[case]
+    (workdir / "rows.jsonl").write_text(content)
+    before = digest(workdir)
+    assert_one_line_error(*run_cli(["score", "rows.jsonl", "-m", "model"], capsys), message)
+    assert digest(workdir) == before
+    with pytest.raises(ChesError, match=message):  # the same through the Python API
+        ches.score(str(workdir / "rows.jsonl"), str(workdir / "model"), progress=False)
+
+
+def test_an_unreadable_sidecar_next_to_the_input_is_a_warning(workdir, caplog):
+    import logging
+
+    (workdir / "scores.parquet.meta.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="ches"):
+        assert main(["filter", "scores.parquet", "--keep", "2", "-o", "kept.jsonl"]) == 0
+    assert "ignoring the unreadable metadata file scores.parquet.meta.json" in caplog.text
+    assert json.loads((workdir / "kept.jsonl.meta.json").read_text())["data_metadata"] is None
+
+
+def test_columns_map_the_users_names_and_keep_them(workdir):
+    rows = [json.loads(line) for line in PERSONA.read_text().splitlines()[:5]]
+    scored = ches.score(rows, str(workdir / "model"), columns=PERSONA_COLUMNS, progress=False)
+    renamed = ches.score([{role: row[name] for role, name in PERSONA_COLUMNS.items()} for row in rows],
+                         str(workdir / "model"), progress=False)  # the same pairs under ches' names
+    assert scored.column_names[:5] == list(rows[0]) and "chosen" not in scored.column_names
+    assert list(scored["ches"]) == pytest.approx(list(renamed["ches"]), rel=1e-9)
+
+
+def test_the_persona_file_scores_with_one_command(workdir, capsys):
+    columns = ",".join(f"{role}={name}" for role, name in PERSONA_COLUMNS.items())
+    assert main(["score", str(PERSONA), "-m", "model", "--columns", columns, "-o", "persona.parquet", "--no-progress"]) == 0
+    scored = ches.data.inputs.load_data("persona.parquet")
+    assert len(scored) == 1000 and all(reason is None for reason in scored["ches_skip"])
+    assert json.loads((workdir / "persona.parquet.meta.json").read_text())["run"]["options"]["columns"] == PERSONA_COLUMNS
+
+
+@pytest.mark.parametrize("columns, message", [
+    ("prompt=question,chosen", r"expected NAME=COLUMN pairs"),
+    ("prompt=question,answer=answer_matching_behavior", r"columns= names \['answer'\], but ches reads only"),
+    ("prompt=question,chosen=good,rejected=bad", r"columns= maps to \['bad', 'good'\], which the data does not have; "
+                                                 r"its columns are \['question'"),
+])
+def test_bad_column_mappings(columns, message, workdir, capsys):
+    before = digest(workdir)
+    assert_one_line_error(*run_cli(["score", str(PERSONA), "-m", "model", "--columns", columns], capsys), message)
+    assert digest(workdir) == before
+
+
+def test_score_columns_of_the_wrong_type_name_file_and_column(workdir, capsys):
+    rows = scored_sample().to_list()
+    datasets.Dataset.from_list([dict(row, ln_ches=str(row["ln_ches"])) for row in rows]).to_parquet("text-scores.parquet")
+    datasets.Dataset.from_list([dict(row, ches_skip=0) for row in rows]).to_parquet("int-skips.parquet")
+    for argv, message in [(["filter", "text-scores.parquet", "--keep", "2"], r"text-scores.parquet: column 'ln_ches' holds string values, not numbers"),
+                          (["report", "text-scores.parquet", "-o", "r.html"], r"text-scores.parquet: column 'ln_ches' holds string"),
+                          (["filter", "int-skips.parquet", "--keep", "2"], r"int-skips.parquet: column 'ches_skip' holds int64 values, not text or None")]:
+        assert_one_line_error(*run_cli(argv, capsys), message)
+    with pytest.raises(ChesError, match=r"column 'ches_skip' holds int64 values"):
+        ches.summary("int-skips.parquet")
+
+
+def test_a_lone_surrogate_is_named_by_row_and_column(workdir, capsys):
+    (workdir / "bad.jsonl").write_text('{"chosen": "a", "rejected": "b"}\n{"chosen": "x \\ud800 y", "rejected": "b"}\n')
+    assert_one_line_error(*run_cli(["score", "bad.jsonl", "-m", "model"], capsys),
+                          r"bad.jsonl, row 1, column 'chosen': the text holds '\\ud800', which is not valid Unicode")
+    with pytest.raises(ChesError, match=r"data, row 0, column 'rejected'"):
+        ches.score([{"chosen": "a", "rejected": [{"role": "user", "content": "\ud800"}]}], "model")
+
+
+def test_numpy_numbers_are_numbers(workdir):
+    kept = ches.filter(scored_sample(), quantile=np.float32(0.5))
+    assert kept.to_list() == ches.filter(scored_sample(), quantile=0.5).to_list()
+    assert ches.filter(scored_sample(), keep=np.int64(2)).to_list() == ches.filter(scored_sample(), keep=2).to_list()

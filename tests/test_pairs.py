@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import MODEL_DIR, ROOT, hh_rows, standard_rows
+from edges import LONG, edit_weights, short_context_model
 
 import ches
 from ches.builder.candidates import from_generic, from_ultrafeedback, to_candidates
+from ches.cli import main
 from ches.options import PAIR_LAYOUT_DEFAULT
 from ches.scores.pairing import allowed_pairs, pair_matrices, select
 
@@ -552,3 +554,52 @@ def test_cli_round_trip(tmp_path, capsys):
     assert main(["filter", str(output), "--keep", "2", "--no-scores", "--output", str(tmp_path / "kept.jsonl")]) == 0
     kept = [json.loads(line) for line in (tmp_path / "kept.jsonl").read_text().splitlines()]
     assert len(kept) == 2 and "ln_ches" not in kept[0]
+
+
+def test_an_unscorable_top_rated_response_skips_the_prompt_naming_it(workdir):
+    model = short_context_model(workdir)
+    rows = [{"prompt": "Q:", "responses": [LONG, " b", " c"], "ratings": [3, 2, 1]},
+            {"prompt": "Q:", "responses": [" a", LONG, " c"], "ratings": [3, 2, 1]},
+            {"prompt": "Q:", "responses": [" a", " b", LONG], "ratings": [3, 2, 1]},
+            {"prompt": "Q:", "responses": [LONG, " b", " c"], "ratings": [3, 3, 1]}]
+    built, info = ches.pairs_run(rows, model, progress=False)
+    assert [item.source_row for item in info.skipped_prompts] == [0]
+    assert info.skipped_prompts[0].reason.startswith("the top-rated response 0 (rating 3) could not be scored: ")
+    assert "longer than the model's context (48); pass max_length" in info.skipped_prompts[0].reason
+    assert built["source_row"] == [1, 2, 3] and built["chosen_index"] == [0, 0, 1]
+    assert built["unscored_responses"] == [[1], [2], [0]]  # said in the output of every pair it touched
+    assert [(item.source_row, item.response) for item in info.unscored_responses] == [(0, 0), (1, 1), (2, 2), (3, 0)]
+    worst = ches.pairs_run(rows, model, rule="max_margin", progress=False)[1]  # the lowest-rated one is needed too
+    assert {item.source_row: item.reason.split(" could")[0] for item in worst.skipped_prompts} == {
+        0: "the top-rated response 0 (rating 3)", 2: "the lowest-rated response 2 (rating 1)"}
+    every, info = ches.pairs_run(rows, model, rule="all_min_ches", progress=False)  # searches every pair: nothing needed
+    assert not info.skipped_prompts and every["unscored_responses"] == [[0], [1], [2], [0]]
+
+
+def test_a_response_whose_hidden_states_are_not_finite_is_listed_not_paired(workdir):
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(workdir / "model")
+    blown = tokenizer(" zebra")["input_ids"][-1]
+    edit_weights(workdir / "model", lambda w: {**w, "model.embed_tokens.weight": torch.where(
+        torch.arange(4096)[:, None] == blown, w["model.embed_tokens.weight"] * 1e6, w["model.embed_tokens.weight"])})
+    rows = [{"prompt": "Q:", "responses": [" yes", " a zebra", " no"], "ratings": [3, 2, 1]},
+            {"prompt": "Q:", "responses": [" a zebra", " yes", " no"], "ratings": [3, 2, 1]}]
+    built, info = ches.pairs_run(rows, "model", dtype="float16", progress=False)
+    assert built["source_row"] == [0] and built["rejected"] == [" no"]
+    assert built["unscored_responses"] == [[1]] and info.skipped_prompts[0].source_row == 1
+    assert "could not be scored: hidden states are not finite (NaN or inf) in float16" in info.skipped_prompts[0].reason
+    assert [(item.source_row, item.response) for item in info.unscored_responses] == [(0, 1), (1, 0)]
+    assert not ches.pairs_run(rows, "model", dtype="float32", progress=False)[1].unscored_responses  # a float32 number: scored
+
+
+def test_pairs_cli_lists_unscored_responses(workdir, capsys):
+    model = short_context_model(workdir)
+    rows = [{"prompt": "Q:", "responses": [" a", LONG, " c"], "ratings": [3, 2, 1]}]
+    (workdir / "cands.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    assert main(["pairs", "cands.jsonl", "-m", model, "-o", "built.jsonl", "--no-progress"]) == 0
+    assert "1 response could not be scored" in capsys.readouterr().out
+    meta = json.loads((workdir / "built.jsonl.meta.json").read_text())
+    assert meta["unscored_responses"][0]["response"] == 1 and "context (48)" in meta["unscored_responses"][0]["reason"]
+    assert json.loads((workdir / "built.jsonl").read_text())["unscored_responses"] == [1]

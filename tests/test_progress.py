@@ -1,6 +1,7 @@
 """ches' progress bar counts the tokens the model runs (what the time goes to), and its total is the run's
 token count: both sequences of every pair as TRL's DPOTrainer builds them, counted by TRL itself."""
 
+
 import datasets
 import pytest
 from conftest import hh_rows
@@ -9,6 +10,7 @@ from test_tokens_trl import trl_sequences
 import ches
 import ches.run.progress
 import ches.run.runner
+from ches.cli import main
 
 
 @pytest.fixture
@@ -53,3 +55,14 @@ def test_the_total_is_estimated_from_the_characters_left():
     assert progress.total == 180
     progress.planned(characters=600, tokens=150)
     assert progress.total == 210
+
+
+def test_no_progress_silences_every_bar_and_progress_shows_only_ches_bar(workdir, capsys):
+    import datasets.utils.logging as datasets_logging
+
+    assert main(["score", "pairs.jsonl", "-m", "model", "-o", "quiet.parquet", "--no-progress"]) == 0
+    assert "%|" not in capsys.readouterr().err  # no bar at all: weight loading, conversion, ches
+    assert main(["score", "pairs.jsonl", "-m", "model", "-o", "loud.parquet"]) == 0
+    bars = {line.split(":")[0].strip() for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "%|" in line}
+    assert bars == {"ches"}
+    assert datasets_logging.is_progress_bar_enabled()  # the libraries' own setting is given back

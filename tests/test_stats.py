@@ -4,6 +4,7 @@ The functions take finite values (ches.scores.stats.summarize and ches.evaluate.
 before calling them), so the data here are finite, with many ties.
 """
 
+
 import numpy as np
 import pandas
 import pytest
@@ -96,3 +97,14 @@ def test_partial_spearman_with_a_constant_control_is_spearman():
     x = np.array([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0])
     y = np.array([2.0, 7.0, 1.0, 8.0, 2.0, 8.0, 1.0, 8.0])
     assert partial_spearman(x, y, np.ones(8)) == pytest.approx(spearman(x, y), abs=1e-12)
+
+
+def test_spearman_matches_pandas_with_ties():
+    import pandas
+
+    from ches.scores.stats import spearman
+
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 20, 500).astype(float), rng.normal(size=500).round(1)
+    reference = pandas.Series(a).rank(method="average").corr(pandas.Series(b).rank(method="average"))  # Pearson of ranks
+    assert spearman(a, b) == pytest.approx(reference, abs=1e-12)

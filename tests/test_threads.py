@@ -11,8 +11,10 @@ import time
 import pytest
 import torch
 from conftest import MODEL_DIR, hh_rows
+from edges import ROWS
 
 import ches
+from ches import ChesError
 from ches.model import threads
 
 
@@ -85,3 +87,13 @@ def test_validate_takes_a_thread_count():
     assert result["settings"]["threads"] == 1
     with pytest.raises(ches.ChesError, match=r"num_threads=0 must be a positive integer"):
         ches.validate(str(MODEL_DIR.parent / "data" / "hh-sample.jsonl"), str(MODEL_DIR), n=3, num_threads=0)
+
+
+def test_threads_are_set_for_the_call_and_recorded(workdir):
+    import torch
+
+    default = torch.get_num_threads()
+    _, info = ches.api.score_run(ROWS, str(workdir / "model"), num_threads=1, progress=False)
+    assert info.threads == 1 and torch.get_num_threads() == default
+    with pytest.raises(ChesError, match=r"num_threads=0 must be a positive integer"):
+        ches.score(ROWS, str(workdir / "model"), num_threads=0, progress=False)

@@ -1,11 +1,14 @@
 """Our token sequences equal the ones TRL's own DPOTrainer builds, for all three formats and max_length."""
 
 import copy
+import json
+import math
 
 import datasets
 import pytest
 from conftest import conversational_rows, hh_rows, standard_rows
 
+import ches
 from ches.data.formats import to_pairs
 from ches.data.tokens import Skip, to_sequences, tokenize_pairs
 
@@ -80,7 +83,6 @@ TOOL_TEMPLATE = (
 
 def test_tools_and_template_kwargs_reach_the_template_as_in_trl(tokenizer, tiny_model, tmp_path):
     # TRL reads a JSON `tools` column and a `chat_template_kwargs` dict per row; rows differ in both
-    import json
 
     tokenizer = copy.deepcopy(tokenizer)
     tokenizer.chat_template = TOOL_TEMPLATE
@@ -97,3 +99,25 @@ def test_tools_and_template_kwargs_reach_the_template_as_in_trl(tokenizer, tiny_
     for index, pair in enumerate(tokenized):
         chosen, rejected = to_sequences(pair)
         assert chosen.input_ids == expected[(index, 0)][0] and rejected.input_ids == expected[(index, 1)][0]
+
+
+def test_an_empty_conversational_prompt_is_skipped_as_trl_refuses_it(workdir, tokenizer):
+    import copy
+
+    differ = {"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+              "rejected": [{"role": "user", "content": "Yo"}, {"role": "assistant", "content": "Go"}]}
+    shared = {"chosen": differ["chosen"], "rejected": [differ["chosen"][0], {"role": "assistant", "content": "Go"}]}
+    explicit = {"prompt": [], "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}
+    system = copy.deepcopy(tokenizer)  # a template that adds a system turn to every conversation
+    system.chat_template = ("{{ bos_token }}<|im_start|>system\nBe kind.<|im_end|>\n" + tokenizer.chat_template
+                            .removeprefix("{{ bos_token }}"))
+    for template in (tokenizer, system):
+        scored = ches.score([differ, shared], "model", template, progress=False)
+        assert scored["ches_skip"][0].startswith("conversational prompt has no messages") and scored["ches_skip"][1] is None
+        assert "TRL cannot train on it" in scored["ches_skip"][0] and math.isnan(scored["ches"][0])
+        assert ches.score([explicit], "model", template, progress=False)["ches_skip"][0].startswith(
+            "conversational prompt has no messages")
+    from transformers import AutoTokenizer  # the reason is TRL's: transformers refuses the empty conversation
+
+    with pytest.raises(ValueError, match="empty conversation"):
+        AutoTokenizer.from_pretrained(workdir / "model").apply_chat_template([], tokenize=True)
