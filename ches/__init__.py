@@ -34,16 +34,22 @@ _PUBLIC = {
 
 __all__ = [*_PUBLIC, "ChesError", "__version__"]
 
+#: modules reached as attributes of ``ches`` without their own import: ``ches.trl.DPOTrainer`` (needs TRL)
+_MODULES = ("trl",)
+
 
 def __getattr__(name: str):
     """Load a public name the first time it is asked for; anything else is an AttributeError that lists them."""
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
     if name not in _PUBLIC:
         raise AttributeError(f"module 'ches' has no attribute {name!r}; its public names are "
-                             f"{', '.join(sorted(__all__))} (modules are imported by their path, e.g. import ches.trl)")
+                             f"{', '.join(sorted(__all__))}, and the module ches.trl; import any other module by its "
+                             "path (import ches.data.tokens)")
     value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+    return sorted(set(globals()) | set(_PUBLIC) | set(_MODULES))
