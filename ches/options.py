@@ -400,8 +400,9 @@ def _is_real(value: Any) -> bool:
 RULES = ("min_ches", "all_min_ches", "max_margin", "random")
 #: the measures :func:`ches.pairs` selects by: those :func:`ches.scores.pairing.pair_matrices` gives every pair
 PAIR_MEASURES = tuple(name for name in MEASURES if name in ("ln_ches", "ches"))
-#: the layouts :func:`ches.pairs` runs a prompt's responses in (``shared_prompt`` runs two sequences a prompt)
-PAIR_LAYOUTS = tuple(layout for layout in LAYOUTS if layout != "shared_prompt")
+#: the layouts :func:`ches.pairs` runs a prompt's responses in: those whose groups may hold any number of
+#: sequences (:attr:`ches.model.layouts.Layout.any_group`, checked there; ``shared_prompt`` runs two a prompt)
+PAIR_LAYOUTS = ("prefix_shared", "packed", "padded")
 #: the layout :func:`ches.pairs` runs without ``layout=``, as its help and its run record say it
 PAIR_LAYOUT_DEFAULT = ("prefix_shared, each prompt written once with all its responses after it (packed, then padded, "
                        "where the model's probe refuses it)")
