@@ -353,9 +353,6 @@ class ValidateOptions:
         if self.pool is not None and self.pool < self.n:
             raise ChesError(f"pool={self.pool} must hold at least the n={self.n} pairs probed; raise pool or lower n "
                             "(or drop pool= to score every row).")
-        if self.protocol == "subsets" and self.pool is not None and self.pool < 2 * self.n:
-            raise ChesError(f"pool={self.pool} must hold the n={self.n} lowest and the n highest pairs of each measure "
-                            f"(at least {2 * self.n} rows) for protocol='subsets'; raise pool or lower n.")
         _positive("max_length", self.max_length, minimum=2, none="no truncation")
 
     def pool_rows(self, rows: int) -> int:
