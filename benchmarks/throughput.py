@@ -128,9 +128,10 @@ class EngineClock:
         import ches.model.layouts as layouts
 
         self.seconds, self.device = 0.0, device
-        self.originals = {name: getattr(layouts, name) for name in ("hidden_sums", "shared_prompt_sums")}
-        for name, function in self.originals.items():
-            setattr(layouts, name, self.timed(function))
+        self.originals = {(layouts, "hidden_sums"): layouts.hidden_sums,
+                          (layouts.SharedPrompt, "cached_sums"): layouts.SharedPrompt.cached_sums}
+        for (owner, name), function in self.originals.items():
+            setattr(owner, name, self.timed(function))
 
     def timed(self, function):
         def wrapper(*args, **kwargs):

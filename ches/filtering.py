@@ -29,11 +29,12 @@ from .data.columns import (
 from .data.inputs import Data, column, load_data
 from .data.integrity import drop_flagged
 from .errors import ChesError
-from .options import FilterOptions, ScoreOptions
+from .options import FILTER_RULES, FilterOptions, ScoreOptions
 from .scores import select
 from .scores.stats import summarize
 
 logger = logging.getLogger("ches")
+assert tuple(select.FILTER_RULE_CLASSES) == FILTER_RULES
 
 
 @dataclass(frozen=True)
@@ -66,15 +67,13 @@ class FilterCut:
     split: str | None = None
 
     @classmethod
-    def of(cls, similarity: np.ndarray, picked: np.ndarray, options: FilterOptions, *, unscored_dropped: int,
-           split: str | None) -> FilterCut:
-        """The cut that kept rows ``picked`` of the scored rows' ``similarity`` (sign-adjusted scores)."""
-        kept = similarity[picked]
-        band = (float(kept.min()), float(kept.max())) if len(kept) else None
-        window = options.rule == "around"
-        return cls(options.measure, options.rule, threshold=None if window or band is None else band[1],
-                   window_scores=band if window else None, kept=len(picked), scored=len(similarity),
-                   unscored_dropped=unscored_dropped, split=split)
+    def of(cls, similarity: np.ndarray, picked: np.ndarray, measure: str, rule: select.FilterRule, *,
+           unscored_dropped: int, split: str | None) -> FilterCut:
+        """The cut ``rule`` made, keeping rows ``picked`` of the scored rows' ``similarity`` (sign-adjusted
+        scores of ``measure``)."""
+        threshold, window_scores = rule.bounds(similarity[picked])
+        return cls(measure, rule.name, threshold=threshold, window_scores=window_scores, kept=len(picked),
+                   scored=len(similarity), unscored_dropped=unscored_dropped, split=split)
 
     def as_dict(self) -> dict:
         """What the ``ches filter`` sidecar records of the cut (``window_scores`` as a list; no split name)."""
@@ -205,16 +204,9 @@ def _filter_split(scored: datasets.Dataset, options: FilterOptions,
                   split: str | None) -> tuple[datasets.Dataset, FilterCut]:
     scored = drop_flagged(scored, options.drop_flags, "the data" if split is None else f"split {split!r}", split)
     rows, values = _scored_rows(scored, options.measure)
-    rule = options.rule
-    if rule == "max_score":
-        picked = select.keep_at_most(values, options.max_score)
-    elif rule == "keep":
-        picked = select.keep_count(values, options.keep)
-    elif rule == "around":
-        picked = select.keep_window(values, options.around, options.window_kept)
-    else:
-        picked = select.keep_quantile(values, options.quantile_kept)
-    cut = FilterCut.of(values, picked, options, unscored_dropped=len(scored) - len(rows), split=split)
+    rule = select.filter_rule(options)
+    picked = rule.keep(values)
+    cut = FilterCut.of(values, picked, options.measure, rule, unscored_dropped=len(scored) - len(rows), split=split)
     logger.info("%s", cut)
     result = scored.select(rows[picked])
     return (result if options.keep_scores else result.remove_columns(_added_columns(result))), cut

@@ -353,9 +353,6 @@ class ValidateOptions:
         if self.pool is not None and self.pool < self.n:
             raise ChesError(f"pool={self.pool} must hold at least the n={self.n} pairs probed; raise pool or lower n "
                             "(or drop pool= to score every row).")
-        if self.protocol == "subsets" and self.pool is not None and self.pool < 2 * self.n:
-            raise ChesError(f"pool={self.pool} must hold the n={self.n} lowest and the n highest pairs of each measure "
-                            f"(at least {2 * self.n} rows) for protocol='subsets'; raise pool or lower n.")
         _positive("max_length", self.max_length, minimum=2, none="no truncation")
 
     def pool_rows(self, rows: int) -> int:
@@ -400,8 +397,9 @@ def _is_real(value: Any) -> bool:
 RULES = ("min_ches", "all_min_ches", "max_margin", "random")
 #: the measures :func:`ches.pairs` selects by: those :func:`ches.scores.pairing.pair_matrices` gives every pair
 PAIR_MEASURES = tuple(name for name in MEASURES if name in ("ln_ches", "ches"))
-#: the layouts :func:`ches.pairs` runs a prompt's responses in (``shared_prompt`` runs two sequences a prompt)
-PAIR_LAYOUTS = tuple(layout for layout in LAYOUTS if layout != "shared_prompt")
+#: the layouts :func:`ches.pairs` runs a prompt's responses in: those whose groups may hold any number of
+#: sequences (:attr:`ches.model.layouts.Layout.any_group`, checked there; ``shared_prompt`` runs two a prompt)
+PAIR_LAYOUTS = ("prefix_shared", "packed", "padded")
 #: the layout :func:`ches.pairs` runs without ``layout=``, as its help and its run record say it
 PAIR_LAYOUT_DEFAULT = ("prefix_shared, each prompt written once with all its responses after it (packed, then padded, "
                        "where the model's probe refuses it)")

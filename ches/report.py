@@ -217,11 +217,11 @@ def _validation_section(validation: dict | None) -> str:
                 "predicts displacement on your model. Run <code>ches validate DATA --model SFT_MODEL --output "
                 "validation.json</code> (DPO runs on subsets of your pairs; minutes on a GPU) and pass "
                 "<code>--validation validation.json</code> to <code>ches report</code>.</p>")
-    from .evaluate.validation import check_validation
+    from .evaluate.validation import check_validation, protocol_of
 
     check_validation(validation, "validation=")  # a loaded file was checked already; a dict of the caller's here
     settings = validation["settings"]
-    statistic = "gap (nats)" if settings["protocol"] == "subsets" else "Spearman"
+    statistic = protocol_of(settings["protocol"]).heading
     rows = "".join(f"<tr><td>{_text(DISPLAYED.get(name, name))}</td><td class='num'>{_text(format(entry['statistic'], '+.3f'))}</td>"
                    f"<td class='num'>[{_text(format(entry['ci95'][0], '+.3f'))}, {_text(format(entry['ci95'][1], '+.3f'))}]</td>"
                    f"<td>{_text(entry['status'])}</td></tr>" for name, entry in validation["evidence"].items())

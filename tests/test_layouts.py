@@ -13,7 +13,7 @@ from conftest import ARCHITECTURES, hh_rows
 
 import ches
 import ches.model.layouts
-from ches.model.engine import packing_is_exact
+from ches.model.layouts import Packed
 
 MEASURES = ("ches", "ln_ches", "last_hidden_ip", "edit_distance")
 
@@ -68,8 +68,8 @@ class AllOnesMask(torch.nn.Module):
 
 def test_probe_detects_attention_leaking_across_packed_sequences(tokenizer, tiny_model):
     body = tiny_model("llama").base_model
-    assert packing_is_exact(body, torch.device("cpu"), len(tokenizer))
-    assert not packing_is_exact(AllOnesMask(body), torch.device("cpu"), len(tokenizer))
+    assert Packed().exact(body, torch.device("cpu"), len(tokenizer))
+    assert not Packed().exact(AllOnesMask(body), torch.device("cpu"), len(tokenizer))
 
 
 def test_leaking_model_falls_back_to_padding(tokenizer, tiny_model, caplog, monkeypatch):

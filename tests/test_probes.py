@@ -75,8 +75,29 @@ def test_validate_end_to_end(tmp_path, capsys):
     advice = result["recommendation"]
     assert any(line.startswith(f"recommendation: {advice['action'] if advice['action'] != 'filter' else 'filter by'}")
                for line in printed.splitlines())
-    assert advice["action"] != "filter" or (advice["command"] in printed and f"--max-score {advice['threshold']!r}" in
-                                            advice["command"] and abs(advice["quantile"] - 0.95) <= 0.05)
+    # the recommendation the correlations call for, read by hand: a measure predicts when its interval lies above 0
+    states = {}
+    for name in ("ln_ches", "ches", "edit_distance"):
+        entry = result["correlations"][name]
+        low, high = entry["spearman_total_ci95"]
+        assert result["evidence"][name]["statistic"] == entry["spearman_total"] or not np.isfinite(entry["spearman_total"])
+        states[name] = ("no evidence" if not (np.isfinite(low) and np.isfinite(high)) or low == high
+                        else "predicts" if low > 0 else "wrong way" if high < 0 else "no evidence")
+        assert result["evidence"][name]["status"] == states[name]
+    predicting = [name for name, state in states.items() if state == "predicts"]
+    if predicting:
+        expected = "filter"
+    elif result["summary"]["fraction_displaced"] == 0 or "wrong way" in states.values():
+        expected = "do not filter"
+    else:
+        expected = "not enough evidence"
+    assert advice["action"] == expected
+    if expected == "filter":
+        assert advice["measure"] == max(predicting, key=lambda name: result["correlations"][name]["spearman_total_ci95"][0])
+        assert advice["command"] in printed and f"--max-score {advice['threshold']!r}" in advice["command"]
+        assert abs(advice["quantile"] - 0.95) <= 0.05  # the probes protocol cuts at the filter's default
+    else:
+        assert advice["measure"] is None and advice["command"] is None
     assert len(result["rows"]) == 12 and set(result["correlations"]) == {"ches", "ln_ches", "last_hidden_ip", "edit_distance"}
     ches_values = [row["ches"] for row in result["rows"]]
     assert min(ches_values) < np.median(ches_values) < max(ches_values)  # spread across the range

@@ -9,13 +9,23 @@ import torch
 from ..data.columns import DIGEST_COLUMN
 from ..data.integrity import FLAG_NAMES, FLAGS_COLUMN
 from ..data.tokens import token_digest
-from ..options import PairOptions
+from ..options import RULES, PairOptions
 from ..run.runner import nonfinite_logps_reason, nonfinite_reason
 from ..scores.formulas import edit_distance
-from ..scores.pairing import allowed_pairs, no_pair_reason, pair_logps, pair_matrices, select
+from ..scores.pairing import (
+    PAIRING_RULES,
+    PairingRule,
+    allowed_pairs,
+    no_pair_reason,
+    pair_logps,
+    pair_matrices,
+    pairing_rule,
+)
 from .candidates import Candidates
 from .output import output_columns
 from .plan import PromptPlan, Skipped, Unscored
+
+assert tuple(PAIRING_RULES) == RULES
 
 
 def select_pairs(rows: list[Candidates], plans: list[PromptPlan], sums, options: PairOptions,
@@ -25,6 +35,7 @@ def select_pairs(rows: list[Candidates], plans: list[PromptPlan], sums, options:
     reason given for hidden states that are not finite)."""
     out: dict[str, list] = {name: [] for name in output_columns(sums.logps is not None)}
     skipped, unscored_all, at = [], [], 0
+    rule = pairing_rule(options.rule)
     for plan in plans:
         count = len(plan.sequences)
         block = slice(at, at + count)
@@ -51,7 +62,7 @@ def select_pairs(rows: list[Candidates], plans: list[PromptPlan], sums, options:
         unscored = {**plan.unscored, **{plan.responses[k]: nonfinite_reason(dtype) if not hidden_finite[k]
                                         else nonfinite_logps_reason(dtype) for k in np.flatnonzero(~finite)}}
         unscored_all += [Unscored(plan.row, index, reason) for index, reason in sorted(unscored.items())]
-        needed = rule_needs_unscored(options.rule, candidates.ratings, unscored)
+        needed = rule_needs_unscored(rule, candidates.ratings, unscored)
         if needed:
             skipped.append(Skipped(plan.row, needed, len(candidates.responses)))
             continue
@@ -60,7 +71,7 @@ def select_pairs(rows: list[Candidates], plans: list[PromptPlan], sums, options:
         same = np.array([[a == b for b in responses] for a in responses])
         allowed = allowed_pairs(ratings, measure, min_margin=options.min_margin, same=same)
         rng = np.random.default_rng([options.seed, plan.row])
-        picked = select(options.rule, measure, ratings, allowed, per_prompt=options.per_prompt, rng=rng)
+        picked = rule.select(measure, ratings, allowed, per_prompt=options.per_prompt, rng=rng)
         if not picked:
             skipped.append(Skipped(plan.row, "no allowed pair: " + no_pair_reason(
                 ratings, measure, same, min_margin=options.min_margin), len(candidates.responses)))
@@ -87,23 +98,19 @@ def select_pairs(rows: list[Candidates], plans: list[PromptPlan], sums, options:
     return out, skipped, unscored_all
 
 
-def rule_needs_unscored(rule: str, ratings: list[float], unscored: dict[int, str]) -> str | None:
-    """Why a prompt is skipped because the response its rule must pick could not be scored, or None.
+def rule_needs_unscored(rule: PairingRule, ratings: list[float], unscored: dict[int, str]) -> str | None:
+    """Why a prompt is skipped because a response its rule must pick (:meth:`PairingRule.needs`: every rule but
+    ``all_min_ches`` takes a top-rated one as chosen, any of several tied ones; ``max_margin`` also a
+    lowest-rated one as rejected) could not be scored, or None: without it the pair would not be the one the
+    rule states, so there is none.
 
-    Every rule but ``all_min_ches`` takes a top-rated response as chosen (any of several tied ones);
-    ``max_margin`` also takes a lowest-rated one as rejected. Without one of them scored, the pair would
-    not be the one the rule states, so there is none.
-
-    >>> rule_needs_unscored("min_ches", [3.0, 1.0, 2.0], {0: "no completion tokens"})
+    >>> rule_needs_unscored(pairing_rule("min_ches"), [3.0, 1.0, 2.0], {0: "no completion tokens"})
     'the top-rated response 0 (rating 3) could not be scored: no completion tokens'
-    >>> rule_needs_unscored("all_min_ches", [3.0, 1.0, 2.0], {0: "no completion tokens"}) is None
+    >>> rule_needs_unscored(pairing_rule("all_min_ches"), [3.0, 1.0, 2.0], {0: "no completion tokens"}) is None
     True
     """
     ratings = np.asarray(ratings, dtype=np.float64)
-    needs = [] if rule == "all_min_ches" else [("top-rated", ratings.max())]
-    if rule == "max_margin":
-        needs.append(("lowest-rated", ratings.min()))
-    for what, rating in needs:
+    for what, rating in rule.needs(ratings):
         holders = np.flatnonzero(ratings == rating).tolist()
         if all(index in unscored for index in holders):
             named = ", ".join(f"{index} ({unscored[index]})" for index in holders[1:])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -90,6 +91,7 @@ def validate(data: Data, model, tokenizer=None, *, options: ValidateOptions | No
         sign-adjusted so that higher = more similar; ``displacement`` is the drop of ``log pi(y+|x)``.
     """
     options = ValidateOptions.from_kwargs(options, **kwargs)
+    protocol_of(options.protocol).check(options)
     with torch_threads(options.num_threads):
         return _validate(data, model, tokenizer, options)
 
@@ -97,6 +99,7 @@ def validate(data: Data, model, tokenizer=None, *, options: ValidateOptions | No
 def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
     started = time.time()
     n = options.n
+    protocol = protocol_of(options.protocol)
     dataset = load_data(data, options.split)
     if hasattr(dataset, "keys"):
         raise ChesError(f"data has splits {sorted(dataset)}; pass split=.")
@@ -106,10 +109,10 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
         raise ChesError(f"pool={options.pool} is more than the {len(dataset)} rows of the data; drop pool= to score "
                         "them all.")
     size = options.pool_rows(len(dataset))
-    needed = 2 * n if options.protocol == "subsets" else n
+    needed = protocol.pairs_needed(n)
     if size < needed:
-        raise ChesError(f"the subsets protocol trains on the {n} lowest and the {n} highest pairs of each measure, so "
-                        f"it needs at least {needed} rows and the data has {size}; lower n.")
+        raise ChesError(f"the {protocol.name} protocol {protocol.trains_on(n)}, so it needs at least {needed} rows and "
+                        f"the data has {size}; lower n.")
     generator = np.random.default_rng(options.seed)
     pool_rows = np.sort(generator.choice(len(dataset), size=size, replace=False))
     candidates = dataset.select(pool_rows)
@@ -121,24 +124,19 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
     if len(usable) < needed:
         raise ChesError(f"only {len(usable)} of the {size} pooled rows could be scored and the {options.protocol} "
                         f"protocol needs {needed}; lower n or raise max_length.")
-    run = subsets_protocol if options.protocol == "subsets" else probes_protocol
-    result = run(candidates, scored, usable, pool_rows, loaded, options)
-    settings = {"protocol": options.protocol, "model": loaded.name, "n": n, "learning_rate": options.learning_rate,
+    result = protocol.run(candidates, scored, usable, pool_rows, loaded, options)
+    settings = {"protocol": protocol.name, "model": loaded.name, "n": n, "learning_rate": options.learning_rate,
                 "beta": options.beta, "max_length": options.max_length, "pool": size, "scored": len(usable),
                 "seed": options.seed, "resamples": options.resamples, "dtype": str(loaded.dtype), "device": str(loaded.device)}
-    if options.protocol == "subsets":
-        settings.update(epochs=options.epochs, batch_size=options.batch_size, optimizer="AdamW")
-    else:
-        settings.update(steps=options.steps, optimizer="RMSprop")
+    settings.update(protocol.settings(options))
     settings.update(threads=threads.count, threads_reason=threads.reason, seconds=time.time() - started)
     result = {"settings": settings, **result}
     result["evidence"] = evidence_of(result)
     result["verdict"] = verdict(result)
     pool_scores = {name: similarity(np.asarray(column(scored, name), dtype=np.float64)[usable], name)
                    for name in AUDIT_MEASURES}
-    cut_quantile = round(1 - n / len(usable), 4) if options.protocol == "subsets" else DEFAULT_QUANTILE
-    advice = recommend(result["evidence"], protocol=options.protocol, cut_quantile=cut_quantile,
-                       pool_scores=pool_scores, **_displacement_seen(result))
+    advice = recommend(result["evidence"], protocol=protocol.name, cut_quantile=protocol.cut_quantile(n, len(usable)),
+                       pool_scores=pool_scores, **protocol.displacement_seen(result))
     if advice["action"] == "filter":
         own = _has_these_scores(dataset.select(pool_rows), scored, advice["measure"])
         advice["command"] = filter_command(data if isinstance(data, (str, Path)) else "DATA", None if own else
@@ -260,6 +258,232 @@ def probes_protocol(candidates, scored, usable: np.ndarray, pool_rows: np.ndarra
     }
 
 
+class Protocol:
+    """One way :func:`validate` gathers its evidence (one subclass per protocol; :data:`PROTOCOLS` names them,
+    and a saved result's ``settings["protocol"]`` is looked up there once, by :func:`protocol_of`).
+
+    Attributes:
+        name: as :data:`ches.options.VALIDATE_PROTOCOLS` and the saved result's settings name it.
+        heading: the statistic's column heading in ``ches report``.
+        baselines: the measures measured beside :data:`~ches.evaluate.auditing.AUDIT_MEASURES`, never
+            recommended (the length baseline).
+    """
+
+    name: ClassVar[str]
+    heading: ClassVar[str]
+    baselines: ClassVar[tuple[str, ...]] = ()
+
+    def pairs_needed(self, n: int) -> int:
+        """Scored rows the protocol needs for ``n`` (:attr:`ches.options.ValidateOptions.n`)."""
+        raise NotImplementedError
+
+    def trains_on(self, n: int) -> str:
+        """What the protocol trains on, as the error for too small a pool says it."""
+        raise NotImplementedError
+
+    def check(self, options: ValidateOptions) -> None:
+        """Refuse a ``pool`` too small for this protocol, before any work."""
+        needed = self.pairs_needed(options.n)
+        if options.pool is not None and options.pool < needed:
+            raise ChesError(f"pool={options.pool} must hold {self.held(options.n)} (at least {needed} rows) for "
+                            f"protocol={self.name!r}; raise pool or lower n.")
+
+    def held(self, n: int) -> str:
+        """The pairs the pool must hold, as :meth:`check` says it."""
+        raise NotImplementedError
+
+    def run(self, candidates, scored, usable: np.ndarray, pool_rows: np.ndarray, loaded,
+            options: ValidateOptions) -> dict:
+        """The protocol's DPO runs: the part of the result that is its own."""
+        raise NotImplementedError
+
+    def settings(self, options: ValidateOptions) -> dict:
+        """The protocol's own entries of the result's ``settings``."""
+        raise NotImplementedError
+
+    def cut_quantile(self, n: int, scored: int) -> float:
+        """The quantile to keep when a measure predicts (:func:`ches.evaluate.advice.recommend`)."""
+        raise NotImplementedError
+
+    def evidence(self, result: dict, name: str) -> dict:
+        """``{"statistic", "ci95", "status", "pairs", ...}`` of measure ``name`` (:func:`evidence_of`)."""
+        raise NotImplementedError
+
+    def displacement_seen(self, result: dict) -> dict:
+        """Whether DPO lowered any preferred response in the runs, and what the runs showed (for the advice)."""
+        raise NotImplementedError
+
+    def lines(self, result: dict) -> list[str]:
+        """The protocol's table in what ``ches validate`` prints, with what it means."""
+        raise NotImplementedError
+
+    def verdict_evidence(self, result: dict, measure: str) -> tuple[float, float, int, str, str] | str:
+        """``(low, high, pairs, stated, few)`` of ``measure`` for :func:`verdict` (``stated``: the statistic with
+        its interval; ``few``: the pairs it rests on, as said when they are too few), or why there is none."""
+        raise NotImplementedError
+
+
+class Subsets(Protocol):
+    """DPO runs on the lowest and the highest ``n`` pairs of each measure and on ``n`` random ones
+    (:func:`subsets_protocol`); the evidence is the gap between the lowest and the highest subset."""
+
+    name: ClassVar[str] = "subsets"
+    heading: ClassVar[str] = "gap (nats)"
+    baselines: ClassVar[tuple[str, ...]] = (LENGTH_BASELINE,)
+
+    def pairs_needed(self, n):
+        return 2 * n
+
+    def trains_on(self, n):
+        return f"trains on the {n} lowest and the {n} highest pairs of each measure"
+
+    def held(self, n):
+        return f"the n={n} lowest and the n highest pairs of each measure"
+
+    def run(self, candidates, scored, usable, pool_rows, loaded, options):
+        return subsets_protocol(candidates, scored, usable, pool_rows, loaded, options)
+
+    def settings(self, options):
+        return {"epochs": options.epochs, "batch_size": options.batch_size, "optimizer": "AdamW"}
+
+    def cut_quantile(self, n, scored):
+        return round(1 - n / scored, 4)  # drop the top n of the scored pool: the rows the evidence is about
+
+    def evidence(self, result, name):
+        settings = result["settings"]
+        lowest, highest = (next(item for item in result["subsets"] if item["measure"] == name and item["side"] == side)
+                           for side in ("lowest", "highest"))
+        low, high = np.asarray(lowest["chosen_change"]), np.asarray(highest["chosen_change"])
+        interval = list(difference_interval(low, high, resamples=settings.get("resamples", 1000), seed=settings["seed"]))
+        pairs = min(len(low), len(high))
+        return {"statistic": float(low.mean() - high.mean()), "ci95": interval, "status": status(*interval, pairs),
+                "pairs": pairs, "lowest_fraction_displaced": lowest["audit"]["fraction_displaced"],
+                "highest_fraction_displaced": highest["audit"]["fraction_displaced"]}
+
+    def displacement_seen(self, result):
+        fractions = [item["audit"]["fraction_displaced"] for item in result["subsets"]]
+        random_run = next(item for item in result["subsets"] if item["side"] == "random")["audit"]
+        return {"displaced_at_all": max(fractions) > 0,
+                "displacement_note": f"no pair displaced in any of the {len(fractions)} runs; on random pairs the mean "
+                                     f"change of log pi(y+|x) was {random_run['mean_chosen_change']:+.3f} nats"}
+
+    def lines(self, result):
+        settings = result["settings"]
+        epochs = f"{settings['epochs']} epoch" + ("s" if settings["epochs"] > 1 else "")
+        lines = [f"DPO runs ({epochs}, batch {settings['batch_size']}, AdamW lr "
+                 f"{settings['learning_rate']:g}, beta {settings['beta']:g}), each on {settings['n']} pairs of the "
+                 f"{settings['scored']} scored: the lowest and the highest of each measure, and random ones. Change of "
+                 "log pi(y+|x) after the run (negative = the preferred response lost probability).", "",
+                 f"{'run':42s} {'displaced':>9s} {'mean change of log pi(y+|x) (95% CI)':>40s}"]
+        for item in result["subsets"]:
+            audit = item["audit"]
+            low, high = audit["mean_chosen_change_ci95"]
+            name = item["name"] if item["measure"] is None else f"{DISPLAYED.get(item['measure'], item['measure'])} {item['side']}"
+            lines.append(f"{name:42s} {audit['fraction_displaced']:>9.0%} "
+                         f"{audit['mean_chosen_change']:>+14.4f} [{low:+.4f}, {high:+.4f}]")
+        lines += ["", "gap = mean change on the lowest - on the highest (positive = the highest-scored pairs lost more: "
+                  "the measure predicts displacement; the length baseline ranks by |y+| - |y-|):"]
+        for name, entry in result["evidence"].items():
+            low, high = entry["ci95"]
+            lines.append(f"  {DISPLAYED.get(name, name) + (' (baseline)' if name == LENGTH_BASELINE else ''):40s} gap {entry['statistic']:+.4f} [{low:+.4f}, {high:+.4f}]  "
+                         f"{entry['status']}")
+        return lines
+
+    def verdict_evidence(self, result, measure):
+        entry = result["evidence"].get(measure)
+        if entry is None:
+            return "it was not measured"
+        (low, high), pairs = entry["ci95"], entry["pairs"]
+        return (low, high, pairs, f"gap {entry['statistic']:+.3f} nats, 95% CI [{low:+.2f}, {high:+.2f}]",
+                f"{pairs} pairs per subset")
+
+
+class Probes(Protocol):
+    """``n`` single-pair DPO probes spread over the CHES range (:func:`probes_protocol`); the evidence is each
+    measure's Spearman correlation with the displacement."""
+
+    name: ClassVar[str] = "probes"
+    heading: ClassVar[str] = "Spearman"
+
+    def pairs_needed(self, n):
+        return n
+
+    def trains_on(self, n):
+        return f"probes {n} pairs"
+
+    def held(self, n):
+        return f"the n={n} pairs probed"
+
+    def run(self, candidates, scored, usable, pool_rows, loaded, options):
+        return probes_protocol(candidates, scored, usable, pool_rows, loaded, options)
+
+    def settings(self, options):
+        return {"steps": options.steps, "optimizer": "RMSprop"}
+
+    def cut_quantile(self, n, scored):
+        return DEFAULT_QUANTILE  # the filter's default
+
+    def evidence(self, result, name):
+        entry = result["correlations"][name]
+        statistic, interval, pairs = entry["spearman_total"], list(entry["spearman_total_ci95"]), len(result["rows"])
+        return {"statistic": statistic, "ci95": interval, "status": status(*interval, pairs), "pairs": pairs}
+
+    def displacement_seen(self, result):
+        fraction = result["summary"]["fraction_displaced"]
+        return {"displaced_at_all": fraction > 0, "displacement_note": f"{fraction:.0%} of the probed pairs displaced"}
+
+    def lines(self, result):
+        lines = ["Spearman correlation of each measure (sign-adjusted: higher = more similar pair) with the displacement",
+                 "it caused (drop of log pi(y+|x) after the probe's DPO steps; positive = the preferred response lost",
+                 "probability). Positive = the measure predicts displacement, which is what CHES claims; per-token divides",
+                 "the displacement by |y+|; 'given lengths' controls for both completion lengths.", "",
+                 f"{'measure':32s} {'Spearman (95% CI)':>24s} {'per-token (95% CI)':>24s} {'given lengths':>14s}"]
+        constant = []
+        for name, entry in result["correlations"].items():
+            shown = DISPLAYED.get(name, name)
+            if not np.isfinite(entry["spearman_total"]):
+                constant.append(shown)
+            lines.append(f"{shown:32s} {_interval(entry, 'spearman_total'):>24s} {_interval(entry, 'spearman_per_token'):>24s} "
+                         f"{_number(entry['spearman_total_given_lengths'], '+14.3f'):>14s}")
+        if constant:
+            lines.append(f"n/a: {', '.join(constant)} had the same value on every probed pair, so it cannot be correlated.")
+        summary = result["summary"]
+        lines.append(f"mean change of log pi(y+|x): {summary['mean_chosen_change']:+.4f} nats; of log pi(y-|x): "
+                     f"{summary['mean_rejected_change']:+.4f}; pairs displaced (y+ lost probability): "
+                     f"{summary['fraction_displaced']:.0%}")
+        return lines
+
+    def verdict_evidence(self, result, measure):
+        entry = result["correlations"].get(measure)
+        if entry is None or not np.isfinite(entry["spearman_total"]):
+            return "it was not measured, or constant over the probed pairs"
+        low, high = entry["spearman_total_ci95"]
+        pairs = len(result["rows"]) if "rows" in result else MIN_PAIRS_FOR_VERDICT
+        return (low, high, pairs, f"Spearman {entry['spearman_total']:+.3f}, 95% CI [{low:+.2f}, {high:+.2f}]",
+                f"{pairs} probed pairs" if "rows" in result else "the probed pairs")
+
+
+#: the protocols by name, in the order of :data:`ches.options.VALIDATE_PROTOCOLS`
+PROTOCOLS: dict[str, type[Protocol]] = {cls.name: cls for cls in (Subsets, Probes)}
+assert tuple(PROTOCOLS) == VALIDATE_PROTOCOLS
+
+
+def protocol_of(name: str) -> Protocol:
+    """The protocol called ``name`` (``settings["protocol"]`` of a result, or :attr:`ValidateOptions.protocol`).
+
+    >>> protocol_of("subsets").pairs_needed(16), protocol_of("probes").cut_quantile(16, 320)
+    (32, 0.95)
+    """
+    if name not in PROTOCOLS:
+        raise ChesError(f"unknown protocol {name!r}; use one of {', '.join(PROTOCOLS)}.")
+    return PROTOCOLS[name]()
+
+
+def _protocol_of_result(result: dict) -> Protocol:
+    """The protocol of a result (a result with no settings, as the table's tests build it: ``probes``)."""
+    return protocol_of(result.get("settings", {}).get("protocol", Probes.name))
+
+
 def evidence_of(result: dict) -> dict[str, dict]:
     """Per measure of :data:`~ches.evaluate.auditing.AUDIT_MEASURES`: the statistic that says whether it predicts
     displacement, its 95 % interval and :func:`ches.evaluate.advice.status` (module docstring of :mod:`ches.evaluate.advice`).
@@ -269,38 +493,8 @@ def evidence_of(result: dict) -> dict[str, dict]:
     says how much of a gap length alone explains); ``probes``: the Spearman correlation with the
     displacement.
     """
-    settings = result["settings"]
-    evidence = {}
-    baseline = (LENGTH_BASELINE,) if settings["protocol"] == "subsets" else ()
-    for name in (*AUDIT_MEASURES, *baseline):
-        if settings["protocol"] == "probes":
-            entry = result["correlations"][name]
-            statistic, interval, pairs = entry["spearman_total"], list(entry["spearman_total_ci95"]), len(result["rows"])
-        else:
-            lowest, highest = (next(item for item in result["subsets"] if item["measure"] == name and item["side"] == side)
-                               for side in ("lowest", "highest"))
-            low, high = np.asarray(lowest["chosen_change"]), np.asarray(highest["chosen_change"])
-            statistic = float(low.mean() - high.mean())
-            interval = list(difference_interval(low, high, resamples=settings.get("resamples", 1000),
-                                                seed=settings["seed"]))
-            pairs = min(len(low), len(high))
-        evidence[name] = {"statistic": statistic, "ci95": interval, "status": status(*interval, pairs), "pairs": pairs}
-        if settings["protocol"] == "subsets":
-            evidence[name].update(lowest_fraction_displaced=lowest["audit"]["fraction_displaced"],
-                                  highest_fraction_displaced=highest["audit"]["fraction_displaced"])
-    return evidence
-
-
-def _displacement_seen(result: dict) -> dict:
-    """Whether DPO lowered any preferred response in the runs, and what the runs showed (for the advice)."""
-    if result["settings"]["protocol"] == "probes":
-        fraction = result["summary"]["fraction_displaced"]
-        return {"displaced_at_all": fraction > 0, "displacement_note": f"{fraction:.0%} of the probed pairs displaced"}
-    fractions = [item["audit"]["fraction_displaced"] for item in result["subsets"]]
-    random_run = next(item for item in result["subsets"] if item["side"] == "random")["audit"]
-    return {"displaced_at_all": max(fractions) > 0,
-            "displacement_note": f"no pair displaced in any of the {len(fractions)} runs; on random pairs the mean "
-                                 f"change of log pi(y+|x) was {random_run['mean_chosen_change']:+.3f} nats"}
+    protocol = protocol_of(result["settings"]["protocol"])
+    return {name: protocol.evidence(result, name) for name in (*AUDIT_MEASURES, *protocol.baselines)}
 
 
 def load_validation(path: str) -> dict:
@@ -428,80 +622,23 @@ def format_table(result: dict, measure: str = DEFAULT_MEASURE) -> str:
     >>> text.splitlines()[-1]
     'verdict (probes protocol): ln_ches predicts displacement on this model: Spearman +0.400, 95% CI [+0.20, +0.60] (above 0).'
     """
-    protocol = result.get("settings", {}).get("protocol", "probes")
-    lines = _subsets_lines(result) if protocol == "subsets" else _probes_lines(result)
+    lines = _protocol_of_result(result).lines(result)
     lines.append(verdict(result, measure))
     if "recommendation" in result:
         lines.append(format_recommendation(result["recommendation"]))
     return "\n".join(lines)
 
 
-def _subsets_lines(result: dict) -> list[str]:
-    settings = result["settings"]
-    epochs = f"{settings['epochs']} epoch" + ("s" if settings["epochs"] > 1 else "")
-    lines = [f"DPO runs ({epochs}, batch {settings['batch_size']}, AdamW lr "
-             f"{settings['learning_rate']:g}, beta {settings['beta']:g}), each on {settings['n']} pairs of the "
-             f"{settings['scored']} scored: the lowest and the highest of each measure, and random ones. Change of "
-             "log pi(y+|x) after the run (negative = the preferred response lost probability).", "",
-             f"{'run':42s} {'displaced':>9s} {'mean change of log pi(y+|x) (95% CI)':>40s}"]
-    for item in result["subsets"]:
-        audit = item["audit"]
-        low, high = audit["mean_chosen_change_ci95"]
-        name = item["name"] if item["measure"] is None else f"{DISPLAYED.get(item['measure'], item['measure'])} {item['side']}"
-        lines.append(f"{name:42s} {audit['fraction_displaced']:>9.0%} "
-                     f"{audit['mean_chosen_change']:>+14.4f} [{low:+.4f}, {high:+.4f}]")
-    lines += ["", "gap = mean change on the lowest - on the highest (positive = the highest-scored pairs lost more: "
-              "the measure predicts displacement; the length baseline ranks by |y+| - |y-|):"]
-    for name, entry in result["evidence"].items():
-        low, high = entry["ci95"]
-        lines.append(f"  {DISPLAYED.get(name, name) + (' (baseline)' if name == LENGTH_BASELINE else ''):40s} gap {entry['statistic']:+.4f} [{low:+.4f}, {high:+.4f}]  "
-                     f"{entry['status']}")
-    return lines
-
-
-def _probes_lines(result: dict) -> list[str]:
-    lines = ["Spearman correlation of each measure (sign-adjusted: higher = more similar pair) with the displacement",
-             "it caused (drop of log pi(y+|x) after the probe's DPO steps; positive = the preferred response lost",
-             "probability). Positive = the measure predicts displacement, which is what CHES claims; per-token divides",
-             "the displacement by |y+|; 'given lengths' controls for both completion lengths.", "",
-             f"{'measure':32s} {'Spearman (95% CI)':>24s} {'per-token (95% CI)':>24s} {'given lengths':>14s}"]
-    constant = []
-    for name, entry in result["correlations"].items():
-        shown = DISPLAYED.get(name, name)
-        if not np.isfinite(entry["spearman_total"]):
-            constant.append(shown)
-        lines.append(f"{shown:32s} {_interval(entry, 'spearman_total'):>24s} {_interval(entry, 'spearman_per_token'):>24s} "
-                     f"{_number(entry['spearman_total_given_lengths'], '+14.3f'):>14s}")
-    if constant:
-        lines.append(f"n/a: {', '.join(constant)} had the same value on every probed pair, so it cannot be correlated.")
-    summary = result["summary"]
-    lines.append(f"mean change of log pi(y+|x): {summary['mean_chosen_change']:+.4f} nats; of log pi(y-|x): "
-                 f"{summary['mean_rejected_change']:+.4f}; pairs displaced (y+ lost probability): "
-                 f"{summary['fraction_displaced']:.0%}")
-    return lines
-
-
 def verdict(result: dict, measure: str = DEFAULT_MEASURE) -> str:
     """One line, naming the protocol: whether ``measure`` predicts displacement on this model, with its
     interval; no verdict from fewer than :data:`~ches.evaluate.advice.MIN_PAIRS_FOR_VERDICT` pairs (per subset, or
     probed) or from an interval of zero width."""
-    protocol = result.get("settings", {}).get("protocol", "probes")
-    head = f"verdict ({protocol} protocol):"
-    if protocol == "subsets":
-        entry = result["evidence"].get(measure)
-        if entry is None:
-            return f"{head} no verdict on {measure}: it was not measured."
-        (low, high), pairs = entry["ci95"], entry["pairs"]
-        stated = f"gap {entry['statistic']:+.3f} nats, 95% CI [{low:+.2f}, {high:+.2f}]"
-        few = f"{pairs} pairs per subset"
-    else:
-        entry = result["correlations"].get(measure)
-        if entry is None or not np.isfinite(entry["spearman_total"]):
-            return f"{head} no verdict on {measure}: it was not measured, or constant over the probed pairs."
-        low, high = entry["spearman_total_ci95"]
-        pairs = len(result["rows"]) if "rows" in result else MIN_PAIRS_FOR_VERDICT
-        stated = f"Spearman {entry['spearman_total']:+.3f}, 95% CI [{low:+.2f}, {high:+.2f}]"
-        few = f"{pairs} probed pairs" if "rows" in result else "the probed pairs"
+    protocol = _protocol_of_result(result)
+    head = f"verdict ({protocol.name} protocol):"
+    found = protocol.verdict_evidence(result, measure)
+    if isinstance(found, str):
+        return f"{head} no verdict on {measure}: {found}."
+    low, high, pairs, stated, few = found
     outcome = status(low, high, pairs)
     if outcome == "no evidence" and (pairs < MIN_PAIRS_FOR_VERDICT or not (np.isfinite(low) and np.isfinite(high))
                                      or low == high):

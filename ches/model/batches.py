@@ -10,7 +10,7 @@ Two layouts:
   padding inside a row. Correct only where attention keeps the sequences apart: ches' padding-free
   kernel (:mod:`ches.model.attention`) reads the bounds off the position ids, and transformers' own kernels
   turn them into a block-diagonal causal mask (when no attention mask and no cache are passed);
-  :func:`ches.model.engine.packing_is_exact` checks that on the model itself before it is used.
+  :meth:`ches.model.layouts.Packed.exact` checks that on the model itself before it is used.
 
 Memory: a batch holds at most ``batch_tokens`` token slots (``rows x padded length``), so activation
 memory is bounded by ``batch_tokens`` times the model's per-token activation size, whatever the lengths.

@@ -1,7 +1,8 @@
 """The decoder pass: run only the model body and reduce its last hidden states to per-sequence sums.
 
-This module runs the model for scores (the layouts' probes, :mod:`ches.evaluate.probes` and the cache's weight
-hash touch it too, for their own ends). For each sequence it returns
+This module runs the model for scores (the layouts' probes and the ``shared_prompt`` layout's KV-cache run,
+in :mod:`ches.model.layouts`, :mod:`ches.evaluate.probes` and the cache's weight hash touch it too, for their
+own ends). For each sequence it returns
 
 - ``sums[i]``: the float32 sum of the hidden states at the sequence's summed positions, and
 - ``last[i]``: the hidden state at its last summed position (for ``last_hidden_ip``),
@@ -25,9 +26,8 @@ from einops import rearrange
 from ..data.tokens import TokenSequence
 from ..errors import ChesError
 from .attention import SEGMENTS_KEYWORD
-from .batches import Batch, collate, group_length, pack, pack_groups, padded_length, rows_that_fit, shared_positions
+from .batches import Batch, collate, group_length, pack, pack_groups, padded_length, rows_that_fit
 from .logps import LMHead, sequence_logp_parts
-from .models import has_sliding_window
 
 logger = logging.getLogger("ches")
 
@@ -270,153 +270,3 @@ def _fill_rows(remaining: list[int], lengths: Sequence[int], row_length: int, ro
         else:
             used[slot] += lengths[unit]
     return list(remaining)
-
-
-def packing_is_exact(body: torch.nn.Module, device: torch.device, vocab_size: int, padding_free: bool = False) -> bool:
-    """Whether packed rows give this model the same hidden states as separate sequences.
-
-    Runs two short random sequences packed into one row and one at a time, and compares. Models
-    whose attention ignores restarting position ids would let the second sequence see the first;
-    the scorer then falls back to padding. With ``padding_free`` the row carries its segments, as rows
-    do for ches' padding-free kernel.
-    """
-    generator = torch.Generator().manual_seed(0)
-    first = torch.randint(0, vocab_size, (7,), generator=generator).tolist()
-    second = torch.randint(0, vocab_size, (9,), generator=generator).tolist()
-    probe = [TokenSequence(first, 0, 7), TokenSequence(second, 0, 9)]
-
-    def both_ways():
-        row = pack(probe, 0, 16)
-        packed, _ = run_body(body, (row.with_segments() if padding_free else row).to(device))
-        return packed, torch.cat([run_body(body, collate([sequence], 0).to(device))[0] for sequence in probe])
-
-    return _layout_agrees("packed", body, both_ways)
-
-
-def prefix_sharing_is_exact(body: torch.nn.Module, device: torch.device, vocab_size: int) -> bool:
-    """Whether prefix-shared rows (``prompt | chosen | rejected``, :func:`ches.model.batches.pack_groups`) give
-    this model the same hidden sums as each sequence run alone.
-
-    Two random pairs and a lone sequence are packed into one row; a model whose attention lets the
-    rejected tokens see the chosen ones, or ignores the continuing position ids, disagrees.
-    """
-    generator = torch.Generator().manual_seed(2)
-
-    def tokens(count):
-        return torch.randint(0, vocab_size, (count,), generator=generator).tolist()
-
-    first, second = tokens(5), tokens(3)
-    groups = [[TokenSequence(first + tokens(4), 4, 8), TokenSequence(first + tokens(6), 4, 10)],
-              [TokenSequence(tokens(6), 0, 5)],
-              [TokenSequence(second + tokens(2), 2, 4), TokenSequence(second + tokens(5), 2, 7)]]
-    alone = [sequence for group in groups for sequence in group]
-
-    def both_ways():
-        shared = run_body(body, pack_groups(groups, 0, sum(map(group_length, groups)) + 3).with_segments().to(device))
-        separate = [run_body(body, collate([sequence], 0).to(device)) for sequence in alone]
-        return torch.cat(shared), torch.cat([torch.cat([sums for sums, _ in separate]),
-                                             torch.cat([last for _, last in separate])])
-
-    return _layout_agrees("prefix-shared", body, both_ways)
-
-
-def shared_prompt_sums(
-    body: torch.nn.Module,
-    sequences: Sequence[TokenSequence],
-    *,
-    groups: Sequence[tuple[int, int]],
-    hidden_size: int,
-    device: torch.device,
-    on_done: Callable[[list[int]], None] | None = None,
-    head: LMHead | None = None,
-) -> HiddenSums:
-    """:class:`HiddenSums` computed pair by pair, running each prompt once (with ``head``, log-probabilities too).
-
-    ``groups`` are the ``(chosen, rejected)`` index pairs of ``sequences`` that share a prompt (as for
-    :func:`hidden_sums`). The chosen sequence runs whole with a KV cache; the cache is cut back to the
-    prompt, and only the rejected completion runs on top of it. The hidden state that predicts the
-    first rejected token is the one at the prompt's last position, already computed in the chosen
-    pass. This saves the prompt's share of the work for one of the two sequences (batch size one).
-    """
-    sums = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
-    last = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
-    logps = torch.empty(len(sequences), dtype=torch.float64) if head is not None else None
-    shared_logps = torch.empty(len(sequences), dtype=torch.float64) if head is not None else None
-    with torch.inference_mode():
-        for chosen, rejected in groups:
-            hidden_states = _shared_prompt_pass(body, sequences[chosen], sequences[rejected], device)
-            for index, hidden in zip((chosen, rejected), hidden_states):
-                positions = hidden[: sequences[index].end - sequences[index].start]
-                summed = positions.float()
-                sums[index] = summed.sum(0).cpu()
-                last[index] = summed[-1].cpu()
-                if logps is not None:
-                    targets = torch.tensor(sequences[index].completion_ids, device=positions.device)
-                    total, part = sequence_logp_parts(head, positions, targets, torch.zeros_like(targets), 1,
-                                                      shared_positions([sequences[index]]))
-                    logps[index], shared_logps[index] = total[0], part[0]
-            if on_done is not None:
-                on_done([chosen, rejected])
-    return HiddenSums(sums=sums, last=last, logps=logps, shared_logps=shared_logps)
-
-
-def _shared_prompt_pass(body, chosen: TokenSequence, rejected: TokenSequence, device: torch.device):
-    """Hidden states at the summed positions of both sequences, from positions ``start`` on."""
-    prompt_length = chosen.start + 1
-    output = body(input_ids=torch.tensor([chosen.input_ids], device=device), use_cache=True)
-    chosen_hidden = output.last_hidden_state[0]
-    cache = output.cache if "cache" in output else output.past_key_values  # renamed in newer transformers
-    cache.crop(-(len(chosen.input_ids) - prompt_length))  # negative: remove that many tokens from the end
-    rest = torch.tensor([rejected.input_ids[prompt_length:]], device=device)
-    rejected_tail = body(input_ids=rest, use_cache=True, **{_cache_argument(body): cache}).last_hidden_state[0]
-    rejected_hidden = torch.cat([chosen_hidden[prompt_length - 1 : prompt_length], rejected_tail])
-    return chosen_hidden[chosen.start :], rejected_hidden
-
-
-def _cache_argument(body: torch.nn.Module) -> str:
-    """The keyword a model body takes its KV cache by (``cache`` in newer transformers)."""
-    module = getattr(body, "_orig_mod", body)  # a torch.compile'd body: ask the module it wraps
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
-
-
-def shared_prompt_is_exact(body: torch.nn.Module, device: torch.device, vocab_size: int) -> bool:
-    """Whether running the rejected completion on the chosen pass's cut-back cache matches a full pass.
-
-    Sliding-window models are refused outright: their cache forgets what lies beyond the window, so it
-    cannot be cut back to the prompt once a sequence is longer than the window (which the short probe
-    sequences would not show).
-    """
-    if has_sliding_window(body):
-        logger.info("shared-prompt layout unavailable (sliding-window attention: the KV cache cannot be cut back)")
-        return False
-    generator = torch.Generator().manual_seed(1)
-    prompt = torch.randint(0, vocab_size, (5,), generator=generator).tolist()
-    chosen = TokenSequence(prompt + torch.randint(0, vocab_size, (4,), generator=generator).tolist(), 4, 8)
-    rejected = TokenSequence(prompt + torch.randint(0, vocab_size, (6,), generator=generator).tolist(), 4, 10)
-
-    def both_ways():
-        _, shared = _shared_prompt_pass(body, chosen, rejected, device)
-        alone = body(input_ids=torch.tensor([rejected.input_ids], device=device),
-                     use_cache=False).last_hidden_state[0, rejected.start : rejected.end]
-        return shared[: len(alone)], alone
-
-    return _layout_agrees("shared-prompt", body, both_ways)
-
-
-def _layout_agrees(layout: str, body: torch.nn.Module, both_ways: Callable) -> bool:
-    """Run a probe's ``(candidate, reference)`` hidden states and compare them; a probe that raises
-    (a kernel or cache this model cannot use) counts as a mismatch, logged with the reason."""
-    try:
-        with torch.inference_mode():
-            candidate, reference = both_ways()
-    except Exception as error:
-        logger.info("%s layout unavailable (%s: %s)", layout, type(error).__name__, error)
-        return False
-    return _agrees(candidate, reference, body)
-
-
-def _agrees(candidate: torch.Tensor, reference: torch.Tensor, body: torch.nn.Module) -> bool:
-    """Whether a layout's hidden states equal the reference's, relative to their scale (looser in half precision)."""
-    scale = reference.abs().max().clamp_min(1e-6)
-    tolerance = 1e-4 if next(body.parameters()).dtype == torch.float32 else 3e-2
-    return bool(((candidate - reference).abs().max() / scale) <= tolerance)

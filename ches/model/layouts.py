@@ -8,10 +8,11 @@ Every layout gives the same hidden states, to float rounding; they differ in wha
   rejected tokens attend to the prompt and to themselves), pairs packed back to back;
 - :class:`SharedPrompt`: pair by pair through a KV cache cut back to the prompt (batch size one).
 
-Each class has its cost estimate (:meth:`Layout.work`), its probe on the model (:meth:`Layout.on`: the
-layout set up to run on this model, or None when the model would not give the same hidden states), its
-run (:meth:`Layout.run`) and the layout to fall back to (:attr:`Layout.fallback`). A new layout is one
-new class in :data:`LAYOUT_CLASSES`.
+Each class has its cost estimate (:meth:`Layout.work`), its probe on the model (:meth:`Layout.exact`: does
+the model give the same hidden states this way; :meth:`Layout.on`: the layout set up to run on this model,
+or None when it would not), its run (:meth:`Layout.run`), the layout to fall back to
+(:attr:`Layout.fallback`) and what callers need to know of it (:attr:`Layout.runs_alone`,
+:attr:`Layout.any_group`). A new layout is one new class in :data:`LAYOUT_CLASSES`.
 
 The estimate counts what each layout makes the model compute, per decoder layer:
 ``cost = 2 * (4 * H**2 + 3 * H * I) * (token_slots + passes * PASS_OVERHEAD) + 4 * H * attended_pairs``:
@@ -27,29 +28,22 @@ passes on the model runs; the choice, the estimates and any fallback are recorde
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import torch
 
 from ..data.tokens import TokenSequence
-from ..options import LAYOUTS
+from ..options import LAYOUTS, PAIR_LAYOUTS
 from .attention import packed_attention
-from .batches import group_length, pad_multiple, padded_length
-from .engine import (
-    HiddenSums,
-    OneRow,
-    PackedRows,
-    PaddedRows,
-    hidden_sums,
-    packing_is_exact,
-    prefix_sharing_is_exact,
-    shared_prompt_is_exact,
-    shared_prompt_sums,
-)
-from .logps import LMHead
+from .batches import collate, group_length, pack, pack_groups, pad_multiple, padded_length, shared_positions
+from .engine import HiddenSums, OneRow, PackedRows, PaddedRows, hidden_sums, run_body
+from .logps import LMHead, sequence_logp_parts
+from .models import has_sliding_window
 
 logger = logging.getLogger("ches")
 
@@ -74,19 +68,31 @@ class Layout:
     Attributes:
         padding_free: the rows run on ches' padding-free kernel (:mod:`ches.model.attention`), switched on for
             the run by :meth:`on`.
+        runs_alone: (of the class) every sequence has rows of its own, so one sequence's overflow cannot reach
+            another's sums (:func:`ches.run.runner.run_sequences` then has nothing to run again alone).
+        any_group: (of the class) groups may hold any number of sequences, as :func:`ches.pairs` gives all of a
+            prompt's responses (:data:`ches.options.PAIR_LAYOUTS` names these layouts).
     """
 
     name: ClassVar[str]
     fallback: ClassVar[str | None]  # the layout to try when the model cannot run this one exactly
+    runs_alone: ClassVar[bool] = False
+    any_group: ClassVar[bool] = True
     padding_free: bool = False
 
     def work(self, pairs: Pairs, *, device_type: str, batch_tokens: int) -> LayoutWork:
         """What this layout makes each decoder layer compute for ``pairs``, from their lengths alone."""
         raise NotImplementedError
 
+    def exact(self, body: torch.nn.Module, device: torch.device, vocab_size: int) -> bool:
+        """The probe: whether this layout gives ``body`` the same hidden states as each sequence run alone, on
+        a few short random sequences (a probe that raises, for a kernel or cache this model cannot use,
+        counts as a mismatch, logged with the reason)."""
+        raise NotImplementedError
+
     def on(self, loaded, scope: contextlib.ExitStack) -> Layout | None:
         """This layout set up for ``loaded`` (an attention kernel it needs is switched on until ``scope``
-        closes), if a probe on the model gives the same hidden states as :class:`Padded`; else None."""
+        closes), if its probe (:meth:`exact`) passes on the model; else None."""
         raise NotImplementedError
 
     def run(self, sequences: Sequence[TokenSequence], groups: Sequence[Sequence[int]], loaded, *, batch_tokens: int,
@@ -106,6 +112,7 @@ class Padded(Layout):
 
     name: ClassVar[str] = "padded"
     fallback: ClassVar[str | None] = None
+    runs_alone: ClassVar[bool] = True
 
     def work(self, pairs, *, device_type, batch_tokens):
         ordered, multiple = np.sort(_lengths(pairs).reshape(-1))[::-1], pad_multiple(device_type)
@@ -119,6 +126,9 @@ class Padded(Layout):
             start += rows
             passes += 1
         return LayoutWork(slots, attended, passes)
+
+    def exact(self, body, device, vocab_size):
+        return True  # the reference the other layouts are probed against
 
     def on(self, loaded, scope):
         return self
@@ -140,10 +150,26 @@ class Packed(Layout):
         tokens = float(lengths.sum())
         return LayoutWork(tokens, float(_causal(lengths).sum()), np.ceil(tokens / batch_tokens))
 
+    def exact(self, body, device, vocab_size):
+        """Two short random sequences packed into one row and run one at a time: a model whose attention
+        ignores restarting position ids would let the second see the first. Padding-free, the row carries
+        its segments, as rows do for ches' padding-free kernel."""
+        generator = torch.Generator().manual_seed(0)
+        first = torch.randint(0, vocab_size, (7,), generator=generator).tolist()
+        second = torch.randint(0, vocab_size, (9,), generator=generator).tolist()
+        probe = [TokenSequence(first, 0, 7), TokenSequence(second, 0, 9)]
+
+        def both_ways():
+            row = pack(probe, 0, 16)
+            packed, _ = run_body(body, (row.with_segments() if self.padding_free else row).to(device))
+            return packed, torch.cat([run_body(body, collate([sequence], 0).to(device))[0] for sequence in probe])
+
+        return _agrees(self.name, body, both_ways)
+
     def on(self, loaded, scope):
-        if _switched(loaded, scope, packing_is_exact, padding_free=True):
+        if _switched(loaded, scope, Packed(padding_free=True)):
             return Packed(padding_free=True)
-        return Packed() if packing_is_exact(loaded.body, loaded.device, loaded.vocab_size) else None
+        return Packed() if Packed().exact(loaded.body, loaded.device, loaded.vocab_size) else None
 
     def run(self, sequences, groups, loaded, *, batch_tokens, on_done=None, head=None):
         return _engine(sequences, None, loaded, OneRow() if self.padding_free else PackedRows(), batch_tokens, on_done,
@@ -165,8 +191,32 @@ class PrefixShared(Layout):
         attended = float(_causal(lengths)[:, 0].sum() + (tails * prompt + tails * (tails + 1) / 2).sum())
         return LayoutWork(tokens, attended, np.ceil(tokens / batch_tokens))
 
+    def exact(self, body, device, vocab_size):
+        """Two random pairs and a lone sequence packed into one row (:func:`ches.model.batches.pack_groups`)
+        against each sequence run alone: a model whose attention lets the rejected tokens see the chosen ones,
+        or ignores the continuing position ids, disagrees."""
+        generator = torch.Generator().manual_seed(2)
+
+        def tokens(count):
+            return torch.randint(0, vocab_size, (count,), generator=generator).tolist()
+
+        first, second = tokens(5), tokens(3)
+        groups = [[TokenSequence(first + tokens(4), 4, 8), TokenSequence(first + tokens(6), 4, 10)],
+                  [TokenSequence(tokens(6), 0, 5)],
+                  [TokenSequence(second + tokens(2), 2, 4), TokenSequence(second + tokens(5), 2, 7)]]
+        alone = [sequence for group in groups for sequence in group]
+
+        def both_ways():
+            row = pack_groups(groups, 0, sum(map(group_length, groups)) + 3).with_segments()
+            shared = run_body(body, row.to(device))
+            separate = [run_body(body, collate([sequence], 0).to(device)) for sequence in alone]
+            return torch.cat(shared), torch.cat([torch.cat([sums for sums, _ in separate]),
+                                                 torch.cat([last for _, last in separate])])
+
+        return _agrees(self.name, body, both_ways)
+
     def on(self, loaded, scope):
-        return PrefixShared(padding_free=True) if _switched(loaded, scope, prefix_sharing_is_exact) else None
+        return PrefixShared(padding_free=True) if _switched(loaded, scope, PrefixShared(padding_free=True)) else None
 
     def run(self, sequences, groups, loaded, *, batch_tokens, on_done=None, head=None):
         return _engine(sequences, groups, loaded, OneRow(), batch_tokens, on_done, head)
@@ -182,19 +232,88 @@ class SharedPrompt(Layout):
 
     name: ClassVar[str] = "shared_prompt"
     fallback: ClassVar[str | None] = "padded"
+    any_group: ClassVar[bool] = False  # (chosen, rejected) pairs: one cache cut back to the prompt
 
     def work(self, pairs, *, device_type, batch_tokens):
         shared = PrefixShared().work(pairs, device_type=device_type, batch_tokens=batch_tokens)
         return LayoutWork(shared.token_slots, shared.attended, 2.0 * len(pairs))  # two passes a pair
 
+    def exact(self, body, device, vocab_size):
+        """The rejected completion run on the chosen pass's cut-back cache against a full pass. Sliding-window
+        models are refused outright: their cache forgets what lies beyond the window, so it cannot be cut
+        back to the prompt once a sequence is longer than the window (which the short probe would not show)."""
+        if has_sliding_window(body):
+            logger.info("%s layout unavailable (sliding-window attention: the KV cache cannot be cut back)", self.name)
+            return False
+        generator = torch.Generator().manual_seed(1)
+        prompt = torch.randint(0, vocab_size, (5,), generator=generator).tolist()
+        chosen = TokenSequence(prompt + torch.randint(0, vocab_size, (4,), generator=generator).tolist(), 4, 8)
+        rejected = TokenSequence(prompt + torch.randint(0, vocab_size, (6,), generator=generator).tolist(), 4, 10)
+
+        def both_ways():
+            _, shared = self.cached_pass(body, chosen, rejected, device)
+            alone = body(input_ids=torch.tensor([rejected.input_ids], device=device),
+                         use_cache=False).last_hidden_state[0, rejected.start : rejected.end]
+            return shared[: len(alone)], alone
+
+        return _agrees(self.name, body, both_ways)
+
     def on(self, loaded, scope):
-        return self if shared_prompt_is_exact(loaded.body, loaded.device, loaded.vocab_size) else None
+        return self if self.exact(loaded.body, loaded.device, loaded.vocab_size) else None
 
     def run(self, sequences, groups, loaded, *, batch_tokens, on_done=None, head=None):
         if all(len(group) == 1 for group in groups):
             return Padded().run(sequences, groups, loaded, batch_tokens=batch_tokens, on_done=on_done, head=head)
-        return shared_prompt_sums(loaded.body, sequences, groups=groups, hidden_size=loaded.hidden_size,
-                                  device=loaded.device, on_done=on_done, head=head)
+        return self.cached_sums(loaded.body, sequences, groups=groups, hidden_size=loaded.hidden_size,
+                                device=loaded.device, on_done=on_done, head=head)
+
+    def cached_sums(self, body: torch.nn.Module, sequences: Sequence[TokenSequence], *,
+                    groups: Sequence[tuple[int, int]], hidden_size: int, device: torch.device,
+                    on_done: Callable[[list[int]], None] | None = None, head: LMHead | None = None) -> HiddenSums:
+        """:class:`~ches.model.engine.HiddenSums` computed pair by pair, running each prompt once (with
+        ``head``, log-probabilities too).
+
+        ``groups`` are the ``(chosen, rejected)`` index pairs of ``sequences`` that share a prompt. The chosen
+        sequence runs whole with a KV cache; the cache is cut back to the prompt, and only the rejected
+        completion runs on top of it (:meth:`cached_pass`). This saves the prompt's share of the work for
+        one of the two sequences (batch size one).
+        """
+        sums = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
+        last = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
+        logps = torch.empty(len(sequences), dtype=torch.float64) if head is not None else None
+        shared_logps = torch.empty(len(sequences), dtype=torch.float64) if head is not None else None
+        with torch.inference_mode():
+            for chosen, rejected in groups:
+                hidden_states = self.cached_pass(body, sequences[chosen], sequences[rejected], device)
+                for index, hidden in zip((chosen, rejected), hidden_states):
+                    positions = hidden[: sequences[index].end - sequences[index].start]
+                    summed = positions.float()
+                    sums[index] = summed.sum(0).cpu()
+                    last[index] = summed[-1].cpu()
+                    if logps is not None:
+                        targets = torch.tensor(sequences[index].completion_ids, device=positions.device)
+                        total, part = sequence_logp_parts(head, positions, targets, torch.zeros_like(targets), 1,
+                                                          shared_positions([sequences[index]]))
+                        logps[index], shared_logps[index] = total[0], part[0]
+                if on_done is not None:
+                    on_done([chosen, rejected])
+        return HiddenSums(sums=sums, last=last, logps=logps, shared_logps=shared_logps)
+
+    @staticmethod
+    def cached_pass(body: torch.nn.Module, chosen: TokenSequence, rejected: TokenSequence,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states at the summed positions of both sequences, from positions ``start`` on: the chosen
+        sequence whole with a KV cache, then the rejected completion on that cache cut back to the prompt
+        (the hidden state that predicts the first rejected token is the prompt's last, from the chosen pass)."""
+        prompt_length = chosen.start + 1
+        output = body(input_ids=torch.tensor([chosen.input_ids], device=device), use_cache=True)
+        chosen_hidden = output.last_hidden_state[0]
+        cache = output.cache if "cache" in output else output.past_key_values  # renamed in newer transformers
+        cache.crop(-(len(chosen.input_ids) - prompt_length))  # negative: remove that many tokens from the end
+        rest = torch.tensor([rejected.input_ids[prompt_length:]], device=device)
+        rejected_tail = body(input_ids=rest, use_cache=True, **{_cache_argument(body): cache}).last_hidden_state[0]
+        rejected_hidden = torch.cat([chosen_hidden[prompt_length - 1 : prompt_length], rejected_tail])
+        return chosen_hidden[chosen.start :], rejected_hidden
 
     def token_slots(self, sequences, groups):
         return PrefixShared().token_slots(sequences, groups)
@@ -203,6 +322,7 @@ class SharedPrompt(Layout):
 #: the layouts, in the order of preference at equal estimated cost (:data:`ches.options.LAYOUTS` names them)
 LAYOUT_CLASSES: dict[str, type[Layout]] = {cls.name: cls for cls in (PrefixShared, Packed, Padded, SharedPrompt)}
 assert tuple(LAYOUT_CLASSES) == LAYOUTS
+assert PAIR_LAYOUTS == tuple(name for name, cls in LAYOUT_CLASSES.items() if cls.any_group)
 
 
 def layout_of(name: str) -> Layout:
@@ -323,16 +443,36 @@ def resolve_layout(requested: str | None, loaded, pairs: Pairs, batch_tokens: in
     return LayoutChoice(strategy, how, estimate)
 
 
-def _switched(loaded, scope: contextlib.ExitStack, probe, **options) -> bool:
-    """Switch the model to ches' padding-free kernel and probe it there; keep the switch (until ``scope``
-    closes) if the probe passes, else switch back."""
+def _switched(loaded, scope: contextlib.ExitStack, layout: Layout) -> bool:
+    """Switch the model to ches' padding-free kernel and probe ``layout`` there; keep the switch (until
+    ``scope`` closes) if the probe passes, else switch back."""
     attempt = contextlib.ExitStack()
-    if attempt.enter_context(packed_attention(loaded.model)) and probe(loaded.body, loaded.device, loaded.vocab_size,
-                                                                       **options):
+    if attempt.enter_context(packed_attention(loaded.model)) and layout.exact(loaded.body, loaded.device,
+                                                                              loaded.vocab_size):
         scope.enter_context(attempt.pop_all())
         return True
     attempt.close()
     return False
+
+
+def _agrees(layout: str, body: torch.nn.Module, both_ways: Callable) -> bool:
+    """Run a probe's ``(candidate, reference)`` hidden states and compare them, relative to their scale
+    (looser in half precision); a probe that raises counts as a mismatch, logged with the reason."""
+    try:
+        with torch.inference_mode():
+            candidate, reference = both_ways()
+    except Exception as error:
+        logger.info("%s layout unavailable (%s: %s)", layout, type(error).__name__, error)
+        return False
+    scale = reference.abs().max().clamp_min(1e-6)
+    tolerance = 1e-4 if next(body.parameters()).dtype == torch.float32 else 3e-2
+    return bool(((candidate - reference).abs().max() / scale) <= tolerance)
+
+
+def _cache_argument(body: torch.nn.Module) -> str:
+    """The keyword a model body takes its KV cache by (``cache`` in newer transformers)."""
+    module = getattr(body, "_orig_mod", body)  # a torch.compile'd body: ask the module it wraps
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 def _engine(sequences, groups, loaded, batching, batch_tokens: int, on_done, head) -> HiddenSums:

@@ -266,7 +266,7 @@ def _rerun_nonfinite_alone(sequences: Sequence[TokenSequence], result: HiddenSum
     finite = torch.isfinite(result.sums).all(-1) & torch.isfinite(result.last).all(-1)
     if result.logps is not None:
         finite &= torch.isfinite(result.logps)
-    if bool(finite.all()) or not bool(finite.any()) or layout.layout == "padded":
+    if bool(finite.all()) or not bool(finite.any()) or layout.strategy.runs_alone:
         return result
     sums, last = result.sums.clone(), result.last.clone()
     logps = None if result.logps is None else result.logps.clone()

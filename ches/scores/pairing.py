@@ -40,6 +40,7 @@ Ties are broken by the lower index: the lower rejected index, then (``all_min_ch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -165,17 +166,111 @@ def top_rated(ratings: np.ndarray, allowed: np.ndarray) -> int | None:
     return next((int(index) for index in tops if allowed[index].any()), None)
 
 
+class PairingRule:
+    """One way to choose a prompt's (chosen, rejected) pairs (module docstring); one subclass per rule, the
+    registry :data:`PAIRING_RULES` names them (:data:`ches.options.RULES`).
+
+    The single-chosen rules take :func:`top_rated` as chosen and differ in the order of its allowed rejected
+    responses (:meth:`order`); :class:`AllMinChes` searches every pair instead. :meth:`needs` says which
+    responses a rule must have scored to pick the pair it states.
+    """
+
+    name: ClassVar[str]
+
+    def select(self, measure: np.ndarray, ratings: np.ndarray, allowed: np.ndarray, *, per_prompt: int = 1,
+               rng: np.random.Generator | None = None) -> list[tuple[int, int]]:
+        """The (chosen, rejected) index pairs this rule picks for one prompt; empty when none is allowed.
+
+        Args:
+            measure: ``[N, N]`` the measure (``ches`` or ``ln_ches``), row = chosen.
+            ratings: ``[N]``.
+            allowed: ``[N, N]`` from :func:`allowed_pairs`.
+            per_prompt: pairs kept per prompt, at most.
+            rng: the generator of the ``random`` rule.
+        """
+        chosen = top_rated(ratings, allowed)
+        if chosen is None:
+            return []
+        rejected = np.flatnonzero(allowed[chosen])
+        ordered = self.order(rejected, np.asarray(measure, dtype=np.float64)[chosen],
+                             np.asarray(ratings, dtype=np.float64), rng)
+        return [(chosen, int(j)) for j in ordered[:per_prompt]]
+
+    def order(self, rejected: np.ndarray, measure: np.ndarray, ratings: np.ndarray,
+              rng: np.random.Generator | None) -> np.ndarray:
+        """The allowed ``rejected`` indices in the order this rule takes them (``measure``: the chosen's row)."""
+        raise NotImplementedError
+
+    def needs(self, ratings: np.ndarray) -> list[tuple[str, float]]:
+        """The responses the rule must pick, as ``(what, rating)``: one of the responses with that rating must
+        be scored, or the pair would not be the one the rule states."""
+        return [("top-rated", float(np.max(ratings)))]
+
+
+class MinChes(PairingRule):
+    """Chosen = top-rated; rejected = the allowed one with the lowest measure (ties: the lower index)."""
+
+    name: ClassVar[str] = "min_ches"
+
+    def order(self, rejected, measure, ratings, rng):
+        return rejected[np.argsort(measure[rejected], kind="stable")]
+
+
+class MaxMargin(PairingRule):
+    """Chosen = top-rated; rejected = the lowest-rated allowed one (best vs worst)."""
+
+    name: ClassVar[str] = "max_margin"
+
+    def order(self, rejected, measure, ratings, rng):
+        return rejected[np.argsort(ratings[rejected], kind="stable")]
+
+    def needs(self, ratings):
+        return [*super().needs(ratings), ("lowest-rated", float(np.min(ratings)))]
+
+
+class RandomRejected(PairingRule):
+    """Chosen = top-rated; rejected drawn uniformly from the allowed ones (``per_prompt``: distinct draws)."""
+
+    name: ClassVar[str] = "random"
+
+    def order(self, rejected, measure, ratings, rng):
+        return rng.permutation(rejected) if len(rejected) else rejected
+
+
+class AllMinChes(PairingRule):
+    """The allowed pair with the lowest measure over every chosen/rejected combination (ties: the lower
+    rejected index, then the lower chosen); needs no particular response scored."""
+
+    name: ClassVar[str] = "all_min_ches"
+
+    def select(self, measure, ratings, allowed, *, per_prompt=1, rng=None):
+        measure = np.asarray(measure, dtype=np.float64)
+        candidates = [(int(i), int(j)) for i, j in zip(*np.nonzero(allowed))]
+        return sorted(candidates, key=lambda pair: (measure[pair], pair[1], pair[0]))[:per_prompt]
+
+    def needs(self, ratings):
+        return []
+
+
+#: the pairing rules by name, in the order of :data:`ches.options.RULES`
+PAIRING_RULES: dict[str, type[PairingRule]] = {cls.name: cls for cls in (MinChes, AllMinChes, MaxMargin, RandomRejected)}
+
+
+def pairing_rule(name: str) -> PairingRule:
+    """The rule called ``name``.
+
+    >>> pairing_rule("max_margin").needs(np.array([3.0, 1.0]))
+    [('top-rated', 3.0), ('lowest-rated', 1.0)]
+    """
+    if name not in PAIRING_RULES:
+        raise ValueError(f"unknown rule {name!r}; use one of {list(PAIRING_RULES)}")
+    return PAIRING_RULES[name]()
+
+
 def select(rule: str, measure: np.ndarray, ratings: np.ndarray, allowed: np.ndarray, *, per_prompt: int = 1,
            rng: np.random.Generator | None = None) -> list[tuple[int, int]]:
-    """The (chosen, rejected) index pairs a rule picks for one prompt (module docstring); empty when none is allowed.
-
-    Args:
-        rule: one of :data:`ches.options.RULES`.
-        measure: ``[N, N]`` the measure (``ches`` or ``ln_ches``), row = chosen.
-        ratings: ``[N]``.
-        allowed: ``[N, N]`` from :func:`allowed_pairs`.
-        per_prompt: pairs kept per prompt, at most.
-        rng: the generator of the ``random`` rule.
+    """The (chosen, rejected) index pairs the rule called ``rule`` picks for one prompt
+    (:meth:`PairingRule.select`); empty when none is allowed.
 
     >>> measure = np.array([[0.0, 5.0, -1.0], [2.0, 0.0, 3.0], [1.0, 1.0, 0.0]])
     >>> ratings = np.array([3.0, 2.0, 1.0])
@@ -185,24 +280,7 @@ def select(rule: str, measure: np.ndarray, ratings: np.ndarray, allowed: np.ndar
     >>> select("all_min_ches", measure, ratings, allowed, per_prompt=2)
     [(0, 2), (1, 2)]
     """
-    measure = np.asarray(measure, dtype=np.float64)
-    if rule == "all_min_ches":
-        candidates = [(i, j) for i, j in zip(*np.nonzero(allowed))]  # row-major: lower chosen, then lower rejected
-        order = sorted(range(len(candidates)), key=lambda c: (measure[candidates[c]], candidates[c][1], candidates[c][0]))
-        return [(int(candidates[c][0]), int(candidates[c][1])) for c in order[:per_prompt]]
-    chosen = top_rated(ratings, allowed)
-    if chosen is None:
-        return []
-    rejected = np.flatnonzero(allowed[chosen])
-    if rule == "min_ches":
-        rejected = rejected[np.argsort(measure[chosen, rejected], kind="stable")]
-    elif rule == "max_margin":
-        rejected = rejected[np.argsort(np.asarray(ratings, dtype=np.float64)[rejected], kind="stable")]
-    elif rule == "random":
-        rejected = rng.permutation(rejected) if len(rejected) else rejected
-    else:
-        raise ValueError(f"unknown rule {rule!r}")
-    return [(chosen, int(j)) for j in rejected[:per_prompt]]
+    return pairing_rule(rule).select(measure, ratings, allowed, per_prompt=per_prompt, rng=rng)
 
 
 def no_pair_reason(ratings: np.ndarray, measure: np.ndarray, same: np.ndarray, *, min_margin: float) -> str:

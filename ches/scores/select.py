@@ -3,9 +3,17 @@
 Every function takes ``similarity``: one float per scored row where **higher = more similar = more
 displacement-prone** (see :func:`similarity`), and returns row indices. Ties are broken by original
 position (a stable sort), and kept rows come back in their original order.
+
+The rules of ``ches.filter`` are one small class each (:class:`FilterRule`: :class:`Quantile`,
+:class:`MaxScore`, :class:`Keep`, :class:`Around`), with the same methods: the rows it keeps
+(:meth:`FilterRule.keep`) and where the cut fell (:meth:`FilterRule.bounds`); :func:`filter_rule` chooses
+one from the options.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -103,3 +111,109 @@ def keep_window(similarity: np.ndarray, center: float, size: int) -> np.ndarray:
     least_first = np.argsort(similarity, kind="stable")
     start = min(max(round(center * (n - 1)) - size // 2, 0), n - size)
     return np.sort(least_first[start : start + size])
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    """One way ``ches.filter`` chooses the rows it keeps (its :data:`ches.options.FILTER_RULES` name: ``name``)."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    def of(cls, options) -> FilterRule:
+        """The rule with its values from ``options`` (a :class:`ches.options.FilterOptions`)."""
+        raise NotImplementedError
+
+    def keep(self, similarity: np.ndarray) -> np.ndarray:
+        """The kept rows of ``similarity`` (``[N]``, sign-adjusted), in original order."""
+        raise NotImplementedError
+
+    def bounds(self, kept: np.ndarray) -> tuple[float | None, tuple[float, float] | None]:
+        """Where the cut fell, from the kept rows' similarities: ``(threshold, window_scores)`` of
+        :class:`ches.filtering.FilterCut`. A rule that keeps everything below a value has a ``threshold``,
+        the largest kept score (``max_score=threshold`` cuts new data the same way); both are None when no
+        row is kept.
+
+        >>> Quantile(0.5).bounds(np.array([1.0, 3.0])), Around(0.5, 2).bounds(np.array([1.0, 3.0]))
+        ((3.0, None), (None, (1.0, 3.0)))
+        """
+        return (float(kept.max()), None) if len(kept) else (None, None)
+
+
+@dataclass(frozen=True)
+class Quantile(FilterRule):
+    """The ``round(quantile * n)`` least similar rows (:func:`keep_quantile`); the default rule."""
+
+    name: ClassVar[str] = "quantile"
+    quantile: float
+
+    @classmethod
+    def of(cls, options):
+        return cls(options.quantile_kept)
+
+    def keep(self, similarity):
+        return keep_quantile(similarity, self.quantile)
+
+
+@dataclass(frozen=True)
+class MaxScore(FilterRule):
+    """The rows whose similarity is at most ``max_score`` (:func:`keep_at_most`)."""
+
+    name: ClassVar[str] = "max_score"
+    max_score: float
+
+    @classmethod
+    def of(cls, options):
+        return cls(options.max_score)
+
+    def keep(self, similarity):
+        return keep_at_most(similarity, self.max_score)
+
+
+@dataclass(frozen=True)
+class Keep(FilterRule):
+    """The ``count`` least similar rows (:func:`keep_count`)."""
+
+    name: ClassVar[str] = "keep"
+    count: int
+
+    @classmethod
+    def of(cls, options):
+        return cls(options.keep)
+
+    def keep(self, similarity):
+        return keep_count(similarity, self.count)
+
+
+@dataclass(frozen=True)
+class Around(FilterRule):
+    """``size`` rows of the sorted scores centred on the ``center`` quantile (:func:`keep_window`): a band, so
+    no threshold; its bounds are the lowest and highest kept score."""
+
+    name: ClassVar[str] = "around"
+    center: float
+    size: int
+
+    @classmethod
+    def of(cls, options):
+        return cls(options.around, options.window_kept)
+
+    def keep(self, similarity):
+        return keep_window(similarity, self.center, self.size)
+
+    def bounds(self, kept):
+        return (None, (float(kept.min()), float(kept.max()))) if len(kept) else (None, None)
+
+
+#: the rules of ``ches.filter`` by name, in the order of :data:`ches.options.FILTER_RULES`
+FILTER_RULE_CLASSES: dict[str, type[FilterRule]] = {cls.name: cls for cls in (Quantile, MaxScore, Keep, Around)}
+
+
+def filter_rule(options) -> FilterRule:
+    """The rule ``options`` (a :class:`ches.options.FilterOptions`) give, with its values.
+
+    >>> from ches.options import FilterOptions
+    >>> filter_rule(FilterOptions(around=0.25)), filter_rule(FilterOptions())
+    (Around(center=0.25, size=512), Quantile(quantile=0.95))
+    """
+    return FILTER_RULE_CLASSES[options.rule].of(options)
