@@ -163,7 +163,8 @@ OPTION_CASES = {
     "unknown measure": (["filter", "scores.parquet", "--measure", "cosine"], r"--measure.*'cosine'"),
     "raw data without model": (["filter", "pairs.jsonl"], r"has no 'ln_ches' column; pass model="),
     "scoring flags without model": (["filter", "scores.parquet", "--max-length", "64", "--layout", "padded"],
-                                    r"--max-length, --layout only apply when scoring; pass --model too"),
+                                    r"max_length= \(--max-length\), layout= \(--layout\) only apply when "
+                                    r"scoring; pass model= \(--model\) too, or drop them\."),
     "report unknown measure": (["report", "scores.parquet", "-o", "r.html", "--measure", "x"], r"--measure.*'x'"),
     "report without output": (["report", "scores.parquet"], r"--output"),
     "report top zero": (["report", "scores.parquet", "-o", "r.html", "--top", "0"], r"top=0 must be a positive integer"),
@@ -315,7 +316,8 @@ API_CASES = {
     "two filter rules": (lambda m: ches.filter(_SCORED["rows"], 0.5, keep=3), r"give at most one of quantile="),
     "misspelled filter option": (lambda m: ches.filter(_SCORED["rows"], windw=3), r"unknown option 'windw'"),
     "scoring option without model": (lambda m: ches.filter(_SCORED["rows"], max_length=64),
-                                     r"'max_length' only apply when scoring"),
+                                     r"max_length= \(--max-length\) only applies when scoring; pass "
+                                     r"model= \(--model\) too, or drop it\."),
     "window without around": (lambda m: ches.filter(_SCORED["rows"], window=4), r"window= sets the size"),
     "rank unknown measure": (lambda m: ches.rank(_SCORED["rows"], measure="cosine"), r"unknown measure 'cosine'"),
     "summary of raw rows": (lambda m: ches.summary(ROWS), r"has no 'ln_ches' column"),
