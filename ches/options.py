@@ -8,6 +8,11 @@ old keywords (``device_map=``, ``attn_implementation=``, ...) still work and lan
 :func:`ches.pairs` takes a subset of them (:func:`pair_score_options`) and its own pairing rule
 (:class:`PairOptions`), whose fields give ``ches pairs`` its flags the same way.
 
+Each public function takes its options as ``**kwargs``: which dataclasses' fields they are is one table per function
+(:data:`PAIR_KEYWORDS`, ...), from which its signature (:func:`signature_with_options`) and the splitting of its
+keywords (:func:`split_keywords`, :func:`pairs_options`, :func:`filter_options`, :func:`audit_options`) both come;
+the command line checks its flags with the same functions, before the heavy imports.
+
 >>> options = ScoreOptions.from_kwargs(max_length=512, device_map="auto")
 >>> options.max_length, options.model_kwargs
 (512, {'device_map': 'auto'})

@@ -171,12 +171,13 @@ def check_options(args) -> None:
     from .. import options as o
     from .pairs import call_kwargs
 
-    {"score": lambda: o.ScoreOptions.from_kwargs(**score_kwargs(args)),
-     "filter": lambda: o.filter_options(**_filter_call(args)),
-     "validate": lambda: o.ValidateOptions.from_kwargs(**option_values(args, o.ValidateOptions)),
-     "report": lambda: o.ReportOptions(**option_values(args, o.ReportOptions)),
-     "pairs": lambda: o.pairs_options(**call_kwargs(args)),
-     "audit": lambda: o.audit_options(**_audit_call(args))}[args.command]()
+    checks = {"score": lambda: o.ScoreOptions.from_kwargs(**score_kwargs(args)),
+              "filter": lambda: o.filter_options(**_filter_call(args)),
+              "validate": lambda: o.ValidateOptions.from_kwargs(**option_values(args, o.ValidateOptions)),
+              "report": lambda: o.ReportOptions(**option_values(args, o.ReportOptions)),
+              "pairs": lambda: o.pairs_options(**call_kwargs(args)),
+              "audit": lambda: o.audit_options(**_audit_call(args))}
+    checks[args.command]()
 
 
 def run_report(args) -> Outcome:
