@@ -163,3 +163,19 @@ def test_audit_refuses_score_options_it_does_not_take_before_reading_the_data():
         ches.audit("no/such/file.jsonl", str(MODEL_DIR), save_embeddings="sums.safetensors")
     with pytest.raises(ches.ChesError, match=r"^max_length come from the scoring run's record"):
         ches.audit("no/such/file.jsonl", str(MODEL_DIR), max_length=64)
+
+
+@pytest.mark.parametrize("function", ["filter", "filter_run", "pairs", "audit", "validate"])
+def test_docs_api_md_writes_each_signature_as_it_is(function):
+    """The signature docs/api.md shows names the parameters in the function's order, every one but ches.score's
+    options where it says ``**score_options`` (ches.filter takes them all)."""
+    from conftest import ROOT
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    written = text.split(f"\nches.{function}(", 1)[1].split(")", 1)[0]
+    parts = [part.split("=")[0].split(":")[0].strip() for part in written.split(",")]
+    shown = [part for part in parts if part not in ("*", "") and not part.startswith("**")]
+    listed = list(inspect.signature(getattr(ches, function)).parameters)
+    rest = [name for name in listed if name not in names(ScoreOptions) + FROM_PRETRAINED] \
+        if "**score_options" in parts else listed
+    assert shown == [name for name in listed if name in shown] and set(rest) <= set(shown), (shown, listed)
