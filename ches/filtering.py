@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import datasets
@@ -29,7 +28,15 @@ from .data.columns import (
 from .data.inputs import Data, column, load_data
 from .data.integrity import drop_flagged
 from .errors import ChesError
-from .options import FILTER_RULES, FilterOptions, ScoreOptions
+from .options import (
+    FILTER_KEYWORDS,
+    FILTER_RULES,
+    FilterOptions,
+    ScoreOptions,
+    filter_options,
+    scoring_options,
+    signature_with_options,
+)
 from .scores import select
 from .scores.stats import summarize
 
@@ -95,22 +102,8 @@ class FilterCut:
         return f"{prefix}kept {self.kept} of {self.scored} scored rows ({where}; {dropped})"
 
 
-def filter(  # noqa: A001 - the public name is part of the contract
-    data: Data,
-    quantile: float | None = None,
-    *,
-    measure: str = DEFAULT_MEASURE,
-    model=None,
-    tokenizer=None,
-    keep_scores: bool = True,
-    max_score: float | None = None,
-    keep: int | None = None,
-    around: float | None = None,
-    window: int | None = None,
-    drop_flags: Sequence[str] | str | None = None,
-    options: FilterOptions | None = None,
-    **score_kwargs,
-) -> datasets.Dataset | datasets.DatasetDict:
+def filter(data: Data, quantile: float | None = None, *, model=None, tokenizer=None,  # noqa: A001 - the public name
+           options: FilterOptions | None = None, **kwargs) -> datasets.Dataset | datasets.DatasetDict:
     """Keep the pairs least likely to cause likelihood displacement; original order and columns.
 
     Rules (``max_score``, ``keep`` and ``around`` replace the default ``quantile`` rule; give at most one):
@@ -142,15 +135,16 @@ def filter(  # noqa: A001 - the public name is part of the contract
         quantile: fraction of scored rows to keep, in (0, 1] (default 0.95 when no other rule is given).
         measure: ``"ln_ches"`` (default, what the paper filters with), ``"ches"``, ``"last_hidden_ip"``,
             or ``"edit_distance"`` (ranked by ``-edit_distance`` so that higher = more similar for all).
-        model, tokenizer, **score_kwargs: used to score ``data`` first when it has no scores
-            (``score_kwargs``: the options of :func:`ches.score`).
+        model, tokenizer: used to score ``data`` first when it has no scores, with the options of
+            :func:`ches.score` among ``kwargs`` (refused without ``model``).
         keep_scores: ``False`` drops the score columns (``ches_flags`` too), leaving exactly the input schema
             (ready for TRL); rows scored with ``logps=True`` keep their log-probs and ``ches_token_digest``,
             the reference :class:`ches.trl.DPOTrainer` trains with.
         drop_flags: integrity flag names (e.g. ``["identical_after_truncation", "empty_chosen"]``, or one
             comma-separated string); rows with any of them are dropped before the rule.
-        options: the rule, ``measure``, ``keep_scores`` and ``drop_flags`` as one :class:`~ches.options.FilterOptions`
-            (instead of the keywords above).
+        options, **kwargs: the rule, ``measure``, ``keep_scores`` and ``drop_flags`` as one
+            :class:`~ches.options.FilterOptions` (instead of the keywords above), and/or the keywords: its fields and
+            the scoring options (:func:`ches.options.filter_options`).
 
     Raises:
         ChesError: (a ``ValueError``) bad ``quantile``/``measure``/rule, no scores and no model, or no rows; an
@@ -164,10 +158,7 @@ def filter(  # noqa: A001 - the public name is part of the contract
     >>> filter(flagged, 0.5, drop_flags=["empty_chosen"], keep_scores=False).to_dict()["chosen"]
     ['b', 'c']
     """
-    if options is None:
-        options = FilterOptions(quantile=quantile, max_score=max_score, keep=keep, around=around, window=window,
-                                measure=measure, keep_scores=keep_scores, drop_flags=drop_flags)
-    return filter_run(data, options=options, model=model, tokenizer=tokenizer, **score_kwargs)[0]
+    return filter_run(data, quantile, model=model, tokenizer=tokenizer, options=options, **kwargs)[0]
 
 
 def filter_run(data: Data, quantile: float | None = None, *, model=None, tokenizer=None,
@@ -184,15 +175,9 @@ def filter_run(data: Data, quantile: float | None = None, *, model=None, tokeniz
     >>> kept["chosen"][:], cut.threshold, filter_run(rows, max_score=cut.threshold)[0]["chosen"][:]
     (['b'], 1.0, ['b'])
     """
-    fields = {field.name for field in dataclasses.fields(FilterOptions)}
-    rules = {name: kwargs.pop(name) for name in list(kwargs) if name in fields}
-    if quantile is not None:
-        rules["quantile"] = quantile
-    if options is None:
-        options = FilterOptions(**rules)
-    elif any(value != getattr(FilterOptions(), name) for name, value in rules.items()):
-        raise ChesError(f"pass the rule either as options= or as keywords ({', '.join(sorted(rules))}), not both.")
-    scored = _scored(data, options.measure, model, tokenizer, kwargs)
+    options, scoring = filter_options(options, model=model, tokenizer=tokenizer,
+                                      **({} if quantile is None else {"quantile": quantile}), **kwargs)
+    scored = _scored(data, options.measure, model, tokenizer, scoring)
     if not isinstance(scored, datasets.DatasetDict):
         return _filter_split(scored, options, None)
     results = {name: _filter_split(part, options, name) for name, part in scored.items()}
@@ -225,7 +210,8 @@ def rank(data: Data, measure: str = DEFAULT_MEASURE, *, model=None, tokenizer=No
     >>> ranked.to_dict()["chosen"], ranked.to_dict()["ches_rank"], ranked.to_dict()["ches_percentile"]
     (['b', 'a'], [0, 1], [100.0, 0.0])
     """
-    return _per_split(_scored(data, measure, model, tokenizer, score_kwargs), lambda scored: _rank_split(scored, measure))
+    scored = _scored(data, measure, model, tokenizer, scoring_options(model, tokenizer, **score_kwargs))
+    return _per_split(scored, lambda scored: _rank_split(scored, measure))
 
 
 def _rank_split(scored: datasets.Dataset, measure: str) -> datasets.Dataset:
@@ -244,15 +230,12 @@ def _rank_split(scored: datasets.Dataset, measure: str) -> datasets.Dataset:
     return ranked.add_column("ches_percentile", percentiles, feature=datasets.Value("float64"))
 
 
-def _scored(data, measure: str, model, tokenizer, score_kwargs) -> datasets.Dataset | datasets.DatasetDict:
+def _scored(data, measure: str, model, tokenizer, options: ScoreOptions) -> datasets.Dataset | datasets.DatasetDict:
     """``data`` with scores: as given when it has them and no model is passed, else scored with ``model``
-    (replacing any scores it had: the caller asked for that model)."""
+    and ``options`` (:func:`ches.options.scoring_options`), replacing any scores it had: the caller asked for that
+    model."""
     if measure not in MEASURES:
         raise ChesError(f"unknown measure {measure!r}; use one of {sorted(MEASURES)}.")
-    options = ScoreOptions.from_kwargs(**score_kwargs)  # a misspelled option is an error, never ignored
-    idle = sorted(name for name, value in score_kwargs.items() if name != "split" and value not in (None, False, {}))
-    if model is None and idle:
-        raise ChesError(f"option(s) {', '.join(map(repr, idle))} only apply when scoring; pass model= too, or drop them.")
     dataset = load_data(data, options.split)
     label = str(data) if isinstance(data, (str, os.PathLike)) else "the data"
     for name, part in (dataset.items() if isinstance(dataset, datasets.DatasetDict) else [(None, dataset)]):
@@ -306,6 +289,10 @@ def summary(data: Data, *, model=None, tokenizer=None, **score_kwargs) -> dict:
     >>> stats["scored"], stats["measures"]["ches"]["max"], stats["correlations"]["ches~ln_ches"]
     (4, 4.0, 1.0)
     """
-    scored = _scored(data, DEFAULT_MEASURE, model, tokenizer, score_kwargs)
+    scored = _scored(data, DEFAULT_MEASURE, model, tokenizer, scoring_options(model, tokenizer, **score_kwargs))
     return _per_split(scored, lambda part: summarize({name: column(part, name) for name in part.column_names
                                                       if name in SCORE_COLUMNS}))
+
+
+filter.__signature__ = signature_with_options(filter, FILTER_KEYWORDS)
+filter_run.__signature__ = signature_with_options(filter_run, FILTER_KEYWORDS)

@@ -8,6 +8,11 @@ old keywords (``device_map=``, ``attn_implementation=``, ...) still work and lan
 :func:`ches.pairs` takes a subset of them (:func:`pair_score_options`) and its own pairing rule
 (:class:`PairOptions`), whose fields give ``ches pairs`` its flags the same way.
 
+Each public function takes its options as ``**kwargs``: which dataclasses' fields they are is one table per function
+(:data:`PAIR_KEYWORDS`, ...), from which its signature (:func:`signature_with_options`) and the splitting of its
+keywords (:func:`split_keywords`, :func:`pairs_options`, :func:`filter_options`, :func:`audit_options`) both come;
+the command line checks its flags with the same functions, before the heavy imports.
+
 >>> options = ScoreOptions.from_kwargs(max_length=512, device_map="auto")
 >>> options.max_length, options.model_kwargs
 (512, {'device_map': 'auto'})
@@ -54,9 +59,34 @@ LAYOUTS = ("prefix_shared", "packed", "padded", "shared_prompt")
 
 def _option(default: Any = None, *, help: str, flag: str | None = "", type: Any = str, choices=None, **extra) -> Any:
     """A :class:`ScoreOptions` field: ``flag`` is its command-line flag (``""``: from the name; ``None``:
-    Python only); ``type``/``choices`` parse it."""
+    Python only); ``type``/``choices`` parse it; ``none`` (in ``extra``) says what a ``None`` default means,
+    for the help (``(default: no truncation)``), so that a class giving the field another default keeps the help."""
     factory = {"default_factory": default} if callable(default) else {"default": default}
     return field(**factory, metadata={"help": help, "flag": flag, "type": type, "choices": choices, **extra})
+
+
+def _sharing(source: type, names: tuple[str, ...], *, defaults: dict[str, Any] | None = None,
+             helps: dict[str, str] | None = None):
+    """A class decorator (under ``@dataclass``): the fields ``names`` of the dataclass ``source``, added after the
+    class's own with the same type, help, flag and choices; ``defaults`` and ``helps`` give a field a default of the
+    class's own and the help that says why. Each shared option is thereby written once, in ``source``."""
+    defaults, helps = defaults or {}, helps or {}
+
+    def share(cls: type) -> type:
+        for name in names:
+            item = source.__dataclass_fields__[name]
+            metadata = {**item.metadata, **({"help": helps[name]} if name in helps else {})}
+            if name in defaults:
+                made = field(default=defaults[name], metadata=metadata)
+            elif item.default_factory is not dataclasses.MISSING:
+                made = field(default_factory=item.default_factory, metadata=metadata)
+            else:
+                made = field(default=item.default, metadata=metadata)
+            cls.__annotations__[name] = source.__annotations__[name]
+            setattr(cls, name, made)
+        return cls
+
+    return share
 
 
 @dataclass(frozen=True)
@@ -99,8 +129,8 @@ class ScoreOptions:
     split: str | None = _option(help="split of a DatasetDict / Hub dataset")
     columns: dict[str, str] | None = _option(help="your column names, e.g. prompt=question,chosen=answer_a,rejected=answer_b",
                                               type="columns", metavar="NAME=COLUMN,...")
-    max_length: int | None = _option(help="keep the first N tokens of each sequence (TRL keep_start; default: no "
-                                          "truncation)", type=int)
+    max_length: int | None = _option(help="keep the first N tokens of each sequence (TRL keep_start)", type=int,
+                                     none="no truncation")
     dtype: str | torch.dtype | None = _option(help="default: bfloat16 on CUDA, float32 on CPU", choices=DTYPE_NAMES)
     device: str | torch.device | None = _option(help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
     batch_tokens: int | None = _option(help="token slots per forward batch (default: 1024 on CPU; on CUDA, from the free "
@@ -290,11 +320,10 @@ class ReportOptions:
             raise ChesError(f"top={self.top!r} must be a positive integer: the pairs shown at each end.")
 
 
-#: the :class:`ScoreOptions` ``ches.validate`` takes (with its own defaults for ``dtype`` and ``max_length``)
-VALIDATE_SCORE_OPTIONS = ("split", "columns", "device", "dtype", "max_length", "num_threads", "progress")
-
-
 @dataclass(frozen=True)
+@_sharing(ScoreOptions, ("split", "columns", "device", "dtype", "max_length", "num_threads", "progress"),
+          defaults={"dtype": "float32", "max_length": 512},
+          helps={"dtype": "precision of the scoring and of the DPO runs (DPO steps in half precision are noisy)"})
 class ValidateOptions:
     """How ``ches.validate`` probes a model (its keywords and ``ches validate``'s flags); checked on creation.
 
@@ -322,26 +351,14 @@ class ValidateOptions:
     seed: int = _option(0, help="which pool rows are drawn, the random subset and the batch order; also seeds the "
                                 "bootstrap", type=int)
     resamples: int = _option(1000, help="bootstrap resamples for the 95 % intervals", type=int, flag=None)
-    split: str | None = _option(help="split of a DatasetDict / Hub dataset")
-    columns: dict[str, str] | None = _option(help="your column names, e.g. prompt=question,chosen=answer_a,rejected=answer_b",
-                                              type="columns", metavar="NAME=COLUMN,...")
-    device: str | None = _option(help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
-    dtype: str | None = _option("float32", help="precision of the scoring and of the DPO runs (DPO steps in half "
-                                                 "precision are noisy)",
-                                choices=DTYPE_NAMES)
-    max_length: int | None = _option(512, help="keep the first N tokens of each sequence (TRL keep_start)", type=int)
-    num_threads: int | None = _option(help="CPU threads (default: one per free core, measured at the start; one for "
-                                           "a tiny model)", type=int, flag="--threads")
-    progress: bool = _option(True, help="no progress bar", type=bool, flag="--no-progress")
 
     def __post_init__(self) -> None:
         if self.protocol not in VALIDATE_PROTOCOLS:
             raise ChesError(f"unknown protocol {self.protocol!r}; use one of {', '.join(VALIDATE_PROTOCOLS)}.")
-        whole = {"n": 3, "steps": 1, "epochs": 1, "batch_size": 1, "resamples": 1, "seed": 0, "pool": 1,
-                 "num_threads": 1}  # n: also ranged with the data
-        for name, minimum in whole.items():
+        whole = {"n": 3, "steps": 1, "epochs": 1, "batch_size": 1, "resamples": 1, "seed": 0, "pool": 1}
+        for name, minimum in whole.items():  # n: also ranged with the data
             value = getattr(self, name)
-            if name in ("pool", "num_threads") and value is None:
+            if name == "pool" and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
@@ -354,6 +371,7 @@ class ValidateOptions:
             raise ChesError(f"pool={self.pool} must hold at least the n={self.n} pairs probed; raise pool or lower n "
                             "(or drop pool= to score every row).")
         _positive("max_length", self.max_length, minimum=2, none="no truncation")
+        _positive("num_threads", self.num_threads, minimum=1, none="one per free core")
 
     def pool_rows(self, rows: int) -> int:
         """Rows scored to choose the probed pairs from, of a table of ``rows``."""
@@ -450,19 +468,15 @@ AUDIT_SCORE_OPTIONS = ("dtype", "device", "batch_tokens", "layout", "compile", "
 @dataclass(frozen=True)
 class AuditOptions:
     """What ``ches.audit`` reports on (``ches audit``'s own flags; its scoring flags are
-    :data:`AUDIT_SCORE_OPTIONS`)."""
+    :data:`AUDIT_SCORE_OPTIONS`). It returns both the audited rows and the next round's: which one ``ches audit
+    --output`` writes is ``--next-round``, a flag of the command like ``--output``."""
 
     split: str | None = _option(help="split of a folder with several splits")
     seed: int = _option(0, help="seeds the bootstrap of the intervals", type=int)
     resamples: int = _option(1000, help="bootstrap resamples for the 95 percent intervals", type=int)
-    next_round: bool = _option(False, help="write the rows as the trained model scores them (its scores and "
-                                           "log-probs, recorded as its reference) instead of the audit columns: "
-                                           "the data of a second DPO round from the trained model", type=bool)
 
     def __post_init__(self) -> None:
         _positive("resamples", self.resamples, minimum=1, none="")
-        if not isinstance(self.next_round, bool):
-            raise ChesError(f"next_round={self.next_round!r} must be True or False.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ChesError(f"seed={self.seed!r} must be an integer >= 0.")
 
@@ -478,9 +492,28 @@ class PairInputOptions:
                                             "overall_score)")
 
 
+def score_options_for(function: str, names: tuple[str, ...], options: ScoreOptions | None = None,
+                      **kwargs: Any) -> ScoreOptions:
+    """:meth:`ScoreOptions.from_kwargs` for ``function``, which takes only the options ``names`` of ``ches.score``
+    (and the ``from_pretrained`` keywords): any other set to a value but its default is refused.
+
+    >>> score_options_for("ches.audit", ("dtype", "progress"), logps=True)
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: logps= applies to ches.score only; ches.audit takes dtype, progress (and the from_pretrained keywords).
+    """
+    scoring = ScoreOptions.from_kwargs(options, **kwargs)
+    defaults = ScoreOptions()
+    for item in fields(ScoreOptions):
+        if item.name not in names and getattr(scoring, item.name) != getattr(defaults, item.name):
+            raise ChesError(f"{item.name}= applies to ches.score only; {function} takes {', '.join(names)} "
+                            "(and the from_pretrained keywords).")
+    return scoring
+
+
 def pair_score_options(options: ScoreOptions | None = None, **kwargs: Any) -> ScoreOptions:
-    """:meth:`ScoreOptions.from_kwargs` for :func:`ches.pairs`: only the :data:`PAIR_SCORE_OPTIONS`, and
-    only the :data:`PAIR_LAYOUTS`.
+    """:func:`score_options_for` :func:`ches.pairs`: only the :data:`PAIR_SCORE_OPTIONS`, and only the
+    :data:`PAIR_LAYOUTS`.
 
     >>> pair_score_options(max_length=512, revision="main").model_kwargs
     {'revision': 'main'}
@@ -489,12 +522,7 @@ def pair_score_options(options: ScoreOptions | None = None, **kwargs: Any) -> Sc
     ...
     ches.errors.ChesError: save_embeddings= applies to ches.score only; ches.pairs takes split, max_length, dtype, device, batch_tokens, layout, num_threads, cache_dir, progress, logps, model_kwargs (and the from_pretrained keywords).
     """
-    scoring = ScoreOptions.from_kwargs(options, **kwargs)
-    defaults = ScoreOptions()
-    for item in fields(ScoreOptions):
-        if item.name not in PAIR_SCORE_OPTIONS and getattr(scoring, item.name) != getattr(defaults, item.name):
-            raise ChesError(f"{item.name}= applies to ches.score only; ches.pairs takes {', '.join(PAIR_SCORE_OPTIONS)} "
-                            "(and the from_pretrained keywords).")
+    scoring = score_options_for("ches.pairs", PAIR_SCORE_OPTIONS, options, **kwargs)
     if scoring.layout is not None and scoring.layout not in PAIR_LAYOUTS:
         raise ChesError(f"layout={scoring.layout!r} is not one of {list(PAIR_LAYOUTS)} for ches.pairs (it runs all of a "
                         "prompt's responses together; shared_prompt runs two).")
@@ -517,16 +545,169 @@ def _positive(name: str, value: Any, *, minimum: int, none: str) -> None:
         raise ChesError(f"{name}={value!r} must be {what}" + (f" (or None for {none})." if none else "."))
 
 
-def signature_with_options(function, names: tuple[str, ...] | None = None, options: type | None = None) -> inspect.Signature:
-    """``function``'s signature with every field in ``names`` (default: all) of the dataclass ``options``
-    (default :class:`ScoreOptions`, with the ``from_pretrained`` keywords too) as keyword-only parameters,
-    so ``help()`` and editors show the options."""
+#: the options each public function takes as keywords, in the order its signature lists them: (a dataclass, the
+#: names it takes of its fields, or None for all); a keyword belongs to the first dataclass that has it, and the
+#: ``from_pretrained`` keywords (:data:`MODEL_KWARGS`) to :class:`ScoreOptions`
+SCORE_KEYWORDS = ((ScoreOptions, None),)
+FILTER_KEYWORDS = ((FilterOptions, None), (ScoreOptions, None))
+PAIR_KEYWORDS = ((PairOptions, None), (PairInputOptions, None), (ScoreOptions, PAIR_SCORE_OPTIONS))
+AUDIT_KEYWORDS = ((AuditOptions, None), (ScoreOptions, AUDIT_SCORE_OPTIONS))
+VALIDATE_KEYWORDS = ((ValidateOptions, None),)
+
+
+def _names(options: type) -> tuple[str, ...]:
+    """Every keyword the dataclass ``options`` reads: its fields (and, for :class:`ScoreOptions`, the
+    ``from_pretrained`` keywords)."""
+    return tuple(item.name for item in fields(options)) + (tuple(MODEL_KWARGS) if options is ScoreOptions else ())
+
+
+def keyword_names(keywords: tuple = SCORE_KEYWORDS) -> list[str]:
+    """The keywords a function taking ``keywords`` (e.g. :data:`PAIR_KEYWORDS`) accepts, in its signature's order.
+
+    >>> keyword_names(AUDIT_KEYWORDS)[:5]
+    ['split', 'seed', 'resamples', 'dtype', 'device']
+    """
+    names: list[str] = []
+    for options, subset in keywords:
+        names += [name for name in _names(options) if (subset is None or name in subset or name in MODEL_KWARGS)
+                  and name not in names]
+    return names
+
+
+def split_keywords(given: Mapping[str, Any], keywords: tuple) -> list[dict[str, Any]]:
+    """``given`` keywords, one dict per dataclass of ``keywords``; a name that none of them has is refused with a
+    suggestion (:func:`refuse_unknown`). A field of :class:`ScoreOptions` outside a function's subset goes to
+    :class:`ScoreOptions`, whose check (:func:`score_options_for`) says which function takes it.
+
+    >>> split_keywords({"rule": "random", "max_length": 64}, PAIR_KEYWORDS)
+    [{'rule': 'random'}, {}, {'max_length': 64}]
+    >>> split_keywords({"rulle": "random"}, PAIR_KEYWORDS)
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: unknown option 'rulle' (did you mean 'rule'?); the options are ...
+    """
+    parts: list[dict[str, Any]] = [{} for _ in keywords]
+    unknown = {}
+    for name, value in given.items():
+        where = next((index for index, (options, _) in enumerate(keywords) if name in _names(options)), None)
+        (unknown if where is None else parts[where])[name] = value
+    refuse_unknown(unknown, set(keyword_names(keywords)))
+    return parts
+
+
+def filter_options(options: FilterOptions | None = None, *, model: Any = None, tokenizer: Any = None,
+                   **kwargs: Any) -> tuple[FilterOptions, ScoreOptions]:
+    """``ches.filter``'s keywords as its rule (:class:`FilterOptions`, or ``options``) and its scoring options
+    (:func:`scoring_options`: refused without ``model``); the rule given both ways is refused.
+
+    >>> filter_options(keep=3)[0].rule
+    'keep'
+    >>> filter_options(FilterOptions(keep=3), quantile=0.5)
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: pass the rule either as options= or as keywords (quantile), not both.
+    """
+    rules, scoring = split_keywords(kwargs, FILTER_KEYWORDS)
+    if options is None:
+        options = FilterOptions(**rules)
+    elif not isinstance(options, FilterOptions):
+        raise ChesError(f"options= must be a ches.FilterOptions; got {type(options).__name__}.")
+    elif any(value != getattr(FilterOptions(), name) for name, value in rules.items()):
+        raise ChesError(f"pass the rule either as options= or as keywords ({', '.join(sorted(rules))}), not both.")
+    return options, scoring_options(model, tokenizer, **scoring)
+
+
+def scoring_options(model: Any, tokenizer: Any = None, **kwargs: Any) -> ScoreOptions:
+    """:meth:`ScoreOptions.from_kwargs` for ``ches.filter``/``rank``/``summary``, which score only with a
+    ``model``: without one, a ``tokenizer`` or a scoring option set to a value but its default (``split`` and
+    ``progress`` aside) would do nothing, so it is refused, by its keyword and its flag (``ches filter`` refuses
+    the same with this message).
+
+    >>> scoring_options(None, max_length=64, device_map="auto")
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: max_length= (--max-length), device_map= (--device-map) only apply when scoring; pass model= (--model) too, or drop them.
+    """
+    options = ScoreOptions.from_kwargs(**kwargs)
+    if model is not None:
+        return options
+    defaults = ScoreOptions()
+    idle = ["tokenizer= (--tokenizer)"] if tokenizer is not None else []
+    idle += [_keyword(item.name, item.metadata) for item in fields(ScoreOptions)
+             if item.name not in ("split", "progress", "model_kwargs") and getattr(options, item.name) != getattr(defaults, item.name)]
+    idle += [_keyword(name, {}) for name in MODEL_KWARGS if name in options.model_kwargs]
+    idle += ["model_kwargs="] if set(options.model_kwargs) - set(MODEL_KWARGS) else []
+    if idle:
+        many = len(idle) > 1
+        raise ChesError(f"{', '.join(idle)} only appl{'y' if many else 'ies'} when scoring; pass model= (--model) too, "
+                        f"or drop {'them' if many else 'it'}.")
+    return options
+
+
+def flag_of(name: str, metadata: Mapping[str, Any]) -> str | None:
+    """The command-line flag of the option ``name`` (``metadata``: its field's): from the name unless the field
+    names one; ``None`` for an option of Python only.
+
+    >>> flag_of("max_length", {}), flag_of("num_threads", {"flag": "--threads"}), flag_of("overwrite", {"flag": None})
+    ('--max-length', '--threads', None)
+    """
+    flag = metadata.get("flag", "")
+    return None if flag is None else flag or "--" + name.replace("_", "-")
+
+
+def _keyword(name: str, metadata: Mapping[str, Any]) -> str:
+    """How a refusal names an option: its keyword, and its flag where it has one (``max_length= (--max-length)``)."""
+    flag = flag_of(name, metadata)
+    return f"{name}=" + (f" ({flag})" if flag else "")
+
+
+def pairs_options(options: ScoreOptions | None = None,
+                  **kwargs: Any) -> tuple[PairOptions, PairInputOptions, ScoreOptions]:
+    """``ches.pairs``' keywords as its pairing rule, how it reads its rows and its scoring options (``options``:
+    a :class:`ScoreOptions`, checked by :func:`pair_score_options`).
+
+    >>> pairs_options(rule="max_margin", rating_field="helpfulness", max_length=64)[1].rating_field
+    'helpfulness'
+    """
+    rules, reading, scoring = split_keywords(kwargs, PAIR_KEYWORDS)
+    return PairOptions(**rules), PairInputOptions(**reading), pair_score_options(options, **scoring)
+
+
+def audit_options(options: AuditOptions | None = None, **kwargs: Any) -> tuple[AuditOptions, ScoreOptions]:
+    """``ches.audit``'s keywords as what it reports on (:class:`AuditOptions`, or ``options`` with keywords
+    replacing its fields) and how the trained model runs (:data:`AUDIT_SCORE_OPTIONS`); ``max_length`` and
+    ``columns`` are refused: they are the scoring run's, from its record.
+
+    >>> audit_options(resamples=20, dtype="float32")[0].resamples
+    20
+    >>> audit_options(max_length=64)
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: max_length come from the scoring run's record (the audit runs the same token sequences); drop them.
+    """
+    own, scoring = split_keywords(kwargs, AUDIT_KEYWORDS)
+    if options is not None and not isinstance(options, AuditOptions):
+        raise ChesError(f"options= must be a ches.AuditOptions; got {type(options).__name__}.")
+    reported = replace(options or AuditOptions(), **own)
+    taken = [name for name in ("max_length", "columns") if scoring.get(name) is not None]
+    if taken:
+        raise ChesError(f"{', '.join(taken)} come from the scoring run's record (the audit runs the same token "
+                        "sequences); drop them.")
+    return reported, score_options_for("ches.audit", AUDIT_SCORE_OPTIONS, **scoring)
+
+
+def signature_with_options(function, keywords: tuple = SCORE_KEYWORDS) -> inspect.Signature:
+    """``function``'s signature with every keyword of ``keywords`` (:data:`SCORE_KEYWORDS`, ...; those it
+    names itself aside, such as ``ches.filter``'s positional ``quantile``) as keyword-only parameters with their
+    defaults, so ``help()`` and editors show the options of a function that takes them as ``**kwargs``."""
     head = [p for p in inspect.signature(function).parameters.values() if p.kind != p.VAR_KEYWORD]
-    fields = [inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=_field_default(item), annotation=item.type)
-              for item in dataclasses.fields(options or ScoreOptions) if names is None or item.name in names]
-    passed = [] if options not in (None, ScoreOptions) else \
-        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in MODEL_KWARGS]
-    return inspect.Signature(head + fields + passed, return_annotation=inspect.signature(function).return_annotation)
+    taken = {p.name for p in head}
+    items = {item.name: item for options, _ in reversed(keywords) for item in fields(options)}
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_field_default(items[name]),
+                               annotation=items[name].type) if name in items else
+             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+             for name in keyword_names(keywords) if name not in taken]
+    return inspect.Signature(head + added, return_annotation=inspect.signature(function).return_annotation)
 
 
 def _field_default(item: dataclasses.Field):

@@ -131,7 +131,8 @@ API_CASES = {
     "two filter rules": (lambda m: ches.filter(scored_sample(), 0.5, keep=3), r"give at most one of quantile="),
     "misspelled filter option": (lambda m: ches.filter(scored_sample(), windw=3), r"unknown option 'windw'"),
     "scoring option without model": (lambda m: ches.filter(scored_sample(), max_length=64),
-                                     r"'max_length' only apply when scoring"),
+                                     r"max_length= \(--max-length\) only applies when scoring; pass "
+                                     r"model= \(--model\) too, or drop it\."),
     "window without around": (lambda m: ches.filter(scored_sample(), window=4), r"window= sets the size"),
     "rank unknown measure": (lambda m: ches.rank(scored_sample(), measure="cosine"), r"unknown measure 'cosine'"),
     "summary of raw rows": (lambda m: ches.summary(ROWS), r"has no 'ln_ches' column"),

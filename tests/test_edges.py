@@ -38,7 +38,8 @@ OPTION_CASES = {
     "unknown measure": (["filter", "scores.parquet", "--measure", "cosine"], r"--measure.*'cosine'"),
     "raw data without model": (["filter", "pairs.jsonl"], r"has no 'ln_ches' column; pass model="),
     "scoring flags without model": (["filter", "scores.parquet", "--max-length", "64", "--layout", "padded"],
-                                    r"--max-length, --layout only apply when scoring; pass --model too"),
+                                    r"max_length= \(--max-length\), layout= \(--layout\) only apply when "
+                                    r"scoring; pass model= \(--model\) too, or drop them\."),
     "report unknown measure": (["report", "scores.parquet", "-o", "r.html", "--measure", "x"], r"--measure.*'x'"),
     "report without output": (["report", "scores.parquet"], r"--output"),
     "report top zero": (["report", "scores.parquet", "-o", "r.html", "--top", "0"], r"top=0 must be a positive integer"),

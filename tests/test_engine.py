@@ -7,7 +7,7 @@ import torch
 
 from ches import ChesError
 from ches.data.tokens import TokenSequence
-from ches.model.engine import hidden_sums
+from ches.model.engine import PackedRows, PaddedRows, hidden_sums
 
 
 class SmallMemory(torch.nn.Module):
@@ -30,15 +30,15 @@ def sequences(count=12):
             for i in range(count)]
 
 
-@pytest.mark.parametrize("packing", [False, True])
-def test_out_of_memory_halves_the_batch_and_gives_the_same_sums(packing, tiny_model, caplog):
+@pytest.mark.parametrize("batching", [PaddedRows, PackedRows])
+def test_out_of_memory_halves_the_batch_and_gives_the_same_sums(batching, tiny_model, caplog):
     body = tiny_model("llama").base_model
     seqs = sequences()
     expected = hidden_sums(body, seqs, hidden_size=32, batch_tokens=100_000, device=torch.device("cpu"), pad_id=0)
     small = SmallMemory(body, capacity=300)
     with caplog.at_level(logging.WARNING, logger="ches"):
         got = hidden_sums(small, seqs, hidden_size=32, batch_tokens=100_000, device=torch.device("cpu"), pad_id=0,
-                          packing=packing)
+                          batching=batching())
     assert "out of memory" in caplog.text
     assert any(n > 300 for n in small.calls) and small.calls[-1] <= 300  # failed big batches, then smaller ones ran
     torch.testing.assert_close(got.sums, expected.sums, rtol=1e-5, atol=1e-4)
@@ -54,5 +54,5 @@ def test_a_single_sequence_that_does_not_fit_is_an_error(tiny_model):
 def test_masked_packed_batches_stay_within_the_token_budget(tiny_model):
     body = SmallMemory(tiny_model("llama").base_model, capacity=10**9)  # records every batch's token slots
     seqs = sequences(20)  # 20 to 153 tokens: rows as long as the longest sequence of the batch
-    hidden_sums(body, seqs, hidden_size=32, batch_tokens=400, device=torch.device("cpu"), pad_id=0, packing=True)
+    hidden_sums(body, seqs, hidden_size=32, batch_tokens=400, device=torch.device("cpu"), pad_id=0, batching=PackedRows())
     assert body.calls and max(body.calls) <= 400

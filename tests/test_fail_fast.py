@@ -99,7 +99,8 @@ def test_every_output_check_runs_before_the_heavy_imports(argv, message):
     (["filter", DATA, "--around", "1.5"], "around=1.5 must be a quantile in [0, 1]: where the window's centre lies in the "
                                           "sorted scores (0 = least similar)."),
     (["filter", DATA, "--keep", "-3"], "keep=-3 is outside [0, the number of scored rows]: the rows to keep."),
-    (["filter", DATA, "--max-length", "64"], "--max-length only apply when scoring; pass --model too, or drop them."),
+    (["filter", DATA, "--max-length", "64"], "max_length= (--max-length) only applies when scoring; pass model= "
+                                             "(--model) too, or drop it."),
     (["validate", DATA, "--model", str(MODEL_DIR), "--n", "-1"], "n=-1 must be an integer >= 3."),
     (["validate", DATA, "--model", str(MODEL_DIR), "--lr", "0"], "learning_rate=0.0 must be > 0 and finite."),
     (["validate", DATA, "--model", str(MODEL_DIR), "--columns", "chosen"],

@@ -18,7 +18,7 @@ import ches.run.runner
 from ches.data.tokens import TokenSequence
 from ches.model.attention import packed_attention, varlen_attention
 from ches.model.batches import group_length, pack_groups
-from ches.model.engine import hidden_sums
+from ches.model.engine import OneRow, hidden_sums
 
 
 def random_pairs(count: int, seed: int = 0) -> list[tuple[TokenSequence, TokenSequence]]:
@@ -48,7 +48,7 @@ def test_prefix_shared_sums_equal_each_sequence_alone(tiny_model):
     with packed_attention(model) as switched:
         assert switched
         got = hidden_sums(model.base_model, sequences, hidden_size=32, batch_tokens=60, device=torch.device("cpu"),
-                          pad_id=0, packing=True, one_row=True,
+                          pad_id=0, batching=OneRow(),
                           groups=[(index, index + 1) for index in range(0, len(sequences), 2)])
     torch.testing.assert_close(got.sums, expected_sums, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(got.last, expected_last, rtol=1e-5, atol=1e-4)
@@ -129,8 +129,8 @@ def test_the_kernel_reads_the_segments_itself_when_the_model_does_not_hand_them_
 def test_the_estimate_counts_the_token_slots_that_reach_the_model(layout, tokenizer, tiny_model, monkeypatch):
     slots, scoring = [], []  # token slots of each forward pass while scoring (not while probing the layout)
     run_body, run_chunk = ches.model.engine.run_body, ches.run.runner.run_chunk
-    monkeypatch.setattr(ches.model.engine, "run_body", lambda body, batch: (slots.append(batch.input_ids.numel())
-                                                                      if scoring else None) or run_body(body, batch))
+    monkeypatch.setattr(ches.model.engine, "run_body", lambda body, batch, head=None: (
+        slots.append(batch.input_ids.numel()) if scoring else None) or run_body(body, batch, head))
     monkeypatch.setattr(ches.run.runner, "run_chunk", lambda *a, **k: scoring.append(1) or run_chunk(*a, **k))
     rows = hh_rows(40, start=100)
     model = tiny_model("llama")

@@ -16,13 +16,12 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
 import datasets
 
-from ..data.columns import DEFAULT_MEASURE, with_reference
+from ..data.columns import with_reference
 from ..data.export import check_apart_from_inputs
 from ..data.inputs import Data, load_data
 from ..data.paths import model_paths
@@ -31,11 +30,13 @@ from ..model.logps import LMHead
 from ..model.models import tokenizer_fingerprint
 from ..model.threads import torch_threads
 from ..options import (
+    PAIR_KEYWORDS,
     PAIR_LAYOUT_DEFAULT,
     PAIR_SCORE_OPTIONS,
+    PairInputOptions,
     PairOptions,
     ScoreOptions,
-    pair_score_options,
+    pairs_options,
     signature_with_options,
 )
 from ..run.cache import model_fingerprint, open_cache
@@ -51,27 +52,7 @@ from .plan import PairsInfo, plan_prompts
 logger = logging.getLogger("ches")
 
 
-
-
-
-
-
-
-def pairs(
-    data: Data,
-    model,
-    tokenizer=None,
-    *,
-    rule: str = "min_ches",
-    measure: str = DEFAULT_MEASURE,
-    min_margin: float = 0.0,
-    per_prompt: int = 1,
-    seed: int = 0,
-    columns: Mapping[str, str] | None = None,
-    rating_field: str | None = None,
-    options: ScoreOptions | None = None,
-    **kwargs: Any,
-) -> datasets.Dataset:
+def pairs(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = None, **kwargs: Any) -> datasets.Dataset:
     """Build DPO pairs from several rated responses per prompt, choosing the pair by CHES.
 
     Every (prompt, response) sequence runs through the model once (the prompt once per prompt where
@@ -106,8 +87,9 @@ def pairs(
         columns: your column names for ``prompt``, ``responses``, ``ratings`` (generic rows only).
         rating_field: the UltraFeedback completion field used as the rating (default ``overall_score``;
             raw UltraFeedback rows only).
-        options, **kwargs: a :class:`~ches.options.ScoreOptions` and/or its fields as keywords, as for
-            ``ches.score``: ``split``, ``max_length``, ``dtype``, ``device``, ``batch_tokens``,
+        options, **kwargs: the keywords above (:class:`~ches.options.PairOptions`,
+            :class:`~ches.options.PairInputOptions`) and a :class:`~ches.options.ScoreOptions` and/or its fields as
+            keywords, as for ``ches.score``: ``split``, ``max_length``, ``dtype``, ``device``, ``batch_tokens``,
             ``num_threads``, ``cache_dir`` (finished prompts kept there: a second run, or one after a
             crash, runs only the rest), ``logps`` (``chosen_logps``/``rejected_logps``, as ``ches.score``
             adds them, for ``ches.trl`` and ``ches.audit``), ``progress``, ``model_kwargs`` (and
@@ -136,25 +118,11 @@ def pairs(
     >>> built.num_rows, built[0]["chosen"], built[0]["id"]
     (1, ' Yes, it is.', 'sky')
     """
-    return pairs_run(data, model, tokenizer, rule=rule, measure=measure, min_margin=min_margin, per_prompt=per_prompt,
-                     seed=seed, columns=columns, rating_field=rating_field, options=options, **kwargs)[0]
+    return pairs_run(data, model, tokenizer, options=options, **kwargs)[0]
 
 
-def pairs_run(
-    data: Data,
-    model,
-    tokenizer=None,
-    *,
-    rule: str = "min_ches",
-    measure: str = DEFAULT_MEASURE,
-    min_margin: float = 0.0,
-    per_prompt: int = 1,
-    seed: int = 0,
-    columns: Mapping[str, str] | None = None,
-    rating_field: str | None = None,
-    options: ScoreOptions | None = None,
-    **kwargs: Any,
-) -> tuple[datasets.Dataset, PairsInfo]:
+def pairs_run(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = None,
+              **kwargs: Any) -> tuple[datasets.Dataset, PairsInfo]:
     """:func:`pairs`, also returning the record of the run (:class:`~ches.PairsInfo`): the model,
     layout and options, the counts, every prompt that gave no pair (``skipped_prompts``: :class:`Skipped`)
     and every response that could not be scored (``unscored_responses``: :class:`Unscored`).
@@ -164,15 +132,15 @@ def pairs_run(
     >>> built.num_rows, info.skipped_prompts[0].reason
     (0, 'fewer than two responses')
     """
-    rules = PairOptions(rule=rule, measure=measure, min_margin=min_margin, per_prompt=per_prompt, seed=seed)
-    scoring = pair_score_options(options, **kwargs)
+    rules, reading, scoring = pairs_options(options, **kwargs)
     with torch_threads(scoring.num_threads), library_bars_off():  # one bar, ches' own, or none
-        return _pairs_run(data, model, tokenizer, rules, scoring, columns, rating_field)
+        return _pairs_run(data, model, tokenizer, rules, reading, scoring)
 
 
-def _pairs_run(data: Data, model, tokenizer, rules: PairOptions, scoring: ScoreOptions,
-               columns: Mapping[str, str] | None, rating_field: str) -> tuple[datasets.Dataset, PairsInfo]:
+def _pairs_run(data: Data, model, tokenizer, rules: PairOptions, reading: PairInputOptions,
+               scoring: ScoreOptions) -> tuple[datasets.Dataset, PairsInfo]:
     started = now()
+    columns, rating_field = reading.columns, reading.rating_field
     dataset = load_data(data, scoring.split)
     if isinstance(dataset, datasets.DatasetDict):
         raise ChesError(f"the data has splits {sorted(dataset)}; pass split= (--split).")
@@ -210,8 +178,8 @@ def _pairs_run(data: Data, model, tokenizer, rules: PairOptions, scoring: ScoreO
     return (with_reference(output, info) if scoring.logps else output), info
 
 
-pairs.__signature__ = signature_with_options(pairs, PAIR_SCORE_OPTIONS)
-pairs_run.__signature__ = signature_with_options(pairs_run, PAIR_SCORE_OPTIONS)
+pairs.__signature__ = signature_with_options(pairs, PAIR_KEYWORDS)
+pairs_run.__signature__ = signature_with_options(pairs_run, PAIR_KEYWORDS)
 
 
 def describe_run(info: PairsInfo, *, reasons: bool = True) -> str:
@@ -238,36 +206,3 @@ def describe_run(info: PairsInfo, *, reasons: bool = True) -> str:
     if info.chunks_reused:
         line += f"; {counted(info.chunks_reused, 'finished chunk')} reused from the cache"
     return line
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-#: the columns of every pair, before the row's carried columns (with ``logps``: :data:`~ches.data.columns.LOGPS_COLUMNS`
-#: after the score columns, as ``ches.score`` adds them)
-
-
-
-
-
-
-#: the types of the columns of every pair (those not here are the input's texts)
-
-

@@ -30,7 +30,6 @@ from .flags import (
     add_options,
     add_output,
     add_scoring,
-    check_options_first,
     check_outputs,
     check_paths_first,
     input_metadata,
@@ -95,6 +94,10 @@ def _audit_command(audit: argparse.ArgumentParser) -> None:
     add_options(audit, AuditOptions)
     add_scoring(audit, AUDIT_SCORE_OPTIONS)
     add_output(audit, "where to write the audited rows (.parquet/.jsonl/.json/.csv or a folder)")
+    audit.add_argument("--next-round", action="store_true",
+                       help="write the rows as the trained model scores them (its scores and log-probs, recorded as "
+                            "its reference) instead of the audit columns: the data of a second DPO round from the "
+                            "trained model")
 
 
 def _report_command(report: argparse.ArgumentParser) -> None:
@@ -127,14 +130,11 @@ def run_score(args) -> Outcome:
 
 def run_filter(args) -> Outcome:
     from ..filtering import filter_run
-    from ..options import FilterOptions
 
     check_outputs(args)
-    scoring = score_kwargs(args)
-    _refuse_idle_scoring_flags(args)
-    rules = FilterOptions(**option_values(args, FilterOptions))
-    kept, cut = filter_run(args.data, options=rules, model=args.model, tokenizer=args.tokenizer,
-                           **({**scoring, "overwrite": args.overwrite} if args.model else {"split": args.split}))
+    call = _filter_call(args)
+    kept, cut = filter_run(args.data, **call)
+    rules = call["options"]
     meta = {"measure": rules.measure, "rule": {name: getattr(rules, name) for name in ("quantile", "max_score", "keep",
                                                                                       "around", "window")},
             "drop_flags": list(rules.drop_flags),
@@ -148,31 +148,36 @@ def run_filter(args) -> Outcome:
     return Outcome(meta)
 
 
-def _refuse_idle_scoring_flags(args) -> None:
-    """``ches filter`` without ``--model``: scoring flags would do nothing, so they are refused."""
-    if args.model:
-        return
-    idle = [f"--{name.replace('_', '-')}" for name, value in {"tokenizer": args.tokenizer, **score_kwargs(args)}.items()
-            if name not in ("split", "progress") and value not in (None, False)]
-    if idle:
-        raise ChesError(f"{', '.join(idle)} only apply when scoring; pass --model too, or drop them.")
+def _filter_call(args) -> dict:
+    """The keywords ``ches filter`` passes to :func:`ches.filter_run` (``--overwrite`` is the output's without
+    ``--model``): the API refuses the scoring flags that would do nothing (:func:`ches.options.scoring_options`)."""
+    from ..options import FilterOptions
+
+    return {"options": FilterOptions(**option_values(args, FilterOptions)), "model": args.model,
+            "tokenizer": args.tokenizer, **score_kwargs(args), **({"overwrite": args.overwrite} if args.model else {})}
+
+
+def _audit_call(args) -> dict:
+    """The keywords ``ches audit`` passes to :func:`ches.audit`."""
+    from ..options import AUDIT_SCORE_OPTIONS, AuditOptions
+
+    return {**option_values(args, AuditOptions), **score_kwargs(args, AUDIT_SCORE_OPTIONS)}
 
 
 def check_options(args) -> None:
-    """Every option value of ``args.command`` checked before the heavy imports (:func:`~ches.cli.flags.check_options_first`)."""
+    """Every option value of ``args.command`` checked before the heavy imports (a ``--quantile 95`` fails at once),
+    by the function of :mod:`ches.options` that the command's API function checks its keywords with, given the
+    keywords the command passes it: the command line and Python refuse the same values with the same message."""
     from .. import options as o
+    from .pairs import call_kwargs
 
-    if args.command == "filter":
-        _refuse_idle_scoring_flags(args)
-    check_options_first(args, **{
-        "score": {"scoring": True},
-        "filter": {"options": (o.FilterOptions,), "scoring": True},
-        "validate": {"options": (o.ValidateOptions,)},
-        "report": {"options": (o.ReportOptions,)},
-        "pairs": {"options": (o.PairOptions, o.PairInputOptions), "scoring": True, "names": o.PAIR_SCORE_OPTIONS,
-                  "score_options": o.pair_score_options},
-        "audit": {"options": (o.AuditOptions,), "scoring": True, "names": o.AUDIT_SCORE_OPTIONS},
-    }[args.command])
+    checks = {"score": lambda: o.ScoreOptions.from_kwargs(**score_kwargs(args)),
+              "filter": lambda: o.filter_options(**_filter_call(args)),
+              "validate": lambda: o.ValidateOptions.from_kwargs(**option_values(args, o.ValidateOptions)),
+              "report": lambda: o.ReportOptions(**option_values(args, o.ReportOptions)),
+              "pairs": lambda: o.pairs_options(**call_kwargs(args)),
+              "audit": lambda: o.audit_options(**_audit_call(args))}
+    checks[args.command]()
 
 
 def run_report(args) -> Outcome:
@@ -209,15 +214,13 @@ def run_validate(args) -> Outcome:
 
 def run_audit(args) -> Outcome:
     from ..evaluate.auditing import audit, format_audit
-    from ..options import AUDIT_SCORE_OPTIONS, AuditOptions
 
     check_outputs(args)
-    values = option_values(args, AuditOptions)
-    next_round = values.pop("next_round")
+    next_round = args.next_round
     if next_round and not args.output:
         raise ChesError("--next-round says what --output holds (the rows as the trained model scores them); pass "
                         "--output too.")
-    result = audit(args.data, args.model, args.tokenizer, **values, **score_kwargs(args, AUDIT_SCORE_OPTIONS))
+    result = audit(args.data, args.model, args.tokenizer, **_audit_call(args))
     print(format_audit(result.summary))
     written = result.next_round if next_round else result.dataset
     meta = {"run": result.info.as_dict(), "audit": result.summary, "next_round": next_round, **rows_written(written)}

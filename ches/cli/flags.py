@@ -47,6 +47,8 @@ def add_options(parser: argparse.ArgumentParser, options: type, names: tuple[str
     its help, type and choices read from the field's metadata; ``defaults``, ``choices`` and ``helps``
     override the fields' (a command that takes a subset of another's options with defaults of its own).
     A flag with choices shows them (``--rule {min_ches,...}``)."""
+    from ..options import flag_of
+
     defaults, choices, helps = defaults or {}, choices or {}, helps or {}
     groups: dict[str, Any] = {}
     for item in fields(options):
@@ -58,19 +60,29 @@ def add_options(parser: argparse.ArgumentParser, options: type, names: tuple[str
             if meta["group"] not in groups:
                 groups[meta["group"]] = parser.add_mutually_exclusive_group()
             where = groups[meta["group"]]
-        flag = meta["flag"] or "--" + item.name.replace("_", "-")
+        flag = flag_of(item.name, meta)
         default = defaults.get(item.name, None if item.default is MISSING else item.default)
         text = helps.get(item.name, meta["help"])
         if meta["type"] is bool:
             action = "store_false" if flag.startswith("--no-") else "store_true"
             where.add_argument(flag, dest=item.name, action=action, default=default, help=text)
             continue
-        shown = f" (default {default})" if default is not None and "(default" not in text else ""
+        shown = _stated_default(default, text, meta.get("none"))
         kind = str if meta["type"] == "columns" else meta["type"]  # parsed after argparse, for ches' own message
         allowed = choices.get(item.name, meta["choices"])
         where.add_argument(flag, dest=item.name, type=kind, choices=allowed, default=default,
                            metavar=meta.get("metavar") or (None if allowed else flag.removeprefix("--").upper()),
                            help=text + shown)
+
+
+def _stated_default(default: Any, text: str, none: str | None) -> str:
+    """What a flag's help adds about its default: `` (default X)``, `` (default: what None means)``, or nothing
+    where the help already says it."""
+    if "(default" in text:
+        return ""
+    if default is not None:
+        return f" (default {default})"
+    return f" (default: {none})" if none else ""
 
 
 def option_values(args: argparse.Namespace, options: type) -> dict[str, Any]:
@@ -99,11 +111,11 @@ def add_scoring(parser: argparse.ArgumentParser, names: tuple[str, ...] | None =
                 helps: dict[str, str] | None = None) -> None:
     """The flags of :class:`~ches.options.ScoreOptions` (``names``: a subset) and of the ``from_pretrained``
     keywords (:data:`~ches.options.MODEL_KWARGS`)."""
-    from ..options import MODEL_KWARGS, ScoreOptions
+    from ..options import MODEL_KWARGS, ScoreOptions, flag_of
 
     add_options(parser, ScoreOptions, names, defaults, choices, helps)
     for name, (text, kind) in MODEL_KWARGS.items():
-        flag = "--" + name.replace("_", "-")
+        flag = flag_of(name, {})
         if kind is bool:
             parser.add_argument(flag, action="store_true", help=text)
         else:
@@ -173,20 +185,6 @@ def check_paths_first(args: argparse.Namespace) -> None:
             check_folder_exists(getattr(args, role), role)
     if getattr(args, "output", None) is not None:
         _check_output_paths(args)
-
-
-def check_options_first(args: argparse.Namespace, options: tuple[type, ...] = (), *, scoring: bool = False,
-                        names: tuple[str, ...] | None = None, score_options=None) -> None:
-    """Every option value of a command checked before torch, transformers and datasets are imported (a
-    ``--quantile 95`` fails at once): each dataclass of ``options`` built from the flags and, with
-    ``scoring``, the scoring flags (``names``: the subset the command takes) by ``score_options`` (default
-    :meth:`~ches.options.ScoreOptions.from_kwargs`). The command builds them again when it runs."""
-    from ..options import ScoreOptions
-
-    for kind in options:
-        kind(**option_values(args, kind))
-    if scoring:
-        (score_options or ScoreOptions.from_kwargs)(**score_kwargs(args, names))
 
 
 def _check_single_file_output(args: argparse.Namespace) -> None:

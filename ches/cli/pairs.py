@@ -46,11 +46,9 @@ def add_command(parser: argparse.ArgumentParser) -> None:
 def run_command(args) -> Outcome:
     """``ches pairs``: check the output, build the pairs, hand the dataset and sidecar content to the CLI."""
     from ..builder.api import describe_run, pairs_run
-    from ..options import PAIR_SCORE_OPTIONS, PairInputOptions, PairOptions
 
     check_outputs(args)
-    built, info = pairs_run(args.data, args.model, args.tokenizer, **option_values(args, PairOptions),
-                            **option_values(args, PairInputOptions), **score_kwargs(args, PAIR_SCORE_OPTIONS))
+    built, info = pairs_run(args.data, args.model, args.tokenizer, **call_kwargs(args))
     run = info.as_dict()
     meta = {"run": {name: value for name, value in run.items() if name not in LISTED}, "rows_written": built.num_rows,
             **{name: run[name] for name in LISTED}}
@@ -59,6 +57,14 @@ def run_command(args) -> Outcome:
     if args.output:
         return Outcome(meta, dataset=built, output=args.output)
     return Outcome(meta)
+
+
+def call_kwargs(args) -> dict:
+    """The keywords ``ches pairs`` passes to :func:`ches.pairs_run` (and :func:`ches.options.pairs_options` checks)."""
+    from ..options import PAIR_SCORE_OPTIONS, PairInputOptions, PairOptions
+
+    return {**option_values(args, PairOptions), **option_values(args, PairInputOptions),
+            **score_kwargs(args, PAIR_SCORE_OPTIONS)}
 
 
 #: the lists of the run's record that the sidecar keeps at its top level, next to the run

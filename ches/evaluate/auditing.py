@@ -23,7 +23,7 @@ decile of the measure; and a length-only baseline, the length difference ``|y+| 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import datasets
@@ -40,6 +40,7 @@ from ..data.columns import (
 )
 from ..data.inputs import Data, column, load_data
 from ..errors import ChesError
+from ..options import AUDIT_KEYWORDS, AuditOptions, audit_options, signature_with_options
 from ..scores.select import similarity
 from ..scores.stats import bootstrap_interval, partial_spearman, spearman
 
@@ -80,8 +81,7 @@ class AuditResult:
     next_round: datasets.Dataset | None = field(default=None, repr=False)
 
 
-def audit(scored: Data, model, tokenizer=None, *, split: str | None = None, resamples: int = 1000, seed: int = 0,
-          **score_kwargs) -> AuditResult:
+def audit(scored: Data, model, tokenizer=None, *, options: AuditOptions | None = None, **kwargs: Any) -> AuditResult:
     """Measure, on the pairs a model was trained on with DPO, how the trained model's log-probabilities of
     both completions moved from the reference's (see the module docstring).
 
@@ -90,11 +90,11 @@ def audit(scored: Data, model, tokenizer=None, *, split: str | None = None, resa
             wrote from it), their ``chosen_logps``/``rejected_logps`` computed with the model DPO started from.
         model, tokenizer: the trained model (folder, Hub id or loaded); its tokenizer must give the rows the
             tokens they were scored on (checked row by row against ``ches_token_digest``, before the model runs).
-        split: the split of a ``DatasetDict`` to audit.
-        resamples, seed: the bootstrap of the intervals.
-        score_kwargs: how the trained model runs (``dtype``, ``device``, ``batch_tokens``, ``layout``,
-            ``num_threads``, ``cache_dir``, ``progress``, ``model_kwargs``...), as for :func:`ches.score`;
-            ``max_length`` and ``columns`` are the scoring run's, from its record.
+        options, **kwargs: an :class:`~ches.options.AuditOptions` and/or its fields as keywords: ``split`` (the
+            split of a ``DatasetDict`` to audit), ``resamples`` and ``seed`` (the bootstrap of the intervals); and
+            how the trained model runs (``dtype``, ``device``, ``batch_tokens``, ``layout``, ``num_threads``,
+            ``cache_dir``, ``progress``, ``model_kwargs``...: :data:`~ches.options.AUDIT_SCORE_OPTIONS`), as for
+            :func:`ches.score`; ``max_length`` and ``columns`` are the scoring run's, from its record.
 
     Raises:
         ChesError: rows without log-probs or without the record of their scoring run, rows whose tokens are not
@@ -103,18 +103,9 @@ def audit(scored: Data, model, tokenizer=None, *, split: str | None = None, resa
     """
     from ..api import score_run
     from ..model.models import load_tokenizer
-    from ..options import AUDIT_SCORE_OPTIONS, MODEL_KWARGS, AuditOptions
 
-    AuditOptions(split=split, seed=seed, resamples=resamples)  # checked
-    taken = [name for name in ("max_length", "columns") if score_kwargs.get(name) is not None]
-    if taken:
-        raise ChesError(f"{', '.join(taken)} come from the scoring run's record (the audit runs the same token "
-                        "sequences); drop them.")
-    other = sorted(set(score_kwargs) - set(AUDIT_SCORE_OPTIONS) - set(MODEL_KWARGS))
-    if other:
-        raise ChesError(f"{', '.join(other)} do not apply to ches.audit; it takes {', '.join(AUDIT_SCORE_OPTIONS)} (and "
-                        "the from_pretrained keywords).")
-    dataset = load_data(scored, split)
+    reported, scoring = audit_options(options, **kwargs)  # checked, before the data is read
+    dataset = load_data(scored, reported.split)
     if isinstance(dataset, datasets.DatasetDict):
         raise ChesError(f"the data has splits {sorted(dataset)}; pass split= (--split): an audit is of one training set.")
     missing = [name for name in LOGPS_COLUMNS if name not in dataset.column_names]
@@ -129,8 +120,8 @@ def audit(scored: Data, model, tokenizer=None, *, split: str | None = None, resa
         dataset = dataset.remove_columns(list(AUDIT_COLUMNS))  # an earlier audit's, replaced
     trained_tokenizer = load_tokenizer(tokenizer, model if isinstance(model, str) else getattr(model, "name_or_path", ""))
     check_same_tokens(dataset, trained_tokenizer, reference)
-    after, info = score_run(dataset, model, trained_tokenizer, logps=True, max_length=reference.get("max_length"),
-                            columns=reference.get("columns"), **score_kwargs)
+    after, info = score_run(dataset, model, trained_tokenizer, options=replace(
+        scoring, logps=True, max_length=reference.get("max_length"), columns=reference.get("columns")))
     before = {name: np.asarray(column(dataset, name), dtype=np.float64) for name in LOGPS_COLUMNS}
     moved = {name: np.asarray(column(after, name), dtype=np.float64) for name in LOGPS_COLUMNS}
     chosen_change = moved["chosen_logps"] - before["chosen_logps"]
@@ -145,8 +136,12 @@ def audit(scored: Data, model, tokenizer=None, *, split: str | None = None, resa
     counted = dataset  # rows filtered with --no-scores keep no token counts: the trained run's are the same tokens'
     for name in [name for name in ("chosen_tokens", "rejected_tokens") if name not in dataset.column_names]:
         counted = counted.add_column(name, column(after, name))
-    return AuditResult(dataset, audit_summary(counted, resamples=resamples, seed=seed), info, next_round=after)
+    return AuditResult(dataset, audit_summary(counted, resamples=reported.resamples, seed=reported.seed), info,
+                       next_round=after)
 
+
+
+audit.__signature__ = signature_with_options(audit, AUDIT_KEYWORDS)
 
 def check_same_tokens(dataset: datasets.Dataset, tokenizer, reference: dict) -> None:
     """Refuse, before any model runs, rows whose tokens under ``tokenizer`` (with the scoring run's

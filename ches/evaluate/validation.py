@@ -24,7 +24,7 @@ from ..data.tokens import SequencePair, Skip, to_sequences, tokenize_pairs
 from ..errors import ChesError
 from ..model.models import load_model
 from ..model.threads import set_threads, torch_threads
-from ..options import DEFAULT_QUANTILE, VALIDATE_PROTOCOLS, ValidateOptions, signature_with_options
+from ..options import DEFAULT_QUANTILE, VALIDATE_KEYWORDS, VALIDATE_PROTOCOLS, ValidateOptions, signature_with_options
 from ..scores.select import similarity
 from ..scores.stats import bootstrap_interval, difference_interval, partial_spearman, pearson, spearman
 from .advice import DISPLAYED, MIN_PAIRS_FOR_VERDICT, filter_command, format_recommendation, recommend, status
@@ -663,4 +663,4 @@ def _number(value: float, form: str) -> str:
     return format(value, form) if np.isfinite(value) else "n/a"
 
 
-validate.__signature__ = signature_with_options(validate, options=ValidateOptions)
+validate.__signature__ = signature_with_options(validate, VALIDATE_KEYWORDS)

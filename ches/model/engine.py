@@ -163,8 +163,6 @@ def hidden_sums(
     pad_multiple: int = 1,
     batching: Batching | None = None,
     groups: Sequence[Sequence[int]] | None = None,
-    packing: bool = False,
-    one_row: bool = False,
     on_done: Callable[[list[int]], None] | None = None,
     head: LMHead | None = None,
 ) -> HiddenSums:
@@ -185,13 +183,10 @@ def hidden_sums(
         batching: how batches are made (:class:`PaddedRows` by default); :mod:`ches.model.layouts` picks it.
         groups: sequences that share a prompt, run with the prompt written once (needs :class:`OneRow`).
             Default: every sequence on its own.
-        packing, one_row: shorthand for ``batching``: ``packing`` alone is :class:`PackedRows`, with
-            ``one_row`` :class:`OneRow`.
         on_done: called with the indices of the sequences of each finished batch.
         head: the model's output layer: also each completion's log-probability (:mod:`ches.model.logps`).
     """
-    if batching is None:
-        batching = (OneRow() if one_row else PackedRows()) if packing else PaddedRows()
+    batching = PaddedRows() if batching is None else batching
     if groups is not None and not batching.groups_allowed:
         raise ValueError(f"groups (shared prompts) need OneRow batching, not {type(batching).__name__}")
     units = [[index] for index in range(len(sequences))] if groups is None else [list(group) for group in groups]
@@ -205,7 +200,7 @@ def hidden_sums(
             batch = batching.build([[sequences[index] for index in units[unit]] for unit in chosen],
                                    [lengths[unit] for unit in chosen], pad_id, pad_multiple, max(lengths))
             try:
-                outputs = run_body(body, batch.to(device)) if head is None else run_body(body, batch.to(device), head)
+                outputs = run_body(body, batch.to(device), head)
             except torch.OutOfMemoryError:
                 del batch
                 torch.cuda.empty_cache()
