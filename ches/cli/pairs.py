@@ -50,7 +50,8 @@ def run_command(args) -> Outcome:
 
     check_outputs(args)
     built, info = pairs_run(args.data, args.model, args.tokenizer, **option_values(args, PairOptions),
-                            **option_values(args, PairInputOptions), **score_kwargs(args, PAIR_SCORE_OPTIONS))
+                            **option_values(args, PairInputOptions), **score_kwargs(args, PAIR_SCORE_OPTIONS),
+                            chunk_sizes=args.chunk_sizes)
     run = info.as_dict()
     meta = {"run": {name: value for name, value in run.items() if name not in LISTED}, "rows_written": built.num_rows,
             **{name: run[name] for name in LISTED}}
