@@ -5,16 +5,13 @@ by threads that really exchange) each return every sequence, with the counts sum
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from test_chunk_loop import on_ranks
-from test_runner import alone
+from test_runner import alone, set_up
 
 from ches.builder.passes import chunk_groups, run_groups
 from ches.data.tokens import TokenSequence
-from ches.model.layouts import resolve_layout
 from ches.model.logps import LMHead
 from ches.model.models import load_model
 from ches.run.cache import ShardCache
@@ -39,14 +36,6 @@ def test_chunks_hold_whole_prompts_of_at_least_the_limit():
     assert chunk_groups(groups, limit=4) == [[0, 1], [2], [3, 4], [5], [6]]
     assert chunk_groups(groups, limit=100) == [list(range(7))]
     assert chunk_groups(groups, limit=1) == [[index] for index in range(7)]
-
-
-@contextlib.contextmanager
-def set_up(layout, loaded):
-    with contextlib.ExitStack() as scope:
-        choice = resolve_layout(layout, loaded, [], 512, scope, asked="requested")
-        assert choice.layout == layout
-        yield choice
 
 
 @pytest.mark.parametrize("layout, chunk_sequences", [("padded", 4), ("packed", 1), ("prefix_shared", 3),

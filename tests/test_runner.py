@@ -115,11 +115,12 @@ def test_a_chunks_shard_holds_these_tensors_by_name():
     assert sorted(empty) == sorted(numbers + logps + sums)
     assert empty["chosen_sum"].shape == (0, 8) and empty["ches"].dtype == torch.float64
     back = ChunkNumbers.from_tensors(empty)
-    assert back.sums is not None and back.sums.rejected.last.shape == (0, 8) and sorted(back.numbers) == sorted(numbers + logps)
+    assert back.sums is not None and back.sums.rejected.last.shape == (0, 8) and sorted(back.columns()) == sorted(numbers + logps)
+    assert ChunkNumbers.from_tensors(ChunkNumbers.empty(8, logps=False, sums=False).tensors()).logps is None
 
 
 def test_a_chunk_with_no_pair_to_run_gives_empty_numbers(tiny_model, tokenizer):
     loaded = load_model(tiny_model("llama"), tokenizer)
     with set_up("padded", loaded) as choice:
         computed = compute_chunk([], loaded, layout=choice, batch_tokens=512, keep_sums=True)
-    assert computed.numbers["ches"].shape == (0,) and computed.sums.chosen.sums.shape == (0, loaded.hidden_size)
+    assert computed.ches.shape == (0,) and computed.sums.chosen.sums.shape == (0, loaded.hidden_size)

@@ -110,10 +110,9 @@ class SideSums:
         """The four ``[N, H]`` tensors (:data:`SUM_TENSORS`), by name."""
         return dict(zip(SUM_TENSORS, (self.chosen.sums, self.rejected.sums, self.chosen.last, self.rejected.last)))
 
-    def logps(self) -> dict[str, torch.Tensor]:
-        """Each completion's log-probability and that of its shared part (``[N]`` float64), by column name."""
-        return dict(zip(LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS, (self.chosen.logps, self.rejected.logps,
-                                                                self.chosen.shared_logps, self.rejected.shared_logps)))
+    def logps(self) -> PairLogps:
+        """Each completion's log-probability and that of its shared part (with a head)."""
+        return PairLogps(self.chosen.logps, self.rejected.logps, self.chosen.shared_logps, self.rejected.shared_logps)
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> SideSums:
@@ -123,17 +122,35 @@ class SideSums:
 
 
 @dataclass(frozen=True)
+class PairLogps:
+    """Each of ``N`` pairs' completions' log-probabilities, and those of their LD-DPO shared parts: ``[N]``
+    float64 each, named as their columns (:data:`~ches.data.columns.LOGPS_COLUMNS`,
+    :data:`~ches.data.columns.SHARED_LOGPS_COLUMNS`)."""
+
+    chosen_logps: torch.Tensor
+    rejected_logps: torch.Tensor
+    chosen_shared_logps: torch.Tensor
+    rejected_shared_logps: torch.Tensor
+
+    def columns(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS}
+
+
+@dataclass(frozen=True)
 class ChunkNumbers:
     """What the model pass gives for the ``N`` pairs of a chunk that run (:func:`compute_chunk`), and what a
     chunk's cache shard holds.
 
     Attributes:
-        numbers: ``[N]`` float64 per name of :func:`model_numbers`: the sums' scores, with log-probabilities
-            their columns too.
+        ches, ln_ches, last_hidden_ip: ``[N]`` float64, from the hidden sums (:func:`pair_scores`).
+        logps: the completions' log-probabilities, when the run asks for them.
         sums: the pairs' hidden sums, when they are kept (for embeddings).
     """
 
-    numbers: dict[str, torch.Tensor]
+    ches: torch.Tensor
+    ln_ches: torch.Tensor
+    last_hidden_ip: torch.Tensor
+    logps: PairLogps | None = None
     sums: SideSums | None = None
 
     @staticmethod
@@ -141,22 +158,28 @@ class ChunkNumbers:
         """The tensors of a run's shards: :func:`model_numbers`, and :data:`SUM_TENSORS` with ``sums``."""
         return model_numbers(logps) + (SUM_TENSORS if sums else ())
 
+    def columns(self) -> dict[str, torch.Tensor]:
+        """The per-pair numbers by column name (:func:`model_numbers`)."""
+        scores_by_name = {"ches": self.ches, "ln_ches": self.ln_ches, "last_hidden_ip": self.last_hidden_ip}
+        return scores_by_name | (self.logps.columns() if self.logps is not None else {})
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """The shard's tensors by name (:meth:`names`)."""
-        return self.numbers | (self.sums.tensors() if self.sums is not None else {})
+        return self.columns() | (self.sums.tensors() if self.sums is not None else {})
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> ChunkNumbers:
         """The numbers a shard (or :meth:`tensors`) holds."""
-        sums = SideSums.from_tensors(tensors) if SUM_TENSORS[0] in tensors else None
-        return cls({name: tensor for name, tensor in tensors.items() if name not in SUM_TENSORS}, sums)
+        has = set(tensors)
+        logps = PairLogps(*(tensors[name] for name in LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS)) if LOGPS_COLUMNS[0] in has else None
+        sums = SideSums.from_tensors(tensors) if SUM_TENSORS[0] in has else None
+        return cls(*(tensors[name] for name in SUM_SCORES), logps=logps, sums=sums)
 
     @classmethod
     def empty(cls, hidden_size: int, logps: bool, sums: bool) -> ChunkNumbers:
         """The numbers of a chunk none of whose pairs run."""
-        nothing = HiddenSums(torch.zeros(0, hidden_size), torch.zeros(0, hidden_size))
-        return cls({name: torch.zeros(0, dtype=torch.float64) for name in model_numbers(logps)},
-                   SideSums(nothing, nothing) if sums else None)
+        return cls.from_tensors({name: torch.zeros(0, dtype=torch.float64) for name in model_numbers(logps)} |
+                                ({name: torch.zeros(0, hidden_size) for name in SUM_TENSORS} if sums else {}))
 
 
 @dataclass(frozen=True)
@@ -260,10 +283,10 @@ class _Collected:
         hidden states were not finite (in ``dtype``), or whose hidden states were but whose log-probabilities
         (the LM head's, with ``logps``) were not, gets a skip reason saying which, and NaN scores."""
         run = torch.tensor([isinstance(plan, SequencePair) for plan in planned.plans], dtype=torch.bool)
-        scores_by_name = {}
+        scores_by_name, computed = {}, stored.columns()
         for name in self.model_numbers:
             values = torch.full((len(planned.rows),), float("nan"), dtype=torch.float64)
-            values[run] = stored.numbers[name]
+            values[run] = computed[name]
             scores_by_name[name] = values
         finite = {kind: torch.stack([torch.isfinite(scores_by_name[name]) for name in names]).all(0)
                   for kind, names in (("hidden", SUM_SCORES), ("logps", self.model_numbers[len(SUM_SCORES):]))
@@ -306,8 +329,8 @@ def compute_chunk(pairs: Sequence[SequencePair], loaded: LoadedModel, *, layout:
         return ChunkNumbers.empty(loaded.hidden_size, logps=head is not None, sums=keep_sums)
     sums = run_chunk(pairs, loaded, layout=layout, batch_tokens=batch_tokens, on_done=_token_counter(pairs, on_tokens),
                      head=head)
-    logps = sums.logps() if head is not None else {}
-    return ChunkNumbers(pair_scores(pairs, sums) | logps, sums if keep_sums else None)
+    return ChunkNumbers(**pair_scores(pairs, sums), logps=sums.logps() if head is not None else None,
+                        sums=sums if keep_sums else None)
 
 
 def run_chunk(pairs: Sequence[SequencePair], loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
