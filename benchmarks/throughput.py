@@ -35,9 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ches  # noqa: E402
-import ches.run.runner  # noqa: E402
+import ches.api  # noqa: E402
 from ches.data.formats import to_pairs  # noqa: E402
 from ches.data.tokens import to_sequences, tokenize_pairs  # noqa: E402
+from ches.run.chunk_loop import ChunkSizes  # noqa: E402
 
 SHAPES = {  # hidden, layers, heads, kv heads, intermediate, vocab
     "small": (256, 4, 4, 4, 1024, 32000),
@@ -191,7 +192,7 @@ def main() -> None:
                         default="auto", help="ches.score layout (auto: chosen by estimated cost, recorded in the JSON)")
     parser.add_argument("--batch-tokens", type=int, default=None)
     parser.add_argument("--chunk-pairs", type=int, default=None,
-                        help="pairs per work chunk (ches.run.runner.CHUNK_PAIRS; a chunk is never split across batches' rows)")
+                        help="pairs per work chunk (ches.run.chunk_loop.ChunkSizes.pairs; a chunk is never split across batches' rows)")
     parser.add_argument("--compile", action="store_true", help="ches.score(compile=True); the warm-up compiles")
     parser.add_argument("--attn-implementation", default=None, help="ches.score(attn_implementation=...)")
     parser.add_argument("--repeats", type=int, default=None,
@@ -227,11 +228,10 @@ def main() -> None:
 
     # (b) ches.score with its defaults: same weights (same seed), default dtype for the device
     model = build_model(shape, None, dtype, args.device)
-    if args.chunk_pairs:
-        ches.run.runner.CHUNK_PAIRS = args.chunk_pairs
+    chunk_sizes = ChunkSizes(pairs=args.chunk_pairs) if args.chunk_pairs else ChunkSizes()
     layout = None if args.layout == "auto" else args.layout
     options = dict(progress=False, layout=layout, batch_tokens=args.batch_tokens, compile=args.compile,
-                   attn_implementation=args.attn_implementation)
+                   attn_implementation=args.attn_implementation, chunk_sizes=chunk_sizes)
     _, warmup_times = timed(lambda: ches.score(rows[: min(8, pairs)], model, tokenizer, **options), args.device, 1)
     clock = EngineClock(args.device)
     (scored, info), ches_times = timed(lambda: ches.api.score_run(rows, model, tokenizer, **options), args.device, repeats)
@@ -264,7 +264,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"), "cpu_threads": torch.get_num_threads(),
         "agreement": {"spearman_ches": spearman(official_ches, ours_ches), "spearman_ln_ches": spearman(official_ln, ours_ln),
                       "max_relative_error_ln_ches": max(abs(a - b) for a, b in zip(official_ln, ours_ln)) / scale},
-        "repeats": repeats, "compile": args.compile, "chunk_pairs": ches.run.runner.CHUNK_PAIRS, "attn_implementation": args.attn_implementation,
+        "repeats": repeats, "compile": args.compile, "chunk_pairs": chunk_sizes.pairs, "attn_implementation": args.attn_implementation,
         "warmup_seconds": warmup_times[0],
         "engine_seconds": engine_seconds, "engine_share": engine_seconds / statistics.median(ches_times),
         "results": [entry("official-style loop", official_times, n_official, official_tokens, official_memory),

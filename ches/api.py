@@ -30,6 +30,7 @@ from .model.models import tokenizer_fingerprint
 from .model.threads import torch_threads
 from .options import ScoreOptions, signature_with_options
 from .run.cache import model_fingerprint, open_cache
+from .run.chunk_loop import ChunkSizes
 from .run.chunks import sample_work
 from .run.embeddings import EmbeddingWriter, embedding_file
 from .run.quiet import library_bars_off
@@ -76,14 +77,16 @@ def score(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = N
 
 
 def score_run(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = None,
-              **kwargs: Any) -> tuple[datasets.Dataset | datasets.DatasetDict, RunInfo]:
-    """:func:`score`, also returning the :class:`~ches.run.runs.RunInfo` of the run."""
+              chunk_sizes: ChunkSizes | None = None, **kwargs: Any) -> tuple[datasets.Dataset | datasets.DatasetDict, RunInfo]:
+    """:func:`score`, also returning the :class:`~ches.run.runs.RunInfo` of the run; ``chunk_sizes``: how many
+    pairs a chunk holds (the unit of work, caching and resuming; default :class:`~ches.run.chunk_loop.ChunkSizes`),
+    for tests and benchmarks."""
     options = ScoreOptions.from_kwargs(options, **kwargs)
     with torch_threads(options.num_threads), library_bars_off():  # one bar, ches' own, or none
-        return _score_run(data, model, tokenizer, options)
+        return _score_run(data, model, tokenizer, options, chunk_sizes or ChunkSizes())
 
 
-def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
+def _score_run(data: Data, model, tokenizer, options: ScoreOptions, chunk_sizes: ChunkSizes):
     started = now()
     dataset = load_data(data, options.split)
     parts = dataset if isinstance(dataset, datasets.DatasetDict) else {None: dataset}
@@ -110,7 +113,7 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions):
                                      rows=len(part)) if embedding_files else None
             rows = score_rows(sources[name], loaded, layout=layout, batch_tokens=setup.batch_tokens,
                               max_length=options.max_length, progress=options.progress, cache=cache, embeddings=writer,
-                              process=setup.process, logps=options.logps)
+                              process=setup.process, logps=options.logps, chunk_pairs=chunk_sizes.pairs)
             results[name] = add_score_columns(part, rows.columns)
             key = _key(name)
             info.rows[key] = len(part)

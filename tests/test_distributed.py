@@ -17,33 +17,35 @@ from ches.run.distributed import Process
 SAMPLE = str(ROOT / "examples" / "data" / "hh-sample.jsonl")
 DRIVER = """
 import sys
-import ches.run.runner
-ches.run.runner.CHUNK_PAIRS = 4  # 16 chunks for 64 rows, so both processes get work
+from ches.run.chunk_loop import ChunkSizes
+SMALL = ChunkSizes(pairs=4)  # 16 chunks for 64 rows, so both processes get work
 if sys.argv[1] == "api":
     import ches
     from ches.run.distributed import Process
-    scored = ches.score(sys.argv[2], sys.argv[3], progress=False, num_threads=1)  # one thread everywhere
+    scored = ches.score(sys.argv[2], sys.argv[3], progress=False, num_threads=1,  # one thread everywhere
+                        chunk_sizes=SMALL)
     ranks = Process.current()
     scored.to_parquet(f"{sys.argv[4]}.rank{ranks.rank}.parquet")
 else:
     from ches.cli import main
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:], chunk_sizes=SMALL))
 """
 
 
 PAIRS_DRIVER = """
 import sys
-import ches.builder.passes
-ches.builder.passes.CHUNK_SEQUENCES = 8  # a few prompts per chunk, so both processes get work
+from ches.run.chunk_loop import ChunkSizes
+SMALL = ChunkSizes(sequences=8)  # a few prompts per chunk, so both processes get work
 if sys.argv[1] == "api":
     import ches
     from ches.run.distributed import Process
     built = ches.pairs(sys.argv[2], sys.argv[3], rule="all_min_ches", per_prompt=3, logps=True, progress=False,
-                       num_threads=1)  # one thread everywhere: a thread count can change the sums' last bits
+                       num_threads=1,  # one thread everywhere: a thread count can change the sums' last bits
+                       chunk_sizes=SMALL)
     built.to_parquet(f"{sys.argv[4]}.rank{Process.current().rank}.parquet")
 else:
     from ches.cli import main
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:], chunk_sizes=SMALL))
 """
 
 

@@ -15,6 +15,7 @@ import ches
 from ches.builder.candidates import from_generic, from_ultrafeedback, to_candidates
 from ches.cli import main
 from ches.options import PAIR_LAYOUT_DEFAULT
+from ches.run.chunk_loop import ChunkSizes
 from ches.scores.pairing import allowed_pairs, pair_matrices, select
 
 PERSONA = ROOT / "examples" / "data" / "persona-ends-justify-means.jsonl"
@@ -482,7 +483,7 @@ def test_a_second_run_with_the_same_cache_runs_only_the_new_prompts(tiny_model, 
 
     model = tiny_model("llama")
     rows = hh_candidate_rows(2) + persona_rows(2)
-    monkeypatch.setattr(passes, "CHUNK_SEQUENCES", 1)  # one prompt per chunk
+    small = ChunkSizes(sequences=1)  # one prompt per chunk
     ran = []
     real = passes.run_sequences
 
@@ -491,17 +492,17 @@ def test_a_second_run_with_the_same_cache_runs_only_the_new_prompts(tiny_model, 
         return real(sequences, groups, *args, **kwargs)
 
     monkeypatch.setattr(passes, "run_sequences", counting)
-    ches.pairs(rows[:2], model, tokenizer, cache_dir=tmp_path / "cache", logps=True, progress=False)
+    ches.pairs(rows[:2], model, tokenizer, cache_dir=tmp_path / "cache", logps=True, progress=False, chunk_sizes=small)
     assert ran == [3, 3]
     ran.clear()
-    again, info = ches.pairs_run(rows, model, tokenizer, cache_dir=tmp_path / "cache", logps=True, progress=False)
+    again, info = ches.pairs_run(rows, model, tokenizer, cache_dir=tmp_path / "cache", logps=True, progress=False, chunk_sizes=small)
     assert ran == [len(row["responses"]) for row in rows[2:]] and info.chunks_reused == 2  # the new prompts only
     ran.clear()
-    fresh = ches.pairs(rows, model, tokenizer, logps=True, progress=False)
+    fresh = ches.pairs(rows, model, tokenizer, logps=True, progress=False, chunk_sizes=small)
     assert again.to_list() == fresh.to_list()
     ran.clear()
     cached, info = ches.pairs_run(rows, model, tokenizer, cache_dir=tmp_path / "cache", rule="max_margin",
-                                  logps=True, progress=False)  # another rule: the same passes, all from the cache
+                                  logps=True, progress=False, chunk_sizes=small)  # another rule: the same passes, all from the cache
     assert ran == [] and info.chunks_reused == 4 and info.tokens_run == 0 and cached.num_rows == 4
 
 

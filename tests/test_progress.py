@@ -11,6 +11,7 @@ import ches
 import ches.run.progress
 import ches.run.runner
 from ches.cli import main
+from ches.run.chunk_loop import ChunkSizes
 
 
 @pytest.fixture
@@ -25,7 +26,6 @@ def bars(monkeypatch):
         return bar
 
     monkeypatch.setattr(ches.run.progress, "progress_bar", keep)
-    monkeypatch.setattr(ches.run.runner, "CHUNK_PAIRS", 8)  # five chunks: the total is estimated, then exact
     return opened
 
 
@@ -35,8 +35,11 @@ def test_the_bar_counts_the_tokens_trl_trains_on(bars, tokenizer, tiny_model, tm
     _, sequences = trl_sequences(rows, tokenizer, model, None, tmp_path)
     tokens = sum(len(input_ids) for input_ids, _ in sequences.values())
 
-    ches.score(datasets.Dataset.from_list(rows), model, tokenizer, progress=True, cache_dir=tmp_path / "cache")
-    ches.score(datasets.Dataset.from_list(rows), model, tokenizer, progress=True, cache_dir=tmp_path / "cache")
+    small = ChunkSizes(pairs=8)  # five chunks: the total is estimated, then exact
+    ches.score(datasets.Dataset.from_list(rows), model, tokenizer, progress=True, cache_dir=tmp_path / "cache",
+               chunk_sizes=small)
+    ches.score(datasets.Dataset.from_list(rows), model, tokenizer, progress=True, cache_dir=tmp_path / "cache",
+               chunk_sizes=small)
 
     assert [bar.unit for bar in bars] == ["tok", "tok"]
     for bar in bars:  # the run that computed every chunk, and the one that read them all from the cache

@@ -14,8 +14,8 @@ import ches
 from ches.data.inputs import load_data
 
 SAMPLE = str(ROOT / "examples" / "data" / "hh-sample.jsonl")
-DRIVER = ("import sys, ches.run.runner; ches.run.runner.CHUNK_PAIRS = 4; from ches.cli import main; "
-          "sys.exit(main(sys.argv[1:]))")
+DRIVER = ("import sys; from ches.cli import main; from ches.run.chunk_loop import ChunkSizes; "
+          "sys.exit(main(sys.argv[1:], chunk_sizes=ChunkSizes(pairs=4)))")
 
 
 def run_cli(*args, wait=True):
@@ -103,15 +103,16 @@ def test_a_shard_under_another_chunks_name_is_not_reused(tmp_path, monkeypatch, 
     import logging
     import shutil
 
-    import ches.run.runner
+    from ches.run.chunk_loop import ChunkSizes
 
-    monkeypatch.setattr(ches.run.runner, "CHUNK_PAIRS", 8)
+    small = ChunkSizes(pairs=8)
     rows = load_data(SAMPLE).select(range(16))
-    first = ches.score(rows, str(MODEL_DIR), cache_dir=str(tmp_path), progress=False, num_threads=1)
+    first = ches.score(rows, str(MODEL_DIR), cache_dir=str(tmp_path), progress=False, num_threads=1, chunk_sizes=small)
     files = sorted(shards(tmp_path))
     assert len(files) == 2
     shutil.copyfile(files[0], files[1])
     with caplog.at_level(logging.WARNING, logger="ches"):
-        again = ches.score(rows, str(MODEL_DIR), cache_dir=str(tmp_path), progress=False, num_threads=1)
+        again = ches.score(rows, str(MODEL_DIR), cache_dir=str(tmp_path), progress=False, num_threads=1,
+                           chunk_sizes=small)
     assert "records the key" in caplog.text
     assert again["ches"][:] == first["ches"][:]

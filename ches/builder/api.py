@@ -40,6 +40,7 @@ from ..options import (
     signature_with_options,
 )
 from ..run.cache import model_fingerprint, open_cache
+from ..run.chunk_loop import ChunkSizes
 from ..run.quiet import library_bars_off
 from ..run.runs import now, prepared
 from ..scores.stats import counted
@@ -122,10 +123,12 @@ def pairs(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = N
 
 
 def pairs_run(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = None,
-              **kwargs: Any) -> tuple[datasets.Dataset, PairsInfo]:
+              chunk_sizes: ChunkSizes | None = None, **kwargs: Any) -> tuple[datasets.Dataset, PairsInfo]:
     """:func:`pairs`, also returning the record of the run (:class:`~ches.PairsInfo`): the model,
     layout and options, the counts, every prompt that gave no pair (``skipped_prompts``: :class:`Skipped`)
-    and every response that could not be scored (``unscored_responses``: :class:`Unscored`).
+    and every response that could not be scored (``unscored_responses``: :class:`Unscored`); ``chunk_sizes``: how
+    many sequences a chunk holds (the unit of work, caching and resuming; default
+    :class:`~ches.run.chunk_loop.ChunkSizes`), for tests and benchmarks.
 
     >>> built, info = pairs_run([{"prompt": "\\n\\nHuman: Hi\\n\\nAssistant:", "responses": [" Hello!"], "ratings": [1]}],
     ...                         "examples/tiny-hh-model", progress=False)
@@ -134,11 +137,11 @@ def pairs_run(data: Data, model, tokenizer=None, *, options: ScoreOptions | None
     """
     rules, reading, scoring = pairs_options(options, **kwargs)
     with torch_threads(scoring.num_threads), library_bars_off():  # one bar, ches' own, or none
-        return _pairs_run(data, model, tokenizer, rules, reading, scoring)
+        return _pairs_run(data, model, tokenizer, rules, reading, scoring, chunk_sizes or ChunkSizes())
 
 
 def _pairs_run(data: Data, model, tokenizer, rules: PairOptions, reading: PairInputOptions,
-               scoring: ScoreOptions) -> tuple[datasets.Dataset, PairsInfo]:
+               scoring: ScoreOptions, chunk_sizes: ChunkSizes) -> tuple[datasets.Dataset, PairsInfo]:
     started = now()
     columns, rating_field = reading.columns, reading.rating_field
     dataset = load_data(data, scoring.split)
@@ -156,7 +159,8 @@ def _pairs_run(data: Data, model, tokenizer, rules: PairOptions, reading: PairIn
         cache = open_cache(scoring.cache_dir, loaded, setup.layout.layout, work="pairs") if scoring.cache_dir else None
         ran = run_groups([plan.sequences + plan.corrections for plan in plans], loaded, layout=setup.layout,
                          batch_tokens=setup.batch_tokens, head=LMHead.of(loaded.model) if scoring.logps else None,
-                         cache=cache, process=setup.process, progress=scoring.progress)
+                         cache=cache, process=setup.process, progress=scoring.progress,
+                         chunk_sequences=chunk_sizes.sequences)
     built, more, unscored = select_pairs(rows, plans, ran.sums, rules, scoring.max_length, dtype=loaded.dtype)
     skipped = sorted(skipped + more, key=lambda item: item.source_row)
     given = scoring.as_dict()

@@ -1,13 +1,14 @@
 """The model pass of ``ches.pairs``: every prompt's sequences, in chunks that are shared among processes and cached.
 
-A chunk is a run of whole prompts holding about :data:`CHUNK_SEQUENCES` sequences (each prompt's
-responses and its prompt corrections, :class:`ches.builder.api.PromptPlan`). It is the unit of work, of
-caching and of sharing: under ``torchrun`` / ``accelerate launch`` each process runs a share of the
-chunks (balanced by tokens, :meth:`ches.run.distributed.Process.share`) and the processes then exchange the
-sums, so every process holds all of them and selects the same pairs; with ``cache_dir`` each finished
-chunk's sums are kept (:class:`ches.run.cache.ShardCache`, named by a hash of the chunk's token sequences),
-so a second run, or a run after a crash, runs only the chunks not yet kept. A chunk's batches depend on
-the chunk alone, so one process, several, or a resumed run give the same numbers.
+A chunk is a run of whole prompts holding about ``chunk_sequences`` sequences (default :attr:`ChunkSizes.sequences
+<ches.run.chunk_loop.ChunkSizes>`; each prompt's responses and its prompt corrections,
+:class:`ches.builder.plan.PromptPlan`). It is the unit of work, of caching and of sharing, run by the loop
+``ches.score`` runs its chunks with (:func:`ches.run.chunk_loop.run_chunks`): under ``torchrun`` / ``accelerate
+launch`` each process runs a share of the chunks (balanced by tokens, :meth:`ches.run.distributed.Process.share`)
+and the processes then exchange the sums, so every process holds all of them and selects the same pairs; with
+``cache_dir`` each finished chunk's sums are kept (:class:`ches.run.cache.ShardCache`, named by a hash of the
+chunk's token sequences), so a second run, or a run after a crash, runs only the chunks not yet kept. A chunk's
+batches depend on the chunk alone, so one process, several, or a resumed run give the same numbers.
 
 >>> from ches.data.tokens import TokenSequence
 >>> one = TokenSequence([1, 2, 3], 0, 2)
@@ -17,7 +18,7 @@ the chunk alone, so one process, several, or a resumed run give the same numbers
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,12 +27,12 @@ from ..data.tokens import TokenSequence
 from ..model.engine import HiddenSums
 from ..model.layouts import LayoutChoice
 from ..model.logps import LMHead
+from ..model.models import LoadedModel
 from ..run.cache import ShardCache, chunk_key
+from ..run.chunk_loop import Bar, Chunk, ChunkSizes, ChunkWork, run_chunks
 from ..run.distributed import Process
-from ..run.runner import progress_bar, release_freed_memory, run_sequences
-
-#: sequences per chunk (whole prompts: a chunk may hold more): the unit of work, of caching and of sharing
-CHUNK_SEQUENCES = 512
+from ..run.progress import progress_bar
+from ..run.runner import run_sequences
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,8 @@ class GroupSums:
     chunks_reused: int
 
 
-def chunk_groups(groups: Sequence[Sequence[TokenSequence]], limit: int | None = None) -> list[list[int]]:
-    """Consecutive groups (indices) in chunks of at least ``limit`` sequences (default :data:`CHUNK_SEQUENCES`),
-    the last one possibly smaller."""
-    limit = CHUNK_SEQUENCES if limit is None else limit
+def chunk_groups(groups: Sequence[Sequence[TokenSequence]], limit: int = ChunkSizes.sequences) -> list[list[int]]:
+    """Consecutive groups (indices) in chunks of at least ``limit`` sequences, the last one possibly smaller."""
     chunks, current, count = [], [], 0
     for index, group in enumerate(groups):
         current.append(index)
@@ -58,9 +57,10 @@ def chunk_groups(groups: Sequence[Sequence[TokenSequence]], limit: int | None = 
     return chunks + ([current] if current else [])
 
 
-def run_groups(groups: Sequence[Sequence[TokenSequence]], loaded, *, layout: LayoutChoice, batch_tokens: int,
-               head: LMHead | None = None, cache: ShardCache | None = None, process: Process | None = None,
-               progress: bool = False) -> GroupSums:
+def run_groups(groups: Sequence[Sequence[TokenSequence]], loaded: LoadedModel, *, layout: LayoutChoice,
+               batch_tokens: int, head: LMHead | None = None, cache: ShardCache | None = None,
+               process: Process | None = None, progress: bool = False,
+               chunk_sequences: int = ChunkSizes.sequences) -> GroupSums:
     """The :class:`~ches.model.engine.HiddenSums` of every sequence of every group (a group's sequences share a
     prompt, written once where the layout allows), in order; with ``head`` their log-probabilities too.
 
@@ -71,60 +71,84 @@ def run_groups(groups: Sequence[Sequence[TokenSequence]], loaded, *, layout: Lay
         cache: where finished chunks are kept and found.
         process: this process's place in the job (default: the only one).
         progress: a bar over sequences (on the main process).
+        chunk_sequences: sequences per chunk (whole prompts: :func:`chunk_groups`).
     """
-    process = process or Process()
-    chunks = chunk_groups(groups)
-    sequences = [list(group) for group in groups]
-    starts = [0]
-    for group in sequences:
-        starts.append(starts[-1] + len(group))
-    mine = process.share([float(sum(len(item.input_ids) for index in chunk for item in sequences[index]))
-                          for chunk in chunks])
-    bar = progress_bar(sum(starts[chunk[-1] + 1] - starts[chunk[0]] for chunk in (chunks[i] for i in mine)),
-                       progress and process.is_main, unit="sequence")
-    names = ("sums", "last") + (("logps",) if head is not None else ())
-    indices, parts, tokens_run, reused, failure = [], {name: [] for name in names}, 0, 0, None
-    try:
+    work = _GroupChunks(groups, loaded, layout=layout, batch_tokens=batch_tokens, head=head,
+                        chunk_sequences=chunk_sequences)
+    return run_chunks(work, process=process or Process(), cache=cache, progress=progress).result
+
+
+@dataclass(frozen=True)
+class _GroupChunk:
+    """One chunk of prompts: its sequences in order, the positions (among them) of each prompt's, and the
+    prompts' sequences (what its cache key hashes)."""
+
+    members: list[TokenSequence]
+    local: list[list[int]]
+    groups: list[list[TokenSequence]]
+
+
+class _GroupChunks(ChunkWork[_GroupChunk, GroupSums]):
+    """``ches.pairs``' chunks: whole prompts (:func:`chunk_groups`), their sequences' sums kept in order; a bar over
+    sequences."""
+
+    def __init__(self, groups: Sequence[Sequence[TokenSequence]], loaded: LoadedModel, *, layout: LayoutChoice,
+                 batch_tokens: int, head: LMHead | None, chunk_sequences: int) -> None:
+        self.loaded, self.layout, self.batch_tokens, self.head = loaded, layout, batch_tokens, head
+        self.groups = [list(group) for group in groups]
+        self.plan = chunk_groups(self.groups, chunk_sequences)
+        self.starts = [0]
+        for group in self.groups:
+            self.starts.append(self.starts[-1] + len(group))
+        self.names = ("sums", "last") + (("logps",) if head is not None else ())
+        self.indices: list[torch.Tensor] = []
+        self.parts: dict[str, list[torch.Tensor]] = {name: [] for name in self.names}
+        self.tokens_run = 0
+
+    def _span(self, position: int) -> tuple[int, int]:
+        """The first sequence of chunk ``position`` and the one after its last."""
+        chunk = self.plan[position]
+        return self.starts[chunk[0]], self.starts[chunk[-1] + 1]
+
+    def costs(self) -> list[float]:
+        return [float(sum(len(item.input_ids) for index in chunk for item in self.groups[index])) for chunk in self.plan]
+
+    def open_bar(self, mine: list[int]) -> Bar | None:
+        return progress_bar(sum(end - begin for begin, end in map(self._span, mine)), True, unit="sequence")
+
+    def chunks(self, mine: list[int], bar: Bar | None) -> Iterator[Chunk[_GroupChunk]]:
         for position in mine:
-            chunk = chunks[position]
-            members = [item for index in chunk for item in sequences[index]]
-            first = starts[chunk[0]]
-            local = [list(range(starts[index] - first, starts[index + 1] - first)) for index in chunk]
-            key = chunk_key([sequences[index] for index in chunk]) if cache is not None else None
-            stored = cache.load(key, rows=len(members), names=names) if cache is not None else None
-            if stored is None:
-                done = None if bar is None else (lambda finished: bar.update(len(finished)))
-                result = run_sequences(members, local, loaded, layout=layout, batch_tokens=batch_tokens, on_done=done,
-                                       head=head)
-                stored = {"sums": result.sums, "last": result.last} | ({"logps": result.logps} if head else {})
-                tokens_run += layout.strategy.token_slots(members, local)
-                if cache is not None:
-                    cache.save(key, stored)
-                release_freed_memory()
-            else:
-                reused += 1
-                if bar is not None:
-                    bar.update(len(members))
-            indices.append(torch.arange(first, first + len(members)))
-            for name in names:
-                parts[name].append(stored[name])
-    except Exception as error:  # every process learns of it below, instead of waiting at the exchange
-        failure = error
-    finally:
-        if bar is not None:
-            bar.close()
-    process.fail_together(failure)
-    return _gathered(process, indices, parts, starts[-1], tokens_run, reused, loaded.hidden_size)
+            chunk, (first, _) = self.plan[position], self._span(position)
+            members = [item for index in chunk for item in self.groups[index]]
+            local = [list(range(self.starts[index] - first, self.starts[index + 1] - first)) for index in chunk]
+            item = _GroupChunk(members, local, [self.groups[index] for index in chunk])
+            yield Chunk(position, item, rows=len(members), units=len(members))
 
+    def key(self, item: _GroupChunk) -> str:
+        return chunk_key(item.groups)
 
-def _gathered(process: Process, indices: list[torch.Tensor], parts: dict[str, list[torch.Tensor]], total: int,
-              tokens_run: int, reused: int, hidden_size: int) -> GroupSums:
-    """Every process's sums placed by sequence, on every process; the counts summed over processes."""
-    index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
-    empty = {"sums": torch.zeros(0, hidden_size), "last": torch.zeros(0, hidden_size),
-             "logps": torch.zeros(0, dtype=torch.float64)}
-    values = {name: process.gather_rows(index, torch.cat(chunks) if chunks else empty[name], total)
-              for name, chunks in parts.items()}
-    counts = process.gather_flat(torch.tensor([tokens_run, reused], dtype=torch.long))
-    return GroupSums(HiddenSums(values["sums"], values["last"], values.get("logps")),
-                     tokens_run=int(sum(count[0] for count in counts)), chunks_reused=int(sum(count[1] for count in counts)))
+    def compute(self, item: _GroupChunk, bar: Bar | None) -> dict[str, torch.Tensor]:
+        done = None if bar is None else (lambda finished: bar.update(len(finished)))
+        result = run_sequences(item.members, item.local, self.loaded, layout=self.layout,
+                               batch_tokens=self.batch_tokens, on_done=done, head=self.head)
+        self.tokens_run += self.layout.strategy.token_slots(item.members, item.local)
+        return {"sums": result.sums, "last": result.last} | ({"logps": result.logps} if self.head is not None else {})
+
+    def keep(self, chunk: Chunk[_GroupChunk], tensors: dict[str, torch.Tensor]) -> None:
+        first, end = self._span(chunk.position)
+        self.indices.append(torch.arange(first, end))
+        for name in self.names:
+            self.parts[name].append(tensors[name])
+
+    def gather(self, process: Process, reused: int) -> GroupSums:
+        """Every process's sums placed by sequence, on every process; the counts summed over processes."""
+        index = torch.cat(self.indices) if self.indices else torch.zeros(0, dtype=torch.long)
+        hidden = self.loaded.hidden_size
+        empty = {"sums": torch.zeros(0, hidden), "last": torch.zeros(0, hidden),
+                 "logps": torch.zeros(0, dtype=torch.float64)}
+        values = {name: process.gather_rows(index, torch.cat(parts) if parts else empty[name], self.starts[-1])
+                  for name, parts in self.parts.items()}
+        counts = process.gather_flat(torch.tensor([self.tokens_run, reused], dtype=torch.long))
+        return GroupSums(HiddenSums(values["sums"], values["last"], values.get("logps")),
+                         tokens_run=int(sum(count[0] for count in counts)),
+                         chunks_reused=int(sum(count[1] for count in counts)))

@@ -19,6 +19,7 @@ import errno
 import logging
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..errors import ChesError, one_line
@@ -37,6 +38,9 @@ from .flags import (
     rows_written,
     score_kwargs,
 )
+
+if TYPE_CHECKING:
+    from ..run.chunk_loop import ChunkSizes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +119,8 @@ def run_score(args) -> Outcome:
 
     check_outputs(args)
     given = score_kwargs(args)
-    scored, info = score_run(args.data, args.model, args.tokenizer, overwrite=args.overwrite, **given)
+    scored, info = score_run(args.data, args.model, args.tokenizer, overwrite=args.overwrite,
+                             chunk_sizes=args.chunk_sizes, **given)
     embeddings = given.get("save_embeddings")
     meta = {"run": info.as_dict(), "embeddings": str(embeddings) if embeddings else None, **rows_written(scored)}
     if args.output:
@@ -241,14 +246,16 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ches`` and ``python -m ches``; returns the exit status."""
+def main(argv: list[str] | None = None, *, chunk_sizes: ChunkSizes | None = None) -> int:
+    """Entry point of ``ches`` and ``python -m ches``; returns the exit status. ``chunk_sizes``: how much a chunk
+    of ``ches score`` / ``ches pairs`` holds (default :class:`~ches.run.chunk_loop.ChunkSizes`), for tests and
+    benchmarks that drive the command line and need small chunks; no flag sets it."""
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("ches").setLevel(logging.INFO)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     with _terminate_as_exception():
-        return _main(argv, started)
+        return _main(argv, started, chunk_sizes)
 
 
 class Terminated(BaseException):
@@ -276,10 +283,10 @@ def _terminate_as_exception():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _main(argv: list[str], started: str) -> int:
+def _main(argv: list[str], started: str, chunk_sizes: ChunkSizes | None = None) -> int:
     args = None
-    try:
-        args = build_parser().parse_args(argv)
+    try:  # the commands that run chunks read args.chunk_sizes
+        args = build_parser().parse_args(argv, namespace=argparse.Namespace(chunk_sizes=chunk_sizes))
         check_paths_first(args)  # before the heavy imports: a mistyped path fails at once
         check_options(args)  # and so does a bad option value
         from ..run.quiet import library_bars_off

@@ -48,7 +48,7 @@ def run_command(args) -> Outcome:
     from ..builder.api import describe_run, pairs_run
 
     check_outputs(args)
-    built, info = pairs_run(args.data, args.model, args.tokenizer, **call_kwargs(args))
+    built, info = pairs_run(args.data, args.model, args.tokenizer, chunk_sizes=args.chunk_sizes, **call_kwargs(args))
     run = info.as_dict()
     meta = {"run": {name: value for name, value in run.items() if name not in LISTED}, "rows_written": built.num_rows,
             **{name: run[name] for name in LISTED}}

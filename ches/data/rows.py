@@ -8,7 +8,7 @@ not grow with the table) and raises :class:`~ches.errors.ChesError` for the firs
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import datasets
@@ -38,14 +38,34 @@ class RowSource:
     lengths: np.ndarray
     split: str | None
 
-    def pairs(self, begin: int, end: int) -> list[Pair]:
-        """The normalized pairs of rows ``[begin, end)``."""
-        return preference_pairs(self.dataset.select(range(begin, end)), self.split, self.columns, first_row=begin,
-                                warn=False)
+    def pairs(self, rows: range | np.ndarray) -> list[Pair]:
+        """The normalized pairs of ``rows`` (a range, or row numbers), in one read: the rows were checked by
+        :func:`read_rows`, so their format's warnings are not given again."""
+        return normalized(self.dataset, rows, self.split, self.columns, warn=False)
 
-    def pairs_at(self, rows: np.ndarray) -> list[Pair]:
-        """The normalized pairs of the given rows (already checked by :func:`read_rows`), in one read."""
-        return preference_pairs(self.dataset.select(rows), self.split, self.columns, warn=False)
+    def chunk_pairs(self, chunks: Iterable[np.ndarray]) -> Iterator[list[Pair]]:
+        """The normalized pairs of each chunk of rows (each inside one block of :data:`BLOCK_ROWS`, as
+        :func:`ches.run.chunks.plan_chunks` cuts them), in the chunk's order, reading each block once.
+
+        >>> source = read_rows(datasets.Dataset.from_list([{"chosen": "Hi a", "rejected": "Hi b"}] * 3))
+        >>> [len(pairs) for pairs in source.chunk_pairs([np.array([2, 0]), np.array([1])])]
+        [2, 1]
+        """
+        block, block_pairs = -1, []
+        for rows in chunks:
+            first = int(rows.min()) // BLOCK_ROWS * BLOCK_ROWS
+            if first != block:  # a chunk lies inside one block: read each block once
+                block, block_pairs = first, self.pairs(range(first, min(first + BLOCK_ROWS, len(self.lengths))))
+            yield [block_pairs[int(row) - first] for row in rows]
+
+
+def normalized(dataset: datasets.Dataset, rows: range | np.ndarray, split: str | None,
+               columns: Mapping[str, str] | None, *, warn: bool) -> list[Pair]:
+    """The one place rows become normalized pairs: ``rows`` of ``dataset`` (a range, numbered from its start in
+    errors, or row numbers), checked (:func:`~ches.data.inputs.preference_pairs`), with the format's warnings
+    when ``warn``."""
+    first_row = rows.start if isinstance(rows, range) else 0
+    return preference_pairs(dataset.select(rows), split, columns, first_row=first_row, warn=warn)
 
 
 def read_rows(dataset: datasets.Dataset, split: str | None = None, columns: Mapping[str, str] | None = None) -> RowSource:
@@ -56,6 +76,5 @@ def read_rows(dataset: datasets.Dataset, split: str | None = None, columns: Mapp
     lengths = np.zeros(len(dataset), dtype=np.int64)
     for begin in range(0, len(dataset), BLOCK_ROWS):
         end = min(begin + BLOCK_ROWS, len(dataset))
-        lengths[begin:end] = [text_length(pair) for pair in
-                              preference_pairs(dataset.select(range(begin, end)), split, columns, first_row=begin)]
+        lengths[begin:end] = [text_length(pair) for pair in normalized(dataset, range(begin, end), split, columns, warn=True)]
     return RowSource(dataset, columns, lengths, split)

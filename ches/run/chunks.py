@@ -30,7 +30,7 @@ def plan_chunks(lengths: np.ndarray, chunk_pairs: int, block_rows: int | None = 
     """Row indices cut into chunks of ``chunk_pairs``: block by block (``block_rows`` rows), each block's
     rows longest first (stable), so a chunk holds rows of similar length and the plan streams. The
     default ``block_rows`` is :data:`ches.data.rows.BLOCK_ROWS`; ``chunk_pairs`` is the runner's
-    :data:`ches.run.runner.CHUNK_PAIRS`.
+    (default :attr:`ches.run.chunk_loop.ChunkSizes.pairs`).
 
     >>> [chunk.tolist() for chunk in plan_chunks(np.array([3, 5, 4, 1, 2]), chunk_pairs=2, block_rows=4)]
     [[1, 2], [0, 3], [4]]
@@ -122,7 +122,7 @@ def row_digests(source: RowSource, tokenizer, max_length: int | None) -> list[st
     would record it (None for a row it would skip), without a model: a block of rows tokenized at a time."""
     digests: list[str | None] = []
     for begin in range(0, len(source.lengths), BLOCK_ROWS):
-        pairs = source.pairs(begin, min(begin + BLOCK_ROWS, len(source.lengths)))
+        pairs = source.pairs(range(begin, min(begin + BLOCK_ROWS, len(source.lengths))))
         for pair, tokens in zip(pairs, tokenize_pairs(pairs, tokenizer, first_row=begin)):
             plan = _plan(pair, tokens, max_length, None)
             digests.append(sequence_digest(plan) if isinstance(plan, SequencePair) else None)
@@ -138,7 +138,7 @@ def sample_work(sources: Sequence[RowSource], loaded: LoadedModel, *, max_length
     for source in sources:
         count = len(source.lengths)
         picked = np.unique(np.linspace(0, count - 1, max(1, round(rows * count / max(total, 1)))).round().astype(int))
-        pairs = source.pairs_at(picked)
+        pairs = source.pairs(picked)
         plans = plan_pairs(pairs, loaded, max_length=max_length, rows=picked, split=source.split)
         work += [plan for plan in plans if isinstance(plan, SequencePair)]
     return work
@@ -151,14 +151,9 @@ def stream_chunks(source: RowSource, chunks: list[np.ndarray], mine: list[int], 
     context, ready, stop = max_positions(loaded.model), queue.Queue(maxsize=AHEAD), threading.Event()
 
     def produce() -> None:
-        block, block_pairs = -1, []
         try:
-            for chunk_id in mine:
+            for chunk_id, pairs in zip(mine, source.chunk_pairs(chunks[chunk_id] for chunk_id in mine)):
                 rows = chunks[chunk_id]
-                first = int(rows.min()) // BLOCK_ROWS * BLOCK_ROWS
-                if first != block:  # a chunk lies inside one block: read each block once
-                    block, block_pairs = first, source.pairs(first, min(first + BLOCK_ROWS, len(source.lengths)))
-                pairs = [block_pairs[int(row) - first] for row in rows]
                 item = plan_chunk(chunk_id, rows, pairs, loaded.tokenizer, max_length=max_length, context=context,
                                   embedding_rows=loaded.embedding_rows, split=source.split)
                 while not _put(ready, item, stop):

@@ -23,6 +23,13 @@ def progress_bar(total: int | None, enabled: bool, unit: str = "pair", scale: bo
     return tqdm(total=total, unit=unit, desc="ches", unit_scale=scale)
 
 
+def write_line(text: str, file=None) -> None:
+    """Print a line of text (to ``file``, default stdout) without breaking a bar that is open (tqdm's ``write``)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(text, file=file)
+
+
 def run_tokens(pairs: Sequence[SequencePair]) -> int:
     """The tokens the model runs for these pairs: both sequences (prompt + completion) of each.
 
@@ -75,10 +82,6 @@ class TokenProgress:
         """``tokens`` more were run."""
         if self.bar is not None:
             self.bar.update(tokens)
-
-    def write(self, text: str, file=None) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=file)
 
     def close(self) -> None:
         if self.bar is not None:

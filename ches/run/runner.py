@@ -1,25 +1,24 @@
 """The per-pair pipeline, streamed: rows -> chunks -> token sequences -> decoder passes -> per-pair numbers.
 
 Before the model loads, :func:`ches.data.rows.read_rows` checks every row and keeps only each row's text
-length. The rows are then cut into chunks of :data:`CHUNK_PAIRS` pairs (:func:`ches.run.chunks.plan_chunks`).
-Each process takes a share of the chunks (balanced by length) and streams them: a background thread
-reads and tokenizes the chunks ahead of the device (:func:`ches.run.chunks.stream_chunks`), while the main
-thread runs the model on the current one (from the cache where it holds the chunk) and reduces it at
-once to its numbers. Per row, only
-numbers are kept (a few bytes each; token ids live only while their chunk is in flight, hidden sums
-only when embeddings are written, and those go to disk chunk by chunk). At the end the processes
-exchange their rows' numbers, so every process returns all of them.
+length. The rows are then cut into chunks of ``chunk_pairs`` pairs (default :attr:`ChunkSizes.pairs
+<ches.run.chunk_loop.ChunkSizes>`, :func:`ches.run.chunks.plan_chunks`), which :func:`ches.run.chunk_loop.run_chunks`
+shares among the processes (balanced by length), reads from the cache or runs, and gathers. A background
+thread reads and tokenizes a process's chunks ahead of the device (:func:`ches.run.chunks.stream_chunks`),
+while the main thread runs the model on the current one and reduces it at once to its numbers
+(:class:`ChunkNumbers`). Per row, only numbers are kept (a few bytes each; token ids live only while their
+chunk is in flight, hidden sums only when embeddings are written, and those go to disk chunk by chunk). At
+the end the processes exchange their rows' numbers, so every process returns all of them.
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..data.columns import DIGEST_COLUMN, LOGPS_COLUMNS, SCORE_TYPES, SHARED_LOGPS_COLUMNS
@@ -34,43 +33,153 @@ from ..model.models import LoadedModel
 from ..scores import formulas as scores
 from ..scores.stats import counted, skip_reasons
 from .cache import ShardCache, chunk_key
+from .chunk_loop import Chunk, ChunkSizes, ChunkWork, run_chunks
 from .chunks import PlannedChunk, plan_chunks, plan_pairs, stream_chunks  # noqa: F401 (plan_pairs: read here by tests too)
 from .distributed import Process
 from .embeddings import EmbeddingWriter
-from .progress import TokenProgress, progress_bar, run_tokens  # noqa: F401 (progress_bar: read from here by pair_builder)
+from .progress import TokenProgress, run_tokens, write_line
 
 logger = logging.getLogger("ches")
 
-CHUNK_PAIRS = 256  # pairs per chunk: the unit of work, of caching and of resuming
 #: per-pair numbers computed from the hidden sums (the rest of the score columns come from the plans)
 SUM_SCORES = ("ches", "ln_ches", "last_hidden_ip")
-#: per-pair numbers the model pass gives: the sums' scores, and with ``logps`` each completion's log-probability
-MODEL_NUMBERS = {False: SUM_SCORES, True: SUM_SCORES + LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS}
 #: the numeric score columns of a row, as exchanged between processes
 NUMBERS = {name: torch.float64 if kind == "float64" else torch.int64
            for name, kind in SCORE_TYPES.items() if kind in ("float64", "int64")} | {"prompt_cut": torch.int64,
                                                                                     "flag_bits": torch.int64}
+SUM_TENSORS = ("chosen_sum", "rejected_sum", "chosen_last", "rejected_last")  # what embeddings and the cache keep
+
+
+def model_numbers(logps: bool) -> tuple[str, ...]:
+    """The per-pair numbers the model pass gives: the sums' scores, and with ``logps`` each completion's
+    log-probability (and its LD-DPO shared part).
+
+    >>> model_numbers(False)
+    ('ches', 'ln_ches', 'last_hidden_ip')
+    """
+    return SUM_SCORES + (LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS if logps else ())
+
+
+@dataclass(frozen=True)
+class PairSequences:
+    """The two sequences of each of ``N`` pairs as the one list the engine runs: every chosen sequence, then
+    every rejected one, so ``sequences[i]`` and ``sequences[N + i]`` are pair ``i``'s (and share its prompt).
+
+    >>> from ches.data.tokens import TokenSequence
+    >>> halves = PairSequences([SequencePair(TokenSequence([1, 2], 0, 1), TokenSequence([1, 3], 0, 1))] * 2)
+    >>> halves.groups, halves.pair_of(3)
+    ([(0, 2), (1, 3)], 1)
+    """
+
+    pairs: Sequence[SequencePair]
+
+    @property
+    def sequences(self) -> list[TokenSequence]:
+        return [pair.chosen for pair in self.pairs] + [pair.rejected for pair in self.pairs]
+
+    @property
+    def groups(self) -> list[tuple[int, int]]:
+        """The positions of each pair's two sequences in :attr:`sequences`."""
+        return [(index, index + len(self.pairs)) for index in range(len(self.pairs))]
+
+    def pair_of(self, position: int) -> int:
+        """The pair whose sequence is at ``position`` of :attr:`sequences`."""
+        return position % len(self.pairs)
+
+    def split(self, sums: HiddenSums) -> SideSums:
+        """The engine's sums of :attr:`sequences`, back in the two sides of each pair."""
+        count = len(self.pairs)
+        return SideSums(_rows(sums, slice(None, count)), _rows(sums, slice(count, None)))
+
+
+def _rows(sums: HiddenSums, rows: slice) -> HiddenSums:
+    """Some rows of ``sums`` (every tensor it holds)."""
+    return HiddenSums(*(None if tensor is None else tensor[rows]
+                        for tensor in (sums.sums, sums.last, sums.logps, sums.shared_logps)))
 
 
 @dataclass(frozen=True)
 class SideSums:
-    """Hidden-state reductions of ``N`` pairs, one ``[N, H]`` float32 tensor per side and kind."""
+    """The engine's reductions of ``N`` pairs, one :class:`~ches.model.engine.HiddenSums` per side (``[N, H]``
+    float32 sums and last hidden states; with a head, ``[N]`` float64 log-probabilities)."""
 
-    chosen_sum: torch.Tensor
-    rejected_sum: torch.Tensor
-    chosen_last: torch.Tensor
-    rejected_last: torch.Tensor
-    chosen_logps: torch.Tensor | None = None  # [N] float64, with logps
-    rejected_logps: torch.Tensor | None = None
-    chosen_shared_logps: torch.Tensor | None = None  # [N] float64, with logps: LD-DPO's shared part
-    rejected_shared_logps: torch.Tensor | None = None
+    chosen: HiddenSums
+    rejected: HiddenSums
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The four ``[N, H]`` tensors (:data:`SUM_TENSORS`), by name."""
-        return {name: getattr(self, name) for name in SUM_TENSORS}
+        return dict(zip(SUM_TENSORS, (self.chosen.sums, self.rejected.sums, self.chosen.last, self.rejected.last)))
+
+    def logps(self) -> PairLogps:
+        """Each completion's log-probability and that of its shared part (with a head)."""
+        return PairLogps(self.chosen.logps, self.rejected.logps, self.chosen.shared_logps, self.rejected.shared_logps)
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> SideSums:
+        """The sums :meth:`tensors` gave (from a cache shard)."""
+        chosen_sum, rejected_sum, chosen_last, rejected_last = (tensors[name] for name in SUM_TENSORS)
+        return cls(HiddenSums(chosen_sum, chosen_last), HiddenSums(rejected_sum, rejected_last))
 
 
-SUM_TENSORS = ("chosen_sum", "rejected_sum", "chosen_last", "rejected_last")  # what embeddings and the cache keep
+@dataclass(frozen=True)
+class PairLogps:
+    """Each of ``N`` pairs' completions' log-probabilities, and those of their LD-DPO shared parts: ``[N]``
+    float64 each, named as their columns (:data:`~ches.data.columns.LOGPS_COLUMNS`,
+    :data:`~ches.data.columns.SHARED_LOGPS_COLUMNS`)."""
+
+    chosen_logps: torch.Tensor
+    rejected_logps: torch.Tensor
+    chosen_shared_logps: torch.Tensor
+    rejected_shared_logps: torch.Tensor
+
+    def columns(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS}
+
+
+@dataclass(frozen=True)
+class ChunkNumbers:
+    """What the model pass gives for the ``N`` pairs of a chunk that run (:func:`compute_chunk`), and what a
+    chunk's cache shard holds.
+
+    Attributes:
+        ches, ln_ches, last_hidden_ip: ``[N]`` float64, from the hidden sums (:func:`pair_scores`).
+        logps: the completions' log-probabilities, when the run asks for them.
+        sums: the pairs' hidden sums, when they are kept (for embeddings).
+    """
+
+    ches: torch.Tensor
+    ln_ches: torch.Tensor
+    last_hidden_ip: torch.Tensor
+    logps: PairLogps | None = None
+    sums: SideSums | None = None
+
+    @staticmethod
+    def names(logps: bool, sums: bool) -> tuple[str, ...]:
+        """The tensors of a run's shards: :func:`model_numbers`, and :data:`SUM_TENSORS` with ``sums``."""
+        return model_numbers(logps) + (SUM_TENSORS if sums else ())
+
+    def columns(self) -> dict[str, torch.Tensor]:
+        """The per-pair numbers by column name (:func:`model_numbers`)."""
+        scores_by_name = {"ches": self.ches, "ln_ches": self.ln_ches, "last_hidden_ip": self.last_hidden_ip}
+        return scores_by_name | (self.logps.columns() if self.logps is not None else {})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The shard's tensors by name (:meth:`names`)."""
+        return self.columns() | (self.sums.tensors() if self.sums is not None else {})
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> ChunkNumbers:
+        """The numbers a shard (or :meth:`tensors`) holds."""
+        has = set(tensors)
+        logps = PairLogps(*(tensors[name] for name in LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS)) if LOGPS_COLUMNS[0] in has else None
+        sums = SideSums.from_tensors(tensors) if SUM_TENSORS[0] in has else None
+        return cls(*(tensors[name] for name in SUM_SCORES), logps=logps, sums=sums)
+
+    @classmethod
+    def empty(cls, hidden_size: int, logps: bool, sums: bool) -> ChunkNumbers:
+        """The numbers of a chunk none of whose pairs run."""
+        return cls.from_tensors({name: torch.zeros(0, dtype=torch.float64) for name in model_numbers(logps)} |
+                                ({name: torch.zeros(0, hidden_size) for name in SUM_TENSORS} if sums else {}))
 
 
 @dataclass(frozen=True)
@@ -86,80 +195,76 @@ class ScoredRows:
 def score_rows(source: RowSource, loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
                max_length: int | None, progress: bool = False, cache: ShardCache | None = None,
                embeddings: EmbeddingWriter | None = None, process: Process | None = None,
-               logps: bool = False) -> ScoredRows:
-    """Score every row of ``source`` in ``layout`` (resolved for this model), streaming chunk by chunk; with
-    ``logps``, each completion's log-probability too (:data:`~ches.data.columns.LOGPS_COLUMNS`)."""
+               logps: bool = False, chunk_pairs: int = ChunkSizes.pairs) -> ScoredRows:
+    """Score every row of ``source`` in ``layout`` (resolved for this model), streaming chunks of
+    ``chunk_pairs`` pairs (:func:`ches.run.chunk_loop.run_chunks`); with ``logps``, each completion's
+    log-probability too (:data:`~ches.data.columns.LOGPS_COLUMNS`)."""
     process = process or Process()
-    chunks = plan_chunks(source.lengths, CHUNK_PAIRS)
-    mine = process.share([float(source.lengths[chunk].sum()) for chunk in chunks])
-    bar = TokenProgress.start(int(sum(source.lengths[chunks[i]].sum() for i in mine)), progress and process.is_main)
+    work = _PairChunks(source, loaded, layout=layout, batch_tokens=batch_tokens, max_length=max_length,
+                       embeddings=embeddings, logps=logps, chunk_pairs=chunk_pairs)
     try:
-        result, reused = _score_chunks(source, chunks, mine, loaded, layout=layout, batch_tokens=batch_tokens,
-                                       max_length=max_length, bar=bar, cache=cache, embeddings=embeddings, process=process,
-                                       logps=logps)
-        _refuse_if_nothing_finite(result.columns["ches_skip"], loaded.dtype, source.split)
+        ran = run_chunks(work, process=process, cache=cache, progress=progress)
+        _refuse_if_nothing_finite(ran.result.columns["ches_skip"], loaded.dtype, source.split)
         if embeddings is not None and process.is_main:
-            embeddings.finish(list(range(len(chunks))))
+            embeddings.finish(list(range(len(work.plan))))
     except BaseException:
         if embeddings is not None:  # no half-built embeddings are left behind
             embeddings.discard()
-        if bar is not None:  # an error is printed on a line of its own
-            bar.close()
         raise
-    summary = _summary(result, loaded.name) + (f"; {reused} finished chunks reused from {cache.folder}" if reused else "")
-    if bar is not None:
-        bar.close()
-        if not logger.isEnabledFor(logging.INFO):  # nobody would see the log record: show it with the bar
-            bar.write(summary, file=sys.stderr)
+    reused = f"; {ran.reused} finished chunks reused from {cache.folder}" if ran.reused else ""
+    summary = _summary(ran.result, loaded.name) + reused
+    if progress and process.is_main and not logger.isEnabledFor(logging.INFO):  # nobody would see the log record
+        write_line(summary, file=sys.stderr)  # show it with the bar
     if process.is_main:
         logger.info(summary)
-    return result
+    return ran.result
 
 
-def _score_chunks(source: RowSource, chunks: list[np.ndarray], mine: list[int], loaded: LoadedModel, *,
-                  layout: LayoutChoice, batch_tokens: int, max_length: int | None, bar: TokenProgress | None,
-                  cache: ShardCache | None,
-                  embeddings: EmbeddingWriter | None, process: Process, logps: bool) -> tuple[ScoredRows, int]:
-    """Run this process's chunks (from the cache where it holds them), then gather every process's rows."""
-    collected, reused = _Collected(MODEL_NUMBERS[logps]), 0
-    head = LMHead.of(loaded.model) if logps else None
-    try:
-        for planned in stream_chunks(source, chunks, mine, loaded, max_length):
-            if bar is not None:
-                bar.planned(int(source.lengths[planned.rows].sum()), run_tokens(planned.work))
-            stored, cached = _chunk_scores(planned, loaded, layout=layout, batch_tokens=batch_tokens, cache=cache,
-                                           keep_sums=embeddings is not None, bar=bar, head=head)
-            reused += cached
-            run = collected.add(planned, stored, loaded.dtype)
-            release_freed_memory()
-            if embeddings is not None:
-                embeddings.add(planned.chunk_id, torch.as_tensor(planned.rows)[run],
-                               {name: stored[name] for name in SUM_TENSORS},
-                               torch.tensor(planned.numbers["chosen_tokens"])[run],
-                               torch.tensor(planned.numbers["rejected_tokens"])[run])
-        failure = None
-    except Exception as error:  # every process learns of it below, instead of waiting at the exchange
-        failure = error
-    process.fail_together(failure)
-    return collected.gather(process, len(source.lengths)), reused
+class _PairChunks(ChunkWork[PlannedChunk, ScoredRows]):
+    """``ches.score``'s chunks: rows of similar length (:func:`~ches.run.chunks.plan_chunks`), tokenized ahead of the
+    device (:func:`~ches.run.chunks.stream_chunks`), each reduced at once to its rows' numbers; a bar over tokens."""
 
+    def __init__(self, source: RowSource, loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
+                 max_length: int | None, embeddings: EmbeddingWriter | None, logps: bool, chunk_pairs: int) -> None:
+        self.source, self.loaded, self.layout, self.batch_tokens = source, loaded, layout, batch_tokens
+        self.max_length, self.embeddings = max_length, embeddings
+        self.plan = plan_chunks(source.lengths, chunk_pairs)
+        self.head = LMHead.of(loaded.model) if logps else None
+        self.names = ChunkNumbers.names(logps, sums=embeddings is not None)
+        self.collected = _Collected(model_numbers(logps))
 
-def _chunk_scores(planned: PlannedChunk, loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
-                  cache: ShardCache | None, keep_sums: bool, bar: TokenProgress | None, head: LMHead | None = None
-                  ) -> tuple[dict[str, torch.Tensor], bool]:
-    """A chunk's :data:`MODEL_NUMBERS` (and sums when ``keep_sums``) for its run rows, and whether they came
-    from the cache."""
-    names = MODEL_NUMBERS[head is not None] + (SUM_TENSORS if keep_sums else ())
-    key = chunk_key(planned.plans) if cache is not None else None
-    stored = cache.load(key, rows=len(planned.work), names=names) if cache is not None else None
-    if stored is None:
-        computed = compute_chunk(planned.work, loaded, layout=layout, batch_tokens=batch_tokens, keep_sums=keep_sums,
-                                 on_tokens=bar.update if bar is not None else None, head=head)
-        if cache is not None:
-            cache.save(key, computed)
-    elif bar is not None:  # a chunk from the cache (skipped rows run no tokens)
-        bar.update(run_tokens(planned.work))
-    return (computed if stored is None else stored), stored is not None
+    def costs(self) -> list[float]:
+        return [float(self.source.lengths[chunk].sum()) for chunk in self.plan]
+
+    def open_bar(self, mine: list[int]) -> TokenProgress | None:
+        return TokenProgress.start(int(sum(self.source.lengths[self.plan[i]].sum() for i in mine)), True)
+
+    def chunks(self, mine: list[int], bar: TokenProgress | None) -> Iterator[Chunk[PlannedChunk]]:
+        with contextlib.closing(stream_chunks(self.source, self.plan, mine, self.loaded, self.max_length)) as stream:
+            for planned in stream:
+                tokens = run_tokens(planned.work)  # skipped rows run no tokens
+                if bar is not None:
+                    bar.planned(int(self.source.lengths[planned.rows].sum()), tokens)
+                yield Chunk(planned.chunk_id, planned, rows=len(planned.work), units=tokens)
+
+    def key(self, item: PlannedChunk) -> str:
+        return chunk_key(item.plans)
+
+    def compute(self, item: PlannedChunk, bar: TokenProgress | None) -> dict[str, torch.Tensor]:
+        return compute_chunk(item.work, self.loaded, layout=self.layout, batch_tokens=self.batch_tokens,
+                             keep_sums=self.embeddings is not None, on_tokens=bar.update if bar is not None else None,
+                             head=self.head).tensors()
+
+    def keep(self, chunk: Chunk[PlannedChunk], tensors: dict[str, torch.Tensor]) -> None:
+        planned, numbers = chunk.item, ChunkNumbers.from_tensors(tensors)
+        run = self.collected.add(planned, numbers, self.loaded.dtype)
+        if self.embeddings is not None:
+            self.embeddings.add(planned.chunk_id, torch.as_tensor(planned.rows)[run], numbers.sums.tensors(),
+                                torch.tensor(planned.numbers["chosen_tokens"])[run],
+                                torch.tensor(planned.numbers["rejected_tokens"])[run])
+
+    def gather(self, process: Process, reused: int) -> ScoredRows:
+        return self.collected.gather(process, len(self.source.lengths))
 
 
 class _Collected:
@@ -173,15 +278,15 @@ class _Collected:
         self.reasons: dict[int, str] = {}
         self.digests: dict[int, str] = {}
 
-    def add(self, planned: PlannedChunk, stored: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+    def add(self, planned: PlannedChunk, stored: ChunkNumbers, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Keep a chunk's numbers; returns the mask of its rows that ran and gave finite numbers. A row whose
         hidden states were not finite (in ``dtype``), or whose hidden states were but whose log-probabilities
         (the LM head's, with ``logps``) were not, gets a skip reason saying which, and NaN scores."""
         run = torch.tensor([isinstance(plan, SequencePair) for plan in planned.plans], dtype=torch.bool)
-        scores_by_name = {}
+        scores_by_name, computed = {}, stored.columns()
         for name in self.model_numbers:
             values = torch.full((len(planned.rows),), float("nan"), dtype=torch.float64)
-            values[run] = stored[name]
+            values[run] = computed[name]
             scores_by_name[name] = values
         finite = {kind: torch.stack([torch.isfinite(scores_by_name[name]) for name in names]).all(0)
                   for kind, names in (("hidden", SUM_SCORES), ("logps", self.model_numbers[len(SUM_SCORES):]))
@@ -216,17 +321,16 @@ class _Collected:
 
 def compute_chunk(pairs: Sequence[SequencePair], loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
                   keep_sums: bool = False, on_tokens: Callable[[int], None] | None = None,
-                  head: LMHead | None = None) -> dict[str, torch.Tensor]:
-    """The :data:`MODEL_NUMBERS` of each pair (``[N]`` float64; with ``head``, the log-probabilities too),
-    plus its :class:`SideSums` tensors when ``keep_sums``; ``on_tokens`` is told how many more tokens
+                  head: LMHead | None = None) -> ChunkNumbers:
+    """The :func:`model_numbers` of each pair (``[N]`` float64; with ``head``, the log-probabilities too), and
+    its :class:`SideSums` when ``keep_sums``; ``on_tokens`` is told how many more tokens
     (:func:`~ches.run.progress.run_tokens` of the pairs) finished after each batch."""
     if not pairs:
-        empty = {name: torch.zeros(0, dtype=torch.float64) for name in MODEL_NUMBERS[head is not None]}
-        return empty | ({name: torch.zeros(0, loaded.hidden_size) for name in SUM_TENSORS} if keep_sums else {})
+        return ChunkNumbers.empty(loaded.hidden_size, logps=head is not None, sums=keep_sums)
     sums = run_chunk(pairs, loaded, layout=layout, batch_tokens=batch_tokens, on_done=_token_counter(pairs, on_tokens),
                      head=head)
-    logps = {name: getattr(sums, name) for name in LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS} if head is not None else {}
-    return pair_scores(pairs, sums) | logps | (sums.tensors() if keep_sums else {})
+    return ChunkNumbers(**pair_scores(pairs, sums), logps=sums.logps() if head is not None else None,
+                        sums=sums if keep_sums else None)
 
 
 def run_chunk(pairs: Sequence[SequencePair], loaded: LoadedModel, *, layout: LayoutChoice, batch_tokens: int,
@@ -234,14 +338,11 @@ def run_chunk(pairs: Sequence[SequencePair], loaded: LoadedModel, *, layout: Lay
     """The engine's hidden sums of each pair's two sequences, in ``layout`` (with ``head``, the two
     completions' log-probabilities too). ``on_done`` gets the indices (into ``pairs``) of pairs finished
     so far, once per sequence finished."""
-    count = len(pairs)
-    sequences = [pair.chosen for pair in pairs] + [pair.rejected for pair in pairs]  # sequence i + count: i's rejected
-    done = None if on_done is None else (lambda indices: on_done([index % count for index in indices]))
-    groups = [(index, index + count) for index in range(count)]  # the two sequences of pair i share its prompt
-    sums = run_sequences(sequences, groups, loaded, layout=layout, batch_tokens=batch_tokens, on_done=done, head=head)
-    logps = (None,) * 4 if sums.logps is None else (sums.logps[:count], sums.logps[count:], sums.shared_logps[:count],
-                                                     sums.shared_logps[count:])
-    return SideSums(sums.sums[:count], sums.sums[count:], sums.last[:count], sums.last[count:], *logps)
+    halves = PairSequences(pairs)
+    done = None if on_done is None else (lambda positions: on_done([halves.pair_of(index) for index in positions]))
+    sums = run_sequences(halves.sequences, halves.groups, loaded, layout=layout, batch_tokens=batch_tokens,
+                         on_done=done, head=head)
+    return halves.split(sums)
 
 
 def run_sequences(sequences: Sequence[TokenSequence], groups: Sequence[Sequence[int]], loaded: LoadedModel, *,
@@ -285,9 +386,10 @@ def pair_scores(pairs: Sequence[SequencePair], sums: SideSums) -> dict[str, torc
     """The :data:`SUM_SCORES` of each pair (``[N]`` float64 each), from its hidden sums."""
     chosen_n, rejected_n = (torch.tensor(column, dtype=torch.long).reshape(-1)
                             for column in zip(*(pair.completion_tokens for pair in pairs)))
-    return {"ches": scores.ches(sums.chosen_sum, sums.rejected_sum),
-            "ln_ches": scores.ln_ches(sums.chosen_sum, sums.rejected_sum, chosen_n, rejected_n),
-            "last_hidden_ip": scores.last_hidden_ip(sums.chosen_last, sums.rejected_last)}
+    chosen, rejected = sums.chosen, sums.rejected
+    return {"ches": scores.ches(chosen.sums, rejected.sums),
+            "ln_ches": scores.ln_ches(chosen.sums, rejected.sums, chosen_n, rejected_n),
+            "last_hidden_ip": scores.last_hidden_ip(chosen.last, rejected.last)}
 
 
 NONFINITE = "hidden states are not finite (NaN or inf)"
@@ -327,22 +429,6 @@ def _refuse_if_nothing_finite(reasons: list[str | None], dtype: torch.dtype, spl
         others = len(reasons) - len(nonfinite)
         before = f" ({others} more were skipped before running)" if others else ""
         raise ChesError(f"nothing was scored: for every row{where} that ran ({len(nonfinite)}{before}), {nonfinite[0]}.")
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by the allocator back to the system (glibc's ``malloc_trim``; elsewhere nothing).
-
-    A chunk's passes allocate and free many buffers of ``tokens x hidden size`` floats, of sizes that vary
-    from chunk to chunk; glibc keeps such freed blocks in its heap, where they fragment, so without this
-    the resident memory of a long run creeps up with the hidden size (4.2 KB per pair at width 1,024 over
-    100,000 pairs, measured in benchmarks/scale.py) although nothing is held. Trimming once per chunk
-    keeps it flat, for about a millisecond.
-    """
-    try:
-        trim = ctypes.CDLL(None).malloc_trim  # the symbols already loaded in this process: glibc's, on Linux
-    except (OSError, AttributeError, TypeError):  # no such function (macOS, musl) or no dlopen (Windows)
-        return
-    trim(0)
 
 
 def _token_counter(pairs: Sequence[SequencePair], on_tokens: Callable[[int], None] | None
