@@ -71,32 +71,32 @@ POOLS = {name: np.arange(20.0) for name in ("ln_ches", "ches", "edit_distance")}
 def test_the_recommendation_follows_the_evidence():
     both = evidence(ln_ches="predicts", ches="predicts", edit_distance="no evidence")
     both["ches"]["ci95"] = [0.3, 0.9]  # the larger lower bound wins
-    advice = recommend(both, protocol="subsets", cut_quantile=0.9, pool_scores=POOLS, displaced_at_all=True,
+    advice = recommend(both, protocol="subsets", statistic="gap", cut_quantile=0.9, pool_scores=POOLS, displaced_at_all=True,
                        displacement_note="")
     assert (advice["action"], advice["measure"], advice["quantile"]) == ("filter", "ches", 0.9)
     assert "ches gap" in advice["reason"] and "ln_ches gap" in advice["reason"]
 
     baseline = evidence(ln_ches="no evidence", ches="no evidence", edit_distance="no evidence")
     baseline["length difference"] = evidence(x="predicts")["x"]  # a baseline is never recommended
-    advice = recommend(baseline, protocol="subsets", cut_quantile=0.9, pool_scores=POOLS, displaced_at_all=True,
+    advice = recommend(baseline, protocol="subsets", statistic="gap", cut_quantile=0.9, pool_scores=POOLS, displaced_at_all=True,
                        displacement_note="")
     assert advice["action"] == "not enough evidence" and advice["measure"] is None
     assert "length difference gap" in advice["reason"]
     baseline["ches"] = evidence(x="predicts")["x"]  # a measure as strong as the length baseline: said plainly
-    advice = recommend(baseline, protocol="subsets", cut_quantile=0.9, pool_scores=POOLS, displaced_at_all=True,
+    advice = recommend(baseline, protocol="subsets", statistic="gap", cut_quantile=0.9, pool_scores=POOLS, displaced_at_all=True,
                        displacement_note="")
     assert advice["measure"] == "ches" and "Caveat: length difference alone separates" in advice["reason"]
 
-    wrong = recommend(evidence(ln_ches="wrong way", ches="no evidence", edit_distance="no evidence"), protocol="probes",
+    wrong = recommend(evidence(ln_ches="wrong way", ches="no evidence", edit_distance="no evidence"), protocol="probes", statistic="Spearman",
                       cut_quantile=0.95, pool_scores=POOLS, displaced_at_all=True, displacement_note="")
     assert wrong["action"] == "do not filter" and "ln_ches ranks it the wrong way" in wrong["reason"]
     assert "Spearman" in wrong["reason"]
 
-    calm = recommend(evidence(ln_ches="predicts", ches="no evidence", edit_distance="no evidence"), protocol="subsets",
+    calm = recommend(evidence(ln_ches="predicts", ches="no evidence", edit_distance="no evidence"), protocol="subsets", statistic="gap",
                      cut_quantile=0.9, pool_scores=POOLS, displaced_at_all=False, displacement_note="none moved")
     assert calm["action"] == "filter"  # a measure that predicts wins even then: its gap is displacement seen
     calm = recommend(evidence(ln_ches="no evidence", ches="no evidence", edit_distance="no evidence"),
-                     protocol="subsets", cut_quantile=0.9, pool_scores=POOLS, displaced_at_all=False,
+                     protocol="subsets", statistic="gap", cut_quantile=0.9, pool_scores=POOLS, displaced_at_all=False,
                      displacement_note="none moved")
     assert calm["action"] == "do not filter" and "none moved" in calm["reason"]
     assert filter_command("d.jsonl", "m", calm) is None
@@ -180,7 +180,7 @@ def test_report_shows_a_validation_or_says_there_is_none(tmp_path):
     from ches.report import write_report
 
     scored = ches.score(HH_SAMPLE, str(MODEL_DIR), progress=False)
-    advice = recommend(evidence(ln_ches="wrong way", ches="predicts", edit_distance="no evidence"), protocol="subsets",
+    advice = recommend(evidence(ln_ches="wrong way", ches="predicts", edit_distance="no evidence"), protocol="subsets", statistic="gap",
                        cut_quantile=0.8, pool_scores=POOLS, displaced_at_all=True, displacement_note="")
     validation = {"settings": {"protocol": "subsets", "model": "sft", "n": 16, "learning_rate": 5e-4, "beta": 0.1,
                                "max_length": 512, "scored": 64},

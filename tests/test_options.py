@@ -25,14 +25,15 @@ def names(options: type, *, without: tuple[str, ...] = ()) -> list[str]:
 #: which of ches.score's options each takes)
 EXPECTED = {
     "score": ["data", "model", "tokenizer", "options", *names(ScoreOptions), *FROM_PRETRAINED],
-    "score_run": ["data", "model", "tokenizer", "options", *names(ScoreOptions), *FROM_PRETRAINED],
+    # the *_run functions also take chunk_sizes= (how much a chunk holds: for tests and benchmarks)
+    "score_run": ["data", "model", "tokenizer", "options", "chunk_sizes", *names(ScoreOptions), *FROM_PRETRAINED],
     "filter": ["data", "quantile", "model", "tokenizer", "options", *names(FilterOptions, without=("quantile",)),
                *names(ScoreOptions), *FROM_PRETRAINED],
     "filter_run": ["data", "quantile", "model", "tokenizer", "options", *names(FilterOptions, without=("quantile",)),
                    *names(ScoreOptions), *FROM_PRETRAINED],
     "pairs": ["data", "model", "tokenizer", "options", *names(PairOptions), *names(PairInputOptions),
               *names(ScoreOptions, without=("columns", "compile", "save_embeddings", "overwrite")), *FROM_PRETRAINED],
-    "pairs_run": ["data", "model", "tokenizer", "options", *names(PairOptions), *names(PairInputOptions),
+    "pairs_run": ["data", "model", "tokenizer", "options", "chunk_sizes", *names(PairOptions), *names(PairInputOptions),
                   *names(ScoreOptions, without=("columns", "compile", "save_embeddings", "overwrite")),
                   *FROM_PRETRAINED],
     "audit": ["scored", "model", "tokenizer", "options", *names(AuditOptions),

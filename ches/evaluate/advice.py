@@ -65,14 +65,15 @@ def cut(similarity: np.ndarray, quantile: float) -> float:
     return float(similarity[kept].max()) if len(kept) else float("nan")
 
 
-def recommend(evidence: dict[str, dict], *, protocol: str, cut_quantile: float, pool_scores: dict[str, np.ndarray],
-              displaced_at_all: bool, displacement_note: str) -> dict:
+def recommend(evidence: dict[str, dict], *, protocol: str, statistic: str, cut_quantile: float,
+              pool_scores: dict[str, np.ndarray], displaced_at_all: bool, displacement_note: str) -> dict:
     """One recommendation from per-measure evidence (see the module docstring).
 
     Args:
         evidence: measure -> ``{"statistic", "ci95", "status", "pairs"}`` (statistic: ``gap`` or Spearman);
             entries not in ``pool_scores`` are baselines: stated in the reason, never recommended.
         protocol: ``"subsets"`` or ``"probes"`` (named in the reason).
+        statistic: the statistic's name in the reason (``"gap"``, ``"Spearman"``: the protocol's ``statistic``).
         cut_quantile: the quantile to keep when a measure predicts.
         pool_scores: measure -> sign-adjusted scores of the scored pool (where the threshold is read).
         displaced_at_all: whether DPO lowered the preferred responses' likelihood in the runs at all.
@@ -81,17 +82,15 @@ def recommend(evidence: dict[str, dict], *, protocol: str, cut_quantile: float, 
     >>> evidence = {"ln_ches": {"statistic": -0.3, "ci95": [-0.5, -0.1], "status": "wrong way", "pairs": 64},
     ...             "ches": {"statistic": 0.9, "ci95": [0.4, 1.3], "status": "predicts", "pairs": 64}}
     >>> pools = {"ln_ches": np.arange(8.0), "ches": np.arange(8.0)}
-    >>> advice = recommend(evidence, protocol="subsets", cut_quantile=0.75, pool_scores=pools,
+    >>> advice = recommend(evidence, protocol="subsets", statistic="gap", cut_quantile=0.75, pool_scores=pools,
     ...                    displaced_at_all=True, displacement_note="")
     >>> advice["action"], advice["measure"], advice["quantile"], advice["threshold"], advice["kept"]
     ('filter', 'ches', 0.75, 5.0, 6)
     """
-    named = {"subsets": "gap", "probes": "Spearman"}[protocol]
-
     def stated(name: str) -> str:
         entry = evidence[name]
         low, high = entry["ci95"]
-        return f"{name} {named} {entry['statistic']:+.3f} [{low:+.2f}, {high:+.2f}]"
+        return f"{name} {statistic} {entry['statistic']:+.3f} [{low:+.2f}, {high:+.2f}]"
 
     measures = [name for name in evidence if name in pool_scores]  # the others are baselines, never recommended
     predicting = [name for name in measures if evidence[name]["status"] == "predicts"]

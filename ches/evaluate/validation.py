@@ -135,8 +135,9 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
     result["verdict"] = verdict(result)
     pool_scores = {name: similarity(np.asarray(column(scored, name), dtype=np.float64)[usable], name)
                    for name in AUDIT_MEASURES}
-    advice = recommend(result["evidence"], protocol=protocol.name, cut_quantile=protocol.cut_quantile(n, len(usable)),
-                       pool_scores=pool_scores, **protocol.displacement_seen(result))
+    advice = recommend(result["evidence"], protocol=protocol.name, statistic=protocol.statistic,
+                       cut_quantile=protocol.cut_quantile(n, len(usable)), pool_scores=pool_scores,
+                       **protocol.displacement_seen(result))
     if advice["action"] == "filter":
         own = _has_these_scores(dataset.select(pool_rows), scored, advice["measure"])
         advice["command"] = filter_command(data if isinstance(data, (str, Path)) else "DATA", None if own else
@@ -264,12 +265,14 @@ class Protocol:
 
     Attributes:
         name: as :data:`ches.options.VALIDATE_PROTOCOLS` and the saved result's settings name it.
+        statistic: what the evidence measures, as the advice names it (``gap``, ``Spearman``).
         heading: the statistic's column heading in ``ches report``.
         baselines: the measures measured beside :data:`~ches.evaluate.auditing.AUDIT_MEASURES`, never
             recommended (the length baseline).
     """
 
     name: ClassVar[str]
+    statistic: ClassVar[str]
     heading: ClassVar[str]
     baselines: ClassVar[tuple[str, ...]] = ()
 
@@ -328,6 +331,7 @@ class Subsets(Protocol):
     (:func:`subsets_protocol`); the evidence is the gap between the lowest and the highest subset."""
 
     name: ClassVar[str] = "subsets"
+    statistic: ClassVar[str] = "gap"
     heading: ClassVar[str] = "gap (nats)"
     baselines: ClassVar[tuple[str, ...]] = (LENGTH_BASELINE,)
 
@@ -403,6 +407,7 @@ class Probes(Protocol):
     measure's Spearman correlation with the displacement."""
 
     name: ClassVar[str] = "probes"
+    statistic: ClassVar[str] = "Spearman"
     heading: ClassVar[str] = "Spearman"
 
     def pairs_needed(self, n):
