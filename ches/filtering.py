@@ -20,9 +20,9 @@ from .data.columns import (
     DEFAULT_MEASURE,
     DIGEST_COLUMN,
     LOGPS_COLUMNS,
-    MEASURES,
     RANK_COLUMNS,
     SCORE_COLUMNS,
+    check_measure,
     check_output_columns,
     check_score_columns,
 )
@@ -255,8 +255,7 @@ def _rank_split(scored: datasets.Dataset, measure: str) -> datasets.Dataset:
 def _scored(data, measure: str, model, tokenizer, score_kwargs) -> datasets.Dataset | datasets.DatasetDict:
     """``data`` with scores: as given when it has them and no model is passed, else scored with ``model``
     (replacing any scores it had: the caller asked for that model)."""
-    if measure not in MEASURES:
-        raise ChesError(f"unknown measure {measure!r}; use one of {sorted(MEASURES)}.")
+    check_measure(measure)
     options = ScoreOptions.from_kwargs(**score_kwargs)  # a misspelled option is an error, never ignored
     idle = sorted(name for name, value in score_kwargs.items() if name != "split" and value not in (None, False, {}))
     if model is None and idle:

@@ -55,6 +55,25 @@ MEASURES = {"ln_ches": 1.0, "ches": 1.0, "last_hidden_ip": 1.0, "edit_distance":
 DEFAULT_MEASURE = "ln_ches"
 
 
+def check_measure(measure: str, allowed=MEASURES, scope: str = "") -> str:
+    """``measure``, when it is one of ``allowed`` (default: every measure, :data:`MEASURES`); the one check of a
+    measure's name, wherever one is given (``scope``: what takes only ``allowed``, for the message).
+
+    >>> check_measure("edit_distance")
+    'edit_distance'
+    >>> check_measure("cosine")
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: unknown measure 'cosine'; use one of ['ches', 'edit_distance', 'last_hidden_ip', 'ln_ches'] (measure=, --measure).
+
+    Raises:
+        ChesError: naming the measure given and the ones accepted.
+    """
+    if measure not in allowed:
+        raise ChesError(f"unknown measure {measure!r}{scope}; use one of {sorted(allowed)} (measure=, --measure).")
+    return measure
+
+
 def all_types() -> dict[str, str]:
     """Every column ches writes, with its type: :data:`SCORE_TYPES`, :data:`LOGPS_TYPES`,
     :data:`SHARED_LOGPS_TYPES`, :data:`RANK_TYPES`, :data:`AUDIT_TYPES`; the one table :func:`typed_cell` and :func:`column_feature` read (built when asked, so
