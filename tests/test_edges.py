@@ -1034,7 +1034,7 @@ def test_an_unscorable_top_rated_response_skips_the_prompt_naming_it(workdir):
     built, info = ches.pairs_run(rows, model, progress=False)
     assert [item.source_row for item in info.skipped_prompts] == [0]
     assert info.skipped_prompts[0].reason.startswith("the top-rated response 0 (rating 3) could not be scored: ")
-    assert "longer than the model's context (48); pass max_length" in info.skipped_prompts[0].reason
+    assert "tokens exceeds the model's context (48); pass max_length" in info.skipped_prompts[0].reason
     assert built["source_row"] == [1, 2, 3] and built["chosen_index"] == [0, 0, 1]
     assert built["unscored_responses"] == [[1], [2], [0]]  # said in the output of every pair it touched
     assert [(item.source_row, item.response) for item in info.unscored_responses] == [(0, 0), (1, 1), (2, 2), (3, 0)]

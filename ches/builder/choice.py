@@ -94,9 +94,9 @@ def rule_needs_unscored(rule: str, ratings: list[float], unscored: dict[int, str
     ``max_margin`` also takes a lowest-rated one as rejected. Without one of them scored, the pair would
     not be the one the rule states, so there is none.
 
-    >>> rule_needs_unscored("min_ches", [3.0, 1.0, 2.0], {0: "no completion tokens"})
-    'the top-rated response 0 (rating 3) could not be scored: no completion tokens'
-    >>> rule_needs_unscored("all_min_ches", [3.0, 1.0, 2.0], {0: "no completion tokens"}) is None
+    >>> rule_needs_unscored("min_ches", [3.0, 1.0, 2.0], {0: "completion has no tokens"})
+    'the top-rated response 0 (rating 3) could not be scored: completion has no tokens'
+    >>> rule_needs_unscored("all_min_ches", [3.0, 1.0, 2.0], {0: "completion has no tokens"}) is None
     True
     """
     ratings = np.asarray(ratings, dtype=np.float64)

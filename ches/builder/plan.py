@@ -10,7 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..data.formats import Pair, pair_problem
-from ..data.tokens import Skip, TokenizedPair, TokenSequence, check_ids, tokenize_pairs
+from ..data.tokens import (
+    EMPTY_PROMPT,
+    Skip,
+    TokenizedPair,
+    TokenSequence,
+    check_ids,
+    no_tokens_reason,
+    prompt_fills_reason,
+    tokenize_pairs,
+    too_long_reason,
+)
 from ..errors import ChesError
 from ..model.models import max_positions
 from ..run.runs import ModelRun
@@ -153,9 +163,9 @@ def _plan(row: int, candidates: Candidates, tokenized: list[TokenizedPair], max_
     unscored, keep = {}, []
     for index, ids in enumerate(full):
         if len(tokenized[index].chosen_ids) == 0:
-            unscored[index] = "no completion tokens"
+            unscored[index] = no_tokens_reason()
         elif context is not None and len(ids) > context:
-            unscored[index] = f"{len(ids)} tokens, longer than the model's context ({context}); pass max_length"
+            unscored[index] = too_long_reason(len(ids), context)
         else:
             keep.append(index)
     if len(keep) < 2:
@@ -163,9 +173,9 @@ def _plan(row: int, candidates: Candidates, tokenized: list[TokenizedPair], max_
         return Skip(f"fewer than two scorable responses ({detail})")
     base = min(prefix[index] for index in keep)
     if base == 0:
-        return Skip("empty prompt: no position predicts the first completion token (tokenizer adds no BOS)")
+        return Skip(EMPTY_PROMPT)
     if max_length is not None and base >= max_length:
-        return Skip(f"prompt fills max_length ({base} prompt tokens, max_length={max_length})")
+        return Skip(prompt_fills_reason(base, max_length))
     sequences = [TokenSequence(full[index], base - 1, len(full[index]) - 1) for index in keep]
     boundaries = sorted({prefix[index] for index in keep if prefix[index] > base
                          and (max_length is None or prefix[index] < max_length)})
