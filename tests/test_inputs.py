@@ -108,3 +108,51 @@ def test_truncated_gzip_is_explained(tmp_path):
     cut.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(ChesError, match=r"cut.jsonl.gz: truncated or unreadable after line \d+"):
         load_data(cut)
+
+
+# ---------------------------------------------------------------- the sidecar beside a data file
+BROKEN_SIDECARS = {  # content of a broken <file>.meta.json -> what the warning must say is wrong with it
+    "not json": (b"{not json", "JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2"),
+    "a list": (b"[1, 2]", "it holds a JSON list, not the object ches writes"),
+    "not utf-8": (b"{\"a\": \"\xff\"}", "UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff in position 7"),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_SIDECARS))
+def test_a_broken_sidecar_is_one_warning_through_every_reader(broken, tmp_path, caplog):
+    """ches.load_data and the command line's record of its input read the sidecar the same way: the rows load, the
+    record is ignored, and the warning names the sidecar and what is wrong with it, word for word the same."""
+    import logging
+
+    from ches.cli.flags import input_metadata
+
+    data = write_jsonl(tmp_path / "scores.jsonl", ROWS)
+    content, problem = BROKEN_SIDECARS[broken]
+    (tmp_path / "scores.jsonl.meta.json").write_bytes(content)
+    expected = f"ignoring the unreadable metadata file {tmp_path / 'scores.jsonl.meta.json'} ({problem}"
+    warnings = {}
+    for reader, read in (("load_data", lambda: load_data(str(data))),
+                         ("input_metadata", lambda: input_metadata(str(data), None))):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ches"):
+            result = read()
+        warnings[reader] = [record.getMessage() for record in caplog.records]
+        assert len(warnings[reader]) == 1 and warnings[reader][0].startswith(expected), (reader, warnings[reader])
+        if reader == "load_data":
+            assert result.to_list() == ROWS and "ches_reference" not in (result.info.description or "")
+        else:
+            assert result["data_metadata"] is None and result["data"] == str(data)
+    assert warnings["load_data"] == warnings["input_metadata"]
+
+
+def test_a_sidecar_that_reads_is_no_warning(tmp_path, caplog):
+    import logging
+
+    from ches.cli.flags import input_metadata
+
+    data = write_jsonl(tmp_path / "scores.jsonl", ROWS)
+    (tmp_path / "scores.jsonl.meta.json").write_text(json.dumps({"rows_written": len(ROWS), "note": "x"}))
+    with caplog.at_level(logging.WARNING, logger="ches"):
+        assert load_data(str(data)).num_rows == len(ROWS)
+        assert input_metadata(str(data), None)["data_metadata"] == {"rows_written": len(ROWS), "note": "x"}
+    assert not caplog.records

@@ -275,9 +275,9 @@ def reference_of(dataset) -> dict | None:
     return records[0] if records else None
 
 
-def sidecar_reference(meta: dict) -> dict | None:
-    """The reference record in the ``.meta.json`` sidecar of a file ches wrote: what the log-probs in the file
-    were computed with. Every command that writes rows carrying log-probs records it as ``reference``; a
+def sidecar_reference(meta: dict | None) -> dict | None:
+    """The reference record in the ``.meta.json`` sidecar of a file ches wrote (as
+    :func:`ches.data.paths.read_sidecar` reads it; None: no sidecar): what the log-probs in the file were computed with. Every command that writes rows carrying log-probs records it as ``reference``; a
     sidecar written before that has it only as the ``run`` of ``ches score`` / ``ches pairs`` (never another
     command's ``run``: ``ches audit``'s is the trained model's, not the reference's).
 
@@ -286,6 +286,8 @@ def sidecar_reference(meta: dict) -> dict | None:
     >>> sidecar_reference({"command": ["ches", "audit"], "run": {"model": "dpo", "model_fingerprint": "x"}}) is None
     True
     """
+    if not isinstance(meta, dict):
+        return None
     if isinstance(meta.get("reference"), dict):
         return meta["reference"]
     command = meta.get("command") or []
