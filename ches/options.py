@@ -50,6 +50,39 @@ MODEL_KWARGS = {
 #: torch-free, that :func:`check_dtype` reads and :func:`ches.model.models.resolve_dtype` maps to ``torch`` dtypes
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+
+
+def dtype_name(dtype: Any) -> str:
+    """A dtype given as text or as a ``torch.dtype``, by its full name (``"bf16"`` -> ``"bfloat16"``).
+
+    >>> dtype_name("bf16"), dtype_name("float32")
+    ('bfloat16', 'float32')
+    """
+    text = str(dtype).removeprefix("torch.")
+    return DTYPE_ALIASES.get(text, text)
+
+
+def check_dtype(dtype: Any, where: str = "dtype") -> str:
+    """``dtype`` (a name of :data:`DTYPE_NAMES` or :data:`DTYPE_ALIASES`, or a ``torch.dtype``) by its full name;
+    the one check of a dtype, made before any model loads (``where``: the option it was given as).
+
+    >>> check_dtype("half"), check_dtype("torch.bfloat16")
+    ('float16', 'bfloat16')
+    >>> check_dtype("float64")
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: dtype='float64' is not supported; use one of ['bfloat16', 'float16', 'float32'] (or bf16, fp16, half, fp32, float).
+
+    Raises:
+        ChesError: a dtype ches does not score in, with the names accepted.
+    """
+    name = dtype_name(dtype)
+    if name not in DTYPE_NAMES:
+        raise ChesError(f"{where}={dtype!r} is not supported; use one of {list(DTYPE_NAMES)} "
+                        f"(or {', '.join(DTYPE_ALIASES)}).")
+    return name
+
+
 #: the layouts (:mod:`ches.model.layouts`), in the order of preference at equal estimated cost
 LAYOUTS = ("prefix_shared", "packed", "padded", "shared_prompt")
 
@@ -103,7 +136,8 @@ class ScoreOptions:
                                               type="columns", metavar="NAME=COLUMN,...")
     max_length: int | None = _option(help="keep the first N tokens of each sequence (TRL keep_start; default: no "
                                           "truncation)", type=int)
-    dtype: str | torch.dtype | None = _option(help="default: bfloat16 on CUDA, float32 on CPU", choices=DTYPE_NAMES)
+    dtype: str | torch.dtype | None = _option(help="default: bfloat16 on CUDA, float32 on CPU (or bf16, fp16, half, "
+                                                   "fp32, float)", choices=DTYPE_NAMES, type=dtype_name)
     device: str | torch.device | None = _option(help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
     batch_tokens: int | None = _option(help="token slots per forward batch (default: 1024 on CPU; on CUDA, from the free "
                                              "memory)", type=int)
@@ -501,37 +535,6 @@ def pair_score_options(options: ScoreOptions | None = None, **kwargs: Any) -> Sc
         raise ChesError(f"layout={scoring.layout!r} is not one of {list(PAIR_LAYOUTS)} for ches.pairs (it runs all of a "
                         "prompt's responses together; shared_prompt runs two).")
     return scoring
-
-
-def dtype_name(dtype: Any) -> str:
-    """A dtype given as text or as a ``torch.dtype``, by its full name (``"bf16"`` -> ``"bfloat16"``).
-
-    >>> dtype_name("bf16"), dtype_name("float32")
-    ('bfloat16', 'float32')
-    """
-    text = str(dtype).removeprefix("torch.")
-    return DTYPE_ALIASES.get(text, text)
-
-
-def check_dtype(dtype: Any, where: str = "dtype") -> str:
-    """``dtype`` (a name of :data:`DTYPE_NAMES` or :data:`DTYPE_ALIASES`, or a ``torch.dtype``) by its full name;
-    the one check of a dtype, made before any model loads (``where``: the option it was given as).
-
-    >>> check_dtype("half"), check_dtype("torch.bfloat16")
-    ('float16', 'bfloat16')
-    >>> check_dtype("float64")
-    Traceback (most recent call last):
-    ...
-    ches.errors.ChesError: dtype='float64' is not supported; use one of ['bfloat16', 'float16', 'float32'] (or bf16, fp16, half, fp32, float).
-
-    Raises:
-        ChesError: a dtype ches does not score in, with the names accepted.
-    """
-    name = dtype_name(dtype)
-    if name not in DTYPE_NAMES:
-        raise ChesError(f"{where}={dtype!r} is not supported; use one of {list(DTYPE_NAMES)} "
-                        f"(or {', '.join(DTYPE_ALIASES)}).")
-    return name
 
 
 def _positive(name: str, value: Any, *, minimum: int, none: str) -> None:
