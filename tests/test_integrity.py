@@ -124,11 +124,21 @@ def edge_candidates(tokenizer) -> list[dict]:
             {"prompt": "Say th", "responses": ["ink", " ", " no", eos], "ratings": [3.0, 2.0, 1.0, 0.0]}]
 
 
+def as_chat_candidates(row: dict) -> dict:
+    """A ches.pairs row as a user message and one assistant message per response."""
+    return {"prompt": [{"role": "user", "content": row["prompt"]}], "ratings": row["ratings"],
+            "responses": [[{"role": "assistant", "content": text}] for text in row["responses"]]}
+
+
 @pytest.mark.parametrize("max_length", [None, 160])
-def test_pairs_and_score_flag_each_pair_alike_as_trl_reads_it(max_length, tokenizer, tiny_model, tmp_path):
+@pytest.mark.parametrize("fmt", ["standard", "conversational"])
+def test_pairs_and_score_flag_each_pair_alike_as_trl_reads_it(fmt, max_length, tokenizer, tiny_model, tmp_path):
     """Every pair ches.pairs builds carries the flags ches.score gives the same pair as a row, and both are what
     TRL does with it (its truncation, and its completion tokens for emptiness), edge cases included."""
-    built, info = ches.pairs_run(edge_candidates(tokenizer), str(MODEL_DIR), rule="all_min_ches", per_prompt=100,
+    candidates = edge_candidates(tokenizer)
+    if fmt == "conversational":
+        candidates = [as_chat_candidates(row) for row in candidates]
+    built, info = ches.pairs_run(candidates, str(MODEL_DIR), rule="all_min_ches", per_prompt=100,
                                  max_length=max_length, progress=False)
     assert not info.skipped_prompts and not info.unscored_responses
     rows = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(built["prompt"], built["chosen"], built["rejected"])]
@@ -137,6 +147,12 @@ def test_pairs_and_score_flag_each_pair_alike_as_trl_reads_it(max_length, tokeni
     expected = trl_flags(rows, tokenizer, model, max_length, tmp_path, empty=trl_empty(rows, tokenizer, model, tmp_path))
     assert scored[FLAGS_COLUMN] == expected
     assert built[FLAGS_COLUMN] == expected
+    raised = {name for row_flags in expected for name in row_flags}
+    wanted = {"empty_chosen", "empty_rejected"} | ({"identical_after_truncation", "chosen_truncated",
+                                                    "rejected_truncated"} if max_length else set())
+    assert wanted <= raised, sorted(wanted - raised)
+    if fmt == "conversational":
+        return
     flags = {(row["prompt"], row["chosen"], row["rejected"]): row_flags for row, row_flags in zip(rows, expected)}
     eos = tokenizer.eos_token
     assert "empty_rejected" in flags[PROMPT, " Sure, here it is.", eos]  # text, but only the EOS token
@@ -145,10 +161,6 @@ def test_pairs_and_score_flag_each_pair_alike_as_trl_reads_it(max_length, tokeni
     assert "empty_rejected" not in flags[PROMPT, " Sure, here it is.", "\u200b"]  # not whitespace to str.strip
     assert "empty_rejected" not in flags["Say th", "ink", " "]  # whitespace text, but its tokens are " th "
     assert "empty_rejected" in flags["Say th", " no", eos]
-    raised = {name for row_flags in expected for name in row_flags}
-    wanted = {"empty_chosen", "empty_rejected"} | ({"identical_after_truncation", "chosen_truncated",
-                                                    "rejected_truncated"} if max_length else set())
-    assert wanted <= raised, sorted(wanted - raised)
 
 
 def test_empty_is_what_the_tokens_decode_to(tokenizer):
