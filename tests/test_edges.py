@@ -1045,6 +1045,22 @@ def test_an_unscorable_top_rated_response_skips_the_prompt_naming_it(workdir):
     assert not info.skipped_prompts and every["unscored_responses"] == [[0], [1], [2], [0]]
 
 
+def test_score_and_pairs_give_a_response_too_long_for_the_context_one_reason(workdir):
+    """The context limit is worded once: ches.score's skip reason for a pair and ches.pairs' reason for the same
+    response are the sentence written out here, with the sequence's own length counted by the tokenizer."""
+    from transformers import AutoTokenizer
+
+    model = short_context_model(workdir)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokens = len(tokenizer("Q:" + LONG + tokenizer.eos_token)["input_ids"])
+    expected = f"sequence of {tokens} tokens exceeds the model's context (48); pass max_length"
+    scored = ches.score([{"prompt": "Q:", "chosen": LONG, "rejected": " b"}], model, progress=False)
+    assert scored["ches_skip"] == [expected]
+    _, info = ches.pairs_run([{"prompt": "Q:", "responses": [" a", LONG, " b"], "ratings": [3, 2, 1]}], model,
+                             progress=False)
+    assert [(item.response, item.reason) for item in info.unscored_responses] == [(1, expected)]
+
+
 def test_a_response_whose_hidden_states_are_not_finite_is_listed_not_paired(workdir):
     import torch
     from transformers import AutoTokenizer
