@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Collection
 
 from ..errors import ChesError
 from .integrity import FLAGS_COLUMN, parse_flags
@@ -55,7 +56,7 @@ MEASURES = {"ln_ches": 1.0, "ches": 1.0, "last_hidden_ip": 1.0, "edit_distance":
 DEFAULT_MEASURE = "ln_ches"
 
 
-def check_measure(measure: str, allowed=MEASURES, scope: str = "") -> str:
+def check_measure(measure: str, allowed: Collection[str] = MEASURES, scope: str = "") -> str:
     """``measure``, when it is one of ``allowed`` (default: every measure, :data:`MEASURES`); the one check of a
     measure's name, wherever one is given (``scope``: what takes only ``allowed``, for the message).
 
