@@ -216,7 +216,8 @@ def rows_written(dataset) -> dict:
 
 
 def input_metadata(data: str, split: str | None) -> dict:
-    """What the sidecar records of the input: its path, split, SHA-256, and the sidecar of a file ches wrote."""
+    """What the sidecar records of the input: its path, split, SHA-256, and the sidecar of a file ches wrote (read
+    by :func:`ches.data.paths.read_sidecar`, after the command read the data and its sidecar)."""
     from ..data.export import file_sha256
     from ..data.paths import read_sidecar, sidecar_path
 
@@ -225,5 +226,6 @@ def input_metadata(data: str, split: str | None) -> dict:
     if path.is_file():
         meta["data_sha256"] = file_sha256(path)
         if sidecar_path(path).is_file():  # the run that produced a scores file travels with what is made from it
-            meta["data_metadata"] = read_sidecar(path)  # None (and a warning) when it cannot be read
+            # None when it cannot be read: the command read the data with load_data, which warned already
+            meta["data_metadata"] = read_sidecar(path, warn=False)
     return meta

@@ -114,10 +114,12 @@ def sidecar_path(output: str | os.PathLike) -> Path:
     return output.with_name(output.name + ".meta.json")
 
 
-def read_sidecar(path: str | os.PathLike) -> dict | None:
+def read_sidecar(path: str | os.PathLike, warn: bool = True) -> dict | None:
     """The ``.meta.json`` sidecar of the data file ``path`` (what ches recorded when it wrote the file), or None:
     there is none, or it cannot be read, which is a warning naming the sidecar and what is wrong with it (the
-    data is still read; only the record is ignored).
+    data is still read; only the record is ignored). ``warn=False``: a second reading of a sidecar whose reader
+    warned already (the command line records its input's sidecar after ``load_data`` read it), so the warning
+    is said once.
 
     >>> import tempfile
     >>> folder = Path(tempfile.mkdtemp())
@@ -138,5 +140,6 @@ def read_sidecar(path: str | os.PathLike) -> dict | None:
         if isinstance(content, dict):
             return content
         problem = f"it holds a JSON {type(content).__name__}, not the object ches writes"
-    logger.warning("ignoring the unreadable metadata file %s (%s)", sidecar, problem)
+    if warn:
+        logger.warning("ignoring the unreadable metadata file %s (%s)", sidecar, problem)
     return None
