@@ -19,9 +19,9 @@ from .data.columns import (
     DEFAULT_MEASURE,
     DIGEST_COLUMN,
     LOGPS_COLUMNS,
-    MEASURES,
     RANK_COLUMNS,
     SCORE_COLUMNS,
+    check_measure,
     check_output_columns,
     check_score_columns,
 )
@@ -234,8 +234,7 @@ def _scored(data, measure: str, model, tokenizer, options: ScoreOptions) -> data
     """``data`` with scores: as given when it has them and no model is passed, else scored with ``model``
     and ``options`` (:func:`ches.options.scoring_options`), replacing any scores it had: the caller asked for that
     model."""
-    if measure not in MEASURES:
-        raise ChesError(f"unknown measure {measure!r}; use one of {sorted(MEASURES)}.")
+    check_measure(measure)
     dataset = load_data(data, options.split)
     label = str(data) if isinstance(data, (str, os.PathLike)) else "the data"
     for name, part in (dataset.items() if isinstance(dataset, datasets.DatasetDict) else [(None, dataset)]):

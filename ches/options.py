@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .data.columns import DEFAULT_MEASURE, MEASURES
+from .data.columns import DEFAULT_MEASURE, MEASURES, check_measure
 from .data.integrity import FLAG_NAMES, check_flag_names
 from .errors import ChesError
 
@@ -51,8 +51,43 @@ MODEL_KWARGS = {
     "offload_folder": ("where weights that fit nowhere else are offloaded (with --device-map)", Path),
     "revision": ("the model's Hub revision (branch, tag or commit)", str),
 }
+#: the dtypes a model is scored in (``torch``'s names), and the other names each is accepted by: the one table,
+#: torch-free, that :func:`check_dtype` reads and :func:`ches.model.models.resolve_dtype` maps to ``torch`` dtypes
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+
+
+def dtype_name(dtype: Any) -> str:
+    """A dtype given as text or as a ``torch.dtype``, by its full name (``"bf16"`` -> ``"bfloat16"``).
+
+    >>> dtype_name("bf16"), dtype_name("float32")
+    ('bfloat16', 'float32')
+    """
+    text = str(dtype).removeprefix("torch.")
+    return DTYPE_ALIASES.get(text, text)
+
+
+def check_dtype(dtype: Any, where: str = "dtype") -> str:
+    """``dtype`` (a name of :data:`DTYPE_NAMES` or :data:`DTYPE_ALIASES`, or a ``torch.dtype``) by its full name;
+    the one check of a dtype, made before any model loads (``where``: the option it was given as).
+
+    >>> check_dtype("half"), check_dtype("torch.bfloat16")
+    ('float16', 'bfloat16')
+    >>> check_dtype("float64")
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: dtype='float64' is not supported; use one of ['bfloat16', 'float16', 'float32'] (or bf16, fp16, half, fp32, float).
+
+    Raises:
+        ChesError: a dtype ches does not score in, with the names accepted.
+    """
+    name = dtype_name(dtype)
+    if name not in DTYPE_NAMES:
+        raise ChesError(f"{where}={dtype!r} is not supported; use one of {list(DTYPE_NAMES)} "
+                        f"(or {', '.join(DTYPE_ALIASES)}).")
+    return name
+
+
 #: the layouts (:mod:`ches.model.layouts`), in the order of preference at equal estimated cost
 LAYOUTS = ("prefix_shared", "packed", "padded", "shared_prompt")
 
@@ -131,7 +166,8 @@ class ScoreOptions:
                                               type="columns", metavar="NAME=COLUMN,...")
     max_length: int | None = _option(help="keep the first N tokens of each sequence (TRL keep_start)", type=int,
                                      none="no truncation")
-    dtype: str | torch.dtype | None = _option(help="default: bfloat16 on CUDA, float32 on CPU", choices=DTYPE_NAMES)
+    dtype: str | torch.dtype | None = _option(help="default: bfloat16 on CUDA, float32 on CPU (or bf16, fp16, half, "
+                                                   "fp32, float)", choices=DTYPE_NAMES, type=dtype_name)
     device: str | torch.device | None = _option(help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")
     batch_tokens: int | None = _option(help="token slots per forward batch (default: 1024 on CPU; on CUDA, from the free "
                                              "memory)", type=int)
@@ -178,10 +214,9 @@ class ScoreOptions:
             stated = " and ".join(f"{where}={value!r}" for where, value in given.items())
             raise ChesError(f"{stated} disagree; give the dtype once (dtype=, --dtype).")
         if names:
-            unknown = [where for where, value in names.items() if value not in DTYPE_NAMES]
-            if unknown:
-                raise ChesError(f"{unknown[0]}={given[unknown[0]]!r} is not supported; use one of {list(DTYPE_NAMES)}.")
-            object.__setattr__(self, "dtype", self.dtype if self.dtype is not None else next(iter(names.values())))
+            for where, value in given.items():
+                check_dtype(value, where)
+            object.__setattr__(self, "dtype", next(iter(names.values())))
             object.__setattr__(self, "model_kwargs", {key: value for key, value in self.model_kwargs.items()
                                                       if key not in ("dtype", "torch_dtype")})
 
@@ -274,8 +309,7 @@ class FilterOptions:
             raise ChesError(f"give at most one of quantile=, max_score=, keep=, around= (got {', '.join(given)}).")
         if self.window is not None and self.around is None:
             raise ChesError("window= sets the size of the around= selection; pass around= too, or drop window=.")
-        if self.measure not in MEASURES:
-            raise ChesError(f"unknown measure {self.measure!r}; use one of {sorted(MEASURES)}.")
+        check_measure(self.measure)
         object.__setattr__(self, "drop_flags", check_flag_names(self.drop_flags or (), "drop_flags (--drop-flags)"))
 
     def _check_ranges(self) -> None:
@@ -448,8 +482,8 @@ class PairOptions:
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise ChesError(f"rule={self.rule!r} is not one of {list(RULES)}.")
-        if self.measure not in PAIR_MEASURES:
-            raise ChesError(f"measure={self.measure!r} is not one of {list(PAIR_MEASURES)}.")
+        check_measure(self.measure, PAIR_MEASURES, " for ches.pairs (it selects by the scores every pair of responses "
+                      "gets)")
         if isinstance(self.min_margin, bool) or not isinstance(self.min_margin, (int, float)) \
                 or not math.isfinite(self.min_margin) or self.min_margin < 0:
             raise ChesError(f"min_margin={self.min_margin!r} must be a finite number >= 0.")
@@ -527,16 +561,6 @@ def pair_score_options(options: ScoreOptions | None = None, **kwargs: Any) -> Sc
         raise ChesError(f"layout={scoring.layout!r} is not one of {list(PAIR_LAYOUTS)} for ches.pairs (it runs all of a "
                         "prompt's responses together; shared_prompt runs two).")
     return scoring
-
-
-def dtype_name(dtype: Any) -> str:
-    """A dtype given as text or as a ``torch.dtype``, by its full name (``"bf16"`` -> ``"bfloat16"``).
-
-    >>> dtype_name("bf16"), dtype_name("float32")
-    ('bfloat16', 'float32')
-    """
-    text = str(dtype).removeprefix("torch.")
-    return DTYPE_ALIASES.get(text, text)
 
 
 def _positive(name: str, value: Any, *, minimum: int, none: str) -> None:

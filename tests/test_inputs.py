@@ -265,3 +265,58 @@ def test_numpy_numbers_are_numbers(workdir):
     kept = ches.filter(scored_sample(), quantile=np.float32(0.5))
     assert kept.to_list() == ches.filter(scored_sample(), quantile=0.5).to_list()
     assert ches.filter(scored_sample(), keep=np.int64(2)).to_list() == ches.filter(scored_sample(), keep=2).to_list()
+
+
+# ---------------------------------------------------------------- the sidecar beside a data file
+SCORED = [{"prompt": "p", "chosen": f"c{k}", "rejected": "r", "ln_ches": float(k), "ches": 1.0, "edit_distance": 0.5,
+           "last_hidden_ip": 1.0, "ches_skip": None, "chosen_tokens": 1, "rejected_tokens": 1, "prompt_tokens": 1}
+          for k in range(3)]
+BROKEN_SIDECARS = {  # content of a broken <file>.meta.json -> what the warning must say is wrong with it
+    "not json": (b"{not json", "JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2"),
+    "a list": (b"[1, 2]", "it holds a JSON list, not the object ches writes"),
+    "not utf-8": (b"{\"a\": \"\xff\"}", "UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff in position 7"),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_SIDECARS))
+def test_a_broken_sidecar_is_one_warning_through_every_reader(broken, tmp_path, caplog, monkeypatch):
+    """ches.load_data and the command line (which reads the data, then records its input's sidecar) read the
+    sidecar the same way: the rows load, the record is ignored, and one warning names the sidecar and what is
+    wrong with it, word for word the same."""
+    import logging
+
+    from ches.cli import main
+    from ches.cli.flags import input_metadata
+
+    data = write_jsonl(tmp_path / "scores.jsonl", SCORED)
+    content, problem = BROKEN_SIDECARS[broken]
+    (tmp_path / "scores.jsonl.meta.json").write_bytes(content)
+    expected = f"ignoring the unreadable metadata file {tmp_path / 'scores.jsonl.meta.json'} ({problem}"
+    with caplog.at_level(logging.WARNING, logger="ches"):
+        loaded = load_data(str(data))
+    assert loaded.to_list() == SCORED and "ches_reference" not in (loaded.info.description or "")
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 1 and said[0].startswith(expected), said
+    caplog.clear()
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ches"):
+        assert main(["filter", "scores.jsonl", "--keep", "1", "-o", "kept.jsonl"]) == 0
+    assert [record.getMessage() for record in caplog.records] == [said[0].replace(f"{tmp_path}/", "")]
+    assert json.loads((tmp_path / "kept.jsonl.meta.json").read_text())["data_metadata"] is None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ches"):  # read again for the record: not said twice
+        assert input_metadata(str(data), None)["data_metadata"] is None
+    assert not caplog.records
+
+
+def test_a_sidecar_that_reads_is_no_warning(tmp_path, caplog):
+    import logging
+
+    from ches.cli.flags import input_metadata
+
+    data = write_jsonl(tmp_path / "scores.jsonl", ROWS)
+    (tmp_path / "scores.jsonl.meta.json").write_text(json.dumps({"rows_written": len(ROWS), "note": "x"}))
+    with caplog.at_level(logging.WARNING, logger="ches"):
+        assert load_data(str(data)).num_rows == len(ROWS)
+        assert input_metadata(str(data), None)["data_metadata"] == {"rows_written": len(ROWS), "note": "x"}
+    assert not caplog.records

@@ -566,7 +566,7 @@ def test_an_unscorable_top_rated_response_skips_the_prompt_naming_it(workdir):
     built, info = ches.pairs_run(rows, model, progress=False)
     assert [item.source_row for item in info.skipped_prompts] == [0]
     assert info.skipped_prompts[0].reason.startswith("the top-rated response 0 (rating 3) could not be scored: ")
-    assert "longer than the model's context (48); pass max_length" in info.skipped_prompts[0].reason
+    assert "tokens exceeds the model's context (48); pass max_length" in info.skipped_prompts[0].reason
     assert built["source_row"] == [1, 2, 3] and built["chosen_index"] == [0, 0, 1]
     assert built["unscored_responses"] == [[1], [2], [0]]  # said in the output of every pair it touched
     assert [(item.source_row, item.response) for item in info.unscored_responses] == [(0, 0), (1, 1), (2, 2), (3, 0)]
@@ -575,6 +575,22 @@ def test_an_unscorable_top_rated_response_skips_the_prompt_naming_it(workdir):
         0: "the top-rated response 0 (rating 3)", 2: "the lowest-rated response 2 (rating 1)"}
     every, info = ches.pairs_run(rows, model, rule="all_min_ches", progress=False)  # searches every pair: nothing needed
     assert not info.skipped_prompts and every["unscored_responses"] == [[0], [1], [2], [0]]
+
+
+def test_score_and_pairs_give_a_response_too_long_for_the_context_one_reason(workdir):
+    """The context limit is worded once: ches.score's skip reason for a pair and ches.pairs' reason for the same
+    response are the sentence written out here, with the sequence's own length counted by the tokenizer."""
+    from transformers import AutoTokenizer
+
+    model = short_context_model(workdir)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokens = len(tokenizer("Q:" + LONG + tokenizer.eos_token)["input_ids"])
+    expected = f"sequence of {tokens} tokens exceeds the model's context (48); pass max_length"
+    scored = ches.score([{"prompt": "Q:", "chosen": LONG, "rejected": " b"}], model, progress=False)
+    assert scored["ches_skip"] == [expected]
+    _, info = ches.pairs_run([{"prompt": "Q:", "responses": [" a", LONG, " b"], "ratings": [3, 2, 1]}], model,
+                             progress=False)
+    assert [(item.response, item.reason) for item in info.unscored_responses] == [(1, expected)]
 
 
 def test_a_response_whose_hidden_states_are_not_finite_is_listed_not_paired(workdir):

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..data.columns import DIGEST_COLUMN
-from ..data.integrity import FLAG_NAMES, FLAGS_COLUMN
+from ..data.integrity import FLAGS_COLUMN, pair_flags
 from ..data.tokens import token_digest
 from ..options import RULES, PairOptions
 from ..run.runner import nonfinite_logps_reason, nonfinite_reason
@@ -85,7 +85,7 @@ def select_pairs(rows: list[Candidates], plans: list[PromptPlan], sums, options:
                    "last_hidden_ip": float(last[i].double() @ last[j].double()),
                    "prompt_tokens": boundary, "chosen_tokens": int(matrices.chosen_tokens[i, j]),
                    "rejected_tokens": int(matrices.rejected_tokens[i, j]), "ches_skip": None,
-                   FLAGS_COLUMN: response_pair_flags(plan, i, j, boundary, max_length, (responses[i], responses[j])),
+                   FLAGS_COLUMN: response_pair_flags(plan, i, j, boundary, max_length),
                    DIGEST_COLUMN: token_digest(plan.sequences[i].input_ids[:boundary],
                                                plan.sequences[i].input_ids[boundary:],
                                                plan.sequences[j].input_ids[boundary:]),
@@ -104,9 +104,9 @@ def rule_needs_unscored(rule: PairingRule, ratings: list[float], unscored: dict[
     lowest-rated one as rejected) could not be scored, or None: without it the pair would not be the one the
     rule states, so there is none.
 
-    >>> rule_needs_unscored(pairing_rule("min_ches"), [3.0, 1.0, 2.0], {0: "no completion tokens"})
-    'the top-rated response 0 (rating 3) could not be scored: no completion tokens'
-    >>> rule_needs_unscored(pairing_rule("all_min_ches"), [3.0, 1.0, 2.0], {0: "no completion tokens"}) is None
+    >>> rule_needs_unscored(pairing_rule("min_ches"), [3.0, 1.0, 2.0], {0: "completion has no tokens"})
+    'the top-rated response 0 (rating 3) could not be scored: completion has no tokens'
+    >>> rule_needs_unscored(pairing_rule("all_min_ches"), [3.0, 1.0, 2.0], {0: "completion has no tokens"}) is None
     True
     """
     ratings = np.asarray(ratings, dtype=np.float64)
@@ -120,31 +120,12 @@ def rule_needs_unscored(rule: PairingRule, ratings: list[float], unscored: dict[
     return None
 
 
-def response_pair_flags(plan: PromptPlan, chosen: int, rejected: int, boundary: int, max_length: int | None,
-                        texts: tuple) -> list[str]:
-    """The integrity flags (:mod:`ches.data.integrity`) of the pair of a prompt's scored responses ``chosen`` and
-    ``rejected`` (positions in ``plan``), whose prompt is their first ``boundary`` tokens: the same flags
-    :func:`ches.data.integrity.pair_flags` gives a row of ``ches.score`` (the completions' untruncated lengths come
-    from ``plan.lengths``; a completion is empty when its text is only whitespace)."""
-    ids = (plan.sequences[chosen].input_ids, plan.sequences[rejected].input_ids)
-    found = {name for name, text in zip(("empty_chosen", "empty_rejected"), texts) if is_empty_text(text)}
-    if max_length is not None and boundary >= max_length:
-        found.add("prompt_fills_max_length")
-    else:
-        if list(ids[0][boundary:]) == list(ids[1][boundary:]):  # both already cut to max_length, as TRL cuts
-            found.add("identical_after_truncation")
-        if max_length is not None:
-            found |= {name for name, index in (("chosen_truncated", chosen), ("rejected_truncated", rejected))
-                      if plan.lengths[index] > max_length}
-    return [name for name in FLAG_NAMES if name in found]
-
-
-def is_empty_text(response) -> bool:
-    """Whether a response (text, or chat messages) holds nothing but whitespace.
-
-    >>> is_empty_text("  "), is_empty_text([{"role": "assistant", "content": ""}]), is_empty_text("ok")
-    (True, True, False)
-    """
-    if isinstance(response, str):
-        return not response.strip()
-    return all(not str(message.get("content") or "").strip() for message in response)
+def response_pair_flags(plan: PromptPlan, chosen: int, rejected: int, boundary: int, max_length: int | None) -> list[str]:
+    """The integrity flags (:func:`ches.data.integrity.pair_flags`, as ``ches.score`` sets them) of the pair of a
+    prompt's scored responses ``chosen`` and ``rejected`` (positions in ``plan``), whose prompt is their first
+    ``boundary`` tokens: the sequences are already cut to ``max_length``, ``plan.lengths`` are the untruncated
+    lengths and ``plan.empty`` says which completion has no text of its own from that boundary."""
+    sides = (chosen, rejected)
+    return pair_flags(boundary, tuple(plan.sequences[side].input_ids[boundary:] for side in sides),
+                      tuple(plan.lengths[side] - boundary for side in sides), max_length,
+                      tuple(plan.empty[side, boundary] for side in sides))

@@ -7,10 +7,21 @@ responses share its smallest prompt boundary, so one decoder pass sums them all 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..data.formats import Pair, pair_problem
-from ..data.tokens import Skip, TokenizedPair, TokenSequence, check_ids, tokenize_pairs
+from ..data.integrity import empty_texts
+from ..data.tokens import (
+    EMPTY_PROMPT,
+    Skip,
+    TokenizedPair,
+    TokenSequence,
+    check_ids,
+    no_tokens_reason,
+    prompt_fills_reason,
+    tokenize_pairs,
+    too_long_reason,
+)
 from ..errors import ChesError
 from ..model.models import max_positions
 from ..run.runs import ModelRun
@@ -80,6 +91,9 @@ class PromptPlan:
         correction_of: per scored response, its index in ``corrections`` (or -1: ``C_i = 0``).
         unscored: the row's responses that cannot run, by index, with the reason.
         lengths: per scored response, its prompt + completion tokens before ``max_length`` truncation.
+        empty: per (scored response, prompt boundary of a pair it can be in), whether its completion from that
+            boundary has no text of its own (:func:`ches.data.integrity.empty_texts`; the boundary is a pair's, so
+            the tokens of the prompt a merge takes into the completion count, as in ``ches.score``).
     """
 
     row: int
@@ -90,6 +104,7 @@ class PromptPlan:
     correction_of: list[int]
     unscored: dict[int, str] = field(default_factory=dict)
     lengths: list[int] = field(default_factory=list)
+    empty: dict[tuple[int, int], bool] = field(default_factory=dict)
 
 
 def plan_prompts(rows: list[Candidates], loaded, max_length: int | None) -> tuple[list[PromptPlan], list[Skipped]]:
@@ -117,7 +132,23 @@ def plan_prompts(rows: list[Candidates], loaded, max_length: int | None) -> tupl
         else:
             plans.append(plan)
     check_ids([plan.row for plan in plans], [plan.sequences for plan in plans], loaded.tokenizer, loaded.embedding_rows)
-    return plans, skipped
+    return _with_empty(plans, per_row, loaded.tokenizer), skipped
+
+
+def _with_empty(plans: list[PromptPlan], per_row: dict[int, list[TokenizedPair]], tokenizer) -> list[PromptPlan]:
+    """``plans`` with :attr:`PromptPlan.empty` filled: each scored response's untruncated completion from each
+    prompt boundary ``b <= p_i`` a pair of it can have (``min(p_i, p_j)``), decoded in one batch."""
+    keys, completions = [], []
+    for at, plan in enumerate(plans):
+        for position, (index, own) in enumerate(zip(plan.responses, plan.prefix)):
+            tokens = per_row[plan.row][index]
+            for boundary in sorted({prefix for prefix in plan.prefix if prefix <= own}):
+                keys.append((at, position, boundary))
+                completions.append(tokens.prompt_ids[boundary:] + tokens.chosen_ids)
+    empty: list[dict[tuple[int, int], bool]] = [{} for _ in plans]
+    for (at, position, boundary), value in zip(keys, empty_texts(completions, tokenizer)):
+        empty[at][position, boundary] = value
+    return [replace(plan, empty=found) for plan, found in zip(plans, empty)]
 
 
 def _tokenize(flat: list[Pair], owners: list[int], tokenizer) -> list[TokenizedPair]:
@@ -153,9 +184,9 @@ def _plan(row: int, candidates: Candidates, tokenized: list[TokenizedPair], max_
     unscored, keep = {}, []
     for index, ids in enumerate(full):
         if len(tokenized[index].chosen_ids) == 0:
-            unscored[index] = "no completion tokens"
+            unscored[index] = no_tokens_reason()
         elif context is not None and len(ids) > context:
-            unscored[index] = f"{len(ids)} tokens, longer than the model's context ({context}); pass max_length"
+            unscored[index] = too_long_reason(len(ids), context)
         else:
             keep.append(index)
     if len(keep) < 2:
@@ -163,9 +194,9 @@ def _plan(row: int, candidates: Candidates, tokenized: list[TokenizedPair], max_
         return Skip(f"fewer than two scorable responses ({detail})")
     base = min(prefix[index] for index in keep)
     if base == 0:
-        return Skip("empty prompt: no position predicts the first completion token (tokenizer adds no BOS)")
+        return Skip(EMPTY_PROMPT)
     if max_length is not None and base >= max_length:
-        return Skip(f"prompt fills max_length ({base} prompt tokens, max_length={max_length})")
+        return Skip(prompt_fills_reason(base, max_length))
     sequences = [TokenSequence(full[index], base - 1, len(full[index]) - 1) for index in keep]
     boundaries = sorted({prefix[index] for index in keep if prefix[index] > base
                          and (max_length is None or prefix[index] < max_length)})

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -215,18 +214,16 @@ def rows_written(dataset) -> dict:
 
 
 def input_metadata(data: str, split: str | None) -> dict:
-    """What the sidecar records of the input: its path, split, SHA-256, and the sidecar of a file ches wrote."""
+    """What the sidecar records of the input: its path, split, SHA-256, and the sidecar of a file ches wrote (read
+    by :func:`ches.data.paths.read_sidecar`, after the command read the data and its sidecar)."""
     from ..data.export import file_sha256
+    from ..data.paths import read_sidecar, sidecar_path
 
     path = Path(data)
     meta = {"data": data, "split": split}
     if path.is_file():
         meta["data_sha256"] = file_sha256(path)
-        sidecar = path.with_name(path.name + ".meta.json")
-        if sidecar.is_file():  # the run that produced a scores file travels with what is made from it
-            try:
-                meta["data_metadata"] = json.loads(sidecar.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-                logging.getLogger("ches").warning("ignoring the unreadable metadata file %s (%s)", sidecar, error)
-                meta["data_metadata"] = None
+        if sidecar_path(path).is_file():  # the run that produced a scores file travels with what is made from it
+            # None when it cannot be read: the command read the data with load_data, which warned already
+            meta["data_metadata"] = read_sidecar(path, warn=False)
     return meta

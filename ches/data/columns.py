@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Collection
 
 from ..errors import ChesError
 from .integrity import FLAGS_COLUMN, parse_flags
@@ -53,6 +54,25 @@ STALE_COLUMNS = LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS + RANK_COLUMNS + AUDIT_COLU
 MEASURES = {"ln_ches": 1.0, "ches": 1.0, "last_hidden_ip": 1.0, "edit_distance": -1.0}
 #: the measure ``ches.filter``, ``ches.rank``, the CLI and the report use unless told otherwise (the paper filters by it)
 DEFAULT_MEASURE = "ln_ches"
+
+
+def check_measure(measure: str, allowed: Collection[str] = MEASURES, scope: str = "") -> str:
+    """``measure``, when it is one of ``allowed`` (default: every measure, :data:`MEASURES`); the one check of a
+    measure's name, wherever one is given (``scope``: what takes only ``allowed``, for the message).
+
+    >>> check_measure("edit_distance")
+    'edit_distance'
+    >>> check_measure("cosine")
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: unknown measure 'cosine'; use one of ['ches', 'edit_distance', 'last_hidden_ip', 'ln_ches'] (measure=, --measure).
+
+    Raises:
+        ChesError: naming the measure given and the ones accepted.
+    """
+    if measure not in allowed:
+        raise ChesError(f"unknown measure {measure!r}{scope}; use one of {sorted(allowed)} (measure=, --measure).")
+    return measure
 
 
 def all_types() -> dict[str, str]:
@@ -256,9 +276,9 @@ def reference_of(dataset) -> dict | None:
     return records[0] if records else None
 
 
-def sidecar_reference(meta: dict) -> dict | None:
-    """The reference record in the ``.meta.json`` sidecar of a file ches wrote: what the log-probs in the file
-    were computed with. Every command that writes rows carrying log-probs records it as ``reference``; a
+def sidecar_reference(meta: dict | None) -> dict | None:
+    """The reference record in the ``.meta.json`` sidecar of a file ches wrote (as
+    :func:`ches.data.paths.read_sidecar` reads it; None: no sidecar): what the log-probs in the file were computed with. Every command that writes rows carrying log-probs records it as ``reference``; a
     sidecar written before that has it only as the ``run`` of ``ches score`` / ``ches pairs`` (never another
     command's ``run``: ``ches audit``'s is the trained model's, not the reference's).
 
@@ -267,6 +287,8 @@ def sidecar_reference(meta: dict) -> dict | None:
     >>> sidecar_reference({"command": ["ches", "audit"], "run": {"model": "dpo", "model_fingerprint": "x"}}) is None
     True
     """
+    if not isinstance(meta, dict):
+        return None
     if isinstance(meta.get("reference"), dict):
         return meta["reference"]
     command = meta.get("command") or []

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ChesError
-from .paths import refuse_existing
+from .paths import refuse_existing, sidecar_path  # noqa: F401 (sidecar_path: ches.data.export's, as before)
 
 if TYPE_CHECKING:  # imported by write_dataset only, so that the output checks run before datasets is imported
     import datasets
@@ -54,16 +54,6 @@ DATASET_FOLDER_FILES = ("dataset_info.json", "state.json", "dataset_dict.json") 
 CSV_OPTIONS = {"index": False, "quoting": csv.QUOTE_NONNUMERIC}
 #: what each writer of ``datasets`` is told (CSV as :data:`CSV_OPTIONS`); JSON is written by :func:`write_json_lines`
 WRITER_OPTIONS = {".csv": CSV_OPTIONS}
-
-
-def sidecar_path(output: str | os.PathLike) -> Path:
-    """Where the metadata of ``output`` goes: ``scores.parquet`` -> ``scores.parquet.meta.json``.
-
-    >>> sidecar_path("out/scores.parquet").name
-    'scores.parquet.meta.json'
-    """
-    output = Path(output)
-    return output.with_name(output.name + ".meta.json")
 
 
 def file_sha256(path: str | os.PathLike) -> str:

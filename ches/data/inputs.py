@@ -22,7 +22,7 @@ import datasets
 from ..errors import ChesError, one_line
 from .columns import all_types, column_feature, parse_columns, sidecar_reference, typed_cell, with_reference  # noqa: F401
 from .formats import PAIR_COLUMNS, TEMPLATE_COLUMNS, Pair, to_pairs
-from .paths import DATA_SUFFIXES, check_data_exists
+from .paths import DATA_SUFFIXES, check_data_exists, read_sidecar, sidecar_path
 
 Data = Union[datasets.Dataset, datasets.DatasetDict, Sequence[Mapping[str, Any]], "pandas.DataFrame", str, os.PathLike]  # noqa: F821
 
@@ -93,22 +93,12 @@ def _load_path(path: str, split: str | None):
     if local.is_file():
         if split is not None:
             raise ChesError(f"split={split!r} was given, but {path} is a single file with no splits; drop --split/split=.")
-        dataset, sidecar = _load_file(local), _read_sidecar(local)
+        dataset, sidecar = _load_file(local), read_sidecar(local)
         check_rows_written(dataset, local, sidecar)
-        return _sidecar_reference(dataset, sidecar)
+        reference = sidecar_reference(sidecar)  # what log-probs in the file were computed with, for a trainer
+        return dataset if reference is None else with_reference(dataset, reference)
     check_data_exists(path)  # a local path that does not exist is not tried as a Hub id
     return _load_hub(path, split)
-
-
-def _read_sidecar(path: Path) -> dict | None:
-    """The ``.meta.json`` sidecar of a data file (what ches recorded when it wrote the file), or None: there is
-    none, or it cannot be read (warned about where its metadata is recorded, :func:`ches.cli.flags.input_metadata`)."""
-    sidecar = path.with_name(path.name + ".meta.json")
-    try:
-        content = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else None
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return content if isinstance(content, dict) else None
 
 
 def check_rows_written(dataset: datasets.Dataset, path: Path, sidecar: dict | None) -> None:
@@ -139,7 +129,7 @@ def check_rows_written(dataset: datasets.Dataset, path: Path, sidecar: dict | No
     read = dataset.num_rows
     if read == written:
         return
-    from .export import file_sha256, sidecar_path
+    from .export import file_sha256
 
     record = sidecar_path(path)
     digest = sidecar.get("output_sha256")
@@ -153,13 +143,6 @@ def check_rows_written(dataset: datasets.Dataset, path: Path, sidecar: dict | No
                  "it); if not, write the file again")
     raise ChesError(f"{path}: {read} rows read, but its sidecar {record} records {written} rows written by ches; "
                     f"{cause}.")
-
-
-def _sidecar_reference(dataset: datasets.Dataset, sidecar: dict | None) -> datasets.Dataset:
-    """A file ches wrote with log-probs, with what they were computed with (from its ``.meta.json`` sidecar,
-    as :func:`ches.data.columns.with_reference` records it on a dataset), so a trainer can check it."""
-    reference = sidecar_reference(sidecar) if isinstance(sidecar, dict) else None
-    return dataset if reference is None else with_reference(dataset, reference)
 
 
 def _load_file(path: Path) -> datasets.Dataset:

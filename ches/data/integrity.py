@@ -20,8 +20,10 @@ describe the data under TRL 1.16's preparation (``keep_start`` truncation at ``m
 
 Rows skipped for other reasons (``ches_skip``) get the flags their token ids show.
 
->>> from ches.data.tokens import TokenizedPair
->>> pair_flags(TokenizedPair([1, 5], [7, 8, 2], [7, 9, 2]), max_length=3, empty=(False, False))
+``ches.score`` and ``ches.pairs`` both set them with :func:`pair_flags`, and both call a completion empty by
+:func:`empty_texts`.
+
+>>> pair_flags(2, ([7], [7]), (2, 2), max_length=3, empty=(False, False))
 ['identical_after_truncation', 'chosen_truncated', 'rejected_truncated']
 """
 
@@ -53,44 +55,70 @@ FLAGS = {
 FLAG_NAMES = tuple(FLAGS)
 
 
-def pair_flags(tokenized: TokenizedPair, max_length: int | None, empty: tuple[bool, bool]) -> list[str]:
-    """The flags of one pair, from its TRL token ids (before truncation) and whether each completion is empty.
+def pair_flags(prompt_tokens: int, kept: tuple[Sequence[int], Sequence[int]], lengths: tuple[int, int],
+               max_length: int | None, empty: tuple[bool, bool]) -> list[str]:
+    """The flags of one pair: the one definition, for a row of ``ches.score`` (:func:`tokenized_flags`) and a pair
+    of ``ches.pairs`` alike.
 
     Args:
-        tokenized: the pair's prompt, chosen and rejected ids as TRL tokenizes them.
-        max_length: TRL's ``max_length`` (``keep_start`` truncation), or None.
-        empty: ``(chosen, rejected)``: whether each completion has no text of its own (:func:`empty_completions`).
+        prompt_tokens: the pair's prompt length in TRL tokens (the common prefix of both sequences).
+        kept: ``(chosen, rejected)``: the completion ids TRL keeps, after its ``keep_start`` truncation at
+            ``max_length`` (all of them without it); lists or arrays.
+        lengths: ``(chosen, rejected)``: each completion's number of tokens before truncation.
+        max_length: TRL's ``max_length``, or None.
+        empty: ``(chosen, rejected)``: whether each completion has no text of its own (:func:`empty_texts`).
 
-    >>> pair_flags(TokenizedPair([1, 5, 6], [2], [9, 2]), max_length=3, empty=(True, False))
+    >>> pair_flags(3, ([], []), (1, 2), max_length=3, empty=(True, False))
     ['prompt_fills_max_length', 'empty_chosen']
+    >>> pair_flags(2, ([7], [7]), (2, 2), max_length=3, empty=(False, False))
+    ['identical_after_truncation', 'chosen_truncated', 'rejected_truncated']
     """
     found = {name for name, empty_side in zip(("empty_chosen", "empty_rejected"), empty) if empty_side}
-    prompt = len(tokenized.prompt_ids)
-    if max_length is not None and prompt >= max_length:
+    if max_length is not None and prompt_tokens >= max_length:
         found.add("prompt_fills_max_length")
     else:
-        room = None if max_length is None else max_length - prompt  # completion tokens TRL keeps
-        if tokenized.chosen_ids[:room] == tokenized.rejected_ids[:room]:
+        if list(kept[0]) == list(kept[1]):
             found.add("identical_after_truncation")
-        if room is not None:
-            found |= {name for name, completion in (("chosen_truncated", tokenized.chosen_ids),
-                                                    ("rejected_truncated", tokenized.rejected_ids)) if len(completion) > room}
+        if max_length is not None:
+            room = max_length - prompt_tokens  # completion tokens TRL keeps
+            found |= {name for name, length in zip(("chosen_truncated", "rejected_truncated"), lengths) if length > room}
     return [name for name in FLAG_NAMES if name in found]
 
 
+def tokenized_flags(tokenized: TokenizedPair, max_length: int | None, empty: tuple[bool, bool]) -> list[str]:
+    """:func:`pair_flags` of a pair from its TRL token ids (:func:`ches.data.tokens.tokenize_pairs`, before
+    truncation).
+
+    >>> from ches.data.tokens import TokenizedPair
+    >>> tokenized_flags(TokenizedPair([1, 5], [7, 8, 2], [7, 9, 2]), max_length=3, empty=(False, False))
+    ['identical_after_truncation', 'chosen_truncated', 'rejected_truncated']
+    """
+    prompt = len(tokenized.prompt_ids)
+    room = None if max_length is None else max(0, max_length - prompt)
+    completions = (tokenized.chosen_ids, tokenized.rejected_ids)
+    return pair_flags(prompt, tuple(ids[:room] for ids in completions), tuple(len(ids) for ids in completions),
+                      max_length, empty)
+
+
+def empty_texts(completions: Sequence[Sequence[int]], tokenizer) -> list[bool]:
+    """Whether each completion has no text of its own: its token ids (before any truncation) decode, special
+    tokens left out, to nothing but whitespace (one batched decode). The one definition of ``empty_chosen`` /
+    ``empty_rejected``: what TRL trains on is the tokens, so a response written as the EOS string is empty and
+    a lone space whose tokens merged with the prompt's last word is not."""
+    texts = tokenizer.batch_decode([list(ids) for ids in completions], skip_special_tokens=True) if completions else []
+    return [not text.strip() for text in texts]
+
+
 def empty_completions(tokenized: Sequence[TokenizedPair], tokenizer) -> list[tuple[bool, bool]]:
-    """Per pair, whether its chosen and its rejected completion decode, special tokens left out, to nothing but
-    whitespace (one batched decode of the ids already there)."""
-    completions = [ids for pair in tokenized for ids in (pair.chosen_ids, pair.rejected_ids)]
-    texts = tokenizer.batch_decode(completions, skip_special_tokens=True) if completions else []
-    empty = [not text.strip() for text in texts]
+    """Per pair, whether its chosen and its rejected completion are empty (:func:`empty_texts`)."""
+    empty = empty_texts([ids for pair in tokenized for ids in (pair.chosen_ids, pair.rejected_ids)], tokenizer)
     return list(zip(empty[::2], empty[1::2]))
 
 
 def chunk_flags(tokenized: Sequence[TokenizedPair], tokenizer, max_length: int | None) -> list[list[str]]:
-    """The flags of every pair of a chunk (:func:`pair_flags`)."""
+    """The flags of every pair of a chunk (:func:`tokenized_flags`)."""
     empty = empty_completions(tokenized, tokenizer)
-    return [pair_flags(pair, max_length, sides) for pair, sides in zip(tokenized, empty)]
+    return [tokenized_flags(pair, max_length, sides) for pair, sides in zip(tokenized, empty)]
 
 
 def to_bits(flags: Iterable[str]) -> int:

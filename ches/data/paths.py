@@ -5,15 +5,21 @@ mistyped path fails at once) and the loaders apply the same rule.
 A name is taken for a local path when it starts with ``.``, ``/`` or ``~`` (or, for data, ends in a data
 file's extension; for a model or tokenizer, has more parts than ``org/name`` or starts with a folder that
 exists here); anything else may be a Hub id (``org/name``), which only the Hub can confirm.
+
+A file ches writes has its record beside it, the sidecar ``<file>.meta.json``: :func:`sidecar_path` names it and
+:func:`read_sidecar` is the one reader of it (for ``ches.load_data`` and the command line's record of its input).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from ..errors import ChesError
+
+logger = logging.getLogger("ches")
 
 #: the data file formats ches reads (each also gzipped: ``.jsonl.gz``, ...)
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -96,3 +102,44 @@ def model_paths(model, tokenizer=None) -> tuple[str, ...]:
         if isinstance(base, str) and os.path.isdir(os.path.expanduser(base)):
             folders.append(base)
     return tuple(dict.fromkeys(folders))
+
+
+def sidecar_path(output: str | os.PathLike) -> Path:
+    """Where the metadata of ``output`` goes: ``scores.parquet`` -> ``scores.parquet.meta.json``.
+
+    >>> sidecar_path("out/scores.parquet").name
+    'scores.parquet.meta.json'
+    """
+    output = Path(output)
+    return output.with_name(output.name + ".meta.json")
+
+
+def read_sidecar(path: str | os.PathLike, warn: bool = True) -> dict | None:
+    """The ``.meta.json`` sidecar of the data file ``path`` (what ches recorded when it wrote the file), or None:
+    there is none, or it cannot be read, which is a warning naming the sidecar and what is wrong with it (the
+    data is still read; only the record is ignored). ``warn=False``: a second reading of a sidecar whose reader
+    warned already (the command line records its input's sidecar after ``load_data`` read it), so the warning
+    is said once.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> read_sidecar(folder / "s.csv") is None
+    True
+    >>> _ = sidecar_path(folder / "s.csv").write_text('{"rows_written": 2}')
+    >>> read_sidecar(folder / "s.csv")
+    {'rows_written': 2}
+    """
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        content = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        problem = f"{type(error).__name__}: {error}"
+    else:
+        if isinstance(content, dict):
+            return content
+        problem = f"it holds a JSON {type(content).__name__}, not the object ches writes"
+    if warn:
+        logger.warning("ignoring the unreadable metadata file %s (%s)", sidecar, problem)
+    return None

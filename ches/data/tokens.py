@@ -181,6 +181,38 @@ class Skip:
     reason: str
 
 
+#: why a pair whose prompt has no tokens is skipped (the one wording of ``ches.score`` and ``ches.pairs``)
+EMPTY_PROMPT = "empty prompt: no position predicts the first completion token (tokenizer adds no BOS)"
+
+
+def prompt_fills_reason(prompt_tokens: int, max_length: int) -> str:
+    """Why a pair whose prompt alone fills ``max_length`` is skipped (TRL drops it).
+
+    >>> prompt_fills_reason(9, 8)
+    'prompt fills max_length (9 prompt tokens, max_length=8)'
+    """
+    return f"prompt fills max_length ({prompt_tokens} prompt tokens, max_length={max_length})"
+
+
+def no_tokens_reason(side: str | None = None) -> str:
+    """Why a completion (``side``: ``"chosen"``/``"rejected"`` of a pair, None: a ``ches.pairs`` response) that
+    tokenizes to nothing cannot be scored.
+
+    >>> no_tokens_reason("chosen"), no_tokens_reason()
+    ('chosen completion has no tokens', 'completion has no tokens')
+    """
+    return f"{side} completion has no tokens" if side else "completion has no tokens"
+
+
+def too_long_reason(tokens: int, context: int) -> str:
+    """Why a sequence longer than the model's context (``max_position_embeddings``) cannot be scored.
+
+    >>> too_long_reason(5000, 4096)
+    "sequence of 5000 tokens exceeds the model's context (4096); pass max_length"
+    """
+    return f"sequence of {tokens} tokens exceeds the model's context ({context}); pass max_length"
+
+
 def to_sequences(tokenized: TokenizedPair, max_length: int | None = None) -> SequencePair | Skip:
     """The two sequences DPO trains on, truncated like TRL's collator; or why none can be scored.
 
@@ -192,13 +224,13 @@ def to_sequences(tokenized: TokenizedPair, max_length: int | None = None) -> Seq
     """
     prompt_length = len(tokenized.prompt_ids)
     if prompt_length == 0:
-        return Skip("empty prompt: no position predicts the first completion token (tokenizer adds no BOS)")
+        return Skip(EMPTY_PROMPT)
     if max_length is not None and prompt_length >= max_length:
-        return Skip(f"prompt fills max_length ({prompt_length} prompt tokens, max_length={max_length})")
+        return Skip(prompt_fills_reason(prompt_length, max_length))
     cut = []
     for side, completion in (("chosen", tokenized.chosen_ids), ("rejected", tokenized.rejected_ids)):
         if not completion:
-            return Skip(f"{side} completion has no tokens")
+            return Skip(no_tokens_reason(side))
         cut.append((tokenized.prompt_ids + completion)[:max_length])
     shared = min(len(input_ids) for input_ids in cut) - prompt_length  # LD-DPO: the shorter completion's length
     return SequencePair(*(TokenSequence(input_ids=input_ids, start=prompt_length - 1, end=len(input_ids) - 1,

@@ -20,11 +20,12 @@ from ..data.hub import offline_unless_reachable
 from ..data.paths import check_folder_exists
 from ..data.tokens import token_text
 from ..errors import ChesError, one_line
+from ..options import DTYPE_NAMES, check_dtype
 from .batches import CUDA_PAD_MULTIPLE
 
 CPU_BATCH_TOKENS = 1024  # measured: small batches run fastest on CPUs (docs/performance.md)
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
-          "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+#: the torch dtype of each name of :data:`ches.options.DTYPE_NAMES` (its aliases are read by :func:`resolve_dtype`)
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in DTYPES:
-        raise ChesError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}.")
-    return DTYPES[dtype]
+    return DTYPES[check_dtype(dtype)]
 
 
 def text_config(model: torch.nn.Module):

@@ -19,7 +19,16 @@ import numpy as np
 from ..data.formats import Pair, pair_problem
 from ..data.integrity import chunk_flags, to_bits
 from ..data.rows import BLOCK_ROWS, RowSource
-from ..data.tokens import SequencePair, Skip, TokenizedPair, check_ids, sequence_digest, to_sequences, tokenize_pairs
+from ..data.tokens import (
+    SequencePair,
+    Skip,
+    TokenizedPair,
+    check_ids,
+    sequence_digest,
+    to_sequences,
+    tokenize_pairs,
+    too_long_reason,
+)
 from ..model.models import LoadedModel, max_positions
 from ..scores import formulas as scores
 
@@ -113,7 +122,7 @@ def _plan(pair: Pair, tokenized: TokenizedPair, max_length: int | None, context:
         return plan
     longest = max(len(sequence.input_ids) for sequence in plan)
     if longest > context:
-        return Skip(f"sequence of {longest} tokens exceeds the model's context ({context}); pass max_length")
+        return Skip(too_long_reason(longest, context))
     return plan
 
 

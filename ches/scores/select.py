@@ -17,10 +17,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..data.columns import MEASURES
+from ..data.columns import MEASURES, check_measure
 from ..errors import ChesError
-
-#: measure name -> sign that turns it into "higher = more similar"
 
 
 def similarity(values, measure: str) -> np.ndarray:
@@ -32,9 +30,7 @@ def similarity(values, measure: str) -> np.ndarray:
     >>> similarity([0.25, 1.0], "edit_distance").tolist()
     [-0.25, -1.0]
     """
-    if measure not in MEASURES:
-        raise ChesError(f"unknown measure {measure!r}; use one of {sorted(MEASURES)}.")
-    return MEASURES[measure] * np.asarray(values, dtype=np.float64)
+    return MEASURES[check_measure(measure)] * np.asarray(values, dtype=np.float64)
 
 
 def similarity_name(measure: str) -> str:
@@ -43,9 +39,7 @@ def similarity_name(measure: str) -> str:
     >>> similarity_name("ln_ches"), similarity_name("edit_distance")
     ('ln_ches', '-edit_distance')
     """
-    if measure not in MEASURES:
-        raise ChesError(f"unknown measure {measure!r}; use one of {sorted(MEASURES)}.")
-    return measure if MEASURES[measure] > 0 else f"-{measure}"
+    return measure if MEASURES[check_measure(measure)] > 0 else f"-{measure}"
 
 
 def most_similar_first(similarity: np.ndarray) -> np.ndarray:

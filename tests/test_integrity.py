@@ -1,5 +1,6 @@
-"""Integrity flags (``ches_flags``) against what TRL's own DPOTrainer does with each row: the rows it drops, the
-completion tokens its collator keeps and cuts; dropping flagged rows in ``ches.filter`` / ``ches filter``; the
+"""Integrity flags (``ches_flags``, :mod:`ches.data.integrity`) against what TRL's own DPOTrainer does with each row:
+the rows it drops, the completion tokens its collator keeps and cuts, the tokens each side is (emptiness), the same
+for a row of ``ches.score`` and a pair of ``ches.pairs``; dropping flagged rows in ``ches.filter`` / ``ches filter``; the
 counts in the summary line, the sidecar, ``ches.summary`` and the report."""
 
 from __future__ import annotations
@@ -56,9 +57,10 @@ def completion_text(completion) -> str:
     return completion if isinstance(completion, str) else "".join(message["content"] for message in completion)
 
 
-def trl_flags(rows, tokenizer, model, max_length, tmp_path) -> list[list[str]]:
+def trl_flags(rows, tokenizer, model, max_length, tmp_path, empty=None) -> list[list[str]]:
     """Each row's flags read off TRL's own preparation: the rows its trainer drops, the completion tokens its
-    collator keeps (completion_mask) against the ones it tokenized, and the rows' own text for emptiness."""
+    collator keeps (completion_mask) against the ones it tokenized, and for emptiness the rows' own text, or
+    ``empty`` (per row, the sides that are empty: :func:`trl_empty`)."""
     indexed = [dict(row, row_index=index) for index, row in enumerate(rows)]
     prepared, sequences = trl_sequences(indexed, tokenizer, model, max_length, tmp_path)
     kept = {prepared[position]["row_index"]: position for position in range(len(prepared))}
@@ -67,7 +69,7 @@ def trl_flags(rows, tokenizer, model, max_length, tmp_path) -> list[list[str]]:
     for index, row in enumerate(rows):
         found = set()
         for side in ("chosen", "rejected"):
-            if not completion_text(row[side]).removesuffix(eos).strip():
+            if (side in empty[index]) if empty is not None else not completion_text(row[side]).removesuffix(eos).strip():
                 found.add(f"empty_{side}")
         if index not in kept:
             found.add("prompt_fills_max_length")
@@ -85,6 +87,16 @@ def trl_flags(rows, tokenizer, model, max_length, tmp_path) -> list[list[str]]:
     return expected
 
 
+def trl_empty(rows, tokenizer, model, tmp_path) -> list[set[str]]:
+    """Per row, the sides whose completion ids, as TRL's trainer tokenizes them (no truncation), decode without
+    special tokens to whitespace only: what DPO trains each side on, read off TRL, with nothing of ches."""
+    prepared, _ = trl_sequences(rows, tokenizer, model, None, tmp_path)
+    assert len(prepared) == len(rows)
+    return [{side for side in ("chosen", "rejected")
+             if not tokenizer.decode(prepared[index][f"{side}_ids"], skip_special_tokens=True).strip()}
+            for index in range(len(rows))]
+
+
 @pytest.mark.parametrize("max_length", [None, 160])
 @pytest.mark.parametrize("fmt", ["standard", "conversational"])
 def test_flags_match_what_trl_does_with_each_row(fmt, max_length, tokenizer, tiny_model, tmp_path):
@@ -97,6 +109,92 @@ def test_flags_match_what_trl_does_with_each_row(fmt, max_length, tokenizer, tin
     assert wanted <= raised, f"the rows should raise every flag: {sorted(wanted - raised)} never did"
     for flags, reason in zip(scored[FLAGS_COLUMN], scored["ches_skip"]):  # TRL drops them: ches skips them
         assert ("prompt_fills_max_length" in flags) == (reason is not None and reason.startswith("prompt fills"))
+
+
+# ---------------------------------------------------------------- one definition for ches.score and ches.pairs
+def edge_candidates(tokenizer) -> list[dict]:
+    """ches.pairs rows whose pairs hit every flag and the cases where "empty" read from the text and read from the
+    tokens disagree: the EOS or BOS string as the whole response (text, but its tokens are only special ones), a
+    lone space whose pair's prompt boundary moves back into the prompt (``Say th`` + ``ink`` merge into `` think``,
+    so its completion decodes to `` th ``), whitespace of several kinds, and long responses equal in their start."""
+    eos, bos = tokenizer.eos_token, tokenizer.bos_token
+    answers = [" Sure, here it is.", " ", "", "   ", "\t\n", eos, " " + eos, bos, "\u200b", SHARED + " Yes.",
+               SHARED + " No, never."]
+    return [{"prompt": PROMPT, "responses": answers, "ratings": [float(len(answers) - k) for k in range(len(answers))]},
+            {"prompt": "Say th", "responses": ["ink", " ", " no", eos], "ratings": [3.0, 2.0, 1.0, 0.0]}]
+
+
+def as_chat_candidates(row: dict) -> dict:
+    """A ches.pairs row as a user message and one assistant message per response."""
+    return {"prompt": [{"role": "user", "content": row["prompt"]}], "ratings": row["ratings"],
+            "responses": [[{"role": "assistant", "content": text}] for text in row["responses"]]}
+
+
+@pytest.mark.parametrize("max_length", [None, 160])
+@pytest.mark.parametrize("fmt", ["standard", "conversational"])
+def test_pairs_and_score_flag_each_pair_alike_as_trl_reads_it(fmt, max_length, tokenizer, tiny_model, tmp_path):
+    """Every pair ches.pairs builds carries the flags ches.score gives the same pair as a row, and both are what
+    TRL does with it (its truncation, and its completion tokens for emptiness), edge cases included."""
+    candidates = edge_candidates(tokenizer)
+    if fmt == "conversational":
+        candidates = [as_chat_candidates(row) for row in candidates]
+    built, info = ches.pairs_run(candidates, str(MODEL_DIR), rule="all_min_ches", per_prompt=100,
+                                 max_length=max_length, progress=False)
+    assert not info.skipped_prompts and not info.unscored_responses
+    rows = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(built["prompt"], built["chosen"], built["rejected"])]
+    scored = ches.score(rows, str(MODEL_DIR), progress=False, max_length=max_length)
+    model = tiny_model("llama")
+    expected = trl_flags(rows, tokenizer, model, max_length, tmp_path, empty=trl_empty(rows, tokenizer, model, tmp_path))
+    assert scored[FLAGS_COLUMN] == expected
+    assert built[FLAGS_COLUMN] == expected
+    raised = {name for row_flags in expected for name in row_flags}
+    wanted = {"empty_chosen", "empty_rejected"} | ({"identical_after_truncation", "chosen_truncated",
+                                                    "rejected_truncated"} if max_length else set())
+    assert wanted <= raised, sorted(wanted - raised)
+    if fmt == "conversational":
+        return
+    flags = {(row["prompt"], row["chosen"], row["rejected"]): row_flags for row, row_flags in zip(rows, expected)}
+    eos = tokenizer.eos_token
+    assert "empty_rejected" in flags[PROMPT, " Sure, here it is.", eos]  # text, but only the EOS token
+    assert "empty_rejected" in flags[PROMPT, " Sure, here it is.", tokenizer.bos_token]
+    assert "empty_rejected" in flags[PROMPT, " Sure, here it is.", "\t\n"]
+    assert "empty_rejected" not in flags[PROMPT, " Sure, here it is.", "\u200b"]  # not whitespace to str.strip
+    assert "empty_rejected" not in flags["Say th", "ink", " "]  # whitespace text, but its tokens are " th "
+    assert "empty_rejected" in flags["Say th", " no", eos]
+
+
+def test_empty_is_what_the_tokens_decode_to(tokenizer):
+    """A completion is empty when its ids decode, special tokens left out, to whitespace only (written out here
+    by hand for the project's tokenizer, whose special tokens are <|bos|>, <|endoftext|>, <|pad|>, <|im_start|>,
+    <|im_end|>)."""
+    from ches.data.integrity import empty_texts
+
+    texts = {"": True, " ": True, "\t\n  ": True, "<|endoftext|>": True, "<|bos|> <|im_end|>": True, "ok": False,
+             " ok ": False, "\u200b": False, "<|endoftext|>x": False}
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    assert empty_texts(ids, tokenizer) == list(texts.values())
+    assert empty_texts([], tokenizer) == []
+
+
+def test_pair_flags_by_hand():
+    """Hand-derived flags: prompt 2 tokens, max_length 4 keeps 2 completion tokens of each side."""
+    from ches.data.integrity import pair_flags, tokenized_flags
+    from ches.data.tokens import TokenizedPair
+
+    cases = [  # (prompt, chosen, rejected), max_length, empty, flags
+        (([1, 5], [7, 8, 2], [7, 8, 9, 2]), 4, (False, False),
+         ["identical_after_truncation", "chosen_truncated", "rejected_truncated"]),
+        (([1, 5], [7, 8, 2], [7, 8, 9, 2]), None, (False, False), []),
+        (([1, 5], [7, 2], [7, 9]), 4, (False, True), ["empty_rejected"]),
+        (([1, 5], [2], [2]), 4, (True, True), ["identical_after_truncation", "empty_chosen", "empty_rejected"]),
+        (([1, 5, 6, 4], [7, 2], [9, 2]), 4, (True, False), ["prompt_fills_max_length", "empty_chosen"]),
+        (([1, 5], [7, 8, 9], [7, 2]), 4, (False, False), ["chosen_truncated"]),
+    ]
+    for (prompt, chosen, rejected), max_length, empty, flags in cases:
+        assert tokenized_flags(TokenizedPair(prompt, chosen, rejected), max_length, empty) == flags
+        room = None if max_length is None else max_length - len(prompt)
+        kept = (chosen[:room], rejected[:room]) if room is None or room > 0 else ([], [])
+        assert pair_flags(len(prompt), kept, (len(chosen), len(rejected)), max_length, empty) == flags
 
 
 def test_a_clean_row_has_an_empty_list():
