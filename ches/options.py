@@ -406,6 +406,8 @@ class ValidateOptions:
                             "(or drop pool= to score every row).")
         _positive("max_length", self.max_length, minimum=2, none="no truncation")
         _positive("num_threads", self.num_threads, minimum=1, none="one per free core")
+        if self.dtype is not None:  # recorded by its full name, as ScoreOptions records it
+            object.__setattr__(self, "dtype", check_dtype(self.dtype))
 
     def pool_rows(self, rows: int) -> int:
         """Rows scored to choose the probed pairs from, of a table of ``rows``."""

@@ -16,7 +16,7 @@ import datasets
 import numpy as np
 
 from . import __version__
-from .data.columns import DEFAULT_MEASURE, MEASURES, check_score_columns
+from .data.columns import DEFAULT_MEASURE, MEASURES, check_measure, check_score_columns
 from .data.formats import split_prompt
 from .data.inputs import column
 from .data.integrity import FLAGS, FLAGS_COLUMN
@@ -51,6 +51,7 @@ def write_report(dataset: datasets.Dataset | datasets.DatasetDict, output: str |
     from .data.export import check_output, write_text
 
     check_output(output, overwrite=overwrite, suffixes=(".html", ".htm"))
+    check_measure(measure)
     if not isinstance(top, int) or top < 1:
         raise ChesError(f"top={top!r} must be a positive integer: the pairs shown at each end.")
     if isinstance(dataset, datasets.DatasetDict):

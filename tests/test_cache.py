@@ -10,7 +10,10 @@ import logging
 
 import pytest
 import torch
+from edges import ROWS
 
+import ches
+from ches import ChesError
 from ches.data.tokens import SequencePair, Skip, TokenSequence
 from ches.model.models import load_model
 from ches.run.cache import ShardCache, chunk_key, model_fingerprint, open_cache, shard_key
@@ -59,7 +62,6 @@ def test_a_damaged_or_renamed_shard_is_recomputed(tmp_path, caplog):
 
 
 def test_a_file_in_the_way_of_the_cache_folder_is_named(tmp_path):
-    from ches import ChesError
 
     (tmp_path / "taken").write_text("")
     with pytest.raises(ChesError, match=r"^cache_dir .*taken is not a folder \(a file is in the way\)\.$"):
@@ -99,3 +101,44 @@ def test_the_settings_key_changes_with_the_weights_and_layout_not_with_a_copy(ti
         next(changed.parameters()).view(-1)[0] += 1e-3
     assert model_fingerprint(changed) != model_fingerprint(model)
     assert open_cache(tmp_path, load_model(changed, tokenizer), "padded").folder != folder
+
+
+def test_cache_recomputes_after_one_weight_element_changes(workdir, tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(workdir / "model")
+    first = ches.score(ROWS, model, tokenizer, cache_dir="cache", progress=False)
+    with torch.no_grad():  # one element, far from where a strided sample would look
+        parameter = model.model.layers[-1].mlp.down_proj.weight
+        parameter.view(-1)[parameter.numel() // 2 + 7] += 0.5
+    second = ches.score(ROWS, model, tokenizer, cache_dir="cache", progress=False)
+    fresh = ches.score(ROWS, model, tokenizer, progress=False)
+    assert list(second["ches"]) == pytest.approx(list(fresh["ches"]), rel=1e-9)
+    assert list(second["ches"]) != pytest.approx(list(first["ches"]), rel=1e-9)
+    assert len(list((workdir / "cache").iterdir())) == 2  # a second run key, the first left as it was
+
+
+def test_cache_ignores_the_batch_budget_and_recomputes_a_corrupt_shard(workdir, tokenizer, caplog):
+    import logging
+
+    model = str(workdir / "model")
+    first = ches.score(ROWS, model, cache_dir="cache", batch_tokens=4096, progress=False)
+    [run] = list((workdir / "cache").iterdir())
+    [shard] = list(run.glob("chunk-*.safetensors"))
+    resumed_at = shard.stat().st_mtime_ns
+    again = ches.score(ROWS, model, cache_dir="cache", batch_tokens=512, progress=False)  # another budget: same key
+    assert shard.stat().st_mtime_ns == resumed_at and list(again["ches"]) == list(first["ches"])
+    shard.write_bytes(shard.read_bytes()[:50])  # a shard cut short (e.g. a full disk)
+    with caplog.at_level(logging.WARNING, logger="ches"):
+        third = ches.score(ROWS, model, cache_dir="cache", progress=False)
+    assert "is unreadable or incomplete" in caplog.text and list(third["ches"]) == pytest.approx(list(first["ches"]))
+
+
+def test_cache_works_with_an_offloaded_model(workdir):
+    offload = {"device_map": "auto", "max_memory": {"cpu": "150KB"}, "offload_folder": str(workdir / "offload")}
+    reference = ches.score(ROWS, str(workdir / "model"), progress=False)
+    scored = ches.score(ROWS, str(workdir / "model"), cache_dir="cache", progress=False, **offload)
+    again = ches.score(ROWS, str(workdir / "model"), cache_dir="cache", progress=False, **offload)
+    assert list(scored["ches"]) == pytest.approx(list(reference["ches"]), rel=1e-5)
+    assert list(again["ches"]) == list(scored["ches"])

@@ -4,10 +4,12 @@ is compared with values written out here by hand."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import datasets
 import pytest
+from edges import ROWS, assert_one_line_error, digest, no_model_load, run_cli
 
 import ches
 from ches import ChesError
@@ -150,3 +152,29 @@ def test_columns_flag_text():
     assert parse_columns("prompt=q, chosen=good ,rejected=bad") == {"prompt": "q", "chosen": "good", "rejected": "bad"}
     with pytest.raises(ChesError, match=r"--columns 'prompt': expected NAME=COLUMN pairs"):
         parse_columns("prompt")
+
+
+@pytest.mark.parametrize("columns, message", [
+    ("prompt=ches,chosen=chosen,rejected=rejected", r"column 'ches' is read as a pair's text, but ches writes its output"),
+    ("chosen=chosen_tokens,rejected=rejected", r"column 'chosen_tokens' is read as a pair's text"),
+    ("prompt=ches_skip", r"column 'ches_skip' is read as a pair's text"),
+])
+def test_a_read_column_named_like_an_output_is_refused_before_the_model(columns, message, workdir, capsys, monkeypatch):
+    rows = [{**row, "ches": row["chosen"][:20], "chosen_tokens": row["chosen"], "ches_skip": "x"} for row in ROWS]
+    (workdir / "named.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    no_model_load(monkeypatch)
+    before = digest(workdir)
+    assert_one_line_error(*run_cli(["score", "named.jsonl", "-m", "model", "--columns", columns, "-o", "s.parquet"], capsys),
+                          message)
+    assert digest(workdir) == before
+
+
+@pytest.mark.parametrize("name", ["ches", "ln_ches", "edit_distance", "last_hidden_ip", "prompt_tokens", "chosen_tokens",
+                                  "rejected_tokens", "ches_skip", "ches_flags"])
+def test_every_output_column_is_protected(name, workdir, monkeypatch):
+    no_model_load(monkeypatch)
+    rows = [dict(row, **{name: "mine"}) for row in ROWS]
+    with pytest.raises(ChesError, match=rf"has column\(s\) \['{name}'\], which ches writes its output to"):
+        ches.score(rows, "model", progress=False)
+    with pytest.raises(ChesError, match=rf"'{name}'"):  # through filter with a model too
+        ches.filter(rows, 0.5, model="model")

@@ -8,8 +8,11 @@ import json
 
 import pytest
 from conftest import MODEL_DIR
+from edges import ROWS as SAMPLE_ROWS
+from edges import assert_one_line_error, digest, no_model_load, run_cli, scored_sample
 
 import ches
+from ches import ChesError
 from ches.cli import main
 from ches.options import AuditOptions, FilterOptions, PairInputOptions, PairOptions, ScoreOptions, ValidateOptions
 
@@ -180,3 +183,107 @@ def test_docs_api_md_writes_each_signature_as_it_is(function):
     rest = [name for name in listed if name not in names(ScoreOptions) + FROM_PRETRAINED] \
         if "**score_options" in parts else listed
     assert shown == [name for name in listed if name in shown] and set(rest) <= set(shown), (shown, listed)
+
+
+OPTION_CASES = {
+    "max length 1": (["score", "pairs.jsonl", "-m", "model", "--max-length", "1"], r"max_length=1 must be an integer >= 2"),
+    "max length negative": (["score", "pairs.jsonl", "-m", "model", "--max-length", "-5"], r"max_length=-5"),
+    "max length not a number": (["score", "pairs.jsonl", "-m", "model", "--max-length", "ten"], r"--max-length.*'ten'"),
+    "batch tokens zero": (["score", "pairs.jsonl", "-m", "model", "--batch-tokens", "0"], r"batch_tokens=0 must be a positive"),
+    "unknown layout": (["score", "pairs.jsonl", "-m", "model", "--layout", "ragged"], r"--layout.*'ragged'"),
+    "unknown dtype": (["score", "pairs.jsonl", "-m", "model", "--dtype", "int8"], r"--dtype.*'int8'"),
+    "max memory not json": (["score", "pairs.jsonl", "-m", "model", "--max-memory", "{70GiB"], r"--max-memory"),
+    "unknown flag": (["score", "pairs.jsonl", "-m", "model", "--fast"], r"unrecognized arguments: --fast"),
+    "no command": ([], r"the following arguments are required: command \(see 'ches --help'\)"),
+    "score without model": (["score", "pairs.jsonl"], r"the following arguments are required: --model/-m"),
+    "quantile above 1": (["filter", "scores.parquet", "--quantile", "1.5"], r"quantile=1.5 must be in \(0, 1\]"),
+    "quantile zero": (["filter", "scores.parquet", "--quantile", "0"], r"quantile=0.0 must be in \(0, 1\]"),
+    "keep too many": (["filter", "scores.parquet", "--keep", "999"], r"keep=999 is outside \[0, 6\]"),
+    "keep negative": (["filter", "scores.parquet", "--keep", "-1"], r"keep=-1 is outside"),
+    "two rules": (["filter", "scores.parquet", "--keep", "2", "--max-score", "0"], r"not allowed with argument"),
+    "window without around": (["filter", "scores.parquet", "--window", "4"], r"window= sets the size of the around="),
+    "window too large": (["filter", "scores.parquet", "--around", "0.5", "--window", "99"], r"window size 99 must be in"),
+    "around outside [0, 1]": (["filter", "scores.parquet", "--around", "2"], r"around=2.0 must be a quantile in \[0, 1\]"),
+    "unknown measure": (["filter", "scores.parquet", "--measure", "cosine"], r"--measure.*'cosine'"),
+    "raw data without model": (["filter", "pairs.jsonl"], r"has no 'ln_ches' column; pass model="),
+    "scoring flags without model": (["filter", "scores.parquet", "--max-length", "64", "--layout", "padded"],
+                                    r"max_length= \(--max-length\), layout= \(--layout\) only apply when "
+                                    r"scoring; pass model= \(--model\) too, or drop them\."),
+    "report unknown measure": (["report", "scores.parquet", "-o", "r.html", "--measure", "x"], r"--measure.*'x'"),
+    "report without output": (["report", "scores.parquet"], r"--output"),
+    "report top zero": (["report", "scores.parquet", "-o", "r.html", "--top", "0"], r"top=0 must be a positive integer"),
+    "validate n zero": (["validate", "pairs.jsonl", "-m", "model", "--n", "0"], r"n=0"),
+    "validate negative steps": (["validate", "pairs.jsonl", "-m", "model", "--n", "4", "--steps", "-1"],
+                                r"steps=-1 must be a positive integer"),
+    "validate zero lr": (["validate", "pairs.jsonl", "-m", "model", "--n", "4", "--lr", "0"], r"learning_rate=0.0 must be > 0"),
+    "validate zero beta": (["validate", "pairs.jsonl", "-m", "model", "--n", "4", "--beta", "0"], r"beta=0.0 must be > 0"),
+    "split of a single file": (["score", "pairs.jsonl", "-m", "model", "--split", "test"],
+                               r"split='test' was given, but pairs.jsonl is a single file with no splits"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPTION_CASES))
+def test_command_line_options_are_checked_before_work(case, workdir, capsys):
+    argv, message = OPTION_CASES[case]
+    before = digest(workdir)
+    assert_one_line_error(*run_cli(argv, capsys), message)
+    assert digest(workdir) == before
+
+
+OPTION_CASES_20 = {
+    "chosen and rejected from one column": (lambda: ches.score(SAMPLE_ROWS, "model", columns={"chosen": "chosen", "rejected": "chosen"}),
+                                            r"column 'chosen' would be read as both 'chosen' and 'rejected'"),
+    "chosen mapped onto rejected": (lambda: ches.score(SAMPLE_ROWS, "model", columns={"chosen": "rejected"}),
+                                    r"column 'rejected' would be read as both 'chosen' and 'rejected'"),
+    "prompt from the chosen column": (lambda: ches.score(SAMPLE_ROWS, "model", columns={"prompt": "chosen"}),
+                                      r"column 'chosen' would be read as both 'prompt' and 'chosen'"),
+    "dtype and torch_dtype disagree": (lambda: ches.score(SAMPLE_ROWS, "model", dtype="float32", model_kwargs={"torch_dtype": "bfloat16"}),
+                                       r"dtype='float32' and model_kwargs\['torch_dtype'\]='bfloat16' disagree"),
+    "dtype twice in model_kwargs": (lambda: ches.score(SAMPLE_ROWS, "model", model_kwargs={"dtype": "float16", "torch_dtype": "float32"}),
+                                    r"model_kwargs\['dtype'\]='float16' and model_kwargs\['torch_dtype'\]='float32' disagree"),
+    "dtype auto": (lambda: ches.score(SAMPLE_ROWS, "model", model_kwargs={"dtype": "auto"}), r"model_kwargs\['dtype'\]='auto' is not supported"),
+    "options not options": (lambda: ches.score(SAMPLE_ROWS, "model", options="fast"), r"options= must be a ches.ScoreOptions"),
+    "options dict misspelled": (lambda: ches.score(SAMPLE_ROWS, "model", options={"max_lenght": 3}), r"unknown option 'max_lenght'"),
+    "options dict and keyword": (lambda: ches.score(SAMPLE_ROWS, "model", options={"max_length": 3}, max_length=4),
+                                 r"max_length given both in options= and as keywords"),
+    "model_kwargs a string": (lambda: ches.score(SAMPLE_ROWS, "model", model_kwargs="device_map=auto"),
+                              r"model_kwargs must be a dict of from_pretrained keywords.*got str 'device_map=auto'"),
+    "filter keep fraction": (lambda: ches.filter(scored_sample(), keep=2.7), r"keep=2.7 must be a whole number of rows"),
+    "filter quantile True": (lambda: ches.filter(scored_sample(), quantile=True), r"quantile=True must be a number"),
+    "filter quantile text": (lambda: ches.filter(scored_sample(), quantile="0.5"), r"quantile='0.5' must be a number"),
+    "filter max_score nan": (lambda: ches.filter(scored_sample(), max_score=float("nan")), r"max_score=nan must be a number"),
+    "filter window fraction": (lambda: ches.filter(scored_sample(), around=0.5, window=2.5), r"window=2.5 must be a whole number"),
+    "rating_field on generic rows": (lambda: ches.pairs([{"prompt": "p", "responses": ["a", "b"], "ratings": [1, 0]}], "model",
+                                                        rating_field="fine-grained_score"),
+                                     r"rating_field='fine-grained_score' picks the rating field of raw UltraFeedback rows"),
+    "columns on UltraFeedback rows": (lambda: ches.pairs([{"instruction": "Q", "completions": [{"response": "a", "overall_score": 1}]}],
+                                                         "model", columns={"prompt": "instruction"}),
+                                      r"these are raw UltraFeedback rows \(instruction, completions\).*drop columns="),
+    "pairs roles from one column": (lambda: ches.pairs([{"prompt": "p", "responses": ["a", "b"], "ratings": [1, 0]}], "model",
+                                                       columns={"ratings": "responses"}),
+                                    r"column 'responses' would be read as both 'responses' and 'ratings'"),
+    "validate pool below n": (lambda: ches.validate(SAMPLE_ROWS, "model", n=4, pool=1), r"pool=1 must hold at least the n=4 pairs"),
+    "validate lr inf": (lambda: ches.validate(SAMPLE_ROWS, "model", n=4, learning_rate=float("inf")),
+                        r"learning_rate=inf must be > 0 and finite"),
+    "validate beta nan": (lambda: ches.validate(SAMPLE_ROWS, "model", n=4, beta=float("nan")), r"beta=nan must be > 0 and finite"),
+    "validate seed negative": (lambda: ches.validate(SAMPLE_ROWS, "model", n=4, seed=-1), r"seed=-1 must be an integer >= 0"),
+    "validate n fraction": (lambda: ches.validate(SAMPLE_ROWS, "model", n=4.5), r"n=4.5 must be an integer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPTION_CASES_20))
+def test_options_that_cannot_act_or_disagree_are_refused_before_the_model(case, workdir, monkeypatch):
+    no_model_load(monkeypatch)
+    call, message = OPTION_CASES_20[case]
+    before = digest(workdir)
+    with pytest.raises(ChesError, match=message):
+        call()
+    assert digest(workdir) == before
+
+
+def test_validate_flags_that_cannot_act(workdir, capsys, monkeypatch):
+    no_model_load(monkeypatch)
+    for argv, message in [(["--pool", "1", "--n", "4"], r"pool=1 must hold at least the n=4 pairs"),
+                          (["--lr", "inf", "--n", "4"], r"learning_rate=inf must be > 0 and finite"),
+                          (["--seed", "-1", "--n", "4"], r"seed=-1 must be an integer >= 0")]:
+        assert_one_line_error(*run_cli(["validate", "pairs.jsonl", "-m", "model", *argv], capsys), message)

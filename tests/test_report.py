@@ -92,3 +92,16 @@ def test_a_split_without_scores_is_named_and_nothing_is_written(tmp_path):
                                              r"'rejected_tokens', 'ln_ches' column\(s\); report needs a file written by"):
         write_report(parts, tmp_path / "r.html")
     assert not list(tmp_path.iterdir())
+
+
+def test_an_unknown_measure_is_refused_in_the_words_every_command_uses(tmp_path):
+    """From Python as from ``ches report --measure``: the one measure check, before anything is written."""
+    import pytest
+
+    rows = [{"chosen": "a", "rejected": "b", "ches": 1.0, "ln_ches": 0.5, "ches_skip": None, "chosen_tokens": 1,
+             "rejected_tokens": 1}]
+    with pytest.raises(ches.ChesError) as raised:
+        write_report(ches.load_data(rows), tmp_path / "r.html", measure="cosine")
+    assert str(raised.value) == ("unknown measure 'cosine'; use one of ['ches', 'edit_distance', 'last_hidden_ip', "
+                                 "'ln_ches'] (measure=, --measure).")
+    assert not (tmp_path / "r.html").exists()

@@ -5,13 +5,19 @@ layout; a pair's two sequences come back on their own side; what a chunk's shard
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 
 import datasets
 import numpy as np
 import pytest
 import torch
 from conftest import hh_rows
+from edges import ROWS as SAMPLE_ROWS
+from edges import assert_one_line_error, digest, edit_weights, run_cli
 
+import ches
+from ches.cli import main
 from ches.data.formats import to_pairs
 from ches.data.inputs import load_data, pair_columns
 from ches.data.rows import read_rows
@@ -124,3 +130,51 @@ def test_a_chunk_with_no_pair_to_run_gives_empty_numbers(tiny_model, tokenizer):
     with set_up("padded", loaded) as choice:
         computed = compute_chunk([], loaded, layout=choice, batch_tokens=512, keep_sums=True)
     assert computed.ches.shape == (0,) and computed.sums.chosen.sums.shape == (0, loaded.hidden_size)
+
+
+def test_hidden_states_that_are_not_finite_are_marked_only_where_they_are(workdir, caplog):
+    import logging
+
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(workdir / "model")
+    counts = {}
+    for row in SAMPLE_ROWS:
+        for token in set(tokenizer(row["chosen"])["input_ids"]):
+            counts[token] = counts.get(token, 0) + 1
+    rare = min((token for token, count in counts.items() if count == 1 and token > 10))
+    affected = [index for index, row in enumerate(SAMPLE_ROWS) if rare in tokenizer(row["chosen"])["input_ids"]]
+    edit_weights(workdir / "model", lambda w: {**w, "model.embed_tokens.weight": torch.where(
+        torch.arange(4096)[:, None] == rare, w["model.embed_tokens.weight"] * 1e6, w["model.embed_tokens.weight"])})
+    fine = ches.score(SAMPLE_ROWS, "model", progress=False, dtype="float32")  # 1e6 is a float32 number: all scored
+    assert all(reason is None for reason in fine["ches_skip"])
+    with caplog.at_level(logging.INFO, logger="ches"):
+        assert main(["score", "pairs.jsonl", "-m", "model", "--dtype", "float16", "-o", "half.parquet", "--no-progress"]) == 0
+    err = caplog.text
+    half = ches.data.inputs.load_data("half.parquet")
+    marked = [index for index, reason in enumerate(half["ches_skip"]) if reason]
+    assert marked == affected and all(math.isnan(half["ln_ches"][index]) for index in marked)
+    assert half["ches_skip"][marked[0]].startswith("hidden states are not finite (NaN or inf) in float16, whose largest "
+                                                   "number is 65504: try dtype='bfloat16' or 'float32'")
+    assert all(math.isfinite(half["ln_ches"][index]) for index in range(len(SAMPLE_ROWS)) if index not in marked)
+    assert f"scored {len(SAMPLE_ROWS) - len(marked)} of {len(SAMPLE_ROWS)} rows" in err and "hidden states are not finite" in err
+    run = json.loads((workdir / "half.parquet.meta.json").read_text())["run"]
+    assert run["skipped"] == {"data": len(marked)} and run["dtype"] == "float16"
+    assert list(run["skip_reasons"]["data"].values()) == [len(marked)]
+    for layout in ("prefix_shared", "packed", "padded", "shared_prompt"):  # an overflow never spreads to other rows
+        again = ches.score(SAMPLE_ROWS, "model", dtype="float16", layout=layout, progress=False)
+        assert [index for index, reason in enumerate(again["ches_skip"]) if reason] == marked, layout
+
+
+def test_a_run_with_no_finite_hidden_state_fails_in_one_line(workdir, capsys):
+    import torch
+
+    edit_weights(workdir / "model", lambda w: {**w, "model.layers.1.mlp.down_proj.weight":
+                                               w["model.layers.1.mlp.down_proj.weight"].index_fill(0, torch.tensor([0]), float("nan"))})
+    before = digest(workdir)
+    assert_one_line_error(*run_cli(["score", "pairs.jsonl", "-m", "model", "-o", "s.parquet", "--save-embeddings",
+                                    "e.safetensors", "--no-progress"], capsys),
+                          r"nothing was scored: for every row that ran \(6\), hidden states are not finite \(NaN or inf\) "
+                          r"in float32: the model's weights or computation give NaN or inf")
+    assert digest(workdir) == before

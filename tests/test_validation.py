@@ -164,3 +164,14 @@ def test_the_report_names_each_protocols_statistic():
             "evidence": {"ln_ches": entry}, "recommendation": {"action": "do not filter", "reason": "r.", "command": None}})
         assert f"<th>measure</th><th>{heading}</th><th>95% CI</th>" in page
         assert f"{protocol} protocol on sft" in page
+
+
+def test_a_verdict_needs_enough_pairs_for_an_interval():
+    from ches.evaluate.validation import MIN_PAIRS_FOR_VERDICT, verdict
+
+    entry = {"spearman_total": -1.0, "spearman_total_ci95": (-1.0, -1.0)}
+    few = {"correlations": {"ln_ches": entry}, "summary": {"fraction_displaced": 0.0}, "rows": [{}] * 4}
+    assert verdict(few).startswith("verdict (probes protocol): no verdict on ln_ches: 4 probed pairs (Spearman -1.000, 95% CI [-1.00, -1.00]) "
+                                   "are too few for a confidence interval")
+    wide = dict(few, rows=[{}] * MIN_PAIRS_FOR_VERDICT, correlations={"ln_ches": {**entry, "spearman_total_ci95": (-1.0, -0.5)}})
+    assert "ranks displacement the wrong way" in verdict(wide)

@@ -135,13 +135,13 @@ def run_score(args) -> Outcome:
 
 def run_filter(args) -> Outcome:
     from ..filtering import filter_run
+    from ..options import FILTER_RULES
 
     check_outputs(args)
     call = _filter_call(args)
     kept, cut = filter_run(args.data, **call)
     rules = call["options"]
-    meta = {"measure": rules.measure, "rule": {name: getattr(rules, name) for name in ("quantile", "max_score", "keep",
-                                                                                      "around", "window")},
+    meta = {"measure": rules.measure, "rule": {name: getattr(rules, name) for name in (*FILTER_RULES, "window")},
             "drop_flags": list(rules.drop_flags),
             **({"cut_per_split": {name: part.as_dict() for name, part in cut.items()}} if isinstance(cut, dict)
                else {"cut": cut.as_dict()}), **rows_written(kept)}
