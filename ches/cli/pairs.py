@@ -17,37 +17,27 @@ from __future__ import annotations
 
 import argparse
 
-from .flags import (
-    Outcome,
-    add_data,
-    add_model,
-    add_options,
-    add_output,
-    add_scoring,
-    check_outputs,
-    option_values,
-    score_kwargs,
-)
+from . import flags
 
 
 def add_command(parser: argparse.ArgumentParser) -> None:
     """The flags of ``ches pairs``: the keyword arguments of :func:`ches.pairs`."""
     from ..options import PAIR_LAYOUT_DEFAULT, PAIR_LAYOUTS, PAIR_SCORE_OPTIONS, PairInputOptions, PairOptions
 
-    add_data(parser, "INPUT", "rows with a prompt, responses and ratings (file, folder or Hub id)")
-    add_model(parser, required=True)
-    add_options(parser, PairOptions)
-    add_options(parser, PairInputOptions)
-    add_scoring(parser, PAIR_SCORE_OPTIONS, choices={"layout": PAIR_LAYOUTS},
+    flags.add_data(parser, "INPUT", "rows with a prompt, responses and ratings (file, folder or Hub id)")
+    flags.add_model(parser, required=True)
+    flags.add_options(parser, PairOptions)
+    flags.add_options(parser, PairInputOptions)
+    flags.add_scoring(parser, PAIR_SCORE_OPTIONS, choices={"layout": PAIR_LAYOUTS},
                 helps={"layout": f"how sequences are batched (default: {PAIR_LAYOUT_DEFAULT})"})
-    add_output(parser, "where to write the pairs (.parquet/.jsonl/.json/.csv or a folder)")
+    flags.add_output(parser, "where to write the pairs (.parquet/.jsonl/.json/.csv or a folder)")
 
 
-def run_command(args) -> Outcome:
+def run_command(args) -> flags.Outcome:
     """``ches pairs``: check the output, build the pairs, hand the dataset and sidecar content to the CLI."""
     from ..builder.api import describe_run, pairs_run
 
-    check_outputs(args)
+    flags.check_outputs(args)
     built, info = pairs_run(args.data, args.model, args.tokenizer, chunk_sizes=args.chunk_sizes, **call_kwargs(args))
     run = info.as_dict()
     meta = {"run": {name: value for name, value in run.items() if name not in LISTED}, "rows_written": built.num_rows,
@@ -55,16 +45,16 @@ def run_command(args) -> Outcome:
     listed = " (listed in the .meta.json sidecar)" if args.output and (info.skipped_prompts or info.unscored_responses) else ""
     print(describe_run(info, reasons=False).removeprefix("ches.pairs: ") + listed)
     if args.output:
-        return Outcome(meta, dataset=built, output=args.output)
-    return Outcome(meta)
+        return flags.Outcome(meta, dataset=built, output=args.output)
+    return flags.Outcome(meta)
 
 
 def call_kwargs(args) -> dict:
     """The keywords ``ches pairs`` passes to :func:`ches.pairs_run` (and :func:`ches.options.pairs_options` checks)."""
     from ..options import PAIR_SCORE_OPTIONS, PairInputOptions, PairOptions
 
-    return {**option_values(args, PairOptions), **option_values(args, PairInputOptions),
-            **score_kwargs(args, PAIR_SCORE_OPTIONS)}
+    return {**flags.option_values(args, PairOptions), **flags.option_values(args, PairInputOptions),
+            **flags.score_kwargs(args, PAIR_SCORE_OPTIONS)}
 
 
 #: the lists of the run's record that the sidecar keeps at its top level, next to the run

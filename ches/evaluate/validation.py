@@ -269,20 +269,29 @@ class Protocol:
         heading: the statistic's column heading in ``ches report``.
         baselines: the measures measured beside :data:`~ches.evaluate.auditing.AUDIT_MEASURES`, never
             recommended (the length baseline).
+        pairs_per_n: scored rows needed per pair of :attr:`ches.options.ValidateOptions.n`.
+        trains_on_text, held_text: what it trains on and what its pool must hold, in words (``{n}``: ``n``).
+        setting_names: the :class:`ches.options.ValidateOptions` fields the result's ``settings`` keep for it.
+        optimizer: the optimizer of its DPO runs, as ``settings`` names it.
     """
 
     name: ClassVar[str]
     statistic: ClassVar[str]
     heading: ClassVar[str]
     baselines: ClassVar[tuple[str, ...]] = ()
+    pairs_per_n: ClassVar[int]
+    trains_on_text: ClassVar[str]
+    held_text: ClassVar[str]
+    setting_names: ClassVar[tuple[str, ...]]
+    optimizer: ClassVar[str]
 
     def pairs_needed(self, n: int) -> int:
         """Scored rows the protocol needs for ``n`` (:attr:`ches.options.ValidateOptions.n`)."""
-        raise NotImplementedError
+        return self.pairs_per_n * n
 
     def trains_on(self, n: int) -> str:
         """What the protocol trains on, as the error for too small a pool says it."""
-        raise NotImplementedError
+        return self.trains_on_text.format(n=n)
 
     def check(self, options: ValidateOptions) -> None:
         """Refuse a ``pool`` too small for this protocol, before any work."""
@@ -293,7 +302,7 @@ class Protocol:
 
     def held(self, n: int) -> str:
         """The pairs the pool must hold, as :meth:`check` says it."""
-        raise NotImplementedError
+        return self.held_text.format(n=n)
 
     def run(self, candidates, scored, usable: np.ndarray, pool_rows: np.ndarray, loaded,
             options: ValidateOptions) -> dict:
@@ -302,7 +311,7 @@ class Protocol:
 
     def settings(self, options: ValidateOptions) -> dict:
         """The protocol's own entries of the result's ``settings``."""
-        raise NotImplementedError
+        return {**{name: getattr(options, name) for name in self.setting_names}, "optimizer": self.optimizer}
 
     def cut_quantile(self, n: int, scored: int) -> float:
         """The quantile to keep when a measure predicts (:func:`ches.evaluate.advice.recommend`)."""
@@ -334,21 +343,14 @@ class Subsets(Protocol):
     statistic: ClassVar[str] = "gap"
     heading: ClassVar[str] = "gap (nats)"
     baselines: ClassVar[tuple[str, ...]] = (LENGTH_BASELINE,)
-
-    def pairs_needed(self, n):
-        return 2 * n
-
-    def trains_on(self, n):
-        return f"trains on the {n} lowest and the {n} highest pairs of each measure"
-
-    def held(self, n):
-        return f"the n={n} lowest and the n highest pairs of each measure"
+    pairs_per_n: ClassVar[int] = 2
+    trains_on_text: ClassVar[str] = "trains on the {n} lowest and the {n} highest pairs of each measure"
+    held_text: ClassVar[str] = "the n={n} lowest and the n highest pairs of each measure"
+    setting_names: ClassVar[tuple[str, ...]] = ("epochs", "batch_size")
+    optimizer: ClassVar[str] = "AdamW"
 
     def run(self, candidates, scored, usable, pool_rows, loaded, options):
         return subsets_protocol(candidates, scored, usable, pool_rows, loaded, options)
-
-    def settings(self, options):
-        return {"epochs": options.epochs, "batch_size": options.batch_size, "optimizer": "AdamW"}
 
     def cut_quantile(self, n, scored):
         return round(1 - n / scored, 4)  # drop the top n of the scored pool: the rows the evidence is about
@@ -409,21 +411,14 @@ class Probes(Protocol):
     name: ClassVar[str] = "probes"
     statistic: ClassVar[str] = "Spearman"
     heading: ClassVar[str] = "Spearman"
-
-    def pairs_needed(self, n):
-        return n
-
-    def trains_on(self, n):
-        return f"probes {n} pairs"
-
-    def held(self, n):
-        return f"the n={n} pairs probed"
+    pairs_per_n: ClassVar[int] = 1
+    trains_on_text: ClassVar[str] = "probes {n} pairs"
+    held_text: ClassVar[str] = "the n={n} pairs probed"
+    setting_names: ClassVar[tuple[str, ...]] = ("steps",)
+    optimizer: ClassVar[str] = "RMSprop"
 
     def run(self, candidates, scored, usable, pool_rows, loaded, options):
         return probes_protocol(candidates, scored, usable, pool_rows, loaded, options)
-
-    def settings(self, options):
-        return {"steps": options.steps, "optimizer": "RMSprop"}
 
     def cut_quantile(self, n, scored):
         return DEFAULT_QUANTILE  # the filter's default
