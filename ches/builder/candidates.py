@@ -28,7 +28,7 @@ from typing import Any
 
 import datasets
 
-from ..data.formats import Text, _message_list_problem
+from ..data.formats import Text, _kind, _message_list_problem
 from ..data.inputs import check_distinct_roles
 from ..errors import ChesError
 
@@ -202,13 +202,6 @@ def _text_problem(value: Any, conversational: bool) -> str | None:
     if conversational:
         return _message_list_problem(value) if isinstance(value, list) else f"expected a message list, found {_kind(value)}"
     return None if isinstance(value, str) else f"expected a string, found {_kind(value)}"
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "None"
-    text = repr(value)
-    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
 
 
 def _check_rating_field(dataset: datasets.Dataset, rating_field: str) -> None:

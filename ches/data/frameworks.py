@@ -88,6 +88,8 @@ def _is_kind(value: Any, kind: str) -> bool:
 
 
 def _found(value: Any) -> str:
+    """A value as error messages show it (its type and its start); no import of ches.data.formats here, which
+    reads the TRL rows these layouts become."""
     text = repr(value)
     return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
 
