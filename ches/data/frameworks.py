@@ -16,7 +16,8 @@ renders the same turns with the tokenizer's own template, the one the model was 
 (:func:`detect_format`), and a row set that fits several is refused naming them. A layout that takes
 parameters (role/content key names, role tags) gets them after a colon:
 ``--format "llamafactory.sharegpt:role_tag=role,content_tag=content,user_tag=user,assistant_tag=assistant"``.
-The columns themselves are renamed with ``columns=`` (``--columns``), onto the names a layout reads.
+(a value holds no comma). The columns themselves are renamed with ``columns=`` (``--columns``), onto the names a
+layout reads.
 """
 
 from __future__ import annotations
@@ -400,7 +401,8 @@ def llamafactory_sharegpt(row: Mapping[str, Any], role_tag: str = "from", conten
 
 
 def openrlhf(row: Mapping[str, Any], input_template: str = "") -> dict[str, Any]:
-    """OpenRLHF's preference rows (``--prompt_key``/``--chosen_key``/``--rejected_key``, in ches ``columns=``
+    """OpenRLHF's preference rows (``--prompt_key``/``--chosen_key``/``--rejected_key``, now ``--data.prompt_key``
+    etc. in ``openrlhf/cli/train_dpo.py``; defaults none/``chosen``/``rejected``; in ches ``columns=``
     onto ``prompt``/``chosen``/``rejected``; an optional ``margin`` number, carried along).
 
     As OpenRLHF's ``preprocess_data`` (``openrlhf/datasets/reward_dataset.py``):
