@@ -7,7 +7,9 @@ normalized dict ``{"prompt", "responses", "ratings"}`` (so each plugs into ``Dat
   these names or yours (``columns={"responses": "all_generated_responses", "ratings": "all_rm_scores"}``);
 - **UltraFeedback** (:func:`from_ultrafeedback`): the raw ``openbmb/UltraFeedback`` rows,
   ``instruction`` and ``completions: [{"response", "overall_score", "fine-grained_score", ...}]``; the
-  rating is the completion field named by ``rating_field`` (default ``overall_score``).
+  rating is the completion field named by ``rating_field`` (default ``overall_score``);
+- **Nectar** (:func:`from_nectar`, axolotl's ``zephyr.nectar``): ``prompt`` and ``answers: [{"answer",
+  "rank"}]``, rank 1 the best; the rating is minus the rank.
 
 Responses are strings (standard format) or message lists (conversational format, with a message-list
 prompt), as in :mod:`ches.data.formats`; the format is decided from the first response of row 0.
@@ -26,13 +28,16 @@ from typing import Any
 
 import datasets
 
-from ..data.formats import Text, _message_list_problem
+from ..data.formats import Text, _kind, _message_list_problem
 from ..data.inputs import check_distinct_roles
 from ..errors import ChesError
 
 CANDIDATE_COLUMNS = ("prompt", "responses", "ratings")
 ULTRAFEEDBACK_COLUMNS = ("instruction", "completions")
 ULTRAFEEDBACK_RATING = "overall_score"  # the completion field rated by default
+NECTAR_COLUMNS = ("prompt", "answers")
+#: the columns each named schema reads (the generic schema reads CANDIDATE_COLUMNS, or columns= names)
+SCHEMA_COLUMNS = {"ultrafeedback": ULTRAFEEDBACK_COLUMNS, "nectar": NECTAR_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -78,14 +83,48 @@ def from_ultrafeedback(row: Mapping[str, Any], rating_field: str = "overall_scor
             "ratings": [item.get(rating_field) for item in dicts]}
 
 
+def from_nectar(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A Nectar row (berkeley-nest/Nectar; axolotl's ``zephyr.nectar``: ``prompt`` and ``answers``, a list of
+    ``{"answer", "rank"}`` with rank 1 the best) as ``{"prompt", "responses", "ratings"}``, conversational.
+
+    axolotl (``src/axolotl/prompt_strategies/dpo/zephyr.py``, ``nectar``) writes the prompt as the user's turn of
+    a chat template (an empty system turn before it, i.e. no system text) and each answer as the assistant's:
+    here the prompt is that user turn, each answer an assistant message, rated minus its rank (so rank 1 rates
+    highest). axolotl itself keeps one pair per row, the answers with the two *largest* rank numbers; ches.pairs
+    picks its pairs by its own rule from every ranked answer. Answers that are not ``{"answer", "rank"}`` dicts
+    are passed through as ``None``, which :func:`to_candidates` then reports by row and position.
+
+    >>> from_nectar({"prompt": "Name a color.", "answers": [{"answer": "Blue.", "rank": 1}, {"answer": "7", "rank": 2}]})
+    {'prompt': [{'role': 'user', 'content': 'Name a color.'}], 'responses': [[{'role': 'assistant', 'content': \
+'Blue.'}], [{'role': 'assistant', 'content': '7'}]], 'ratings': [-1, -2]}
+    >>> from_nectar({"prompt": "Hi", "answers": [{"answer": "Hello", "rank": None}]})["ratings"]
+    [None]
+    """
+    prompt, answers = row.get("prompt"), row.get("answers")
+    prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if not isinstance(answers, list):
+        return {"prompt": prompt, "responses": answers, "ratings": None}
+    dicts = [answer if isinstance(answer, Mapping) else {} for answer in answers]
+    responses = [[{"role": "assistant", "content": item["answer"]}] if isinstance(item.get("answer"), str) else None
+                 for item in dicts]
+    ranks = [item.get("rank") for item in dicts]
+    ratings = [-rank if isinstance(rank, (int, float)) and not isinstance(rank, bool) else rank for rank in ranks]
+    return {"prompt": prompt, "responses": responses, "ratings": ratings}
+
+
 def schema(column_names: Sequence[str], columns: Mapping[str, str] | None) -> str:
-    """``"ultrafeedback"`` for UltraFeedback's raw columns (and no ``columns`` mapping), else ``"generic"``.
+    """``"ultrafeedback"`` for UltraFeedback's raw columns, ``"nectar"`` for Nectar's (each with no ``columns``
+    mapping and no ``responses`` column), else ``"generic"``.
 
     >>> schema(["source", "instruction", "models", "completions"], None), schema(["prompt", "responses", "ratings"], None)
     ('ultrafeedback', 'generic')
+    >>> schema(["prompt", "answers", "turns", "num_responses", "source"], None)
+    'nectar'
     """
-    if columns is None and all(name in column_names for name in ULTRAFEEDBACK_COLUMNS) and "responses" not in column_names:
-        return "ultrafeedback"
+    if columns is None and "responses" not in column_names:
+        for name, read in SCHEMA_COLUMNS.items():
+            if all(column in column_names for column in read):
+                return name
     return "generic"
 
 
@@ -165,13 +204,6 @@ def _text_problem(value: Any, conversational: bool) -> str | None:
     return None if isinstance(value, str) else f"expected a string, found {_kind(value)}"
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "None"
-    text = repr(value)
-    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
-
-
 def _check_rating_field(dataset: datasets.Dataset, rating_field: str) -> None:
     """Refuse a ``rating_field`` that no completion of raw UltraFeedback rows has, naming the fields they have
     (a misspelt name would otherwise leave every rating missing)."""
@@ -192,16 +224,24 @@ def candidate_rows(dataset: datasets.Dataset, columns: Mapping[str, str] | None,
     """The rows of ``dataset`` as validated :class:`~ches.builder.candidates.Candidates` (schema detected, see there)."""
     if len(dataset) == 0:
         raise ChesError("the data has no rows.")
-    ultrafeedback = all(name in dataset.column_names for name in ULTRAFEEDBACK_COLUMNS) \
-        and "responses" not in dataset.column_names
+    named = schema(dataset.column_names, None)
     if columns is not None:
         unknown = sorted(set(columns) - set(CANDIDATE_COLUMNS))
         if unknown:
             raise ChesError(f"columns= names {unknown}, but ches.pairs reads only {list(CANDIDATE_COLUMNS)}.")
-        if ultrafeedback:
+        if named == "ultrafeedback":
             raise ChesError(f"these are raw UltraFeedback rows ({', '.join(ULTRAFEEDBACK_COLUMNS)}), which ches.pairs "
                             "reads by their own names; columns= is for generic rows: drop columns= (--columns), and "
                             "pick the rating with rating_field= (--rating-field).")
+        if named == "nectar":
+            raise ChesError(f"these are Nectar rows ({', '.join(NECTAR_COLUMNS)}), which ches.pairs reads by their own "
+                            "names; columns= is for generic rows: drop columns= (--columns).")
+    if named == "nectar":
+        if rating_field is not None:
+            raise ChesError(f"rating_field={rating_field!r} picks the rating field of raw UltraFeedback rows, but these "
+                            "are Nectar rows, rated by each answer's rank; drop it (--rating-field).")
+        return to_candidates([from_nectar(row) for row in dataset],
+                             {"prompt": "prompt", "responses": "answers", "ratings": "answers[*].rank"})
     if schema(dataset.column_names, columns) == "ultrafeedback":
         if rating_field is not None:  # a name given (the default's absence is reported row by row)
             _check_rating_field(dataset, rating_field)

@@ -9,7 +9,7 @@ import datasets
 
 from ..data.columns import LOGPS_COLUMNS, LOGPS_TYPES, SCORE_COLUMNS, SCORE_TYPES, column_feature
 from ..errors import ChesError
-from .candidates import CANDIDATE_COLUMNS, ULTRAFEEDBACK_COLUMNS, schema
+from .candidates import CANDIDATE_COLUMNS, SCHEMA_COLUMNS, schema
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected", "chosen_rating", "rejected_rating")
 
@@ -37,8 +37,9 @@ def carried_columns(column_names: list[str], columns: Mapping[str, str] | None, 
     ...
     ches.errors.ChesError: column 'prompt' would be carried into each pair (ches.pairs reads 'q', 'responses', 'ratings'), but ches.pairs writes its output column 'prompt' there; rename it first (dataset.rename_column('prompt', ...)) or drop it (dataset.remove_columns('prompt')).
     """
-    if schema(column_names, columns) == "ultrafeedback":
-        read = list(ULTRAFEEDBACK_COLUMNS)
+    named = schema(column_names, columns)
+    if named in SCHEMA_COLUMNS:
+        read = list(SCHEMA_COLUMNS[named])
     else:
         read = [(columns or {}).get(name, name) for name in CANDIDATE_COLUMNS]
     carried = [name for name in column_names if name not in read]
