@@ -355,9 +355,10 @@ class Reading:
 
     def roles(self, column_names) -> dict[str, str]:
         """Each name read -> the data's column it is read from (mapped by ``columns``, or its own name), for the
-        names the data has."""
+        names the data has; TRL's rows read a system text only when ``columns`` maps it (TRL reads none)."""
         mapping = dict(self.columns or {}) if isinstance(self.columns, Mapping) else {}
-        where = {name: mapping.get(name, name) for name in dict.fromkeys((*self.names(), *mapping))}
+        names = [name for name in self.names() if self.layout is not None or name != SYSTEM_ROLE or name in mapping]
+        where = {name: mapping.get(name, name) for name in dict.fromkeys((*names, *mapping))}
         return {name: column for name, column in where.items() if column in column_names}
 
 
@@ -429,9 +430,8 @@ def pair_columns(dataset: datasets.Dataset, columns: Reading | Mapping[str, str]
     [[{'role': 'user', 'content': 'Hi?'}]]
     """
     reading = resolve_reading(dataset.column_names, reading_of(columns))
-    where = check_columns(dataset, reading)
-    read = {name: column(dataset, where.get(name, name)) for name in reading.names()
-            if where.get(name, name) in dataset.column_names}
+    check_columns(dataset, reading)
+    read = {name: column(dataset, source) for name, source in reading.roles(dataset.column_names).items()}
     if reading.layout is not None:
         return to_trl_columns(read, reading.layout, first_row) if len(dataset) else {}
     system = read.pop(SYSTEM_ROLE, None)

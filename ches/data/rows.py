@@ -170,10 +170,11 @@ def check_implicit_prompts(short: list[tuple[int, object]], rows: int, unread: l
     likely = [name for name, item in FORMATS.items() if item.fits(mapped_names(reading.columns, column_names))]
     layouts = f"--format {' or --format '.join(likely)}" if likely else "--format NAME"
     row, prompt = short[0]
+    question = next((name for name in unread if name != "system"), unread[0])  # a system text is not the prompt
     raise ChesError(f"the rows have no prompt column, and in {len(short)} of {rows} rows the prompt ches would take "
                     f"from the start {mapping.get('chosen', 'chosen')!r} and {mapping.get('rejected', 'rejected')!r} "
                     f"share is under {MIN_PROMPT_CHARS} characters (row {row}: {str(prompt)[:40]!r}), while the text "
-                    f"column(s) {unread} are not read: map the prompt with --columns prompt={unread[0]} (columns=), "
+                    f"column(s) {unread} are not read: map the prompt with --columns prompt={question} (columns=), "
                     f"or name the rows' layout with {layouts} (format=); scoring them so would score the answers' "
                     "first characters.")
 
