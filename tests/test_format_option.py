@@ -88,12 +88,12 @@ def test_a_layout_scores_as_its_pairs_written_in_trls_conversational_format(capl
     rows = intel_rows()
     with caplog.at_level(logging.INFO, logger="ches"):
         scored, info = ches.score_run(rows, str(MODEL_DIR), progress=False)
+    said = [record.getMessage() for record in caplog.records if "read as" in record.getMessage()]
     expected = ches.score(trl_conversational(rows), str(MODEL_DIR), progress=False)
     same_scores(scored, expected)
     named = ches.score(rows, str(MODEL_DIR), progress=False, format="axolotl.chatml.intel")
     same_scores(named, expected)
     assert info.format == "axolotl.chatml.intel" and info.options["format"] is None
-    said = [record.getMessage() for record in caplog.records if "read as" in record.getMessage()]
     assert said == ["rows read as axolotl.chatml.intel (detected from the columns; --format/format= names another); "
                     "their scores are those of the TRL rows it means"]
     # the output keeps the user's layout: their columns, in their order, untouched, with the scores added
@@ -121,9 +121,10 @@ def test_implicit_prompts_of_trl_data_are_read_as_always(caplog):
     rows = [{**row, "source": "hh"} for row in hh_rows(4)]
     with caplog.at_level(logging.INFO, logger="ches"):
         scored = ches.score(rows, str(MODEL_DIR), progress=False)
+    said = [record.getMessage() for record in caplog.records if "not read" in record.getMessage()]
     plain = ches.score(hh_rows(4), str(MODEL_DIR), progress=False)
     assert scored["ln_ches"] == plain["ln_ches"]
-    assert [record.getMessage() for record in caplog.records if "not read" in record.getMessage()] == [
+    assert said == [
         "column(s) ['source'] not read: text ches does not score (a layout reading them: --format/format=; a role: "
         "--columns/columns=)"]
 
@@ -192,3 +193,11 @@ def test_an_audit_reads_a_layouts_rows_as_they_were_scored(tiny_model, tokenizer
     audited = ches.audit(scored, copy.deepcopy(model), tokenizer, progress=False)
     assert audited.dataset["chosen_change"] == [0.0] * 6  # the same weights: the same tokens, the same log-probs
     assert audited.info.format == "axolotl.chatml.intel"
+
+
+def test_a_named_layout_the_columns_do_not_fit_is_refused_naming_them():
+    rows = [{"prompt": "Hi", "chosen": " a", "rejected": " b"}]
+    with pytest.raises(ches.ChesError, match=r"format='axolotl.chatml.intel' reads the column\(s\) \['system', "
+                                             r"'question', 'chosen', 'rejected'\], and the data has no \['system', "
+                                             r"'question'\] .*--columns system=COLUMN"):
+        ches.score(rows, "no/such-model-folder", format="axolotl.chatml.intel")

@@ -471,6 +471,12 @@ def check_columns(dataset: datasets.Dataset, columns: Reading | Mapping[str, str
     ``system`` text, or a layout's columns) and the data's columns (``{}`` for None)."""
     reading = reading_of(columns)
     columns = reading.columns
+    if reading.layout is not None:
+        lacking = [name for name in reading.layout.reads if name not in reading.roles(dataset.column_names)]
+        if lacking:
+            raise ChesError(f"format={reading.format!r} reads the column(s) {list(reading.layout.reads)}, and the data "
+                            f"has no {lacking} (its columns are {dataset.column_names}); map yours with columns= "
+                            f"(--columns {lacking[0]}=COLUMN), or name its layout (format=, --format).")
     if columns is None:
         return {}
     if not isinstance(columns, Mapping):
