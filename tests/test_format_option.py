@@ -201,3 +201,20 @@ def test_a_named_layout_the_columns_do_not_fit_is_refused_naming_them():
                                              r"'question', 'chosen', 'rejected'\], and the data has no \['system', "
                                              r"'question'\] .*--columns system=COLUMN"):
         ches.score(rows, "no/such-model-folder", format="axolotl.chatml.intel")
+
+
+def test_columns_work_on_top_of_a_layout():
+    rows = intel_rows(4)
+    renamed = [{"instruction": row["question"], "sys": row["system"], "chosen": row["chosen"],
+                "rejected": row["rejected"]} for row in rows]
+    scored = ches.score(renamed, str(MODEL_DIR), progress=False, columns={"question": "instruction", "system": "sys"})
+    same_scores(scored, ches.score(trl_conversational(rows), str(MODEL_DIR), progress=False))
+    assert scored.column_names[:4] == ["instruction", "sys", "chosen", "rejected"]
+
+
+def test_splits_in_two_layouts_are_refused_before_the_model_loads():
+    parts = datasets.DatasetDict({"train": datasets.Dataset.from_list(intel_rows(2)),
+                                  "test": datasets.Dataset.from_list(trl_conversational(intel_rows(2)))})
+    with pytest.raises(ches.ChesError, match=r"^the splits are in different layouts \(train: axolotl.chatml.intel, "
+                                             r"test: trl\); name one with format= \(--format\)"):
+        ches.score(parts, "no/such-model-folder")
