@@ -22,10 +22,10 @@ from .data.columns import (
     with_reference,
 )
 from .data.export import check_apart_from_inputs, check_output
-from .data.inputs import Data, load_data, read_columns
+from .data.inputs import Data, Reading, load_data, read_columns
 from .data.integrity import FLAGS_COLUMN, count_flags, flagged_rows
 from .data.paths import model_paths
-from .data.rows import read_rows
+from .data.rows import one_format, read_rows
 from .model.models import tokenizer_fingerprint
 from .model.threads import torch_threads
 from .options import ScoreOptions, signature_with_options
@@ -46,11 +46,13 @@ def score(data: Data, model, tokenizer=None, *, options: ScoreOptions | None = N
     Args:
         data: a ``Dataset``, ``DatasetDict``, list of dicts, pandas DataFrame, local file
             (``.jsonl``/``.json``/``.parquet``/``.csv``, optionally gzipped), ``save_to_disk`` folder,
-            or Hub dataset id; standard, conversational or implicit-prompt preference format.
+            or Hub dataset id; TRL's standard, conversational or implicit-prompt preference format, or another
+            framework's layout (axolotl, LLaMA-Factory, OpenRLHF, open-instruct: ``format=``, detected by default;
+            docs/formats.md), read as the TRL rows it means and returned in its own columns.
         model: local folder, Hub id, or loaded ``PreTrainedModel`` (causal LM).
         tokenizer: defaults to the model's tokenizer.
         options, **kwargs: a :class:`~ches.options.ScoreOptions`, and/or its fields as keywords
-            (``split``, ``columns``, ``max_length``, ``dtype``, ``device``, ``batch_tokens``, ``layout``,
+            (``split``, ``columns``, ``format``, ``max_length``, ``dtype``, ``device``, ``batch_tokens``, ``layout``,
             ``compile``, ``num_threads``, ``cache_dir``, ``save_embeddings``, ``overwrite``, ``progress``,
             ``model_kwargs``; ``from_pretrained`` keywords such as ``device_map=`` go to ``model_kwargs``).
             Everything is checked before the model is loaded.
@@ -91,9 +93,11 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions, chunk_sizes:
     dataset = load_data(data, options.split)
     parts = dataset if isinstance(dataset, datasets.DatasetDict) else {None: dataset}
     added = SCORE_COLUMNS + (LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS if options.logps else ())
+    reading = Reading(options.columns, options.format)
     for name, part in parts.items():  # no column of the user's is overwritten by the scores
-        check_output_columns(part.column_names, added, read_columns(part, options.columns), _where(data, name))
-    sources = {name: read_rows(part, name, options.columns) for name, part in parts.items()}  # every row checked
+        check_output_columns(part.column_names, added, read_columns(part, reading), _where(data, name))
+    sources = {name: read_rows(part, name, reading) for name, part in parts.items()}  # every row checked
+    layout_used = one_format(sources)
     embedding_files = {name: embedding_file(options.save_embeddings, name) for name in parts} if options.save_embeddings else {}
     inputs = (data if isinstance(data, (str, os.PathLike)) else None, *model_paths(model, tokenizer))
     for target in embedding_files.values():  # before the model is loaded: nothing existing is replaced unasked
@@ -103,7 +107,7 @@ def _score_run(data: Data, model, tokenizer, options: ScoreOptions, chunk_sizes:
     with prepared(model, tokenizer, options, started=started,
                   work=lambda loaded: sample_work(list(sources.values()), loaded, max_length=options.max_length)) as setup:
         loaded, layout = setup.loaded, setup.layout
-        info = RunInfo(**setup.record(), options=options.as_dict(),
+        info = RunInfo(**setup.record(), options=options.as_dict(), format=layout_used,
                        dataset_fingerprints={_key(name): getattr(part, "_fingerprint", "") for name, part in parts.items()})
         cache = open_cache(options.cache_dir, loaded, layout.layout) if options.cache_dir else None
         results = {}

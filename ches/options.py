@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .data.columns import DEFAULT_MEASURE, MEASURES, check_measure
+from .data.frameworks import FORMATS
 from .data.integrity import FLAG_NAMES, check_flag_names
 from .errors import ChesError
 
@@ -54,6 +55,8 @@ MODEL_KWARGS = {
 #: the dtypes a model is scored in (``torch``'s names), and the other names each is accepted by: the one table,
 #: torch-free, that :func:`check_dtype` reads and :func:`ches.model.models.resolve_dtype` maps to ``torch`` dtypes
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
+#: the layouts ``format=`` / ``--format`` names: TRL's columns, and every other framework's layout ches reads
+FORMAT_NAMES = ("trl", *FORMATS)
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 
 
@@ -131,7 +134,11 @@ class ScoreOptions:
     Attributes:
         split: which split of a ``DatasetDict`` / Hub dataset to score (default: all of them).
         columns: your column names for ``prompt``/``chosen``/``rejected`` (and ``tools``,
-            ``chat_template_kwargs``), e.g. ``{"chosen": "answer_a"}``; the output keeps yours.
+            ``chat_template_kwargs``, and ``system``: a system turn of conversational rows), e.g.
+            ``{"chosen": "answer_a"}``, or for a layout (``format``) its own columns; the output keeps yours.
+        format: the layout the rows are in: ``"trl"`` (TRL's columns, as always), or another framework's,
+            e.g. ``"axolotl.chatml.intel"`` (every name: :data:`FORMAT_NAMES`, docs/formats.md); default: detected
+            from the columns (TRL's ``prompt``/``chosen``/``rejected`` are always read as TRL's).
         max_length: keep the first ``max_length`` tokens of each prompt+completion (TRL ``keep_start``).
         dtype: ``"bfloat16"``, ``"float16"`` or ``"float32"``; default bfloat16 on CUDA, float32 on
             CPU (a loaded model keeps its dtype unless one is given).
@@ -164,6 +171,8 @@ class ScoreOptions:
     split: str | None = _option(help="split of a DatasetDict / Hub dataset")
     columns: dict[str, str] | None = _option(help="your column names, e.g. prompt=question,chosen=answer_a,rejected=answer_b",
                                               type="columns", metavar="NAME=COLUMN,...")
+    format: str | None = _option(help="the rows' layout: trl (TRL's columns), or another framework's (docs/formats.md)",
+                                 choices=FORMAT_NAMES, none="detected from the columns")
     max_length: int | None = _option(help="keep the first N tokens of each sequence (TRL keep_start)", type=int,
                                      none="no truncation")
     dtype: str | torch.dtype | None = _option(help="default: bfloat16 on CUDA, float32 on CPU (or bf16, fp16, half, "
@@ -192,6 +201,9 @@ class ScoreOptions:
         _positive("max_length", self.max_length, minimum=2, none="no truncation")
         _positive("batch_tokens", self.batch_tokens, minimum=1, none="an automatic size")
         _positive("num_threads", self.num_threads, minimum=1, none="one per free core")
+        if self.format is not None and self.format not in FORMAT_NAMES:
+            raise ChesError(f"format={self.format!r} (--format) is not a layout ches reads; use one of "
+                            f"{list(FORMAT_NAMES)} (or leave it out to detect the layout from the columns).")
         if self.layout is not None and self.layout not in LAYOUTS:
             raise ChesError(f"layout={self.layout!r} is not one of {sorted(LAYOUTS)} (or None to choose by estimated cost).")
         if not isinstance(self.model_kwargs, dict):
@@ -355,7 +367,7 @@ class ReportOptions:
 
 
 @dataclass(frozen=True)
-@_sharing(ScoreOptions, ("split", "columns", "device", "dtype", "max_length", "num_threads", "progress"),
+@_sharing(ScoreOptions, ("split", "columns", "format", "device", "dtype", "max_length", "num_threads", "progress"),
           defaults={"dtype": "float32", "max_length": 512},
           helps={"dtype": "precision of the scoring and of the DPO runs (DPO steps in half precision are noisy)"})
 class ValidateOptions:

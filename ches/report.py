@@ -370,11 +370,18 @@ def length_note(dataset: datasets.Dataset, rows: np.ndarray, scored: np.ndarray)
 
 def pair_parts(example: dict) -> tuple[str, str, str]:
     """A row's prompt, chosen and rejected completion as text, as the report shows them: an implicit-prompt
-    row is split at its shared prefix (TRL's ``extract_prompt``), messages are written one per line.
+    row is split at its shared prefix (TRL's ``extract_prompt``), messages are written one per line; a row of
+    another framework's layout (detected from its columns, docs/formats.md) as the TRL row it means.
 
     >>> pair_parts({"chosen": "Human: Hi? Assistant: Hello.", "rejected": "Human: Hi? Assistant: Go away."})
     ('Human: Hi? Assistant:', ' Hello.', ' Go away.')
+    >>> pair_parts({"system": "", "question": "Hi?", "chosen": "Hello.", "rejected": "Go away."})[0]
+    '[user] Hi?'
     """
+    from .data.inputs import resolve_reading
+
+    layout = resolve_reading(list(example), None).layout
+    example = layout.to_trl(example) if layout is not None else example
     if "prompt" in example:
         parts = (example["prompt"], example["chosen"], example["rejected"])
     else:

@@ -54,8 +54,6 @@ logger = logging.getLogger("ches")
 TRL_COLUMNS = {"chosen_logps": "ref_chosen_logps", "rejected_logps": "ref_rejected_logps"}
 #: the column that carries each row's number in the data given, through TRL's preparation (errors name rows by it)
 ROW_COLUMN = "ches_row"
-#: TRL's names of the columns a preference row is read from
-ROLES = ("prompt", "chosen", "rejected")
 #: rows whose token ids are read at a time to check their digests
 CHECK_ROWS = 4096
 #: the loss types of TRL 1.16 that use no reference log-probs
@@ -155,7 +153,8 @@ def check_config(args) -> None:
 def reference_columns(dataset, what: str, start_fingerprint: str | None, tokenizer=None,
                       max_length: int | None = None, *, ld_alpha: float | None = None):
     """``dataset`` ready for TRL's preparation: ches' log-probs under the names TRL's trainer reads
-    (:data:`TRL_COLUMNS`), the columns it was scored from under TRL's names (``columns=`` of the scoring run),
+    (:data:`TRL_COLUMNS`), the columns it was scored from under TRL's names (``columns=`` of the scoring run; a
+    framework's layout as the TRL rows it means, :func:`_trl_rows`),
     and each row's number (:data:`ROW_COLUMN`), after checking that the log-probs are present, finite and
     were computed with the weights ``start_fingerprint`` hashes (:func:`ches.run.cache.model_fingerprint`). For
     data without :data:`~ches.data.columns.DIGEST_COLUMN` (an older ches) also the record's tokenizer and
@@ -201,7 +200,7 @@ def reference_columns(dataset, what: str, start_fingerprint: str | None, tokeniz
                         "the model DPO starts from: score the data with it.")
     if DIGEST_COLUMN not in dataset.column_names:
         _check_record(reference, what, tokenizer, max_length)
-    dataset = _roles_by_trl_names(dataset, reference.get("columns"), what)
+    dataset = _trl_rows(dataset, reference, what)
     references = {theirs: reference_logps(dataset, ours, ld_alpha) for ours, theirs in TRL_COLUMNS.items()}
     used = [name for name in LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS if name in dataset.column_names]
     dataset = dataset.remove_columns(used)
@@ -227,16 +226,18 @@ def reference_logps(dataset, name: str, ld_alpha: float | None) -> list[float]:
     return [part + ld_alpha * (whole - part) for whole, part in zip(total, shared)]
 
 
-def _roles_by_trl_names(dataset, columns: dict | None, what: str):
-    """``dataset`` with the columns the scoring run read for each role (its ``columns=``) renamed to TRL's
-    role names, which TRL's trainer reads."""
-    renames = {column: role for role, column in (columns or {}).items()
-               if role in ROLES and column != role and column in dataset.column_names}
-    taken = [role for role in renames.values() if role in dataset.column_names]
-    if taken:
-        raise ChesError(f"{what} was scored with columns={columns}, but TRL's trainer reads {taken[0]!r}, which is "
-                        f"another column of the data; rename or drop {taken[0]!r}.")
-    return dataset.rename_columns(renames) if renames else dataset
+def _trl_rows(dataset, reference: dict, what: str):
+    """``dataset`` as TRL's trainer reads it, read as the scoring run read it (its ``columns=`` and layout, from
+    its ``reference`` record): the columns read for each role under TRL's names, and a framework's layout
+    (docs/formats.md) as the TRL rows it means, before TRL tokenizes them (:func:`ches.data.inputs.as_trl_rows`),
+    every other column kept."""
+    from .data.inputs import TRL_FORMAT, Reading, as_trl_rows
+
+    reading = Reading(reference.get("columns"), reference.get("format") or TRL_FORMAT)
+    try:
+        return as_trl_rows(dataset, reading)
+    except ChesError as error:
+        raise ChesError(f"{what} (read as {reading.format}, columns={reading.columns}): {error}") from None
 
 
 def check_tokens(dataset, what: str, max_length: int | None) -> None:

@@ -119,13 +119,15 @@ def test_output_columns_of_an_earlier_run_are_told_from_the_users_own():
 RUN = {"model": "sft", "model_fingerprint": "m1", "tokenizer": "tok", "tokenizer_fingerprint": "t1", "dtype": "float32",
        "options": {"max_length": 512, "columns": {"prompt": "q"}}}
 REFERENCE = {"model": "sft", "model_fingerprint": "m1", "tokenizer": "tok", "tokenizer_fingerprint": "t1",
-             "dtype": "float32", "max_length": 512, "columns": {"prompt": "q"}}
+             "dtype": "float32", "max_length": 512, "columns": {"prompt": "q"}, "format": "trl"}
 
 
 @pytest.mark.parametrize("meta, expected", [
     ({"reference": {"model": "sft"}, "run": RUN}, {"model": "sft"}),  # recorded as such: taken as it is
     ({"command": ["ches", "score", "x.jsonl"], "run": RUN}, REFERENCE),  # an older sidecar: the scoring run's
     ({"command": ["ches", "pairs", "x.jsonl"], "run": RUN}, REFERENCE),
+    ({"command": ["ches", "score", "x.jsonl"], "run": {**RUN, "format": "axolotl.chatml.intel"}},
+     {**REFERENCE, "format": "axolotl.chatml.intel"}),  # the layout its rows were read in
     ({"command": ["ches", "audit", "x.jsonl"], "run": RUN}, None),  # the trained model's run, not a reference
     ({"command": ["ches", "score"], "run": {**RUN, "model_fingerprint": None}}, None),
     ({"rows_written": 3}, None),

@@ -245,9 +245,7 @@ def with_reference(dataset, run):
 
     record = run.as_dict() if hasattr(run, "as_dict") else dict(run)
     if "options" in record:  # a run's record: the reference's fields of it
-        reference = {name: record.get(name) for name in REFERENCE_FIELDS}
-        reference["max_length"] = (record.get("options") or {}).get("max_length")
-        reference["columns"] = (record.get("options") or {}).get("columns")
+        reference = reference_from_run(record)
     else:  # already a reference record (reference_of, sidecar_reference)
         reference = dict(record)
     dataset._info = copy.deepcopy(dataset.info)  # the caller's own dataset keeps its description
@@ -294,11 +292,23 @@ def sidecar_reference(meta: dict | None) -> dict | None:
     command = meta.get("command") or []
     run = meta.get("run")
     if len(command) > 1 and command[1] in ("score", "pairs") and isinstance(run, dict) and run.get("model_fingerprint"):
-        reference = {name: run.get(name) for name in REFERENCE_FIELDS}
-        reference["max_length"] = (run.get("options") or {}).get("max_length")
-        reference["columns"] = (run.get("options") or {}).get("columns")
-        return reference
+        return reference_from_run(run)
     return None
+
+
+def reference_from_run(run: dict) -> dict:
+    """The reference record of a run's record (:class:`ches.run.runs.RunInfo` as a dict): its
+    :data:`REFERENCE_FIELDS`, and how its rows were read and cut (``max_length``, ``columns`` and the layout,
+    ``format``: ``ches.trl`` and ``ches audit`` read the rows as they were scored; ``"trl"`` for a run before
+    layouts, whose rows were read as TRL's, and for ``ches.pairs``, whose rows are TRL's).
+
+    >>> reference_from_run({"model": "sft", "format": "axolotl.chatml.intel", "options": {"max_length": 64}})["format"]
+    'axolotl.chatml.intel'
+    """
+    options = run.get("options") or {}
+    reference = {name: run.get(name) for name in REFERENCE_FIELDS}
+    return {**reference, "max_length": options.get("max_length"), "columns": options.get("columns"),
+            "format": run.get("format") or "trl"}
 
 
 def parse_columns(text: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -22,6 +23,7 @@ import datasets
 from ..errors import ChesError, one_line
 from .columns import all_types, column_feature, parse_columns, sidecar_reference, typed_cell, with_reference  # noqa: F401
 from .formats import PAIR_COLUMNS, TEMPLATE_COLUMNS, Pair, to_pairs
+from .frameworks import FORMATS, Format, detect_format, get_format, to_trl_columns
 from .paths import DATA_SUFFIXES, check_data_exists, read_sidecar, sidecar_path
 
 Data = Union[datasets.Dataset, datasets.DatasetDict, Sequence[Mapping[str, Any]], "pandas.DataFrame", str, os.PathLike]  # noqa: F821
@@ -320,38 +322,176 @@ def column(dataset: datasets.Dataset, name: str) -> list:
     return list(dataset[name][:])
 
 
-def pair_columns(dataset: datasets.Dataset, columns: Mapping[str, str] | None = None) -> dict[str, list]:
+#: ``format=`` for TRL's own columns, read as they are (no layout detected)
+TRL_FORMAT = "trl"
+#: the column a system text may be mapped from (``columns={"system": ...}``): a system turn of conversational rows
+SYSTEM_ROLE = "system"
+#: the names ``columns=`` maps for TRL's rows: the pair's columns, TRL's template inputs, a system text
+TRL_ROLES = PAIR_COLUMNS + TEMPLATE_COLUMNS + (SYSTEM_ROLE,)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How a table's rows are read as pairs: ``columns`` maps the names ches reads (TRL's roles, or a layout's
+    columns) to the data's own columns, and ``format`` names the layout (:data:`TRL_FORMAT`, a name in
+    :data:`ches.data.frameworks.FORMATS`, or None: detected from the columns, :func:`resolve_reading`).
+
+    >>> Reading({"prompt": "q"}).roles({"q": 1, "chosen": 1})
+    {'prompt': 'q', 'chosen': 'chosen'}
+    """
+
+    columns: Mapping[str, str] | None = None
+    format: str | None = None
+
+    @property
+    def layout(self) -> Format | None:
+        """The layout named (None for TRL's columns, or while undetected)."""
+        return None if self.format in (None, TRL_FORMAT) else get_format(self.format)
+
+    def names(self) -> tuple[str, ...]:
+        """The names this reading reads: a layout's columns, or TRL's roles."""
+        layout = self.layout
+        return TRL_ROLES if layout is None else tuple(layout.reads) + tuple(getattr(layout, "optional", ()))
+
+    def roles(self, column_names) -> dict[str, str]:
+        """Each name read -> the data's column it is read from (mapped by ``columns``, or its own name), for the
+        names the data has; TRL's rows read a system text only when ``columns`` maps it (TRL reads none)."""
+        mapping = dict(self.columns or {}) if isinstance(self.columns, Mapping) else {}
+        names = [name for name in self.names() if self.layout is not None or name != SYSTEM_ROLE or name in mapping]
+        where = {name: mapping.get(name, name) for name in dict.fromkeys((*names, *mapping))}
+        return {name: column for name, column in where.items() if column in column_names}
+
+
+def reading_of(columns: Reading | Mapping[str, str] | None) -> Reading:
+    """``columns`` as a :class:`Reading` (a mapping, or None, reads TRL's columns or a detected layout)."""
+    return columns if isinstance(columns, Reading) else Reading(columns)
+
+
+def check_format(format: str | None) -> str | None:
+    """``format`` when it names a layout ches reads (:data:`TRL_FORMAT`, a :data:`~ches.data.frameworks.FORMATS`
+    name) or is None, else a :class:`ChesError` listing the names.
+
+    >>> check_format("trl"), check_format(None)
+    ('trl', None)
+    """
+    if format is not None and format != TRL_FORMAT:
+        if not isinstance(format, str) or format not in FORMATS:
+            raise ChesError(f"format={format!r} (--format) is not a layout ches reads; use one of "
+                            f"{[TRL_FORMAT, *sorted(FORMATS)]} (or leave it out to detect the layout).")
+    return format
+
+
+def resolve_reading(column_names, reading: Reading | Mapping[str, str] | None) -> Reading:
+    """``reading`` with its layout decided: the one named, or detected from ``column_names`` (under the names
+    ``columns=`` maps them to). A table with TRL's ``prompt``, ``chosen`` and ``rejected`` is read as TRL's (as
+    always), and so is one that fits no layout, or only one reading no column TRL does not; an ambiguous table
+    is refused naming the layouts that fit (:func:`~ches.data.frameworks.detect_format`).
+
+    >>> resolve_reading(["system", "question", "chosen", "rejected"], None).format
+    'axolotl.chatml.intel'
+    >>> resolve_reading(["prompt", "chosen", "rejected", "system"], None).format
+    'trl'
+    """
+    reading = reading_of(reading)
+    if reading.format is not None:
+        check_format(reading.format)
+        return reading
+    names = mapped_names(reading.columns, column_names)
+    if all(name in names for name in PAIR_COLUMNS):  # TRL's explicit-prompt rows: always read as they are
+        return replace(reading, format=TRL_FORMAT)
+    beyond_trl = [item for item in FORMATS.values() if item.fits(names) and not set(item.reads) <= set(TRL_ROLES)]
+    found = detect_format(names) if beyond_trl else None
+    return replace(reading, format=TRL_FORMAT if found is None or set(found.reads) <= set(TRL_ROLES) else found.name)
+
+
+def mapped_names(columns: Mapping[str, str] | None, column_names) -> list[str]:
+    """The data's column names under the names ``columns=`` maps them to (what layouts are fitted to).
+
+    >>> mapped_names({"question": "q"}, ["q", "chosen"])
+    ['question', 'chosen']
+    """
+    inverse = {column: name for name, column in (dict(columns) if isinstance(columns, Mapping) else {}).items()}
+    return [inverse.get(name, name) for name in column_names]
+
+
+def pair_columns(dataset: datasets.Dataset, columns: Reading | Mapping[str, str] | None = None,
+                 first_row: int = 0) -> dict[str, list]:
     """The columns :func:`ches.data.formats.to_pairs` reads (prompt/chosen/rejected and TRL's template inputs),
-    under ches' names; ``columns`` maps a ches name to the data's own column (``{"chosen": "answer_a"}``).
+    under TRL's names: TRL's columns as they are (``columns`` maps a ches name to the data's own column,
+    ``{"chosen": "answer_a"}``; a mapped ``system`` text becomes the system turn of conversational rows), or a
+    layout's rows (``columns`` a :class:`Reading` naming it, or detected) as the TRL rows they mean.
 
     >>> sorted(pair_columns(datasets.Dataset.from_list([{"chosen": "a", "rejected": "b", "id": 1}])))
     ['chosen', 'rejected']
     >>> pair_columns(datasets.Dataset.from_list([{"q": "Hi?", "good": " Yes", "bad": " No"}]),
     ...              {"prompt": "q", "chosen": "good", "rejected": "bad"})
     {'prompt': ['Hi?'], 'chosen': [' Yes'], 'rejected': [' No']}
+    >>> pair_columns(datasets.Dataset.from_list([{"system": "", "question": "Hi?", "chosen": "Yes", "rejected": "No"}]))["prompt"]
+    [[{'role': 'user', 'content': 'Hi?'}]]
     """
-    mapping = check_columns(dataset, columns)
-    return {name: column(dataset, mapping.get(name, name)) for name in PAIR_COLUMNS + TEMPLATE_COLUMNS
-            if mapping.get(name, name) in dataset.column_names}
+    reading = resolve_reading(dataset.column_names, reading_of(columns))
+    check_columns(dataset, reading)
+    read = {name: column(dataset, source) for name, source in reading.roles(dataset.column_names).items()}
+    if reading.layout is not None:
+        return to_trl_columns(read, reading.layout, first_row) if len(dataset) else {}
+    system = read.pop(SYSTEM_ROLE, None)
+    return read if system is None else with_system(read, system, first_row)
 
 
-def check_columns(dataset: datasets.Dataset, columns: Mapping[str, str] | None) -> dict[str, str]:
-    """``columns`` checked against ches' names and the data's columns (``{}`` for None)."""
+def with_system(columns: dict[str, list], system: list, first_row: int = 0) -> dict[str, list]:
+    """TRL's columns with a system text per row (``columns={"system": ...}``) as the first turn of each
+    conversational row's prompt (of both transcripts, for an implicit prompt; none where the text is empty or
+    None). Standard rows have no chat template to put it in (TRL has no system text for them): refused.
+
+    >>> with_system({"prompt": [[{"role": "user", "content": "Hi"}]], "chosen": [[]], "rejected": [[]]}, ["Be kind."])["prompt"]
+    [[{'role': 'system', 'content': 'Be kind.'}, {'role': 'user', 'content': 'Hi'}]]
+    >>> with_system({"prompt": ["Hi"], "chosen": [" a"], "rejected": [" b"]}, ["Be kind."])
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: columns= maps 'system', but these rows are standard strings (row 0 of 'chosen'): TRL has no chat template, so no system turn, for them; write them as conversational rows, or name their layout with format= (--format), e.g. axolotl.chatml.intel.
+    """
+    if not isinstance((columns.get("chosen") or [None])[0], list):
+        raise ChesError(f"columns= maps 'system', but these rows are standard strings (row {first_row} of 'chosen'): TRL "
+                        "has no chat template, so no system turn, for them; write them as conversational rows, or name "
+                        "their layout with format= (--format), e.g. axolotl.chatml.intel.")
+    bad = [row for row, text in enumerate(system, first_row) if text is not None and not isinstance(text, str)]
+    if bad:
+        raise ChesError(f"the system column must hold a string (or None) in every row; row {bad[0]} holds "
+                        f"{type(system[bad[0] - first_row]).__name__}.")
+    carries = ["prompt"] if "prompt" in columns else ["chosen", "rejected"]
+    out = dict(columns)
+    for name in carries:
+        out[name] = [[{"role": "system", "content": text}, *value] if text and isinstance(value, list) else value
+                     for value, text in zip(columns[name], system)]
+    return out
+
+
+def check_columns(dataset: datasets.Dataset, columns: Reading | Mapping[str, str] | None) -> dict[str, str]:
+    """``columns`` (of a :class:`Reading`) checked against the names its layout reads (TRL's roles, a
+    ``system`` text, or a layout's columns) and the data's columns (``{}`` for None)."""
+    reading = reading_of(columns)
+    columns = reading.columns
+    if reading.layout is not None:
+        lacking = [name for name in reading.layout.reads if name not in reading.roles(dataset.column_names)]
+        if lacking:
+            raise ChesError(f"format={reading.format!r} reads the column(s) {list(reading.layout.reads)}, and the data "
+                            f"has no {lacking} (its columns are {dataset.column_names}); map yours with columns= "
+                            f"(--columns {lacking[0]}=COLUMN), or name its layout (format=, --format).")
     if columns is None:
         return {}
     if not isinstance(columns, Mapping):
         raise ChesError(f"columns= must map ches' names to your columns, e.g. {{'chosen': 'answer_a'}}; got "
                         f"{type(columns).__name__}.")
-    roles = PAIR_COLUMNS + TEMPLATE_COLUMNS
+    roles = reading.names()
     unknown = sorted(set(columns) - set(roles))
     if unknown:
-        raise ChesError(f"columns= names {unknown}, but ches reads only {list(roles)}; map those to your columns.")
+        what = f"the layout {reading.format} reads" if reading.layout is not None else "ches reads"
+        raise ChesError(f"columns= names {unknown}, but {what} only {list(roles)}; map those to your columns.")
     absent = {role: name for role, name in columns.items() if name not in dataset.column_names}
     if absent:
         raise ChesError(f"columns= maps to {sorted(absent.values())}, which the data does not have; its columns are "
                         f"{dataset.column_names}.")
-    check_distinct_roles({role: columns.get(role, role) for role in roles
-                          if columns.get(role, role) in dataset.column_names})
+    check_distinct_roles(reading.roles(dataset.column_names))
     return dict(columns)
 
 
@@ -374,34 +514,61 @@ def check_distinct_roles(where: Mapping[str, str]) -> None:
                         "own column (columns=, --columns).")
 
 
-def read_columns(dataset: datasets.Dataset, columns: Mapping[str, str] | None = None) -> list[str]:
-    """The columns of ``dataset`` that ches reads for a role (mapped by ``columns``, or by ches' own names).
+def read_columns(dataset: datasets.Dataset, columns: Reading | Mapping[str, str] | None = None) -> list[str]:
+    """The columns of ``dataset`` that ches reads (for TRL's roles, mapped by ``columns`` or by their own names,
+    or the columns of the layout a :class:`Reading` names or the columns fit).
 
     >>> read_columns(datasets.Dataset.from_list([{"q": "Hi", "chosen": " a", "rejected": " b", "id": 1}]), {"prompt": "q"})
     ['q', 'chosen', 'rejected']
     """
-    mapping = dict(columns or {}) if isinstance(columns, Mapping) else {}
-    where = [mapping.get(role, role) for role in PAIR_COLUMNS + TEMPLATE_COLUMNS]
-    return [name for name in where if name in dataset.column_names]
+    reading = resolve_reading(dataset.column_names, reading_of(columns))
+    return list(dict.fromkeys(reading.roles(dataset.column_names).values()))
+
+
+def as_trl_rows(dataset: datasets.Dataset, columns: Reading | Mapping[str, str] | None) -> datasets.Dataset:
+    """``dataset`` as TRL's trainer reads it: the columns a layout's rows (or TRL's rows under other names, or
+    with a ``system`` text) are read from replaced by the TRL columns they mean (:func:`pair_columns`), every
+    other column kept; TRL's own columns under their names come back as they are.
+
+    >>> rows = datasets.Dataset.from_list([{"system": "", "question": "Hi?", "chosen": "Yes", "rejected": "No", "id": 7}])
+    >>> as_trl_rows(rows, None)[0]["prompt"], sorted(as_trl_rows(rows, None).column_names)
+    ([{'role': 'user', 'content': 'Hi?'}], ['chosen', 'id', 'prompt', 'rejected'])
+    """
+    reading = resolve_reading(dataset.column_names, reading_of(columns))
+    read = reading.roles(dataset.column_names)
+    if reading.layout is None and all(name == role for role, name in read.items()) and SYSTEM_ROLE not in read:
+        return dataset
+    taken = [name for name in PAIR_COLUMNS + TEMPLATE_COLUMNS if name in dataset.column_names and name not in read.values()]
+    if taken:
+        raise ChesError(f"the rows are read from {sorted(set(read.values()))}, but TRL's trainer reads {taken[0]!r}, "
+                        f"which is another column of the data; rename or drop {taken[0]!r}.")
+
+    def convert(block: dict[str, list], indices: list[int]) -> dict[str, list]:
+        table = datasets.Dataset.from_dict({name: block[name] for name in set(read.values())})
+        return pair_columns(table, reading, first_row=indices[0] if indices else 0)
+
+    return dataset.map(convert, batched=True, with_indices=True, remove_columns=sorted(set(read.values())),
+                       desc=None, load_from_cache_file=False)
 
 
 def preference_pairs(dataset: datasets.Dataset, split_name: str | None = None,
-                     columns: Mapping[str, str] | None = None, first_row: int = 0, *, warn: bool = True) -> list[Pair]:
+                     columns: Reading | Mapping[str, str] | None = None, first_row: int = 0, *, warn: bool = True) -> list[Pair]:
     """The rows of ``dataset`` as normalized pairs, or a :class:`ChesError` naming what is wrong (no
     rows, missing columns, bad cells), prefixed with the split's name when there is one; ``first_row``
     is the row number of ``dataset``'s first row (in errors), when it is a block of a larger table."""
     if len(dataset) == 0:
         raise ChesError(f"the data{f' (split {split_name!r})' if split_name else ''} has no rows.")
-    mapping = check_columns(dataset, columns)
+    reading = resolve_reading(dataset.column_names, reading_of(columns))
+    mapping = check_columns(dataset, reading)
     missing = [name for name in ("chosen", "rejected") if mapping.get(name, name) not in dataset.column_names]
-    if missing:
+    if missing and reading.layout is None:
         raise ChesError(
             f"missing column(s) {missing}; the data has {dataset.column_names}. A preference data set needs 'chosen' "
             "and 'rejected' (and optionally 'prompt'): map yours with columns={'chosen': 'answer_a', ...} "
             "(--columns chosen=answer_a,... on the command line)."
         )
     try:
-        return to_pairs(pair_columns(dataset, mapping), first_row, warn=warn)
+        return to_pairs(pair_columns(dataset, reading, first_row), first_row, warn=warn)
     except ChesError as error:
         if split_name is None:
             raise

@@ -38,7 +38,7 @@ from ..data.columns import (
     column_feature,
     reference_of,
 )
-from ..data.inputs import Data, column, load_data
+from ..data.inputs import TRL_FORMAT, Data, Reading, column, load_data
 from ..errors import ChesError
 from ..options import AUDIT_KEYWORDS, AuditOptions, audit_options, signature_with_options
 from ..scores.select import similarity
@@ -121,7 +121,8 @@ def audit(scored: Data, model, tokenizer=None, *, options: AuditOptions | None =
     trained_tokenizer = load_tokenizer(tokenizer, model if isinstance(model, str) else getattr(model, "name_or_path", ""))
     check_same_tokens(dataset, trained_tokenizer, reference)
     after, info = score_run(dataset, model, trained_tokenizer, options=replace(
-        scoring, logps=True, max_length=reference.get("max_length"), columns=reference.get("columns")))
+        scoring, logps=True, max_length=reference.get("max_length"), columns=reference.get("columns"),
+        format=reference.get("format") or TRL_FORMAT))
     before = {name: np.asarray(column(dataset, name), dtype=np.float64) for name in LOGPS_COLUMNS}
     moved = {name: np.asarray(column(after, name), dtype=np.float64) for name in LOGPS_COLUMNS}
     chosen_change = moved["chosen_logps"] - before["chosen_logps"]
@@ -160,7 +161,8 @@ def check_same_tokens(dataset: datasets.Dataset, tokenizer, reference: dict) -> 
                             "audit runs the same token sequences.")
         return
     stored = column(dataset, DIGEST_COLUMN)
-    now = row_digests(read_rows(dataset, None, reference.get("columns")), tokenizer, reference.get("max_length"))
+    reading = Reading(reference.get("columns"), reference.get("format") or TRL_FORMAT)  # the rows, read as scored
+    now = row_digests(read_rows(dataset, None, reading), tokenizer, reference.get("max_length"))
     differ = [row for row, (then, found) in enumerate(zip(stored, now)) if then is not None and then != found]
     if differ:
         shown = ", ".join(map(str, differ[:8])) + (", ..." if len(differ) > 8 else "")

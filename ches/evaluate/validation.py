@@ -19,7 +19,7 @@ import numpy as np
 from ..api import score_run
 from ..data.columns import DEFAULT_MEASURE, MEASURES
 from ..data.formats import to_pairs
-from ..data.inputs import Data, column, load_data, pair_columns
+from ..data.inputs import Data, Reading, column, load_data, pair_columns
 from ..data.tokens import SequencePair, Skip, to_sequences, tokenize_pairs
 from ..errors import ChesError
 from ..model.models import load_model
@@ -119,7 +119,8 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
     loaded = load_model(model, tokenizer, dtype=options.dtype, device=options.device)
     threads = set_threads(loaded.model, explicit=options.num_threads, device=loaded.device)
     scored, _ = score_run(candidates, loaded.model, loaded.tokenizer, max_length=options.max_length,
-                          columns=options.columns, progress=options.progress, num_threads=threads.count)
+                          columns=options.columns, format=options.format, progress=options.progress,
+                          num_threads=threads.count)
     usable = np.flatnonzero([reason is None for reason in column(scored, "ches_skip")])
     if len(usable) < needed:
         raise ChesError(f"only {len(usable)} of the {size} pooled rows could be scored and the {options.protocol} "
@@ -176,8 +177,9 @@ def _scoring_flags(tokenizer, loaded, options: ValidateOptions) -> tuple[str, ..
 
 
 def _reading_flags(options: ValidateOptions) -> tuple[str, ...]:
-    """The ``ches filter`` flags that read the data as validate read it (``--split``, ``--columns``)."""
+    """The ``ches filter`` flags that read the data as validate read it (``--split``, ``--columns``, ``--format``)."""
     flags = ("--split", options.split) if options.split is not None else ()
+    flags += ("--format", options.format) if options.format is not None else ()
     if options.columns:
         flags += ("--columns", ",".join(f"{name}={value}" for name, value in options.columns.items()))
     return flags
@@ -188,7 +190,8 @@ def subsets_protocol(candidates, scored, usable: np.ndarray, pool_rows: np.ndarr
     """The ``subsets`` runs (see :func:`validate`): ``{"subsets": [one entry per DPO run]}``; a subset that two
     measures share is trained once."""
     n = options.n
-    sequences = probe_sequences(candidates.select(usable), loaded.tokenizer, options.max_length, options.columns)
+    sequences = probe_sequences(candidates.select(usable), loaded.tokenizer, options.max_length,
+                                Reading(options.columns, options.format))
     plan = []  # (name, measure, side, positions in usable)
     for name in (*AUDIT_MEASURES, LENGTH_BASELINE):
         values = _values(scored, name)[usable]
@@ -238,7 +241,8 @@ def probes_protocol(candidates, scored, usable: np.ndarray, pool_rows: np.ndarra
     n = options.n
     ches_values = np.asarray(column(scored, "ches"))[usable]
     picked = np.sort(usable[np.argsort(ches_values, kind="stable")[np.linspace(0, len(usable) - 1, n).round().astype(int)]])
-    sequences = probe_sequences(candidates.select(picked), loaded.tokenizer, options.max_length, options.columns)
+    sequences = probe_sequences(candidates.select(picked), loaded.tokenizer, options.max_length,
+                                Reading(options.columns, options.format))
     probe = DPOProbe(loaded.model, steps=options.steps, learning_rate=options.learning_rate, beta=options.beta,
                      pad_id=loaded.tokenizer.pad_token_id or 0)
     changes = run_probes(probe, sequences, options.progress)
@@ -586,9 +590,10 @@ def _shown(value) -> str:
     return "null" if value is None else repr(value)[:60]
 
 
-def probe_sequences(dataset, tokenizer, max_length: int | None, columns: dict[str, str] | None = None) -> list[SequencePair]:
+def probe_sequences(dataset, tokenizer, max_length: int | None,
+                    columns: Reading | dict[str, str] | None = None) -> list[SequencePair]:
     """The token sequences of a dataset's pairs (``prompt``/``chosen``/``rejected`` columns, or those ``columns``
-    maps them to) as ``ches.score`` runs them, for :func:`run_probes`; a row that cannot be scored raises
+    maps them to, or a layout's rows: a :class:`~ches.data.inputs.Reading`) as ``ches.score`` runs them, for :func:`run_probes`; a row that cannot be scored raises
     :class:`ChesError`."""
     plans = [to_sequences(pair, max_length) for pair in tokenize_pairs(to_pairs(pair_columns(dataset, columns)), tokenizer)]
     skipped = [(row, plan.reason) for row, plan in enumerate(plans) if isinstance(plan, Skip)]

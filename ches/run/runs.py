@@ -115,8 +115,10 @@ class ModelRun:
 class RunInfo(ModelRun):
     """A ``ches.score`` run (:class:`ModelRun`) and what came out per split: rows, skipped rows and how many
     for each reason, prompts cut at a token boundary, rows per integrity flag (:mod:`ches.data.integrity`; the
-    flags no row has are left out) and rows with any flag; and the data's fingerprints."""
+    flags no row has are left out) and rows with any flag; the layout the rows were read in (``format``: ``"trl"``,
+    or a framework's, docs/formats.md); and the data's fingerprints."""
 
+    format: str = "trl"  # the layout the rows were read in (named, or detected from the columns)
     dataset_fingerprints: dict[str, str] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
