@@ -34,8 +34,9 @@ _PUBLIC = {
 
 __all__ = [*_PUBLIC, "ChesError", "__version__"]
 
-#: modules reached as attributes of ``ches`` without their own import: ``ches.trl.DPOTrainer`` (needs TRL)
-_MODULES = ("trl",)
+#: modules reached as attributes of ``ches`` without their own import: ``ches.trl.DPOTrainer`` (needs TRL) and
+#: ``ches.report.write_report`` (the HTML report), as the docs write them
+_MODULES = ("trl", "report")
 
 
 def __getattr__(name: str):
@@ -44,7 +45,7 @@ def __getattr__(name: str):
         return importlib.import_module(f".{name}", __name__)
     if name not in _PUBLIC:
         raise AttributeError(f"module 'ches' has no attribute {name!r}; its public names are "
-                             f"{', '.join(sorted(__all__))}, and the module ches.trl; import any other module by its "
+                             f"{', '.join(sorted(__all__))}, and the modules ches.trl and ches.report; import any other module by its "
                              "path (import ches.data.tokens)")
     value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
     globals()[name] = value

@@ -132,11 +132,11 @@ def test_the_commands_do_not_import_each_other():
         "ches.cli.flags"}
 
 
-def test_the_trainer_module_is_reached_from_ches():
-    """The docs write ``import ches`` then ``ches.trl.DPOTrainer(...)``."""
-    code = "import ches; print(ches.trl.DPOTrainer.__module__)"
+def test_the_trainer_and_report_modules_are_reached_from_ches():
+    """The docs write ``import ches`` then ``ches.trl.DPOTrainer(...)`` and ``ches.report.write_report(...)``."""
+    code = "import ches; print(ches.trl.DPOTrainer.__module__, ches.report.write_report.__module__)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "ches.trl"
+    assert result.stdout.strip() == "ches.trl ches.report"
 
 
 def test_public_names_load_on_first_use():
