@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .data.columns import DEFAULT_MEASURE, MEASURES, check_measure
-from .data.frameworks import FORMATS
+from .data.frameworks import FORMATS, get_format
 from .data.integrity import FLAG_NAMES, check_flag_names
 from .errors import ChesError
 
@@ -172,7 +172,7 @@ class ScoreOptions:
     columns: dict[str, str] | None = _option(help="your column names, e.g. prompt=question,chosen=answer_a,rejected=answer_b",
                                               type="columns", metavar="NAME=COLUMN,...")
     format: str | None = _option(help="the rows' layout: trl (TRL's columns), or another framework's (docs/formats.md)",
-                                 choices=FORMAT_NAMES, none="detected from the columns")
+                                 metavar="NAME[:KEY=VALUE,...]", none="detected from the columns")
     max_length: int | None = _option(help="keep the first N tokens of each sequence (TRL keep_start)", type=int,
                                      none="no truncation")
     dtype: str | torch.dtype | None = _option(help="default: bfloat16 on CUDA, float32 on CPU (or bf16, fp16, half, "
@@ -201,9 +201,11 @@ class ScoreOptions:
         _positive("max_length", self.max_length, minimum=2, none="no truncation")
         _positive("batch_tokens", self.batch_tokens, minimum=1, none="an automatic size")
         _positive("num_threads", self.num_threads, minimum=1, none="one per free core")
-        if self.format is not None and self.format not in FORMAT_NAMES:
+        if self.format is not None and self.format.partition(":")[0] not in FORMAT_NAMES:
             raise ChesError(f"format={self.format!r} (--format) is not a layout ches reads; use one of "
                             f"{list(FORMAT_NAMES)} (or leave it out to detect the layout from the columns).")
+        if self.format is not None and self.format != "trl":
+            get_format(self.format)  # its parameters (name:key=value,...) checked before any work
         if self.layout is not None and self.layout not in LAYOUTS:
             raise ChesError(f"layout={self.layout!r} is not one of {sorted(LAYOUTS)} (or None to choose by estimated cost).")
         if not isinstance(self.model_kwargs, dict):

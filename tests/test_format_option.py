@@ -59,9 +59,13 @@ def same_scores(got: datasets.Dataset, expected: datasets.Dataset) -> None:
 def test_the_option_names_every_layout_and_trl():
     assert FORMAT_NAMES == ("trl", *FORMATS)
     assert ches.ScoreOptions(format="axolotl.chatml.intel").format == "axolotl.chatml.intel"
-    with pytest.raises(ches.ChesError, match=r"format='axolotl.intel' \(--format\) is not a layout ches reads; use "
+    with pytest.raises(ches.ChesError, match=r"format='axolotl.nonesuch' \(--format\) is not a layout ches reads; use "
                                              r"one of \['trl', 'axolotl.chatml.intel'"):
-        ches.ScoreOptions(format="axolotl.intel")
+        ches.ScoreOptions(format="axolotl.nonesuch")
+    assert ches.ScoreOptions(format="axolotl.intel").format == "axolotl.intel"  # an alias
+    assert ches.ScoreOptions(format="llamafactory.sharegpt:user_tag=user").format == "llamafactory.sharegpt:user_tag=user"
+    with pytest.raises(ches.ChesError, match=r"'colour=red' is not a parameter of llamafactory.sharegpt"):
+        ches.ScoreOptions(format="llamafactory.sharegpt:colour=red")
 
 
 def test_detection_reads_a_layout_and_leaves_trl_data_alone(monkeypatch):
@@ -74,7 +78,7 @@ def test_detection_reads_a_layout_and_leaves_trl_data_alone(monkeypatch):
     assert resolve_reading(["system", "question", "chosen", "rejected"], Reading(format="trl")).format == "trl"
     twin = Format("other.intel", ("system", "question", "chosen", "rejected"), FORMATS["axolotl.chatml.intel"].to_trl)
     monkeypatch.setitem(FORMATS, twin.name, twin)
-    with pytest.raises(ches.ChesError, match=r"fit several layouts \(axolotl.chatml.intel, other.intel\); name yours "
+    with pytest.raises(ches.ChesError, match=r"fit several layouts \(axolotl.chatml.intel, other.intel\).*; name yours "
                                              r"with format= \(--format\)"):
         resolve_reading(["system", "question", "chosen", "rejected"], None)
 

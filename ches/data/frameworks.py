@@ -522,6 +522,17 @@ def get_format(name: str) -> Format:
     return replace(layout, name=name, to_trl=functools.partial(layout.to_trl, **given))
 
 
+def fitting_layouts(column_names: Sequence[str]) -> list[str]:
+    """The layouts (by their own names, aliases left out) a table with ``column_names`` fits and that read one of its
+    columns TRL does not: what a message suggesting ``--format`` names.
+
+    >>> fitting_layouts(["system", "question", "chosen", "rejected"])
+    ['axolotl.chatml.intel']
+    """
+    return [item.name for item in FORMATS.values() if not item.same_as and item.fits(column_names)
+            and (set(item.reads) & set(column_names)) - set(TRL_COLUMNS)]
+
+
 def detect_format(column_names: Sequence[str], row: Mapping[str, Any] | None = None) -> Format | None:
     """The one layout whose columns the table has, None when none fits, or a :class:`ChesError` naming every
     layout that fits when several do.

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import ChesError
 from .columns import all_types
 from .formats import Pair, text_length
-from .frameworks import FORMATS
+from .frameworks import fitting_layouts
 from .inputs import Reading, mapped_names, preference_pairs, reading_of, resolve_reading
 
 logger = logging.getLogger("ches")
@@ -107,7 +107,7 @@ def _say_reading(reading: Reading, detected: bool, unread: list[str], split: str
     """One line for the layout the rows are read in (a layout's; TRL's when a layout fits too), one for the text
     columns no role reads."""
     where = f" (split {split!r})" if split else ""
-    fitting = [name for name, item in FORMATS.items() if item.fits(mapped_names(reading.columns, column_names))]
+    fitting = fitting_layouts(mapped_names(reading.columns, column_names))
     if reading.layout is None and detected and fitting:
         logger.info("rows%s read as TRL's columns, as always for TRL's prompt/chosen/rejected (they also fit %s: "
                     "--format/format= reads them so)", where, ", ".join(fitting))
@@ -162,12 +162,12 @@ def check_implicit_prompts(short: list[tuple[int, object]], rows: int, unread: l
     >>> check_implicit_prompts([(0, "")], 1, ["question"], ["question", "chosen", "rejected"], Reading())
     Traceback (most recent call last):
     ...
-    ches.errors.ChesError: the rows have no prompt column, and in 1 of 1 rows the prompt ches would take from the start 'chosen' and 'rejected' share is under 16 characters (row 0: ''), while the text column(s) ['question'] are not read: map the prompt with --columns prompt=question (columns=), or name the rows' layout with --format NAME (format=); scoring them so would score the answers' first characters.
+    ches.errors.ChesError: the rows have no prompt column, and in 1 of 1 rows the prompt ches would take from the start 'chosen' and 'rejected' share is under 16 characters (row 0: ''), while the text column(s) ['question'] are not read: map the prompt with --columns prompt=question (columns=), or name the rows' layout with --format axolotl.chatml.intel (format=); scoring them so would score the answers' first characters.
     """
     if not unread or 2 * len(short) < rows:
         return
     mapping = dict(reading.columns or {}) if isinstance(reading.columns, Mapping) else {}
-    likely = [name for name, item in FORMATS.items() if item.fits(mapped_names(reading.columns, column_names))]
+    likely = fitting_layouts(mapped_names(reading.columns, column_names))
     layouts = f"--format {' or --format '.join(likely)}" if likely else "--format NAME"
     row, prompt = short[0]
     question = next((name for name in unread if name != "system"), unread[0])  # a system text is not the prompt
