@@ -57,6 +57,8 @@ MODEL_KWARGS = {
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
 #: the layouts ``format=`` / ``--format`` names: TRL's columns, and every other framework's layout ches reads
 FORMAT_NAMES = ("trl", *FORMATS)
+#: the layouts ``ches.pairs`` reads (several rated responses per prompt; :func:`ches.builder.candidates.schema`)
+PAIR_FORMATS = ("generic", "ultrafeedback", "axolotl.zephyr.nectar")
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 
 
@@ -540,6 +542,14 @@ class PairInputOptions:
                                               type="columns", metavar="NAME=COLUMN,...")
     rating_field: str | None = _option(help="the completion field rated, for raw UltraFeedback rows (default "
                                             "overall_score)")
+    format: str | None = _option(help="the rows' layout: generic (prompt, responses, ratings), ultrafeedback (raw "
+                                      "UltraFeedback), axolotl.zephyr.nectar (Nectar's ranked answers)",
+                                 choices=PAIR_FORMATS, none="detected from the columns")
+
+    def __post_init__(self) -> None:
+        if self.format is not None and self.format not in PAIR_FORMATS:
+            raise ChesError(f"format={self.format!r} (--format) is not a layout ches.pairs reads; use one of "
+                            f"{list(PAIR_FORMATS)} (or leave it out to detect it from the columns).")
 
 
 def score_options_for(function: str, names: tuple[str, ...], options: ScoreOptions | None = None,

@@ -38,7 +38,7 @@ def test_cli_md_lists_every_flag(command):
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_the_choices_cli_md_writes_out_are_the_parsers(command):
-    written = dict(re.findall(r"(--[a-z][a-z-]*) ([a-z0-9_]+(?:\|[a-z0-9_]+)+)", usage_block(command)))
+    written = dict(re.findall(r"(--[a-z][a-z-]*) ([a-z0-9_.]+(?:\|[a-z0-9_.]+)+)", usage_block(command)))
     choices = {option: action.choices for action in command_parser(command)._actions for option in action.option_strings}
     assert {flag: values.split("|") for flag, values in written.items()} == \
         {flag: list(choices[flag]) for flag in written}

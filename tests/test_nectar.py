@@ -78,3 +78,32 @@ def test_a_malformed_nectar_answer_is_named_by_row_and_position(tokenizer, tiny_
     rows[1]["answers"][2] = dict(rows[1]["answers"][2], answer=None, rank=2)
     with pytest.raises(ChesError, match=r"row 1, column 'answers', response 2"):
         ches.pairs(rows, tiny_model("llama"), tokenizer, progress=False)
+
+
+def test_the_layout_is_named_with_format_and_a_wrong_name_is_refused_before_the_model(tmp_path, capsys):
+    """``format="axolotl.zephyr.nectar"`` (``--format``) reads the rows as detection does; a layout whose columns
+    the rows lack, or a name ches.pairs does not read, is one line before any model loads."""
+    import json
+
+    from ches.cli import main
+
+    rows = nectar_rows(3)
+    model = "examples/tiny-hh-model"
+    detected = ches.pairs(rows, model, progress=False)
+    named, info = ches.pairs_run(rows, model, format="axolotl.zephyr.nectar", progress=False)
+    assert named.to_list() == detected.to_list() and info.schema == "nectar"
+    with pytest.raises(ChesError, match=r"format='ultrafeedback' \(--format\) reads the column\(s\) \['instruction', "
+                                        r"'completions'\], which the data does not have"):
+        ches.pairs(rows, "no/such-model-folder", format="ultrafeedback")
+    with pytest.raises(ChesError, match=r"missing column\(s\) \['responses', 'ratings'\]"):
+        ches.pairs(rows, "no/such-model-folder", format="generic")  # read as generic rows: they are not
+    with pytest.raises(ChesError, match=r"format='nectar' \(--format\) is not a layout ches.pairs reads; use one of "
+                                        r"\['generic', 'ultrafeedback', 'axolotl.zephyr.nectar'\]"):
+        ches.pairs(rows, "no/such-model-folder", format="nectar")
+    data = tmp_path / "nectar.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "pairs.jsonl"
+    assert main(["pairs", str(data), "-m", model, "--format", "axolotl.zephyr.nectar", "-o", str(out),
+                 "--no-progress"]) == 0
+    assert [json.loads(line)["chosen"] for line in out.read_text().splitlines()] == detected["chosen"]
+    assert json.loads((tmp_path / "pairs.jsonl.meta.json").read_text())["run"]["schema"] == "nectar"

@@ -147,8 +147,8 @@ def _pairs_run(data: Data, model, tokenizer, rules: PairOptions, reading: PairIn
     dataset = load_data(data, scoring.split)
     if isinstance(dataset, datasets.DatasetDict):
         raise ChesError(f"the data has splits {sorted(dataset)}; pass split= (--split).")
-    rows = candidate_rows(dataset, columns, rating_field)
-    carried = carried_columns(dataset.column_names, columns, output_columns(scoring.logps))
+    rows = candidate_rows(dataset, columns, rating_field, reading.format)
+    carried = carried_columns(dataset.column_names, columns, output_columns(scoring.logps), reading.format)
     if scoring.cache_dir is not None:
         check_apart_from_inputs(scoring.cache_dir, (data if isinstance(data, (str, os.PathLike)) else None,
                                                     *model_paths(model, tokenizer)), may_hold_inputs=True)
@@ -165,7 +165,7 @@ def _pairs_run(data: Data, model, tokenizer, rules: PairOptions, reading: PairIn
     skipped = sorted(skipped + more, key=lambda item: item.source_row)
     given = scoring.as_dict()
     info = PairsInfo(**setup.record(), options={**{name: given[name] for name in PAIR_SCORE_OPTIONS}, **asdict(rules)},
-                     schema=schema(dataset.column_names, columns), columns=dict(columns or {}),
+                     schema=schema(dataset.column_names, columns, reading.format), columns=dict(columns or {}),
                      rating_field=rating_field, carried_columns=carried, rows=len(rows), pairs=len(built["source_row"]),
                      prompts_paired=len(set(built["source_row"])),
                      skipped=dict(Counter(item.reason for item in skipped).most_common()),

@@ -31,6 +31,7 @@ import datasets
 from ..data.formats import Text, _kind, _message_list_problem
 from ..data.inputs import check_distinct_roles
 from ..errors import ChesError
+from ..options import PAIR_FORMATS
 
 CANDIDATE_COLUMNS = ("prompt", "responses", "ratings")
 ULTRAFEEDBACK_COLUMNS = ("instruction", "completions")
@@ -38,6 +39,9 @@ ULTRAFEEDBACK_RATING = "overall_score"  # the completion field rated by default
 NECTAR_COLUMNS = ("prompt", "answers")
 #: the columns each named schema reads (the generic schema reads CANDIDATE_COLUMNS, or columns= names)
 SCHEMA_COLUMNS = {"ultrafeedback": ULTRAFEEDBACK_COLUMNS, "nectar": NECTAR_COLUMNS}
+#: the schema each ``format=`` of ``ches.pairs`` (:data:`ches.options.PAIR_FORMATS`) names
+SCHEMA_OF_FORMAT = {"generic": "generic", "ultrafeedback": "ultrafeedback", "axolotl.zephyr.nectar": "nectar"}
+assert tuple(SCHEMA_OF_FORMAT) == PAIR_FORMATS
 
 
 @dataclass(frozen=True)
@@ -112,15 +116,27 @@ def from_nectar(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"prompt": prompt, "responses": responses, "ratings": ratings}
 
 
-def schema(column_names: Sequence[str], columns: Mapping[str, str] | None) -> str:
-    """``"ultrafeedback"`` for UltraFeedback's raw columns, ``"nectar"`` for Nectar's (each with no ``columns``
-    mapping and no ``responses`` column), else ``"generic"``.
+def schema(column_names: Sequence[str], columns: Mapping[str, str] | None, format: str | None = None) -> str:
+    """The schema ``format=`` names (its columns checked), else detected: ``"ultrafeedback"`` for UltraFeedback's
+    raw columns, ``"nectar"`` for Nectar's (each with no ``columns`` mapping and no ``responses`` column), else
+    ``"generic"``.
 
     >>> schema(["source", "instruction", "models", "completions"], None), schema(["prompt", "responses", "ratings"], None)
     ('ultrafeedback', 'generic')
     >>> schema(["prompt", "answers", "turns", "num_responses", "source"], None)
     'nectar'
+    >>> schema(["prompt", "answers"], None, "ultrafeedback")
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: format='ultrafeedback' (--format) reads the column(s) ['instruction', 'completions'], which the data does not have; it has ['prompt', 'answers'].
     """
+    if format is not None:
+        named = SCHEMA_OF_FORMAT[format]
+        missing = [name for name in SCHEMA_COLUMNS.get(named, ()) if name not in column_names]
+        if missing:
+            raise ChesError(f"format={format!r} (--format) reads the column(s) {missing}, which the data does not "
+                            f"have; it has {list(column_names)}.")
+        return named
     if columns is None and "responses" not in column_names:
         for name, read in SCHEMA_COLUMNS.items():
             if all(column in column_names for column in read):
@@ -220,11 +236,12 @@ def _check_rating_field(dataset: datasets.Dataset, rating_field: str) -> None:
 
 
 def candidate_rows(dataset: datasets.Dataset, columns: Mapping[str, str] | None,
-                   rating_field: str | None = None) -> list[Candidates]:
-    """The rows of ``dataset`` as validated :class:`~ches.builder.candidates.Candidates` (schema detected, see there)."""
+                   rating_field: str | None = None, format: str | None = None) -> list[Candidates]:
+    """The rows of ``dataset`` as validated :class:`~ches.builder.candidates.Candidates` (the schema ``format``
+    names, or detected: :func:`schema`)."""
     if len(dataset) == 0:
         raise ChesError("the data has no rows.")
-    named = schema(dataset.column_names, None)
+    named = schema(dataset.column_names, None, format)
     if columns is not None:
         unknown = sorted(set(columns) - set(CANDIDATE_COLUMNS))
         if unknown:
@@ -242,7 +259,7 @@ def candidate_rows(dataset: datasets.Dataset, columns: Mapping[str, str] | None,
                             "are Nectar rows, rated by each answer's rank; drop it (--rating-field).")
         return to_candidates([from_nectar(row) for row in dataset],
                              {"prompt": "prompt", "responses": "answers", "ratings": "answers[*].rank"})
-    if schema(dataset.column_names, columns) == "ultrafeedback":
+    if named == "ultrafeedback":
         if rating_field is not None:  # a name given (the default's absence is reported row by row)
             _check_rating_field(dataset, rating_field)
         rating_field = rating_field or ULTRAFEEDBACK_RATING

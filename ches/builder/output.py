@@ -26,7 +26,8 @@ def output_columns(logps: bool = False) -> tuple[str, ...]:
     return PAIR_COLUMNS + SCORE_COLUMNS + (LOGPS_COLUMNS if logps else ()) + ROW_COLUMNS
 
 
-def carried_columns(column_names: list[str], columns: Mapping[str, str] | None, written: tuple[str, ...]) -> list[str]:
+def carried_columns(column_names: list[str], columns: Mapping[str, str] | None, written: tuple[str, ...],
+                    format: str | None = None) -> list[str]:
     """The rows' columns that each of their pairs carries: all but those read as the prompt, responses and
     ratings; one named like an output column (``written``) is refused, since it would be overwritten.
 
@@ -37,7 +38,7 @@ def carried_columns(column_names: list[str], columns: Mapping[str, str] | None, 
     ...
     ches.errors.ChesError: column 'prompt' would be carried into each pair (ches.pairs reads 'q', 'responses', 'ratings'), but ches.pairs writes its output column 'prompt' there; rename it first (dataset.rename_column('prompt', ...)) or drop it (dataset.remove_columns('prompt')).
     """
-    named = schema(column_names, columns)
+    named = schema(column_names, columns, format)
     if named in SCHEMA_COLUMNS:
         read = list(SCHEMA_COLUMNS[named])
     else:
