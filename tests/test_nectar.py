@@ -107,3 +107,10 @@ def test_the_layout_is_named_with_format_and_a_wrong_name_is_refused_before_the_
                  "--no-progress"]) == 0
     assert [json.loads(line)["chosen"] for line in out.read_text().splitlines()] == detected["chosen"]
     assert json.loads((tmp_path / "pairs.jsonl.meta.json").read_text())["run"]["schema"] == "nectar"
+
+
+def test_scoring_nectar_rows_as_pairs_points_at_ches_pairs():
+    """``ches.score`` takes pairs; rows that rank several answers per prompt are refused saying where they go."""
+    with pytest.raises(ChesError, match=r"missing column\(s\) \['chosen', 'rejected'\].*These look like nectar rows, "
+                                        r"several rated responses per prompt: build pairs from them with ches.pairs"):
+        ches.score(nectar_rows(2), "no/such-model-folder", progress=False)

@@ -29,14 +29,15 @@ from typing import Any
 import datasets
 
 from ..data.formats import Text, _kind, _message_list_problem
+from ..data.frameworks import RANKED_COLUMNS
 from ..data.inputs import check_distinct_roles
 from ..errors import ChesError
 from ..options import PAIR_FORMATS
 
-CANDIDATE_COLUMNS = ("prompt", "responses", "ratings")
-ULTRAFEEDBACK_COLUMNS = ("instruction", "completions")
+CANDIDATE_COLUMNS = RANKED_COLUMNS["generic"]
+ULTRAFEEDBACK_COLUMNS = RANKED_COLUMNS["ultrafeedback"]
 ULTRAFEEDBACK_RATING = "overall_score"  # the completion field rated by default
-NECTAR_COLUMNS = ("prompt", "answers")
+NECTAR_COLUMNS = RANKED_COLUMNS["nectar"]
 #: the columns each named schema reads (the generic schema reads CANDIDATE_COLUMNS, or columns= names)
 SCHEMA_COLUMNS = {"ultrafeedback": ULTRAFEEDBACK_COLUMNS, "nectar": NECTAR_COLUMNS}
 #: the schema each ``format=`` of ``ches.pairs`` (:data:`ches.options.PAIR_FORMATS`) names

@@ -522,6 +522,20 @@ def get_format(name: str) -> Format:
     return replace(layout, name=name, to_trl=functools.partial(layout.to_trl, **given))
 
 
+#: the columns of the layouts with several rated responses per prompt, which ``ches.pairs`` reads (not pairs)
+RANKED_COLUMNS = {"generic": ("prompt", "responses", "ratings"), "ultrafeedback": ("instruction", "completions"),
+                  "nectar": ("prompt", "answers")}
+
+
+def ranked_layout(column_names: Sequence[str]) -> str | None:
+    """The layout with several rated responses per prompt whose columns a table has, if any.
+
+    >>> ranked_layout(["prompt", "answers", "source"]), ranked_layout(["prompt", "chosen", "rejected"])
+    ('nectar', None)
+    """
+    return next((name for name, read in RANKED_COLUMNS.items() if all(c in column_names for c in read)), None)
+
+
 def fitting_layouts(column_names: Sequence[str]) -> list[str]:
     """The layouts (by their own names, aliases left out) a table with ``column_names`` fits and that read one of its
     columns TRL does not: what a message suggesting ``--format`` names.

@@ -23,7 +23,7 @@ import datasets
 from ..errors import ChesError, one_line
 from .columns import all_types, column_feature, parse_columns, sidecar_reference, typed_cell, with_reference  # noqa: F401
 from .formats import PAIR_COLUMNS, TEMPLATE_COLUMNS, Pair, to_pairs
-from .frameworks import FORMATS, Format, detect_format, get_format, to_trl_columns
+from .frameworks import FORMATS, Format, detect_format, get_format, ranked_layout, to_trl_columns
 from .paths import DATA_SUFFIXES, check_data_exists, read_sidecar, sidecar_path
 
 Data = Union[datasets.Dataset, datasets.DatasetDict, Sequence[Mapping[str, Any]], "pandas.DataFrame", str, os.PathLike]  # noqa: F821
@@ -562,10 +562,13 @@ def preference_pairs(dataset: datasets.Dataset, split_name: str | None = None,
     mapping = check_columns(dataset, reading)
     missing = [name for name in ("chosen", "rejected") if mapping.get(name, name) not in dataset.column_names]
     if missing and reading.layout is None:
+        ranked = ranked_layout(dataset.column_names)
+        hint = (f" These look like {ranked} rows, several rated responses per prompt: build pairs from them with "
+                "ches.pairs (ches pairs)." if ranked else "")
         raise ChesError(
             f"missing column(s) {missing}; the data has {dataset.column_names}. A preference data set needs 'chosen' "
             "and 'rejected' (and optionally 'prompt'): map yours with columns={'chosen': 'answer_a', ...} "
-            "(--columns chosen=answer_a,... on the command line)."
+            f"(--columns chosen=answer_a,... on the command line).{hint}"
         )
     try:
         return to_pairs(pair_columns(dataset, reading, first_row), first_row, warn=warn)
