@@ -30,6 +30,13 @@ A loss that uses no reference (``loss_type="sft"``) is said to, in the log.
 Data scored by an older ches, without the digest column, is checked by its record instead (the same
 tokenizer and ``max_length``).
 
+Displacement is watched live: at each of TRL's logging steps, beside TRL's own ``rewards/chosen`` and
+``logps/chosen``, the trainer logs ``ches/displaced``, the fraction of the batch's preferred responses whose
+policy log-probability is below their reference by more than the audit's rounding tolerance
+(:func:`ches.evaluate.auditing.displacement_tolerance`), and ``ches/chosen_change``, their mean change in nats
+(``eval_ches/...`` in evaluation). ``warn_displaced=0.2`` warns once, when the fraction logged passes 0.2
+(:meth:`DPOTrainer.compute_loss`, :meth:`DPOTrainer.log`).
+
 Needs TRL (``pip install 'ches[trl]'``).
 """
 
@@ -58,6 +65,10 @@ ROW_COLUMN = "ches_row"
 CHECK_ROWS = 4096
 #: the loss types of TRL 1.16 that use no reference log-probs
 REFERENCE_FREE_LOSSES = frozenset({"sft"})
+#: the metrics logged beside TRL's (``eval_`` before them in evaluation, as TRL names its own)
+DISPLACED_METRIC, CHANGE_METRIC = "ches/displaced", "ches/chosen_change"
+#: the dtype the policy's forward computes in under TRL's mixed precision (``accelerator.mixed_precision``)
+MIXED_PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 class DPOTrainer(_trl.DPOTrainer):
@@ -65,11 +76,15 @@ class DPOTrainer(_trl.DPOTrainer):
 
     Takes TRL's arguments (``ref_model`` excepted: the reference is the data's); ``args`` gets
     ``precompute_ref_log_probs=True`` (``args=None`` is TRL's default ``DPOConfig``). See the module docstring
-    for what is checked.
+    for what is checked. ``warn_displaced`` (a fraction in (0, 1], or None for never): warn once, through the
+    ``ches`` logger, at the first logging step whose ``ches/displaced`` (or ``eval_ches/displaced``) exceeds it.
     """
 
     def __init__(self, model=None, ref_model=None, args=None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, **kwargs: Any) -> None:
+                 processing_class=None, *, warn_displaced: float | None = None, **kwargs: Any) -> None:
+        self._ches_warn_displaced = check_warn_displaced(warn_displaced)
+        self._ches_warned = False
+        self._ches_reference_dtypes: set[str | None] = set()  # of every dataset prepared: the coarsest counts
         if ref_model is not None:
             raise ChesError("ches.trl.DPOTrainer takes its reference log-probs from the data, so ref_model would "
                             "never run; drop ref_model.")
@@ -93,11 +108,14 @@ class DPOTrainer(_trl.DPOTrainer):
         super().__init__(model=model, ref_model=None, args=dataclasses.replace(args, precompute_ref_log_probs=True),
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
                          **kwargs)
+        mixed = MIXED_PRECISION_DTYPES.get(str(self.accelerator.mixed_precision))
+        self._ches_policy_dtypes = (str(getattr(self.model, "dtype", None)),) + ((mixed,) if mixed else ())
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name: str):
         """Check the data's reference and put it under TRL's names (before TRL tokenizes it), then TRL's own
         preparation; a dataset TRL already prepared (it has ``prompt_ids``) goes straight through."""
         if "prompt_ids" not in dataset.column_names:
+            self._ches_reference_dtypes.add((reference_of(dataset) or {}).get("dtype"))
             dataset = reference_columns(dataset, _label(dataset_name), self._ches_start, processing_class,
                                         args.max_length, ld_alpha=args.ld_alpha)
         return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
@@ -111,6 +129,99 @@ class DPOTrainer(_trl.DPOTrainer):
                             "TRL's trainer; pass the dataset ches.score(..., logps=True) returned.")
         check_tokens(dataset, _label(name), self._ches_max_length)
         return dataset.remove_columns([name for name in (DIGEST_COLUMN, ROW_COLUMN) if name in dataset.column_names])
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss, and beside its metrics :data:`DISPLACED_METRIC` and :data:`CHANGE_METRIC` of the batch
+        (:func:`displacement`), from the per-token log-probs of the policy forward TRL's loss ran (caught by a
+        forward hook on ``model``: the model is not run again) and the batch's reference log-probs; gathered
+        across processes as TRL gathers ``rewards/chosen``, so under torchrun they are the global batch's."""
+        forwards = []
+
+        def catch(module, args, kwargs, output):
+            if kwargs.get("fused_lm_head") and not forwards:  # the policy's forward (TRL's first, with its head)
+                forwards.append(output.log_probs.detach())
+
+        hook = model.register_forward_hook(catch, with_kwargs=True)
+        try:
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+        finally:
+            hook.remove()
+        if forwards and "ref_chosen_logps" in inputs:
+            displaced, change = displacement(forwards[0], inputs["completion_mask"], inputs["ref_chosen_logps"],
+                                             self.ld_alpha, (*self._ches_reference_dtypes, *self._ches_policy_dtypes))
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode][DISPLACED_METRIC].append(self.accelerator.gather(displaced.float()).mean().item())
+            self._metrics[mode][CHANGE_METRIC].append(self.accelerator.gather(change).mean().item())
+        return result
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's logging (its metrics and ches', averaged since the last logging step), and with
+        ``warn_displaced`` one warning, the first time the displaced fraction logged exceeds it."""
+        mode = "train" if self.model.training else "eval"
+        values = self._metrics[mode].get(DISPLACED_METRIC) or []
+        fraction = sum(values) / len(values) if values else None
+        super().log(logs, start_time)
+        threshold = self._ches_warn_displaced
+        if (threshold is not None and fraction is not None and fraction > threshold and not self._ches_warned
+                and self.is_world_process_zero()):
+            self._ches_warned = True
+            where = "training" if mode == "train" else "evaluation"
+            logger.warning("ches: at step %d (%s), %.1f%% of the preferred responses' log-probabilities fell below "
+                           "their reference (ches/displaced=%.3f > warn_displaced=%g): DPO is displacing them; "
+                           "consider a lower learning_rate or fewer epochs, filtering the data with ches.filter, "
+                           "and `ches audit` on the trained model (warned once)", self.state.global_step, where,
+                           100 * fraction, fraction, threshold)
+
+
+def check_warn_displaced(value) -> float | None:
+    """``warn_displaced`` as a float, refused unless None or a fraction in (0, 1].
+
+    >>> check_warn_displaced(0.25), check_warn_displaced(None)
+    (0.25, None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ChesError(f"warn_displaced={value!r}; give a fraction in (0, 1] (e.g. 0.2: warn when more than 20% of a "
+                        "logged batch's preferred responses are displaced), or None for no warning.")
+    return float(value)
+
+
+def displacement(per_token_logps, completion_mask, ref_chosen_logps, ld_alpha: float | None, dtypes):
+    """``([B] bool, [B] float)``: for the chosen half of a TRL batch (``[chosen; rejected]``, ``2B`` rows), which
+    preferred responses are displaced (policy minus reference log-prob below ``-tolerance``,
+    :func:`~ches.evaluate.auditing.displacement_tolerance` of the reference, ``|y+|`` and the coarsest of
+    ``dtypes``) and that change. The policy's log-prob is TRL 1.16's, from its forward's ``per_token_logps``
+    (``[2B, >= T-1]``) and the ``completion_mask`` (``[2B, T]``): their sum over the completion, or with
+    ``ld_alpha`` (LD-DPO) the shared part (the first min(|y+|, |y-|) tokens) plus ``ld_alpha`` times the rest,
+    as the reference (:func:`reference_logps`) is weighed: the quantities TRL's loss compares.
+
+    >>> import torch
+    >>> mask = torch.tensor([[0, 1, 1], [0, 1, 0]])
+    >>> per_token = torch.tensor([[-1.0, -2.0], [-1.0, 0.0]])
+    >>> displacement(per_token, mask, torch.tensor([-2.0]), None, ["float32"])
+    (tensor([True]), tensor([-1.]))
+    """
+    import numpy as np
+    import torch
+
+    from .evaluate.auditing import displacement_tolerance
+
+    shift_mask = completion_mask[..., 1:]
+    per_token = per_token_logps[:, -shift_mask.size(1):] * shift_mask
+    if ld_alpha is None:
+        logps = per_token.sum(dim=1)
+    else:
+        positions = shift_mask.cumsum(dim=1)
+        shared = torch.minimum(*shift_mask.sum(dim=1).chunk(2, dim=0)).repeat(2).unsqueeze(1)
+        logps = (per_token * (positions <= shared)).sum(dim=1) + ld_alpha * (per_token * (positions > shared)).sum(dim=1)
+    chosen_logps = logps.chunk(2, dim=0)[0]
+    reference = ref_chosen_logps.to(chosen_logps)
+    change = chosen_logps - reference
+    tokens = shift_mask.chunk(2, dim=0)[0].sum(dim=1)
+    tolerance = displacement_tolerance(reference.double().cpu().numpy(), tokens.cpu().numpy(), dtypes)
+    return change < -torch.as_tensor(np.asarray(tolerance), dtype=change.dtype, device=change.device), change
 
 
 def collator_max_length(collator, max_length: int | None) -> int | None:
