@@ -59,10 +59,11 @@ def independent(model, dataset) -> tuple[float, float]:
     return float(np.mean(changes < -np.array(tolerances))), float(np.mean(changes))
 
 
-def test_no_learning_nothing_displaced_and_no_warning(tiny_model, tokenizer, tmp_path, caplog):
+@pytest.mark.parametrize("ld_alpha", [None, 0.5])  # with LD-DPO, policy and reference weighed alike
+def test_no_learning_nothing_displaced_and_no_warning(ld_alpha, tiny_model, tokenizer, tmp_path, caplog):
     model = tiny_model("llama")
     data = scored(model, tokenizer)
-    trainer = ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path, learning_rate=0.0),
+    trainer = ches.trl.DPOTrainer(model=copy.deepcopy(model), args=config(tmp_path, learning_rate=0.0, ld_alpha=ld_alpha),
                                   train_dataset=data, eval_dataset=scored(model, tokenizer, start=4 * ROWS),
                                   processing_class=tokenizer, warn_displaced=1.0)
     with caplog.at_level(logging.WARNING, logger="ches"):
@@ -105,6 +106,18 @@ def test_logged_displacement_is_the_steps_own(tokenizer, tmp_path, caplog):
     assert len(warned) == 1  # ...and warned once
     step = 1 + next(i for i, fraction in enumerate(fractions) if fraction > 0.1)
     assert f"at step {step} (training)" in warned[0] and "warn_displaced=0.1" in warned[0]
+
+
+def test_ld_dpo_weighs_the_policy_as_trl_does():
+    from ches.trl import displacement
+
+    # rows: chosen (3 completion tokens), rejected (1): shared length 1, so the chosen's last 2 tokens weigh 0.5
+    mask = torch.tensor([[0, 1, 1, 1], [0, 1, 0, 0]])
+    per_token = torch.tensor([[-1.0, -2.0, -4.0], [-3.0, 0.0, 0.0]])
+    displaced, change = displacement(per_token, mask, torch.tensor([-3.0]), 0.5, ["float32"])
+    assert change.tolist() == [-1.0 + 0.5 * (-2.0 - 4.0) + 3.0] and displaced.tolist() == [True]
+    displaced, change = displacement(per_token, mask, torch.tensor([-7.0]), None, ["float32"])
+    assert change.tolist() == [0.0] and displaced.tolist() == [False]
 
 
 @pytest.mark.parametrize("value", [0, 1.5, "x", -0.2, True])
