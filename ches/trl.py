@@ -216,7 +216,7 @@ def displacement(per_token_logps, completion_mask, ref_chosen_logps, ld_alpha: f
         positions = shift_mask.cumsum(dim=1)
         shared = torch.minimum(*shift_mask.sum(dim=1).chunk(2, dim=0)).repeat(2).unsqueeze(1)
         logps = (per_token * (positions <= shared)).sum(dim=1) + ld_alpha * (per_token * (positions > shared)).sum(dim=1)
-    chosen_logps = logps.chunk(2, dim=0)[0]
+    chosen_logps = logps.chunk(2, dim=0)[0].float()  # in float32 even when the forward ran in bf16
     reference = ref_chosen_logps.to(chosen_logps)
     change = chosen_logps - reference
     tokens = shift_mask.chunk(2, dim=0)[0].sum(dim=1)
