@@ -372,10 +372,17 @@ class ReportOptions:
 
 @dataclass(frozen=True)
 @_sharing(ScoreOptions, ("split", "columns", "format", "device", "dtype", "max_length", "num_threads", "progress"),
-          defaults={"dtype": "float32", "max_length": 512},
-          helps={"dtype": "precision of the scoring and of the DPO runs (DPO steps in half precision are noisy)"})
+          defaults={"dtype": "float32"},
+          helps={"dtype": "precision of the scoring and of the DPO runs (DPO steps in half precision are noisy)",
+                 "max_length": "keep the first N tokens of each sequence (TRL keep_start), in the scoring and the DPO "
+                               "runs alike (default: the DPOConfig's; 512 without --dpo-config)"})
 class ValidateOptions:
     """How ``ches.validate`` probes a model (its keywords and ``ches validate``'s flags); checked on creation.
+
+    The ``subsets`` runs train with TRL (:mod:`ches.evaluate.training`): ``dpo_config`` is the user's
+    ``DPOConfig`` (or a dict of its fields, or a JSON/YAML file of them), ``peft_config`` or ``lora_r`` their
+    LoRA; ``learning_rate``, ``beta``, ``batch_size``, ``epochs`` and ``max_length``, when given, replace the
+    config's fields (without a config: 1e-6, 0.1, 8, 1 and 512).
 
     >>> ValidateOptions(n=16).pool_rows(1000)
     320
@@ -385,45 +392,74 @@ class ValidateOptions:
     ches.errors.ChesError: pool=1 must hold at least the n=4 pairs probed; raise pool or lower n (or drop pool= to score every row).
     """
 
-    protocol: str = _option("subsets", help="subsets: DPO runs on the lowest and highest n pairs of each measure and "
-                                            "on n random ones (mini-batches, AdamW); probes: n single-pair DPO probes "
+    protocol: str = _option("subsets", help="subsets: DPO runs (TRL's DPOTrainer) on the lowest and highest n pairs of "
+                                            "each measure and on n random ones; probes: n single-pair DPO probes "
                                             "(full batch, RMSprop)", choices=VALIDATE_PROTOCOLS)
-    n: int = _option(64, help="pairs per subset (subsets), or pairs probed, spread over the CHES range (probes)",
-                     type=int)
-    epochs: int = _option(1, help="passes over each subset (subsets)", type=int)
-    batch_size: int = _option(8, help="pairs per DPO step (subsets)", type=int)
+    n: int = _option(64, help="pairs per subset (subsets), or pairs probed, spread over the CHES range (probes); "
+                              "a recommendation to filter needs n >= 32", type=int)
+    seeds: int = _option(2, help="runs per subset (subsets) or draws of probed pairs (probes), seeds seed, seed+1, ...; "
+                                 "a measure's verdict must agree across them, and a recommendation to filter needs 2",
+                         type=int)
+    epochs: int | None = _option(help="passes over each subset (subsets); sets DPOConfig.num_train_epochs", type=int,
+                                 none="the DPOConfig's; 1 without --dpo-config")
+    batch_size: int | None = _option(help="pairs per DPO step (subsets); sets DPOConfig.per_device_train_batch_size",
+                                     type=int, none="the DPOConfig's; 8 without --dpo-config")
     steps: int = _option(5, help="DPO steps per probe (probes)", type=int)
-    learning_rate: float = _option(1e-6, help="learning rate (AdamW for subsets, RMSprop for probes)", type=float,
-                                   flag="--lr")
-    beta: float = _option(0.1, help="DPO beta", type=float)
+    learning_rate: float | None = _option(help="learning rate (subsets: sets DPOConfig.learning_rate; probes: RMSprop's)",
+                                          type=float, flag="--lr", none="the DPOConfig's; 1e-6 without --dpo-config")
+    beta: float | None = _option(help="DPO beta (sets DPOConfig.beta)", type=float,
+                                 none="the DPOConfig's; 0.1 without --dpo-config")
+    dpo_config: Any = _option(help="the DPOConfig of the subset runs: a JSON or YAML file of its fields (as trl dpo "
+                                   "--config reads; its LoRA fields use_peft, lora_r, ... too); in Python also a "
+                                   "trl.DPOConfig or a dict", metavar="FILE", none="validate's: see the flags above")
+    lora_r: int | None = _option(help="train LoRA adapters of rank R (TRL's LoRA defaults otherwise, as trl dpo "
+                                      "--use_peft --lora_r R), fresh for each run, the model's weights frozen and shared",
+                                 type=int, metavar="R", none="full fine-tuning, unless the --dpo-config file says use_peft")
+    peft_config: Any = _option(help="a peft config (e.g. peft.LoraConfig) for the subset runs", flag=None)
     pool: int | None = _option(help="rows scored to choose from, drawn at random (default: 20 x n, or every row of "
                                       "smaller data)", type=int)
-    seed: int = _option(0, help="which pool rows are drawn, the random subset and the batch order; also seeds the "
-                                "bootstrap", type=int)
+    seed: int = _option(0, help="which pool rows are drawn, the random subset, the first run's seed (batch order, "
+                                "adapters); also seeds the bootstrap", type=int)
     resamples: int = _option(1000, help="bootstrap resamples for the 95 % intervals", type=int, flag=None)
 
     def __post_init__(self) -> None:
         if self.protocol not in VALIDATE_PROTOCOLS:
             raise ChesError(f"unknown protocol {self.protocol!r}; use one of {', '.join(VALIDATE_PROTOCOLS)}.")
-        whole = {"n": 3, "steps": 1, "epochs": 1, "batch_size": 1, "resamples": 1, "seed": 0, "pool": 1}
+        whole = {"n": 3, "seeds": 1, "steps": 1, "epochs": 1, "batch_size": 1, "resamples": 1, "seed": 0, "pool": 1,
+                 "lora_r": 1}
         for name, minimum in whole.items():  # n: also ranged with the data
             value = getattr(self, name)
-            if name == "pool" and value is None:
+            if value is None and name in ("pool", "epochs", "batch_size", "lora_r"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
                 raise ChesError(f"{name}={value!r} must be {what}.")
         for name in ("learning_rate", "beta"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ChesError(f"{name}={value!r} must be > 0 and finite.")
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ChesError(f"{name}={value!r} must be >= 0 and finite.")
         if self.pool is not None and self.pool < self.n:
             raise ChesError(f"pool={self.pool} must hold at least the n={self.n} pairs probed; raise pool or lower n "
                             "(or drop pool= to score every row).")
-        _positive("max_length", self.max_length, minimum=2, none="no truncation")
+        if self.protocol == "probes":
+            training = [name for name in ("dpo_config", "lora_r", "peft_config", "epochs", "batch_size")
+                        if getattr(self, name) is not None]
+            if training:
+                raise ChesError(f"{', '.join(training)} set how the subsets protocol trains (TRL's DPOTrainer); the "
+                                "probes protocol runs its own single-pair steps (steps, learning_rate, beta): drop "
+                                "them, or use protocol='subsets'.")
+        if self.peft_config is not None and self.lora_r is not None:
+            raise ChesError("peft_config and lora_r both say how to apply LoRA; give one.")
+        _positive("max_length", self.max_length, minimum=2, none="the DPOConfig's")
         _positive("num_threads", self.num_threads, minimum=1, none="one per free core")
         if self.dtype is not None:  # recorded by its full name, as ScoreOptions records it
             object.__setattr__(self, "dtype", check_dtype(self.dtype))
+
+    def shorthands(self) -> dict[str, Any]:
+        """The options that set ``DPOConfig`` fields (:data:`ches.evaluate.training.SHORTHANDS`), None where not given."""
+        return {name: getattr(self, name) for name in ("learning_rate", "beta", "batch_size", "epochs", "max_length")}
 
     def pool_rows(self, rows: int) -> int:
         """Rows scored to choose the probed pairs from, of a table of ``rows``."""

@@ -9,12 +9,17 @@ recommendation (:mod:`ches.evaluate.advice`).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from ..api import score_run
 from ..data.columns import DEFAULT_MEASURE, MEASURES
@@ -22,14 +27,31 @@ from ..data.formats import to_pairs
 from ..data.inputs import Data, Reading, column, load_data, pair_columns
 from ..data.tokens import SequencePair, Skip, to_sequences, tokenize_pairs
 from ..errors import ChesError
-from ..model.models import load_model
+from ..model.models import load_model, resolve_device, resolve_dtype
 from ..model.threads import set_threads, torch_threads
 from ..options import DEFAULT_QUANTILE, VALIDATE_KEYWORDS, VALIDATE_PROTOCOLS, ValidateOptions, signature_with_options
+from ..run.quiet import library_bars_off
 from ..scores.select import similarity
 from ..scores.stats import bootstrap_interval, difference_interval, partial_spearman, pearson, spearman
-from .advice import DISPLAYED, MIN_PAIRS_FOR_VERDICT, filter_command, format_recommendation, recommend, status
-from .auditing import AUDIT_MEASURES, LENGTH_BASELINE, audit_summary
-from .probes import DPOProbe, train_dpo
+from .advice import (
+    DISPLAYED,
+    MIN_N,
+    MIN_PAIRS_FOR_VERDICT,
+    filter_command,
+    format_recommendation,
+    pairs_for_gap,
+    pairs_for_spearman,
+    recommend,
+    status,
+)
+from .auditing import AUDIT_MEASURES, LENGTH_BASELINE
+from .probes import DPOProbe
+from .training import Training, train_and_audit, training_of
+
+#: the probes protocol's DPO settings where not given (its own RMSprop steps; the subsets runs take TRL's config)
+PROBE_SETTINGS = {"learning_rate": 1e-6, "beta": 0.1}
+#: where the probes protocol truncates, where max_length is not given
+PROBE_MAX_LENGTH = 512
 
 
 def correlation_table(measures: dict[str, np.ndarray], displacement: np.ndarray, chosen_tokens: np.ndarray,
@@ -96,10 +118,29 @@ def validate(data: Data, model, tokenizer=None, *, options: ValidateOptions | No
         return _validate(data, model, tokenizer, options)
 
 
+@dataclass(frozen=True)
+class Pool:
+    """The scored rows :func:`validate` chooses its pairs from (what every protocol's runs read).
+
+    Attributes:
+        candidates: the pooled rows as given.
+        scored: them, scored with ``logps=True`` (the reference log-probs of the subset runs).
+        usable: the positions of the rows that could be scored.
+        rows: each pooled row's number in the data.
+    """
+
+    candidates: Any
+    scored: Any
+    usable: np.ndarray
+    rows: np.ndarray
+
+
 def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
     started = time.time()
     n = options.n
     protocol = protocol_of(options.protocol)
+    training = protocol.training(options)  # the DPOConfig / LoRA checked before the data and the model
+    max_length = training.max_length if training is not None else options.max_length or PROBE_MAX_LENGTH
     dataset = load_data(data, options.split)
     if hasattr(dataset, "keys"):
         raise ChesError(f"data has splits {sorted(dataset)}; pass split=.")
@@ -116,20 +157,22 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
     generator = np.random.default_rng(options.seed)
     pool_rows = np.sort(generator.choice(len(dataset), size=size, replace=False))
     candidates = dataset.select(pool_rows)
-    loaded = load_model(model, tokenizer, dtype=options.dtype, device=options.device)
+    loaded = load_model(model, tokenizer, **_placement(model, options))
     threads = set_threads(loaded.model, explicit=options.num_threads, device=loaded.device)
-    scored, _ = score_run(candidates, loaded.model, loaded.tokenizer, max_length=options.max_length,
+    scored, _ = score_run(candidates, loaded.model, loaded.tokenizer, max_length=max_length, logps=True,
                           columns=options.columns, format=options.format, progress=options.progress,
                           num_threads=threads.count)
     usable = np.flatnonzero([reason is None for reason in column(scored, "ches_skip")])
     if len(usable) < needed:
         raise ChesError(f"only {len(usable)} of the {size} pooled rows could be scored and the {options.protocol} "
                         f"protocol needs {needed}; lower n or raise max_length.")
-    result = protocol.run(candidates, scored, usable, pool_rows, loaded, options)
-    settings = {"protocol": protocol.name, "model": loaded.name, "n": n, "learning_rate": options.learning_rate,
-                "beta": options.beta, "max_length": options.max_length, "pool": size, "scored": len(usable),
-                "seed": options.seed, "resamples": options.resamples, "dtype": str(loaded.dtype), "device": str(loaded.device)}
-    settings.update(protocol.settings(options))
+    pool = Pool(candidates, scored, usable, pool_rows)
+    owned = isinstance(model, (str, Path))
+    result = protocol.run(pool, loaded, options, training=training, owned=owned)
+    settings = {"protocol": protocol.name, "model": loaded.name, "n": n, "seeds": options.seeds,
+                "max_length": max_length, "pool": size, "scored": len(usable), "seed": options.seed,
+                "resamples": options.resamples, "dtype": str(loaded.dtype), "device": str(loaded.device)}
+    settings.update(protocol.settings(options, training, loaded.device))
     settings.update(threads=threads.count, threads_reason=threads.reason, seconds=time.time() - started)
     result = {"settings": settings, **result}
     result["evidence"] = evidence_of(result)
@@ -138,19 +181,39 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
                    for name in AUDIT_MEASURES}
     advice = recommend(result["evidence"], protocol=protocol.name, statistic=protocol.statistic,
                        cut_quantile=protocol.cut_quantile(n, len(usable)), pool_scores=pool_scores,
+                       seeds=options.seeds, largest_n=len(usable) // protocol.pairs_per_n,
+                       benefit=lambda measure, threshold: protocol.benefit(result, pool, measure, threshold),
                        **protocol.displacement_seen(result))
     if advice["action"] == "filter":
         own = _has_these_scores(dataset.select(pool_rows), scored, advice["measure"])
         advice["command"] = filter_command(data if isinstance(data, (str, Path)) else "DATA", None if own else
                                            str(model if isinstance(model, (str, Path)) else loaded.name), advice,
-                                           scoring=_scoring_flags(tokenizer, loaded, options),
+                                           scoring=_scoring_flags(tokenizer, loaded, max_length),
                                            reading=_reading_flags(options))
+        advice["threshold_from"] = f"the {len(usable)} scored rows of the pool"
     else:
         advice["command"] = None
-    if advice["action"] == "filter":
-        advice["threshold_from"] = f"the {len(usable)} scored rows of the pool"
     result["recommendation"] = advice
     return result
+
+
+def _placement(model, options: ValidateOptions) -> dict:
+    """``load_model``'s ``dtype``/``device`` for ``model``: the options' for a model validate loads; none for a
+    loaded model (validate never changes the model it is given: it must already be in that dtype, on that
+    device)."""
+    if not isinstance(model, torch.nn.Module):
+        return {"dtype": options.dtype, "device": options.device}
+    dtype = next(model.parameters()).dtype
+    if options.dtype is not None and dtype != resolve_dtype(options.dtype, next(model.parameters()).device):
+        raise ChesError(f"the model is in {str(dtype).removeprefix('torch.')} and validate was asked for "
+                        f"dtype={options.dtype}; validate never changes the model it is given: pass "
+                        f"dtype={str(dtype).removeprefix('torch.')!r} (--dtype), or pass the model's folder to load it "
+                        f"in {options.dtype}.")
+    device = next(model.parameters()).device
+    if options.device is not None and resolve_device(options.device) != device:
+        raise ChesError(f"the model is on {device} and validate was asked for device={options.device}; validate never "
+                        "moves the model it is given: move it first, or pass its folder.")
+    return {"dtype": None, "device": None}
 
 
 def _has_these_scores(pool, scored, measure: str) -> bool:
@@ -168,11 +231,11 @@ def _has_these_scores(pool, scored, measure: str) -> bool:
     return bool(np.array_equal(before, np.asarray(column(scored, measure), dtype=np.float64)[mask]))
 
 
-def _scoring_flags(tokenizer, loaded, options: ValidateOptions) -> tuple[str, ...]:
+def _scoring_flags(tokenizer, loaded, max_length: int | None) -> tuple[str, ...]:
     """The ``ches filter`` flags that score as validate scored the pool (with ``--model``)."""
     flags = ("--tokenizer", str(tokenizer)) if isinstance(tokenizer, (str, Path)) else ()
-    if options.max_length:
-        flags += ("--max-length", str(options.max_length))
+    if max_length:
+        flags += ("--max-length", str(max_length))
     return (*flags, "--dtype", str(loaded.dtype).removeprefix("torch."))
 
 
@@ -185,13 +248,13 @@ def _reading_flags(options: ValidateOptions) -> tuple[str, ...]:
     return flags
 
 
-def subsets_protocol(candidates, scored, usable: np.ndarray, pool_rows: np.ndarray, loaded,
-                     options: ValidateOptions) -> dict:
-    """The ``subsets`` runs (see :func:`validate`): ``{"subsets": [one entry per DPO run]}``; a subset that two
-    measures share is trained once."""
-    n = options.n
-    sequences = probe_sequences(candidates.select(usable), loaded.tokenizer, options.max_length,
-                                Reading(options.columns, options.format))
+def subsets_protocol(pool: Pool, loaded, options: ValidateOptions, training: Training, owned: bool = False) -> dict:
+    """The ``subsets`` runs (see :func:`validate`): ``{"subsets": [one entry per subset]}``. Each subset is
+    trained once per seed (``options.seeds`` of them: ``seed``, ``seed + 1``, ...), each run a run of
+    :class:`ches.trl.DPOTrainer` from the model's weights (:func:`ches.evaluate.training.train_and_audit`); a
+    subset two measures share is trained once. An entry keeps its runs (``runs``: each seed's changes, audit and
+    TRL log) and, over the seeds, each pair's mean change (``chosen_change``) and the runs' ``audit``."""
+    n, scored, usable = options.n, pool.scored, pool.usable
     plan = []  # (name, measure, side, positions in usable)
     for name in (*AUDIT_MEASURES, LENGTH_BASELINE):
         values = _values(scored, name)[usable]
@@ -200,31 +263,66 @@ def subsets_protocol(candidates, scored, usable: np.ndarray, pool_rows: np.ndarr
                                                                           np.sort(order[-n:]))]
     random_rows = np.sort(np.random.default_rng(options.seed).choice(len(usable), size=n, replace=False))
     plan.append(("random", None, "random", random_rows))
-    pad_id = loaded.tokenizer.pad_token_id or 0
-    trained: dict[tuple, dict] = {}
-    subsets = []
-    iterator = plan
+    unique = list(dict.fromkeys(tuple(rows.tolist()) for *_, rows in plan))
+    seeds = [options.seed + step for step in range(options.seeds)]
+    bar = None
     if options.progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(plan, desc="DPO runs", unit="run")
-    for name, measure, side, rows in iterator:
-        key = tuple(rows.tolist())
-        if key not in trained:
-            run = train_dpo(loaded.model, [sequences[row] for row in rows], epochs=options.epochs,
-                            batch_size=options.batch_size, learning_rate=options.learning_rate, beta=options.beta,
-                            seed=options.seed, pad_id=pad_id)
-            audited = scored.select(usable[rows])
-            audited = audited.add_column("chosen_change", run.chosen_change.double().tolist())
-            audited = audited.add_column("rejected_change", run.rejected_change.double().tolist())
-            summary = audit_summary(audited, resamples=options.resamples, seed=options.seed)
-            trained[key] = {"chosen_change": run.chosen_change.double().tolist(), "audit": summary}
-        entry = {"name": name, "measure": measure, "side": side, "rows": pool_rows[usable[rows]].tolist(), **trained[key]}
+        bar = tqdm(total=len(unique) * len(seeds), desc="DPO runs", unit="run")
+    model = loaded.model
+    if owned and training.peft is None and loaded.device.type != "cpu":
+        model = model.to("cpu")  # validate's own copy: each run trains a copy of it on the device, so keep it off there
+    trained: dict[tuple, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="ches-validate-") as folder, library_bars_off(), ches_log_level(logging.WARNING):
+        for key in unique:
+            rows = scored.select(usable[list(key)])
+            runs = []
+            for seed in seeds:
+                runs.append(train_and_audit(model, rows, loaded.tokenizer, training, seed=seed, output_dir=folder,
+                                            device=loaded.device, resamples=options.resamples,
+                                            num_threads=options.num_threads))
+                if bar is not None:
+                    bar.update()
+            trained[key] = {"runs": runs, **_over_seeds(runs, options)}
+    if bar is not None:
+        bar.close()
+    subsets = []
+    for name, measure, side, rows in plan:
+        entry = {"name": name, "measure": measure, "side": side, "rows": pool.rows[usable[rows]].tolist(),
+                 **trained[tuple(rows.tolist())]}
         if measure is not None:
             values = _values(scored, measure)[usable[rows]]
             entry["scores"] = [float(values.min()), float(values.max())]
         subsets.append(entry)
     return {"subsets": subsets}
+
+
+def _over_seeds(runs: list[dict], options: ValidateOptions) -> dict:
+    """A subset's numbers over its runs: each pair's mean change of log pi(y+|x) and log pi(y-|x) (``chosen_change``,
+    ``rejected_change``) and ``audit``: the mean fraction displaced (and each run's), the mean change with its
+    bootstrap interval."""
+    chosen = np.mean([run["chosen_change"] for run in runs], axis=0)
+    rejected = np.mean([run["rejected_change"] for run in runs], axis=0)
+    fractions = [run["audit"]["fraction_displaced"] for run in runs]
+    audit = {"fraction_displaced": float(np.mean(fractions)), "fraction_displaced_by_seed": fractions,
+             "mean_chosen_change": float(chosen.mean()),
+             "mean_chosen_change_ci95": list(bootstrap_interval(np.mean, chosen, resamples=options.resamples,
+                                                                seed=options.seed)),
+             "mean_rejected_change": float(rejected.mean())}
+    return {"chosen_change": chosen.tolist(), "rejected_change": rejected.tolist(), "audit": audit}
+
+
+@contextlib.contextmanager
+def ches_log_level(level: int):
+    """The ``ches`` logger at ``level`` inside the block (validate's runs audit quietly), as it was after."""
+    logger = logging.getLogger("ches")
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def _values(scored, name: str) -> np.ndarray:
@@ -235,32 +333,64 @@ def _values(scored, name: str) -> np.ndarray:
     return similarity(np.asarray(column(scored, name), dtype=np.float64), name)
 
 
-def probes_protocol(candidates, scored, usable: np.ndarray, pool_rows: np.ndarray, loaded,
-                    options: ValidateOptions) -> dict:
-    """The ``probes`` runs (see :func:`validate`): ``{"rows", "correlations", "summary"}``."""
-    n = options.n
-    ches_values = np.asarray(column(scored, "ches"))[usable]
-    picked = np.sort(usable[np.argsort(ches_values, kind="stable")[np.linspace(0, len(usable) - 1, n).round().astype(int)]])
-    sequences = probe_sequences(candidates.select(picked), loaded.tokenizer, options.max_length,
-                                Reading(options.columns, options.format))
-    probe = DPOProbe(loaded.model, steps=options.steps, learning_rate=options.learning_rate, beta=options.beta,
+def probed_positions(values: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` positions of ``values`` spread over their range: the sorted positions cut into ``n`` runs of equal
+    length, one position drawn at random (``seed``) from each, so that two seeds probe different pairs at the same
+    ranks.
+
+    >>> probed_positions(np.arange(100.0), 4, seed=0).tolist() == sorted(probed_positions(np.arange(100.0), 4, 0))
+    True
+    """
+    order = np.argsort(values, kind="stable")
+    edges = np.linspace(0, len(values), n + 1).round().astype(int)
+    generator = np.random.default_rng(seed)
+    return np.sort(order[[generator.integers(low, max(high, low + 1)) for low, high in zip(edges[:-1], edges[1:])]])
+
+
+def probes_protocol(pool: Pool, loaded, options: ValidateOptions, training=None, owned: bool = False) -> dict:
+    """The ``probes`` runs (see :func:`validate`): for each seed, ``n`` pairs spread over the CHES range
+    (:func:`probed_positions`), each probed alone; ``{"rows", "correlations", "summary", "seeds"}``, the
+    correlations over every probed pair and (``seeds``) each seed's own."""
+    n, scored, usable = options.n, pool.scored, pool.usable
+    learning_rate = PROBE_SETTINGS["learning_rate"] if options.learning_rate is None else options.learning_rate
+    beta = PROBE_SETTINGS["beta"] if options.beta is None else options.beta
+    probe = DPOProbe(loaded.model, steps=options.steps, learning_rate=learning_rate, beta=beta,
                      pad_id=loaded.tokenizer.pad_token_id or 0)
-    changes = run_probes(probe, sequences, options.progress)
-    displacement = -changes[:, 0]
-    picked_scores = scored.select(picked)
+    ches_values = np.asarray(column(scored, "ches"))[usable]
+    rows, per_seed = [], []
+    for step in range(options.seeds):
+        seed = options.seed + step
+        picked = usable[probed_positions(ches_values, n, seed)]
+        sequences = probe_sequences(pool.candidates.select(picked), loaded.tokenizer, options.max_length or
+                                    PROBE_MAX_LENGTH, Reading(options.columns, options.format))
+        changes = run_probes(probe, sequences, options.progress)
+        found = _probe_rows(scored.select(picked), pool.rows[picked], changes, seed)
+        per_seed.append({"seed": seed, "correlations": _correlations(found, options)})
+        rows += found
+    changes = np.asarray([[row["chosen_change"], row["rejected_change"]] for row in rows])
+    return {"rows": rows, "correlations": _correlations(rows, options), "seeds": per_seed,
+            "summary": {"mean_chosen_change": float(changes[:, 0].mean()),
+                        "mean_rejected_change": float(changes[:, 1].mean()),
+                        "fraction_displaced": float((changes[:, 0] < 0).mean())}}
+
+
+def _probe_rows(picked_scores, row_numbers, changes: np.ndarray, seed: int) -> list[dict]:
+    """One entry per probed pair: its row, seed, changes, measures (sign-adjusted) and lengths."""
     measures = {name: similarity(column(picked_scores, name), name) for name in MEASURES}
-    chosen_tokens = np.asarray(column(picked_scores, "chosen_tokens"), dtype=np.float64)
-    rejected_tokens = np.asarray(column(picked_scores, "rejected_tokens"), dtype=np.float64)
-    return {
-        "rows": [{"row": int(pool_rows[row]), "displacement": float(d), "chosen_change": float(c[0]),
-                  "rejected_change": float(c[1]), **{name: float(measures[name][i]) for name in MEASURES},
-                  "chosen_tokens": int(chosen_tokens[i]), "rejected_tokens": int(rejected_tokens[i])}
-                 for i, (row, d, c) in enumerate(zip(picked, displacement, changes))],
-        "correlations": correlation_table(measures, displacement, chosen_tokens, rejected_tokens, options.resamples,
-                                          options.seed),
-        "summary": {"mean_chosen_change": float(changes[:, 0].mean()), "mean_rejected_change": float(changes[:, 1].mean()),
-                    "fraction_displaced": float((displacement > 0).mean())},
-    }
+    chosen_tokens, rejected_tokens = column(picked_scores, "chosen_tokens"), column(picked_scores, "rejected_tokens")
+    return [{"row": int(row), "seed": seed, "displacement": float(-change[0]), "chosen_change": float(change[0]),
+             "rejected_change": float(change[1]), **{name: float(measures[name][i]) for name in MEASURES},
+             "chosen_tokens": int(chosen_tokens[i]), "rejected_tokens": int(rejected_tokens[i])}
+            for i, (row, change) in enumerate(zip(row_numbers, changes))]
+
+
+def _correlations(rows: list[dict], options: ValidateOptions) -> dict:
+    """:func:`correlation_table` of probed pairs (:func:`_probe_rows`)."""
+    def values(name: str) -> np.ndarray:
+        return np.asarray([row[name] for row in rows], dtype=np.float64)
+
+    return correlation_table({name: values(name) for name in MEASURES}, values("displacement"), values("chosen_tokens"),
+                             values("rejected_tokens"), options.resamples, options.seed)
 
 
 class Protocol:
@@ -275,8 +405,6 @@ class Protocol:
             recommended (the length baseline).
         pairs_per_n: scored rows needed per pair of :attr:`ches.options.ValidateOptions.n`.
         trains_on_text, held_text: what it trains on and what its pool must hold, in words (``{n}``: ``n``).
-        setting_names: the :class:`ches.options.ValidateOptions` fields the result's ``settings`` keep for it.
-        optimizer: the optimizer of its DPO runs, as ``settings`` names it.
     """
 
     name: ClassVar[str]
@@ -286,8 +414,6 @@ class Protocol:
     pairs_per_n: ClassVar[int]
     trains_on_text: ClassVar[str]
     held_text: ClassVar[str]
-    setting_names: ClassVar[tuple[str, ...]]
-    optimizer: ClassVar[str]
 
     def pairs_needed(self, n: int) -> int:
         """Scored rows the protocol needs for ``n`` (:attr:`ches.options.ValidateOptions.n`)."""
@@ -308,21 +434,32 @@ class Protocol:
         """The pairs the pool must hold, as :meth:`check` says it."""
         return self.held_text.format(n=n)
 
-    def run(self, candidates, scored, usable: np.ndarray, pool_rows: np.ndarray, loaded,
-            options: ValidateOptions) -> dict:
-        """The protocol's DPO runs: the part of the result that is its own."""
+    def training(self, options: ValidateOptions) -> Training | None:
+        """How the protocol's runs train with TRL (checked before any work), or None: they do not."""
+        return None
+
+    def run(self, pool: Pool, loaded, options: ValidateOptions, training: Training | None = None,
+            owned: bool = False) -> dict:
+        """The protocol's DPO runs: the part of the result that is its own (``owned``: validate loaded the model)."""
         raise NotImplementedError
 
-    def settings(self, options: ValidateOptions) -> dict:
-        """The protocol's own entries of the result's ``settings``."""
-        return {**{name: getattr(options, name) for name in self.setting_names}, "optimizer": self.optimizer}
+    def settings(self, options: ValidateOptions, training: Training | None, device) -> dict:
+        """The protocol's own entries of the result's ``settings`` (how its runs trained)."""
+        raise NotImplementedError
 
     def cut_quantile(self, n: int, scored: int) -> float:
         """The quantile to keep when a measure predicts (:func:`ches.evaluate.advice.recommend`)."""
         raise NotImplementedError
 
     def evidence(self, result: dict, name: str) -> dict:
-        """``{"statistic", "ci95", "status", "pairs", ...}`` of measure ``name`` (:func:`evidence_of`)."""
+        """``{"statistic", "ci95", "status", "pairs", "seeds", "seeds_agree", "pairs_needed", ...}`` of measure
+        ``name`` (:func:`evidence_of`): the statistic over every seed's runs, each seed's own, and whether their
+        verdicts agree (if not, the status is ``"no evidence"``)."""
+        raise NotImplementedError
+
+    def benefit(self, result: dict, pool: Pool, measure: str, threshold: float) -> dict:
+        """What filtering by ``measure`` at ``threshold`` bought in the runs: how often the kind of pairs it drops
+        was displaced, against random pairs (for the advice's cost and benefit)."""
         raise NotImplementedError
 
     def displacement_seen(self, result: dict) -> dict:
@@ -336,39 +473,105 @@ class Protocol:
     def verdict_evidence(self, result: dict, measure: str) -> tuple[float, float, int, str, str] | str:
         """``(low, high, pairs, stated, few)`` of ``measure`` for :func:`verdict` (``stated``: the statistic with
         its interval; ``few``: the pairs it rests on, as said when they are too few), or why there is none."""
-        raise NotImplementedError
+        entry = result["evidence"].get(measure) if "evidence" in result else None
+        if entry is None:
+            return "it was not measured"
+        (low, high), pairs = entry["ci95"], entry["pairs"]
+        stated = f"{self.statistic} {entry['statistic']:+.3f}{self.unit}, 95% CI [{low:+.2f}, {high:+.2f}]"
+        if entry.get("seeds_agree") is False:
+            stated += f"; the seeds disagree ({seeds_stated(entry)})"
+        return low, high, pairs, stated, f"{pairs} {self.pairs_word}"
+
+    unit: ClassVar[str] = ""
+    pairs_word: ClassVar[str] = "pairs"
+
+
+def seeds_stated(entry: dict) -> str:
+    """Each seed's verdict on a measure, in words (``seed 0: predicts, seed 1: no evidence``)."""
+    return ", ".join(f"seed {item['seed']}: {item['status']}" for item in entry.get("seeds", []))
+
+
+def agreed(combined: str, per_seed: list[dict]) -> tuple[str, bool]:
+    """The status of a measure over its seeds: ``combined`` (the status of the statistic over every run) when each
+    seed's own verdict is the same, else ``"no evidence"``; and whether they agree.
+
+    >>> agreed("predicts", [{"status": "predicts"}, {"status": "predicts"}])
+    ('predicts', True)
+    >>> agreed("predicts", [{"status": "predicts"}, {"status": "no evidence"}])
+    ('no evidence', False)
+    """
+    agree = all(item["status"] == combined for item in per_seed)
+    return (combined if agree else "no evidence"), agree
+
+
+def _runs_of(item: dict) -> list[dict]:
+    """A subset's runs, one per seed (a result written before seeds: the entry itself, its one run)."""
+    return item.get("runs") or [item]
 
 
 class Subsets(Protocol):
-    """DPO runs on the lowest and the highest ``n`` pairs of each measure and on ``n`` random ones
-    (:func:`subsets_protocol`); the evidence is the gap between the lowest and the highest subset."""
+    """DPO runs through TRL on the lowest and the highest ``n`` pairs of each measure and on ``n`` random ones,
+    each trained once per seed (:func:`subsets_protocol`); the evidence is the gap between the lowest and the
+    highest subset."""
 
     name: ClassVar[str] = "subsets"
     statistic: ClassVar[str] = "gap"
     heading: ClassVar[str] = "gap (nats)"
+    unit: ClassVar[str] = " nats"
+    pairs_word: ClassVar[str] = "pairs per subset"
     baselines: ClassVar[tuple[str, ...]] = (LENGTH_BASELINE,)
     pairs_per_n: ClassVar[int] = 2
     trains_on_text: ClassVar[str] = "trains on the {n} lowest and the {n} highest pairs of each measure"
     held_text: ClassVar[str] = "the n={n} lowest and the n highest pairs of each measure"
-    setting_names: ClassVar[tuple[str, ...]] = ("epochs", "batch_size")
-    optimizer: ClassVar[str] = "AdamW"
 
-    def run(self, candidates, scored, usable, pool_rows, loaded, options):
-        return subsets_protocol(candidates, scored, usable, pool_rows, loaded, options)
+    def training(self, options):
+        return training_of(options.dpo_config, options.peft_config, options.lora_r, **options.shorthands())
+
+    def run(self, pool, loaded, options, training=None, owned=False):
+        return subsets_protocol(pool, loaded, options, training, owned)
+
+    def settings(self, options, training, device):
+        record = training.record(device)
+        config = record["dpo_config"]
+        return {"learning_rate": config["learning_rate"], "beta": config["beta"], "epochs": config["num_train_epochs"],
+                "batch_size": config["per_device_train_batch_size"], "loss_type": config["loss_type"],
+                "lora": None if training.peft is None else {key: record["peft_config"].get(key) for key in
+                                                            ("r", "lora_alpha", "lora_dropout", "target_modules")},
+                "optimizer": config["optim"], "trainer": record}
 
     def cut_quantile(self, n, scored):
         return round(1 - n / scored, 4)  # drop the top n of the scored pool: the rows the evidence is about
 
     def evidence(self, result, name):
         settings = result["settings"]
+        resamples, seed = settings.get("resamples", 1000), settings["seed"]
         lowest, highest = (next(item for item in result["subsets"] if item["measure"] == name and item["side"] == side)
                            for side in ("lowest", "highest"))
+        per_seed = []
+        for low_run, high_run in zip(_runs_of(lowest), _runs_of(highest)):
+            low, high = np.asarray(low_run["chosen_change"]), np.asarray(high_run["chosen_change"])
+            interval = list(difference_interval(low, high, resamples=resamples, seed=seed))
+            per_seed.append({"seed": low_run.get("seed", seed), "statistic": float(low.mean() - high.mean()),
+                             "ci95": interval, "status": status(*interval, min(len(low), len(high)))})
         low, high = np.asarray(lowest["chosen_change"]), np.asarray(highest["chosen_change"])
-        interval = list(difference_interval(low, high, resamples=settings.get("resamples", 1000), seed=settings["seed"]))
+        interval = list(difference_interval(low, high, resamples=resamples, seed=seed))
         pairs = min(len(low), len(high))
-        return {"statistic": float(low.mean() - high.mean()), "ci95": interval, "status": status(*interval, pairs),
-                "pairs": pairs, "lowest_fraction_displaced": lowest["audit"]["fraction_displaced"],
+        found, agree = agreed(status(*interval, pairs), per_seed)
+        spread = float(np.sqrt((low.var(ddof=1) + high.var(ddof=1)) / 2)) if pairs > 1 else float("nan")
+        gap = float(low.mean() - high.mean())
+        return {"statistic": gap, "ci95": interval, "status": found, "pairs": pairs, "seeds": per_seed,
+                "seeds_agree": agree, "sd": spread, "pairs_needed": pairs_for_gap(gap, spread),
+                "lowest_fraction_displaced": lowest["audit"]["fraction_displaced"],
                 "highest_fraction_displaced": highest["audit"]["fraction_displaced"]}
+
+    def benefit(self, result, pool, measure, threshold):
+        dropped = next(item for item in result["subsets"] if item["measure"] == measure and item["side"] == "highest")
+        random_run = next(item for item in result["subsets"] if item["side"] == "random")
+        return {"dropped_kind": f"the {len(dropped['rows'])} pairs {measure} scores highest",
+                "displaced_dropped": dropped["audit"]["fraction_displaced"],
+                "displaced_random": random_run["audit"]["fraction_displaced"],
+                "mean_change_dropped": dropped["audit"]["mean_chosen_change"],
+                "mean_change_random": random_run["audit"]["mean_chosen_change"]}
 
     def displacement_seen(self, result):
         fractions = [item["audit"]["fraction_displaced"] for item in result["subsets"]]
@@ -379,11 +582,15 @@ class Subsets(Protocol):
 
     def lines(self, result):
         settings = result["settings"]
-        epochs = f"{settings['epochs']} epoch" + ("s" if settings["epochs"] > 1 else "")
-        lines = [f"DPO runs ({epochs}, batch {settings['batch_size']}, AdamW lr "
-                 f"{settings['learning_rate']:g}, beta {settings['beta']:g}), each on {settings['n']} pairs of the "
-                 f"{settings['scored']} scored: the lowest and the highest of each measure, and random ones. Change of "
-                 "log pi(y+|x) after the run (negative = the preferred response lost probability).", "",
+        epochs = f"{settings['epochs']:g} epoch" + ("s" if settings["epochs"] != 1 else "")
+        seeds = settings.get("seeds", 1)
+        lora = f", LoRA r={settings['lora']['r']}" if settings.get("lora") else ""
+        how = (f"{'TRL ' if 'trainer' in settings else ''}DPO runs ({_losses(settings)}{epochs}, batch "
+               f"{settings['batch_size']}, {settings.get('optimizer', 'AdamW')} lr {settings['learning_rate']:g}, beta "
+               f"{settings['beta']:g}{lora})")
+        lines = [f"{how}, each on {settings['n']} pairs of the {settings['scored']} scored: the lowest and the highest of "
+                 f"each measure, and random ones; {seeds} seed{'s' if seeds != 1 else ''} each. Change of log pi(y+|x) "
+                 "after the run (negative = the preferred response lost probability), over the seeds.", "",
                  f"{'run':42s} {'displaced':>9s} {'mean change of log pi(y+|x) (95% CI)':>40s}"]
         for item in result["subsets"]:
             audit = item["audit"]
@@ -392,45 +599,67 @@ class Subsets(Protocol):
             lines.append(f"{name:42s} {audit['fraction_displaced']:>9.0%} "
                          f"{audit['mean_chosen_change']:>+14.4f} [{low:+.4f}, {high:+.4f}]")
         lines += ["", "gap = mean change on the lowest - on the highest (positive = the highest-scored pairs lost more: "
-                  "the measure predicts displacement; the length baseline ranks by |y+| - |y-|):"]
+                  "the measure predicts displacement; the length baseline ranks by |y+| - |y-|); a status needs every "
+                  "seed's verdict to agree:"]
         for name, entry in result["evidence"].items():
             low, high = entry["ci95"]
-            lines.append(f"  {DISPLAYED.get(name, name) + (' (baseline)' if name == LENGTH_BASELINE else ''):40s} gap {entry['statistic']:+.4f} [{low:+.4f}, {high:+.4f}]  "
-                         f"{entry['status']}")
+            each = f"  ({seeds_stated(entry)})" if len(entry.get("seeds", [])) > 1 else ""
+            lines.append(f"  {DISPLAYED.get(name, name) + (' (baseline)' if name == LENGTH_BASELINE else ''):40s} gap "
+                         f"{entry['statistic']:+.4f} [{low:+.4f}, {high:+.4f}]  {entry['status']}{each}")
         return lines
 
-    def verdict_evidence(self, result, measure):
-        entry = result["evidence"].get(measure)
-        if entry is None:
-            return "it was not measured"
-        (low, high), pairs = entry["ci95"], entry["pairs"]
-        return (low, high, pairs, f"gap {entry['statistic']:+.3f} nats, 95% CI [{low:+.2f}, {high:+.2f}]",
-                f"{pairs} pairs per subset")
+
+def _losses(settings: dict) -> str:
+    """The loss of the runs, as the table names it (nothing for TRL's default, sigmoid)."""
+    losses = settings.get("loss_type") or ["sigmoid"]
+    losses = losses if isinstance(losses, list) else [losses]
+    return "" if losses == ["sigmoid"] else f"loss {'+'.join(losses)}, "
 
 
 class Probes(Protocol):
-    """``n`` single-pair DPO probes spread over the CHES range (:func:`probes_protocol`); the evidence is each
-    measure's Spearman correlation with the displacement."""
+    """``n`` single-pair DPO probes spread over the CHES range per seed (:func:`probes_protocol`); the evidence
+    is each measure's Spearman correlation with the displacement."""
 
     name: ClassVar[str] = "probes"
     statistic: ClassVar[str] = "Spearman"
     heading: ClassVar[str] = "Spearman"
+    pairs_word: ClassVar[str] = "probed pairs per seed"
     pairs_per_n: ClassVar[int] = 1
     trains_on_text: ClassVar[str] = "probes {n} pairs"
     held_text: ClassVar[str] = "the n={n} pairs probed"
-    setting_names: ClassVar[tuple[str, ...]] = ("steps",)
-    optimizer: ClassVar[str] = "RMSprop"
 
-    def run(self, candidates, scored, usable, pool_rows, loaded, options):
-        return probes_protocol(candidates, scored, usable, pool_rows, loaded, options)
+    def run(self, pool, loaded, options, training=None, owned=False):
+        return probes_protocol(pool, loaded, options)
+
+    def settings(self, options, training, device):
+        return {"steps": options.steps, "optimizer": "RMSprop",
+                **{name: PROBE_SETTINGS[name] if getattr(options, name) is None else getattr(options, name)
+                   for name in PROBE_SETTINGS}}
 
     def cut_quantile(self, n, scored):
         return DEFAULT_QUANTILE  # the filter's default
 
     def evidence(self, result, name):
         entry = result["correlations"][name]
-        statistic, interval, pairs = entry["spearman_total"], list(entry["spearman_total_ci95"]), len(result["rows"])
-        return {"statistic": statistic, "ci95": interval, "status": status(*interval, pairs), "pairs": pairs}
+        statistic, interval = entry["spearman_total"], list(entry["spearman_total_ci95"])
+        seeds = result.get("seeds") or [{"seed": result.get("settings", {}).get("seed", 0),
+                                         "correlations": result["correlations"]}]
+        pairs = len(result["rows"]) // len(seeds)
+        per_seed = [{"seed": item["seed"], "statistic": item["correlations"][name]["spearman_total"],
+                     "ci95": list(item["correlations"][name]["spearman_total_ci95"]),
+                     "status": status(*item["correlations"][name]["spearman_total_ci95"], pairs)} for item in seeds]
+        found, agree = agreed(status(*interval, pairs), per_seed)
+        return {"statistic": statistic, "ci95": interval, "status": found, "pairs": pairs, "seeds": per_seed,
+                "seeds_agree": agree, "pairs_needed": pairs_for_spearman(statistic)}
+
+    def benefit(self, result, pool, measure, threshold):
+        rows = result["rows"]
+        above = [row for row in rows if row[measure] > threshold]
+        return {"dropped_kind": f"the {len(above)} probed pairs above the cut",
+                "displaced_dropped": float(np.mean([row["chosen_change"] < 0 for row in above])) if above else float("nan"),
+                "displaced_random": result["summary"]["fraction_displaced"],
+                "mean_change_dropped": float(np.mean([row["chosen_change"] for row in above])) if above else float("nan"),
+                "mean_change_random": result["summary"]["mean_chosen_change"]}
 
     def displacement_seen(self, result):
         fraction = result["summary"]["fraction_displaced"]
@@ -455,16 +684,21 @@ class Probes(Protocol):
         lines.append(f"mean change of log pi(y+|x): {summary['mean_chosen_change']:+.4f} nats; of log pi(y-|x): "
                      f"{summary['mean_rejected_change']:+.4f}; pairs displaced (y+ lost probability): "
                      f"{summary['fraction_displaced']:.0%}")
+        for name, entry in result.get("evidence", {}).items():
+            if len(entry.get("seeds", [])) > 1:
+                lines.append(f"  {DISPLAYED.get(name, name)}: {seeds_stated(entry)}")
         return lines
 
     def verdict_evidence(self, result, measure):
         entry = result["correlations"].get(measure)
         if entry is None or not np.isfinite(entry["spearman_total"]):
             return "it was not measured, or constant over the probed pairs"
-        low, high = entry["spearman_total_ci95"]
-        pairs = len(result["rows"]) if "rows" in result else MIN_PAIRS_FOR_VERDICT
-        return (low, high, pairs, f"Spearman {entry['spearman_total']:+.3f}, 95% CI [{low:+.2f}, {high:+.2f}]",
-                f"{pairs} probed pairs" if "rows" in result else "the probed pairs")
+        if "evidence" not in result:  # a bare table (the docstring's): its correlations alone
+            low, high = entry["spearman_total_ci95"]
+            pairs = len(result["rows"]) if "rows" in result else MIN_PAIRS_FOR_VERDICT
+            return (low, high, pairs, f"Spearman {entry['spearman_total']:+.3f}, 95% CI [{low:+.2f}, {high:+.2f}]",
+                    f"{pairs} probed pairs" if "rows" in result else "the probed pairs")
+        return super().verdict_evidence(result, measure)
 
 
 #: the protocols by name, in the order of :data:`ches.options.VALIDATE_PROTOCOLS`
@@ -644,17 +878,21 @@ def verdict(result: dict, measure: str = DEFAULT_MEASURE) -> str:
     if isinstance(found, str):
         return f"{head} no verdict on {measure}: {found}."
     low, high, pairs, stated, few = found
-    outcome = status(low, high, pairs)
+    entry = result.get("evidence", {}).get(measure)
+    outcome = entry["status"] if entry is not None else status(low, high, pairs)  # the seeds' agreement counted
     if outcome == "no evidence" and (pairs < MIN_PAIRS_FOR_VERDICT or not (np.isfinite(low) and np.isfinite(high))
                                      or low == high):
         return (f"{head} no verdict on {measure}: {few} ({stated}) are too few for a confidence interval; use at "
-                f"least {MIN_PAIRS_FOR_VERDICT} (--n), better 64 or more.")
+                f"least {MIN_PAIRS_FOR_VERDICT} (--n), and {MIN_N} or more to act on it.")
     if outcome == "predicts":
         return f"{head} {measure} predicts displacement on this model: {stated} (above 0)."
     if outcome == "wrong way":
         return f"{head} {measure} ranks displacement the wrong way on this model: {stated} (below 0); do not filter by it here."
-    return (f"{head} no evidence that {measure} predicts displacement on this model: {stated} includes 0. Filtering by it "
-            "is a guess here; try more pairs (--n) or more training.")
+    why = "includes 0" if low <= 0 <= high else "is not every seed's verdict"
+    needed = entry.get("pairs_needed") if entry is not None else None
+    more = f"about n={needed} pairs would resolve an effect this size" if needed else "try more pairs (--n)"
+    return (f"{head} no evidence that {measure} predicts displacement on this model: {stated} {why}. Filtering by it "
+            f"is a guess here; {more}, or train longer.")
 
 
 def _interval(entry: dict, key: str) -> str:
