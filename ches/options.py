@@ -359,7 +359,8 @@ class FilterOptions:
 class ReportOptions:
     """What ``ches report`` shows (its flags); checked on creation."""
 
-    measure: str = _option(DEFAULT_MEASURE, help="the score the pairs are sorted by", choices=tuple(MEASURES))
+    measure: str | None = _option(help="the score the pairs are sorted by", choices=tuple(MEASURES),
+                                  none=f"the measure --validation recommends, else {DEFAULT_MEASURE}")
     top: int = _option(20, help="pairs shown at each end", type=int)
     split: str | None = _option(help="report only this split of a folder with several splits (default: every split, "
                                      "one section each)")
@@ -562,9 +563,15 @@ class AuditOptions:
     split: str | None = _option(help="split of a folder with several splits")
     seed: int = _option(0, help="seeds the bootstrap of the intervals", type=int)
     resamples: int = _option(1000, help="bootstrap resamples for the 95 percent intervals", type=int)
+    validation: str | os.PathLike | dict | None = _option(
+        help="the JSON of ches validate --output (in Python also the result itself): say whether the measure it "
+             "recommended predicted displacement on this run", metavar="FILE")
 
     def __post_init__(self) -> None:
         _positive("resamples", self.resamples, minimum=1, none="")
+        if self.validation is not None and not isinstance(self.validation, (str, os.PathLike, dict)):
+            raise ChesError(f"validation={self.validation!r} must be a ches.validate result (a dict) or the path of its "
+                            "JSON file.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ChesError(f"seed={self.seed!r} must be an integer >= 0.")
 
@@ -651,7 +658,7 @@ def keyword_names(keywords: tuple = SCORE_KEYWORDS) -> list[str]:
     """The keywords a function taking ``keywords`` (e.g. :data:`PAIR_KEYWORDS`) accepts, in its signature's order.
 
     >>> keyword_names(AUDIT_KEYWORDS)[:5]
-    ['split', 'seed', 'resamples', 'dtype', 'device']
+    ['split', 'seed', 'resamples', 'validation', 'dtype']
     """
     names: list[str] = []
     for options, subset in keywords:

@@ -28,13 +28,15 @@ SHOWN_CHARS = 600
 
 
 def write_report(dataset: datasets.Dataset | datasets.DatasetDict, output: str | os.PathLike, *,
-                 measure: str = DEFAULT_MEASURE, top: int = 20, title: str = "CHES report",
+                 measure: str | None = None, top: int = 20, title: str = "CHES report",
                  overwrite: bool = False, validation: dict | None = None) -> Path:
     """Write the HTML report of a scored ``dataset`` to ``output`` and return its path.
 
     The page holds histograms of ``ches`` and ``ln_ches``, a ``ches`` vs length-difference scatter,
     the summary table, and the ``top`` highest- and lowest-scoring pairs by ``measure`` with their
-    prompt and both completions (escaped, truncated to 600 characters for display). A ``DatasetDict``
+    prompt and both completions (escaped, truncated to 600 characters for display). ``measure=None`` ranks
+    them by the measure ``validation`` recommends filtering by, else by ``ln_ches``; a line above the tables
+    says what ranks them and what the validation recommended (:func:`ranked_by`). A ``DatasetDict``
     gets all of that once per split, in one section per split headed by its name (in the dict's
     order, each split checked before anything is written). With ``validation`` (what :func:`ches.validate`
     returned, or its JSON file loaded), a section with its evidence and recommendation first; without, a
@@ -51,24 +53,68 @@ def write_report(dataset: datasets.Dataset | datasets.DatasetDict, output: str |
     from .data.export import check_output, write_text
 
     check_output(output, overwrite=overwrite, suffixes=(".html", ".htm"))
-    check_measure(measure)
+    if validation is not None:
+        from .evaluate.validation import check_validation
+
+        check_validation(validation, "validation=")  # a loaded file was checked already; a dict of the caller's here
+    measure, ranking = ranked_by(measure, validation)
     if not isinstance(top, int) or top < 1:
         raise ChesError(f"top={top!r} must be a positive integer: the pairs shown at each end.")
     if isinstance(dataset, datasets.DatasetDict):
         checked = {name: _scored_columns(part, measure, f"split {name!r}") for name, part in dataset.items()}
-        sections = {name: _sections(part, *checked[name], measure, top, "h3") for name, part in dataset.items()}
+        sections = {name: _sections(part, *checked[name], measure, top, "h3", ranking) for name, part in dataset.items()}
         contents = ", ".join(f"<a href='#split-{html.escape(name, quote=True)}'>{html.escape(name)}</a> "
                              f"({len(dataset[name])} rows)" for name in dataset)
         body = [f"<p>Splits: {contents}.</p>", *(f"<h2 id='split-{html.escape(name, quote=True)}'>Split "
                                                  f"{html.escape(name)}</h2>{''.join(part)}"
                                                  for name, part in sections.items())]
     else:
-        body = _sections(dataset, *_scored_columns(dataset, measure, "the data"), measure, top, "h2")
+        body = _sections(dataset, *_scored_columns(dataset, measure, "the data"), measure, top, "h2", ranking)
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{_validation_section(validation)}" \
            f"{''.join(body)}" \
            f"<footer>ches {__version__}</footer></body></html>"
     return write_text(output, page)
+
+
+def ranked_by(measure: str | None, validation: dict | None) -> tuple[str, str]:
+    """The measure the pair tables are ranked by, and the line above them that says why (``""``: none needed):
+    ``measure`` when given (checked), else the one ``validation`` (a checked :func:`ches.validate` result)
+    recommends filtering by, else ``ln_ches``. A recommendation of another measure than the one asked for,
+    or not to filter, is said, never dropped.
+
+    >>> advice = {"action": "filter", "measure": "ches", "reason": "ches gap +0.4 [+0.2, +0.6]."}
+    >>> ranked_by(None, {"recommendation": advice})
+    ('ches', 'The pair tables are ranked by ches, the measure ches validate recommended filtering by on this model.')
+    >>> print(ranked_by("ln_ches", {"recommendation": advice})[1])
+    The pair tables are ranked by ln_ches, as asked (measure=, --measure); ches validate recommended filtering by ches on this model instead.
+    >>> advice = {"action": "not enough evidence", "measure": None, "reason": "every interval includes 0: ..."}
+    >>> print(ranked_by(None, {"recommendation": advice})[1])
+    ches validate found not enough evidence to recommend a filter on this model: every interval includes 0; the tables below are ranked by ln_ches for inspection only.
+    >>> ranked_by(None, None)
+    ('ln_ches', '')
+    """
+    from .evaluate.auditing import reason_gist
+
+    advice = None if validation is None else validation["recommendation"]
+    if advice is None:
+        return check_measure(DEFAULT_MEASURE if measure is None else measure), ""
+    if advice["action"] == "filter":
+        recommended = advice["measure"]
+        if recommended not in MEASURES:  # a hand-edited file: said, and the tables ranked as without one
+            shown = check_measure(DEFAULT_MEASURE if measure is None else measure)
+            return shown, (f"ches validate recommended filtering by {recommended!r}, which is not a score ches writes "
+                           f"(one of {sorted(MEASURES)}); the pair tables are ranked by {shown}.")
+        if measure is None or measure == recommended:
+            return recommended, (f"The pair tables are ranked by {recommended}, the measure ches validate recommended "
+                                 "filtering by on this model.")
+        return check_measure(measure), (f"The pair tables are ranked by {measure}, as asked (measure=, --measure); "
+                                        f"ches validate recommended filtering by {recommended} on this model instead.")
+    measure = check_measure(DEFAULT_MEASURE if measure is None else measure)
+    said = ("recommends not filtering on this model" if advice["action"] == "do not filter" else
+            "found not enough evidence to recommend a filter on this model")
+    return measure, f"ches validate {said}: {reason_gist(advice['reason'])}; the tables below are ranked by {measure} " \
+        "for inspection only."
 
 
 def _scored_columns(dataset: datasets.Dataset, measure: str, label: str) -> tuple[dict, np.ndarray]:
@@ -89,8 +135,9 @@ def _scored_columns(dataset: datasets.Dataset, measure: str, label: str) -> tupl
 
 
 def _sections(dataset: datasets.Dataset, columns: dict, scored: np.ndarray, measure: str, top: int,
-              h: str) -> list[str]:
-    """The report of one dataset, under headings ``h`` (``"h2"``, or ``"h3"`` inside a split's section)."""
+              h: str, ranking: str = "") -> list[str]:
+    """The report of one dataset, under headings ``h`` (``"h2"``, or ``"h3"`` inside a split's section);
+    ``ranking``: the line above the pair tables that says what ranks them (:func:`ranked_by`)."""
     summary = summarize(columns)
     values = np.asarray(columns[measure], dtype=np.float64)
     order = scored[most_similar_first(similarity(values[scored], measure))]
@@ -105,6 +152,7 @@ def _sections(dataset: datasets.Dataset, columns: dict, scored: np.ndarray, meas
         _summary_table(summary),
         flags_section(summary, h),
         _audit_section(dataset, measure, h),
+        f"<p class='ranking'>{html.escape(ranking)}</p>" if ranking else "",
         f"<{h}>{shown} highest {html.escape(measure)} (most displacement-prone)</{h}>",
         PAIRS_NOTE,
         length_note(dataset, order[:shown], scored),
@@ -129,6 +177,7 @@ footer{color:#888;margin-top:2em;font-size:12px}.note{color:#666;font-size:13px}
 .label{color:#666;display:inline-block;min-width:7.5em}.scores div{white-space:nowrap;font-variant-numeric:tabular-nums}
 .cut{color:#a83b3b;font-weight:bold;margin-right:2px}
 .flag{color:#a83b3b;font-size:12px}
+.ranking{background:#f6f3e6;padding:4px 8px}
 """
 
 
@@ -218,9 +267,8 @@ def _validation_section(validation: dict | None) -> str:
                 "predicts displacement on your model. Run <code>ches validate DATA --model SFT_MODEL --output "
                 "validation.json</code> (DPO runs on subsets of your pairs; minutes on a GPU) and pass "
                 "<code>--validation validation.json</code> to <code>ches report</code>.</p>")
-    from .evaluate.validation import check_validation, protocol_of
+    from .evaluate.validation import protocol_of
 
-    check_validation(validation, "validation=")  # a loaded file was checked already; a dict of the caller's here
     settings = validation["settings"]
     statistic = protocol_of(settings["protocol"]).heading
     rows = "".join(f"<tr><td>{_text(DISPLAYED.get(name, name))}</td><td class='num'>{_text(format(entry['statistic'], '+.3f'))}</td>"

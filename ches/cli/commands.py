@@ -190,7 +190,7 @@ def run_report(args) -> Outcome:
     from ..data.inputs import load_data
     from ..evaluate.validation import load_validation
     from ..options import ReportOptions
-    from ..report import write_report
+    from ..report import ranked_by, write_report
 
     options = ReportOptions(**option_values(args, ReportOptions))
     check_outputs(args)
@@ -198,9 +198,10 @@ def run_report(args) -> Outcome:
     data = load_data(args.data, options.split)  # every split, one section each, without --split
     for name, part in data.items() if hasattr(data, "keys") else [(None, data)]:
         check_score_columns(part, args.data if name is None else f"{args.data} (split {name!r})")
-    path = write_report(data, args.output, measure=options.measure, top=options.top, overwrite=args.overwrite,
-                        validation=validation)
-    return Outcome({"measure": options.measure, "top": options.top}, written=path)
+    measure = ranked_by(options.measure, validation)[0]  # the one asked for, or the recommended, or ln_ches
+    path = write_report(data, args.output, measure=options.measure, top=options.top,
+                        overwrite=args.overwrite, validation=validation)
+    return Outcome({"measure": measure, "top": options.top}, written=path)
 
 
 def run_validate(args) -> Outcome:
@@ -225,7 +226,12 @@ def run_audit(args) -> Outcome:
     if next_round and not args.output:
         raise ChesError("--next-round says what --output holds (the rows as the trained model scores them); pass "
                         "--output too.")
-    result = audit(args.data, args.model, args.tokenizer, **_audit_call(args))
+    call = _audit_call(args)
+    if call.get("validation") is not None:  # the whole file checked, before the data and the model
+        from ..evaluate.validation import load_validation
+
+        call["validation"] = load_validation(call["validation"])
+    result = audit(args.data, args.model, args.tokenizer, **call)
     print(format_audit(result.summary))
     written = result.next_round if next_round else result.dataset
     meta = {"run": result.info.as_dict(), "audit": result.summary, "next_round": next_round, **rows_written(written)}

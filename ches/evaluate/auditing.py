@@ -18,11 +18,15 @@ Table 16 measure, with a bootstrap 95 % interval); for ``ln_ches``, ``ches`` and
 ``chosen_change`` (negative = the measure predicts displacement, as the paper claims), its bootstrap
 interval, the same correlation with both completion lengths held fixed, and the displaced fraction per
 decile of the measure; and a length-only baseline, the length difference ``|y+| - |y-|`` in its place.
+
+With ``validation=`` (a :func:`ches.validate` result or its JSON file), the summary also says whether the
+measure validate recommended filtering by predicted displacement on this run (:func:`validation_check`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,6 +36,7 @@ import numpy as np
 from ..data.columns import (
     AUDIT_COLUMNS,
     AUDIT_TYPES,  # noqa: F401  (ches.evaluate.auditing.AUDIT_TYPES, as before)
+    DEFAULT_MEASURE,
     DIGEST_COLUMN,
     LOGPS_COLUMNS,
     check_output_columns,
@@ -91,7 +96,10 @@ def audit(scored: Data, model, tokenizer=None, *, options: AuditOptions | None =
         model, tokenizer: the trained model (folder, Hub id or loaded); its tokenizer must give the rows the
             tokens they were scored on (checked row by row against ``ches_token_digest``, before the model runs).
         options, **kwargs: an :class:`~ches.options.AuditOptions` and/or its fields as keywords: ``split`` (the
-            split of a ``DatasetDict`` to audit), ``resamples`` and ``seed`` (the bootstrap of the intervals); and
+            split of a ``DatasetDict`` to audit), ``resamples`` and ``seed`` (the bootstrap of the intervals),
+            ``validation`` (a :func:`ches.validate` result or the path of its JSON file, checked before the data
+            is read: the summary's ``"validation"`` entry, :func:`validation_check`, says whether the measure it
+            recommended predicted displacement on this run); and
             how the trained model runs (``dtype``, ``device``, ``batch_tokens``, ``layout``, ``num_threads``,
             ``cache_dir``, ``progress``, ``model_kwargs``...: :data:`~ches.options.AUDIT_SCORE_OPTIONS`), as for
             :func:`ches.score`; ``max_length`` and ``columns`` are the scoring run's, from its record.
@@ -105,6 +113,7 @@ def audit(scored: Data, model, tokenizer=None, *, options: AuditOptions | None =
     from ..model.models import load_tokenizer
 
     reported, scoring = audit_options(options, **kwargs)  # checked, before the data is read
+    validation = loaded_validation(reported.validation)
     dataset = load_data(scored, reported.split)
     if isinstance(dataset, datasets.DatasetDict):
         raise ChesError(f"the data has splits {sorted(dataset)}; pass split= (--split): an audit is of one training set.")
@@ -137,12 +146,135 @@ def audit(scored: Data, model, tokenizer=None, *, options: AuditOptions | None =
     counted = dataset  # rows filtered with --no-scores keep no token counts: the trained run's are the same tokens'
     for name in [name for name in ("chosen_tokens", "rejected_tokens") if name not in dataset.column_names]:
         counted = counted.add_column(name, column(after, name))
-    return AuditResult(dataset, audit_summary(counted, resamples=reported.resamples, seed=reported.seed), info,
-                       next_round=after)
+    summary = audit_summary(counted, resamples=reported.resamples, seed=reported.seed)
+    if validation is not None:
+        summary["validation"] = validation_check(summary, validation, reference.get("model"))
+    return AuditResult(dataset, summary, info, next_round=after)
 
 
 
 audit.__signature__ = signature_with_options(audit, AUDIT_KEYWORDS)
+
+#: the recommendations :func:`ches.validate` makes (``recommendation["action"]``)
+ACTIONS = ("filter", "do not filter", "not enough evidence")
+
+
+def loaded_validation(validation, where: str = "validation=") -> dict | None:
+    """``validation=`` of :func:`audit` as a validation result whose fields the audit reads are there and of their
+    kind (``recommendation.action``, ``.measure`` for a filter, ``.reason``; ``settings.model``, or none): a dict
+    as it is, a path (str or ``os.PathLike``) read as JSON. ``ches audit --validation`` checks the whole file
+    first (:func:`ches.evaluate.validation.load_validation`; this module cannot import that one, which imports it).
+
+    >>> loaded_validation({"settings": {}, "recommendation": {"action": "cut", "reason": ""}})
+    Traceback (most recent call last):
+    ...
+    ches.errors.ChesError: validation=: field 'recommendation.action' should be one of 'filter', 'do not filter', 'not enough evidence', found 'cut'.
+    """
+    import json
+
+    if validation is None:
+        return None
+    if isinstance(validation, (str, os.PathLike)):
+        where = os.fspath(validation)
+        try:
+            with open(where, encoding="utf-8") as handle:
+                validation = json.load(handle)
+        except FileNotFoundError:
+            raise ChesError(f"{where} does not exist; write it with ches validate DATA --model M --output {where}.") \
+                from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ChesError(f"{where} is not a JSON file written by ches validate: {error}") from None
+    if not isinstance(validation, dict):
+        raise ChesError(f"{where} must be a ches.validate result (a dict) or the path of its JSON file; got "
+                        f"{type(validation).__name__}.")
+    advice, settings = validation.get("recommendation"), validation.get("settings")
+    expected = [("recommendation", advice, isinstance(advice, dict), "an object ({...})"),
+                ("settings", settings, isinstance(settings, dict), "an object ({...})")]
+    if isinstance(advice, dict):
+        expected += [("recommendation.action", advice.get("action"), advice.get("action") in ACTIONS,
+                      f"one of {', '.join(map(repr, ACTIONS))}"),
+                     ("recommendation.reason", advice.get("reason"), isinstance(advice.get("reason"), str), "text")]
+        if advice.get("action") == "filter":
+            expected.append(("recommendation.measure", advice.get("measure"), isinstance(advice.get("measure"), str),
+                             "text"))
+    if isinstance(settings, dict) and "model" in settings:
+        expected.append(("settings.model", settings["model"], isinstance(settings["model"], str), "text"))
+    for name, value, right, kind in expected:
+        if not right:
+            raise ChesError(f"{where}: field {name!r} should be {kind}, found {value!r}.")
+    return validation
+
+
+def reason_gist(reason: str, limit: int = 200) -> str:
+    """The gist of a recommendation's reason, for one line: its text up to the first ``": "`` or sentence end
+    outside parentheses, cut to ``limit`` characters.
+
+    >>> reason_gist("every interval includes 0 (subsets protocol): ln_ches gap +0.01 [-0.1, +0.1]; measure more.")
+    'every interval includes 0 (subsets protocol)'
+    >>> reason_gist("DPO did not lower the likelihood here (0 of 64 displaced). There is nothing to prevent.")
+    'DPO did not lower the likelihood here (0 of 64 displaced)'
+    """
+    depth = 0
+    for position, letter in enumerate(reason):
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(letter, 0)
+        if depth == 0 and letter in ":.;" and reason[position + 1:position + 2] in (" ", ""):
+            reason = reason[:position]
+            break
+    reason = reason.strip()
+    return reason if len(reason) <= limit else reason[:limit - 1].rstrip() + "…"
+
+
+def validation_check(summary: dict, validation: dict, model: str | None = None) -> dict:
+    """Whether the measure ``validation`` (a checked :func:`ches.validate` result) recommended predicted
+    displacement in this audit (``summary``: :func:`audit_summary`): its Spearman correlation with
+    ``chosen_change`` negative with the 95 % interval below 0. For a recommendation not to filter (or not
+    enough evidence), how the default measure (``ln_ches``) did, for information. ``model``: the model the
+    audited rows' reference log-probs were scored with (their record), compared with the validation's.
+
+    Returns ``{"action", "measure", "recommended", "predicted", "spearman", "ci95", "statement",
+    "validation_model", "audited_model", "model_note"}``: ``measure`` is the measure checked (``recommended``:
+    whether validate recommended it), ``predicted`` True (interval below 0), False (it includes 0, or lies above:
+    the wrong way) or None (no such column, or no correlation); ``statement`` says it in one line,
+    ``model_note`` (or None) that the validation was of another model than the one the rows were scored with.
+
+    >>> summary = {"measures": {"ches": {"spearman": -0.3, "spearman_ci95": [-0.38, -0.22]}}}
+    >>> advice = {"action": "filter", "measure": "ches", "reason": "..."}
+    >>> check = validation_check(summary, {"settings": {"model": "sft"}, "recommendation": advice}, "sft")
+    >>> check["predicted"], check["statement"]
+    (True, 'validate recommended filtering by ches; on this run ches predicted displacement: Spearman -0.30 [-0.38, -0.22].')
+    """
+    advice = validation["recommendation"]
+    action = advice["action"]
+    measure = advice["measure"] if action == "filter" else DEFAULT_MEASURE
+    entry = summary["measures"].get(measure)
+    spearman_value = None if entry is None else float(entry["spearman"])
+    interval = None if entry is None else [float(value) for value in entry["spearman_ci95"]]
+    if entry is None:
+        predicted, how = None, f"these rows have no {measure} column, so the audit cannot say whether it predicted displacement"
+    elif not math.isfinite(spearman_value) or not all(map(math.isfinite, interval)):
+        spearman_value = interval = None
+        predicted, how = None, f"{measure} has no correlation with the change here (one side is constant)"
+    else:
+        shown = f"Spearman {spearman_value:+.2f} [{interval[0]:+.2f}, {interval[1]:+.2f}]"
+        if interval[1] < 0:
+            predicted, how = True, f"on this run {measure} predicted displacement: {shown}"
+        elif interval[0] > 0:
+            predicted, how = False, (f"on this run {measure} ranked displacement the wrong way: {shown} (the pairs it "
+                                     "scores higher lost less)")
+        else:
+            predicted, how = False, f"on this run {measure} did not predict displacement: {shown} includes 0"
+    if action == "filter":
+        statement = f"validate recommended filtering by {measure}; {how}."
+    else:
+        said = "not filtering" if action == "do not filter" else "nothing (not enough evidence)"
+        statement = f"validate recommended {said}: {reason_gist(advice['reason'])}; for information, {how}."
+    validated = validation.get("settings", {}).get("model")
+    differ = validated is not None and model is not None and str(validated) != str(model)
+    return {"action": action, "measure": measure, "recommended": action == "filter", "predicted": predicted,
+            "spearman": spearman_value, "ci95": interval, "statement": statement, "validation_model": validated,
+            "audited_model": model,
+            "model_note": f"validation was of model {validated}, these rows were scored with {model}." if differ else None}
+
 
 def check_same_tokens(dataset: datasets.Dataset, tokenizer, reference: dict) -> None:
     """Refuse, before any model runs, rows whose tokens under ``tokenizer`` (with the scoring run's
@@ -285,4 +417,7 @@ def format_audit(summary: dict) -> str:
         lines.append(f"{name:22s} {shown:>24s} {given:>14s}   {deciles}")
     if summary["rows_left_out"]:
         lines.append(f"{summary['rows_left_out']} rows were left out: they had no log-probabilities (skipped when scored).")
+    check = summary.get("validation")
+    if check is not None:
+        lines += ["", check["statement"]] + ([f"Note: {check['model_note']}"] if check["model_note"] else [])
     return "\n".join(lines)
