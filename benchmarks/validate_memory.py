@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -337,7 +338,8 @@ def shapes_summary() -> list[dict]:
     return out
 
 
-def measure(n: int, pool: int | None, lora_r: int, configurations: list[str], workdir: Path) -> list[dict]:
+def measure(n: int, pool: int | None, lora_r: int, configurations: list[str], workdir: Path,
+            extra: dict[str, list[str]] | None = None) -> list[dict]:
     """Run ``ches validate`` on the bundled model once per configuration, each in its own child process; return
     each child's peak RSS (os.wait4's ru_maxrss, the child's own) and wall time."""
     data = ROOT / "examples" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
@@ -348,6 +350,7 @@ def measure(n: int, pool: int | None, lora_r: int, configurations: list[str], wo
                    "--n", str(n), "--output", str(output), "--overwrite", "--no-progress"]
         command += ["--pool", str(pool)] if pool else []
         command += ["--lora-r", str(lora_r)] if configuration == "lora" else []
+        command += (extra or {}).get(configuration, [])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         started = time.perf_counter()
         child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -373,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-r", type=int, default=8, help="--measure: the LoRA rank of the lora configuration")
     parser.add_argument("--configurations", default="full,lora",
                         help="--measure: comma-separated, of full (full fine-tuning) and lora (--lora-r)")
+    parser.add_argument("--full-args", default="", help="--measure: more ches validate flags for the full configuration")
+    parser.add_argument("--lora-args", default="", help="--measure: more ches validate flags for the lora configuration")
     parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "results" / "validate-memory",
                         help="--measure: where the validate outputs go")
     args = parser.parse_args(argv)
@@ -394,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.measure:
         args.workdir.mkdir(parents=True, exist_ok=True)
         configurations = [c.strip() for c in args.configurations.split(",") if c.strip()]
-        result["measured"] = measure(args.n, args.pool, args.lora_r, configurations, args.workdir)
+        extra = {"full": shlex.split(args.full_args), "lora": shlex.split(args.lora_args)}
+        result["measured"] = measure(args.n, args.pool, args.lora_r, configurations, args.workdir, extra)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

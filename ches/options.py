@@ -439,8 +439,8 @@ class ValidateOptions:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ChesError(f"{name}={value!r} must be >= 0 and finite.")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ChesError(f"{name}={value!r} must be > 0 and finite.")
         if self.pool is not None and self.pool < self.n:
             raise ChesError(f"pool={self.pool} must hold at least the n={self.n} pairs probed; raise pool or lower n "
                             "(or drop pool= to score every row).")

@@ -14,8 +14,10 @@ from edges import ROWS, assert_one_line_error, digest, no_model_load, run_cli
 import ches
 from ches import ChesError
 from ches.data.columns import (
+    LOGPS_COLUMNS,
     MEASURES,
     SCORE_COLUMNS,
+    SHARED_LOGPS_COLUMNS,
     check_measure,
     check_output_columns,
     check_score_columns,
@@ -112,6 +114,8 @@ def test_output_columns_of_an_earlier_run_are_told_from_the_users_own():
     assert check_output_columns(read + list(SCORE_COLUMNS), SCORE_COLUMNS, read) is True
     older = [name for name in SCORE_COLUMNS if name not in ("ches_flags", "ches_token_digest")]
     assert check_output_columns(read + older, SCORE_COLUMNS, read) is True  # scored by an older ches
+    with_logps = SCORE_COLUMNS + LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS
+    assert check_output_columns(read + list(SCORE_COLUMNS), with_logps, read) is True  # scored before without logps
     with pytest.raises(ChesError, match=r"has column\(s\) \['ches'\], which ches writes its output to"):
         check_output_columns(read + ["ches"], SCORE_COLUMNS, read)
 

@@ -129,15 +129,17 @@ def test_validate_takes_score_options_fields_as_they_are(name):
     validate = ValidateOptions.__dataclass_fields__[name]
     score = ScoreOptions.__dataclass_fields__[name]
     assert validate.type == score.type
-    differs = {"dtype": {"help"}}.get(name, set())
+    differs = {"dtype": {"help"}, "max_length": {"help"}}.get(name, set())
     assert {key: value for key, value in validate.metadata.items() if key not in differs} == \
         {key: value for key, value in score.metadata.items() if key not in differs}
     if name == "dtype":
         assert "half precision" in validate.metadata["help"] and validate.metadata["help"] != score.metadata["help"]
+    if name == "max_length":
+        assert "the DPOConfig's" in validate.metadata["help"] and validate.metadata["help"] != score.metadata["help"]
 
 
 def test_validate_keeps_its_own_defaults_for_dtype_and_max_length():
-    assert (ValidateOptions().dtype, ValidateOptions().max_length) == ("float32", 512)
+    assert (ValidateOptions().dtype, ValidateOptions().max_length) == ("float32", None)  # None: the DPOConfig's
     assert (ScoreOptions().dtype, ScoreOptions().max_length) == (None, None)
     assert {name: getattr(ValidateOptions(), name) for name in SHARED if name not in ("dtype", "max_length")} == \
         {name: getattr(ScoreOptions(), name) for name in SHARED if name not in ("dtype", "max_length")}
@@ -150,7 +152,8 @@ def test_the_shared_max_length_help_states_each_commands_default():
     helps = {command: next(action.help for action in commands[command]._actions if "--max-length" in action.option_strings)
              for command in ("score", "validate")}
     assert helps == {"score": "keep the first N tokens of each sequence (TRL keep_start) (default: no truncation)",
-                     "validate": "keep the first N tokens of each sequence (TRL keep_start) (default 512)"}
+                     "validate": "keep the first N tokens of each sequence (TRL keep_start), in the scoring and the DPO "
+                                 "runs alike (default: the DPOConfig's; 512 without --dpo-config)"}
 
 
 def test_validate_refuses_a_bad_shared_value_as_score_does():
@@ -158,7 +161,8 @@ def test_validate_refuses_a_bad_shared_value_as_score_does():
         with pytest.raises(ches.ChesError, match=r"^num_threads=0 must be a positive integer \(or None for one per free "
                                                  r"core\)\.$"):
             options(num_threads=0)
-        with pytest.raises(ches.ChesError, match=r"^max_length=1 must be an integer >= 2 \(or None for no truncation\)\.$"):
+        none = "no truncation" if options is ScoreOptions else "the DPOConfig's"
+        with pytest.raises(ches.ChesError, match=rf"^max_length=1 must be an integer >= 2 \(or None for {none}\)\.$"):
             options(max_length=1)
 
 

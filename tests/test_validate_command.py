@@ -23,8 +23,8 @@ def predicting(monkeypatch):
     """``ches.validate`` with its DPO runs replaced: ``ches`` predicts displacement; returns what the runs saw."""
     seen = {}
 
-    def runs(candidates, scored, usable, pool_rows, loaded, options):
-        seen.update(pool_rows=pool_rows, scored=scored, usable=usable)
+    def runs(pool, loaded, options, training=None, owned=False):
+        seen.update(pool_rows=pool.rows, scored=pool.scored, usable=pool.usable)
         audit = {"fraction_displaced": 0.5, "mean_chosen_change": -0.1, "mean_chosen_change_ci95": [-0.2, 0.0]}
         return {"subsets": [{"name": "random", "measure": None, "side": "random", "rows": [], "audit": audit}]}
 
@@ -109,7 +109,7 @@ def renamed(tmp_path) -> str:
 def test_validate_reads_columns_end_to_end_in_python(tmp_path):
     result = ches.validate(renamed(tmp_path), str(MODEL_DIR), protocol="probes", n=4, steps=1, max_length=96,
                            columns={"chosen": "good", "rejected": "bad"}, progress=False, resamples=10)
-    assert len(result["rows"]) == 4 and result["settings"]["scored"] > 4
+    assert len(result["rows"]) == 2 * 4 and result["settings"]["scored"] > 4  # 4 pairs probed per seed, 2 seeds
 
 
 def test_validate_takes_columns_on_the_command_line_and_passes_them_on(predicting, tmp_path, capsys):

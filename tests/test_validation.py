@@ -47,9 +47,17 @@ def test_the_quantile_each_protocol_cuts_at():
 
 
 def test_the_settings_each_protocol_records():
+    import torch
+
     options = ValidateOptions(epochs=2, batch_size=4, steps=7)
-    assert protocol_of("subsets").settings(options) == {"epochs": 2, "batch_size": 4, "optimizer": "AdamW"}
-    assert protocol_of("probes").settings(options) == {"steps": 7, "optimizer": "RMSprop"}
+    subsets = protocol_of("subsets")
+    settings = subsets.settings(options, subsets.training(options), torch.device("cpu"))
+    assert {name: settings[name] for name in ("epochs", "batch_size", "learning_rate", "beta", "loss_type", "lora")} == {
+        "epochs": 2, "batch_size": 4, "learning_rate": 1e-6, "beta": 0.1, "loss_type": ["sigmoid"], "lora": None}
+    assert settings["trainer"]["trainer"] == "ches.trl.DPOTrainer"
+    assert settings["trainer"]["dpo_config"]["num_train_epochs"] == 2  # what TRL was given
+    assert protocol_of("probes").settings(ValidateOptions(protocol="probes", steps=7), None, torch.device("cpu")) == {
+        "steps": 7, "optimizer": "RMSprop", "learning_rate": 1e-6, "beta": 0.1}
 
 
 def run(name, measure, side, changes, fraction=0.5):
@@ -106,7 +114,9 @@ def probes_result(spearman=0.4, interval=(0.2, 0.6), rows=12):
 def test_probes_evidence_is_the_spearman_correlation():
     evidence = evidence_of(probes_result(spearman=-0.5, interval=(-0.7, -0.2)))
     assert list(evidence) == ["ln_ches", "ches", "edit_distance"]  # no baseline
-    assert evidence["ln_ches"] == {"statistic": -0.5, "ci95": [-0.7, -0.2], "status": "wrong way", "pairs": 12}
+    entry = evidence["ln_ches"]
+    assert {name: entry[name] for name in ("statistic", "ci95", "status", "pairs", "seeds_agree")} == {
+        "statistic": -0.5, "ci95": [-0.7, -0.2], "status": "wrong way", "pairs": 12, "seeds_agree": True}
     assert protocol_of("probes").displacement_seen(probes_result()) == {
         "displaced_at_all": False, "displacement_note": "0% of the probed pairs displaced"}
 
@@ -124,7 +134,7 @@ def test_the_verdict_line_of_each_protocol():
         "[-0.70, -0.20] (below 0); do not filter by it here.")
     assert verdict(probes_result(rows=4)) == (
         "verdict (probes protocol): no verdict on ln_ches: 4 probed pairs (Spearman +0.400, 95% CI [+0.20, +0.60]) are "
-        "too few for a confidence interval; use at least 10 (--n), better 64 or more.")
+        "too few for a confidence interval; use at least 10 (--n), and 32 or more to act on it.")
     assert verdict(probes_result(spearman=float("nan"))) == (
         "verdict (probes protocol): no verdict on ln_ches: it was not measured, or constant over the probed pairs.")
 
@@ -144,7 +154,7 @@ def test_a_result_file_written_before_the_protocols_were_classes_loads_and_shows
     assert evidence_of(loaded) == result["evidence"]
     lines = format_table(loaded).splitlines()
     assert lines[0].startswith("DPO runs (1 epoch, batch 8, AdamW lr 1e-06, beta 0.1), each on 12 pairs of the 60 "
-                               "scored: the lowest and the highest of each measure, and random ones.")
+                               "scored: the lowest and the highest of each measure, and random ones; 1 seed each.")
     assert lines[3].split() == ["ln_ches", "lowest", "25%", f"{result['subsets'][0]['audit']['mean_chosen_change']:+.4f}",
                                 *f"[{result['subsets'][0]['audit']['mean_chosen_change_ci95'][0]:+.4f}, "
                                  f"{result['subsets'][0]['audit']['mean_chosen_change_ci95'][1]:+.4f}]".split()]
@@ -175,3 +185,36 @@ def test_a_verdict_needs_enough_pairs_for_an_interval():
                                    "are too few for a confidence interval")
     wide = dict(few, rows=[{}] * MIN_PAIRS_FOR_VERDICT, correlations={"ln_ches": {**entry, "spearman_total_ci95": (-1.0, -0.5)}})
     assert "ranks displacement the wrong way" in verdict(wide)
+
+
+def seeded_result(second_high=-0.5, pairs=40):
+    """A subsets result with two seeds per subset: in seed 0 the highest ln_ches pairs lose 0.5 nats more than the
+    lowest; in seed 1 the highest change by ``second_high``."""
+    result = subsets_result(pairs)
+    rng = np.random.default_rng(1)
+    for item in result["subsets"]:
+        first = np.asarray(item["chosen_change"])
+        second = first + rng.normal(0, 0.01, size=pairs)
+        if item["measure"] == "ln_ches" and item["side"] == "highest":
+            second = second_high + rng.normal(0, 0.01, size=pairs)
+        item["runs"] = [{"seed": 0, "chosen_change": first.tolist(), "audit": item["audit"]},
+                        {"seed": 1, "chosen_change": second.tolist(), "audit": item["audit"]}]
+        item["chosen_change"] = ((first + second) / 2).tolist()
+    result["settings"]["seeds"] = 2
+    return result
+
+
+def test_a_status_needs_every_seeds_verdict_to_agree():
+    agreeing = evidence_of(seeded_result(second_high=-0.5))["ln_ches"]
+    assert agreeing["status"] == "predicts" and agreeing["seeds_agree"]
+    assert [item["status"] for item in agreeing["seeds"]] == ["predicts", "predicts"]
+    result = seeded_result(second_high=-0.1)  # seed 1: the highest pairs lose no more than the lowest
+    result["evidence"] = evidence_of(result)
+    entry = result["evidence"]["ln_ches"]
+    low = np.asarray(next(item["chosen_change"] for item in result["subsets"] if item["name"] == "ln_ches lowest"))
+    high = np.asarray(next(item["chosen_change"] for item in result["subsets"] if item["name"] == "ln_ches highest"))
+    assert entry["statistic"] == pytest.approx(low.mean() - high.mean())  # over the seeds: each pair's mean change
+    assert entry["ci95"][0] > 0  # the pooled interval alone would say "predicts"
+    assert [item["status"] for item in entry["seeds"]] == ["predicts", "no evidence"]
+    assert entry["status"] == "no evidence" and entry["seeds_agree"] is False
+    assert "the seeds disagree (seed 0: predicts, seed 1: no evidence)" in verdict(result)

@@ -188,8 +188,9 @@ def recommend(evidence: dict[str, dict], *, protocol: str, statistic: str, cut_q
         advice = {"action": "filter", "measure": best, "quantile": kept / scored, "threshold": threshold,
                   "kept": kept, "cost": {"rows_dropped": scored - kept, "fraction_dropped": (scored - kept) / scored},
                   "reason": reason}
-        if benefit is not None:
-            advice["benefit"] = benefit(best, threshold)
+        measured = benefit(best, threshold) if benefit is not None else None
+        if measured is not None:
+            advice["benefit"] = measured
         return advice
     if not displaced_at_all:
         return {"action": "do not filter", **nothing,

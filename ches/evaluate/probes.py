@@ -2,10 +2,10 @@
 
 Likelihood displacement is a drop of ``log pi(y+|x)`` under DPO. A probe starts from the model as
 given (also the DPO reference model), runs ``steps`` full-batch DPO steps with RMSprop on the given
-pairs (:class:`DPOProbe`), or trains the way users do, ``epochs`` over shuffled mini-batches with AdamW
-(:func:`train_dpo`, TRL's default optimizer), and reports the change of ``log pi(y+|x)`` and
-``log pi(y-|x)`` on exactly the token sequences ``ches.score`` uses. The model's weights are restored
-afterwards. The loss is the DPO loss (Rafailov et al., 2023)::
+pairs (:class:`DPOProbe`, the paper's Section 5 probes; ``ches validate --protocol probes``), and reports
+the change of ``log pi(y+|x)`` and ``log pi(y-|x)`` on exactly the token sequences ``ches.score`` uses.
+The model's weights are restored afterwards. (Training the way users train, mini-batches with their
+``DPOConfig``, is TRL's: :mod:`ches.evaluate.training`.) The loss is the DPO loss (Rafailov et al., 2023)::
 
     loss = -log sigmoid(beta * ((log pi(y+) - log ref(y+)) - (log pi(y-) - log ref(y-))))
 
@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -126,15 +125,6 @@ class DPOProbe:
         return ProbeResult(before[0::2].cpu(), after[0::2].cpu(), before[1::2].cpu(), after[1::2].cpu(), inspected)
 
 
-@torch.no_grad()
-def pair_logps(model: torch.nn.Module, pairs: Sequence[tuple[TokenSequence, TokenSequence]], batch_size: int,
-               pad_id: int = 0) -> torch.Tensor:
-    """``[N, 2]`` completion log-probabilities (chosen, rejected) of each pair, ``batch_size`` pairs a pass."""
-    parts = [sequence_logps(model, [sequence for pair in pairs[start : start + batch_size] for sequence in pair], pad_id)
-             for start in range(0, len(pairs), batch_size)]
-    return rearrange(torch.cat(parts).cpu(), "(pairs two) -> pairs two", two=2)
-
-
 @contextlib.contextmanager
 def restored(model: torch.nn.Module, start: dict[str, torch.Tensor] | None = None) -> Iterator[None]:
     """Train ``model`` inside the block (in eval mode: no dropout, deterministic); its weights are ``start``
@@ -146,38 +136,3 @@ def restored(model: torch.nn.Module, start: dict[str, torch.Tensor] | None = Non
         yield
     finally:
         model.load_state_dict(start)
-
-
-def train_dpo(model: torch.nn.Module, pairs: Sequence[tuple[TokenSequence, TokenSequence]], *, epochs: int = 1,
-              batch_size: int = 8, learning_rate: float = 1e-6, beta: float = 0.1, seed: int = 0,
-              pad_id: int = 0) -> ProbeResult:
-    """DPO the way users train it: ``epochs`` passes over ``pairs`` in shuffled mini-batches of ``batch_size``
-    pairs, AdamW (TRL's default optimizer, its default betas and weight decay 0), the model as given as the
-    reference; returns the log-probabilities of every pair before and after. The weights are restored.
-
-    >>> from transformers import LlamaConfig, LlamaForCausalLM
-    >>> torch.manual_seed(0) and None
-    >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
-    ...                          num_hidden_layers=1, num_attention_heads=2))
-    >>> pairs = [(TokenSequence([1, 2, 3, 4], 1, 3), TokenSequence([1, 2, 5, 6], 1, 3))] * 4
-    >>> result = train_dpo(model, pairs, epochs=2, batch_size=2, learning_rate=1e-2)
-    >>> bool((result.chosen_change - result.rejected_change).min() > 0)  # every margin grows
-    True
-    """
-    pairs = list(pairs)
-    order_generator = np.random.default_rng(seed)
-    with restored(model):
-        before = pair_logps(model, pairs, batch_size, pad_id)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
-        for _ in range(epochs):
-            order = order_generator.permutation(len(pairs))
-            for start in range(0, len(pairs), batch_size):
-                rows = order[start : start + batch_size]
-                logps = sequence_logps(model, [sequence for row in rows for sequence in pairs[row]], pad_id)
-                reference = before[torch.as_tensor(rows)].to(logps.device)
-                loss = dpo_loss(logps[0::2], logps[1::2], reference[:, 0], reference[:, 1], beta)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        after = pair_logps(model, pairs, batch_size, pad_id)
-    return ProbeResult(before[:, 0], after[:, 0], before[:, 1], after[:, 1])

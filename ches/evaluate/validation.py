@@ -565,8 +565,11 @@ class Subsets(Protocol):
                 "highest_fraction_displaced": highest["audit"]["fraction_displaced"]}
 
     def benefit(self, result, pool, measure, threshold):
-        dropped = next(item for item in result["subsets"] if item["measure"] == measure and item["side"] == "highest")
-        random_run = next(item for item in result["subsets"] if item["side"] == "random")
+        dropped = next((item for item in result["subsets"] if item["measure"] == measure and item["side"] == "highest"),
+                       None)
+        random_run = next((item for item in result["subsets"] if item["side"] == "random"), None)
+        if dropped is None or random_run is None:  # a result without those runs: no benefit to state
+            return None
         return {"dropped_kind": f"the {len(dropped['rows'])} pairs {measure} scores highest",
                 "displaced_dropped": dropped["audit"]["fraction_displaced"],
                 "displaced_random": random_run["audit"]["fraction_displaced"],
