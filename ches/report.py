@@ -54,7 +54,7 @@ def write_report(dataset: datasets.Dataset | datasets.DatasetDict, output: str |
 
     check_output(output, overwrite=overwrite, suffixes=(".html", ".htm"))
     if validation is not None:
-        from .evaluate.validation import check_validation
+        from .evaluate.results import check_validation
 
         check_validation(validation, "validation=")  # a loaded file was checked already; a dict of the caller's here
     measure, ranking = ranked_by(measure, validation)

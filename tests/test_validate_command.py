@@ -13,7 +13,7 @@ import ches
 from ches.cli import main
 from ches.data.export import write_dataset
 from ches.data.inputs import load_data
-from ches.evaluate import validation
+from ches.evaluate import protocols, validation
 
 HH_SAMPLE = str(ROOT / "examples" / "data" / "hh-sample.jsonl")
 
@@ -33,7 +33,7 @@ def predicting(monkeypatch):
         return {name: {"statistic": sum(ci) / 2, "ci95": ci, "status": ches.evaluate.advice.status(*ci, 64), "pairs": 64}
                 for name, ci in states.items()}
 
-    monkeypatch.setattr(validation, "subsets_protocol", runs)
+    monkeypatch.setattr(protocols, "subsets_protocol", runs)
     monkeypatch.setattr(validation, "evidence_of", evidence)
     return seen
 

@@ -188,7 +188,7 @@ def check_options(args) -> None:
 def run_report(args) -> Outcome:
     from ..data.columns import check_score_columns
     from ..data.inputs import load_data
-    from ..evaluate.validation import load_validation
+    from ..evaluate.results import load_validation
     from ..options import ReportOptions
     from ..report import ranked_by, write_report
 
@@ -228,7 +228,7 @@ def run_audit(args) -> Outcome:
                         "--output too.")
     call = _audit_call(args)
     if call.get("validation") is not None:  # the whole file checked, before the data and the model
-        from ..evaluate.validation import load_validation
+        from ..evaluate.results import load_validation
 
         call["validation"] = load_validation(call["validation"])
     result = audit(args.data, args.model, args.tokenizer, **call)

@@ -26,7 +26,6 @@ measure validate recommended filtering by predicted displacement on this run (:f
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -48,6 +47,7 @@ from ..errors import ChesError
 from ..options import AUDIT_KEYWORDS, AuditOptions, audit_options, signature_with_options
 from ..scores.select import similarity
 from ..scores.stats import bootstrap_interval, partial_spearman, spearman
+from .results import read_validation
 
 # the columns ``ches.audit`` adds (AUDIT_TYPES, AUDIT_COLUMNS) are defined in ches.data.columns, with every other column
 # ches writes (so that a CSV file reads them back typed), and imported from there
@@ -113,7 +113,7 @@ def audit(scored: Data, model, tokenizer=None, *, options: AuditOptions | None =
     from ..model.models import load_tokenizer
 
     reported, scoring = audit_options(options, **kwargs)  # checked, before the data is read
-    validation = loaded_validation(reported.validation)
+    validation = read_validation(reported.validation)
     dataset = load_data(scored, reported.split)
     if isinstance(dataset, datasets.DatasetDict):
         raise ChesError(f"the data has splits {sorted(dataset)}; pass split= (--split): an audit is of one training set.")
@@ -154,56 +154,6 @@ def audit(scored: Data, model, tokenizer=None, *, options: AuditOptions | None =
 
 
 audit.__signature__ = signature_with_options(audit, AUDIT_KEYWORDS)
-
-#: the recommendations :func:`ches.validate` makes (``recommendation["action"]``)
-ACTIONS = ("filter", "do not filter", "not enough evidence")
-
-
-def loaded_validation(validation, where: str = "validation=") -> dict | None:
-    """``validation=`` of :func:`audit` as a validation result whose fields the audit reads are there and of their
-    kind (``recommendation.action``, ``.measure`` for a filter, ``.reason``; ``settings.model``, or none): a dict
-    as it is, a path (str or ``os.PathLike``) read as JSON. ``ches audit --validation`` checks the whole file
-    first (:func:`ches.evaluate.validation.load_validation`; this module cannot import that one, which imports it).
-
-    >>> loaded_validation({"settings": {}, "recommendation": {"action": "cut", "reason": ""}})
-    Traceback (most recent call last):
-    ...
-    ches.errors.ChesError: validation=: field 'recommendation.action' should be one of 'filter', 'do not filter', 'not enough evidence', found 'cut'.
-    """
-    import json
-
-    if validation is None:
-        return None
-    if isinstance(validation, (str, os.PathLike)):
-        where = os.fspath(validation)
-        try:
-            with open(where, encoding="utf-8") as handle:
-                validation = json.load(handle)
-        except FileNotFoundError:
-            raise ChesError(f"{where} does not exist; write it with ches validate DATA --model M --output {where}.") \
-                from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ChesError(f"{where} is not a JSON file written by ches validate: {error}") from None
-    if not isinstance(validation, dict):
-        raise ChesError(f"{where} must be a ches.validate result (a dict) or the path of its JSON file; got "
-                        f"{type(validation).__name__}.")
-    advice, settings = validation.get("recommendation"), validation.get("settings")
-    expected = [("recommendation", advice, isinstance(advice, dict), "an object ({...})"),
-                ("settings", settings, isinstance(settings, dict), "an object ({...})")]
-    if isinstance(advice, dict):
-        expected += [("recommendation.action", advice.get("action"), advice.get("action") in ACTIONS,
-                      f"one of {', '.join(map(repr, ACTIONS))}"),
-                     ("recommendation.reason", advice.get("reason"), isinstance(advice.get("reason"), str), "text")]
-        if advice.get("action") == "filter":
-            expected.append(("recommendation.measure", advice.get("measure"), isinstance(advice.get("measure"), str),
-                             "text"))
-    if isinstance(settings, dict) and "model" in settings:
-        expected.append(("settings.model", settings["model"], isinstance(settings["model"], str), "text"))
-    for name, value, right, kind in expected:
-        if not right:
-            raise ChesError(f"{where}: field {name!r} should be {kind}, found {value!r}.")
-    return validation
-
 
 def reason_gist(reason: str, limit: int = 200) -> str:
     """The gist of a recommendation's reason, for one line: its text up to the first ``": "`` or sentence end

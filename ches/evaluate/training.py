@@ -109,7 +109,7 @@ class Training:
                                                           else {})).to_dict()
         skipped = {"output_dir", "logging_dir", "seed", "data_seed", "use_cpu", *RUN_FIELDS}
         always = {"learning_rate", "beta", "loss_type", "loss_weights", "per_device_train_batch_size",
-                  "gradient_accumulation_steps", "num_train_epochs", "max_steps", "max_length", "rpo_alpha", "ld_alpha",
+                  "gradient_accumulation_steps", "num_train_epochs", "max_steps", "max_length", "label_smoothing", "ld_alpha",
                   "optim", "lr_scheduler_type", "warmup_steps", "weight_decay", "bf16", "gradient_checkpointing"}
         fields_used = {name: _plain(value) for name, value in used.items() if name not in skipped
                        and (name in always or value != default.get(name))}
