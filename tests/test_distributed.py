@@ -189,3 +189,20 @@ def test_a_failure_in_one_process_is_raised_in_every_process():
         OtherRank(0, 2, sent=[report(crash)]).fail_together(None)
     with pytest.raises(KeyError):  # where it happened, the error itself
         OtherRank(0, 2, sent=[report(crash)]).fail_together(KeyError("mine"))
+
+
+@pytest.mark.slow
+def test_validate_trains_on_every_rank_and_rank_0_writes(tmp_path):
+    """ches validate under torchrun: TRL's trainer runs on both processes (data parallel, as TRL trains there), the
+    scoring is shared, and one result is printed and written."""
+    import json
+
+    output = tmp_path / "validation.json"
+    flags = ["validate", SAMPLE, "--model", str(MODEL_DIR), "--n", "3", "--seeds", "1", "--max-length", "128",
+             "--lr", "5e-4", "--threads", "1", "--no-progress", "--output", str(output)]
+    code = f"import sys\nfrom ches.cli import main\nsys.exit(main({flags!r}))\n"  # torchrun would read --n itself
+    result = launch(tmp_path, code=code)
+    written = json.loads(output.read_text())
+    assert written["settings"]["processes"] == 2 and len(written["subsets"]) == 9
+    assert result.stdout.count("gap = mean change on the lowest") == 1  # printed by rank 0 only
+    assert all(run["steps"] == 1 for item in written["subsets"] for run in item["runs"])

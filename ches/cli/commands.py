@@ -212,6 +212,10 @@ def run_validate(args) -> Outcome:
     options = ValidateOptions(**option_values(args, ValidateOptions))  # every value checked before the output
     check_outputs(args)
     result = validate(args.data, args.model, args.tokenizer, options=options)
+    from ..run.distributed import Process
+
+    if not Process.current().is_main:  # under torchrun / accelerate every rank trains; rank 0 says and writes
+        return Outcome({})
     print(format_table(result))
     if args.output:
         return Outcome({"settings": result["settings"]}, written=write_json(args.output, result))

@@ -106,7 +106,7 @@ def subsets_protocol(pool: Pool, loaded, options: ValidateOptions, training: Tra
     if owned and training.peft is None and loaded.device.type != "cpu":
         model = model.to("cpu")  # validate's own copy: each run trains a copy of it on the device, so keep it off there
     trained: dict[tuple, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="ches-validate-") as folder, library_bars_off(), ches_log_level(logging.WARNING):
+    with tempfile.TemporaryDirectory(prefix="ches-validate-") as folder, library_bars_off(), loggers_at(RUN_LOG_LEVELS):
         for key in unique:
             rows = scored.select(usable[list(key)])
             runs = []
@@ -145,16 +145,22 @@ def _over_seeds(runs: list[dict], options: ValidateOptions) -> dict:
     return {"chosen_change": chosen.tolist(), "rejected_change": rejected.tolist(), "audit": audit}
 
 
+#: the loggers validate's runs quiet, and how far: ches' per-run audits (the pool's scoring line said it all), and
+#: TRL's per-trainer notes (its "prompt is not a prefix" note repeats what the scoring pass reported once)
+RUN_LOG_LEVELS = {"ches": logging.WARNING, "trl": logging.ERROR}
+
+
 @contextlib.contextmanager
-def ches_log_level(level: int):
-    """The ``ches`` logger at ``level`` inside the block (validate's runs audit quietly), as it was after."""
-    logger = logging.getLogger("ches")
-    before = logger.level
-    logger.setLevel(level)
+def loggers_at(levels: dict[str, int]):
+    """Each named logger at its level inside the block, as it was after."""
+    before = {name: logging.getLogger(name).level for name in levels}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(before)
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _values(scored, name: str) -> np.ndarray:

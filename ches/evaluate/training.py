@@ -23,6 +23,7 @@ import gc
 import json
 import logging
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +48,19 @@ RUN_FIELDS = {"save_strategy": "no", "eval_strategy": "no", "report_to": "none",
 #: fields of TRL's ``ModelConfig`` that a ``trl dpo`` config file may hold and that say how to apply LoRA
 LORA_FIELDS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
                "lora_modules_to_save", "lora_task_type", "use_rslora", "use_dora")
+
+
+#: transformers' FutureWarnings about names TRL 1.16 itself sets (nothing a user of validate can change)
+DEPRECATED_IN_TRL = (r"`gradient_checkpointing` is deprecated", r"`is_gradient_checkpointing` is deprecated")
+
+
+@contextmanager
+def quiet_deprecations() -> Iterator[None]:
+    """:data:`DEPRECATED_IN_TRL` not shown inside the block (every run builds a config; the note is not the user's)."""
+    with warnings.catch_warnings():
+        for renamed in DEPRECATED_IN_TRL:
+            warnings.filterwarnings("ignore", message=renamed, category=FutureWarning)
+        yield
 
 
 def _trl():
@@ -92,9 +106,10 @@ class Training:
             if self.base is None and "bf16" not in self.fields:
                 fixed["bf16"] = False
         try:
-            if self.base is not None:
-                return dataclasses.replace(self.base, **self.fields, **fixed)
-            return trl.DPOConfig(**{**self.fields, **fixed})
+            with quiet_deprecations():
+                if self.base is not None:
+                    return dataclasses.replace(self.base, **self.fields, **fixed)
+                return trl.DPOConfig(**{**self.fields, **fixed})
         except (TypeError, ValueError) as error:
             raise ChesError(f"the DPOConfig of validate's runs ({self.source}) is not one TRL accepts here: "
                             f"{str(error).splitlines()[0]}") from None
@@ -105,8 +120,9 @@ class Training:
         trl = _trl()
         with tempfile.TemporaryDirectory() as folder:
             used = self.config(folder, 0, device).to_dict()
-            default = trl.DPOConfig(output_dir=folder, **({"use_cpu": True, "bf16": False} if device.type == "cpu"
-                                                          else {})).to_dict()
+            with quiet_deprecations():
+                default = trl.DPOConfig(output_dir=folder, **({"use_cpu": True, "bf16": False} if device.type == "cpu"
+                                                              else {})).to_dict()
         skipped = {"output_dir", "logging_dir", "seed", "data_seed", "use_cpu", *RUN_FIELDS}
         always = {"learning_rate", "beta", "loss_type", "loss_weights", "per_device_train_batch_size",
                   "gradient_accumulation_steps", "num_train_epochs", "max_steps", "max_length", "label_smoothing", "ld_alpha",
@@ -305,7 +321,7 @@ def train_and_audit(model: torch.nn.Module, rows, tokenizer, training: Training,
     from .auditing import audit
 
     started = time.time()
-    with released():
+    with released(), quiet_deprecations():
         trainee = twin(model, share=training.peft is not None)
         trainer = DPOTrainer(model=trainee, args=training.config(output_dir, seed, device), train_dataset=rows,
                              processing_class=tokenizer, peft_config=training.peft)

@@ -22,6 +22,7 @@ from ..errors import ChesError
 from ..model.models import load_model, resolve_device, resolve_dtype
 from ..model.threads import set_threads, torch_threads
 from ..options import VALIDATE_KEYWORDS, ValidateOptions, signature_with_options
+from ..run.distributed import Process
 from ..scores.select import similarity
 from .advice import MIN_N, MIN_PAIRS_FOR_VERDICT, filter_command, format_recommendation, recommend, status
 from .auditing import AUDIT_MEASURES
@@ -118,7 +119,8 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
                 "max_length": max_length, "pool": size, "scored": len(usable), "seed": options.seed,
                 "resamples": options.resamples, "dtype": str(loaded.dtype), "device": str(loaded.device)}
     settings.update(protocol.settings(options, training, loaded.device))
-    settings.update(threads=threads.count, threads_reason=threads.reason, seconds=time.time() - started)
+    settings.update(threads=threads.count, threads_reason=threads.reason, processes=Process.current().world,
+                    seconds=time.time() - started)
     result = {"settings": settings, **result}
     result["evidence"] = evidence_of(result)
     result["verdict"] = verdict(result)
