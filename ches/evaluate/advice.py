@@ -43,7 +43,7 @@ at n = 16, 0.70 sd at 32, 0.50 sd at 64 (the default), 0.35 sd at 128. A differe
 displaced between two subsets has a standard error of at most ``sqrt(0.5 / n)``: at n = 16 only a difference
 of about 50 points is resolved, at 64 about 25. Filtering on less than a large effect (0.7 sd) is not acted
 on: :data:`MIN_N` = 32. For a Spearman correlation over ``n`` probes (Fisher z, standard error
-``1 / sqrt(n - 3)``): ``tanh(2.8 / sqrt(n - 3))``, 0.49 at 32 and 0.35 at 64.
+``1 / sqrt(n - 3)``): ``tanh(2.8 / sqrt(n - 3))``, 0.48 at 32 and 0.34 at 64.
 """
 
 from __future__ import annotations
