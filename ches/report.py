@@ -273,13 +273,36 @@ def _validation_section(validation: dict | None) -> str:
     statistic = protocol_of(settings["protocol"]).heading
     rows = "".join(f"<tr><td>{_text(DISPLAYED.get(name, name))}</td><td class='num'>{_text(format(entry['statistic'], '+.3f'))}</td>"
                    f"<td class='num'>[{_text(format(entry['ci95'][0], '+.3f'))}, {_text(format(entry['ci95'][1], '+.3f'))}]</td>"
-                   f"<td>{_text(entry['status'])}</td></tr>" for name, entry in validation["evidence"].items())
+                   f"<td>{_text(entry['status'])}</td><td>{_text(_each_seed(entry))}</td></tr>"
+                   for name, entry in validation["evidence"].items())
     how = (f"{_text(settings['protocol'])} protocol on {_text(settings['model'])}: n={_text(settings['n'])}, learning "
            f"rate {_text(format(settings['learning_rate'], 'g'))}, beta {_text(format(settings['beta'], 'g'))}, "
-           f"max_length {_text(settings['max_length'])}, {_text(settings['scored'])} scored rows")
+           f"max_length {_text(settings['max_length'])}, {_text(settings['scored'])} scored rows{_text(_trained(settings))}")
     return (f"<h2>Recommendation</h2><p>From <code>ches validate</code> ({how}).</p>"
-            f"<table><tr><th>measure</th><th>{statistic}</th><th>95% CI</th><th>status</th></tr>{rows}</table>"
+            f"<table><tr><th>measure</th><th>{statistic}</th><th>95% CI</th><th>status</th><th>each seed</th></tr>"
+            f"{rows}</table>"
             f"<pre>{_text(format_recommendation(validation['recommendation']))}</pre>")
+
+
+def _each_seed(entry: dict) -> str:
+    """A measure's verdict in each seed of a validation (nothing for a result without seeds)."""
+    seeds = entry.get("seeds")
+    if not isinstance(seeds, list) or not all(isinstance(item, dict) for item in seeds):
+        return ""
+    return ", ".join(f"{item.get('seed')}: {item.get('status')}" for item in seeds)
+
+
+def _trained(settings: dict) -> str:
+    """How a validation's runs trained, where its settings say (seeds, TRL's loss, LoRA), as the report adds it."""
+    said = []
+    if isinstance(settings.get("seeds"), int):
+        said.append(f"{settings['seeds']} seeds")
+    if isinstance(settings.get("trainer"), dict):
+        losses = settings.get("loss_type")
+        said.append(f"TRL's DPOTrainer, loss {'+'.join(map(str, losses)) if isinstance(losses, list) else losses}")
+    if isinstance(settings.get("lora"), dict):
+        said.append(f"LoRA r={settings['lora'].get('r')}")
+    return "".join(f", {part}" for part in said)
 
 
 def _text(value) -> str:
