@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU check of the project, most important first (for a session with a GPU machine).
-#   bash benchmarks/gpu_session.sh [OUTPUT_FOLDER] [next|core|hh|levers|engine|prefix|all]  (all: core, hh, levers, prefix)
-# next   (run this first; about 5 minutes on an H200): what is still unmeasured. The default on all 2,312 hh-rlhf
+#   bash benchmarks/gpu_session.sh [OUTPUT_FOLDER] [next|validate|core|hh|levers|engine|prefix|all]  (all: core, hh, levers, prefix)
+# next   (run this first; about 8 minutes on an H200): what is still unmeasured. ches validate on the OLMo-1B shape
+#        (n=64, 2 seeds, LoRA then full fine-tuning, bf16: wall time and peak memory for docs/validation.md's table;
+#        estimated 0.2-1.1 min of compute each plus each run's setup), then the default on all 2,312 hh-rlhf
 #        rows (the streamed pipeline after the sample-read fix, with per-layer device syncs removed: does the whole
 #        call now sit close to the engine?), then the engine's kernel time by kind on hh-rlhf and real-like rows,
 #        and with --compile (its recompilations logged: why was it 2.8x slower?)
@@ -46,6 +48,10 @@ if [ "$part" = levers ] || [ "$part" = all ]; then
   run gpu-olmo1b-compile "${olmo[@]}" --official-pairs 64 --compile --output "$out/gpu-olmo1b-compile.json"
   run gpu-olmo1b-packed-flex "${olmo[@]}" --official-pairs 64 --layout packed --attn-implementation flex_attention \
       --output "$out/gpu-olmo1b-packed-flex.json"
+fi
+if [ "$part" = next ] || [ "$part" = validate ]; then
+  run gpu-validate-olmo1b timeout 420 python3 benchmarks/validate_gpu.py --shape olmo-1b \
+      --output "$out/gpu-validate-olmo1b.json"
 fi
 if [ "$part" = next ]; then
   run gpu-olmo1b-hh2312-next python3 benchmarks/throughput.py --device cuda --lengths hh --pairs 2312 --official-pairs 64 \
