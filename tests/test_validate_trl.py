@@ -155,6 +155,10 @@ def test_validate_leaves_a_loaded_model_as_it_was_and_refuses_to_cast_it(tiny_mo
     ("{\"beta\": 0.1,}", ".json", r"is not valid JSON"),
     ("- beta\n- 0.1\n", ".yml", r"must hold one mapping of DPOConfig fields \(name: value\); found list"),
     ("beta: 0.1\n", ".txt", r"write the DPOConfig fields as .json or .yaml \(found .txt\)"),
+    ("loss_type: [sigmoid, nonsense]\n", ".yaml", r"loss_type 'nonsense' is not one of TRL's: sigmoid, hinge, ipo"),
+    ("per_device_train_batch_size: 0\n", ".yaml", r"per_device_train_batch_size=0 must be at least 1"),
+    ("num_train_epochs: 0\n", ".yaml", r"num_train_epochs=0 \(and no max_steps\) trains nothing"),
+    ("truncation_mode: keep_end\n", ".yaml", r"truncation_mode='keep_end'.*keep_start"),
 ])
 def test_a_bad_dpo_config_file_is_one_line_before_the_data_or_the_model(text, suffix, message, tmp_path, capsys,
                                                                           monkeypatch):

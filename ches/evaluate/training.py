@@ -22,6 +22,7 @@ import dataclasses
 import gc
 import json
 import logging
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -50,8 +51,9 @@ LORA_FIELDS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_
                "lora_modules_to_save", "lora_task_type", "use_rslora", "use_dora")
 
 
-#: transformers' FutureWarnings about names TRL 1.16 itself sets (nothing a user of validate can change)
-DEPRECATED_IN_TRL = (r"`gradient_checkpointing` is deprecated", r"`is_gradient_checkpointing` is deprecated")
+#: FutureWarnings about names TRL 1.16 itself sets (nothing a user of validate can change), or that validate refuses
+DEPRECATED_IN_TRL = (r"`gradient_checkpointing` is deprecated", r"`is_gradient_checkpointing` is deprecated",
+                     r"The `'keep_end'` truncation mode is deprecated")  # refused anyway (check_config)
 
 
 @contextmanager
@@ -113,6 +115,29 @@ class Training:
         except (TypeError, ValueError) as error:
             raise ChesError(f"the DPOConfig of validate's runs ({self.source}) is not one TRL accepts here: "
                             f"{str(error).splitlines()[0]}") from None
+
+    def check(self, device: torch.device) -> None:
+        """Refuse, before any work, a config the runs would fail on later: what :class:`ches.trl.DPOTrainer`
+        refuses (:func:`ches.trl.check_config`), a loss type TRL does not have (the names its ``DPOConfig``
+        lists), a batch, accumulation or epoch count that trains nothing."""
+        trl = _trl()
+        from ..trl import check_config
+
+        with tempfile.TemporaryDirectory() as folder:
+            config = self.config(folder, 0, device)
+        check_config(config)  # what ches.trl.DPOTrainer refuses (a truncation other than keep_start), said now
+        known = re.findall(r"`'([a-z_]+)'`", trl.DPOConfig.__dataclass_fields__["loss_type"].metadata.get("help", ""))
+        losses = config.loss_type if isinstance(config.loss_type, (list, tuple)) else [config.loss_type]
+        unknown = [loss for loss in losses if known and loss not in known]
+        if unknown:
+            raise ChesError(f"{self.source}: loss_type {', '.join(map(repr, unknown))} is not one of TRL's: "
+                            f"{', '.join(known)}.")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+            if getattr(config, name) < 1:
+                raise ChesError(f"{self.source}: {name}={getattr(config, name)} must be at least 1.")
+        if config.max_steps <= 0 and config.num_train_epochs <= 0:
+            raise ChesError(f"{self.source}: num_train_epochs={config.num_train_epochs} (and no max_steps) trains "
+                            "nothing; give a positive number of epochs.")
 
     def record(self, device: torch.device) -> dict:
         """What the result's ``settings["trainer"]`` keeps: the DPOConfig fields that differ from TRL's defaults

@@ -86,6 +86,8 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
     n = options.n
     protocol = protocol_of(options.protocol)
     training = protocol.training(options)  # the DPOConfig / LoRA checked before the data and the model
+    if training is not None:  # and what TRL makes of it on this device (bf16 on a CPU, a bad combination, ...)
+        training.check(_device_of(model, options))
     max_length = training.max_length if training is not None else options.max_length or PROBE_MAX_LENGTH
     dataset = load_data(data, options.split)
     if hasattr(dataset, "keys"):
@@ -142,6 +144,13 @@ def _validate(data: Data, model, tokenizer, options: ValidateOptions) -> dict:
         advice["command"] = None
     result["recommendation"] = advice
     return result
+
+
+def _device_of(model, options: ValidateOptions) -> torch.device:
+    """Where the runs will train: a loaded model's device, else the one ``options`` ask for (or the default)."""
+    if isinstance(model, torch.nn.Module):
+        return next(model.parameters()).device
+    return resolve_device(options.device)
 
 
 def _placement(model, options: ValidateOptions) -> dict:
