@@ -237,3 +237,14 @@ def test_without_trl_the_subsets_protocol_says_how_to_install_it_and_probes_run(
     result = ches.validate(HH_SAMPLE, str(MODEL_DIR), protocol="probes", n=3, seeds=1, steps=1, max_length=96,
                            progress=False, resamples=10)
     assert len(result["rows"]) == 3
+
+
+@pytest.mark.parametrize("command", ["validate", "audit"])
+def test_an_output_never_lands_on_the_config_or_validation_file_it_reads(command, tmp_path, capsys):
+    read = tmp_path / "read.json"
+    read.write_text('{"beta": 0.1}')
+    flag = "--dpo-config" if command == "validate" else "--validation"
+    assert main([command, HH_SAMPLE, "--model", str(MODEL_DIR), flag, str(read), "--output", str(read),
+                 "--overwrite"]) == 2
+    assert capsys.readouterr().err.strip() == f"ches: error: {read} would replace the input {read}; choose another output path."
+    assert read.read_text() == '{"beta": 0.1}'

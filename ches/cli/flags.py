@@ -147,8 +147,8 @@ def score_kwargs(args: argparse.Namespace, names: tuple[str, ...] | None = None)
 def check_outputs(args: argparse.Namespace) -> None:
     """Check ``--output`` and its sidecar before any model work, against the shape of the result (a single
     file cannot hold splits): nothing existing is replaced unless ``--overwrite`` was given, and nothing
-    lands on an input or inside an input folder (the data, the model, the tokenizer), ``--overwrite`` or
-    not. What the output may be comes from :func:`add_output`. (``ches.score`` checks ``--save-embeddings``
+    lands on an input or inside an input folder (the data, the model, the tokenizer, a file of
+    :data:`INPUT_FILE_OPTIONS`), ``--overwrite`` or not. What the output may be comes from :func:`add_output`. (``ches.score`` checks ``--save-embeddings``
     and ``--cache-dir`` the same way.)"""
     from ..data.export import dataset_format
 
@@ -159,12 +159,17 @@ def check_outputs(args: argparse.Namespace) -> None:
     _check_output_paths(args)
 
 
+#: the options whose value is a file a command reads (beside the data, model and tokenizer): no output lands on them
+INPUT_FILE_OPTIONS = ("dpo_config", "validation")
+
+
 def _check_output_paths(args: argparse.Namespace) -> None:
     """What :func:`check_outputs` checks of the paths alone (no data is read, no heavy library imported)."""
     from ..data.export import check_output, dataset_format, sidecar_path
     from ..data.paths import model_paths
 
-    inputs = (args.data, *model_paths(getattr(args, "model", None), getattr(args, "tokenizer", None)))
+    inputs = (args.data, *model_paths(getattr(args, "model", None), getattr(args, "tokenizer", None)),
+              *[path for path in (getattr(args, name, None) for name in INPUT_FILE_OPTIONS) if isinstance(path, str)])
     folder = args.output_is_dataset and dataset_format(args.output)[0] is None
     check_output(args.output, overwrite=args.overwrite, folder=folder, suffixes=args.output_suffixes, inputs=inputs)
     check_output(sidecar_path(args.output), overwrite=args.overwrite, suffixes=(".meta.json",), inputs=inputs)
