@@ -171,8 +171,8 @@ def check_output_columns(column_names, added: tuple[str, ...], read: list[str], 
 
     A column ches reads (a prompt, chosen or rejected column) never shares a name with an output column; any
     other column that does is the user's own unless every output column is there (every one but the
-    :data:`LATER_COLUMNS` for data scored by an older ches, and the :data:`STALE_COLUMNS` a run adds only when
-    asked: data scored without ``logps=True`` is an earlier run's output for a run with it), or the data holds exactly the
+    :data:`LATER_COLUMNS` for data scored by an older ches, and for a scoring run the log-prob columns: data
+    scored without ``logps=True`` is an earlier run's output for a run with it), or the data holds exactly the
     :data:`REFERENCE_COLUMNS` of them (what ``ches filter --no-scores`` keeps of rows scored with log-probs).
 
     >>> check_output_columns(["prompt", "chosen", "rejected"], SCORE_COLUMNS, ["prompt", "chosen", "rejected"])
@@ -187,7 +187,9 @@ def check_output_columns(column_names, added: tuple[str, ...], read: list[str], 
     if read_too:
         raise ChesError(f"{label}: column {read_too[0]!r} is read as a pair's text, but ches writes its output column "
                         f"{read_too[0]!r} there; rename it first (dataset.rename_column({read_too[0]!r}, ...)).")
-    required = [name for name in added if name not in LATER_COLUMNS + STALE_COLUMNS]  # a run without --logps lacks those
+    scoring = set(SCORE_COLUMNS) <= set(added)  # a scoring run: one run before it may have been without logps=True
+    optional = LATER_COLUMNS + (LOGPS_COLUMNS + SHARED_LOGPS_COLUMNS if scoring else ())
+    required = [name for name in added if name not in optional]
     reference_only = (all(name in column_names for name in LOGPS_COLUMNS + (DIGEST_COLUMN,))
                       and set(present) <= set(REFERENCE_COLUMNS))
     if present and not reference_only and not all(name in present for name in required):
