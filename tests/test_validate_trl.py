@@ -248,3 +248,23 @@ def test_an_output_never_lands_on_the_config_or_validation_file_it_reads(command
                  "--overwrite"]) == 2
     assert capsys.readouterr().err.strip() == f"ches: error: {read} would replace the input {read}; choose another output path."
     assert read.read_text() == '{"beta": 0.1}'
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_a_twin_keeps_tied_weights_tied_and_computes_what_the_model_does(share, tiny_model):
+    model = tiny_model("gpt2")  # GPT-2 ties its LM head to its input embeddings
+    copied = twin(model, share=share).eval()
+    assert copied.lm_head.weight is copied.transformer.wte.weight
+    assert (copied.lm_head.weight.data_ptr() == model.lm_head.weight.data_ptr()) is share
+    ids = torch.tensor([[1, 5, 9, 2]])
+    with torch.no_grad():
+        assert torch.equal(copied(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_a_peft_config_is_taken_as_it_is():
+    from peft import LoraConfig
+
+    given = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], task_type="CAUSAL_LM")
+    training = training_of(None, peft_config=given)
+    assert training.peft is given
+    assert training.record(torch.device("cpu"))["peft_config"]["target_modules"] == ["q_proj"]
