@@ -81,7 +81,7 @@ cut, or not to filter, or says the evidence is not enough."""
 
 NEXT_STEPS = """
 Next (on this model a DPO step needs --lr 5e-4; the default 1e-6 suits 1B-8B models):
-  ches validate examples/data/hh-rlhf-harmless-base-test.jsonl.gz --model examples/tiny-hh-model --n 32 --lr 5e-4 \
+  ches validate examples/data/hh-rlhf-harmless-base-test.jsonl.gz --model examples/tiny-hh-model --n 32 --lr 5e-4 \\
       --output validation.json   # which measure predicts displacement here? TRL's trainer on each measure's extremes,
       # two seeds (about 3 minutes on 2 CPU cores); ends with the recommendation, its cost and the `ches filter` command
   ches report {scores} --validation validation.json --output my-report.html   # look before you cut
