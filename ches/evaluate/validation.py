@@ -1,10 +1,11 @@
 """``ches.validate``: does CHES predict likelihood displacement for *your* model and data, and what to do?
 
-Scores a pool of rows, trains DPO on subsets of them (``protocol="subsets"``: the lowest and highest
-``n`` pairs of each measure, and ``n`` random ones, the way users train) or probes single pairs spread over
-the CHES range (``"probes"``), measures how the preferred responses' log-probabilities moved (see
-:mod:`ches.evaluate.probes`, :func:`ches.evaluate.auditing.audit_summary`), and ends with a verdict per measure and one
-recommendation (:mod:`ches.evaluate.advice`).
+Scores a pool of rows (with ``logps=True``: the reference of the runs), trains DPO on subsets of them
+(``protocol="subsets"``: the lowest and highest ``n`` pairs of each measure and ``n`` random ones, each subset
+once per seed, each run one run of TRL's trainer with the user's config, :mod:`ches.evaluate.training`) or probes
+single pairs spread over the CHES range (``"probes"``, :mod:`ches.evaluate.probes`); the protocols and their
+evidence are :mod:`ches.evaluate.protocols`. It ends with a verdict per measure and one recommendation
+(:mod:`ches.evaluate.advice`); a saved result is read back by :mod:`ches.evaluate.results`.
 """
 
 from __future__ import annotations
@@ -46,34 +47,41 @@ from .results import ACTIONS, check_validation, load_validation, read_validation
 def validate(data: Data, model, tokenizer=None, *, options: ValidateOptions | None = None, **kwargs) -> dict:
     """Does a measure predict likelihood displacement on this model and data? DPO runs on subsets chosen by
     each measure (``protocol="subsets"``, the default) or single-pair probes (``"probes"``), then one
-    recommendation: which measure to filter by, where to cut, or not to filter (:mod:`ches.evaluate.advice`).
+    recommendation: which measure to filter by, where to cut, or not to filter, or that the evidence is not
+    enough to act on (:mod:`ches.evaluate.advice`).
 
     ``subsets`` (the paper's Section 5, trained the way users train): for ``ln_ches``, ``ches`` and
-    ``edit_distance``, one DPO run on the ``n`` pairs of the scored pool that the measure scores lowest and
-    one on the ``n`` it scores highest, plus one on ``n`` random pairs; each run starts from the model as
-    given (also the reference), ``epochs`` passes of mini-batches of ``batch_size`` pairs with AdamW (TRL's
-    default). Each run is measured with :func:`ches.evaluate.auditing.audit_summary` on the pairs it trained on (the
-    fraction displaced, the mean change of log pi(y+|x) with its interval); a measure predicts displacement
-    when its highest subset lost more than its lowest (``gap``, bootstrap 95 % interval above 0).
-    ``probes``: ``n`` pairs at evenly spaced CHES ranks, each trained alone for ``steps`` full-batch RMSprop
-    steps; a measure predicts when its Spearman correlation with the displacement is above 0.
+    ``edit_distance``, DPO on the ``n`` pairs of the scored pool that the measure scores lowest and on the ``n``
+    it scores highest, plus ``n`` random pairs, each subset trained ``seeds`` times. Each run is one run of
+    :class:`ches.trl.DPOTrainer` with the user's ``DPOConfig`` and LoRA (:mod:`ches.evaluate.training`), on a
+    twin of the model (the model given is never changed), audited on its pairs (the fraction displaced, the
+    mean change of log pi(y+|x) with its interval). A measure predicts displacement when its highest subset lost
+    more than its lowest (``gap``, bootstrap 95 % interval above 0) in every seed.
+    ``probes``: per seed, ``n`` pairs spread over the CHES range, each trained alone for ``steps`` full-batch
+    RMSprop steps; a measure predicts when its Spearman correlation with the displacement is above 0 in every
+    seed.
 
     Args:
-        data, model, tokenizer: as for :func:`ches.score`.
+        data, model, tokenizer: as for :func:`ches.score` (a loaded model must already be in ``dtype`` and on
+            ``device``: validate does not cast or move it).
         options, **kwargs: a :class:`~ches.options.ValidateOptions` and/or its fields as keywords, all checked
-            before any work: ``protocol``; ``n`` (pairs per subset, or pairs probed); ``epochs``,
-            ``batch_size`` (subsets) or ``steps`` (probes); ``learning_rate``, ``beta``; ``pool`` rows scored
-            to choose from (default: all rows, or a random ``20 * n`` of larger data); ``seed`` (pool draw,
-            random subset, batch order, bootstrap); ``resamples``; ``split``, ``columns``, ``max_length`` (default 512),
+            before any work: ``protocol``; ``n`` (pairs per subset, or pairs probed per seed); ``seeds``;
+            ``dpo_config`` (a ``trl.DPOConfig``, a dict of its fields or a JSON/YAML file of them),
+            ``peft_config`` or ``lora_r``; ``learning_rate``, ``beta``, ``batch_size``, ``epochs``, ``max_length``
+            (over the config's; without one 1e-6, 0.1, 8, 1, 512) or ``steps`` (probes); ``pool`` rows scored to
+            choose from (default: all rows, or a random ``20 * n`` of larger data); ``seed`` (pool draw, random
+            subset, the first run's seed, bootstrap); ``resamples``; ``split``, ``columns``, ``format``,
             ``device``, ``dtype`` (default float32: DPO steps in half precision are noisy), ``num_threads``
             and ``progress`` as for :func:`ches.score`.
 
     Returns:
-        ``{"settings", "evidence": {measure: {"statistic", "ci95", "status", "pairs"}}, "verdict",
-        "recommendation": {"action", "measure", "quantile", "threshold", "reason", "command"}, ...}`` with,
-        for ``subsets``, ``"subsets"`` (each run: its pairs, score range and audit) and, for ``probes``,
-        ``"rows"`` (per-pair results), ``"correlations"`` and ``"summary"``. Measure values are
-        sign-adjusted so that higher = more similar; ``displacement`` is the drop of ``log pi(y+|x)``.
+        ``{"settings", "evidence": {measure: {"statistic", "ci95", "status", "pairs", "seeds", "seeds_agree",
+        "pairs_needed", ...}}, "verdict", "recommendation": {"action", "measure", "quantile", "threshold",
+        "cost", "benefit", "reason", "command"}, ...}`` with, for ``subsets``, ``"subsets"`` (each subset: its
+        pairs, score range, its ``runs`` per seed with TRL's log, and over the seeds each pair's change and the
+        audit) and ``settings["trainer"]`` (the TRL config that trained), and, for ``probes``, ``"rows"``
+        (per-pair results), ``"correlations"``, ``"seeds"`` and ``"summary"``. Measure values are sign-adjusted
+        so that higher = more similar; ``displacement`` is the drop of ``log pi(y+|x)``.
     """
     options = ValidateOptions.from_kwargs(options, **kwargs)
     protocol_of(options.protocol).check(options)
